@@ -1,0 +1,35 @@
+# `make demo` and `make test` set everything up from scratch, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Portable llama.cpp build: the native default has crashed at first eval on some CPUs.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: setup demo test test-fast lint docs clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[local,dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/loopsim --db demo.db demo --days 3 --report demo-report.md
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check loopsim tests migrations
+	$(BIN)/mypy
+
+docs: setup
+	$(BIN)/python -m loopsim.clidoc > docs/cli.md
+
+clean:
+	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm demo-report.md

@@ -1,0 +1,522 @@
+"""The ``loopsim`` command line.
+
+One error boundary (:class:`_Group`) turns every :class:`LoopsimError` into one line on
+stderr and its exit code. Data goes to stdout; progress and messages go to stderr, so
+``loopsim run create spec.toml`` can be captured and ``--json`` piped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from loopsim import __version__, db as dbmod
+from loopsim.chat import ChatFactory, build_chat
+from loopsim.config import Settings
+from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
+from loopsim.export import safe_text, to_jsonl, to_markdown
+from loopsim.loop import DayResult, Loop
+from loopsim.models import Run
+from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
+from loopsim.store import Store
+
+
+class _Group(TyperGroup):
+    """The error boundary: a known error is one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LoopsimError as exc:
+            line = " ".join(safe_text(exc.message).split())
+            click.echo(f"error: {line}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@dataclass
+class AppContext:
+    """What every command needs, built once per invocation. Tests pass their own."""
+
+    settings: Settings
+    chat_factory: ChatFactory | None = None
+    db_url: str | None = None
+    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+
+    @property
+    def url(self) -> str:
+        return self.db_url or self.settings.database_url
+
+    def open_db(self) -> dbmod.Database:
+        return dbmod.Database.open(self.url, busy_timeout_ms=self.settings.busy_timeout_ms)
+
+    def chats(self) -> ChatFactory:
+        return self.chat_factory or build_chat(self.settings)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "LOOPSIM_" + str(first["loc"][0]).upper() if first["loc"] else "LOOPSIM_*"
+        raise SpecError(f"{name}: {first['msg'].lower()}") from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Groundhog-day iterated amplification: a memoryless researcher, a hash-chained "
+    "record, and human check-ins.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Create, migrate and inspect the database.")
+run_app = typer.Typer(no_args_is_help=True, help="Create, list, step and control runs.")
+record_app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
+app.add_typer(db_app, name="db")
+app.add_typer(run_app, name="run")
+app.add_typer(record_app, name="record")
+
+RunArg = Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (4+ characters).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loopsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Database URL or SQLite file path. [env: LOOPSIM_DATABASE_URL; "
+            "default: loopsim.db]",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    if ctx.obj is None:
+        ctx.obj = AppContext(_settings())
+    if db is not None:
+        ctx.obj.db_url = db
+
+
+def _app(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    return obj
+
+
+# --------------------------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create the database if it is missing, or migrate it to the current schema.
+
+    An existing SQLite file is backed up beside itself before it is migrated."""
+    a = _app(ctx)
+    result = dbmod.upgrade(a.url, revision)
+    if result.created:
+        a.err.print(f"created {result.where} at schema {result.after}")
+    elif result.before == result.after:
+        a.err.print(f"{result.where} is already at schema {result.after}")
+    else:
+        backup = f" (backup: {result.backup})" if result.backup else ""
+        a.err.print(f"upgraded {result.where} from {result.before} to {result.after}{backup}")
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """Show where the database is and whether its schema is current."""
+    a = _app(ctx)
+    database = a.open_db()
+    with database.read() as session:
+        runs = len(Store(session).list_runs())
+    a.out.print(f"{database.where}: schema {dbmod.head_revision()} (current), {runs} runs")
+
+
+# -------------------------------------------------------------------------------- run
+
+
+def _run_summary(store: Store, run: Run) -> dict[str, Any]:
+    tokens_in, tokens_out = store.token_totals(run.id)
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": run.status,
+        "status_reason": run.status_reason,
+        "model": run.model,
+        "days_committed": store.count_days(run.id, DayStatus.COMMITTED),
+        "days_failed": store.count_days(run.id, DayStatus.FAILED),
+        "days_reverted": store.count_days(run.id, DayStatus.REVERTED),
+        "next_day": store.next_day_index(run.id),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "worker": run.lease_owner,
+        "created_at": run.created_at.isoformat(),
+        "updated_at": run.updated_at.isoformat(),
+    }
+
+
+@run_app.command("create")
+def run_create(
+    ctx: typer.Context,
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Run spec (TOML).")],
+    name: Annotated[str | None, typer.Option(help="Name; defaults to the spec's file name.")] = None,
+) -> None:
+    """Create a run from a spec and print its id."""
+    a = _app(ctx)
+    spec = load_spec(spec_path)  # validated before the database is touched
+    database = a.open_db()
+    with database.write() as session:
+        run = Store(session).create_run(
+            spec, name=name or spec_path.stem, model=spec.model.name or a.settings.model
+        )
+        run_id = run.id
+    a.out.print(run_id)
+
+
+@run_app.command("list")
+def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List runs, newest last, with their status and which worker holds each."""
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        rows = [_run_summary(store, run) for run in store.list_runs()]
+    if as_json:
+        a.out.print_json(json.dumps(rows))
+        return
+    table = Table("id", "name", "status", "days", "model", "worker", box=None)
+    for row in rows:
+        table.add_row(
+            row["id"], Text(safe_text(row["name"])), row["status"], str(row["days_committed"]),
+            row["model"], row["worker"] or "-",
+        )
+    a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
+
+
+@run_app.command("show")
+def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> None:
+    """Show one run: status, persona, time policy, days, tokens."""
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        info = _run_summary(store, run)
+        info["chain_head"] = store.chain_head(run.id)[1]
+        spec = dict(run.spec)
+    info["spec"] = spec
+    if as_json:
+        a.out.print_json(json.dumps(info))
+        return
+    for key in ("id", "name", "status", "status_reason", "model", "days_committed",
+                "days_failed", "days_reverted", "next_day", "tokens_in", "tokens_out",
+                "worker", "created_at", "chain_head"):
+        if info[key] is not None:
+            a.out.print(Text(f"{key:15} {safe_text(str(info[key]))}"))
+    a.out.print(Text(f"{'persona':15} {safe_text(spec['persona']['name'])}"))
+    a.out.print(Text(f"{'time':15} {json.dumps(spec['time'])}"))
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
+    """First Ctrl-C: finish the day in flight, then stop. Second: abandon it."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after this day; Ctrl-C again abandons it (nothing half-written)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
+    database = a.open_db()
+    loop = Loop(database, a.settings, a.chats())
+    results: list[DayResult] = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with _stop_on_interrupt(a.err) as stop, Progress(
+        *columns, console=a.err, transient=False
+    ) as progress:
+        task = progress.add_task("stepping", total=days)
+
+        def on_day(result: DayResult) -> None:
+            results.append(result)
+            progress.advance(task)
+            progress.console.print(
+                f"day {result.index}  {result.external_date}  {result.status}  "
+                f"{result.entries} entries  {result.latency_ms / 1000:.1f} s"
+            )
+
+        try:
+            loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
+        except KeyboardInterrupt:
+            a.err.print("stopped; the day in flight was abandoned and nothing of it written")
+            raise typer.Exit(130) from None
+    failed = [r for r in results if r.status == DayStatus.FAILED]
+    if failed and fail:
+        day = failed[-1]
+        raise ModelOutputInvalid(
+            f"day {day.index} failed: {day.error}; the run is paused, "
+            f"`loopsim run resume {run_ref}` continues it"
+        )
+    return results
+
+
+@run_app.command("step")
+def run_step(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    days: Annotated[int, typer.Option("--days", "-n", min=1, help="Days to run.")] = 1,
+) -> None:
+    """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary."""
+    a = _app(ctx)
+    results = _step(a, run_ref, days)
+    if len(results) < days:
+        with a.open_db().read() as session:
+            run = Store(session).get_run(run_ref)
+            status, reason = run.status, run.status_reason
+        if status == RunStatus.COMPLETED:
+            a.err.print(f"run is completed: {reason}")
+
+
+def _set_status(ctx: typer.Context, run_ref: str, allowed: set[str], to: RunStatus,
+                reason: str | None) -> None:
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        if run.status not in allowed:
+            raise InvalidState(f"run {run.id} is {run.status}; cannot make it {to}")
+        store.set_status(run, to, reason)
+    a.err.print(f"run {run_ref} is {to}")
+
+
+@run_app.command("pause")
+def run_pause(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Pause a run; takes effect at the next day boundary."""
+    _set_status(ctx, run_ref, {RunStatus.CREATED, RunStatus.RUNNING}, RunStatus.PAUSED,
+                "paused by a human")
+
+
+@run_app.command("resume")
+def run_resume(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Resume a paused or failed run."""
+    _set_status(ctx, run_ref, {RunStatus.PAUSED, RunStatus.FAILED}, RunStatus.RUNNING, None)
+
+
+@run_app.command("halt")
+def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Stop a run for good. Its record stays."""
+    _set_status(ctx, run_ref, {s for s in RunStatus if s != RunStatus.HALTED},
+                RunStatus.HALTED, "halted by a human")
+
+
+# ----------------------------------------------------------------------------- record
+
+
+@record_app.command("show")
+def record_show(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    day: Annotated[int | None, typer.Option(help="Only this day.")] = None,
+) -> None:
+    """Print the record. Terminal escapes in model text are stripped."""
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        if day is not None:
+            store.get_day(run.id, day)
+        days = {d.index: d for d in store.list_days(run.id)}
+        rows = store.list_entries(run.id, day_index=day)
+    current = object()
+    for entry, day_index, status in rows:
+        if day_index != current:
+            current = day_index
+            if day_index is None:
+                a.out.print(Text("\noutside any day", style="bold"))
+            else:
+                d = days[day_index]
+                mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
+                a.out.print(Text(f"\nday {day_index}  {d.external_date}{mark}", style="bold"))
+        style = "strike" if status == DayStatus.REVERTED else ""
+        a.out.print(Text(f"#{entry.seq} {entry.kind} · {safe_text(entry.title)}",
+                         style=style + " cyan"))
+        a.out.print(Text(safe_text(entry.body), style=style))
+    failed = [d for d in days.values() if d.status == DayStatus.FAILED
+              and (day is None or d.index == day)]
+    for d in failed:
+        a.out.print(Text(f"\nday {d.index}  failed: {safe_text(d.error or '')}", style="red"))
+    if not rows and not failed:
+        a.err.print("no entries yet")
+
+
+@record_app.command("verify")
+def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Recompute the SHA-256 chain; name the first broken link and exit 1 if any."""
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        result = store.verify_chain(run.id)
+    if not result.ok:
+        assert result.broken is not None
+        from loopsim.errors import RecordBroken
+
+        raise RecordBroken(
+            f"run {run.id}: broken link at {result.broken.describe()}; "
+            f"{result.checked} entries before it verify"
+        )
+    a.out.print(f"ok: run {run.id}, {result.checked} entries, head {result.head[:16]}")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def write_atomically(path: Path, chunks: Iterator[str] | list[str]) -> None:
+    """Write beside the target and rename over it, so a crash never leaves half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise SpecError(f"-o {path}: folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md or jsonl.")] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File; - or "
+                                                "nothing for stdout.")] = None,
+    include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
+) -> None:
+    """Export a run's record as Markdown (for people) or JSONL (for programs)."""
+    a = _app(ctx)
+    if fmt not in ("md", "jsonl"):
+        raise SpecError(f"--format: unknown format {fmt!r} (expected md or jsonl)")
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        if fmt == "md":
+            chunks = [to_markdown(store, run, include_reverted=include_reverted)]
+        else:
+            chunks = [line + "\n" for line in to_jsonl(store, run,
+                                                         include_reverted=include_reverted)]
+    if output is None or str(output) == "-":
+        for chunk in chunks:
+            typer.echo(chunk, nl=False)
+    else:
+        write_atomically(output, chunks)
+        a.err.print(f"wrote {output}")
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option("--days", "-n", min=1, help="Days to run.")] = 3,
+    spec_path: Annotated[Path | None, typer.Option("--spec", help="Run spec; defaults to "
+                                                   "a built-in one.")] = None,
+    report: Annotated[Path, typer.Option(help="Where to write the Markdown report.")] = Path(
+        "demo-report.md"
+    ),
+) -> None:
+    """Create the database if needed, start a run, step it, verify and export it."""
+    a = _app(ctx)
+    if spec_path is None:
+        spec = RunSpec.model_validate(
+            __import__("tomllib").loads(files("loopsim").joinpath("demo.toml").read_text())
+        )
+    else:
+        spec = load_spec(spec_path)
+    result = dbmod.upgrade(a.url)
+    a.err.print(f"database: {result.where} (schema {result.after})")
+    database = a.open_db()
+    with database.write() as session:
+        run = Store(session).create_run(
+            spec, name="demo", model=spec.model.name or a.settings.model
+        )
+        run_id, model = run.id, run.model
+    a.err.print(f"run {run_id} on {model}: {days} days")
+    committed = tries = 0
+    # A small model fails some days; each failure stays in the record, and the demo
+    # resumes the run, as a person would, until enough days are committed.
+    while committed < days and tries < days * 3:
+        results = _step(a, run_id, days - committed, fail=False)
+        committed += sum(r.status == DayStatus.COMMITTED for r in results)
+        tries += len(results)
+        if results and results[-1].status == DayStatus.FAILED:
+            a.err.print(f"day {results[-1].index} failed ({results[-1].error}); resuming")
+            _set_status(ctx, run_id, {RunStatus.PAUSED}, RunStatus.RUNNING, None)
+        elif not results:
+            break
+    with database.read() as session:
+        store = Store(session)
+        verified = store.verify_chain(run_id)
+        write_atomically(report, [to_markdown(store, store.get_run(run_id))])
+    if not verified.ok:
+        assert verified.broken is not None
+        raise LoopsimError(f"demo record does not verify: {verified.broken.describe()}")
+    a.err.print(f"{committed} days committed in {tries} tries; record verified: "
+                f"{verified.checked} entries")
+    a.err.print(f"report: {report}")
+    a.err.print(f"next: loopsim --db {result.where} record show {run_id}")
+    a.out.print(run_id)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,42 @@
+"""Settings: read once at start-up from ``LOOPSIM_*`` variables and passed explicitly.
+
+Nothing in loopsim reads the environment at import time or from deep inside a module;
+the CLI builds one :class:`Settings` and hands it down.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "llamacpp:gemma3-270m"
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Every field maps to ``LOOPSIM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOPSIM_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///loopsim.db",
+        description="SQLAlchemy URL or a plain file path for SQLite.",
+    )
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model for runs whose spec names none, e.g. 'openai:gpt-4o-mini'.",
+    )
+    model_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key for the model endpoint; never logged or stored."
+    )
+    view_token_budget: int = Field(3000, ge=200, description="Tokens the view may fill.")
+    max_output_chars: int = Field(
+        20_000, ge=100, description="A reply longer than this fails the day."
+    )
+    max_retries: int = Field(2, ge=0, le=5, description="Retries of an invalid reply.")
+    model_timeout: float = Field(300.0, gt=0, description="Seconds per model call.")
+    busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy timeout.")
+    llama_threads: int | None = Field(None, description="Threads for the embedded model.")
+    llama_ctx: int = Field(4096, ge=512, description="Context window of the embedded model.")

@@ -1,0 +1,284 @@
+"""Engine, sessions, and the schema gate.
+
+What this module promises:
+
+- SQLite connections run in WAL mode with a busy timeout and foreign keys on. Reads begin
+  ``DEFERRED``; writes begin ``IMMEDIATE``, so a read-then-write transaction waits for the
+  lock instead of failing at once with "database is locked".
+- :meth:`Database.open` refuses a database that is missing, corrupt, or not at Alembic's
+  head, and names the command that fixes it. Only :func:`upgrade` creates a database.
+- :func:`upgrade` backs up an existing SQLite file before migrating it.
+
+The caller owns every transaction: :meth:`Database.write` commits once at the end of its
+block or rolls back on any exception, so a killed process never leaves half a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.util
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, exc, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from loopsim.errors import (
+    DatabaseBusy,
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseMissing,
+    SchemaOutdated,
+    SchemaTooNew,
+)
+
+UPGRADE_HINT = "run `loopsim db upgrade`"
+
+
+def normalize_url(url_or_path: str) -> URL:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    if "://" not in url_or_path:
+        path = Path(url_or_path).expanduser()
+        return URL.create("sqlite", database=str(path))
+    try:
+        return make_url(url_or_path)
+    except exc.ArgumentError:
+        raise DatabaseError(f"not a database URL: {url_or_path!r}") from None
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for other backends and in-memory SQLite."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def display_url(url: URL) -> str:
+    path = sqlite_path(url)
+    return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
+def migrations_dir() -> str:
+    spec = importlib.util.find_spec("loopsim._migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatabaseError("loopsim's migrations are missing from this install")
+    return str(list(spec.submodule_search_locations)[0])
+
+
+def alembic_config(url: URL | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir())
+    if url is not None:
+        cfg.set_main_option(
+            "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+        )
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool = True) -> Engine:
+    """Build an engine with loopsim's connection habits for the URL's backend."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            # pysqlite's own implicit BEGIN is switched off; we emit BEGIN ourselves below.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cur.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+            if sqlite_path(url) is not None:
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            mode = conn.get_execution_options().get("loopsim_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def translate(error: Exception, where: str) -> DatabaseError | None:
+    """Map a driver error to loopsim's tree, or None if it is not one we know."""
+    text = str(getattr(error, "orig", error)).lower()
+    if "database is locked" in text or "database table is locked" in text:
+        return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
+    if "file is not a database" in text or "malformed" in text or "disk image" in text:
+        return DatabaseCorrupt(
+            f"{where} is not a readable loopsim database ({text.strip()}); it was left untouched"
+        )
+    if "could not connect" in text or "connection refused" in text or "unable to open" in text:
+        return DatabaseError(f"cannot connect to {where}: {text.strip().splitlines()[0]}")
+    return None
+
+
+@contextlib.contextmanager
+def translated(where: str) -> Iterator[None]:
+    try:
+        yield
+    except exc.DBAPIError as error:
+        mapped = translate(error, where)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+def _current_revision(engine: Engine, where: str) -> str | None:
+    with translated(where), engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@dataclass
+class Database:
+    """An opened, schema-checked database. Hand out sessions; never commit for the caller."""
+
+    url: URL
+    engine: Engine
+    write_engine: Engine
+
+    @property
+    def where(self) -> str:
+        return display_url(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @classmethod
+    def open(cls, url_or_path: str, *, busy_timeout_ms: int = 30_000) -> Database:
+        """Open an existing database at the current schema, or raise a one-line error."""
+        url = normalize_url(url_or_path)
+        where = display_url(url)
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise DatabaseMissing(f"no database at {where}; create it with `loopsim db upgrade`")
+        engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
+        current = _current_revision(engine, where)
+        check_revision(current, where)
+        return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading. It never commits; closing it ends the transaction and
+        leaves loaded objects readable (detached, not expired)."""
+        with translated(self.where), Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose block commits once at the end, or not at all."""
+        with translated(self.where), Session(self.write_engine, expire_on_commit=False) as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def check_revision(current: str | None, where: str) -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaOutdated(f"{where} has no loopsim schema; {UPGRADE_HINT}")
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaTooNew(
+            f"{where} is at schema {current}, which this loopsim does not know; "
+            "upgrade loopsim itself"
+        )
+    raise SchemaOutdated(f"{where} is at schema {current}, behind {head}; {UPGRADE_HINT}")
+
+
+@dataclass
+class UpgradeResult:
+    where: str
+    before: str | None
+    after: str
+    created: bool
+    backup: Path | None
+
+
+def backup_sqlite(path: Path, label: str) -> Path:
+    """Copy a live SQLite file with the backup API (safe under WAL) beside the original."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.bak-{label}-{stamp}")
+    src = sqlite3.connect(path)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return target
+
+
+def upgrade(url_or_path: str, revision: str = "head") -> UpgradeResult:
+    """Create the database if needed and migrate it to ``revision``."""
+    url = normalize_url(url_or_path)
+    where = display_url(url)
+    path = sqlite_path(url)
+    created = path is not None and not path.exists()
+    if path is not None and created and not path.parent.exists():
+        raise DatabaseError(f"cannot create {where}: folder {path.parent} does not exist")
+    engine = make_engine(url, foreign_keys=False)
+    try:
+        before = _current_revision(engine, where)
+        backup = None
+        if path is not None and not created and before is not None and before != head_revision():
+            with translated(where):
+                backup = backup_sqlite(path, before)
+        with translated(where), engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        after = _current_revision(engine, where)
+    finally:
+        engine.dispose()
+    assert after is not None
+    return UpgradeResult(where, before, after, created, backup)
+
+
+def downgrade(url_or_path: str, revision: str) -> None:
+    """Migrate down to ``revision`` (for tests and recovery; never run automatically)."""
+    url = normalize_url(url_or_path)
+    engine = make_engine(url, foreign_keys=False)
+    try:
+        with translated(display_url(url)), engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()

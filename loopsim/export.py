@@ -1,0 +1,162 @@
+"""Exports of a run's record: Markdown for people, JSONL for programs.
+
+Everything in an entry was written by a model and is treated as hostile:
+
+- Markdown: entry text is HTML-escaped and every line is quoted, so it cannot open a
+  heading, a code fence, a raw HTML block or a link reference outside its quote.
+- JSONL: one JSON object a line, schema ``loopsim.export/1`` (see ``docs/export.md``).
+
+Reverted days are left out unless ``include_reverted`` is given; failed days are shown
+with their error in Markdown and as ``day`` records in JSONL.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from loopsim.models import Day, Entry, Run
+from loopsim.schemas import DayStatus
+from loopsim.store import Store
+
+SCHEMA = "loopsim.export/1"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+
+def safe_text(text: str) -> str:
+    """Drop control characters (terminal escapes included), keep newlines and tabs."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n")).replace("\r", "\n")
+
+
+def md_inline(text: str) -> str:
+    """One line of untrusted text, safe inside Markdown prose."""
+    flat = " ".join(safe_text(text).split())
+    escaped = html.escape(flat, quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
+
+
+def md_block(text: str) -> str:
+    """Untrusted multi-line text as a Markdown block quote it cannot break out of."""
+    lines = html.escape(safe_text(text), quote=False).split("\n")
+    return "\n".join("> " + re.sub(r"([\\`*_{}\[\]#+!|~-])", r"\\\1", line) for line in lines)
+
+
+def _days_and_entries(
+    store: Store, run: Run, include_reverted: bool
+) -> Iterator[tuple[Day, list[Entry]]]:
+    by_day: dict[int | None, list[Entry]] = {}
+    for entry, _idx, _status in store.list_entries(run.id, include_reverted=include_reverted):
+        by_day.setdefault(entry.day_id, []).append(entry)
+    for day in store.list_days(run.id):
+        if day.status == DayStatus.REVERTED and not include_reverted:
+            continue
+        yield day, by_day.get(day.id, [])
+
+
+def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> str:
+    spec = run.spec
+    out = [
+        f"# {md_inline(run.name)}",
+        "",
+        f"- run: `{run.id}`",
+        f"- status: {run.status}",
+        f"- model: {md_inline(run.model)}",
+        f"- persona: {md_inline(spec['persona']['name'])}",
+        "",
+        "## Charter",
+        "",
+        md_block(spec["charter"]["agenda"]),
+        "",
+    ]
+    outside = [e for e, idx, _ in store.list_entries(run.id) if idx is None]
+    for day, entries in _days_and_entries(store, run, include_reverted):
+        label = "" if day.status == DayStatus.COMMITTED else f" ({day.status})"
+        out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
+        out.append(f"*model {md_inline(day.model_version)}, {day.latency_ms or 0} ms, "
+                   f"{day.tokens_in or 0} tokens in, {day.tokens_out or 0} out*")
+        out.append("")
+        if day.status == DayStatus.FAILED:
+            out += [f"Failed: {md_inline(day.error or '')}", ""]
+        for entry in entries:
+            out += [f"### {entry.kind}: {md_inline(entry.title)}", "", md_block(entry.body), ""]
+    if outside:
+        out += ["## Entries outside any day", ""]
+        for entry in outside:
+            out += [
+                f"### {entry.kind} by {entry.author}, {entry.external_date.isoformat()}: "
+                f"{md_inline(entry.title)}",
+                "",
+                md_block(entry.body),
+                "",
+            ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _jsonl(record: dict[str, Any]) -> str:
+    return json.dumps({"schema": SCHEMA, **record}, ensure_ascii=False, sort_keys=True)
+
+
+def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Iterator[str]:
+    spec = dict(run.spec)
+    yield _jsonl(
+        {
+            "type": "run",
+            "id": run.id,
+            "name": run.name,
+            "status": run.status,
+            "model": run.model,
+            "created_at": run.created_at.isoformat(),
+            "spec": spec,
+        }
+    )
+    day_index: dict[int, int] = {}
+    for day, entries in _days_and_entries(store, run, include_reverted):
+        day_index[day.id] = day.index
+        yield _jsonl(
+            {
+                "type": "day",
+                "run_id": run.id,
+                "index": day.index,
+                "external_date": day.external_date.isoformat(),
+                "status": day.status,
+                "model_id": day.model_id,
+                "model_version": day.model_version,
+                "prompt_hash": day.prompt_hash,
+                "attempts": day.attempts,
+                "tokens_in": day.tokens_in,
+                "tokens_out": day.tokens_out,
+                "latency_ms": day.latency_ms,
+                "error": day.error,
+            }
+        )
+        for entry in entries:
+            yield _entry_record(entry, day.index, day.status)
+    for entry, idx, _ in store.list_entries(run.id):
+        if idx is None:
+            yield _entry_record(entry, None, None)
+
+
+def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -> str:
+    return _jsonl(
+        {
+            "type": "entry",
+            "run_id": entry.run_id,
+            "day_index": day_index,
+            "day_status": day_status,
+            "seq": entry.seq,
+            "kind": entry.kind,
+            "author": entry.author,
+            "title": entry.title,
+            "body": entry.body,
+            "external_date": entry.external_date.isoformat(),
+            "created_at": entry.created_at.isoformat(),
+            "model_id": entry.model_id,
+            "model_version": entry.model_version,
+            "prompt_hash": entry.prompt_hash,
+            "hash": entry.hash,
+            "prev_hash": entry.prev_hash,
+        }
+    )

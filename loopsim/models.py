@@ -1,0 +1,183 @@
+"""ORM tables. The schema itself is owned by Alembic (``migrations/``); these classes
+must match it, and ``tests/test_migrations.py`` holds them to that.
+
+Entries are append-only: nothing in loopsim updates or deletes a row of ``entries``. A
+rollback marks its *days* reverted, so the entries stay for audit and for the hash chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC, hands back aware UTC, on every backend alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(200))
+    # Seeds the secret spot-check RNG. Never rendered into a prompt or an export.
+    secret_seed: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Worker leases (loopsim serve): owner, expiry and a fencing generation.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    lease_generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    days: Mapped[list[Day]] = relationship(back_populates="run", order_by="Day.index")
+
+
+class Day(Base):
+    __tablename__ = "days"
+    __table_args__ = (UniqueConstraint("run_id", "index", name="uq_days_run_id_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    index: Mapped[int] = mapped_column(Integer)
+    external_date: Mapped[dt.date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(400))
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    # The exact messages the researcher saw: for audit and distillation datasets.
+    prompt: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    raw_output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    run: Mapped[Run] = relationship(back_populates="days")
+    entries: Mapped[list[Entry]] = relationship(back_populates="day", order_by="Entry.seq")
+
+
+class Entry(Base):
+    __tablename__ = "entries"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq", name="uq_entries_run_id_seq"),
+        Index("ix_entries_run_id_kind_seq", "run_id", "kind", "seq"),
+        Index("ix_entries_day_id", "day_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    day_id: Mapped[int | None] = mapped_column(ForeignKey("days.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("entries.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(400))
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    external_date: Mapped[dt.date] = mapped_column(Date)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    day: Mapped[Day | None] = relationship(back_populates="entries")
+
+
+class Probe(Base):
+    __tablename__ = "probes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    question: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # spec | researcher | human
+    status: Mapped[str] = mapped_column(String(16))  # proposed | accepted | rejected
+    proposed_in_entry_id: Mapped[int | None] = mapped_column(ForeignKey("entries.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CheckIn(Base):
+    __tablename__ = "checkins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    first_day_index: Mapped[int] = mapped_column(Integer)
+    last_day_index: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    drift_score: Mapped[float | None] = mapped_column(Float)
+    opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ProbePair(Base):
+    __tablename__ = "probe_pairs"
+    __table_args__ = (
+        UniqueConstraint("checkin_id", "probe_id", name="uq_probe_pairs_checkin_id_probe_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkin_id: Mapped[int] = mapped_column(ForeignKey("checkins.id"))
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id"))
+    prediction: Mapped[str | None] = mapped_column(Text)
+    human_answer: Mapped[str | None] = mapped_column(Text)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    revealed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    rating: Mapped[int | None] = mapped_column(Integer)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    is_retest: Mapped[bool] = mapped_column(Boolean, default=False)

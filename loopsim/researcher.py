@@ -1,0 +1,196 @@
+"""A fresh researcher: one prompt in, one validated DayReport out.
+
+The prompt is a pure function of the persona, the external date and the view. Nothing
+else goes in: no conversation history, no counters, nothing about check-ins. Equal inputs
+give byte-equal prompts (and the same sampling seed), so a day behaves the same whether or
+not earlier days ran in this process.
+
+This module never imports check-in, drift or schedule code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import ValidationError
+
+from loopsim.chat import ChatHandle
+from loopsim.schemas import DayReport, Persona
+from loopsim.store import canonical_json, sha256_hex
+from loopsim.view import View
+
+FRAMING = (
+    "You work in a calm, stable, well-resourced research environment: no deadlines, no "
+    "distractions, and all the time you need to think. Each morning you wake with no memory "
+    "of earlier days. Your only memory is the research log that your earlier selves wrote. "
+    "Whatever you write today is added to it, for the you of tomorrow."
+)
+
+INSTRUCTIONS = (
+    "Read the log, then do one day of careful work on the charter. Reply with one JSON "
+    "object and nothing else. For example:\n"
+    '{"entries": [{"kind": "hypothesis", "title": "Distance is weighed by dance length", '
+    '"body": "Foragers may dance longer for richer patches, so followers would weigh a far '
+    'rich patch by how long its dances last. This needs a test."}], '
+    '"digest": "So far: one hypothesis about dance length, untested."}\n'
+    "Each kind is one of: note, hypothesis, question, answer, plan, critique. Write 1 to 6 "
+    "entries in plain sentences, building on the log rather than repeating it. The digest "
+    "is optional: a few sentences summing up the whole log so far."
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: tuple[tuple[str, str], ...]
+
+    @property
+    def hash(self) -> str:
+        return sha256_hex(canonical_json(self.as_dicts()))
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def as_langchain(self) -> list[BaseMessage]:
+        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+        return [kinds[role](content=content) for role, content in self.messages]
+
+
+def build_prompt(persona: Persona, view: View, external_date: dt.date) -> Prompt:
+    """The whole input of one day. Stable parts first, the date last, for cache reuse."""
+    system = [f"You are {persona.name}. {persona.background.strip()}"]
+    if persona.style.strip():
+        system.append(f"Your style: {persona.style.strip()}")
+    if persona.writing_sample:
+        system.append(f'A sample of your writing:\n"""\n{persona.writing_sample.strip()}\n"""')
+    system.append(FRAMING)
+    system.append(INSTRUCTIONS)
+    user = f"{view.render()}\n\nToday's date is {external_date.isoformat()}. Write today's work."
+    return Prompt((("system", "\n\n".join(system)), ("user", user)))
+
+
+def report_schema() -> dict[str, Any]:
+    return DayReport.model_json_schema()
+
+
+GRAMMAR_MAX_CHARS = 320
+GRAMMAR_MAX_ITEMS = 3
+
+
+def grammar_schema() -> dict[str, Any]:
+    """The DayReport schema, tightened for constrained decoding by a small local model.
+
+    llama.cpp expands ``maxLength: 1500`` into nested grammar rules, and past a few
+    hundred per string times several items it refuses the grammar (and can crash). So
+    strings are capped at ``GRAMMAR_MAX_CHARS`` and lists at ``GRAMMAR_MAX_ITEMS``: every
+    reply the grammar allows still fits ``max_tokens`` and still validates as a DayReport.
+    """
+
+    def tighten(node: Any) -> Any:
+        if isinstance(node, list):
+            return [tighten(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: tighten(v) for k, v in node.items()}
+        if "maxLength" in out:
+            out["maxLength"] = min(out["maxLength"], GRAMMAR_MAX_CHARS)
+        if "maxItems" in out:
+            out["maxItems"] = min(out["maxItems"], GRAMMAR_MAX_ITEMS)
+        return out
+
+    return tighten(report_schema())
+
+
+_FENCE = re.compile(r"\A\s*```(?:json)?\s*\n(.*)\n```\s*\Z", re.DOTALL)
+_NUL = "\x00"
+
+
+def parse_report(raw: str) -> DayReport:
+    """Validate a reply. A reply that is exactly one fenced JSON block is unwrapped;
+    nothing else is repaired."""
+    match = _FENCE.match(raw)
+    return DayReport.model_validate_json(match.group(1) if match else raw)
+
+
+def describe_validation(error: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for item in error.errors()[:limit]:
+        loc = ".".join(str(p) for p in item["loc"]) or "reply"
+        parts.append(f"{loc}: {item['msg']}")
+    more = len(error.errors()) - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def storable(text: str) -> str:
+    """Text safe for every backend: NUL bytes replaced (PostgreSQL refuses them)."""
+    return text.replace(_NUL, "\ufffd")
+
+
+@dataclass
+class DayOutcome:
+    report: DayReport | None
+    raw: str
+    error: str | None
+    attempts: int
+    model_version: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: int = 0
+    transcript: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.report is not None
+
+
+class Researcher:
+    """Asks one model for a DayReport, retrying invalid replies with the error fed back."""
+
+    def __init__(self, chat: ChatHandle, *, max_retries: int = 2, max_output_chars: int = 20_000):
+        self.chat = chat
+        self.max_retries = max_retries
+        self.max_output_chars = max_output_chars
+
+    def work(self, prompt: Prompt) -> DayOutcome:
+        messages = prompt.as_langchain()
+        schema = grammar_schema()
+        seed = int(prompt.hash[:8], 16)
+        outcome = DayOutcome(None, "", None, 0, self.chat.version)
+        for attempt in range(self.max_retries + 1):
+            reply = self.chat.complete(messages, schema, seed=seed + attempt)
+            outcome.attempts = attempt + 1
+            outcome.model_version = reply.model_version
+            outcome.tokens_in += reply.tokens_in or 0
+            outcome.tokens_out += reply.tokens_out or 0
+            outcome.latency_ms += reply.latency_ms
+            outcome.raw = storable(reply.text[: self.max_output_chars])
+            outcome.transcript.append({"role": "assistant", "content": outcome.raw})
+            if len(reply.text) > self.max_output_chars:
+                outcome.error = (
+                    f"reply of {len(reply.text)} characters is over the cap of "
+                    f"{self.max_output_chars}"
+                )
+                return outcome
+            try:
+                outcome.report = parse_report(reply.text)
+                outcome.error = None
+                return outcome
+            except ValidationError as exc:
+                outcome.error = describe_validation(exc)
+            feedback = (
+                f"That reply was not valid: {outcome.error}. "
+                "Reply again with only the JSON object."
+            )
+            outcome.transcript.append({"role": "user", "content": feedback})
+            messages = [*messages, AIMessage(content=outcome.raw[:4000]), HumanMessage(feedback)]
+        return outcome
+
+
+def dumps_report(report: DayReport) -> str:
+    return json.dumps(report.model_dump(mode="json"), ensure_ascii=False)

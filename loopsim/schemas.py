@@ -1,0 +1,239 @@
+"""Pydantic models at loopsim's boundaries: the run spec (TOML in) and the DayReport
+(model reply in). Statuses and kinds live here too, as ``StrEnum``, so the ORM and the
+CLI share one spelling.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from loopsim.errors import SpecError
+
+
+class RunStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    AWAITING_CHECKIN = "awaiting_checkin"
+    PAUSED = "paused"
+    HALTED = "halted"
+    FAILED = "failed"
+    COMPLETED = "completed"
+
+
+class DayStatus(StrEnum):
+    COMMITTED = "committed"
+    FAILED = "failed"
+    REVERTED = "reverted"
+
+
+class Author(StrEnum):
+    RESEARCHER = "researcher"
+    HUMAN = "human"
+    SYSTEM = "system"
+
+
+class EntryKind(StrEnum):
+    NOTE = "note"
+    HYPOTHESIS = "hypothesis"
+    QUESTION = "question"
+    ANSWER = "answer"
+    PLAN = "plan"
+    CRITIQUE = "critique"
+    DIGEST = "digest"
+    CORRECTION = "correction"
+
+
+# Kinds a researcher may write in a DayReport; digests come through their own field and
+# corrections only from a human.
+ResearcherKind = Literal["note", "hypothesis", "question", "answer", "plan", "critique"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------- run spec
+
+
+class Persona(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    background: Annotated[str, Field(min_length=1, max_length=4000)]
+    style: str = Field("", max_length=2000)
+    writing_sample: str | None = Field(None, max_length=8000)
+
+
+class Charter(_Strict):
+    agenda: Annotated[str, Field(min_length=1, max_length=8000)]
+    open_questions: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class FixedTime(_Strict):
+    """The external date never moves."""
+
+    policy: Literal["fixed"]
+    anchor: dt.date
+
+
+class WallClockTime(_Strict):
+    """The external date advances ``rate`` external days per real day since the run began."""
+
+    policy: Literal["wall_clock"]
+    anchor: dt.date
+    rate: float = Field(gt=0, le=100)
+
+
+class PerCheckinTime(_Strict):
+    """The external date advances ``step_days`` after every approved check-in."""
+
+    policy: Literal["per_checkin"]
+    anchor: dt.date
+    step_days: int = Field(1, ge=1, le=3650)
+
+
+TimePolicy = Annotated[FixedTime | WallClockTime | PerCheckinTime, Field(discriminator="policy")]
+
+
+class ModelSpec(_Strict):
+    name: str | None = Field(
+        None, description="'llamacpp:gemma3-270m', 'openai:gpt-4o-mini', 'ollama:llama3'..."
+    )
+    base_url: str | None = None
+    temperature: float = Field(0.7, ge=0, le=2)
+    repeat_penalty: float = Field(1.15, ge=1, le=2)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _provider_prefix(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value:
+            raise ValueError("must look like 'provider:model', e.g. 'openai:gpt-4o-mini'")
+        return value
+
+
+class Budget(_Strict):
+    days: int = Field(30, ge=1, le=1_000_000)
+    output_tokens_per_day: int = Field(600, ge=32, le=100_000)
+
+
+class RunSpec(_Strict):
+    """A run spec, as written in TOML."""
+
+    persona: Persona
+    charter: Charter
+    time: TimePolicy
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
+    budget: Budget = Field(default_factory=lambda: Budget())
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{loc}: missing"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return (
+            f"{loc}.policy: unknown drift policy {ctx.get('tag')!r} "
+            f"(expected {ctx.get('expected_tags')})"
+        )
+    if kind == "union_tag_not_found":
+        return f"{loc}.policy: missing (expected 'fixed', 'wall_clock' or 'per_checkin')"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field"
+    return f"{loc}: {error['msg'].lower()}"
+
+
+def load_spec(path: Path) -> RunSpec:
+    """Read and validate a TOML run spec, or raise :class:`SpecError` with one line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+# --------------------------------------------------------------------------- day report
+
+_DIGIT_RUN = re.compile(r"\d[\d\s.,]{11,}")
+_CHAR_RUN = re.compile(r"(.)\1{11,}", re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def degeneracy(text: str) -> str | None:
+    """Why ``text`` looks like a degenerate small-model reply, or None if it looks like prose."""
+    if _CONTROL.search(text):
+        return "contains control characters"
+    if _DIGIT_RUN.search(text):
+        return "contains a long run of digits"
+    if _CHAR_RUN.search(text):
+        return "repeats one character many times"
+    words = text.split()
+    if len(words) >= 8 and len(set(words)) / len(words) < 0.3:
+        return "repeats the same few words"
+    letters = sum(ch.isalpha() for ch in text)
+    if letters < len(text) * 0.5:
+        return "is mostly not letters"
+    return None
+
+
+class EntryDraft(_Strict):
+    """One entry as the researcher writes it."""
+
+    kind: ResearcherKind
+    title: Annotated[str, Field(min_length=3, max_length=120)]
+    body: Annotated[str, Field(min_length=20, max_length=1500)]
+
+    @field_validator("title", "body")
+    @classmethod
+    def _not_degenerate(cls, value: str) -> str:
+        why = degeneracy(value)
+        if why:
+            raise ValueError(f"text {why}")
+        return value
+
+
+class DayReport(_Strict):
+    """What one day's researcher returns."""
+
+    entries: list[EntryDraft] = Field(min_length=1, max_length=6)
+    digest: str | None = Field(
+        None,
+        max_length=2000,
+        description="Optional rewritten digest of the whole record so far.",
+    )
+
+    @field_validator("digest")
+    @classmethod
+    def _digest_not_degenerate(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            why = degeneracy(value)
+            if why:
+                raise ValueError(f"digest {why}")
+            return value
+        return None

@@ -1,0 +1,387 @@
+"""All queries over the record. The store appends, gets, lists and verifies; it never
+commits. The caller (``loop.py``, the CLI) owns the transaction through
+:meth:`loopsim.db.Database.write`.
+
+Entries form one SHA-256 chain per run, in ``seq`` order. Each entry's hash covers its
+canonical content and the previous entry's hash, so editing, deleting or reordering any
+committed entry breaks every link after it, and :meth:`Store.verify_chain` names the first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Float, Integer, column, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from loopsim import ids
+from loopsim.errors import NotFound
+from loopsim.models import Day, Entry, Run, utcnow
+from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, RunStatus
+
+GENESIS = "0" * 64
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(entry: Entry, day_index: int | None) -> str:
+    """The chain hash of one entry: its canonical content plus the previous hash."""
+    payload = {
+        "v": 1,
+        "run_id": entry.run_id,
+        "seq": entry.seq,
+        "day_index": day_index,
+        "parent_id": entry.parent_id,
+        "kind": entry.kind,
+        "title": entry.title,
+        "body": entry.body,
+        "author": entry.author,
+        "model_id": entry.model_id,
+        "model_version": entry.model_version,
+        "prompt_hash": entry.prompt_hash,
+        "external_date": entry.external_date.isoformat(),
+        "created_at": _iso(entry.created_at),
+        "prev_hash": entry.prev_hash,
+    }
+    return sha256_hex(canonical_json(payload))
+
+
+@dataclass(frozen=True)
+class EntryInput:
+    kind: str
+    title: str
+    body: str
+    author: str = Author.RESEARCHER
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    seq: int
+    day_index: int | None
+    entry_id: int
+    reason: str
+
+    def describe(self) -> str:
+        where = f"day {self.day_index}" if self.day_index is not None else "no day"
+        return f"{where}, seq {self.seq} (entry {self.entry_id}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    run_id: str
+    checked: int
+    head: str
+    broken: BrokenLink | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+_WORD = re.compile(r"[^\W_]{4,}", re.UNICODE)
+_STOP = frozenset(
+    "that this with from have what which when where there their about would could should "
+    "into than then them they these those your been were will does".split()
+)
+
+
+def search_terms(query: str, limit: int = 24) -> list[str]:
+    """Words worth matching: long enough, not stop words, deduplicated, in order."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query.lower()):
+        if word not in _STOP:
+            seen.setdefault(word, None)
+    return list(seen)[:limit]
+
+
+class Store:
+    """Queries over one session. Methods flush when they need ids, never commit."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dialect = session.get_bind().dialect.name
+
+    # ------------------------------------------------------------------------- runs
+
+    def create_run(self, spec: RunSpec, *, name: str, model: str) -> Run:
+        now = utcnow()
+        run = Run(
+            id=ids.new_id(),
+            name=name,
+            status=RunStatus.CREATED,
+            spec=spec.model_dump(mode="json"),
+            model=model,
+            secret_seed=secrets.token_hex(32),
+            created_at=now,
+            updated_at=now,
+            lease_generation=0,
+        )
+        self.session.add(run)
+        self.session.flush()
+        return run
+
+    def get_run(self, ref: str, *, lock: bool = False) -> Run:
+        """A run by id or unique id prefix (at least 4 characters)."""
+        ref = ref.strip().lower()
+        if len(ref) < 4:
+            raise NotFound(f"run id {ref!r} is too short; give at least 4 characters")
+        stmt = select(Run).where(Run.id.startswith(ref, autoescape=True)).limit(2)
+        if lock and self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        found = list(self.session.scalars(stmt))
+        if not found:
+            raise NotFound(f"no run {ref!r}; `loopsim run list` shows the runs")
+        if len(found) > 1:
+            raise NotFound(f"run id {ref!r} is ambiguous; give more characters")
+        return found[0]
+
+    def list_runs(self) -> Sequence[Run]:
+        return self.session.scalars(select(Run).order_by(Run.id)).all()
+
+    def set_status(self, run: Run, status: RunStatus, reason: str | None = None) -> None:
+        run.status = status
+        run.status_reason = reason
+        run.updated_at = utcnow()
+        self.session.flush()
+
+    # ------------------------------------------------------------------------- days
+
+    def next_day_index(self, run_id: str) -> int:
+        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
+        return 1 if last is None else last + 1
+
+    def count_days(self, run_id: str, status: DayStatus | None = None) -> int:
+        stmt = select(func.count()).select_from(Day).where(Day.run_id == run_id)
+        if status is not None:
+            stmt = stmt.where(Day.status == status)
+        return int(self.session.scalar(stmt) or 0)
+
+    def get_day(self, run_id: str, index: int) -> Day:
+        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == index))
+        if day is None:
+            raise NotFound(f"run {run_id} has no day {index}")
+        return day
+
+    def list_days(self, run_id: str) -> Sequence[Day]:
+        return self.session.scalars(
+            select(Day).where(Day.run_id == run_id).order_by(Day.index)
+        ).all()
+
+    def add_day(self, day: Day) -> Day:
+        self.session.add(day)
+        self.session.flush()
+        return day
+
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        row = self.session.execute(
+            select(func.coalesce(func.sum(Day.tokens_in), 0),
+                   func.coalesce(func.sum(Day.tokens_out), 0)).where(Day.run_id == run_id)
+        ).one()
+        return int(row[0]), int(row[1])
+
+    # ---------------------------------------------------------------------- entries
+
+    def chain_head(self, run_id: str) -> tuple[int, str]:
+        row = self.session.execute(
+            select(Entry.seq, Entry.hash)
+            .where(Entry.run_id == run_id)
+            .order_by(Entry.seq.desc())
+            .limit(1)
+        ).first()
+        return (0, GENESIS) if row is None else (row[0], row[1])
+
+    def append_entries(
+        self,
+        run_id: str,
+        items: Sequence[EntryInput],
+        *,
+        day: Day | None,
+        external_date: dt.date,
+        model_id: str | None = None,
+        model_version: str | None = None,
+        prompt_hash: str | None = None,
+    ) -> list[Entry]:
+        """Append entries to the run's chain. Ids and hashes are set before returning."""
+        seq, prev = self.chain_head(run_id)
+        now = utcnow()
+        created: list[Entry] = []
+        for item in items:
+            seq += 1
+            entry = Entry(
+                run_id=run_id,
+                day_id=day.id if day is not None else None,
+                parent_id=item.parent_id,
+                seq=seq,
+                kind=item.kind,
+                title=item.title,
+                body=item.body,
+                author=item.author,
+                model_id=model_id,
+                model_version=model_version,
+                prompt_hash=prompt_hash,
+                external_date=external_date,
+                created_at=now,
+                prev_hash=prev,
+                hash="",
+            )
+            entry.hash = entry_hash(entry, day.index if day is not None else None)
+            prev = entry.hash
+            self.session.add(entry)
+            created.append(entry)
+        self.session.flush()
+        return created
+
+    def _entries_with_day(self, run_id: str) -> Any:
+        return (
+            select(Entry, Day.index, Day.status)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == run_id)
+        )
+
+    @staticmethod
+    def _visible() -> Any:
+        return or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED)
+
+    def list_entries(
+        self,
+        run_id: str,
+        *,
+        day_index: int | None = None,
+        include_reverted: bool = True,
+    ) -> list[tuple[Entry, int | None, str | None]]:
+        stmt = self._entries_with_day(run_id).order_by(Entry.seq)
+        if day_index is not None:
+            stmt = stmt.where(Day.index == day_index)
+        if not include_reverted:
+            stmt = stmt.where(self._visible())
+        return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
+
+    def pinned_corrections(self, run_id: str, until: dt.date, limit: int = 50) -> list[Entry]:
+        """Human corrections, oldest first: every view includes them."""
+        stmt = (
+            self._entries_with_day(run_id)
+            .where(Entry.kind == EntryKind.CORRECTION, Entry.author == Author.HUMAN)
+            .where(self._visible(), Entry.external_date <= until)
+            .order_by(Entry.seq.desc())
+            .limit(limit)
+        )
+        return [row[0] for row in reversed(self.session.execute(stmt).all())]
+
+    def latest_digest(self, run_id: str, until: dt.date) -> Entry | None:
+        stmt = (
+            self._entries_with_day(run_id)
+            .where(Entry.kind == EntryKind.DIGEST)
+            .where(self._visible(), Entry.external_date <= until)
+            .order_by(Entry.seq.desc())
+            .limit(1)
+        )
+        row = self.session.execute(stmt).first()
+        return None if row is None else row[0]
+
+    def recent_entries(
+        self, run_id: str, until: dt.date, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[tuple[Entry, int | None]]:
+        """Newest visible research entries first, one page at a time."""
+        stmt = (
+            self._entries_with_day(run_id)
+            .where(Entry.kind.not_in([EntryKind.DIGEST, EntryKind.CORRECTION]))
+            .where(self._visible(), Entry.external_date <= until)
+            .order_by(Entry.seq.desc())
+            .limit(limit)
+        )
+        if before_seq is not None:
+            stmt = stmt.where(Entry.seq < before_seq)
+        return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
+
+    def search(
+        self,
+        run_id: str,
+        query: str,
+        *,
+        until: dt.date | None = None,
+        include_reverted: bool = False,
+        limit: int = 20,
+    ) -> list[tuple[Entry, int | None, str | None]]:
+        """Full-text matches for any of the query's words, best first."""
+        terms = search_terms(query)
+        if not terms:
+            return []
+        if self.dialect == "sqlite":
+            match = " OR ".join(f'"{t}"' for t in terms)
+            ranked = text(
+                "SELECT rowid AS id, rank AS score FROM entries_fts WHERE entries_fts MATCH :q"
+            ).columns(column("id", Integer), column("score", Float)).bindparams(q=match)
+            ranked = ranked.subquery("fts")
+            score = ranked.c.score.asc()
+        else:
+            tsq = func.to_tsquery("english", " | ".join(terms))
+            doc = func.to_tsvector("english", Entry.title + " " + Entry.body)
+            ranked = (
+                select(Entry.id.label("id"), func.ts_rank(doc, tsq).label("score"))
+                .where(Entry.run_id == run_id, doc.op("@@")(tsq))
+                .subquery("fts")
+            )
+            score = ranked.c.score.desc()
+        stmt = (
+            self._entries_with_day(run_id)
+            .join(ranked, ranked.c.id == Entry.id)
+            .order_by(score, Entry.seq.desc())
+            .limit(limit)
+        )
+        if until is not None:
+            stmt = stmt.where(Entry.external_date <= until)
+        if not include_reverted:
+            stmt = stmt.where(self._visible())
+        return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
+
+    # ----------------------------------------------------------------------- verify
+
+    def iter_chain(self, run_id: str, batch: int = 500) -> Iterator[tuple[Entry, int | None]]:
+        stmt = (
+            select(Entry, Day.index)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == run_id)
+            .order_by(Entry.seq)
+            .execution_options(yield_per=batch)
+        )
+        for entry, day_index in self.session.execute(stmt):
+            yield entry, day_index
+
+    def verify_chain(self, run_id: str) -> VerifyResult:
+        """Recompute every hash in order; stop at the first broken link."""
+        prev = GENESIS
+        expected_seq = 1
+        checked = 0
+        for entry, day_index in self.iter_chain(run_id):
+            reason = None
+            if entry.seq != expected_seq:
+                reason = f"expected seq {expected_seq}; an entry is missing or out of order"
+            elif entry.prev_hash != prev:
+                reason = "prev_hash does not match the entry before it"
+            elif entry_hash(entry, day_index) != entry.hash:
+                reason = "content does not match its hash (edited after commit)"
+            if reason:
+                link = BrokenLink(entry.seq, day_index, entry.id, reason)
+                return VerifyResult(run_id, checked, prev, link)
+            prev = entry.hash
+            expected_seq += 1
+            checked += 1
+        return VerifyResult(run_id, checked, prev, None)

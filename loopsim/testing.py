@@ -1,0 +1,99 @@
+"""Test doubles, public so that projects building on loopsim can use them too.
+
+:class:`ScriptedChatModel` replays replies in order and records every prompt it saw. It
+is a langchain-core chat model, so it goes through the same :class:`ChatHandle` seam as a
+real one. Never use it for real runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import PrivateAttr
+
+from loopsim.chat import ChatFactory, ChatHandle
+from loopsim.schemas import ModelSpec
+
+Script = str | Callable[[list[BaseMessage]], str]
+
+
+def report_json(*entries: tuple[str, str, str], digest: str | None = None) -> str:
+    """A valid DayReport as JSON, from (kind, title, body) triples."""
+    payload: dict[str, Any] = {
+        "entries": [{"kind": k, "title": t, "body": b} for k, t, b in entries]
+    }
+    if digest is not None:
+        payload["digest"] = digest
+    return json.dumps(payload)
+
+
+def default_reply(messages: list[BaseMessage]) -> str:
+    """A plausible, valid day whose text depends only on the prompt."""
+    date = messages[-1].text.rsplit("Today's date is ", 1)[-1][:10]
+    return report_json(
+        ("note", f"Observations for {date}", f"Working through the charter on {date}, I read "
+         "the log and wrote down what seems most promising to pursue next."),
+        ("question", "What should be measured first", "Which measurement would most quickly "
+         "separate the competing explanations in the log?"),
+    )
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Replies from a script, in order; the last item repeats when the script runs out."""
+
+    script: list[Any]
+    _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "loopsim-scripted"
+
+    @property
+    def calls(self) -> list[list[BaseMessage]]:
+        return self._calls
+
+    @property
+    def call_kwargs(self) -> list[dict[str, Any]]:
+        return self._kwargs
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        index = min(len(self._calls), len(self.script) - 1)
+        self._calls.append(list(messages))
+        self._kwargs.append(dict(kwargs))
+        item = self.script[index]
+        if isinstance(item, BaseException):
+            raise item
+        text = item(messages) if callable(item) else str(item)
+        message = AIMessage(
+            content=text,
+            usage_metadata={
+                "input_tokens": sum(len(m.text) for m in messages) // 4,
+                "output_tokens": len(text) // 4,
+                "total_tokens": 0,
+            },
+            response_metadata={"model_name": "scripted-1"},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def scripted_factory(script: Sequence[Any] = (default_reply,)) -> tuple[ChatFactory, ScriptedChatModel]:
+    """A chat factory that always hands out one scripted model, and that model."""
+    model = ScriptedChatModel(script=list(script))
+
+    def factory(model_id: str, spec: ModelSpec, max_tokens: int) -> ChatHandle:
+        return ChatHandle(model_id, model, structured="none", version="scripted-1")
+
+    return factory, model
