@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,7 +99,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(run_app, name="run")
 app.add_typer(record_app, name="record")
 
-RunArg = Annotated[str, typer.Argument(help="Run id, or a unique prefix of it (4+ characters).")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -414,6 +415,11 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
 # ----------------------------------------------------------------------------- export
 
 
+class ExportFormat(StrEnum):
+    MD = "md"
+    JSONL = "jsonl"
+
+
 def write_atomically(path: Path, chunks: Iterator[str] | list[str]) -> None:
     """Write beside the target and rename over it, so a crash never leaves half a file."""
     directory = path.parent if str(path.parent) else Path(".")
@@ -437,19 +443,19 @@ def write_atomically(path: Path, chunks: Iterator[str] | list[str]) -> None:
 def export(
     ctx: typer.Context,
     run_ref: RunArg,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="md or jsonl.")] = "md",
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        ExportFormat.MD
+    ),
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File; - or "
                                                 "nothing for stdout.")] = None,
     include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
 ) -> None:
     """Export a run's record as Markdown (for people) or JSONL (for programs)."""
     a = _app(ctx)
-    if fmt not in ("md", "jsonl"):
-        raise SpecError(f"--format: unknown format {fmt!r} (expected md or jsonl)")
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
-        if fmt == "md":
+        if fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
         else:
             chunks = [line + "\n" for line in to_jsonl(store, run,

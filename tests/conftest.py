@@ -1,0 +1,145 @@
+"""Shared fixtures. Every database here is real: SQLite files migrated by Alembic, and,
+where a test asks for ``any_db``, a fresh PostgreSQL database on 127.0.0.1:5432 too."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from loopsim import db as dbmod
+from loopsim.cli import AppContext, app
+from loopsim.config import Settings
+from loopsim.schemas import RunSpec, parse_spec
+from loopsim.store import Store
+from loopsim.testing import ScriptedChatModel, scripted_factory
+
+PG_ADMIN = os.environ.get("LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+SPEC: dict[str, Any] = {
+    "persona": {
+        "name": "Dr. Test Person",
+        "background": "A field ecologist who studies pollinators.",
+        "style": "Plain and careful.",
+    },
+    "charter": {
+        "agenda": "Understand how honeybee colonies choose where to forage.",
+        "open_questions": ["How do colonies weigh distance against nectar quality?"],
+    },
+    "time": {"policy": "fixed", "anchor": "2025-06-02"},
+    "budget": {"days": 30, "output_tokens_per_day": 400},
+}
+
+
+@pytest.fixture
+def spec() -> RunSpec:
+    return parse_spec(SPEC)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    path = tmp_path / "loopsim.db"
+    dbmod.upgrade(str(path))
+    return str(path)
+
+
+def _pg_available() -> bool:
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_ADMIN, connect_args={"connect_timeout": 2})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 in CI")
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
+    return PG_ADMIN
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    name = f"loopsim_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = pg_server.rsplit("/", 1)[0] + f"/{name}"
+    dbmod.upgrade(url)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "any.db"
+        dbmod.upgrade(str(path))
+        return str(path)
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def database(sqlite_url: str) -> Iterator[dbmod.Database]:
+    database = dbmod.Database.open(sqlite_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def any_db(any_url: str) -> Iterator[dbmod.Database]:
+    database = dbmod.Database.open(any_url)
+    yield database
+    database.dispose()
+
+
+def make_run(database: dbmod.Database, spec: RunSpec, model: str = "scripted:test") -> str:
+    with database.write() as session:
+        return Store(session).create_run(spec, name="test", model=model).id
+
+
+@pytest.fixture
+def scripted() -> tuple[Any, ScriptedChatModel]:
+    return scripted_factory()
+
+
+class Cli:
+    """Runs the real Typer app in-process with a scripted model injected at the seam."""
+
+    def __init__(self, url: str, factory: Any = None, **settings: Any) -> None:
+        self.url = url
+        self.factory = factory
+        self.settings = settings
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None) -> Any:
+        obj = AppContext(Settings(database_url=self.url, **self.settings), self.factory)
+        return self.runner.invoke(app, list(args), obj=obj, input=input)
+
+
+@pytest.fixture
+def cli_factory() -> Callable[..., Cli]:
+    return Cli
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,183 @@
+"""The day loop with a scripted model at the network seam, on real databases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loopsim.config import Settings
+from loopsim.db import Database
+from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.loop import Loop
+from loopsim.models import utcnow
+from loopsim.researcher import Researcher
+from loopsim.schemas import DayStatus, EntryKind, RunStatus
+from loopsim.store import Store
+from loopsim.testing import default_reply, report_json, scripted_factory
+from tests.conftest import make_run
+
+GOOD = report_json(("note", "Dance floor survey", "Counted dances on the comb for an hour "
+                    "and wrote down which directions recur."))
+DIGITS = report_json(("note", "Numbers", "1234567890 1234567890 1234567890 1234567890"))
+
+
+def loop_for(database: Database, script=(default_reply,), **settings):
+    factory, model = scripted_factory(script)
+    return Loop(database, Settings(**settings), factory), model
+
+
+def days_of(database: Database, run_id: str):
+    with database.read() as session:
+        return list(Store(session).list_days(run_id))
+
+
+def test_days_commit_in_order_with_their_entries(any_db, spec):
+    run_id = make_run(any_db, spec)
+    loop, model = loop_for(any_db)
+    results = loop.run_days(run_id, 3)
+    assert [r.index for r in results] == [1, 2, 3]
+    assert all(r.status == DayStatus.COMMITTED and r.entries == 2 for r in results)
+    days = days_of(any_db, run_id)
+    assert [d.index for d in days] == [1, 2, 3]
+    assert all(d.external_date.isoformat() == "2025-06-02" for d in days)
+    assert days[0].model_id == "scripted:test" and days[0].model_version == "scripted-1"
+    assert days[0].tokens_in > 0 and days[0].tokens_out > 0
+    with any_db.read() as session:
+        store = Store(session)
+        assert store.verify_chain(run_id).checked == 6
+        assert store.get_run(run_id).status == RunStatus.RUNNING
+    assert len(model.calls) == 3
+
+
+def test_each_day_sees_what_earlier_days_wrote(database, spec):
+    run_id = make_run(database, spec)
+    loop, model = loop_for(database)
+    loop.run_days(run_id, 2)
+    first, second = (call[-1].text for call in model.calls)
+    assert "this is the first day" in first
+    assert "Observations for 2025-06-02" in second and "first day" not in second
+
+
+def test_equal_records_give_byte_equal_prompts_in_or_out_of_one_process(database, spec):
+    """Run A steps 3 days with one Loop; run B builds everything fresh for every day."""
+    run_a, run_b = make_run(database, spec), make_run(database, spec)
+    loop_a, _ = loop_for(database)
+    loop_a.run_days(run_a, 3)
+    for _ in range(3):
+        fresh_db = Database.open(str(database.url.database))
+        loop_b, _ = loop_for(fresh_db)
+        loop_b.run_days(run_b, 1)
+        fresh_db.dispose()
+    days_a, days_b = days_of(database, run_a), days_of(database, run_b)
+    assert [d.prompt for d in days_a] == [d.prompt for d in days_b]
+    assert [d.prompt_hash for d in days_a] == [d.prompt_hash for d in days_b]
+    assert len({d.prompt_hash for d in days_a}) == 3  # each day saw a different record
+
+
+def test_invalid_reply_is_retried_with_the_error_fed_back(database, spec):
+    run_id = make_run(database, spec)
+    loop, model = loop_for(database, ["not json at all", DIGITS, GOOD])
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED
+    assert days_of(database, run_id)[0].attempts == 3
+    retry_prompt = model.calls[1][-1].text
+    assert "not valid" in retry_prompt and "Invalid JSON" in retry_prompt
+    assert "digits" in model.calls[2][-1].text
+    assert model.calls[1][0].text == model.calls[0][0].text  # same system prompt
+
+
+def test_still_invalid_records_a_failed_day_and_pauses(database, spec):
+    run_id = make_run(database, spec)
+    loop, model = loop_for(database, ['{"entries": []}'])
+    (result,) = loop.run_days(run_id, 3)
+    assert result.status == DayStatus.FAILED and len(model.calls) == 3
+    (day,) = days_of(database, run_id)
+    assert day.status == DayStatus.FAILED and day.raw_output == '{"entries": []}'
+    assert "at least 1 item" in day.error
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        assert store.list_entries(run_id) == []
+    assert run.status == RunStatus.PAUSED and "day 1 failed" in run.status_reason
+    with pytest.raises(InvalidState, match="run resume"):
+        loop.run_days(run_id, 1)
+
+
+def test_oversized_reply_fails_the_day_without_retrying(database, spec):
+    run_id = make_run(database, spec)
+    huge = report_json(("note", "Long", "word " * 5000))
+    loop, model = loop_for(database, [huge], max_output_chars=1000)
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED and "over the cap of 1000" in result.error
+    assert len(model.calls) == 1
+    assert len(days_of(database, run_id)[0].raw_output) == 1000
+
+
+def test_a_reply_in_one_code_fence_is_accepted(database, spec):
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database, [f"```json\n{GOOD}\n```"])
+    assert loop.run_days(run_id, 1)[0].status == DayStatus.COMMITTED
+
+
+def test_nul_bytes_and_control_characters_never_reach_an_entry(database, spec):
+    run_id = make_run(database, spec)
+    bad = json.dumps({"entries": [{"kind": "note", "title": "Bell\u0007",
+                                   "body": "Hidden \u0000 NUL and \u001b[31m escapes here"}]})
+    loop, _ = loop_for(database, [bad])
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED
+    assert "\x00" not in days_of(database, run_id)[0].raw_output
+
+
+def test_dead_endpoint_writes_nothing(database, spec):
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database, [ConnectionError("connection refused")])
+    with pytest.raises(ModelUnavailable, match="ConnectionError: connection refused"):
+        loop.run_days(run_id, 1)
+    assert days_of(database, run_id) == []
+
+
+def test_a_second_writer_for_the_same_day_is_refused(database, spec):
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    loop.start(run_id)
+    planned = loop.plan(run_id)
+    outcome = Researcher(loop._chat(planned.model_id, planned.spec)).work(planned.prompt)
+    loop.commit(planned, outcome, utcnow())
+    with pytest.raises(ConcurrentWrite):
+        loop.commit(planned, outcome, utcnow())
+    assert [d.index for d in days_of(database, run_id)] == [1]
+
+
+def test_budget_completes_the_run(database, spec):
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"days": 2})})
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    assert len(loop.run_days(run_id, 5)) == 2
+    with database.read() as session:
+        run = Store(session).get_run(run_id)
+    assert run.status == RunStatus.COMPLETED
+    with pytest.raises(InvalidState, match="completed"):
+        loop.run_days(run_id, 1)
+
+
+def test_digest_becomes_an_entry_pinned_in_the_next_view(database, spec):
+    run_id = make_run(database, spec)
+    with_digest = report_json(("plan", "Next step", "Mark forty foragers and film the comb "
+                               "to count their dances."), digest="So far: one plan to film "
+                               "marked foragers on the comb.")
+    loop, model = loop_for(database, [with_digest, GOOD])
+    loop.run_days(run_id, 2)
+    with database.read() as session:
+        kinds = [e.kind for e, _, _ in Store(session).list_entries(run_id)]
+    assert kinds == ["plan", EntryKind.DIGEST, "note"]
+    assert "# Digest of the log so far\nSo far: one plan" in model.calls[1][-1].text
+
+
+def test_should_stop_stops_at_a_day_boundary(database, spec):
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    seen = []
+    results = loop.run_days(run_id, 5, on_day=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert len(results) == 2 and [d.index for d in days_of(database, run_id)] == [1, 2]

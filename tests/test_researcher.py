@@ -1,0 +1,76 @@
+"""The fresh researcher's prompt: a pure function of persona, date and view."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from loopsim.researcher import build_prompt, grammar_schema, parse_report
+from loopsim.schemas import degeneracy
+from loopsim.store import Store
+from loopsim.view import build_view
+from tests.conftest import make_run
+
+DATE = dt.date(2025, 6, 2)
+
+
+def prompt_for(database, spec, run_id, date=DATE):
+    with database.read() as session:
+        view = build_view(Store(session), run_id, spec.charter, date, 3000)
+    return build_prompt(spec.persona, view, date)
+
+
+def test_prompt_holds_persona_framing_view_and_date_last(database, spec):
+    prompt = prompt_for(database, spec, make_run(database, spec))
+    system, user = prompt.as_dicts()
+    assert system["role"] == "system" and "You are Dr. Test Person." in system["content"]
+    assert "no memory of earlier days" in system["content"]
+    assert user["content"].endswith("Today's date is 2025-06-02. Write today's work.")
+    assert "2025-06-02" not in system["content"]
+
+
+def test_prompt_never_mentions_checks_or_their_schedule(database, spec):
+    prompt = json.dumps(prompt_for(database, spec, make_run(database, spec)).as_dicts()).lower()
+    for word in ("check-in", "checkin", "probe", "spot check", "schedule", "human review"):
+        assert word not in prompt
+
+
+def test_two_runs_with_equal_records_get_byte_equal_prompts(database, spec):
+    first = prompt_for(database, spec, make_run(database, spec))
+    second = prompt_for(database, spec, make_run(database, spec))
+    assert first.as_dicts() == second.as_dicts() and first.hash == second.hash
+    moved = prompt_for(database, spec, make_run(database, spec), DATE + dt.timedelta(days=1))
+    assert moved.hash != first.hash
+
+
+def test_grammar_schema_is_tighter_than_validation():
+    schema = json.dumps(grammar_schema())
+    assert '"maxLength": 1500' not in schema and '"maxLength": 320' in schema
+    assert '"maxItems": 3' in schema
+
+
+@pytest.mark.parametrize("text,why", [
+    ("1234567890 1234567890 12345", "digits"),
+    ("aaaaaaaaaaaaaaaaaaaaaa", "repeats one character"),
+    ("bee bee bee bee bee bee bee bee bee bee", "same few words"),
+    ("----//////====.....,,,,;;;;", "not letters"),
+    ("plain text with a \x1b[31m escape", "control characters"),
+])
+def test_degenerate_text_is_named(text, why):
+    assert why in degeneracy(text)
+
+
+def test_prose_is_not_degenerate():
+    assert degeneracy("Foragers returning from far patches danced longer in 2024.") is None
+
+
+def test_parse_report_repairs_nothing_but_a_single_fence():
+    body = '{"entries": [{"kind": "note", "title": "Fine", "body": "A perfectly ordinary body."}]}'
+    assert parse_report(body).entries[0].title == "Fine"
+    with pytest.raises(ValidationError):
+        parse_report(body + " trailing words")
+    with pytest.raises(ValidationError):
+        parse_report('{"entries": [{"kind": "note", "title": "Raw\nnewline", "body": "x"}]}')
