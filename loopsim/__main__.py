@@ -1,0 +1,5 @@
+"""``python -m loopsim`` runs the CLI."""
+
+from loopsim.cli import main
+
+main()

@@ -1,0 +1,222 @@
+"""The CLI as a user drives it: real Typer app, real SQLite, scripted model at the seam."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import loopsim
+from loopsim.cli import app
+from loopsim.testing import report_json, scripted_factory
+from tests.conftest import write_spec
+
+GOOD_SPEC = """
+[persona]
+name = "Dr. Test"
+background = "Studies bees."
+
+[charter]
+agenda = "Find out how bees choose flowers."
+
+[time]
+policy = "fixed"
+anchor = 2025-06-02
+"""
+
+
+def digest(path: Path) -> str:
+    parts = [p for p in (path, Path(f"{path}-wal")) if p.exists()]
+    return hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+
+
+@pytest.fixture
+def cli(cli_factory, sqlite_url):
+    factory, _ = scripted_factory()
+    return cli_factory(sqlite_url, factory)
+
+
+@pytest.fixture
+def run_id(cli, tmp_path):
+    result = cli("run", "create", str(write_spec(tmp_path / "spec.toml", GOOD_SPEC)))
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def last_error(result) -> str:
+    """After progress lines, the error is still exactly one line, and the last."""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in result.output
+    return last
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("edit,field", [
+    (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
+    (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
+    (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
+    (("[time]", "[time\n"), "invalid TOML"),
+])
+def test_bad_spec_is_one_line_exit_2_and_writes_nothing(cli, sqlite_url, tmp_path, edit, field):
+    spec = write_spec(tmp_path / "bad.toml", GOOD_SPEC.replace(*edit))
+    before = digest(Path(sqlite_url))
+    result = cli("run", "create", str(spec))
+    assert result.exit_code == 2
+    assert field in one_line_error(result)
+    assert digest(Path(sqlite_url)) == before
+    assert cli("run", "list", "--json").stdout.strip() == "[]"
+
+
+def test_missing_spec_file_is_named(cli, tmp_path):
+    result = cli("run", "create", str(tmp_path / "nope.toml"))
+    assert result.exit_code == 2 and "no such file" in one_line_error(result)
+
+
+def test_missing_database_names_the_command_and_is_not_created(cli_factory, tmp_path):
+    path = tmp_path / "typo.db"
+    result = cli_factory(str(path))("run", "list")
+    assert result.exit_code == 1
+    assert "`loopsim db upgrade`" in one_line_error(result)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_database_is_refused_and_left_untouched(cli_factory, sqlite_url, tmp_path, damage):
+    path = Path(sqlite_url)
+    if damage == "garbage":
+        path.write_bytes(b"this is not sqlite at all" * 100)
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    before = path.read_bytes()
+    result = cli_factory(str(path))("run", "list")
+    assert result.exit_code == 1
+    assert "not a readable loopsim database" in one_line_error(result)
+    assert path.read_bytes() == before
+
+
+def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
+    assert len(run_id) == 26
+    listed = json.loads(cli("run", "list", "--json").stdout)
+    assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "created"
+
+    stepped = cli("run", "step", run_id[:8], "--days", "2")
+    assert stepped.exit_code == 0, stepped.output
+    assert "day 2  2025-06-02  committed  2 entries" in stepped.stderr
+
+    shown = json.loads(cli("run", "show", run_id, "--json").stdout)
+    assert shown["days_committed"] == 2 and shown["next_day"] == 3
+    assert shown["status"] == "running" and shown["spec"]["persona"]["name"] == "Dr. Test"
+
+    verified = cli("record", "verify", run_id)
+    assert verified.exit_code == 0 and "ok: run" in verified.stdout and "4 entries" in verified.stdout
+
+    record = cli("record", "show", run_id, "--day", "2").stdout
+    assert "day 2  2025-06-02" in record and "day 1" not in record
+
+    md = cli("export", run_id, "--format", "md").stdout
+    assert "## Day 1: 2025-06-02" in md and "## Day 2: 2025-06-02" in md
+    assert md.count("### note: Observations for 2025") == 2
+
+    out = tmp_path / "log.jsonl"
+    exported = cli("export", run_id, "-f", "jsonl", "-o", str(out))
+    assert exported.exit_code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["run", "day", "entry", "entry", "day", "entry",
+                                             "entry"]
+    assert {r["schema"] for r in records} == {"loopsim.export/1"}
+
+
+def test_verify_names_the_entry_edited_by_hand(cli, run_id, sqlite_url):
+    cli("run", "step", run_id, "--days", "2")
+    import sqlite3
+
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("UPDATE entries SET body = 'rewritten history' WHERE seq = 3")
+    result = cli("record", "verify", run_id)
+    assert result.exit_code == 1
+    assert "day 2, seq 3" in one_line_error(result)
+
+
+def test_failed_day_exits_non_zero_and_resume_continues(cli_factory, sqlite_url, run_id):
+    bad, _ = scripted_factory(['{"entries": []}'])
+    result = cli_factory(sqlite_url, bad)("run", "step", run_id, "--days", "3")
+    assert result.exit_code == 1 and "run resume" in last_error(result)
+    good, _ = scripted_factory()
+    cli = cli_factory(sqlite_url, good)
+    assert cli("run", "step", run_id).exit_code == 1  # paused: refused
+    assert cli("run", "resume", run_id).exit_code == 0
+    assert cli("run", "step", run_id).exit_code == 0
+    days = json.loads(cli("run", "show", run_id, "--json").stdout)
+    assert (days["days_failed"], days["days_committed"], days["next_day"]) == (1, 1, 3)
+
+
+def test_record_show_strips_terminal_escapes(cli_factory, sqlite_url, run_id):
+    # Escapes inside titles of a *valid* reply are refused by validation, so plant one
+    # in the record directly, as a hostile writer with database access could.
+    factory, _ = scripted_factory([report_json(("note", "Plain title", "A plain enough body."))])
+    cli = cli_factory(sqlite_url, factory)
+    cli("run", "step", run_id)
+    import sqlite3
+
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("UPDATE entries SET body = 'clear \x1b[2J\x1b]0;pwned\x07 screen'")
+    out = cli("record", "show", run_id).stdout
+    assert "\x1b" not in out and "\x07" not in out and "clear [2J]0;pwned screen" in out
+
+
+def test_bad_flags_are_usage_errors(cli, run_id):
+    assert cli("run", "step", run_id, "--days", "0").exit_code == 2
+    assert cli("export", run_id, "--format", "pdf").exit_code == 2
+    missing = cli("run", "show", "zzzzzzzz")
+    assert missing.exit_code == 1 and "no run 'zzzzzzzz'" in one_line_error(missing)
+
+
+def test_export_to_a_missing_folder_writes_nothing(cli, run_id, tmp_path):
+    result = cli("export", run_id, "-o", str(tmp_path / "no" / "such" / "log.md"))
+    assert result.exit_code == 2 and "does not exist" in one_line_error(result)
+
+
+def test_bad_environment_setting_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOOPSIM_VIEW_TOKEN_BUDGET", "lots")
+    result = CliRunner().invoke(app, ["--db", str(tmp_path / "x.db"), "run", "list"])
+    assert result.exit_code == 2
+    assert "LOOPSIM_VIEW_TOKEN_BUDGET" in one_line_error(result)
+
+
+def test_console_script_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "loopsim", "--db", str(tmp_path / "none.db"), "record", "verify",
+         "abcd"], capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"error: no database at {tmp_path / 'none.db'}; create it with `loopsim db upgrade`"
+    )
+
+
+def test_cli_reference_is_current():
+    from loopsim.clidoc import render
+
+    committed = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    assert committed == render(), "docs/cli.md is stale: run `make docs`"
+
+
+def test_public_api_is_sorted_and_importable():
+    assert loopsim.__all__ == sorted(loopsim.__all__)
+    for name in loopsim.__all__:
+        assert getattr(loopsim, name) is not None

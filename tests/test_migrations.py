@@ -1,0 +1,96 @@
+"""Alembic migrations: one head, up and down, models match, old schemas refused."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from loopsim import db as dbmod
+from loopsim.errors import DatabaseMissing, SchemaOutdated, SchemaTooNew
+from loopsim.models import Base
+from loopsim.store import Store
+from tests.conftest import make_run
+
+FTS_TABLES = {"entries_fts", "entries_fts_data", "entries_fts_idx", "entries_fts_docsize",
+              "entries_fts_config", "entries_fts_content"}
+
+
+def test_there_is_one_head():
+    script = ScriptDirectory.from_config(dbmod.alembic_config())
+    assert len(script.get_heads()) == 1
+
+
+def _diff(url: str) -> list:
+    engine = dbmod.make_engine(dbmod.normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(
+                conn,
+                opts={"compare_type": True,
+                      "include_name": lambda name, kind, parent: name not in FTS_TABLES
+                      and name != "ix_entries_fts"},
+            )
+            return compare_metadata(ctx, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_models_match_the_migrated_schema(any_url):
+    assert _diff(any_url) == []
+
+
+def test_upgrade_downgrade_upgrade_round_trips(any_url):
+    dbmod.downgrade(any_url, "base")
+    engine = dbmod.make_engine(dbmod.normalize_url(any_url))
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() is None
+    engine.dispose()
+    assert dbmod.upgrade(any_url).after == dbmod.head_revision()
+    assert _diff(any_url) == []
+
+
+def test_a_database_one_migration_behind_is_refused_then_upgraded_with_data(sqlite_url, spec):
+    database = dbmod.Database.open(sqlite_url)
+    run_id = make_run(database, spec)
+    database.dispose()
+    dbmod.downgrade(sqlite_url, "0001")
+    with pytest.raises(SchemaOutdated, match="`loopsim db upgrade`") as info:
+        dbmod.Database.open(sqlite_url)
+    assert "0001" in str(info.value)
+    result = dbmod.upgrade(sqlite_url)
+    assert (result.before, result.after) == ("0001", dbmod.head_revision())
+    assert result.backup is not None and result.backup.exists()
+    backup_rev = sqlite3.connect(result.backup).execute(
+        "SELECT version_num FROM alembic_version").fetchone()[0]
+    assert backup_rev == "0001"
+    database = dbmod.Database.open(sqlite_url)
+    with database.read() as session:
+        assert Store(session).get_run(run_id).name == "test"
+    database.dispose()
+
+
+def test_missing_database_is_named_and_not_created(tmp_path):
+    path = tmp_path / "typo.db"
+    with pytest.raises(DatabaseMissing, match="loopsim db upgrade"):
+        dbmod.Database.open(str(path))
+    assert not path.exists()
+
+
+def test_a_database_from_a_newer_loopsim_is_refused(sqlite_url):
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaTooNew, match="upgrade loopsim itself"):
+        dbmod.Database.open(sqlite_url)
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_url):
+    database = dbmod.Database.open(sqlite_url)
+    with database.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    database.dispose()
