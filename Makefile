@@ -26,6 +26,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check loopsim tests migrations
+	$(BIN)/ruff format --check loopsim tests migrations
 	$(BIN)/mypy
 
 docs: setup

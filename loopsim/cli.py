@@ -20,17 +20,23 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
-from rich.progress import TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from loopsim import __version__, db as dbmod
+from loopsim import __version__
+from loopsim import db as dbmod
 from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
@@ -44,12 +50,12 @@ from loopsim.store import Store
 class _Group(TyperGroup):
     """The error boundary: a known error is one line and an exit code, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # public alias
         try:
             return super().invoke(ctx)
         except LoopsimError as exc:
             line = " ".join(safe_text(exc.message).split())
-            click.echo(f"error: {line}", err=True)
+            typer.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -99,7 +105,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(run_app, name="run")
 app.add_typer(record_app, name="record")
 
-RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")]
+RunArg = Annotated[
+    str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -196,7 +204,9 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
 def run_create(
     ctx: typer.Context,
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Run spec (TOML).")],
-    name: Annotated[str | None, typer.Option(help="Name; defaults to the spec's file name.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name; defaults to the spec's file name.")
+    ] = None,
 ) -> None:
     """Create a run from a spec and print its id."""
     a = _app(ctx)
@@ -223,8 +233,12 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table = Table("id", "name", "status", "days", "model", "worker", box=None)
     for row in rows:
         table.add_row(
-            row["id"], Text(safe_text(row["name"])), row["status"], str(row["days_committed"]),
-            row["model"], row["worker"] or "-",
+            row["id"],
+            Text(safe_text(row["name"])),
+            row["status"],
+            str(row["days_committed"]),
+            row["model"],
+            row["worker"] or "-",
         )
     a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
 
@@ -243,9 +257,22 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
     if as_json:
         a.out.print_json(json.dumps(info))
         return
-    for key in ("id", "name", "status", "status_reason", "model", "days_committed",
-                "days_failed", "days_reverted", "next_day", "tokens_in", "tokens_out",
-                "worker", "created_at", "chain_head"):
+    for key in (
+        "id",
+        "name",
+        "status",
+        "status_reason",
+        "model",
+        "days_committed",
+        "days_failed",
+        "days_reverted",
+        "next_day",
+        "tokens_in",
+        "tokens_out",
+        "worker",
+        "created_at",
+        "chain_head",
+    ):
         if info[key] is not None:
             a.out.print(Text(f"{key:15} {safe_text(str(info[key]))}"))
     a.out.print(Text(f"{'persona':15} {safe_text(spec['persona']['name'])}"))
@@ -274,11 +301,17 @@ def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[
     database = a.open_db()
     loop = Loop(database, a.settings, a.chats())
     results: list[DayResult] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
-    with _stop_on_interrupt(a.err) as stop, Progress(
-        *columns, console=a.err, transient=False
-    ) as progress:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with (
+        _stop_on_interrupt(a.err) as stop,
+        Progress(*columns, console=a.err, transient=False) as progress,
+    ):
         task = progress.add_task("stepping", total=days)
 
         def on_day(result: DayResult) -> None:
@@ -321,8 +354,9 @@ def run_step(
             a.err.print(f"run is completed: {reason}")
 
 
-def _set_status(ctx: typer.Context, run_ref: str, allowed: set[str], to: RunStatus,
-                reason: str | None) -> None:
+def _set_status(
+    ctx: typer.Context, run_ref: str, allowed: set[str], to: RunStatus, reason: str | None
+) -> None:
     a = _app(ctx)
     with a.open_db().write() as session:
         store = Store(session)
@@ -336,8 +370,9 @@ def _set_status(ctx: typer.Context, run_ref: str, allowed: set[str], to: RunStat
 @run_app.command("pause")
 def run_pause(ctx: typer.Context, run_ref: RunArg) -> None:
     """Pause a run; takes effect at the next day boundary."""
-    _set_status(ctx, run_ref, {RunStatus.CREATED, RunStatus.RUNNING}, RunStatus.PAUSED,
-                "paused by a human")
+    _set_status(
+        ctx, run_ref, {RunStatus.CREATED, RunStatus.RUNNING}, RunStatus.PAUSED, "paused by a human"
+    )
 
 
 @run_app.command("resume")
@@ -349,8 +384,13 @@ def run_resume(ctx: typer.Context, run_ref: RunArg) -> None:
 @run_app.command("halt")
 def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
     """Stop a run for good. Its record stays."""
-    _set_status(ctx, run_ref, {s for s in RunStatus if s != RunStatus.HALTED},
-                RunStatus.HALTED, "halted by a human")
+    _set_status(
+        ctx,
+        run_ref,
+        {s for s in RunStatus if s != RunStatus.HALTED},
+        RunStatus.HALTED,
+        "halted by a human",
+    )
 
 
 # ----------------------------------------------------------------------------- record
@@ -382,11 +422,13 @@ def record_show(
                 mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
                 a.out.print(Text(f"\nday {day_index}  {d.external_date}{mark}", style="bold"))
         style = "strike" if status == DayStatus.REVERTED else ""
-        a.out.print(Text(f"#{entry.seq} {entry.kind} · {safe_text(entry.title)}",
-                         style=style + " cyan"))
+        a.out.print(
+            Text(f"#{entry.seq} {entry.kind} · {safe_text(entry.title)}", style=style + " cyan")
+        )
         a.out.print(Text(safe_text(entry.body), style=style))
-    failed = [d for d in days.values() if d.status == DayStatus.FAILED
-              and (day is None or d.index == day)]
+    failed = [
+        d for d in days.values() if d.status == DayStatus.FAILED and (day is None or d.index == day)
+    ]
     for d in failed:
         a.out.print(Text(f"\nday {d.index}  failed: {safe_text(d.error or '')}", style="red"))
     if not rows and not failed:
@@ -446,8 +488,9 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = (
         ExportFormat.MD
     ),
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File; - or "
-                                                "nothing for stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File; - or nothing for stdout.")
+    ] = None,
     include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
 ) -> None:
     """Export a run's record as Markdown (for people) or JSONL (for programs)."""
@@ -458,8 +501,9 @@ def export(
         if fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
         else:
-            chunks = [line + "\n" for line in to_jsonl(store, run,
-                                                         include_reverted=include_reverted)]
+            chunks = [
+                line + "\n" for line in to_jsonl(store, run, include_reverted=include_reverted)
+            ]
     if output is None or str(output) == "-":
         for chunk in chunks:
             typer.echo(chunk, nl=False)
@@ -475,8 +519,9 @@ def export(
 def demo(
     ctx: typer.Context,
     days: Annotated[int, typer.Option("--days", "-n", min=1, help="Days to run.")] = 3,
-    spec_path: Annotated[Path | None, typer.Option("--spec", help="Run spec; defaults to "
-                                                   "a built-in one.")] = None,
+    spec_path: Annotated[
+        Path | None, typer.Option("--spec", help="Run spec; defaults to a built-in one.")
+    ] = None,
     report: Annotated[Path, typer.Option(help="Where to write the Markdown report.")] = Path(
         "demo-report.md"
     ),
@@ -517,8 +562,9 @@ def demo(
     if not verified.ok:
         assert verified.broken is not None
         raise LoopsimError(f"demo record does not verify: {verified.broken.describe()}")
-    a.err.print(f"{committed} days committed in {tries} tries; record verified: "
-                f"{verified.checked} entries")
+    a.err.print(
+        f"{committed} days committed in {tries} tries; record verified: {verified.checked} entries"
+    )
     a.err.print(f"report: {report}")
     a.err.print(f"next: loopsim --db {result.where} record show {run_id}")
     a.out.print(run_id)

@@ -75,8 +75,10 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
     for day, entries in _days_and_entries(store, run, include_reverted):
         label = "" if day.status == DayStatus.COMMITTED else f" ({day.status})"
         out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
-        out.append(f"*model {md_inline(day.model_version)}, {day.latency_ms or 0} ms, "
-                   f"{day.tokens_in or 0} tokens in, {day.tokens_out or 0} out*")
+        out.append(
+            f"*model {md_inline(day.model_version)}, {day.latency_ms or 0} ms, "
+            f"{day.tokens_in or 0} tokens in, {day.tokens_out or 0} out*"
+        )
         out.append("")
         if day.status == DayStatus.FAILED:
             out += [f"Failed: {md_inline(day.error or '')}", ""]

@@ -54,7 +54,7 @@ class PlannedDay:
 def refuse_unless_steppable(run: Run) -> None:
     if run.status in STEPPABLE:
         return
-    hints = {
+    hints: dict[str, str] = {
         RunStatus.PAUSED: f"; `loopsim run resume {run.id}` continues it",
         RunStatus.AWAITING_CHECKIN: "; `loopsim checkin list --pending` shows the check-in",
         RunStatus.FAILED: f"; `loopsim run resume {run.id}` retries it",
@@ -123,7 +123,7 @@ class Loop:
             max_retries=self.settings.max_retries,
             max_output_chars=self.settings.max_output_chars,
         )
-        outcome = researcher.work(planned.prompt)
+        outcome = researcher.work(planned.prompt, salt=planned.index)
         return self.commit(planned, outcome, started)
 
     def commit(self, planned: PlannedDay, outcome: DayOutcome, started: dt.datetime) -> DayResult:
@@ -136,8 +136,9 @@ class Loop:
                     "this copy was discarded"
                 )
             if run.status not in (*STEPPABLE, RunStatus.PAUSED):
-                raise InvalidState(f"run {run.id} became {run.status}; day {planned.index} "
-                                   "was discarded")
+                raise InvalidState(
+                    f"run {run.id} became {run.status}; day {planned.index} was discarded"
+                )
             status = DayStatus.COMMITTED if outcome.ok else DayStatus.FAILED
             day = store.add_day(
                 Day(
@@ -164,8 +165,9 @@ class Loop:
                 items = [EntryInput(e.kind, e.title, e.body) for e in outcome.report.entries]
                 if outcome.report.digest:
                     items.append(
-                        EntryInput(EntryKind.DIGEST, f"Digest after day {day.index}",
-                                   outcome.report.digest)
+                        EntryInput(
+                            EntryKind.DIGEST, f"Digest after day {day.index}", outcome.report.digest
+                        )
                     )
                 written = len(
                     store.append_entries(
@@ -189,7 +191,11 @@ class Loop:
                     ],
                 )
             return DayResult(
-                planned.index, status, planned.external_date, written, outcome.latency_ms,
+                planned.index,
+                status,
+                planned.external_date,
+                written,
+                outcome.latency_ms,
                 outcome.error,
             )
 
@@ -216,4 +222,3 @@ class Loop:
             if result.status != DayStatus.COMMITTED:
                 break
         return results
-

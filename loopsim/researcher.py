@@ -157,10 +157,13 @@ class Researcher:
         self.max_retries = max_retries
         self.max_output_chars = max_output_chars
 
-    def work(self, prompt: Prompt) -> DayOutcome:
+    def work(self, prompt: Prompt, *, salt: int = 0) -> DayOutcome:
+        """One day's work. The sampling seed comes from the prompt and ``salt`` (the day
+        index), so a day is reproducible, yet a failed day retried at the next index with
+        an unchanged record does not repeat the same failure."""
         messages = prompt.as_langchain()
         schema = grammar_schema()
-        seed = int(prompt.hash[:8], 16)
+        seed = int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
         outcome = DayOutcome(None, "", None, 0, self.chat.version)
         for attempt in range(self.max_retries + 1):
             reply = self.chat.complete(messages, schema, seed=seed + attempt)
@@ -184,8 +187,7 @@ class Researcher:
             except ValidationError as exc:
                 outcome.error = describe_validation(exc)
             feedback = (
-                f"That reply was not valid: {outcome.error}. "
-                "Reply again with only the JSON object."
+                f"That reply was not valid: {outcome.error}. Reply again with only the JSON object."
             )
             outcome.transcript.append({"role": "user", "content": feedback})
             messages = [*messages, AIMessage(content=outcome.raw[:4000]), HumanMessage(feedback)]

@@ -120,8 +120,8 @@ class ModelSpec(_Strict):
 
 
 class Budget(_Strict):
-    days: int = Field(30, ge=1, le=1_000_000)
-    output_tokens_per_day: int = Field(600, ge=32, le=100_000)
+    days: int = Field(default=30, ge=1, le=1_000_000)
+    output_tokens_per_day: int = Field(default=600, ge=32, le=100_000)
 
 
 class RunSpec(_Strict):

@@ -98,8 +98,35 @@ class VerifyResult:
 
 _WORD = re.compile(r"[^\W_]{4,}", re.UNICODE)
 _STOP = frozenset(
-    "that this with from have what which when where there their about would could should "
-    "into than then them they these those your been were will does".split()
+    [
+        "that",
+        "this",
+        "with",
+        "from",
+        "have",
+        "what",
+        "which",
+        "when",
+        "where",
+        "there",
+        "their",
+        "about",
+        "would",
+        "could",
+        "should",
+        "into",
+        "than",
+        "then",
+        "them",
+        "they",
+        "these",
+        "those",
+        "your",
+        "been",
+        "were",
+        "will",
+        "does",
+    ]
 )
 
 
@@ -192,10 +219,12 @@ class Store:
 
     def token_totals(self, run_id: str) -> tuple[int, int]:
         row = self.session.execute(
-            select(func.coalesce(func.sum(Day.tokens_in), 0),
-                   func.coalesce(func.sum(Day.tokens_out), 0)).where(Day.run_id == run_id)
+            select(
+                func.coalesce(func.sum(Day.tokens_in), 0),
+                func.coalesce(func.sum(Day.tokens_out), 0),
+            ).where(Day.run_id == run_id)
         ).one()
-        return int(row[0]), int(row[1])
+        return int(row[0] or 0), int(row[1] or 0)
 
     # ---------------------------------------------------------------------- entries
 
@@ -326,10 +355,14 @@ class Store:
             return []
         if self.dialect == "sqlite":
             match = " OR ".join(f'"{t}"' for t in terms)
-            ranked = text(
-                "SELECT rowid AS id, rank AS score FROM entries_fts WHERE entries_fts MATCH :q"
-            ).columns(column("id", Integer), column("score", Float)).bindparams(q=match)
-            ranked = ranked.subquery("fts")
+            ranked = (
+                text(
+                    "SELECT rowid AS id, rank AS score FROM entries_fts WHERE entries_fts MATCH :q"
+                )
+                .columns(column("id", Integer), column("score", Float))
+                .bindparams(q=match)
+                .subquery("fts")
+            )
             score = ranked.c.score.asc()
         else:
             tsq = func.to_tsquery("english", " | ".join(terms))
@@ -362,8 +395,7 @@ class Store:
             .order_by(Entry.seq)
             .execution_options(yield_per=batch)
         )
-        for entry, day_index in self.session.execute(stmt):
-            yield entry, day_index
+        yield from self.session.execute(stmt)
 
     def verify_chain(self, run_id: str) -> VerifyResult:
         """Recompute every hash in order; stop at the first broken link."""

@@ -37,10 +37,17 @@ def default_reply(messages: list[BaseMessage]) -> str:
     """A plausible, valid day whose text depends only on the prompt."""
     date = messages[-1].text.rsplit("Today's date is ", 1)[-1][:10]
     return report_json(
-        ("note", f"Observations for {date}", f"Working through the charter on {date}, I read "
-         "the log and wrote down what seems most promising to pursue next."),
-        ("question", "What should be measured first", "Which measurement would most quickly "
-         "separate the competing explanations in the log?"),
+        (
+            "note",
+            f"Observations for {date}",
+            f"Working through the charter on {date}, I read "
+            "the log and wrote down what seems most promising to pursue next.",
+        ),
+        (
+            "question",
+            "What should be measured first",
+            "Which measurement would most quickly separate the competing explanations in the log?",
+        ),
     )
 
 
@@ -89,7 +96,9 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def scripted_factory(script: Sequence[Any] = (default_reply,)) -> tuple[ChatFactory, ScriptedChatModel]:
+def scripted_factory(
+    script: Sequence[Any] = (default_reply,),
+) -> tuple[ChatFactory, ScriptedChatModel]:
     """A chat factory that always hands out one scripted model, and that model."""
     model = ScriptedChatModel(script=list(script))
 

@@ -19,7 +19,9 @@ from loopsim.schemas import RunSpec, parse_spec
 from loopsim.store import Store
 from loopsim.testing import ScriptedChatModel, scripted_factory
 
-PG_ADMIN = os.environ.get("LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get(
+    "LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 SPEC: dict[str, Any] = {
     "persona": {

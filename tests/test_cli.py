@@ -63,12 +63,15 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("edit,field", [
-    (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
-    (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
-    (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
-    (("[time]", "[time\n"), "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
+        (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
+        (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
+        (("[time]", "[time\n"), "invalid TOML"),
+    ],
+)
 def test_bad_spec_is_one_line_exit_2_and_writes_nothing(cli, sqlite_url, tmp_path, edit, field):
     spec = write_spec(tmp_path / "bad.toml", GOOD_SPEC.replace(*edit))
     before = digest(Path(sqlite_url))
@@ -123,7 +126,9 @@ def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
     assert shown["status"] == "running" and shown["spec"]["persona"]["name"] == "Dr. Test"
 
     verified = cli("record", "verify", run_id)
-    assert verified.exit_code == 0 and "ok: run" in verified.stdout and "4 entries" in verified.stdout
+    assert (
+        verified.exit_code == 0 and "ok: run" in verified.stdout and "4 entries" in verified.stdout
+    )
 
     record = cli("record", "show", run_id, "--day", "2").stdout
     assert "day 2  2025-06-02" in record and "day 1" not in record
@@ -136,8 +141,7 @@ def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
     exported = cli("export", run_id, "-f", "jsonl", "-o", str(out))
     assert exported.exit_code == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["run", "day", "entry", "entry", "day", "entry",
-                                             "entry"]
+    assert [r["type"] for r in records] == ["run", "day", "entry", "entry", "day", "entry", "entry"]
     assert {r["schema"] for r in records} == {"loopsim.export/1"}
 
 
@@ -200,8 +204,19 @@ def test_bad_environment_setting_is_one_line(monkeypatch, tmp_path):
 
 def test_console_script_errors_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "loopsim", "--db", str(tmp_path / "none.db"), "record", "verify",
-         "abcd"], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "loopsim",
+            "--db",
+            str(tmp_path / "none.db"),
+            "record",
+            "verify",
+            "abcd",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == (

@@ -17,8 +17,13 @@ from loopsim.store import Store
 from loopsim.testing import default_reply, report_json, scripted_factory
 from tests.conftest import make_run
 
-GOOD = report_json(("note", "Dance floor survey", "Counted dances on the comb for an hour "
-                    "and wrote down which directions recur."))
+GOOD = report_json(
+    (
+        "note",
+        "Dance floor survey",
+        "Counted dances on the comb for an hour and wrote down which directions recur.",
+    )
+)
 DIGITS = report_json(("note", "Numbers", "1234567890 1234567890 1234567890 1234567890"))
 
 
@@ -122,8 +127,17 @@ def test_a_reply_in_one_code_fence_is_accepted(database, spec):
 
 def test_nul_bytes_and_control_characters_never_reach_an_entry(database, spec):
     run_id = make_run(database, spec)
-    bad = json.dumps({"entries": [{"kind": "note", "title": "Bell\u0007",
-                                   "body": "Hidden \u0000 NUL and \u001b[31m escapes here"}]})
+    bad = json.dumps(
+        {
+            "entries": [
+                {
+                    "kind": "note",
+                    "title": "Bell\u0007",
+                    "body": "Hidden \u0000 NUL and \u001b[31m escapes here",
+                }
+            ]
+        }
+    )
     loop, _ = loop_for(database, [bad])
     (result,) = loop.run_days(run_id, 1)
     assert result.status == DayStatus.FAILED
@@ -164,9 +178,10 @@ def test_budget_completes_the_run(database, spec):
 
 def test_digest_becomes_an_entry_pinned_in_the_next_view(database, spec):
     run_id = make_run(database, spec)
-    with_digest = report_json(("plan", "Next step", "Mark forty foragers and film the comb "
-                               "to count their dances."), digest="So far: one plan to film "
-                               "marked foragers on the comb.")
+    with_digest = report_json(
+        ("plan", "Next step", "Mark forty foragers and film the comb to count their dances."),
+        digest="So far: one plan to film marked foragers on the comb.",
+    )
     loop, model = loop_for(database, [with_digest, GOOD])
     loop.run_days(run_id, 2)
     with database.read() as session:

@@ -15,8 +15,14 @@ from loopsim.models import Base
 from loopsim.store import Store
 from tests.conftest import make_run
 
-FTS_TABLES = {"entries_fts", "entries_fts_data", "entries_fts_idx", "entries_fts_docsize",
-              "entries_fts_config", "entries_fts_content"}
+FTS_TABLES = {
+    "entries_fts",
+    "entries_fts_data",
+    "entries_fts_idx",
+    "entries_fts_docsize",
+    "entries_fts_config",
+    "entries_fts_content",
+}
 
 
 def test_there_is_one_head():
@@ -30,9 +36,12 @@ def _diff(url: str) -> list:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(
                 conn,
-                opts={"compare_type": True,
-                      "include_name": lambda name, kind, parent: name not in FTS_TABLES
-                      and name != "ix_entries_fts"},
+                opts={
+                    "compare_type": True,
+                    "include_name": lambda name, kind, parent: (
+                        name not in FTS_TABLES and name != "ix_entries_fts"
+                    ),
+                },
             )
             return compare_metadata(ctx, Base.metadata)
     finally:
@@ -64,8 +73,11 @@ def test_a_database_one_migration_behind_is_refused_then_upgraded_with_data(sqli
     result = dbmod.upgrade(sqlite_url)
     assert (result.before, result.after) == ("0001", dbmod.head_revision())
     assert result.backup is not None and result.backup.exists()
-    backup_rev = sqlite3.connect(result.backup).execute(
-        "SELECT version_num FROM alembic_version").fetchone()[0]
+    backup_rev = (
+        sqlite3.connect(result.backup)
+        .execute("SELECT version_num FROM alembic_version")
+        .fetchone()[0]
+    )
     assert backup_rev == "0001"
     database = dbmod.Database.open(sqlite_url)
     with database.read() as session:

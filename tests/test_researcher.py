@@ -52,13 +52,16 @@ def test_grammar_schema_is_tighter_than_validation():
     assert '"maxItems": 3' in schema
 
 
-@pytest.mark.parametrize("text,why", [
-    ("1234567890 1234567890 12345", "digits"),
-    ("aaaaaaaaaaaaaaaaaaaaaa", "repeats one character"),
-    ("bee bee bee bee bee bee bee bee bee bee", "same few words"),
-    ("----//////====.....,,,,;;;;", "not letters"),
-    ("plain text with a \x1b[31m escape", "control characters"),
-])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("1234567890 1234567890 12345", "digits"),
+        ("aaaaaaaaaaaaaaaaaaaaaa", "repeats one character"),
+        ("bee bee bee bee bee bee bee bee bee bee", "same few words"),
+        ("----//////====.....,,,,;;;;", "not letters"),
+        ("plain text with a \x1b[31m escape", "control characters"),
+    ],
+)
 def test_degenerate_text_is_named(text, why):
     assert why in degeneracy(text)
 

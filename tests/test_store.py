@@ -19,9 +19,19 @@ DATE = dt.date(2025, 6, 2)
 def add_day(store: Store, run_id: str, index: int, status: str = DayStatus.COMMITTED) -> Day:
     now = utcnow()
     return store.add_day(
-        Day(run_id=run_id, index=index, external_date=DATE, status=status, model_id="m",
-            model_version="m-1", prompt_hash="p" * 64, prompt=[], attempts=1,
-            started_at=now, finished_at=now)
+        Day(
+            run_id=run_id,
+            index=index,
+            external_date=DATE,
+            status=status,
+            model_id="m",
+            model_version="m-1",
+            prompt_hash="p" * 64,
+            prompt=[],
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        )
     )
 
 
@@ -32,9 +42,18 @@ def fill(database, run_id: str, days: int, per_day: int = 2) -> None:
             day = add_day(store, run_id, index)
             store.append_entries(
                 run_id,
-                [EntryInput("note", f"Day {index} note {k}", f"Body of note {k} on day {index} "
-                            "about foraging bees") for k in range(per_day)],
-                day=day, external_date=DATE, model_id="m", model_version="m-1",
+                [
+                    EntryInput(
+                        "note",
+                        f"Day {index} note {k}",
+                        f"Body of note {k} on day {index} about foraging bees",
+                    )
+                    for k in range(per_day)
+                ],
+                day=day,
+                external_date=DATE,
+                model_id="m",
+                model_version="m-1",
                 prompt_hash="p" * 64,
             )
 
@@ -48,13 +67,20 @@ def test_chain_links_every_entry_and_verifies(any_db, spec):
         result = store.verify_chain(run_id)
     assert [e.seq for e, _, _ in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0][0].prev_hash == GENESIS
-    for (before, _, _), (after, _, _) in zip(rows, rows[1:]):
+    for (before, _, _), (after, _, _) in zip(rows, rows[1:], strict=False):
         assert after.prev_hash == before.hash
     assert result.ok and result.checked == 6 and result.head == rows[-1][0].hash
 
 
-@pytest.mark.parametrize("column,value", [("body", "'tampered'"), ("title", "'x'"),
-                                          ("kind", "'plan'"), ("external_date", "'2030-01-01'")])
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        ("body", "'tampered'"),
+        ("title", "'x'"),
+        ("kind", "'plan'"),
+        ("external_date", "'2030-01-01'"),
+    ],
+)
 def test_editing_any_field_by_hand_names_that_entry(any_db, spec, column, value):
     run_id = make_run(any_db, spec)
     fill(any_db, run_id, days=3)
@@ -109,11 +135,18 @@ def test_search_finds_words_and_hides_reverted_days(any_db, spec):
         store = Store(session)
         kept = add_day(store, run_id, 1)
         gone = add_day(store, run_id, 2, status=DayStatus.REVERTED)
-        store.append_entries(run_id, [EntryInput("note", "Waggle dances",
-                             "Dance duration encodes distance to the flowers")],
-                             day=kept, external_date=DATE)
-        store.append_entries(run_id, [EntryInput("note", "Reverted waggle idea",
-                             "A waggle claim a human rejected")], day=gone, external_date=DATE)
+        store.append_entries(
+            run_id,
+            [EntryInput("note", "Waggle dances", "Dance duration encodes distance to the flowers")],
+            day=kept,
+            external_date=DATE,
+        )
+        store.append_entries(
+            run_id,
+            [EntryInput("note", "Reverted waggle idea", "A waggle claim a human rejected")],
+            day=gone,
+            external_date=DATE,
+        )
     with any_db.read() as session:
         store = Store(session)
         visible = store.search(run_id, "waggle dances")
@@ -127,26 +160,38 @@ def test_search_finds_words_and_hides_reverted_days(any_db, spec):
 def test_search_never_crosses_runs(any_db, spec):
     mine, other = make_run(any_db, spec), make_run(any_db, spec)
     with any_db.write() as session:
-        Store(session).append_entries(other, [EntryInput("note", "Waggle", "waggle dances")],
-                                      day=None, external_date=DATE)
+        Store(session).append_entries(
+            other, [EntryInput("note", "Waggle", "waggle dances")], day=None, external_date=DATE
+        )
     with any_db.read() as session:
         assert Store(session).search(mine, "waggle") == []
 
 
 def test_search_terms_drop_short_and_stop_words_and_fts_syntax():
     assert search_terms('How do "colonies" weigh distance AND NEAR(x)?') == [
-        "colonies", "weigh", "distance", "near"]
+        "colonies",
+        "weigh",
+        "distance",
+        "near",
+    ]
 
 
 def test_pinned_queries_respect_external_date(any_db, spec):
     run_id = make_run(any_db, spec)
     with any_db.write() as session:
         store = Store(session)
-        store.append_entries(run_id, [EntryInput(EntryKind.CORRECTION, "Early", "Use sugar water",
-                             author=Author.HUMAN)], day=None, external_date=DATE)
-        store.append_entries(run_id, [EntryInput(EntryKind.CORRECTION, "Later", "From the future",
-                             author=Author.HUMAN)], day=None,
-                             external_date=DATE + dt.timedelta(days=5))
+        store.append_entries(
+            run_id,
+            [EntryInput(EntryKind.CORRECTION, "Early", "Use sugar water", author=Author.HUMAN)],
+            day=None,
+            external_date=DATE,
+        )
+        store.append_entries(
+            run_id,
+            [EntryInput(EntryKind.CORRECTION, "Later", "From the future", author=Author.HUMAN)],
+            day=None,
+            external_date=DATE + dt.timedelta(days=5),
+        )
     with any_db.read() as session:
         titles = [e.title for e in Store(session).pinned_corrections(run_id, DATE)]
     assert titles == ["Early"]

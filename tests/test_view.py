@@ -13,12 +13,25 @@ from tests.conftest import make_run
 DATE = dt.date(2025, 6, 2)
 
 
-def day_with(store: Store, run_id: str, index: int, items, *, status=DayStatus.COMMITTED,
-             date=DATE):
+def day_with(
+    store: Store, run_id: str, index: int, items, *, status=DayStatus.COMMITTED, date=DATE
+):
     now = utcnow()
-    day = store.add_day(Day(run_id=run_id, index=index, external_date=date, status=status,
-                            model_id="m", model_version="m", prompt_hash="p", prompt=[],
-                            attempts=1, started_at=now, finished_at=now))
+    day = store.add_day(
+        Day(
+            run_id=run_id,
+            index=index,
+            external_date=date,
+            status=status,
+            model_id="m",
+            model_version="m",
+            prompt_hash="p",
+            prompt=[],
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        )
+    )
     store.append_entries(run_id, items, day=day, external_date=date)
 
 
@@ -55,9 +68,19 @@ def test_corrections_stay_pinned_however_long_the_record(database, spec):
     run_id = make_run(database, spec)
     with database.write() as session:
         store = Store(session)
-        store.append_entries(run_id, [EntryInput(EntryKind.CORRECTION, "Use marked bees",
-                             "Always mark foragers before counting.", author=Author.HUMAN)],
-                             day=None, external_date=DATE)
+        store.append_entries(
+            run_id,
+            [
+                EntryInput(
+                    EntryKind.CORRECTION,
+                    "Use marked bees",
+                    "Always mark foragers before counting.",
+                    author=Author.HUMAN,
+                )
+            ],
+            day=None,
+            external_date=DATE,
+        )
         for index in range(1, 200):
             day_with(store, run_id, index, [note(f"Entry {index}", "word " * 60)])
     text = view_of(database, run_id, spec, budget=1200).render()
@@ -81,9 +104,17 @@ def test_old_entries_matching_open_questions_come_back_by_full_text(database, sp
     run_id = make_run(database, spec)
     with database.write() as session:
         store = Store(session)
-        day_with(store, run_id, 1, [note("Nectar versus distance",
-                                         "Colonies weigh distance against nectar quality by "
-                                         "dance length.")])
+        day_with(
+            store,
+            run_id,
+            1,
+            [
+                note(
+                    "Nectar versus distance",
+                    "Colonies weigh distance against nectar quality by dance length.",
+                )
+            ],
+        )
         for index in range(2, 80):
             day_with(store, run_id, index, [note(f"Filler {index}", "word " * 60)])
     view = view_of(database, run_id, spec, budget=1500)

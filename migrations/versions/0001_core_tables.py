@@ -141,9 +141,7 @@ def upgrade() -> None:
             ["probe_id"], ["probes.id"], name=op.f("fk_probe_pairs_probe_id_probes")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_probe_pairs")),
-        sa.UniqueConstraint(
-            "checkin_id", "probe_id", name="uq_probe_pairs_checkin_id_probe_id"
-        ),
+        sa.UniqueConstraint("checkin_id", "probe_id", name="uq_probe_pairs_checkin_id_probe_id"),
     )
 
 
