@@ -52,7 +52,7 @@ class ChatHandle:
     ) -> Reply:
         kwargs: dict[str, Any] = {}
         if self.structured == "llamacpp":
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            kwargs["json_schema"] = schema
             if seed is not None:
                 kwargs["seed"] = seed
         elif self.structured == "openai":

@@ -546,7 +546,7 @@ def demo(
     committed = tries = 0
     # A small model fails some days; each failure stays in the record, and the demo
     # resumes the run, as a person would, until enough days are committed.
-    while committed < days and tries < days * 3:
+    while committed < days and tries < days * 4:
         results = _step(a, run_id, days - committed, fail=False)
         committed += sum(r.status == DayStatus.COMMITTED for r in results)
         tries += len(results)

@@ -22,6 +22,27 @@ from pydantic import ConfigDict, PrivateAttr
 from loopsim.errors import ModelUnavailable
 
 BUILTIN = {"gemma3-270m"}
+
+# llama-cpp-python's JSON grammar lets a string hold raw control characters (a raw
+# newline makes the reply invalid JSON) and escapes such as \u0000 or \b. Strings here
+# may hold printable characters and the escapes \" \\ \/ \n \t only.
+_HEX = " [0-9a-fA-F]" * 4
+_LOOSE_CHAR = 'char ::= [^"\\\\] | "\\\\" (["\\\\/bfnrt] | "u"' + _HEX + ")"
+_STRICT_CHAR = 'char ::= [^"\\\\\\x00-\\x1F\\x7F] | "\\\\" (["\\\\/nt])'
+
+
+def schema_grammar(schema: dict[str, Any]) -> Any:
+    """A llama.cpp grammar for ``schema`` whose strings are always valid JSON."""
+    import json
+
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(json.dumps(schema))
+    if _LOOSE_CHAR not in gbnf:
+        raise ModelUnavailable("this llama-cpp-python writes JSON grammars loopsim cannot check")
+    return LlamaGrammar.from_string(gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR), verbose=False)
+
+
 _ROLE = {"system": "system", "human": "user", "ai": "assistant"}
 
 
@@ -49,8 +70,8 @@ def resolve_gguf(name: str) -> tuple[Path, str]:
 class LlamaCppChat(BaseChatModel):
     """Chat completions from a local GGUF, with optional JSON-schema-constrained output.
 
-    Pass ``response_format={"type": "json_object", "schema": {...}}`` to ``invoke`` to
-    constrain decoding; ``seed``, ``max_tokens`` and ``temperature`` pass through too.
+    Pass ``json_schema={...}`` to ``invoke`` to constrain decoding to that schema;
+    ``seed``, ``max_tokens`` and ``temperature`` pass through too.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -111,10 +132,13 @@ class LlamaCppChat(BaseChatModel):
             "repeat_penalty": self.repeat_penalty,
             "max_tokens": self.max_tokens,
         }
+        schema = kwargs.pop("json_schema", None)
         params.update({k: v for k, v in kwargs.items() if v is not None})
         # One llama context is not safe to share between threads.
         with self._lock:
             llama = self._load()
+            if schema is not None:
+                params["grammar"] = schema_grammar(schema)
             result = llama.create_chat_completion(messages=payload, stop=stop, **params)
         text = result["choices"][0]["message"].get("content") or ""
         usage = result.get("usage") or {}
