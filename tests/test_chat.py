@@ -1,0 +1,114 @@
+"""Hosted and OpenAI-compatible models through the real langchain-openai client, against
+an OpenAI-shaped server on 127.0.0.1. Only the network peer is fake."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from loopsim.chat import build_chat
+from loopsim.config import Settings
+from loopsim.errors import ModelUnavailable
+from loopsim.loop import Loop
+from loopsim.schemas import DayStatus, ModelSpec
+from loopsim.testing import report_json
+from tests.conftest import make_run
+
+REPLY = report_json(("note", "From the server", "A reply that came over real HTTP today."))
+SECRET = "sk-test-0123456789abcdef"
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    requests: list[dict[str, Any]] = []
+    headers_seen: list[dict[str, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpenAI.requests.append(body)
+        FakeOpenAI.headers_seen.append({"authorization": self.headers.get("Authorization", "")})
+        payload = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "served-model-7b",
+            "system_fingerprint": "fp_local",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": REPLY},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    FakeOpenAI.requests, FakeOpenAI.headers_seen = [], []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_day_against_an_openai_compatible_server(database, spec, server):
+    settings = Settings(model_base_url=server, api_key=SECRET)
+    run_id = make_run(database, spec, model="openai:served-model-7b")
+    (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED
+    (request,) = FakeOpenAI.requests
+    assert request["model"] == "served-model-7b"
+    assert request.get("max_completion_tokens", request.get("max_tokens")) == 400
+    assert request["response_format"]["type"] == "json_schema"
+    assert "entries" in request["response_format"]["json_schema"]["schema"]["properties"]
+    assert [m["role"] for m in request["messages"]] == ["system", "user"]
+    assert FakeOpenAI.headers_seen[0]["authorization"] == f"Bearer {SECRET}"
+    with database.read() as session:
+        row = session.execute(text("SELECT model_version, tokens_in, tokens_out FROM days")).one()
+        assert row == ("served-model-7b (fp_local)", 321, 45)
+        for table in ("runs", "days", "entries"):
+            dump = json.dumps(
+                [list(r) for r in session.execute(text(f"SELECT * FROM {table}"))], default=str
+            )
+            assert SECRET not in dump
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_dead_endpoint_is_one_clear_error_and_writes_nothing(database, spec):
+    settings = Settings(model_base_url=f"http://127.0.0.1:{free_port()}/v1", model_timeout=5)
+    run_id = make_run(database, spec, model="openai:nothing-here")
+    loop = Loop(database, settings, build_chat(settings))
+    with pytest.raises(ModelUnavailable, match="openai:nothing-here failed: .*Connection error"):
+        loop.run_days(run_id, 1)
+    with database.read() as session:
+        assert session.execute(text("SELECT count(*) FROM days")).scalar() == 0
+
+
+def test_unknown_provider_is_named():
+    factory = build_chat(Settings())
+    with pytest.raises(ModelUnavailable, match="nosuchprovider"):
+        factory("nosuchprovider:model", ModelSpec(), 100)
