@@ -133,25 +133,33 @@ def test_ctrl_c_finishes_the_day_in_flight_then_stops(tmp_path, spec):
     assert cli(db, "db", "upgrade").returncode == 0
     database = Database.open(str(db))
     run_id = make_run(database, spec, model=MODEL)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loopsim", "--db", str(db), "run", "step", run_id, "--days", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
+    err = ""
+    for _attempt in range(4):  # a failed day ends the step early; resume and try again
+        resume(database, run_id)
         with database.read() as session:
-            if Store(session).count_days(run_id) >= 1:
-                break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=300)
+            before = Store(session).count_days(run_id)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loopsim", "--db", str(db), "run", "step", run_id, "-n", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            with database.read() as session:
+                if Store(session).count_days(run_id) > before:
+                    break
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=300)
+            break
+        proc.communicate()
     assert "stopping after this day" in err and "Traceback" not in err
     with database.read() as session:
         store = Store(session)
         days = store.list_days(run_id)
-        assert 1 <= len(days) <= 3
+        assert len(days) <= before + 2  # the day in flight finished; no more began
         assert [d.index for d in days] == list(range(1, len(days) + 1))
         assert store.verify_chain(run_id).ok
     database.dispose()
