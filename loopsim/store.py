@@ -354,13 +354,17 @@ class Store:
         if not terms:
             return []
         if self.dialect == "sqlite":
-            match = " OR ".join(f'"{t}"' for t in terms)
+            words = " OR ".join(f'"{t}"' for t in terms)
+            match = f'run_id : "{run_id}" AND ({words})'
             ranked = (
+                # Limit to the run and rank and cut inside FTS5 (in C) before joining, so
+                # the join sees a few candidates rather than every matching entry.
                 text(
-                    "SELECT rowid AS id, rank AS score FROM entries_fts WHERE entries_fts MATCH :q"
+                    "SELECT rowid AS id, rank AS score FROM entries_fts "
+                    "WHERE entries_fts MATCH :q ORDER BY rank LIMIT :cap"
                 )
                 .columns(column("id", Integer), column("score", Float))
-                .bindparams(q=match)
+                .bindparams(q=match, cap=limit * 20)
                 .subquery("fts")
             )
             score = ranked.c.score.asc()

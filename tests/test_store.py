@@ -195,3 +195,24 @@ def test_pinned_queries_respect_external_date(any_db, spec):
     with any_db.read() as session:
         titles = [e.title for e in Store(session).pinned_corrections(run_id, DATE)]
     assert titles == ["Early"]
+
+
+def test_a_busy_neighbour_run_never_crowds_out_this_runs_matches(any_db, spec):
+    mine, busy = make_run(any_db, spec), make_run(any_db, spec)
+    with any_db.write() as session:
+        store = Store(session)
+        store.append_entries(
+            busy,
+            [EntryInput("note", "Waggle waggle", "waggle waggle waggle dance") for _ in range(600)],
+            day=None,
+            external_date=DATE,
+        )
+        store.append_entries(
+            mine,
+            [EntryInput("note", "Once", "a single waggle among many other words here")],
+            day=None,
+            external_date=DATE,
+        )
+    with any_db.read() as session:
+        found = Store(session).search(mine, "waggle", limit=20)
+    assert [e.title for e, _, _ in found] == ["Once"]

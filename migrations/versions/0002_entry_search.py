@@ -20,14 +20,15 @@ def upgrade() -> None:
     if dialect == "sqlite":
         # External-content FTS5 over the append-only entries table: one insert trigger is
         # all it needs, because entries are never updated or deleted.
+        # run_id is indexed too, so a search can be limited to one run inside FTS5.
         op.execute(
-            "CREATE VIRTUAL TABLE entries_fts USING fts5("
-            "title, body, content='entries', content_rowid='id', tokenize='porter unicode61')"
+            "CREATE VIRTUAL TABLE entries_fts USING fts5(title, body, run_id, "
+            "content='entries', content_rowid='id', tokenize='porter unicode61')"
         )
         op.execute(
             "CREATE TRIGGER entries_fts_ai AFTER INSERT ON entries BEGIN "
-            "INSERT INTO entries_fts(rowid, title, body) VALUES (new.id, new.title, new.body); "
-            "END"
+            "INSERT INTO entries_fts(rowid, title, body, run_id) "
+            "VALUES (new.id, new.title, new.body, new.run_id); END"
         )
         op.execute("INSERT INTO entries_fts(entries_fts) VALUES ('rebuild')")
     elif dialect == "postgresql":
