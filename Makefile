@@ -25,8 +25,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: setup
-	$(BIN)/ruff check loopsim tests migrations
-	$(BIN)/ruff format --check loopsim tests migrations
+	$(BIN)/ruff check loopsim tests migrations benchmarks
+	$(BIN)/ruff format --check loopsim tests migrations benchmarks
 	$(BIN)/mypy
 
 docs: setup

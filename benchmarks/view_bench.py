@@ -23,14 +23,38 @@ from loopsim.store import EntryInput, Store
 from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 DATE = dt.date(2025, 6, 2)
-WORDS = ("forager dance nectar comb colony patch distance quality waggle pollen hive "
-         "scout recruit signal follow measure count film mark sugar").split()
-SPEC = parse_spec({
-    "persona": {"name": "Bench", "background": "A benchmark persona."},
-    "charter": {"agenda": "How do colonies weigh nectar quality against distance?",
-                "open_questions": ["How is distance encoded in the waggle dance?"]},
-    "time": {"policy": "fixed", "anchor": DATE.isoformat()},
-})
+WORDS = [
+    "forager",
+    "dance",
+    "nectar",
+    "comb",
+    "colony",
+    "patch",
+    "distance",
+    "quality",
+    "waggle",
+    "pollen",
+    "hive",
+    "scout",
+    "recruit",
+    "signal",
+    "follow",
+    "measure",
+    "count",
+    "film",
+    "mark",
+    "sugar",
+]
+SPEC = parse_spec(
+    {
+        "persona": {"name": "Bench", "background": "A benchmark persona."},
+        "charter": {
+            "agenda": "How do colonies weigh nectar quality against distance?",
+            "open_questions": ["How is distance encoded in the waggle dance?"],
+        },
+        "time": {"policy": "fixed", "anchor": DATE.isoformat()},
+    }
+)
 
 
 def body(i: int) -> str:
@@ -46,14 +70,30 @@ def seed(database: dbmod.Database, run_id: str, entries: int, per_day: int = 5) 
             for _ in range(min(500, days - index)):
                 index += 1
                 now = utcnow()
-                day = store.add_day(Day(run_id=run_id, index=index, external_date=DATE,
-                                        status="committed", model_id="bench", model_version="b",
-                                        prompt_hash="0" * 64, prompt=[], attempts=1,
-                                        started_at=now, finished_at=now))
-                store.append_entries(run_id, [EntryInput("note", f"Day {index} item {k}",
-                                                         body(index * per_day + k))
-                                              for k in range(per_day)], day=day,
-                                     external_date=DATE)
+                day = store.add_day(
+                    Day(
+                        run_id=run_id,
+                        index=index,
+                        external_date=DATE,
+                        status="committed",
+                        model_id="bench",
+                        model_version="b",
+                        prompt_hash="0" * 64,
+                        prompt=[],
+                        attempts=1,
+                        started_at=now,
+                        finished_at=now,
+                    )
+                )
+                store.append_entries(
+                    run_id,
+                    [
+                        EntryInput("note", f"Day {index} item {k}", body(index * per_day + k))
+                        for k in range(per_day)
+                    ],
+                    day=day,
+                    external_date=DATE,
+                )
 
 
 def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:
@@ -74,8 +114,10 @@ def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:
             times.append((time.perf_counter() - t0) * 1000)
             tokens = estimate_tokens(view.render())
         with database.read() as session:
-            naive = sum(estimate_tokens(ViewEntry.of(e, i).render())
-                        for e, i, _ in Store(session).list_entries(run_id))
+            naive = sum(
+                estimate_tokens(ViewEntry.of(e, i).render())
+                for e, i, _ in Store(session).list_entries(run_id)
+            )
         database.dispose()
     times.sort()
     return {
@@ -94,12 +136,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=3000)
     args = parser.parse_args()
     rows = [measure(int(s), args.budget) for s in args.sizes.split(",")]
-    print(f"| entries | view p50 ms | view p95 ms | view tokens (budget {args.budget}) "
-          "| whole-record tokens | seeding s |")
+    print(
+        f"| entries | view p50 ms | view p95 ms | view tokens (budget {args.budget}) "
+        "| whole-record tokens | seeding s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size']:,} | {r['p50']:.1f} | {r['p95']:.1f} | {r['tokens']:,} "
-              f"| {r['naive']:,} | {r['seed_s']:.1f} |")
+        print(
+            f"| {r['size']:,} | {r['p50']:.1f} | {r['p95']:.1f} | {r['tokens']:,} "
+            f"| {r['naive']:,} | {r['seed_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":
