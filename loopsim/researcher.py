@@ -31,16 +31,19 @@ FRAMING = (
     "Whatever you write today is added to it, for the you of tomorrow."
 )
 
+# The example is about method, not any topic, so it biases no charter; small models
+# that copy it verbatim still produce a valid day.
 INSTRUCTIONS = (
     "Read the log, then do one day of careful work on the charter. Reply with one JSON "
     "object and nothing else. For example:\n"
-    '{"entries": [{"kind": "hypothesis", "title": "Distance is weighed by dance length", '
-    '"body": "Foragers may dance longer for richer patches, so followers would weigh a far '
-    'rich patch by how long its dances last. This needs a test."}], '
-    '"digest": "So far: one hypothesis about dance length, untested."}\n'
-    "Each kind is one of: note, hypothesis, question, answer, plan, critique. Write 1 to 6 "
-    "entries in plain sentences, building on the log rather than repeating it. The digest "
-    "is optional: a few sentences summing up the whole log so far."
+    '{"entries": [{"kind": "hypothesis", "title": "The simplest explanation first", '
+    '"body": "Before building anything elaborate, I should check whether the simplest account '
+    "already fits what the log records. If it does, the next step is a test that could prove "
+    'it wrong."}], "digest": "One working hypothesis so far; next, a test that could refute '
+    'it."}\n'
+    "Each entry's kind is one of: note, hypothesis, question, answer, plan, critique. Write "
+    "1 to 6 entries in plain sentences about the charter, building on the log rather than "
+    "repeating it. The digest is optional: a few sentences summing up the whole log so far."
 )
 
 
