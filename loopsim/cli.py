@@ -167,6 +167,28 @@ def db_upgrade(
         a.err.print(f"upgraded {result.where} from {result.before} to {result.after}{backup}")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0001, or base.")],
+) -> None:
+    """Migrate the schema down (for recovery and testing). A SQLite file is backed up
+    first; loopsim refuses to run on the result until `loopsim db upgrade`."""
+    a = _app(ctx)
+    try:
+        result = dbmod.downgrade(a.url, revision)
+    except Exception as exc:  # alembic's own errors name unknown revisions
+        if isinstance(exc, LoopsimError):
+            raise
+        from alembic.util import CommandError
+
+        if isinstance(exc, CommandError):
+            raise SpecError(f"cannot downgrade to {revision!r}: {exc}") from None
+        raise
+    backup = f" (backup: {result.backup})" if result.backup else ""
+    a.err.print(f"downgraded {result.where} from {result.before} to {result.after}{backup}")
+
+
 @db_app.command("status")
 def db_status(ctx: typer.Context) -> None:
     """Show where the database is and whether its schema is current."""
@@ -230,7 +252,13 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         a.out.print_json(json.dumps(rows))
         return
-    table = Table("id", "name", "status", "days", "model", "worker", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True, min_width=26)
+    table.add_column("name", overflow="ellipsis", max_width=24)
+    table.add_column("status", no_wrap=True)
+    table.add_column("days", justify="right")
+    table.add_column("model", overflow="fold")
+    table.add_column("worker", overflow="fold")
     for row in rows:
         table.add_row(
             row["id"],

@@ -224,7 +224,7 @@ def check_revision(current: str | None, where: str) -> None:
 class UpgradeResult:
     where: str
     before: str | None
-    after: str
+    after: str  # "base" when nothing is left
     created: bool
     backup: Path | None
 
@@ -271,14 +271,25 @@ def upgrade(url_or_path: str, revision: str = "head") -> UpgradeResult:
     return UpgradeResult(where, before, after, created, backup)
 
 
-def downgrade(url_or_path: str, revision: str) -> None:
-    """Migrate down to ``revision`` (for tests and recovery; never run automatically)."""
+def downgrade(url_or_path: str, revision: str) -> UpgradeResult:
+    """Migrate down to ``revision``, backing up a SQLite file first. Never automatic."""
     url = normalize_url(url_or_path)
+    where = display_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise DatabaseMissing(f"no database at {where}")
     engine = make_engine(url, foreign_keys=False)
     try:
-        with translated(display_url(url)), engine.begin() as conn:
+        before = _current_revision(engine, where)
+        backup = None
+        if path is not None and before is not None:
+            with translated(where):
+                backup = backup_sqlite(path, before)
+        with translated(where), engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, revision)
+        after = _current_revision(engine, where)
     finally:
         engine.dispose()
+    return UpgradeResult(where, before, after or "base", False, backup)

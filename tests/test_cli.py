@@ -235,3 +235,17 @@ def test_public_api_is_sorted_and_importable():
     assert loopsim.__all__ == sorted(loopsim.__all__)
     for name in loopsim.__all__:
         assert getattr(loopsim, name) is not None
+
+
+def test_downgrade_refuses_until_upgrade_then_data_is_intact(cli, run_id, sqlite_url):
+    down = cli("db", "downgrade", "0001")
+    assert down.exit_code == 0 and "backup:" in down.stderr
+    refused = cli("run", "show", run_id)
+    assert refused.exit_code == 1 and "`loopsim db upgrade`" in one_line_error(refused)
+    assert cli("db", "upgrade").exit_code == 0
+    assert json.loads(cli("run", "show", run_id, "--json").stdout)["id"] == run_id
+    assert cli("db", "downgrade", "nonsense").exit_code == 2
+
+
+def test_run_list_never_truncates_ids(cli, run_id):
+    assert run_id in cli("run", "list").stdout
