@@ -48,14 +48,20 @@ class ChatHandle:
         self.version = version or model_id
 
     def complete(
-        self, messages: list[BaseMessage], schema: dict[str, Any], *, seed: int | None = None
+        self,
+        messages: list[BaseMessage],
+        schema: dict[str, Any] | None,
+        *,
+        seed: int | None = None,
     ) -> Reply:
+        """One call. With ``schema``, ask for JSON in that shape; without, for plain text."""
         kwargs: dict[str, Any] = {}
         if self.structured == "llamacpp":
-            kwargs["json_schema"] = schema
+            if schema is not None:
+                kwargs["json_schema"] = schema
             if seed is not None:
                 kwargs["seed"] = seed
-        elif self.structured == "openai":
+        elif self.structured == "openai" and schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "DayReport", "schema": schema},

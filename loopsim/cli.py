@@ -66,6 +66,7 @@ class AppContext:
     settings: Settings
     chat_factory: ChatFactory | None = None
     db_url: str | None = None
+    opened_checkin: int | None = None
     out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
 
@@ -101,7 +102,9 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Create, migrate and inspect the database.")
 run_app = typer.Typer(no_args_is_help=True, help="Create, list, step and control runs.")
 record_app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
+checkin_app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
 app.add_typer(db_app, name="db")
+app.add_typer(checkin_app, name="checkin")
 app.add_typer(run_app, name="run")
 app.add_typer(record_app, name="record")
 
@@ -352,6 +355,7 @@ def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[
 
         try:
             loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
+            a.opened_checkin = loop.opened_checkin
         except KeyboardInterrupt:
             a.err.print("stopped; the day in flight was abandoned and nothing of it written")
             raise typer.Exit(130) from None
@@ -374,7 +378,12 @@ def run_step(
     """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary."""
     a = _app(ctx)
     results = _step(a, run_ref, days)
-    if len(results) < days:
+    if a.opened_checkin is not None:
+        a.err.print(
+            f"check-in {a.opened_checkin} is open and the run waits for it: "
+            f"`loopsim checkin review {a.opened_checkin}`"
+        )
+    elif len(results) < days:
         with a.open_db().read() as session:
             run = Store(session).get_run(run_ref)
             status, reason = run.status, run.status_reason
@@ -600,3 +609,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+# Commands that live in their own modules register on import.
+from loopsim import cli_checkin as _cli_checkin  # noqa: E402, F401

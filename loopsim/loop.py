@@ -17,13 +17,21 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loopsim import checkin
 from loopsim.chat import ChatFactory, ChatHandle
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState
 from loopsim.models import Day, Run, utcnow
-from loopsim.researcher import DayOutcome, Prompt, Researcher, build_prompt
+from loopsim.researcher import (
+    DayOutcome,
+    Prompt,
+    Researcher,
+    answer,
+    build_probe_prompt,
+    build_prompt,
+)
 from loopsim.schemas import DayStatus, EntryKind, RunSpec, RunStatus
 from loopsim.store import EntryInput, Store
 from loopsim.view import build_view
@@ -71,6 +79,7 @@ class Loop:
         self.settings = settings
         self.chat_factory = chat_factory
         self._handles: dict[str, ChatHandle] = {}
+        self.opened_checkin: int | None = None
 
     def _chat(self, model_id: str, spec: RunSpec) -> ChatHandle:
         # Reusing the loaded weights is not memory: every call gets only its own prompt.
@@ -91,7 +100,10 @@ class Loop:
                 return None
             index = store.next_day_index(run.id)
             date = external_date(
-                spec.time, run_started=run.created_at, now=now or utcnow(), approved_checkins=0
+                spec.time,
+                run_started=run.created_at,
+                now=now or utcnow(),
+                approved_checkins=checkin.approved_count(store, run.id),
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
             prompt = build_prompt(spec.persona, view, date)
@@ -199,6 +211,44 @@ class Loop:
                 outcome.error,
             )
 
+    def open_due_checkin(self, run_ref: str) -> int | None:
+        """Open a check-in if one is due: predictions first (model calls, outside any
+        transaction), then one write that records them and makes the run wait."""
+        with self.db.read() as session:
+            store = Store(session)
+            run = store.get_run(run_ref)
+            if run.status != RunStatus.RUNNING:
+                return None
+            spec = RunSpec.model_validate(run.spec)
+            reason = checkin.due(store, run, spec)
+            if reason is None:
+                return None
+            last = store.last_checkin(run.id)
+            first_day = (last.last_day_index if last else 0) + 1
+            last_day = store.last_committed_day(run.id)
+            number = len(store.list_checkins(run.id)) + 1
+            probes = checkin.select_probes(
+                run, store.accepted_probes(run.id), spec.checkins.probes_per_checkin, number
+            )
+            date = external_date(
+                spec.time,
+                run_started=run.created_at,
+                now=utcnow(),
+                approved_checkins=checkin.approved_count(store, run.id),
+            )
+            view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
+            prompts = [
+                (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in probes
+            ]
+            model_id = run.model
+        chat = self._chat(model_id, spec)
+        predictions = []
+        for probe_id, prompt in prompts:
+            result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
+            predictions.append((probe_id, result.text, result.error))
+        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions)
+        return checkin.open_checkin(self.db, opening)
+
     def run_days(
         self,
         run_ref: str,
@@ -207,12 +257,12 @@ class Loop:
         on_day: Callable[[DayResult], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[DayResult]:
-        """Step up to ``days`` days; stop early on a failed day, a spent budget or a stop."""
+        """Step up to ``days`` days. Stop early on a failed day, a spent budget, a stop
+        request, or a check-in coming due (then ``self.opened_checkin`` names it)."""
         self.start(run_ref)
+        self.opened_checkin = self.open_due_checkin(run_ref)
         results: list[DayResult] = []
-        for _ in range(days):
-            if should_stop():
-                break
+        while len(results) < days and self.opened_checkin is None and not should_stop():
             result = self.step(run_ref)
             if result is None:
                 break
@@ -221,4 +271,5 @@ class Loop:
                 on_day(result)
             if result.status != DayStatus.COMMITTED:
                 break
+            self.opened_checkin = self.open_due_checkin(run_ref)
         return results

@@ -76,6 +76,24 @@ def build_prompt(persona: Persona, view: View, external_date: dt.date) -> Prompt
     return Prompt((("system", "\n\n".join(system)), ("user", user)))
 
 
+PROBE_INSTRUCTIONS = (
+    "A colleague asks you the question below. Answer it as yourself, from what you know and "
+    "what the log says, in two to five plain sentences. Reply with the answer only."
+)
+
+
+def build_probe_prompt(
+    persona: Persona, view: View, external_date: dt.date, question: str
+) -> Prompt:
+    """A fresh researcher, same persona, date and view as a day, asked one question."""
+    day = build_prompt(persona, view, external_date)
+    system = day.messages[0][1].replace(INSTRUCTIONS, PROBE_INSTRUCTIONS)
+    user = (
+        f"{view.render()}\n\nToday's date is {external_date.isoformat()}.\n\nQuestion: {question}"
+    )
+    return Prompt((("system", system), ("user", user)))
+
+
 def report_schema() -> dict[str, Any]:
     return DayReport.model_json_schema()
 
@@ -195,6 +213,45 @@ class Researcher:
             outcome.transcript.append({"role": "user", "content": feedback})
             messages = [*messages, AIMessage(content=outcome.raw[:4000]), HumanMessage(feedback)]
         return outcome
+
+
+@dataclass
+class Answer:
+    text: str | None
+    error: str | None
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int = 2) -> Answer:
+    """A plain-text answer, retried while it is empty, oversized or degenerate."""
+    from loopsim.schemas import degeneracy
+
+    messages = prompt.as_langchain()
+    seed = int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
+    result = Answer(None, None)
+    for attempt in range(max_retries + 1):
+        reply = chat.complete(messages, None, seed=seed + attempt)
+        result.tokens_in += reply.tokens_in or 0
+        result.tokens_out += reply.tokens_out or 0
+        text = storable(reply.text).strip()
+        problem = (
+            "is empty"
+            if len(text) < 10
+            else "is over 2000 characters"
+            if len(text) > 2000
+            else degeneracy(text)
+        )
+        if problem is None:
+            result.text, result.error = text, None
+            return result
+        result.error = f"the answer {problem}"
+        messages = [
+            *messages,
+            AIMessage(content=text[:2000]),
+            HumanMessage(f"That answer {problem}. Answer again in plain sentences."),
+        ]
+    return result
 
 
 def dumps_report(report: DayReport) -> str:

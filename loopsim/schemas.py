@@ -124,6 +124,16 @@ class Budget(_Strict):
     output_tokens_per_day: int = Field(default=600, ge=32, le=100_000)
 
 
+class CheckinPolicy(_Strict):
+    """When the loop stops for a human. Never shown to the model."""
+
+    every_days: int = Field(default=5, ge=1, le=100_000)
+    spot_check_probability: float = Field(default=0.1, ge=0, le=1)
+    probes_per_checkin: int = Field(default=3, ge=0, le=20)
+    drift_warn: float = Field(default=0.5, ge=0, le=1)
+    drift_alarm: float = Field(default=0.7, ge=0, le=1)
+
+
 class RunSpec(_Strict):
     """A run spec, as written in TOML."""
 
@@ -132,6 +142,27 @@ class RunSpec(_Strict):
     time: TimePolicy
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     budget: Budget = Field(default_factory=lambda: Budget())
+    checkins: CheckinPolicy = Field(default_factory=lambda: CheckinPolicy())
+    probes: list[Annotated[str, Field(min_length=3, max_length=500)]] = Field(
+        default_factory=list, max_length=100
+    )
+
+
+class CheckinReason(StrEnum):
+    SCHEDULED = "scheduled"
+    SPOT_CHECK = "spot_check"
+    FUTURE_LEAK = "future_leak"
+    PREDICTION_DRIFT = "prediction_drift"
+    CHARTER_DRIFT = "charter_drift"
+    BUDGET = "budget"
+    MANUAL = "manual"
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    AMEND = "amend"
+    REJECT = "reject"
+    HALT = "halt"
 
 
 def _describe(error: Any) -> str:

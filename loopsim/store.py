@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from loopsim import ids
 from loopsim.errors import NotFound
-from loopsim.models import Day, Entry, Run, utcnow
+from loopsim.models import CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, RunStatus
 
 GENESIS = "0" * 64
@@ -162,6 +162,17 @@ class Store:
             lease_generation=0,
         )
         self.session.add(run)
+        self.session.flush()
+        for question in spec.probes:
+            self.session.add(
+                Probe(
+                    run_id=run.id,
+                    question=question,
+                    source="spec",
+                    status="accepted",
+                    created_at=now,
+                )
+            )
         self.session.flush()
         return run
 
@@ -388,6 +399,78 @@ class Store:
         if not include_reverted:
             stmt = stmt.where(self._visible())
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
+
+    # ---------------------------------------------------------------- check-ins
+
+    def accepted_probes(self, run_id: str) -> Sequence[Probe]:
+        return self.session.scalars(
+            select(Probe)
+            .where(Probe.run_id == run_id, Probe.status == "accepted")
+            .order_by(Probe.id)
+        ).all()
+
+    def list_checkins(
+        self, run_id: str | None = None, *, pending: bool = False
+    ) -> Sequence[CheckIn]:
+        stmt = select(CheckIn).order_by(CheckIn.id)
+        if run_id is not None:
+            stmt = stmt.where(CheckIn.run_id == run_id)
+        if pending:
+            stmt = stmt.where(CheckIn.decision.is_(None))
+        return self.session.scalars(stmt).all()
+
+    def get_checkin(self, checkin_id: int) -> CheckIn:
+        found = self.session.get(CheckIn, checkin_id)
+        if found is None:
+            raise NotFound(f"no check-in {checkin_id}; `loopsim checkin list` shows them")
+        return found
+
+    def last_checkin(self, run_id: str) -> CheckIn | None:
+        return self.session.scalar(
+            select(CheckIn).where(CheckIn.run_id == run_id).order_by(CheckIn.id.desc()).limit(1)
+        )
+
+    def pairs(self, checkin_id: int) -> Sequence[tuple[ProbePair, Probe]]:
+        rows = self.session.execute(
+            select(ProbePair, Probe)
+            .join(Probe, ProbePair.probe_id == Probe.id)
+            .where(ProbePair.checkin_id == checkin_id)
+            .order_by(ProbePair.id)
+        )
+        return [(pair, probe) for pair, probe in rows]
+
+    def last_committed_day(self, run_id: str) -> int:
+        last = self.session.scalar(
+            select(func.max(Day.index)).where(
+                Day.run_id == run_id, Day.status == DayStatus.COMMITTED
+            )
+        )
+        return int(last or 0)
+
+    def committed_days_after(self, run_id: str, index: int) -> int:
+        return int(
+            self.session.scalar(
+                select(func.count())
+                .select_from(Day)
+                .where(Day.run_id == run_id, Day.status == DayStatus.COMMITTED, Day.index > index)
+            )
+            or 0
+        )
+
+    def revert_days(self, run_id: str, after: int, through: int) -> int:
+        """Mark committed days in (after, through] reverted. Their entries stay."""
+        days = self.session.scalars(
+            select(Day).where(
+                Day.run_id == run_id,
+                Day.index > after,
+                Day.index <= through,
+                Day.status == DayStatus.COMMITTED,
+            )
+        ).all()
+        for day in days:
+            day.status = DayStatus.REVERTED
+        self.session.flush()
+        return len(days)
 
     # ----------------------------------------------------------------------- verify
 

@@ -35,6 +35,8 @@ SPEC: dict[str, Any] = {
     },
     "time": {"policy": "fixed", "anchor": "2025-06-02"},
     "budget": {"days": 30, "output_tokens_per_day": 400},
+    # Day-loop tests run without check-ins; tests/test_checkin.py sets its own policy.
+    "checkins": {"every_days": 100000, "spot_check_probability": 0.0},
 }
 
 

@@ -1,0 +1,286 @@
+"""Check-ins: when the loop stops for a human, and what the human decides.
+
+Nothing here is visible to a day's researcher: ``researcher.py`` and ``view.py`` never
+import this module, and the schedule, the spot-check seed and the counts never enter a
+prompt.
+
+- :func:`due` says whether a check-in is due now, from the run's state alone, so it gives
+  the same answer after a crash and restart.
+- Spot checks draw from an RNG seeded with the run's secret seed and the day index: the
+  model cannot predict them, and a replay gives the same schedule.
+- :func:`record_answer` stores a human's blind answer before anything reveals the
+  prediction; :func:`rate` then stores the agreement rating and similarity.
+- :func:`decide` applies approve, amend, reject or halt, once: a second decision is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from loopsim import drift
+from loopsim.db import Database
+from loopsim.errors import InvalidState, SpecError
+from loopsim.models import CheckIn, Probe, ProbePair, Run, utcnow
+from loopsim.schemas import (
+    Author,
+    CheckinReason,
+    Decision,
+    EntryKind,
+    RunSpec,
+    RunStatus,
+)
+from loopsim.store import EntryInput, Store
+
+APPROVING = (Decision.APPROVE, Decision.AMEND)
+
+
+def spot_check_fires(secret_seed: str, day_index: int, probability: float) -> bool:
+    """A draw the model cannot predict: seeded by a secret it never sees."""
+    return random.Random(f"{secret_seed}:spot:{day_index}").random() < probability
+
+
+def approved_count(store: Store, run_id: str) -> int:
+    return sum(c.decision in APPROVING for c in store.list_checkins(run_id))
+
+
+def last_approved_day(store: Store, run_id: str) -> int:
+    approved = [c for c in store.list_checkins(run_id) if c.decision in APPROVING]
+    return approved[-1].last_day_index if approved else 0
+
+
+def due(store: Store, run: Run, spec: RunSpec) -> CheckinReason | None:
+    """The reason a check-in is due now, or None. Pure in the run's stored state."""
+    last = store.last_checkin(run.id)
+    if last is not None and last.decision is None:
+        return None  # one is already open
+    since = last.last_day_index if last is not None else 0
+    new_days = store.committed_days_after(run.id, since)
+    if new_days == 0:
+        return None
+    if new_days >= spec.checkins.every_days:
+        return CheckinReason.SCHEDULED
+    latest = store.last_committed_day(run.id)
+    if spot_check_fires(run.secret_seed, latest, spec.checkins.spot_check_probability):
+        return CheckinReason.SPOT_CHECK
+    return None
+
+
+def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> list[Probe]:
+    if k >= len(probes):
+        return list(probes)
+    return random.Random(f"{run.secret_seed}:probes:{number}").sample(list(probes), k)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A check-in about to open: why, which days, and the predictions made for it."""
+
+    run_id: str
+    reason: CheckinReason
+    first_day: int
+    last_day: int
+    predictions: list[tuple[int, str | None, str | None]]  # probe id, text, error
+
+
+def open_checkin(db: Database, opening: Opening) -> int | None:
+    """Write the check-in and its predictions and make the run wait. Idempotent: if one is
+    already open or the state moved on, nothing is written and None is returned."""
+    with db.write() as session:
+        store = Store(session)
+        run = store.get_run(opening.run_id, lock=True)
+        spec = RunSpec.model_validate(run.spec)
+        if run.status != RunStatus.RUNNING or due(store, run, spec) != opening.reason:
+            return None
+        if store.last_committed_day(run.id) != opening.last_day:
+            return None
+        checkin = CheckIn(
+            run_id=run.id,
+            reason=opening.reason,
+            first_day_index=opening.first_day,
+            last_day_index=opening.last_day,
+            opened_at=utcnow(),
+        )
+        session.add(checkin)
+        session.flush()
+        for probe_id, text, error in opening.predictions:
+            session.add(
+                ProbePair(
+                    checkin_id=checkin.id,
+                    probe_id=probe_id,
+                    prediction=text if text is not None else f"(no valid prediction: {error})",
+                    is_retest=False,
+                )
+            )
+        store.set_status(
+            run, RunStatus.AWAITING_CHECKIN, f"check-in {checkin.id} ({opening.reason})"
+        )
+        return checkin.id
+
+
+def record_answer(db: Database, pair_id: int, answer: str) -> None:
+    """Store the human's blind answer. Refused once the prediction has been revealed."""
+    answer = answer.strip()
+    if not answer:
+        raise SpecError("an answer cannot be empty")
+    with db.write() as session:
+        pair = session.get(ProbePair, pair_id)
+        if pair is None:
+            raise SpecError(f"no probe pair {pair_id}")
+        _require_open(Store(session).get_checkin(pair.checkin_id))
+        if pair.revealed_at is not None:
+            raise InvalidState("the prediction was already shown; the blind answer is closed")
+        pair.human_answer = answer
+        pair.answered_at = utcnow()
+
+
+def reveal(db: Database, pair_id: int) -> str:
+    """The prediction, only after the blind answer is stored; marks it revealed."""
+    with db.write() as session:
+        pair = session.get(ProbePair, pair_id)
+        if pair is None:
+            raise SpecError(f"no probe pair {pair_id}")
+        if pair.answered_at is None:
+            raise InvalidState("answer the probe before its prediction is shown")
+        if pair.revealed_at is None:
+            pair.revealed_at = utcnow()
+            pair.similarity = drift.lexical_similarity(
+                pair.prediction or "", pair.human_answer or ""
+            )
+        return pair.prediction or ""
+
+
+def rate(db: Database, pair_id: int, rating: int) -> None:
+    if not 1 <= rating <= 5:
+        raise SpecError("a rating is a whole number from 1 to 5")
+    with db.write() as session:
+        pair = session.get(ProbePair, pair_id)
+        if pair is None or pair.revealed_at is None:
+            raise InvalidState("rate a prediction only after it is revealed")
+        pair.rating = rating
+
+
+def _require_open(checkin: CheckIn) -> None:
+    if checkin.decision is not None:
+        when = checkin.decided_at.isoformat() if checkin.decided_at else "earlier"
+        raise InvalidState(
+            f"check-in {checkin.id} was already decided ({checkin.decision}, {when}); "
+            "nothing changed"
+        )
+
+
+def load_answers(path: Path) -> dict[int, dict[str, Any]]:
+    """``{"<probe id>": {"answer": "...", "rating": 4}}`` from a JSON file."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected an object of probe id to answer")
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in raw.items():
+        if not str(key).isdigit() or not isinstance(value, dict):
+            raise SpecError(f"{path}: {key!r}: expected a probe id and {{answer, rating}}")
+        answer, rating = value.get("answer"), value.get("rating")
+        if not isinstance(answer, str) or not answer.strip():
+            raise SpecError(f"{path}: {key}: answer must be non-empty text")
+        if rating is not None and (not isinstance(rating, int) or not 1 <= rating <= 5):
+            raise SpecError(f"{path}: {key}: rating must be a whole number from 1 to 5")
+        out[int(key)] = {"answer": answer.strip(), "rating": rating}
+    return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    checkin_id: int
+    decision: Decision
+    drift: drift.DriftLevel
+    reverted_days: int
+
+
+def decide(
+    db: Database,
+    checkin_id: int,
+    decision: Decision,
+    *,
+    note: str | None = None,
+    answers: dict[int, dict[str, Any]] | None = None,
+) -> Outcome:
+    """Apply a decision once. Answers from a file are stored first, blind, as if typed."""
+    if decision == Decision.AMEND and not (note and note.strip()):
+        raise SpecError("--amend needs --note with the correction")
+    with db.write() as session:
+        store = Store(session)
+        checkin = store.get_checkin(checkin_id)
+        run = store.get_run(checkin.run_id, lock=True)
+        _require_open(checkin)
+        spec = RunSpec.model_validate(run.spec)
+        now = utcnow()
+        pairs = store.pairs(checkin.id)
+        for pair, probe in pairs:
+            given = (answers or {}).get(probe.id)
+            if given and pair.answered_at is None:
+                pair.human_answer, pair.answered_at = given["answer"], now
+                pair.revealed_at = now
+                pair.similarity = drift.lexical_similarity(pair.prediction or "", given["answer"])
+                pair.rating = given["rating"]
+        agreements = [
+            drift.agreement(p.similarity, p.rating) for p, _ in pairs if p.similarity is not None
+        ]
+        score = drift.drift_score(agreements)
+        # Once only, even against a racing writer: the update matches an undecided row.
+        claimed = session.execute(
+            update(CheckIn)
+            .where(CheckIn.id == checkin.id, CheckIn.decision.is_(None))
+            .values(decision=decision, note=note, decided_at=now, drift_score=score)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidState(f"check-in {checkin.id} was already decided; nothing changed")
+        reverted = 0
+        if decision == Decision.HALT:
+            store.set_status(run, RunStatus.HALTED, f"halted at check-in {checkin.id}")
+        else:
+            if decision == Decision.AMEND:
+                date = checkin_date(store, run, spec)
+                store.append_entries(
+                    run.id,
+                    [
+                        EntryInput(
+                            EntryKind.CORRECTION,
+                            f"Correction at check-in {checkin.id}",
+                            (note or "").strip(),
+                            author=Author.HUMAN,
+                        )
+                    ],
+                    day=None,
+                    external_date=date,
+                )
+            if decision == Decision.REJECT:
+                reverted = store.revert_days(
+                    run.id, last_approved_day(store, run.id), checkin.last_day_index
+                )
+            store.set_status(run, RunStatus.RUNNING)
+        history = [c.drift_score for c in store.list_checkins(run.id) if c.drift_score is not None]
+        level = drift.classify(
+            score, drift.ewma(history), spec.checkins.drift_warn, spec.checkins.drift_alarm
+        )
+        return Outcome(checkin.id, decision, level, reverted)
+
+
+def checkin_date(store: Store, run: Run, spec: RunSpec) -> Any:
+    from loopsim.clock import external_date
+
+    return external_date(
+        spec.time,
+        run_started=run.created_at,
+        now=utcnow(),
+        approved_checkins=approved_count(store, run.id),
+    )

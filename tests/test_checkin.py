@@ -1,0 +1,195 @@
+"""Check-ins with a scripted researcher and a scripted human, on real SQLite."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import BaseMessage
+
+from loopsim import checkin as ck
+from loopsim.config import Settings
+from loopsim.db import Database
+from loopsim.errors import InvalidState, SpecError
+from loopsim.export import to_markdown
+from loopsim.loop import Loop
+from loopsim.schemas import DayStatus, Decision, RunSpec, RunStatus
+from loopsim.store import Store
+from loopsim.testing import default_reply, scripted_factory
+from tests.conftest import SPEC, make_run, parse_spec
+
+BEES = "Colonies follow the longest dances, so distance and nectar quality trade off there."
+ROCKETS = "Rocket engines and orbital mechanics are what matter most; bees are irrelevant."
+
+
+def spec_with(**checkins: Any) -> RunSpec:
+    data = json.loads(json.dumps(SPEC))
+    data["checkins"] = {
+        "every_days": 3,
+        "spot_check_probability": 0.0,
+        "probes_per_checkin": 2,
+        **checkins,
+    }
+    data["probes"] = ["What decides where a colony forages?", "What would you measure first?"]
+    data["budget"]["days"] = 1000
+    return parse_spec(data)
+
+
+def persona_switching_model(switch_after_entries: int):
+    """Answers probes like persona A until the record holds enough entries, then like B."""
+
+    def reply(messages: list[BaseMessage]) -> str:
+        text = messages[-1].text
+        if "Question:" in text:
+            return ROCKETS if text.count("[#") >= switch_after_entries else BEES
+        return default_reply(messages)
+
+    return reply
+
+
+def loop_with(database: Database, script: Any = (default_reply,)):
+    factory, model = scripted_factory(list(script))
+    return Loop(database, Settings(), factory), model
+
+
+def test_a_scheduled_checkin_stops_the_loop_with_predictions(database):
+    run_id = make_run(database, spec_with())
+    loop, model = loop_with(database, [persona_switching_model(1000)])
+    results = loop.run_days(run_id, 10)
+    assert [r.index for r in results] == [1, 2, 3]
+    assert loop.opened_checkin is not None
+    with database.read() as session:
+        store = Store(session)
+        (c,) = store.list_checkins(run_id)
+        pairs = store.pairs(c.id)
+        run = store.get_run(run_id)
+    assert (c.reason, c.first_day_index, c.last_day_index) == ("scheduled", 1, 3)
+    assert [p.prediction for p, _ in pairs] == [BEES, BEES]
+    assert run.status == RunStatus.AWAITING_CHECKIN
+    with pytest.raises(InvalidState, match="checkin list --pending"):
+        loop.run_days(run_id, 1)
+
+
+def test_spot_checks_fire_off_schedule_and_day_prompts_never_show_them(database):
+    spec = spec_with(every_days=1000, spot_check_probability=0.3)
+    runs = [make_run(database, spec) for _ in range(6)]
+    stopped_at = {}
+    for run_id in runs:
+        loop, _ = loop_with(database)
+        loop.run_days(run_id, 12)
+        with database.read() as session:
+            store = Store(session)
+            checkins = store.list_checkins(run_id)
+            stopped_at[run_id] = checkins[0].last_day_index if checkins else None
+            assert all(c.reason == "spot_check" for c in checkins)
+    fired = [d for d in stopped_at.values() if d is not None]
+    assert fired and len(set(fired)) > 1  # the secret seed, not the schedule, decides
+    # Day k's prompt is the same whether or not a check-in came right after day k.
+    with database.read() as session:
+        store = Store(session)
+        prompts = {r: [d.prompt for d in store.list_days(r)] for r in runs}
+    shortest = min(len(p) for p in prompts.values())
+    for day in range(shortest):
+        assert len({json.dumps(p[day]) for p in prompts.values()}) == 1
+
+
+def test_a_second_decision_is_refused_and_changes_nothing(database):
+    run_id = make_run(database, spec_with())
+    loop, _ = loop_with(database)
+    loop.run_days(run_id, 5)
+    first = ck.decide(database, loop.opened_checkin, Decision.APPROVE)
+    with database.read() as session:
+        before = Store(session).get_checkin(first.checkin_id).decided_at
+    with pytest.raises(InvalidState, match="already decided"):
+        ck.decide(database, first.checkin_id, Decision.HALT)
+    with database.read() as session:
+        store = Store(session)
+        assert store.get_checkin(first.checkin_id).decided_at == before
+        assert store.get_run(run_id).status == RunStatus.RUNNING
+
+
+def test_reject_reverts_the_days_keeps_them_and_hides_them(database):
+    run_id = make_run(database, spec_with())
+    loop, model = loop_with(database)
+    loop.run_days(run_id, 5)
+    outcome = ck.decide(database, loop.opened_checkin, Decision.REJECT)
+    assert outcome.reverted_days == 3
+    loop.run_days(run_id, 1)
+    with database.read() as session:
+        store = Store(session)
+        days = store.list_days(run_id)
+        assert [d.status for d in days] == [DayStatus.REVERTED] * 3 + [DayStatus.COMMITTED]
+        assert store.verify_chain(run_id).checked == 8
+        md = to_markdown(store, store.get_run(run_id))
+        md_all = to_markdown(store, store.get_run(run_id), include_reverted=True)
+    assert "first day" in model.calls[-1][-1].text  # the reverted days are out of the view
+    assert "## Day 1" not in md and "## Day 4" in md
+    assert "## Day 1: 2025-06-02 (reverted)" in md_all
+
+
+def test_an_amend_note_appears_in_every_later_prompt(database):
+    run_id = make_run(database, spec_with())
+    loop, model = loop_with(database)
+    loop.run_days(run_id, 5)
+    ck.decide(database, loop.opened_checkin, Decision.AMEND, note="Use marked foragers only.")
+    calls_before = len(model.calls)
+    loop.run_days(run_id, 3)
+    later = [
+        call[-1].text for call in model.calls[calls_before:] if "Question:" not in call[-1].text
+    ]
+    assert len(later) == 3
+    assert all("Use marked foragers only." in text for text in later)
+    with pytest.raises(SpecError, match="--note"):
+        ck.decide(database, loop.opened_checkin, Decision.AMEND)
+
+
+def test_answers_are_blind(database):
+    run_id = make_run(database, spec_with())
+    loop, _ = loop_with(database, [persona_switching_model(1000)])
+    loop.run_days(run_id, 3)
+    with database.read() as session:
+        pair_id = Store(session).pairs(loop.opened_checkin)[0][0].id
+    with pytest.raises(InvalidState, match="answer the probe before"):
+        ck.reveal(database, pair_id)
+    ck.record_answer(database, pair_id, BEES)
+    assert ck.reveal(database, pair_id) == BEES
+    with pytest.raises(InvalidState, match="already shown"):
+        ck.record_answer(database, pair_id, "a changed answer")
+    with database.read() as session:
+        pair = Store(session).pairs(loop.opened_checkin)[0][0]
+    assert pair.answered_at <= pair.revealed_at and pair.similarity == pytest.approx(1.0)
+
+
+def human_answers_as_bees(database: Database, checkin_id: int) -> dict[int, dict[str, Any]]:
+    with database.read() as session:
+        pairs = Store(session).pairs(checkin_id)
+    return {
+        probe.id: {"answer": BEES, "rating": 5 if pair.prediction == BEES else 1}
+        for pair, probe in pairs
+    }
+
+
+def drift_levels(database: Database, run_id: str, switch_after: int, checkins: int) -> list:
+    loop, _ = loop_with(database, [persona_switching_model(switch_after)])
+    levels = []
+    for _ in range(checkins):
+        loop.run_days(run_id, 10)
+        answers = human_answers_as_bees(database, loop.opened_checkin)
+        levels.append(
+            ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers).drift
+        )
+    return levels
+
+
+def test_drift_rises_past_the_alarm_when_the_persona_changes(database):
+    run_id = make_run(database, spec_with())
+    levels = drift_levels(database, run_id, switch_after=8, checkins=3)
+    assert [lv.level for lv in levels][0] == "ok"
+    assert levels[-1].score >= 0.7 and levels[-1].level == "alarm"
+
+
+def test_a_stable_run_raises_no_alarm(database):
+    run_id = make_run(database, spec_with())
+    levels = drift_levels(database, run_id, switch_after=10**6, checkins=3)
+    assert all(lv.level == "ok" and lv.score < 0.1 for lv in levels)
