@@ -36,7 +36,7 @@ def lexical_similarity(a: str, b: str) -> float:
         return 0.0
     dot = sum(count * vb[word] for word, count in va.items())
     norm = math.sqrt(sum(c * c for c in va.values())) * math.sqrt(sum(c * c for c in vb.values()))
-    return dot / norm
+    return min(1.0, dot / norm)
 
 
 class EmbeddingSimilarity:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from loopsim.models import Day, Entry, Run
+from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.store import Store
 
@@ -84,6 +84,12 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
             out += [f"Failed: {md_inline(day.error or '')}", ""]
         for entry in entries:
             out += [f"### {entry.kind}: {md_inline(entry.title)}", "", md_block(entry.body), ""]
+    checkins = store.list_checkins(run.id)
+    if checkins:
+        out += ["## Check-ins", ""]
+        for c in checkins:
+            for line in _checkin_md(store, c):
+                out.append(line)
     if outside:
         out += ["## Entries outside any day", ""]
         for entry in outside:
@@ -95,6 +101,38 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
                 "",
             ]
     return "\n".join(out).rstrip() + "\n"
+
+
+HIDDEN = "(hidden until the human's blind answer is stored)"
+
+
+def _prediction(pair: ProbePair) -> str | None:
+    """Never reveal a prediction through an export before the blind answer exists."""
+    return pair.prediction if pair.answered_at is not None else None
+
+
+def _checkin_md(store: Store, c: CheckIn) -> list[str]:
+    decision = c.decision or "pending"
+    score = "" if c.drift_score is None else f"; drift {c.drift_score:.2f}"
+    lines = [
+        f"### Check-in {c.id}: {c.reason}, days {c.first_day_index} to "
+        f"{c.last_day_index}: {decision}{score}",
+        "",
+    ]
+    if c.note:
+        lines += [md_block(c.note), ""]
+    for pair, probe in store.pairs(c.id):
+        prediction = _prediction(pair)
+        lines += [
+            f"- probe: {md_inline(probe.question)}",
+            f"  - human: {md_inline(pair.human_answer or '(not answered)')}",
+            f"  - simulation: {md_inline(prediction) if prediction is not None else HIDDEN}",
+        ]
+        if pair.rating is not None or pair.similarity is not None:
+            sim = "n/a" if pair.similarity is None else f"{pair.similarity:.2f}"
+            lines.append(f"  - rating {pair.rating or 'n/a'}, similarity {sim}")
+    lines.append("")
+    return lines
 
 
 def _jsonl(record: dict[str, Any]) -> str:
@@ -139,6 +177,34 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
     for entry, idx, _ in store.list_entries(run.id):
         if idx is None:
             yield _entry_record(entry, None, None)
+    for c in store.list_checkins(run.id):
+        yield _jsonl(
+            {
+                "type": "checkin",
+                "run_id": run.id,
+                "id": c.id,
+                "reason": c.reason,
+                "first_day": c.first_day_index,
+                "last_day": c.last_day_index,
+                "opened_at": c.opened_at.isoformat(),
+                "decision": c.decision,
+                "note": c.note,
+                "decided_at": c.decided_at.isoformat() if c.decided_at else None,
+                "drift_score": c.drift_score,
+                "pairs": [
+                    {
+                        "probe_id": probe.id,
+                        "question": probe.question,
+                        "human_answer": pair.human_answer,
+                        "prediction": _prediction(pair),
+                        "rating": pair.rating,
+                        "similarity": pair.similarity,
+                        "is_retest": pair.is_retest,
+                    }
+                    for pair, probe in store.pairs(c.id)
+                ],
+            }
+        )
 
 
 def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -> str:

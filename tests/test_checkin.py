@@ -193,3 +193,40 @@ def test_a_stable_run_raises_no_alarm(database):
     run_id = make_run(database, spec_with())
     levels = drift_levels(database, run_id, switch_after=10**6, checkins=3)
     assert all(lv.level == "ok" and lv.score < 0.1 for lv in levels)
+
+
+def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database):
+    from loopsim.export import to_jsonl
+
+    run_id = make_run(database, spec_with(probes_per_checkin=1))
+    loop, _ = loop_with(database, [persona_switching_model(10**6)])
+    loop.run_days(run_id, 3)
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        pending_md = to_markdown(store, run)
+        pending_json = [json.loads(x) for x in to_jsonl(store, run)]
+    assert BEES not in pending_md and "hidden until" in pending_md
+    (record,) = [r for r in pending_json if r["type"] == "checkin"]
+    assert record["decision"] is None and record["pairs"][0]["prediction"] is None
+    ck.decide(
+        database,
+        loop.opened_checkin,
+        Decision.APPROVE,
+        answers=human_answers_as_bees(database, loop.opened_checkin),
+    )
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+        records = [json.loads(x) for x in to_jsonl(store, store.get_run(run_id))]
+    assert "### Check-in 1: scheduled, days 1 to 3: approve; drift 0.00" in md
+    (record,) = [r for r in records if r["type"] == "checkin"]
+    assert record["pairs"][0] | {"probe_id": 0} == {
+        "probe_id": 0,
+        "question": record["pairs"][0]["question"],
+        "human_answer": BEES,
+        "prediction": BEES,
+        "rating": 5,
+        "similarity": 1.0,
+        "is_retest": False,
+    }

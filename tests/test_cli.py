@@ -27,6 +27,10 @@ agenda = "Find out how bees choose flowers."
 [time]
 policy = "fixed"
 anchor = 2025-06-02
+
+[checkins]
+spot_check_probability = 0.0
+every_days = 1000
 """
 
 
