@@ -15,8 +15,11 @@ prompt.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +28,13 @@ from typing import Any
 from sqlalchemy import update
 
 from loopsim import drift
+from loopsim.clock import external_date
 from loopsim.db import Database
 from loopsim.errors import InvalidState, SpecError
 from loopsim.models import CheckIn, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import (
     Author,
+    CheckinPolicy,
     CheckinReason,
     Decision,
     EntryKind,
@@ -55,8 +60,59 @@ def last_approved_day(store: Store, run_id: str) -> int:
     return approved[-1].last_day_index if approved else 0
 
 
-def due(store: Store, run: Run, spec: RunSpec) -> CheckinReason | None:
-    """The reason a check-in is due now, or None. Pure in the run's stored state."""
+def adaptive_interval(scores: Sequence[float | None], policy: CheckinPolicy) -> int:
+    """Days between scheduled check-ins after these decided check-ins' drift scores."""
+    interval = policy.every_days
+    if not policy.adaptive:
+        return interval
+    low_run = 0
+    for score in scores:
+        if score is None:
+            continue
+        if score >= policy.drift_alarm:
+            interval, low_run = max(1, interval // 2), 0
+        elif score < policy.drift_warn:
+            low_run += 1
+            if low_run >= 2:
+                interval, low_run = min(policy.max_interval_days, math.ceil(interval * 1.5)), 0
+        else:
+            low_run = 0
+    return interval
+
+
+_YEAR = re.compile(r"(?<![\d.,])(1[89]\d\d|2\d\d\d)(?![\d.,]\d)")
+_ISO_DATE = re.compile(r"(?<!\d)(\d{4})([-./])(\d{1,2})\2(\d{1,2})(?!\d)")
+
+
+def mentions_later_date(text: str, external: dt.date) -> str | None:
+    """The first date or year in ``text`` after ``external``, or None."""
+    for match in _ISO_DATE.finditer(text):
+        try:
+            when = dt.date(int(match[1]), int(match[3]), int(match[4]))
+        except ValueError:
+            continue
+        if when > external:
+            return match[0]
+    for match in _YEAR.finditer(text):
+        if int(match[1]) > external.year:
+            return match[1]
+    return None
+
+
+def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
+    """Why the day's entries look like they know the future, or None."""
+    for entry, _idx, _status in store.list_entries(run_id, day_index=day_index):
+        found = mentions_later_date(f"{entry.title} {entry.body}", entry.external_date)
+        if found:
+            return f"entry #{entry.seq} mentions {found}, after {entry.external_date}"
+    return None
+
+
+def due(
+    store: Store, run: Run, spec: RunSpec, now: dt.datetime | None = None
+) -> CheckinReason | None:
+    """The reason a check-in is due now, or None. Pure in the run's stored state (and the
+    wall clock, for a ``wall_clock`` time budget)."""
     last = store.last_checkin(run.id)
     if last is not None and last.decision is None:
         return None  # one is already open
@@ -64,12 +120,40 @@ def due(store: Store, run: Run, spec: RunSpec) -> CheckinReason | None:
     new_days = store.committed_days_after(run.id, since)
     if new_days == 0:
         return None
-    if new_days >= spec.checkins.every_days:
-        return CheckinReason.SCHEDULED
+    policy = spec.checkins
     latest = store.last_committed_day(run.id)
-    if spot_check_fires(run.secret_seed, latest, spec.checkins.spot_check_probability):
+    if policy.future_leak and future_leak(store, run.id, latest):
+        return CheckinReason.FUTURE_LEAK
+    decided = [c for c in store.list_checkins(run.id) if c.decision is not None]
+    if new_days >= adaptive_interval([c.drift_score for c in decided], policy):
+        return CheckinReason.SCHEDULED
+    if policy.max_unsupervised_days is not None:
+        unsupervised = store.committed_days_after(run.id, last_approved_day(store, run.id))
+        if unsupervised >= policy.max_unsupervised_days:
+            return CheckinReason.BUDGET
+    if policy.max_external_drift_days is not None:
+        approved = approved_count(store, run.id)
+        moment = now or utcnow()
+        today = external_date(
+            spec.time, run_started=run.created_at, now=moment, approved_checkins=approved
+        )
+        at_approval = _date_at_last_approval(store, run, spec)
+        if (today - at_approval).days > policy.max_external_drift_days:
+            return CheckinReason.BUDGET
+    if spot_check_fires(run.secret_seed, latest, policy.spot_check_probability):
         return CheckinReason.SPOT_CHECK
     return None
+
+
+def _date_at_last_approval(store: Store, run: Run, spec: RunSpec) -> dt.date:
+    approved = [c for c in store.list_checkins(run.id) if c.decision in APPROVING]
+    if not approved:
+        return spec.time.anchor
+    last = approved[-1]
+    assert last.decided_at is not None
+    return external_date(
+        spec.time, run_started=run.created_at, now=last.decided_at, approved_checkins=len(approved)
+    )
 
 
 def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> list[Probe]:
@@ -275,9 +359,7 @@ def decide(
         return Outcome(checkin.id, decision, level, reverted)
 
 
-def checkin_date(store: Store, run: Run, spec: RunSpec) -> Any:
-    from loopsim.clock import external_date
-
+def checkin_date(store: Store, run: Run, spec: RunSpec) -> dt.date:
     return external_date(
         spec.time,
         run_started=run.created_at,

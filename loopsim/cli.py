@@ -587,6 +587,12 @@ def demo(
         results = _step(a, run_id, days - committed, fail=False)
         committed += sum(r.status == DayStatus.COMMITTED for r in results)
         tries += len(results)
+        if a.opened_checkin is not None:
+            a.err.print(
+                f"check-in {a.opened_checkin} opened; the run waits for a human: "
+                f"`loopsim checkin review {a.opened_checkin}`"
+            )
+            break
         if results and results[-1].status == DayStatus.FAILED:
             a.err.print(f"day {results[-1].index} failed ({results[-1].error}); resuming")
             _set_status(ctx, run_id, {RunStatus.PAUSED}, RunStatus.RUNNING, None)

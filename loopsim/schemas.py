@@ -132,6 +132,17 @@ class CheckinPolicy(_Strict):
     probes_per_checkin: int = Field(default=3, ge=0, le=20)
     drift_warn: float = Field(default=0.5, ge=0, le=1)
     drift_alarm: float = Field(default=0.7, ge=0, le=1)
+    adaptive: bool = Field(
+        default=True,
+        description="Halve the interval after an alarming drift score; lengthen it by half "
+        "after two low scores in a row, up to max_interval_days.",
+    )
+    max_interval_days: int = Field(default=20, ge=1, le=100_000)
+    future_leak: bool = Field(
+        default=True, description="Open a check-in when a day mentions a later date."
+    )
+    max_unsupervised_days: int | None = Field(default=None, ge=1, le=100_000)
+    max_external_drift_days: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class RunSpec(_Strict):

@@ -230,3 +230,65 @@ def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database
         "similarity": 1.0,
         "is_retest": False,
     }
+
+
+def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
+    from loopsim.testing import report_json
+
+    run_id = make_run(database, spec_with(every_days=1000))
+    leak = report_json(("note", "Looking back", "By 2031 the field had settled this question."))
+    loop, _ = loop_with(database, [default_reply, leak])
+    results = loop.run_days(run_id, 5)
+    assert [r.index for r in results] == [1, 2]
+    with database.read() as session:
+        (c,) = Store(session).list_checkins(run_id)
+    assert c.reason == "future_leak" and c.last_day_index == 2
+
+
+def test_unsupervised_day_budget_opens_a_budget_checkin(database):
+    run_id = make_run(database, spec_with(every_days=1000, max_unsupervised_days=2))
+    loop, _ = loop_with(database)
+    assert len(loop.run_days(run_id, 5)) == 2
+    with database.read() as session:
+        assert Store(session).list_checkins(run_id)[0].reason == "budget"
+
+
+def test_external_drift_budget_counts_from_the_last_approval(database):
+    import datetime as dt
+
+    data = json.loads(json.dumps(SPEC))
+    data["time"] = {"policy": "wall_clock", "anchor": "2025-06-02", "rate": 1.0}
+    data["checkins"] = {
+        "every_days": 1000,
+        "spot_check_probability": 0.0,
+        "max_external_drift_days": 10,
+    }
+    run_id = make_run(database, parse_spec(data))
+    loop, _ = loop_with(database)
+    loop.run_days(run_id, 1)
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        spec = RunSpec.model_validate(run.spec)
+        soon = run.created_at + dt.timedelta(days=5)
+        later = run.created_at + dt.timedelta(days=12)
+        assert ck.due(store, run, spec, now=soon) is None
+        assert ck.due(store, run, spec, now=later) == "budget"
+
+
+@pytest.mark.parametrize(
+    "scores,expected",
+    [
+        ([], 4),
+        ([0.9], 2),
+        ([0.9, 0.9, 0.9], 1),
+        ([0.1, 0.1], 6),
+        ([0.1, 0.1, 0.1, 0.1, 0.1, 0.1], 9),
+        ([0.1, 0.6, 0.1], 4),
+    ],
+)
+def test_adaptive_interval(scores, expected):
+    from loopsim.schemas import CheckinPolicy
+
+    policy = CheckinPolicy(every_days=4, max_interval_days=9)
+    assert ck.adaptive_interval(scores, policy) == expected
