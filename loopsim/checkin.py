@@ -108,6 +108,38 @@ def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
     return None
 
 
+def charter_similarity(store: Store, run_id: str, spec: RunSpec, first: int, last: int) -> float:
+    """Mean similarity to the charter of committed days ``first..last``' entries."""
+    charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
+    scores = []
+    for index in range(first, last + 1):
+        text = " ".join(
+            f"{e.title} {e.body}"
+            for e, _, status in store.list_entries(run_id, day_index=index)
+            if status == "committed"
+        )
+        if text:
+            scores.append(drift.lexical_similarity(charter, text))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def charter_drift(store: Store, run_id: str, spec: RunSpec, latest: int) -> str | None:
+    """Why the latest days look off-charter, or None: the mean similarity of the last
+    window fell by ``charter_drift_drop`` against the window the human last approved."""
+    policy = spec.checkins
+    if policy.charter_drift_drop is None:
+        return None
+    window = policy.charter_drift_window
+    anchor = last_approved_day(store, run_id) or window
+    if latest - anchor < window:
+        return None
+    before = charter_similarity(store, run_id, spec, max(1, anchor - window + 1), anchor)
+    recent = charter_similarity(store, run_id, spec, latest - window + 1, latest)
+    if before > 0 and recent < before * (1 - policy.charter_drift_drop):
+        return f"charter similarity fell from {before:.2f} to {recent:.2f}"
+    return None
+
+
 def due(
     store: Store, run: Run, spec: RunSpec, now: dt.datetime | None = None
 ) -> CheckinReason | None:
@@ -124,6 +156,8 @@ def due(
     latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
+    if charter_drift(store, run.id, spec, latest):
+        return CheckinReason.CHARTER_DRIFT
     decided = [c for c in store.list_checkins(run.id) if c.decision is not None]
     if new_days >= adaptive_interval([c.drift_score for c in decided], policy):
         return CheckinReason.SCHEDULED
@@ -156,6 +190,18 @@ def _date_at_last_approval(store: Store, run: Run, spec: RunSpec) -> dt.date:
     )
 
 
+def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
+    """(probe id, prediction) of the last approving check-in, for prediction drift."""
+    approved = [c for c in store.list_checkins(run_id) if c.decision in APPROVING]
+    if not approved:
+        return []
+    return [
+        (probe.id, pair.prediction)
+        for pair, probe in store.pairs(approved[-1].id)
+        if pair.prediction and not pair.prediction.startswith("(no valid prediction")
+    ]
+
+
 def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> list[Probe]:
     if k >= len(probes):
         return list(probes)
@@ -171,6 +217,7 @@ class Opening:
     first_day: int
     last_day: int
     predictions: list[tuple[int, str | None, str | None]]  # probe id, text, error
+    detail: str | None = None
 
 
 def open_checkin(db: Database, opening: Opening) -> int | None:
@@ -180,7 +227,14 @@ def open_checkin(db: Database, opening: Opening) -> int | None:
         store = Store(session)
         run = store.get_run(opening.run_id, lock=True)
         spec = RunSpec.model_validate(run.spec)
-        if run.status != RunStatus.RUNNING or due(store, run, spec) != opening.reason:
+        if run.status != RunStatus.RUNNING:
+            return None
+        last = store.last_checkin(run.id)
+        if last is not None and last.decision is None:
+            return None
+        if opening.reason != CheckinReason.PREDICTION_DRIFT and (
+            due(store, run, spec) != opening.reason
+        ):
             return None
         if store.last_committed_day(run.id) != opening.last_day:
             return None
@@ -189,6 +243,7 @@ def open_checkin(db: Database, opening: Opening) -> int | None:
             reason=opening.reason,
             first_day_index=opening.first_day,
             last_day_index=opening.last_day,
+            detail=opening.detail,
             opened_at=utcnow(),
         )
         session.add(checkin)

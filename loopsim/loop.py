@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loopsim import checkin
+from loopsim import checkin, drift
 from loopsim.chat import ChatFactory, ChatHandle
 from loopsim.clock import external_date
 from loopsim.config import Settings
@@ -32,7 +32,7 @@ from loopsim.researcher import (
     build_probe_prompt,
     build_prompt,
 )
-from loopsim.schemas import DayStatus, EntryKind, RunSpec, RunStatus
+from loopsim.schemas import CheckinReason, DayStatus, EntryKind, RunSpec, RunStatus
 from loopsim.store import EntryInput, Store
 from loopsim.view import build_view
 
@@ -221,15 +221,25 @@ class Loop:
                 return None
             spec = RunSpec.model_validate(run.spec)
             reason = checkin.due(store, run, spec)
-            if reason is None:
-                return None
             last = store.last_checkin(run.id)
             first_day = (last.last_day_index if last else 0) + 1
             last_day = store.last_committed_day(run.id)
             number = len(store.list_checkins(run.id)) + 1
-            probes = checkin.select_probes(
-                run, store.accepted_probes(run.id), spec.checkins.probes_per_checkin, number
-            )
+            every = spec.checkins.prediction_drift_every
+            recheck: list[tuple[int, str]] = []
+            undecided = last is not None and last.decision is None
+            fresh = store.committed_days_after(run.id, first_day - 1) > 0
+            if reason is None and every and fresh and not undecided and last_day % every == 0:
+                recheck = checkin.approved_predictions(store, run.id)
+            if reason is None and not recheck:
+                return None
+            probes = {p.id: p for p in store.accepted_probes(run.id)}
+            if recheck:
+                chosen = [probes[pid] for pid, _ in recheck if pid in probes]
+            else:
+                chosen = checkin.select_probes(
+                    run, list(probes.values()), spec.checkins.probes_per_checkin, number
+                )
             date = external_date(
                 spec.time,
                 run_started=run.created_at,
@@ -238,7 +248,7 @@ class Loop:
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
             prompts = [
-                (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in probes
+                (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in chosen
             ]
             model_id = run.model
         chat = self._chat(model_id, spec)
@@ -246,7 +256,16 @@ class Loop:
         for probe_id, prompt in prompts:
             result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
             predictions.append((probe_id, result.text, result.error))
-        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions)
+        detail = None
+        if reason is None:
+            old = dict(recheck)
+            sims = [drift.lexical_similarity(old[pid], text or "") for pid, text, _ in predictions]
+            distance = 1 - sum(sims) / len(sims) if sims else 0.0
+            if distance < spec.checkins.prediction_drift_threshold:
+                return None
+            reason = CheckinReason.PREDICTION_DRIFT
+            detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
+        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail)
         return checkin.open_checkin(self.db, opening)
 
     def run_days(

@@ -141,6 +141,21 @@ class CheckinPolicy(_Strict):
     future_leak: bool = Field(
         default=True, description="Open a check-in when a day mentions a later date."
     )
+    charter_drift_window: int = Field(default=3, ge=1, le=1000)
+    charter_drift_drop: float | None = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Open a check-in when the last window of days is this much less similar "
+        "to the charter than the window before the last approval (or the first days).",
+    )
+    prediction_drift_every: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Every K days, re-predict the last approved probes and compare.",
+    )
+    prediction_drift_threshold: float = Field(default=0.5, gt=0, le=1)
     max_unsupervised_days: int | None = Field(default=None, ge=1, le=100_000)
     max_external_drift_days: int | None = Field(default=None, ge=1, le=1_000_000)
 

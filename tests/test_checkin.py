@@ -74,6 +74,9 @@ def test_a_scheduled_checkin_stops_the_loop_with_predictions(database):
 def test_spot_checks_fire_off_schedule_and_day_prompts_never_show_them(database):
     spec = spec_with(every_days=1000, spot_check_probability=0.3)
     runs = [make_run(database, spec) for _ in range(6)]
+    with database.write() as session:  # fixed secrets, so the test is deterministic
+        for number, run_id in enumerate(runs):
+            Store(session).get_run(run_id).secret_seed = f"secret-{number}"
     stopped_at = {}
     for run_id in runs:
         loop, _ = loop_with(database)
@@ -292,3 +295,59 @@ def test_adaptive_interval(scores, expected):
 
     policy = CheckinPolicy(every_days=4, max_interval_days=9)
     assert ck.adaptive_interval(scores, policy) == expected
+
+
+def test_prediction_drift_alarm_reasks_the_approved_probes(database):
+    run_id = make_run(
+        database,
+        spec_with(
+            every_days=1000,
+            spot_check_probability=0.0,
+            max_unsupervised_days=2,
+            prediction_drift_every=3,
+        ),
+    )
+    # Answers as A while the view holds 4 entries or fewer (days 1-2), then as B.
+    loop, _ = loop_with(database, [persona_switching_model(5)])
+    loop.run_days(run_id, 10)
+    first = loop.opened_checkin
+    ck.decide(database, first, Decision.APPROVE)  # approves predictions made as A
+    loop.run_days(run_id, 10)
+    with database.read() as session:
+        store = Store(session)
+        second = store.get_checkin(loop.opened_checkin)
+        pairs = store.pairs(second.id)
+    assert (second.reason, second.last_day_index) == ("prediction_drift", 3)
+    assert "moved" in second.detail and [p.prediction for p, _ in pairs] == [ROCKETS, ROCKETS]
+
+
+def test_charter_drift_alarm_when_days_leave_the_charter(database):
+    from loopsim.testing import report_json
+
+    on = report_json(
+        (
+            "note",
+            "Foraging",
+            "How honeybee colonies choose where to forage: "
+            "distance against nectar quality, weighed by dances.",
+        )
+    )
+    off = report_json(
+        (
+            "note",
+            "Rockets",
+            "Orbital mechanics and engine thrust tables for launch vehicles, nothing else today.",
+        )
+    )
+    run_id = make_run(database, spec_with(every_days=1000, charter_drift_window=2))
+    loop, _ = loop_with(database, [on, on, off, off, off])
+    results = loop.run_days(run_id, 10)
+    with database.read() as session:
+        (c,) = Store(session).list_checkins(run_id)
+    assert c.reason == "charter_drift" and len(results) == 4
+
+
+def test_a_stable_charter_raises_no_charter_alarm(database):
+    run_id = make_run(database, spec_with(every_days=1000, charter_drift_window=2))
+    loop, _ = loop_with(database)
+    assert len(loop.run_days(run_id, 8)) == 8 and loop.opened_checkin is None
