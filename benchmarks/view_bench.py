@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from loopsim import db as dbmod
-from loopsim.models import Day, utcnow
 from loopsim.schemas import parse_spec
 from loopsim.store import EntryInput, Store
+from loopsim.testing import add_day
 from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 DATE = dt.date(2025, 6, 2)
@@ -69,31 +69,11 @@ def seed(database: dbmod.Database, run_id: str, entries: int, per_day: int = 5) 
             store = Store(session)
             for _ in range(min(500, days - index)):
                 index += 1
-                now = utcnow()
-                day = store.add_day(
-                    Day(
-                        run_id=run_id,
-                        index=index,
-                        external_date=DATE,
-                        status="committed",
-                        model_id="bench",
-                        model_version="b",
-                        prompt_hash="0" * 64,
-                        prompt=[],
-                        attempts=1,
-                        started_at=now,
-                        finished_at=now,
-                    )
-                )
-                store.append_entries(
-                    run_id,
-                    [
-                        EntryInput("note", f"Day {index} item {k}", body(index * per_day + k))
-                        for k in range(per_day)
-                    ],
-                    day=day,
-                    external_date=DATE,
-                )
+                items = [
+                    EntryInput("note", f"Day {index} item {k}", body(index * per_day + k))
+                    for k in range(per_day)
+                ]
+                add_day(store, run_id, index, items, date=DATE)
 
 
 def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:

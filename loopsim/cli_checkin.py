@@ -18,27 +18,11 @@ from loopsim import checkin as ck
 from loopsim import drift
 from loopsim.cli import AppContext, _app, checkin_app
 from loopsim.errors import SpecError
-from loopsim.export import safe_text
+from loopsim.export import checkin_record, safe_text
 from loopsim.schemas import Decision, RunSpec
 from loopsim.store import Store
 
 IdArg = Annotated[int, typer.Argument(metavar="ID", help="Check-in id (`checkin list`).")]
-
-
-def _summary(store: Store, c: Any) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "run_id": c.run_id,
-        "reason": c.reason,
-        "first_day": c.first_day_index,
-        "last_day": c.last_day_index,
-        "opened_at": c.opened_at.isoformat(),
-        "decision": c.decision,
-        "note": c.note,
-        "drift_score": c.drift_score,
-        "decided_at": c.decided_at.isoformat() if c.decided_at else None,
-        "probes": len(store.pairs(c.id)),
-    }
 
 
 @checkin_app.command("list")
@@ -53,7 +37,7 @@ def checkin_list(
     with a.open_db().read() as session:
         store = Store(session)
         run_id = store.get_run(run_ref).id if run_ref else None
-        rows = [_summary(store, c) for c in store.list_checkins(run_id, pending=pending)]
+        rows = [checkin_record(store, c) for c in store.list_checkins(run_id, pending=pending)]
     if as_json:
         a.out.print_json(json.dumps(rows))
         return

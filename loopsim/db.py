@@ -246,50 +246,39 @@ def backup_sqlite(path: Path, label: str) -> Path:
 
 
 def upgrade(url_or_path: str, revision: str = "head") -> UpgradeResult:
-    """Create the database if needed and migrate it to ``revision``."""
+    """Create the database if needed and migrate it up to ``revision``."""
+    return _migrate(url_or_path, revision, down=False)
+
+
+def downgrade(url_or_path: str, revision: str) -> UpgradeResult:
+    """Migrate down to ``revision``. Never run automatically."""
+    return _migrate(url_or_path, revision, down=True)
+
+
+def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
+    """Run Alembic in one transaction, backing up an existing SQLite file first if the
+    schema will change."""
     url = normalize_url(url_or_path)
     where = display_url(url)
     path = sqlite_path(url)
     created = path is not None and not path.exists()
+    if created and down:
+        raise DatabaseMissing(f"no database at {where}")
     if path is not None and created and not path.parent.exists():
         raise DatabaseError(f"cannot create {where}: folder {path.parent} does not exist")
     engine = make_engine(url, foreign_keys=False)
     try:
         before = _current_revision(engine, where)
         backup = None
-        if path is not None and not created and before is not None and before != head_revision():
+        changes = down or before != head_revision()
+        if path is not None and not created and before is not None and changes:
             with translated(where):
                 backup = backup_sqlite(path, before)
         with translated(where), engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+            (command.downgrade if down else command.upgrade)(cfg, revision)
         after = _current_revision(engine, where)
     finally:
         engine.dispose()
-    assert after is not None
-    return UpgradeResult(where, before, after, created, backup)
-
-
-def downgrade(url_or_path: str, revision: str) -> UpgradeResult:
-    """Migrate down to ``revision``, backing up a SQLite file first. Never automatic."""
-    url = normalize_url(url_or_path)
-    where = display_url(url)
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise DatabaseMissing(f"no database at {where}")
-    engine = make_engine(url, foreign_keys=False)
-    try:
-        before = _current_revision(engine, where)
-        backup = None
-        if path is not None and before is not None:
-            with translated(where):
-                backup = backup_sqlite(path, before)
-        with translated(where), engine.begin() as conn:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
-        after = _current_revision(engine, where)
-    finally:
-        engine.dispose()
-    return UpgradeResult(where, before, after or "base", False, backup)
+    return UpgradeResult(where, before, after or "base", created, backup)

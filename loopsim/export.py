@@ -12,12 +12,17 @@ with their error in Markdown and as ``day`` records in JSONL.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+from loopsim.errors import SpecError
 from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.store import Store
@@ -178,33 +183,37 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
         if idx is None:
             yield _entry_record(entry, None, None)
     for c in store.list_checkins(run.id):
-        yield _jsonl(
+        yield _jsonl({"type": "checkin", **checkin_record(store, c)})
+
+
+def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
+    """A check-in and its probe pairs as plain data; predictions stay hidden until the
+    human's blind answer is stored."""
+    return {
+        "run_id": c.run_id,
+        "id": c.id,
+        "reason": c.reason,
+        "detail": c.detail,
+        "first_day": c.first_day_index,
+        "last_day": c.last_day_index,
+        "opened_at": c.opened_at.isoformat(),
+        "decision": c.decision,
+        "note": c.note,
+        "decided_at": c.decided_at.isoformat() if c.decided_at else None,
+        "drift_score": c.drift_score,
+        "pairs": [
             {
-                "type": "checkin",
-                "run_id": run.id,
-                "id": c.id,
-                "reason": c.reason,
-                "first_day": c.first_day_index,
-                "last_day": c.last_day_index,
-                "opened_at": c.opened_at.isoformat(),
-                "decision": c.decision,
-                "note": c.note,
-                "decided_at": c.decided_at.isoformat() if c.decided_at else None,
-                "drift_score": c.drift_score,
-                "pairs": [
-                    {
-                        "probe_id": probe.id,
-                        "question": probe.question,
-                        "human_answer": pair.human_answer,
-                        "prediction": _prediction(pair),
-                        "rating": pair.rating,
-                        "similarity": pair.similarity,
-                        "is_retest": pair.is_retest,
-                    }
-                    for pair, probe in store.pairs(c.id)
-                ],
+                "probe_id": probe.id,
+                "question": probe.question,
+                "human_answer": pair.human_answer,
+                "prediction": _prediction(pair),
+                "rating": pair.rating,
+                "similarity": pair.similarity,
+                "is_retest": pair.is_retest,
             }
-        )
+            for pair, probe in store.pairs(c.id)
+        ],
+    }
 
 
 def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -> str:
@@ -228,3 +237,22 @@ def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -
             "prev_hash": entry.prev_hash,
         }
     )
+
+
+def write_atomically(path: Path, chunks: Iterable[str]) -> None:
+    """Write beside the target and rename over it, so a crash never leaves half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise SpecError(f"-o {path}: folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

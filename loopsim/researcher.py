@@ -11,9 +11,8 @@ This module never imports check-in, drift or schedule code.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -163,7 +162,6 @@ class DayOutcome:
     tokens_in: int = 0
     tokens_out: int = 0
     latency_ms: int = 0
-    transcript: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -194,7 +192,6 @@ class Researcher:
             outcome.tokens_out += reply.tokens_out or 0
             outcome.latency_ms += reply.latency_ms
             outcome.raw = storable(reply.text[: self.max_output_chars])
-            outcome.transcript.append({"role": "assistant", "content": outcome.raw})
             if len(reply.text) > self.max_output_chars:
                 outcome.error = (
                     f"reply of {len(reply.text)} characters is over the cap of "
@@ -210,7 +207,6 @@ class Researcher:
             feedback = (
                 f"That reply was not valid: {outcome.error}. Reply again with only the JSON object."
             )
-            outcome.transcript.append({"role": "user", "content": feedback})
             messages = [*messages, AIMessage(content=outcome.raw[:4000]), HumanMessage(feedback)]
         return outcome
 
@@ -252,7 +248,3 @@ def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int 
             HumanMessage(f"That answer {problem}. Answer again in plain sentences."),
         ]
     return result
-
-
-def dumps_report(report: DayReport) -> str:
-    return json.dumps(report.model_dump(mode="json"), ensure_ascii=False)

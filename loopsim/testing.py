@@ -7,6 +7,7 @@ real one. Never use it for real runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +19,9 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
 from loopsim.chat import ChatFactory, ChatHandle
-from loopsim.schemas import ModelSpec
+from loopsim.models import Day, utcnow
+from loopsim.schemas import DayStatus, ModelSpec
+from loopsim.store import EntryInput, Store
 
 Script = str | Callable[[list[BaseMessage]], str]
 
@@ -56,7 +59,6 @@ class ScriptedChatModel(BaseChatModel):
 
     script: list[Any]
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
-    _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -65,10 +67,6 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def calls(self) -> list[list[BaseMessage]]:
         return self._calls
-
-    @property
-    def call_kwargs(self) -> list[dict[str, Any]]:
-        return self._kwargs
 
     def _generate(
         self,
@@ -79,7 +77,6 @@ class ScriptedChatModel(BaseChatModel):
     ) -> ChatResult:
         index = min(len(self._calls), len(self.script) - 1)
         self._calls.append(list(messages))
-        self._kwargs.append(dict(kwargs))
         item = self.script[index]
         if isinstance(item, BaseException):
             raise item
@@ -94,6 +91,38 @@ class ScriptedChatModel(BaseChatModel):
             response_metadata={"model_name": "scripted-1"},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def add_day(
+    store: Store,
+    run_id: str,
+    index: int,
+    items: Sequence[EntryInput] = (),
+    *,
+    status: str = DayStatus.COMMITTED,
+    date: dt.date = dt.date(2025, 6, 2),
+) -> Day:
+    """A day with entries written straight through the store, for seeding records in
+    tests and benchmarks without a model."""
+    now = utcnow()
+    day = store.add_day(
+        Day(
+            run_id=run_id,
+            index=index,
+            external_date=date,
+            status=status,
+            model_id="seed",
+            model_version="seed",
+            prompt_hash="0" * 64,
+            prompt=[],
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        )
+    )
+    if items:
+        store.append_entries(run_id, items, day=day, external_date=date)
+    return day
 
 
 def scripted_factory(

@@ -8,31 +8,12 @@ import pytest
 from sqlalchemy import text
 
 from loopsim.errors import NotFound
-from loopsim.models import Day, utcnow
 from loopsim.schemas import Author, DayStatus, EntryKind
 from loopsim.store import GENESIS, EntryInput, Store, search_terms
+from loopsim.testing import add_day
 from tests.conftest import make_run
 
 DATE = dt.date(2025, 6, 2)
-
-
-def add_day(store: Store, run_id: str, index: int, status: str = DayStatus.COMMITTED) -> Day:
-    now = utcnow()
-    return store.add_day(
-        Day(
-            run_id=run_id,
-            index=index,
-            external_date=DATE,
-            status=status,
-            model_id="m",
-            model_version="m-1",
-            prompt_hash="p" * 64,
-            prompt=[],
-            attempts=1,
-            started_at=now,
-            finished_at=now,
-        )
-    )
 
 
 def fill(database, run_id: str, days: int, per_day: int = 2) -> None:

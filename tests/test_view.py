@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from loopsim.models import Day, utcnow
 from loopsim.schemas import Author, DayStatus, EntryKind
 from loopsim.store import EntryInput, Store
+from loopsim.testing import add_day
 from loopsim.view import build_view, estimate_tokens
 from tests.conftest import make_run
 
 DATE = dt.date(2025, 6, 2)
-
-
-def day_with(
-    store: Store, run_id: str, index: int, items, *, status=DayStatus.COMMITTED, date=DATE
-):
-    now = utcnow()
-    day = store.add_day(
-        Day(
-            run_id=run_id,
-            index=index,
-            external_date=date,
-            status=status,
-            model_id="m",
-            model_version="m",
-            prompt_hash="p",
-            prompt=[],
-            attempts=1,
-            started_at=now,
-            finished_at=now,
-        )
-    )
-    store.append_entries(run_id, items, day=day, external_date=date)
 
 
 def note(title: str, body: str = "A plain observation about bees and flowers.") -> EntryInput:
@@ -56,7 +34,7 @@ def test_view_stays_within_budget_and_keeps_the_newest_entries(database, spec):
     with database.write() as session:
         store = Store(session)
         for index in range(1, 121):
-            day_with(store, run_id, index, [note(f"Entry {index}", "word " * 60)])
+            add_day(store, run_id, index, [note(f"Entry {index}", "word " * 60)])
     view = view_of(database, run_id, spec, budget=1500)
     assert estimate_tokens(view.render()) <= 1500
     assert view.recent[-1].title == "Entry 120"
@@ -82,7 +60,7 @@ def test_corrections_stay_pinned_however_long_the_record(database, spec):
             external_date=DATE,
         )
         for index in range(1, 200):
-            day_with(store, run_id, index, [note(f"Entry {index}", "word " * 60)])
+            add_day(store, run_id, index, [note(f"Entry {index}", "word " * 60)])
     text = view_of(database, run_id, spec, budget=1200).render()
     assert "Always mark foragers before counting." in text
     assert text.index("Corrections") < text.index("Research log")
@@ -92,9 +70,9 @@ def test_reverted_failed_and_future_entries_are_never_shown(database, spec):
     run_id = make_run(database, spec)
     with database.write() as session:
         store = Store(session)
-        day_with(store, run_id, 1, [note("Kept entry")])
-        day_with(store, run_id, 2, [note("Rejected by a human")], status=DayStatus.REVERTED)
-        day_with(store, run_id, 3, [note("From the future")], date=DATE + dt.timedelta(days=1))
+        add_day(store, run_id, 1, [note("Kept entry")])
+        add_day(store, run_id, 2, [note("Rejected by a human")], status=DayStatus.REVERTED)
+        add_day(store, run_id, 3, [note("From the future")], date=DATE + dt.timedelta(days=1))
     text = view_of(database, run_id, spec).render()
     assert "Kept entry" in text
     assert "Rejected by a human" not in text and "From the future" not in text
@@ -104,7 +82,7 @@ def test_old_entries_matching_open_questions_come_back_by_full_text(database, sp
     run_id = make_run(database, spec)
     with database.write() as session:
         store = Store(session)
-        day_with(
+        add_day(
             store,
             run_id,
             1,
@@ -116,7 +94,7 @@ def test_old_entries_matching_open_questions_come_back_by_full_text(database, sp
             ],
         )
         for index in range(2, 80):
-            day_with(store, run_id, index, [note(f"Filler {index}", "word " * 60)])
+            add_day(store, run_id, index, [note(f"Filler {index}", "word " * 60)])
     view = view_of(database, run_id, spec, budget=1500)
     assert "Nectar versus distance" not in [e.title for e in view.recent]
     assert [e.title for e in view.related] == ["Nectar versus distance"]
@@ -125,9 +103,9 @@ def test_old_entries_matching_open_questions_come_back_by_full_text(database, sp
 def test_a_new_day_only_appends_to_the_previous_view(database, spec):
     run_id = make_run(database, spec)
     with database.write() as session:
-        day_with(Store(session), run_id, 1, [note("First")])
+        add_day(Store(session), run_id, 1, [note("First")])
     before = view_of(database, run_id, spec).render()
     with database.write() as session:
-        day_with(Store(session), run_id, 2, [note("Second")])
+        add_day(Store(session), run_id, 2, [note("Second")])
     after = view_of(database, run_id, spec).render()
     assert after.startswith(before)
