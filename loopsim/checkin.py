@@ -202,6 +202,42 @@ def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
     ]
 
 
+def answered_before(store: Store, run_id: str) -> dict[int, str]:
+    """The first human answer to each probe, from earlier check-ins."""
+    first: dict[int, str] = {}
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            if pair.human_answer is not None:
+                first.setdefault(probe.id, pair.human_answer)
+    return first
+
+
+def pick_retest(
+    run: Run, policy: CheckinPolicy, answered: dict[int, str], chosen: Sequence[int], number: int
+) -> int | None:
+    """Now and then, one probe the human already answered, to ask again."""
+    rng = random.Random(f"{run.secret_seed}:retest:{number}")
+    candidates = sorted(set(answered) - set(chosen))
+    if not candidates or rng.random() >= policy.retest_probability:
+        return None
+    return rng.choice(candidates)
+
+
+def consistency(store: Store, run_id: str) -> float | None:
+    """Mean similarity of the human's retest answers to their first answers: how much
+    they agree with themselves, the ceiling for the simulation's agreement."""
+    first: dict[int, str] = {}
+    scores: list[float] = []
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            if pair.human_answer is None:
+                continue
+            if pair.is_retest and probe.id in first:
+                scores.append(drift.lexical_similarity(first[probe.id], pair.human_answer))
+            first.setdefault(probe.id, pair.human_answer)
+    return sum(scores) / len(scores) if scores else None
+
+
 def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> list[Probe]:
     if k >= len(probes):
         return list(probes)
@@ -218,6 +254,7 @@ class Opening:
     last_day: int
     predictions: list[tuple[int, str | None, str | None]]  # probe id, text, error
     detail: str | None = None
+    retests: frozenset[int] = frozenset()  # probe ids asked again
 
 
 def open_checkin(db: Database, opening: Opening) -> int | None:
@@ -254,7 +291,7 @@ def open_checkin(db: Database, opening: Opening) -> int | None:
                     checkin_id=checkin.id,
                     probe_id=probe_id,
                     prediction=text if text is not None else f"(no valid prediction: {error})",
-                    is_retest=False,
+                    is_retest=probe_id in opening.retests,
                 )
             )
         store.set_status(
@@ -343,6 +380,8 @@ class Outcome:
     decision: Decision
     drift: drift.DriftLevel
     reverted_days: int
+    agreement: float | None  # mean agreement at this check-in
+    ceiling: float | None  # the human's own consistency over all retests so far
 
 
 def decide(
@@ -411,7 +450,8 @@ def decide(
         level = drift.classify(
             score, drift.ewma(history), spec.checkins.drift_warn, spec.checkins.drift_alarm
         )
-        return Outcome(checkin.id, decision, level, reverted)
+        mean = sum(agreements) / len(agreements) if agreements else None
+        return Outcome(checkin.id, decision, level, reverted, mean, consistency(store, run.id))
 
 
 def checkin_date(store: Store, run: Run, spec: RunSpec) -> dt.date:

@@ -69,6 +69,11 @@ def _apply(
     score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
     extra = f", {outcome.reverted_days} days reverted" if outcome.reverted_days else ""
+    if outcome.agreement is not None and outcome.ceiling is not None:
+        extra += (
+            f"; agreement {outcome.agreement:.2f} against your own consistency "
+            f"{outcome.ceiling:.2f}"
+        )
     a.err.print(
         f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})"
     )

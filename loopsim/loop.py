@@ -240,6 +240,15 @@ class Loop:
                 chosen = checkin.select_probes(
                     run, list(probes.values()), spec.checkins.probes_per_checkin, number
                 )
+            retest = checkin.pick_retest(
+                run,
+                spec.checkins,
+                checkin.answered_before(store, run.id),
+                [p.id for p in chosen],
+                number,
+            )
+            if retest is not None and retest in probes:
+                chosen = [*chosen, probes[retest]]
             date = external_date(
                 spec.time,
                 run_started=run.created_at,
@@ -265,7 +274,8 @@ class Loop:
                 return None
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
-        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail)
+        retests = frozenset([retest]) if retest is not None else frozenset()
+        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
         return checkin.open_checkin(self.db, opening)
 
     def run_days(

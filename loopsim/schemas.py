@@ -130,6 +130,13 @@ class CheckinPolicy(_Strict):
     every_days: int = Field(default=5, ge=1, le=100_000)
     spot_check_probability: float = Field(default=0.1, ge=0, le=1)
     probes_per_checkin: int = Field(default=3, ge=0, le=20)
+    retest_probability: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Chance a check-in re-asks one probe the human already answered, to "
+        "measure their own consistency: the ceiling for agreement.",
+    )
     drift_warn: float = Field(default=0.5, ge=0, le=1)
     drift_alarm: float = Field(default=0.7, ge=0, le=1)
     adaptive: bool = Field(

@@ -351,3 +351,42 @@ def test_a_stable_charter_raises_no_charter_alarm(database):
     run_id = make_run(database, spec_with(every_days=1000, charter_drift_window=2))
     loop, _ = loop_with(database)
     assert len(loop.run_days(run_id, 8)) == 8 and loop.opened_checkin is None
+
+
+def test_retests_measure_the_humans_own_consistency(database):
+    data = json.loads(json.dumps(SPEC))
+    data["checkins"] = {
+        "every_days": 2,
+        "spot_check_probability": 0.0,
+        "probes_per_checkin": 1,
+        "retest_probability": 1.0,
+    }
+    data["probes"] = [
+        "What decides where a colony forages?",
+        "What would you measure first?",
+        "Which hive would you start with?",
+    ]
+    run_id = make_run(database, parse_spec(data))
+    loop, _ = loop_with(database, [persona_switching_model(10**6)])
+    loop.run_days(run_id, 5)
+    first = loop.opened_checkin
+    with database.read() as session:
+        ((pair, probe),) = Store(session).pairs(first)
+    assert not pair.is_retest
+    ck.decide(
+        database,
+        first,
+        Decision.APPROVE,
+        answers={probe.id: {"answer": "Dance length decides it.", "rating": 3}},
+    )
+    loop.run_days(run_id, 5)
+    with database.read() as session:
+        pairs = Store(session).pairs(loop.opened_checkin)
+    retests = [(p, pr) for p, pr in pairs if p.is_retest]
+    assert len(pairs) == 2 and [pr.id for _, pr in retests] == [probe.id]
+    answers = {
+        pr.id: {"answer": "Dance length decides it, mostly.", "rating": 3} for _, pr in pairs
+    }
+    outcome = ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
+    assert 0.8 < outcome.ceiling < 1.0
+    assert outcome.agreement is not None
