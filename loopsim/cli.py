@@ -100,8 +100,10 @@ db_app = typer.Typer(no_args_is_help=True, help="Create, migrate and inspect the
 run_app = typer.Typer(no_args_is_help=True, help="Create, list, step and control runs.")
 record_app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
 checkin_app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
+probe_app = typer.Typer(no_args_is_help=True, help="The run's bank of probe questions.")
 app.add_typer(db_app, name="db")
 app.add_typer(checkin_app, name="checkin")
+app.add_typer(probe_app, name="probe")
 app.add_typer(run_app, name="run")
 app.add_typer(record_app, name="record")
 
@@ -497,4 +499,5 @@ def main() -> None:
 
 # Commands that live in their own modules register on import.
 from loopsim import cli_checkin as _cli_checkin  # noqa: E402, F401
+from loopsim import cli_probe as _cli_probe  # noqa: E402, F401
 from loopsim import cli_record as _cli_record  # noqa: E402, F401

@@ -181,17 +181,17 @@ class Loop:
                             EntryKind.DIGEST, f"Digest after day {day.index}", outcome.report.digest
                         )
                     )
-                written = len(
-                    store.append_entries(
-                        run.id,
-                        items,
-                        day=day,
-                        external_date=planned.external_date,
-                        model_id=planned.model_id,
-                        model_version=outcome.model_version,
-                        prompt_hash=planned.prompt.hash,
-                    )
+                entries = store.append_entries(
+                    run.id,
+                    items,
+                    day=day,
+                    external_date=planned.external_date,
+                    model_id=planned.model_id,
+                    model_version=outcome.model_version,
+                    prompt_hash=planned.prompt.hash,
                 )
+                written = len(entries)
+                store.propose_probes(entries)
                 if run.status == RunStatus.CREATED:
                     store.set_status(run, RunStatus.RUNNING)
             else:

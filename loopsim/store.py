@@ -402,6 +402,37 @@ class Store:
 
     # ---------------------------------------------------------------- check-ins
 
+    def propose_probes(self, entries: Sequence[Entry]) -> int:
+        """Offer each researcher question as a probe; a human must accept it first."""
+        count = 0
+        for entry in entries:
+            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER:
+                self.session.add(
+                    Probe(
+                        run_id=entry.run_id,
+                        question=entry.body[:500],
+                        source="researcher",
+                        status="proposed",
+                        proposed_in_entry_id=entry.id,
+                        created_at=entry.created_at,
+                    )
+                )
+                count += 1
+        self.session.flush()
+        return count
+
+    def list_probes(self, run_id: str, status: str | None = None) -> Sequence[Probe]:
+        stmt = select(Probe).where(Probe.run_id == run_id).order_by(Probe.id)
+        if status is not None:
+            stmt = stmt.where(Probe.status == status)
+        return self.session.scalars(stmt).all()
+
+    def get_probe(self, probe_id: int) -> Probe:
+        probe = self.session.get(Probe, probe_id)
+        if probe is None:
+            raise NotFound(f"no probe {probe_id}; `loopsim probe list RUN` shows them")
+        return probe
+
     def accepted_probes(self, run_id: str) -> Sequence[Probe]:
         return self.session.scalars(
             select(Probe)

@@ -101,3 +101,20 @@ def test_review_stores_the_answer_before_showing_the_prediction(cli, open_checki
         correction = conn.execute("SELECT body FROM entries WHERE kind = 'correction'").fetchone()
     assert answered <= revealed and rating == 4 and answer == "My own view of foraging."
     assert correction == ("Mark the foragers.",)
+
+
+def test_researcher_questions_are_proposed_probes_a_human_must_accept(cli, tmp_path):
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
+    cli("run", "step", run_id, "--days", "1")
+    proposed = json.loads(cli("probe", "list", run_id, "--status", "proposed", "--json").stdout)
+    assert [p["source"] for p in proposed] == ["researcher"]
+    assert "Which measurement" in proposed[0]["question"]
+    accepted = json.loads(cli("probe", "list", run_id, "--status", "accepted", "--json").stdout)
+    assert [p["source"] for p in accepted] == ["spec"]  # proposals are never asked as-is
+    assert cli("probe", "accept", str(proposed[0]["id"])).exit_code == 0
+    again = cli("probe", "accept", str(proposed[0]["id"]))
+    assert again.exit_code == 1 and "not proposed" in again.stderr
+    added = cli("probe", "add", run_id, "What would change your mind?")
+    assert added.exit_code == 0
+    accepted = json.loads(cli("probe", "list", run_id, "--status", "accepted", "--json").stdout)
+    assert [p["source"] for p in accepted] == ["spec", "researcher", "human"]

@@ -1,0 +1,106 @@
+"""``loopsim probe ...``: the run's bank of probe questions.
+
+Probes come from the run spec (accepted), from a human (`probe add`, accepted), or from
+the researcher's own ``question`` entries (proposed: never asked until a human accepts).
+The researcher is never told that its questions may become probes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from loopsim.cli import RunArg, _app, probe_app
+from loopsim.errors import InvalidState, SpecError
+from loopsim.export import safe_text
+from loopsim.models import Probe, utcnow
+from loopsim.store import Store
+
+STATUSES = ("proposed", "accepted", "rejected")
+
+
+@probe_app.command("list")
+def probe_list(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    status: Annotated[str | None, typer.Option(help="proposed, accepted or rejected.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a run's probes."""
+    if status is not None and status not in STATUSES:
+        raise SpecError(f"--status: expected one of {', '.join(STATUSES)}")
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        rows: list[dict[str, str | int]] = [
+            {"id": p.id, "status": p.status, "source": p.source, "question": p.question}
+            for p in store.list_probes(run.id, status)
+        ]
+    if as_json:
+        a.out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None)
+    for name in ("id", "status", "source"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("question")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), str(r["status"]), str(r["source"]), Text(safe_text(str(r["question"])))
+        )
+    a.out.print(table if rows else "no probes")
+
+
+@probe_app.command("add")
+def probe_add(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    question: Annotated[str, typer.Argument(help="A question the real researcher can answer.")],
+) -> None:
+    """Add an accepted probe written by a human; prints its id."""
+    text = question.strip()
+    if not 3 <= len(text) <= 500:
+        raise SpecError("a probe question is 3 to 500 characters")
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        probe = Probe(
+            run_id=run.id, question=text, source="human", status="accepted", created_at=utcnow()
+        )
+        session.add(probe)
+        session.flush()
+        probe_id = probe.id
+    a.out.print(probe_id)
+
+
+def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        probes = [store.get_probe(i) for i in ids]
+        for probe in probes:
+            if probe.status != "proposed":
+                raise InvalidState(f"probe {probe.id} is {probe.status}, not proposed")
+            probe.status = status
+    a.err.print(f"{status} {len(ids)} probe(s)")
+
+
+@probe_app.command("accept")
+def probe_accept(
+    ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+) -> None:
+    """Accept proposed probes, so check-ins may ask them."""
+    _set(ctx, ids, "accepted")
+
+
+@probe_app.command("reject")
+def probe_reject(
+    ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+) -> None:
+    """Reject proposed probes."""
+    _set(ctx, ids, "rejected")
