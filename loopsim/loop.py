@@ -234,21 +234,21 @@ class Loop:
             if reason is None and not recheck:
                 return None
             probes = {p.id: p for p in store.accepted_probes(run.id)}
+            retests: frozenset[int] = frozenset()
             if recheck:
                 chosen = [probes[pid] for pid, _ in recheck if pid in probes]
             else:
                 chosen = checkin.select_probes(
                     run, list(probes.values()), spec.checkins.probes_per_checkin, number
                 )
-            retest = checkin.pick_retest(
-                run,
-                spec.checkins,
-                checkin.answered_before(store, run.id),
-                [p.id for p in chosen],
-                number,
-            )
-            if retest is not None and retest in probes:
-                chosen = [*chosen, probes[retest]]
+                answered = checkin.answered_before(store, run.id)
+                if not any(p.id in answered for p in chosen):
+                    extra = checkin.pick_retest(
+                        run, spec.checkins, answered, [p.id for p in chosen], number
+                    )
+                    if extra is not None and extra in probes:
+                        chosen = [*chosen, probes[extra]]
+                retests = frozenset(p.id for p in chosen if p.id in answered)
             date = external_date(
                 spec.time,
                 run_started=run.created_at,
@@ -260,21 +260,24 @@ class Loop:
                 (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in chosen
             ]
             model_id = run.model
-        chat = self._chat(model_id, spec)
         predictions = []
         for probe_id, prompt in prompts:
+            chat = self._chat(model_id, spec)  # built once, and only if there is a probe
             result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
             predictions.append((probe_id, result.text, result.error))
         detail = None
         if reason is None:
             old = dict(recheck)
-            sims = [drift.lexical_similarity(old[pid], text or "") for pid, text, _ in predictions]
+            sims = [
+                drift.lexical_similarity(old[pid], text or "")
+                for pid, text, _ in predictions
+                if pid in old
+            ]
             distance = 1 - sum(sims) / len(sims) if sims else 0.0
             if distance < spec.checkins.prediction_drift_threshold:
                 return None
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
-        retests = frozenset([retest]) if retest is not None else frozenset()
         opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
         return checkin.open_checkin(self.db, opening)
 
