@@ -216,6 +216,29 @@ def _describe(error: Any) -> str:
     return f"{loc}: {error['msg'].lower()}"
 
 
+_AT_LINE = re.compile(r"at line (\d+)")
+_TABLE = re.compile(r"^\s*\[+\s*([A-Za-z0-9_.-]+)\s*\]+")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _field_at(text: str, message: str) -> str:
+    """``table.key: `` for the line a TOML error points at, so the user sees the field."""
+    match = _AT_LINE.search(message)
+    if not match:
+        return ""
+    lines = text.splitlines()
+    number = int(match[1])
+    if not 1 <= number <= len(lines):
+        return ""
+    key = _KEY.match(lines[number - 1])
+    if not key:
+        return ""
+    table = next(
+        (t[1] for line in reversed(lines[: number - 1]) if (t := _TABLE.match(line))), None
+    )
+    return f"{table}.{key[1]}: " if table else f"{key[1]}: "
+
+
 def load_spec(path: Path) -> RunSpec:
     """Read and validate a TOML run spec, or raise :class:`SpecError` with one line."""
     try:
@@ -229,7 +252,8 @@ def load_spec(path: Path) -> RunSpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+        field = _field_at(raw.decode("utf-8"), str(exc))
+        raise SpecError(f"{path}: {field}invalid TOML: {exc}") from None
     return parse_spec(data, source=str(path))
 
 

@@ -71,6 +71,7 @@ def one_line_error(result) -> str:
     "edit,field",
     [
         (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
+        (("anchor = 2025-06-02", "anchor = 2025-02-30"), "time.anchor: invalid TOML"),
         (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
         (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
         (("[time]", "[time\n"), "invalid TOML"),
