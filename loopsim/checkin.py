@@ -223,7 +223,9 @@ def pick_retest(
     return rng.choice(candidates)
 
 
-def consistency(store: Store, run_id: str) -> float | None:
+def consistency(
+    store: Store, run_id: str, similarity: drift.Similarity = drift.lexical_similarity
+) -> float | None:
     """Mean similarity of the human's retest answers to their first answers: how much
     they agree with themselves, the ceiling for the simulation's agreement."""
     first: dict[int, str] = {}
@@ -233,7 +235,7 @@ def consistency(store: Store, run_id: str) -> float | None:
             if pair.human_answer is None:
                 continue
             if pair.is_retest and probe.id in first:
-                scores.append(drift.lexical_similarity(first[probe.id], pair.human_answer))
+                scores.append(similarity(first[probe.id], pair.human_answer))
             first.setdefault(probe.id, pair.human_answer)
     return sum(scores) / len(scores) if scores else None
 
@@ -316,7 +318,9 @@ def record_answer(db: Database, pair_id: int, answer: str) -> None:
         pair.answered_at = utcnow()
 
 
-def reveal(db: Database, pair_id: int) -> str:
+def reveal(
+    db: Database, pair_id: int, similarity: drift.Similarity = drift.lexical_similarity
+) -> str:
     """The prediction, only after the blind answer is stored; marks it revealed."""
     with db.write() as session:
         pair = session.get(ProbePair, pair_id)
@@ -326,9 +330,7 @@ def reveal(db: Database, pair_id: int) -> str:
             raise InvalidState("answer the probe before its prediction is shown")
         if pair.revealed_at is None:
             pair.revealed_at = utcnow()
-            pair.similarity = drift.lexical_similarity(
-                pair.prediction or "", pair.human_answer or ""
-            )
+            pair.similarity = similarity(pair.prediction or "", pair.human_answer or "")
         return pair.prediction or ""
 
 
@@ -391,6 +393,7 @@ def decide(
     *,
     note: str | None = None,
     answers: dict[int, dict[str, Any]] | None = None,
+    similarity: drift.Similarity = drift.lexical_similarity,
 ) -> Outcome:
     """Apply a decision once. Answers from a file are stored first, blind, as if typed."""
     if decision == Decision.AMEND and not (note and note.strip()):
@@ -408,7 +411,7 @@ def decide(
             if given and pair.answered_at is None:
                 pair.human_answer, pair.answered_at = given["answer"], now
                 pair.revealed_at = now
-                pair.similarity = drift.lexical_similarity(pair.prediction or "", given["answer"])
+                pair.similarity = similarity(pair.prediction or "", given["answer"])
                 pair.rating = given["rating"]
         agreements = [
             drift.agreement(p.similarity, p.rating) for p, _ in pairs if p.similarity is not None
@@ -451,7 +454,8 @@ def decide(
             score, drift.ewma(history), spec.checkins.drift_warn, spec.checkins.drift_alarm
         )
         mean = sum(agreements) / len(agreements) if agreements else None
-        return Outcome(checkin.id, decision, level, reverted, mean, consistency(store, run.id))
+        ceiling = consistency(store, run.id, similarity)
+        return Outcome(checkin.id, decision, level, reverted, mean, ceiling)
 
 
 def checkin_date(store: Store, run: Run, spec: RunSpec) -> dt.date:

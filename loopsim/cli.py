@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from loopsim import __version__
+from loopsim import __version__, drift
 from loopsim import db as dbmod
 from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
@@ -64,6 +64,7 @@ class AppContext:
     chat_factory: ChatFactory | None = None
     db_url: str | None = None
     opened_checkin: int | None = None
+    similarity_fn: drift.Similarity | None = None
     out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
 
@@ -76,6 +77,9 @@ class AppContext:
 
     def chats(self) -> ChatFactory:
         return self.chat_factory or build_chat(self.settings)
+
+    def similarity(self) -> drift.Similarity:
+        return self.similarity_fn or drift.from_settings(self.settings.embeddings)
 
 
 def _settings() -> Settings:
@@ -329,7 +333,7 @@ def _stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
 
 def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
     database = a.open_db()
-    loop = Loop(database, a.settings, a.chats())
+    loop = Loop(database, a.settings, a.chats(), a.similarity())
     results: list[DayResult] = []
     columns = (
         SpinnerColumn(),

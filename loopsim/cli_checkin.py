@@ -64,7 +64,9 @@ def _apply(
     note: str | None,
     answers: dict[int, dict[str, Any]] | None,
 ) -> None:
-    outcome = ck.decide(a.open_db(), checkin_id, decision, note=note, answers=answers)
+    outcome = ck.decide(
+        a.open_db(), checkin_id, decision, note=note, answers=answers, similarity=a.similarity()
+    )
     level = outcome.drift
     score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
@@ -147,6 +149,7 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             (p.id, p.answered_at is not None, probe.question) for p, probe in store.pairs(c.id)
         ]
     out = a.out
+    similarity = a.similarity()
     out.print(
         Text(
             f"check-in {c.id} ({c.reason}) for run {run.id}: days {since + 1}-{c.last_day_index}",
@@ -166,7 +169,7 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             answer = typer.prompt("your answer (the prediction is shown after it is saved)")
             ck.record_answer(database, pair_id, answer)
             out.print("saved.")
-        prediction = ck.reveal(database, pair_id)
+        prediction = ck.reveal(database, pair_id, similarity)
         out.print(Text(f"the simulation predicted: {safe_text(prediction)}", style="magenta"))
         rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
         ck.rate(database, pair_id, rating)

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
     )
+    embeddings: str | None = Field(
+        None,
+        description="Embeddings for probe similarity, e.g. 'openai:text-embedding-3-small'; "
+        "unset, an offline word-count cosine is used.",
+    )
     view_token_budget: int = Field(3000, ge=200, description="Tokens the view may fill.")
     max_output_chars: int = Field(
         20_000, ge=100, description="A reply longer than this fails the day."

@@ -52,6 +52,22 @@ class EmbeddingSimilarity:
         return max(0.0, min(1.0, dot / norm)) if norm else 0.0
 
 
+def from_settings(name: str | None) -> Similarity:
+    """The similarity a user configured: langchain ``init_embeddings(name)``, or the
+    offline default when ``name`` is unset."""
+    if not name:
+        return lexical_similarity
+    from langchain.embeddings import init_embeddings
+
+    from loopsim.errors import ModelUnavailable
+
+    try:
+        return EmbeddingSimilarity(init_embeddings(name))
+    except Exception as exc:  # the embeddings seam
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot build embeddings {name}: {first}"[:500]) from None
+
+
 def agreement(similarity: float, rating: int | None) -> float:
     """Half the human's rating (1-5 mapped to 0-1), half the similarity; or the
     similarity alone when the human gave no rating."""

@@ -74,10 +74,17 @@ def refuse_unless_steppable(run: Run) -> None:
 class Loop:
     """Steps runs day by day against one database with one chat factory."""
 
-    def __init__(self, db: Database, settings: Settings, chat_factory: ChatFactory) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        chat_factory: ChatFactory,
+        similarity: drift.Similarity = drift.lexical_similarity,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.chat_factory = chat_factory
+        self.similarity = similarity
         self._handles: dict[str, ChatHandle] = {}
         self.opened_checkin: int | None = None
 
@@ -269,9 +276,7 @@ class Loop:
         if reason is None:
             old = dict(recheck)
             sims = [
-                drift.lexical_similarity(old[pid], text or "")
-                for pid, text, _ in predictions
-                if pid in old
+                self.similarity(old[pid], text or "") for pid, text, _ in predictions if pid in old
             ]
             distance = 1 - sum(sims) / len(sims) if sims else 0.0
             if distance < spec.checkins.prediction_drift_threshold:

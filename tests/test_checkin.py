@@ -392,3 +392,73 @@ def test_retests_measure_the_humans_own_consistency(database):
     outcome = ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
     assert 0.8 < outcome.ceiling < 1.0
     assert outcome.agreement is not None
+
+
+def test_similarity_is_pluggable_through_langchain_embeddings(database):
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from loopsim.drift import EmbeddingSimilarity, from_settings, lexical_similarity
+    from loopsim.errors import ModelUnavailable
+
+    embedded = EmbeddingSimilarity(DeterministicFakeEmbedding(size=16))
+    run_id = make_run(database, spec_with())
+    loop, _ = loop_with(database, [persona_switching_model(10**6)])
+    loop.run_days(run_id, 5)
+    answer = "Only the nectar's sugar content matters to them."
+    with database.read() as session:
+        pairs = Store(session).pairs(loop.opened_checkin)
+    ck.decide(
+        database,
+        loop.opened_checkin,
+        Decision.APPROVE,
+        similarity=embedded,
+        answers={probe.id: {"answer": answer, "rating": None} for _, probe in pairs},
+    )
+    with database.read() as session:
+        stored = [p.similarity for p, _ in Store(session).pairs(loop.opened_checkin)]
+    assert stored == [pytest.approx(embedded(BEES, answer))] * 2
+    assert stored[0] != pytest.approx(lexical_similarity(BEES, answer))
+    assert from_settings(None) is lexical_similarity
+    with pytest.raises(ModelUnavailable, match="cannot build embeddings"):
+        from_settings("nosuchprovider:model")
+
+
+def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
+    import threading
+    import time as clock
+
+    from loopsim.db import Database
+
+    stepping_db, deciding_db = Database.open(sqlite_url), Database.open(sqlite_url)
+    waiting = make_run(deciding_db, spec_with(every_days=2))
+    busy = make_run(stepping_db, spec_with(every_days=10**5, charter_drift_drop=None))
+    loop, _ = loop_with(deciding_db, [persona_switching_model(10**6)])
+    loop.run_days(waiting, 5)
+
+    def slow(messages):
+        clock.sleep(0.01)
+        return default_reply(messages)
+
+    errors: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            factory, _ = scripted_factory([slow])
+            Loop(stepping_db, Settings(), factory).run_days(busy, 60)
+        except BaseException as exc:  # pragma: no cover - the failure under test
+            errors.append(exc)
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    decided = 0
+    while worker.is_alive() or decided == 0:
+        with deciding_db.read() as session:
+            pending = Store(session).list_checkins(waiting, pending=True)
+        if pending:
+            ck.decide(deciding_db, pending[0].id, Decision.APPROVE)
+            decided += 1
+        loop.run_days(waiting, 2)
+    worker.join()
+    assert errors == [] and decided >= 3
+    with stepping_db.read() as session:
+        assert Store(session).count_days(busy) == 60
