@@ -51,12 +51,16 @@ def spot_check_fires(secret_seed: str, day_index: int, probability: float) -> bo
     return random.Random(f"{secret_seed}:spot:{day_index}").random() < probability
 
 
+def approving(checkins: Sequence[CheckIn]) -> list[CheckIn]:
+    return [c for c in checkins if c.decision in APPROVING]
+
+
 def approved_count(store: Store, run_id: str) -> int:
-    return sum(c.decision in APPROVING for c in store.list_checkins(run_id))
+    return len(approving(store.list_checkins(run_id)))
 
 
 def last_approved_day(store: Store, run_id: str) -> int:
-    approved = [c for c in store.list_checkins(run_id) if c.decision in APPROVING]
+    approved = approving(store.list_checkins(run_id))
     return approved[-1].last_day_index if approved else 0
 
 
@@ -111,26 +115,25 @@ def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
 def charter_similarity(store: Store, run_id: str, spec: RunSpec, first: int, last: int) -> float:
     """Mean similarity to the charter of committed days ``first..last``' entries."""
     charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
-    scores = []
-    for index in range(first, last + 1):
-        text = " ".join(
-            f"{e.title} {e.body}"
-            for e, _, status in store.list_entries(run_id, day_index=index)
-            if status == "committed"
-        )
-        if text:
-            scores.append(drift.lexical_similarity(charter, text))
+    by_day: dict[int, list[str]] = {}
+    for e, index, status in store.list_entries(run_id, day_range=(first, last)):
+        if status == "committed" and index is not None:
+            by_day.setdefault(index, []).append(f"{e.title} {e.body}")
+    scores = [drift.lexical_similarity(charter, " ".join(texts)) for texts in by_day.values()]
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def charter_drift(store: Store, run_id: str, spec: RunSpec, latest: int) -> str | None:
+def charter_drift(
+    store: Store, run_id: str, spec: RunSpec, latest: int, approved_day: int
+) -> str | None:
     """Why the latest days look off-charter, or None: the mean similarity of the last
-    window fell by ``charter_drift_drop`` against the window the human last approved."""
+    window fell by ``charter_drift_drop`` against the window ending at ``approved_day``
+    (the last approval), or the first window."""
     policy = spec.checkins
     if policy.charter_drift_drop is None:
         return None
     window = policy.charter_drift_window
-    anchor = last_approved_day(store, run_id) or window
+    anchor = approved_day or window
     if latest - anchor < window:
         return None
     before = charter_similarity(store, run_id, spec, max(1, anchor - window + 1), anchor)
@@ -145,9 +148,12 @@ def due(
 ) -> CheckinReason | None:
     """The reason a check-in is due now, or None. Pure in the run's stored state (and the
     wall clock, for a ``wall_clock`` time budget)."""
-    last = store.last_checkin(run.id)
+    checkins = store.list_checkins(run.id)
+    last = checkins[-1] if checkins else None
     if last is not None and last.decision is None:
         return None  # one is already open
+    approved = approving(checkins)
+    approved_day = approved[-1].last_day_index if approved else 0
     since = last.last_day_index if last is not None else 0
     new_days = store.committed_days_after(run.id, since)
     if new_days == 0:
@@ -156,22 +162,22 @@ def due(
     latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
-    if charter_drift(store, run.id, spec, latest):
+    if charter_drift(store, run.id, spec, latest, approved_day):
         return CheckinReason.CHARTER_DRIFT
-    decided = [c for c in store.list_checkins(run.id) if c.decision is not None]
-    if new_days >= adaptive_interval([c.drift_score for c in decided], policy):
+    if new_days >= adaptive_interval([c.drift_score for c in checkins], policy):
         return CheckinReason.SCHEDULED
     if policy.max_unsupervised_days is not None:
-        unsupervised = store.committed_days_after(run.id, last_approved_day(store, run.id))
+        unsupervised = store.committed_days_after(run.id, approved_day)
         if unsupervised >= policy.max_unsupervised_days:
             return CheckinReason.BUDGET
     if policy.max_external_drift_days is not None:
-        approved = approved_count(store, run.id)
-        moment = now or utcnow()
         today = external_date(
-            spec.time, run_started=run.created_at, now=moment, approved_checkins=approved
+            spec.time,
+            run_started=run.created_at,
+            now=now or utcnow(),
+            approved_checkins=len(approved),
         )
-        at_approval = _date_at_last_approval(store, run, spec)
+        at_approval = _date_at_last_approval(run, spec, approved)
         if (today - at_approval).days > policy.max_external_drift_days:
             return CheckinReason.BUDGET
     if spot_check_fires(run.secret_seed, latest, policy.spot_check_probability):
@@ -179,8 +185,7 @@ def due(
     return None
 
 
-def _date_at_last_approval(store: Store, run: Run, spec: RunSpec) -> dt.date:
-    approved = [c for c in store.list_checkins(run.id) if c.decision in APPROVING]
+def _date_at_last_approval(run: Run, spec: RunSpec, approved: Sequence[CheckIn]) -> dt.date:
     if not approved:
         return spec.time.anchor
     last = approved[-1]
@@ -192,7 +197,7 @@ def _date_at_last_approval(store: Store, run: Run, spec: RunSpec) -> dt.date:
 
 def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
     """(probe id, prediction) of the last approving check-in, for prediction drift."""
-    approved = [c for c in store.list_checkins(run_id) if c.decision in APPROVING]
+    approved = approving(store.list_checkins(run_id))
     if not approved:
         return []
     return [

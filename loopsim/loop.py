@@ -240,7 +240,7 @@ class Loop:
                 recheck = checkin.approved_predictions(store, run.id)
             if reason is None and not recheck:
                 return None
-            probes = {p.id: p for p in store.accepted_probes(run.id)}
+            probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
             retests: frozenset[int] = frozenset()
             if recheck:
                 chosen = [probes[pid] for pid, _ in recheck if pid in probes]

@@ -305,11 +305,14 @@ class Store:
         run_id: str,
         *,
         day_index: int | None = None,
+        day_range: tuple[int, int] | None = None,
         include_reverted: bool = True,
     ) -> list[tuple[Entry, int | None, str | None]]:
         stmt = self._entries_with_day(run_id).order_by(Entry.seq)
         if day_index is not None:
             stmt = stmt.where(Day.index == day_index)
+        if day_range is not None:
+            stmt = stmt.where(Day.index.between(*day_range))
         if not include_reverted:
             stmt = stmt.where(self._visible())
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
@@ -432,13 +435,6 @@ class Store:
         if probe is None:
             raise NotFound(f"no probe {probe_id}; `loopsim probe list RUN` shows them")
         return probe
-
-    def accepted_probes(self, run_id: str) -> Sequence[Probe]:
-        return self.session.scalars(
-            select(Probe)
-            .where(Probe.run_id == run_id, Probe.status == "accepted")
-            .order_by(Probe.id)
-        ).all()
 
     def list_checkins(
         self, run_id: str | None = None, *, pending: bool = False
