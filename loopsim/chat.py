@@ -10,17 +10,33 @@ A model id is ``provider:name``:
 :class:`ChatHandle` hides how each provider is asked for JSON: llama.cpp decodes against
 the JSON schema, OpenAI-compatible servers get ``response_format``, and every reply is
 validated by the caller regardless.
+
+Endpoint faults are retried here, with tenacity: 408, 409, 429 and 5xx replies, timeouts,
+refused or reset connections, truncated or stalled bodies and garbled JSON. Waits grow
+exponentially with jitter, and a ``Retry-After`` header is honoured (up to the cap). A
+client error such as 400 or 401 is not retried: asking again cannot help.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
@@ -36,25 +52,96 @@ class Reply:
     latency_ms: int
 
 
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status a provider's exception carries, if any (openai, anthropic, httpx)."""
+    for candidate in (exc, getattr(exc, "response", None)):
+        code = getattr(candidate, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would the same call, asked again, plausibly succeed?"""
+    status = status_of(exc)
+    if status is not None:
+        return status in RETRY_STATUSES or status >= 500
+    if isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, json.JSONDecodeError):  # a 200 whose body was cut or garbled
+        return True
+    try:  # the openai SDK wraps transport failures in its own classes
+        import openai
+    except ImportError:  # pragma: no cover - langchain-openai depends on it
+        return False
+    return isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a ``Retry-After`` (or ``retry-after-ms``) header asks for, if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to retry one model call. ``attempts`` counts the first try."""
+
+    attempts: int = 5
+    initial: float = 1.0
+    max_wait: float = 60.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after(exc) if exc is not None else None
+        if asked is not None:
+            return min(asked, self.max_wait)
+        backoff = self.initial * 2 ** (state.attempt_number - 1)
+        return min(self.max_wait, backoff) * random.uniform(0.5, 1.0)  # full-ish jitter
+
+
+OnRetry = Callable[[BaseException, float], None]
+"""Told of each retry: the error, and the seconds until the next attempt."""
+
+
 class ChatHandle:
-    """A built chat model plus how to ask it for schema-shaped JSON."""
+    """A built chat model plus how to ask it for schema-shaped JSON, with retries."""
 
     def __init__(
-        self, model_id: str, model: BaseChatModel, *, structured: str = "none", version: str = ""
+        self,
+        model_id: str,
+        model: BaseChatModel,
+        *,
+        structured: str = "none",
+        version: str = "",
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.model_id = model_id
         self.model = model
         self.structured = structured  # "llamacpp" | "openai" | "none"
         self.version = version or model_id
+        self.retry = retry or RetryPolicy(attempts=1)
+        self.on_retry: OnRetry | None = None
 
-    def complete(
-        self,
-        messages: list[BaseMessage],
-        schema: dict[str, Any] | None,
-        *,
-        seed: int | None = None,
-    ) -> Reply:
-        """One call. With ``schema``, ask for JSON in that shape; without, for plain text."""
+    def _kwargs(self, schema: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if self.structured == "llamacpp":
             if schema is not None:
@@ -66,16 +153,30 @@ class ChatHandle:
                 "type": "json_schema",
                 "json_schema": {"name": "DayReport", "schema": schema},
             }
-        started = time.perf_counter()
-        try:
-            message = self.model.invoke(messages, **kwargs)
-        except ModelUnavailable:
-            raise
-        except Exception as exc:  # the model seam: every foreign failure becomes ours
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelUnavailable(
-                f"model {self.model_id} failed: {type(exc).__name__}: {detail}"[:500]
-            ) from exc
+        return kwargs
+
+    def _retrying_options(self) -> dict[str, Any]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if self.on_retry is not None and exc is not None:
+                self.on_retry(exc, state.upcoming_sleep)
+
+        return {
+            "retry": retry_if_exception(is_transient),
+            "stop": stop_after_attempt(max(1, self.retry.attempts)),
+            "wait": self.retry.wait,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        status = status_of(exc)
+        what = f"HTTP {status}" if status is not None else type(exc).__name__
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return ModelUnavailable(f"model {self.model_id} failed{tries}: {what}: {detail}"[:500])
+
+    def _reply(self, message: Any, started: float) -> Reply:
         latency = int((time.perf_counter() - started) * 1000)
         usage = getattr(message, "usage_metadata", None) or {}
         meta = getattr(message, "response_metadata", None) or {}
@@ -89,6 +190,45 @@ class ChatHandle:
             model_version=version,
             latency_ms=latency,
         )
+
+    def complete(
+        self,
+        messages: list[BaseMessage],
+        schema: dict[str, Any] | None,
+        *,
+        seed: int | None = None,
+    ) -> Reply:
+        """One call, retried on endpoint faults. With ``schema``, ask for JSON in that
+        shape; without, for plain text."""
+        kwargs = self._kwargs(schema, seed)
+        started = time.perf_counter()
+        retrying = Retrying(**self._retrying_options())
+        try:
+            message = retrying(self.model.invoke, messages, **kwargs)
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # the model seam: every foreign failure becomes ours
+            raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
+        return self._reply(message, started)
+
+    async def acomplete(
+        self,
+        messages: list[BaseMessage],
+        schema: dict[str, Any] | None,
+        *,
+        seed: int | None = None,
+    ) -> Reply:
+        """:meth:`complete` without blocking the event loop."""
+        kwargs = self._kwargs(schema, seed)
+        started = time.perf_counter()
+        retrying = AsyncRetrying(**self._retrying_options())
+        try:
+            message: Any = await retrying(self.model.ainvoke, messages, **kwargs)
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # the model seam
+            raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
+        return self._reply(message, started)
 
 
 ChatFactory = Callable[[str, ModelSpec, int], ChatHandle]
@@ -115,6 +255,7 @@ def build_chat(settings: Settings) -> ChatFactory:
                 repeat_penalty=spec.repeat_penalty,
                 max_tokens=max_tokens,
             )
+            # A local model has no endpoint to fail transiently: no retries.
             return ChatHandle(model_id, model, structured="llamacpp", version=model.version)
         return _init_langchain(model_id, provider, spec, max_tokens, settings)
 
@@ -130,6 +271,8 @@ def _init_langchain(
         "temperature": spec.temperature,
         "max_tokens": max_tokens,
         "timeout": settings.model_timeout,
+        # loopsim retries (tenacity, below); the provider SDK's own retries would multiply.
+        "max_retries": 0,
     }
     kwargs.update(spec.params)
     base_url = spec.base_url or settings.model_base_url
@@ -151,4 +294,9 @@ def _init_langchain(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"cannot build model {model_id}: {first}"[:500]) from None
     structured = "openai" if provider == "openai" else "none"
-    return ChatHandle(model_id, model, structured=structured, version=model_id)
+    policy = RetryPolicy(
+        attempts=settings.model_retries + 1,
+        initial=settings.retry_initial_seconds,
+        max_wait=settings.retry_max_seconds,
+    )
+    return ChatHandle(model_id, model, structured=structured, version=model_id, retry=policy)

@@ -20,7 +20,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,12 +264,17 @@ class Opening:
     retests: frozenset[int] = frozenset()  # probe ids asked again
 
 
-def open_checkin(db: Database, opening: Opening) -> int | None:
+def open_checkin(
+    db: Database, opening: Opening, fence: Callable[[Store, Run], None] | None = None
+) -> int | None:
     """Write the check-in and its predictions and make the run wait. Idempotent: if one is
-    already open or the state moved on, nothing is written and None is returned."""
+    already open or the state moved on, nothing is written and None is returned. A
+    ``fence`` (a service's lease check) may refuse the write by raising."""
     with db.write() as session:
         store = Store(session)
         run = store.get_run(opening.run_id, lock=True)
+        if fence is not None:
+            fence(store, run)
         spec = RunSpec.model_validate(run.spec)
         if run.status != RunStatus.RUNNING:
             return None

@@ -365,10 +365,12 @@ def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[
     failed = [r for r in results if r.status == DayStatus.FAILED]
     if failed and fail:
         day = failed[-1]
-        raise ModelOutputInvalid(
-            f"day {day.index} failed: {day.error}; the run is paused, "
-            f"`loopsim run resume {run_ref}` continues it"
+        then = (
+            f"the run is now failed; `loopsim run resume {run_ref}` puts it back"
+            if day.run_failed
+            else f"`loopsim run step {run_ref}` tries the next day"
         )
+        raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
     return results
 
 
@@ -478,8 +480,9 @@ def demo(
             )
             break
         if results and results[-1].status == DayStatus.FAILED:
-            a.err.print(f"day {results[-1].index} failed ({results[-1].error}); resuming")
-            _set_status(ctx, run_id, {RunStatus.PAUSED}, RunStatus.RUNNING, None)
+            a.err.print(f"day {results[-1].index} failed ({results[-1].error}); trying again")
+            if results[-1].run_failed:
+                _set_status(ctx, run_id, {RunStatus.FAILED}, RunStatus.RUNNING, None)
         elif not results:
             break
     with database.read() as session:

@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     )
     max_retries: int = Field(2, ge=0, le=5, description="Retries of an invalid reply.")
     model_timeout: float = Field(300.0, gt=0, description="Seconds per model call.")
+    model_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a model call on 429, 5xx, timeouts and resets."
+    )
+    retry_initial_seconds: float = Field(
+        1.0, ge=0, description="First backoff between retries; doubles, with jitter."
+    )
+    retry_max_seconds: float = Field(
+        60.0, ge=0, description="Longest wait between retries, Retry-After included."
+    )
+    max_failed_days: int = Field(
+        3, ge=1, description="Failed days in a row after which the run is marked failed."
+    )
+    webhook_url: str | None = Field(
+        None, description="POSTed a JSON payload when `loopsim serve` opens a check-in."
+    )
     busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy timeout.")
     llama_threads: int | None = Field(None, description="Threads for the embedded model.")
     llama_ctx: int = Field(4096, ge=512, description="Context window of the embedded model.")

@@ -13,6 +13,7 @@ The tree::
     ├── NotFound                no run (or day, entry...) by that id
     ├── InvalidState            the run's status does not allow this (paused, halted...)
     ├── ConcurrentWrite         another writer committed the same day first
+    ├── LeaseLost               this worker's lease on the run expired or was taken over
     ├── ModelError
     │   ├── ModelUnavailable    the model could not be built or reached
     │   └── ModelOutputInvalid  the reply could not be parsed into a DayReport
@@ -79,6 +80,10 @@ class InvalidState(LoopsimError):
 
 class ConcurrentWrite(LoopsimError):
     """Another process committed this day first; nothing was written twice."""
+
+
+class LeaseLost(LoopsimError):
+    """This worker's lease on the run expired or was taken over; nothing was written."""
 
 
 class ModelError(LoopsimError):

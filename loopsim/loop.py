@@ -8,7 +8,13 @@ One day, in three transactions that never overlap the model call:
    its entries and their hash chain, all at once or not at all.
 
 A process killed anywhere leaves either the whole day or nothing. A second process that
-raced to the same index gets :class:`ConcurrentWrite` and writes nothing.
+raced to the same index gets :class:`ConcurrentWrite` and writes nothing. A service passes
+a *fence* (:mod:`loopsim.lease`) that every write checks with the run row locked, so a
+worker whose lease was lost writes nothing either.
+
+A failed day (an invalid reply, or an endpoint that stayed down through every retry) is
+recorded with its reason and the run goes on; after ``max_failed_days`` failures in a row
+the run is marked ``failed``, and ``loopsim run resume`` puts it back.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from loopsim.chat import ChatFactory, ChatHandle
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.db import Database
-from loopsim.errors import ConcurrentWrite, InvalidState
+from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.lease import Fence, live_holder
 from loopsim.models import Day, Run, utcnow
 from loopsim.researcher import (
     DayOutcome,
@@ -37,6 +44,7 @@ from loopsim.store import EntryInput, Store
 from loopsim.view import build_view
 
 STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}
+CLI_WORKER = "cli"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class DayResult:
     entries: int
     latency_ms: int
     error: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    run_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,39 +127,73 @@ class Loop:
             prompt = build_prompt(spec.persona, view, date)
             return PlannedDay(run.id, index, date, prompt, run.model, spec)
 
+    def researcher(self, planned: PlannedDay) -> Researcher:
+        return Researcher(
+            self._chat(planned.model_id, planned.spec),
+            max_retries=self.settings.max_retries,
+            max_output_chars=self.settings.max_output_chars,
+        )
+
+    @staticmethod
+    def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
+        """The outcome of a day whose endpoint stayed down through every retry."""
+        return DayOutcome(None, "", error.message, 0, version)
+
     def start(self, run_ref: str) -> Run:
-        """Check the run may step and mark it running."""
+        """Check the run may step, that no service holds it, and mark it running."""
         with self.db.write() as session:
             store = Store(session)
             run = store.get_run(run_ref, lock=True)
             refuse_unless_steppable(run)
+            holder = live_holder(store, run)
+            if holder is not None:
+                raise InvalidState(
+                    f"run {run.id} is being stepped by worker {holder}; "
+                    f"`loopsim run pause {run.id}` stops it at the next day boundary"
+                )
             if run.status == RunStatus.CREATED:
                 store.set_status(run, RunStatus.RUNNING)
             return run
+
+    def complete(self, run_ref: str, fence: Fence | None = None) -> None:
+        """Mark the run completed: its day budget is spent."""
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(run_ref, lock=True)
+            if fence is not None:
+                fence(store, run)
+            if run.status in STEPPABLE:
+                store.set_status(run, RunStatus.COMPLETED, "day budget spent")
 
     def step(self, run_ref: str) -> DayResult | None:
         """Run one day. None means the day budget is spent and the run is now completed."""
         planned = self.plan(run_ref)
         if planned is None:
-            with self.db.write() as session:
-                store = Store(session)
-                run = store.get_run(run_ref, lock=True)
-                if run.status in STEPPABLE:
-                    store.set_status(run, RunStatus.COMPLETED, "day budget spent")
+            self.complete(run_ref)
             return None
         started = utcnow()
-        researcher = Researcher(
-            self._chat(planned.model_id, planned.spec),
-            max_retries=self.settings.max_retries,
-            max_output_chars=self.settings.max_output_chars,
-        )
-        outcome = researcher.work(planned.prompt, salt=planned.index)
+        researcher = self.researcher(planned)
+        try:
+            outcome = researcher.work(planned.prompt, salt=planned.index)
+        except ModelUnavailable as error:
+            outcome = self.unreachable(error, researcher.chat.version)
         return self.commit(planned, outcome, started)
 
-    def commit(self, planned: PlannedDay, outcome: DayOutcome, started: dt.datetime) -> DayResult:
+    def commit(
+        self,
+        planned: PlannedDay,
+        outcome: DayOutcome,
+        started: dt.datetime,
+        *,
+        fence: Fence | None = None,
+        worker: str = CLI_WORKER,
+        generation: int | None = None,
+    ) -> DayResult:
         with self.db.write() as session:
             store = Store(session)
             run = store.get_run(planned.run_id, lock=True)
+            if fence is not None:
+                fence(store, run)
             if store.next_day_index(run.id) != planned.index:
                 raise ConcurrentWrite(
                     f"run {run.id} day {planned.index} was committed by another process; "
@@ -177,9 +222,12 @@ class Loop:
                     latency_ms=outcome.latency_ms,
                     started_at=started,
                     finished_at=utcnow(),
+                    worker=worker,
+                    lease_generation=generation,
                 )
             )
             written = 0
+            run_failed = False
             if outcome.report is not None:
                 items = [EntryInput(e.kind, e.title, e.body) for e in outcome.report.entries]
                 if outcome.report.digest:
@@ -202,13 +250,15 @@ class Loop:
                 if run.status == RunStatus.CREATED:
                     store.set_status(run, RunStatus.RUNNING)
             else:
-                store.set_status(
-                    run,
-                    RunStatus.PAUSED,
-                    f"day {day.index} failed after {outcome.attempts} attempts: {outcome.error}"[
-                        :1000
-                    ],
-                )
+                limit = self.settings.max_failed_days
+                streak = store.failed_streak(run.id, limit)
+                if streak >= limit and run.status in STEPPABLE:
+                    run_failed = True
+                    store.set_status(
+                        run,
+                        RunStatus.FAILED,
+                        f"{streak} failed days in a row; day {day.index}: {outcome.error}"[:1000],
+                    )
             return DayResult(
                 planned.index,
                 status,
@@ -216,9 +266,12 @@ class Loop:
                 written,
                 outcome.latency_ms,
                 outcome.error,
+                outcome.tokens_in,
+                outcome.tokens_out,
+                run_failed,
             )
 
-    def open_due_checkin(self, run_ref: str) -> int | None:
+    def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any
         transaction), then one write that records them and makes the run wait."""
         with self.db.read() as session:
@@ -284,7 +337,7 @@ class Loop:
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
         opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
-        return checkin.open_checkin(self.db, opening)
+        return checkin.open_checkin(self.db, opening, fence)
 
     def run_days(
         self,

@@ -104,6 +104,9 @@ class Day(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Who wrote the day: a service's worker id, or "cli"; and under which lease.
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_generation: Mapped[int | None] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="days")
     entries: Mapped[list[Entry]] = relationship(back_populates="day", order_by="Entry.seq")

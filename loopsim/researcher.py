@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import ValidationError
 
-from loopsim.chat import ChatHandle
+from loopsim.chat import ChatHandle, Reply
 from loopsim.schemas import DayReport, Persona
 from loopsim.store import canonical_json, sha256_hex
 from loopsim.view import View
@@ -168,6 +169,46 @@ class DayOutcome:
         return self.report is not None
 
 
+@dataclass(frozen=True)
+class Call:
+    """One model call a conversation asks for."""
+
+    messages: list[BaseMessage]
+    schema: dict[str, Any] | None
+    seed: int
+
+
+T = TypeVar("T")
+Conversation = Generator[Call, Reply, T]
+"""A retry conversation: yields the calls it needs, is sent each reply, returns a result.
+The same conversation runs blocking (:func:`drive`) or on an event loop (:func:`adrive`)."""
+
+
+def drive(conversation: Conversation[T], chat: ChatHandle) -> T:
+    try:
+        call = next(conversation)
+        while True:
+            call = conversation.send(chat.complete(call.messages, call.schema, seed=call.seed))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def adrive(
+    conversation: Conversation[T],
+    complete: Callable[[Call], Awaitable[Reply]],
+) -> T:
+    try:
+        call = next(conversation)
+        while True:
+            call = conversation.send(await complete(call))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _seed(prompt: Prompt, salt: int) -> int:
+    return int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
+
+
 class Researcher:
     """Asks one model for a DayReport, retrying invalid replies with the error fed back."""
 
@@ -180,12 +221,23 @@ class Researcher:
         """One day's work. The sampling seed comes from the prompt and ``salt`` (the day
         index), so a day is reproducible, yet a failed day retried at the next index with
         an unchanged record does not repeat the same failure."""
+        return drive(self.conversation(prompt, salt), self.chat)
+
+    async def awork(self, prompt: Prompt, *, salt: int = 0) -> DayOutcome:
+        """:meth:`work` on an event loop."""
+
+        async def complete(call: Call) -> Reply:
+            return await self.chat.acomplete(call.messages, call.schema, seed=call.seed)
+
+        return await adrive(self.conversation(prompt, salt), complete)
+
+    def conversation(self, prompt: Prompt, salt: int) -> Conversation[DayOutcome]:
         messages = prompt.as_langchain()
         schema = grammar_schema()
-        seed = int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
+        seed = _seed(prompt, salt)
         outcome = DayOutcome(None, "", None, 0, self.chat.version)
         for attempt in range(self.max_retries + 1):
-            reply = self.chat.complete(messages, schema, seed=seed + attempt)
+            reply = yield Call(messages, schema, seed + attempt)
             outcome.attempts = attempt + 1
             outcome.model_version = reply.model_version
             outcome.tokens_in += reply.tokens_in or 0
@@ -221,13 +273,19 @@ class Answer:
 
 def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int = 2) -> Answer:
     """A plain-text answer, retried while it is empty, oversized or degenerate."""
+    return drive(answer_conversation(prompt, salt=salt, max_retries=max_retries), chat)
+
+
+def answer_conversation(
+    prompt: Prompt, *, salt: int = 0, max_retries: int = 2
+) -> Conversation[Answer]:
     from loopsim.schemas import degeneracy
 
     messages = prompt.as_langchain()
-    seed = int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
+    seed = _seed(prompt, salt)
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
-        reply = chat.complete(messages, None, seed=seed + attempt)
+        reply = yield Call(messages, None, seed + attempt)
         result.tokens_in += reply.tokens_in or 0
         result.tokens_out += reply.tokens_out or 0
         text = storable(reply.text).strip()

@@ -200,6 +200,69 @@ class Store:
         run.updated_at = utcnow()
         self.session.flush()
 
+    # ----------------------------------------------------------------------- leases
+
+    def db_now(self) -> dt.datetime:
+        """The database server's clock, in UTC. Leases expire by this clock alone, so
+        workers on machines whose clocks disagree still agree on who holds a run."""
+        if self.dialect == "postgresql":
+            value = self.session.scalar(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))
+        else:
+            value = dt.datetime.fromisoformat(
+                str(self.session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")))
+            )
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+    def claimable_runs(
+        self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
+    ) -> list[Run]:
+        """Running runs with no live lease (or a lease of ``owner``'s own, left by a
+        restart), oldest-touched first. PostgreSQL skips rows another worker is claiming
+        right now (``FOR UPDATE SKIP LOCKED``); SQLite's single writer makes that moot."""
+        stmt = (
+            select(Run)
+            .where(
+                Run.status == RunStatus.RUNNING,
+                or_(
+                    Run.lease_owner.is_(None),
+                    Run.lease_expires_at.is_(None),
+                    Run.lease_expires_at <= now,
+                    Run.lease_owner == owner,
+                ),
+            )
+            .order_by(Run.updated_at, Run.id)
+            .limit(limit)
+        )
+        if exclude:
+            stmt = stmt.where(Run.id.not_in(list(exclude)))
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        return list(self.session.scalars(stmt))
+
+    def failed_streak(self, run_id: str, limit: int) -> int:
+        """How many of the run's latest days, up to ``limit``, failed in a row."""
+        statuses = self.session.scalars(
+            select(Day.status)
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED)
+            .order_by(Day.index.desc())
+            .limit(limit)
+        ).all()
+        streak = 0
+        for status in statuses:
+            if status != DayStatus.FAILED:
+                break
+            streak += 1
+        return streak
+
+    def pending_checkins(self) -> int:
+        return int(
+            self.session.scalar(
+                select(func.count()).select_from(CheckIn).where(CheckIn.decision.is_(None))
+            )
+            or 0
+        )
+
     # ------------------------------------------------------------------------- days
 
     def next_day_index(self, run_id: str) -> int:

@@ -98,14 +98,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_a_dead_endpoint_is_one_clear_error_and_writes_nothing(database, spec):
-    settings = Settings(model_base_url=f"http://127.0.0.1:{free_port()}/v1", model_timeout=5)
+def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database, spec):
+    settings = Settings(
+        model_base_url=f"http://127.0.0.1:{free_port()}/v1",
+        model_timeout=5,
+        model_retries=2,
+        retry_initial_seconds=0.01,
+        max_failed_days=2,
+    )
     run_id = make_run(database, spec, model="openai:nothing-here")
     loop = Loop(database, settings, build_chat(settings))
-    with pytest.raises(ModelUnavailable, match="openai:nothing-here failed: .*Connection error"):
-        loop.run_days(run_id, 1)
+    (first,) = loop.run_days(run_id, 3)  # stops at the first failed day
+    assert first.status == DayStatus.FAILED and not first.run_failed
+    assert "openai:nothing-here failed after 3 attempts: OpenAIConnectionError" in first.error
+    (second,) = loop.run_days(run_id, 3)
+    assert second.run_failed
     with database.read() as session:
-        assert session.execute(text("SELECT count(*) FROM days")).scalar() == 0
+        rows = session.execute(text("SELECT status, error FROM days ORDER BY 1")).all()
+        assert [r[0] for r in rows] == ["failed", "failed"]
+        assert session.execute(text("SELECT count(*) FROM entries")).scalar() == 0
+        status, reason = session.execute(text("SELECT status, status_reason FROM runs")).one()
+    assert status == "failed" and reason.startswith("2 failed days in a row; day 2: model")
 
 
 def test_unknown_provider_is_named():

@@ -161,17 +161,22 @@ def test_verify_names_the_entry_edited_by_hand(cli, run_id, sqlite_url):
     assert "day 2, seq 3" in one_line_error(result)
 
 
-def test_failed_day_exits_non_zero_and_resume_continues(cli_factory, sqlite_url, run_id):
+def test_failed_days_exit_non_zero_then_fail_the_run_and_resume_continues(
+    cli_factory, sqlite_url, run_id
+):
     bad, _ = scripted_factory(['{"entries": []}'])
-    result = cli_factory(sqlite_url, bad)("run", "step", run_id, "--days", "3")
+    cli = cli_factory(sqlite_url, bad, max_failed_days=2)
+    result = cli("run", "step", run_id, "--days", "3")
+    assert result.exit_code == 1 and "run step" in last_error(result)
+    result = cli("run", "step", run_id, "--days", "3")
     assert result.exit_code == 1 and "run resume" in last_error(result)
     good, _ = scripted_factory()
     cli = cli_factory(sqlite_url, good)
-    assert cli("run", "step", run_id).exit_code == 1  # paused: refused
+    assert cli("run", "step", run_id).exit_code == 1  # failed: refused
     assert cli("run", "resume", run_id).exit_code == 0
     assert cli("run", "step", run_id).exit_code == 0
     days = json.loads(cli("run", "show", run_id, "--json").stdout)
-    assert (days["days_failed"], days["days_committed"], days["next_day"]) == (1, 1, 3)
+    assert (days["days_failed"], days["days_committed"], days["next_day"]) == (2, 1, 4)
 
 
 def test_record_show_strips_terminal_escapes(cli_factory, sqlite_url, run_id):

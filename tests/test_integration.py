@@ -43,7 +43,7 @@ def resume(database: Database, run_id: str) -> None:
     with database.write() as session:
         store = Store(session)
         run = store.get_run(run_id)
-        if run.status == RunStatus.PAUSED:
+        if run.status == RunStatus.FAILED:
             store.set_status(run, RunStatus.RUNNING)
 
 

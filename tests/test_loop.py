@@ -8,7 +8,7 @@ import pytest
 
 from loopsim.config import Settings
 from loopsim.db import Database
-from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.errors import ConcurrentWrite, InvalidState
 from loopsim.loop import Loop
 from loopsim.models import utcnow
 from loopsim.researcher import Researcher
@@ -92,7 +92,7 @@ def test_invalid_reply_is_retried_with_the_error_fed_back(database, spec):
     assert model.calls[1][0].text == model.calls[0][0].text  # same system prompt
 
 
-def test_still_invalid_records_a_failed_day_and_pauses(database, spec):
+def test_still_invalid_records_a_failed_day_and_fails_the_run_after_n(database, spec):
     run_id = make_run(database, spec)
     loop, model = loop_for(database, ['{"entries": []}'])
     (result,) = loop.run_days(run_id, 3)
@@ -104,7 +104,14 @@ def test_still_invalid_records_a_failed_day_and_pauses(database, spec):
         store = Store(session)
         run = store.get_run(run_id)
         assert store.list_entries(run_id) == []
-    assert run.status == RunStatus.PAUSED and "day 1 failed" in run.status_reason
+    assert run.status == RunStatus.RUNNING  # one failure is not yet a failed run
+    loop.run_days(run_id, 1)
+    (third,) = loop.run_days(run_id, 1)  # max_failed_days defaults to 3
+    assert third.run_failed
+    with database.read() as session:
+        run = Store(session).get_run(run_id)
+    assert run.status == RunStatus.FAILED
+    assert run.status_reason.startswith("3 failed days in a row; day 3: entries")
     with pytest.raises(InvalidState, match="run resume"):
         loop.run_days(run_id, 1)
 
@@ -144,12 +151,16 @@ def test_nul_bytes_and_control_characters_never_reach_an_entry(database, spec):
     assert "\x00" not in days_of(database, run_id)[0].raw_output
 
 
-def test_dead_endpoint_writes_nothing(database, spec):
+def test_dead_endpoint_records_a_failed_day_with_no_entries(database, spec):
     run_id = make_run(database, spec)
     loop, _ = loop_for(database, [ConnectionError("connection refused")])
-    with pytest.raises(ModelUnavailable, match="ConnectionError: connection refused"):
-        loop.run_days(run_id, 1)
-    assert days_of(database, run_id) == []
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED
+    assert result.error == "model scripted:test failed: ConnectionError: connection refused"
+    (day,) = days_of(database, run_id)
+    assert day.status == DayStatus.FAILED and day.raw_output == "" and day.worker == "cli"
+    with database.read() as session:
+        assert Store(session).list_entries(run_id) == []
 
 
 def test_a_second_writer_for_the_same_day_is_refused(database, spec):

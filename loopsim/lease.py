@@ -1,0 +1,122 @@
+"""Leases: which worker may step which run, for how long.
+
+A lease is three columns of ``runs``: an owner, an expiry and a generation. Every claim
+bumps the generation, and every write a worker makes for a run checks, in the same
+transaction and with the run row locked, that the owner and generation are still its own
+and that the lease has not expired. So:
+
+- two workers never hold one run at once (a claim only takes a run whose lease is free,
+  expired, or the claimant's own from before a restart);
+- a worker paused past its lease that wakes up can never write: its generation is stale,
+  or its lease has expired, and :func:`fence` refuses the transaction;
+- every expiry is read off the database's clock, never a worker's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import update
+
+from loopsim.db import Database
+from loopsim.errors import LeaseLost
+from loopsim.models import Run
+from loopsim.store import Store
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    owner: str
+    generation: int
+
+
+Fence = Callable[[Store, Run], None]
+"""Called inside a write transaction with the run row locked; raises to refuse it."""
+
+
+def fence(lease: Lease) -> Fence:
+    """A check that the lease is still live and still this one."""
+
+    def check(store: Store, run: Run) -> None:
+        now = store.db_now()
+        if run.lease_owner != lease.owner or run.lease_generation != lease.generation:
+            holder = run.lease_owner or "nobody"
+            raise LeaseLost(
+                f"run {run.id}: lease {lease.generation} of {lease.owner} was lost "
+                f"(now generation {run.lease_generation}, held by {holder}); nothing written"
+            )
+        if run.lease_expires_at is None or run.lease_expires_at <= now:
+            raise LeaseLost(
+                f"run {run.id}: lease {lease.generation} of {lease.owner} expired; nothing written"
+            )
+
+    return check
+
+
+def claim(
+    db: Database, owner: str, ttl: dt.timedelta, limit: int, exclude: Iterable[str] = ()
+) -> list[Lease]:
+    """Claim up to ``limit`` running runs that no live lease holds."""
+    if limit <= 0:
+        return []
+    with db.write() as session:
+        store = Store(session)
+        now = store.db_now()
+        runs = store.claimable_runs(owner, now, limit, tuple(exclude))
+        leases = []
+        for run in runs:
+            run.lease_owner = owner
+            run.lease_generation = (run.lease_generation or 0) + 1
+            run.lease_expires_at = now + ttl
+            leases.append(Lease(run.id, owner, run.lease_generation))
+        session.flush()
+        return leases
+
+
+def _mine(lease: Lease) -> list[object]:
+    return [
+        Run.id == lease.run_id,
+        Run.lease_owner == lease.owner,
+        Run.lease_generation == lease.generation,
+    ]
+
+
+def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Lease]:
+    """Extend live leases; return the ones that were lost (taken over or expired)."""
+    lost = []
+    with db.write() as session:
+        store = Store(session)
+        now = store.db_now()
+        for lease in leases:
+            result = session.execute(
+                update(Run)
+                .where(*_mine(lease), Run.lease_expires_at > now)  # type: ignore[arg-type]
+                .values(lease_expires_at=now + ttl)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                lost.append(lease)
+    return lost
+
+
+def release(db: Database, leases: Iterable[Lease]) -> None:
+    """Give leases back so another worker may claim the runs at once."""
+    leases = list(leases)
+    if not leases:
+        return
+    with db.write() as session:
+        for lease in leases:
+            session.execute(
+                update(Run)
+                .where(*_mine(lease))  # type: ignore[arg-type]
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+
+def live_holder(store: Store, run: Run) -> str | None:
+    """The worker holding a live lease on the run, if any."""
+    if run.lease_owner is None or run.lease_expires_at is None:
+        return None
+    return run.lease_owner if run.lease_expires_at > store.db_now() else None
