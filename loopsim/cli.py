@@ -508,3 +508,4 @@ def main() -> None:
 from loopsim import cli_checkin as _cli_checkin  # noqa: E402, F401
 from loopsim import cli_probe as _cli_probe  # noqa: E402, F401
 from loopsim import cli_record as _cli_record  # noqa: E402, F401
+from loopsim import cli_serve as _cli_serve  # noqa: E402, F401

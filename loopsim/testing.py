@@ -7,8 +7,11 @@ real one. Never use it for real runs.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,10 +58,49 @@ def default_reply(messages: list[BaseMessage]) -> str:
 
 
 class ScriptedChatModel(BaseChatModel):
-    """Replies from a script, in order; the last item repeats when the script runs out."""
+    """Replies from a script, in order; the last item repeats when the script runs out.
+
+    ``delay`` seconds pass before each reply (``asyncio.sleep`` on the async path, so a
+    service can cancel it). ``in_flight`` counts calls under way, by ``key_fn(messages)``,
+    and ``max_in_flight`` keeps the peak of each: tests use it to show that no two workers
+    ever step one run at once."""
 
     script: list[Any]
+    delay: float = 0.0
+    key_fn: Callable[[list[BaseMessage]], str] | None = None
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _in_flight: dict[str, int] = PrivateAttr(default_factory=dict)
+    _max_in_flight: dict[str, int] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def max_in_flight(self) -> dict[str, int]:
+        return dict(self._max_in_flight)
+
+    def _enter(self, messages: list[BaseMessage]) -> str:
+        key = self.key_fn(messages) if self.key_fn else ""
+        with self._lock:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            self._max_in_flight[key] = max(self._max_in_flight.get(key, 0), self._in_flight[key])
+        return key
+
+    def _leave(self, key: str) -> None:
+        with self._lock:
+            self._in_flight[key] -= 1
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        key = self._enter(messages)
+        try:
+            await asyncio.sleep(self.delay)
+            return self._reply(messages)
+        finally:
+            self._leave(key)
 
     @property
     def _llm_type(self) -> str:
@@ -75,8 +117,17 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        index = min(len(self._calls), len(self.script) - 1)
-        self._calls.append(list(messages))
+        key = self._enter(messages)
+        try:
+            time.sleep(self.delay)
+            return self._reply(messages)
+        finally:
+            self._leave(key)
+
+    def _reply(self, messages: list[BaseMessage]) -> ChatResult:
+        with self._lock:
+            index = min(len(self._calls), len(self.script) - 1)
+            self._calls.append(list(messages))
         item = self.script[index]
         if isinstance(item, BaseException):
             raise item
@@ -126,10 +177,10 @@ def add_day(
 
 
 def scripted_factory(
-    script: Sequence[Any] = (default_reply,),
+    script: Sequence[Any] = (default_reply,), **options: Any
 ) -> tuple[ChatFactory, ScriptedChatModel]:
     """A chat factory that always hands out one scripted model, and that model."""
-    model = ScriptedChatModel(script=list(script))
+    model = ScriptedChatModel(script=list(script), **options)
 
     def factory(model_id: str, spec: ModelSpec, max_tokens: int) -> ChatHandle:
         return ChatHandle(model_id, model, structured="none", version="scripted-1")

@@ -1,0 +1,97 @@
+"""``loopsim serve``: the long-running worker, and ``loopsim run start``, which queues a
+created run for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from loopsim.cli import RunArg, _app, _set_status, app, run_app
+from loopsim.errors import SpecError
+from loopsim.schemas import RunStatus
+from loopsim.service import Service, ServiceConfig, configure_logging, default_worker_id
+
+
+def _parse_http(value: str) -> tuple[str, int | None]:
+    if value.lower() in ("", "off", "none"):
+        return "127.0.0.1", None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SpecError(f"--http wants HOST:PORT or 'off', not {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Runs stepped at once.")
+    ] = 4,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-id",
+            help="Name of this worker in leases and logs [default: HOST:PID]. Give a stable "
+            "one to take back this worker's own runs at once after a restart.",
+            show_default=False,
+        ),
+    ] = None,
+    http: Annotated[
+        str,
+        typer.Option(
+            help="Where to serve /metrics and /healthz, HOST:PORT (port 0 picks one), or off."
+        ),
+    ] = "127.0.0.1:9464",
+    lease_seconds: Annotated[
+        float, typer.Option(min=1.0, help="Lease length; renewed every third of it.")
+    ] = 30.0,
+    poll_seconds: Annotated[
+        float, typer.Option(min=0.05, help="How often to look for runs to claim.")
+    ] = 1.0,
+    grace_seconds: Annotated[
+        float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long days in flight get.")
+    ] = 10.0,
+    log_format: Annotated[str, typer.Option(help="text or json (one object per line).")] = "text",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Step every running run, day by day, until SIGTERM or SIGINT.
+
+    Claims runs through leases, so any number of `loopsim serve` processes may share one
+    database. Check-in decisions and `run pause|resume|halt` take effect at the next day
+    boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
+    to commit, abandons the rest without a trace, releases its leases and exits 0."""
+    a = _app(ctx)
+    if log_format not in ("text", "json"):
+        raise SpecError(f"--log-format is text or json, not {log_format!r}")
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SpecError(f"--log-level is debug, info, warning or error, not {log_level!r}")
+    host, port = _parse_http(http)
+    configure_logging(log_format, log_level)
+    config = ServiceConfig(
+        worker_id=worker_id or default_worker_id(),
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        poll_seconds=poll_seconds,
+        grace_seconds=grace_seconds,
+        http_host=host,
+        http_port=port,
+    )
+    service = Service(a.open_db(), a.settings, a.chats(), config, similarity=a.similarity())
+    asyncio.run(service.serve())
+    # A model call on a thread (the embedded model) cannot be interrupted; its day is
+    # already abandoned and its lease released, so do not wait for it to finish.
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+@run_app.command("start")
+def run_start(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Mark a created run running, so that `loopsim serve` picks it up."""
+    _set_status(ctx, run_ref, {RunStatus.CREATED}, RunStatus.RUNNING, None)

@@ -1,0 +1,663 @@
+"""``loopsim serve``: a long-running worker that steps many runs, day by day.
+
+One asyncio event loop supervises up to ``concurrency`` runs at once:
+
+- it **claims** runs in ``running`` state through leases (:mod:`loopsim.lease`), polling
+  every ``poll_seconds``, so a run resumed or a check-in decided from the CLI is picked
+  up within about that long;
+- each claimed run gets a task that steps days until the run stops being steppable
+  (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
+  service stops; status changes made by a human take effect at the next day boundary;
+- a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
+  cancels its task, and the fence refuses anything that task still tries to write;
+- model calls run on the event loop (``ainvoke``); database work runs on a small thread
+  pool of its own, so a slow model can never starve the heartbeat.
+
+Shutdown (SIGTERM or SIGINT): stop claiming, give the days in flight ``grace_seconds`` to
+commit, cancel the rest (a cancelled day leaves no trace: a day is one transaction, and
+the fence refuses a write after its lease is released), release every lease, exit 0. A
+second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from loopsim import drift
+from loopsim import lease as leases
+from loopsim.chat import ChatFactory, ChatHandle
+from loopsim.config import Settings
+from loopsim.db import Database
+from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
+from loopsim.lease import Lease
+from loopsim.loop import Loop
+from loopsim.models import utcnow
+from loopsim.schemas import DayStatus, RunSpec
+from loopsim.store import Store
+
+log = logging.getLogger("loopsim.service")
+T = TypeVar("T")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class ServiceConfig:
+    worker_id: str = field(default_factory=default_worker_id)
+    concurrency: int = 4
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    grace_seconds: float = 10.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 9464  # None: no HTTP endpoint
+
+
+class Metrics:
+    """Prometheus metrics of one service, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.days = Counter("loopsim_days", "Days written, by status.", ["status"], registry=r)
+        self.day_seconds = Histogram(
+            "loopsim_day_seconds",
+            "Wall time of one day, from planning to commit.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.retries = Counter(
+            "loopsim_model_retries", "Model calls retried after an endpoint fault.", registry=r
+        )
+        self.tokens = Counter(
+            "loopsim_tokens", "Model tokens, in and out.", ["direction"], registry=r
+        )
+        self.leases = Gauge("loopsim_leases_held", "Runs this worker holds a lease on.", registry=r)
+        self.leases_lost = Counter("loopsim_leases_lost", "Leases found lost.", registry=r)
+        self.checkins_pending = Gauge(
+            "loopsim_checkins_pending", "Check-ins waiting for a human (all runs).", registry=r
+        )
+        self.checkins_opened = Counter(
+            "loopsim_checkins_opened", "Check-ins this worker opened.", registry=r
+        )
+        self.runs_failed = Counter(
+            "loopsim_runs_failed", "Runs marked failed after failed days in a row.", registry=r
+        )
+        self.webhooks = Counter(
+            "loopsim_webhooks", "Webhook deliveries, by outcome.", ["outcome"], registry=r
+        )
+        for status in (DayStatus.COMMITTED, DayStatus.FAILED):
+            self.days.labels(status=status)
+        for direction in ("in", "out"):
+            self.tokens.labels(direction=direction)
+        for outcome in ("sent", "failed"):
+            self.webhooks.labels(outcome=outcome)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Webhook:
+    """POSTs a JSON payload, with a timeout and retries, off the day's path."""
+
+    def __init__(self, url: str, metrics: Metrics, *, timeout: float = 5.0, attempts: int = 4):
+        self.url = url
+        self.metrics = metrics
+        self.timeout = timeout
+        self.attempts = attempts
+
+    @staticmethod
+    def _worth_retrying(exc: BaseException) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError):
+            return exc.response.status_code == 429 or exc.response.status_code >= 500
+        return isinstance(exc, httpx.TransportError)
+
+    async def send(self, payload: dict[str, Any]) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(self._worth_retrying),
+                    stop=stop_after_attempt(self.attempts),
+                    wait=wait_random_exponential(multiplier=0.5, max=10),
+                    reraise=True,
+                ):
+                    with attempt:
+                        response = await client.post(self.url, json=payload)
+                        response.raise_for_status()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.metrics.webhooks.labels(outcome="failed").inc()
+            log.warning(
+                "webhook to %s failed: %s",
+                _redact(self.url),
+                type(exc).__name__,
+                extra={"event": "webhook.failed"},
+            )
+            return False
+        self.metrics.webhooks.labels(outcome="sent").inc()
+        return True
+
+
+def _redact(url: str) -> str:
+    """A URL fit for a log line: no user, password or query string (tokens live there)."""
+    try:
+        parsed = httpx.URL(url)
+        return str(parsed.copy_with(username=None, password=None, query=None))
+    except Exception:
+        return "(webhook url)"
+
+
+class _Http:
+    """/metrics and /healthz on a thread of their own, so they answer even when busy."""
+
+    def __init__(self, service: Service, host: str, port: int) -> None:
+        handler = functools.partial(_Handler, service)
+        try:
+            self.server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise LoopsimError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def __init__(self, service: Service, *args: Any) -> None:
+        self.service = service
+        super().__init__(*args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/metrics":
+            self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
+        elif self.path in ("/healthz", "/health"):
+            health = self.service.health()
+            code = 200 if health["status"] == "ok" else 503
+            self._send(code, json.dumps(health).encode(), "application/json")
+        else:
+            self._send(404, b'{"error": "not found"}', "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Service:
+    """Claims runs and steps them until told to stop."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        chat_factory: ChatFactory,
+        config: ServiceConfig | None = None,
+        *,
+        similarity: drift.Similarity = drift.lexical_similarity,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.config = config or ServiceConfig()
+        self.metrics = Metrics()
+        self.loop = Loop(db, settings, self._counted(chat_factory), similarity)
+        self.webhook = Webhook(settings.webhook_url, self.metrics) if settings.webhook_url else None
+        self.held: dict[str, Lease] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()
+        self._deadline: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._started = time.monotonic()
+        self._ready = False
+        self.http: _Http | None = None
+        self._db_pool = ThreadPoolExecutor(
+            max_workers=max(2, min(8, self.config.concurrency + 1)),
+            thread_name_prefix="loopsim-db",
+        )
+
+    @property
+    def worker(self) -> str:
+        return self.config.worker_id
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _counted(self, factory: ChatFactory) -> ChatFactory:
+        def build(model_id: str, spec: Any, max_tokens: int) -> ChatHandle:
+            handle = factory(model_id, spec, max_tokens)
+
+            def on_retry(exc: BaseException, wait: float) -> None:
+                self.metrics.retries.inc()
+                log.info(
+                    "model %s: %s; retrying in %.1f s",
+                    model_id,
+                    type(exc).__name__,
+                    wait,
+                    extra={"event": "model.retry", "model": model_id, "wait_s": round(wait, 2)},
+                )
+
+            handle.on_retry = on_retry
+            return handle
+
+        return build
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping"
+            if self._stopping.is_set()
+            else "ok"
+            if self._ready
+            else "starting",
+            "worker": self.config.worker_id,
+            "leases": len(self.held),
+            "concurrency": self.config.concurrency,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+
+    def request_stop(self) -> None:
+        """First call: stop claiming and let days in flight finish. Second: abandon them."""
+        if self._stopping.is_set():
+            self._abandon.set()
+            log.info("second stop request: abandoning days in flight", extra={"event": "stop"})
+            return
+        self._stopping.set()
+        log.info(
+            "stopping: no new claims; days in flight get %.0f s",
+            self.config.grace_seconds,
+            extra={"event": "stop"},
+        )
+
+    # --------------------------------------------------------------------- serve
+
+    async def serve(self, *, install_signals: bool = True) -> None:
+        """Run until :meth:`request_stop` (or SIGTERM/SIGINT)."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        if self.config.http_port is not None:
+            self.http = _Http(self, self.config.http_host, self.config.http_port)
+            self.http.start()
+            log.info(
+                "metrics and health on %s",
+                self.http.address,
+                extra={"event": "http.listening", "address": self.http.address},
+            )
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        log.info(
+            "worker %s serving %s with concurrency %d",
+            self.config.worker_id,
+            self.db.where,
+            self.config.concurrency,
+            extra={"event": "serve.start", "worker": self.config.worker_id},
+        )
+        self._ready = True
+        try:
+            await self._supervise()
+        finally:
+            await self._shutdown(heartbeat)
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _supervise(self) -> None:
+        ttl = dt.timedelta(seconds=self.config.lease_seconds)
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                await self._reap()
+                free = self.config.concurrency - len(self._tasks)
+                if free > 0:
+                    try:
+                        claimed = await self._db(
+                            leases.claim,
+                            self.db,
+                            self.config.worker_id,
+                            ttl,
+                            free,
+                            list(self._tasks),
+                        )
+                    except LoopsimError as exc:
+                        log.warning("claim failed: %s", exc.message, extra={"event": "claim.error"})
+                        claimed = []
+                    for lease in claimed:
+                        self._start(lease)
+                await asyncio.wait(
+                    {stop_wait, *self._tasks.values()},
+                    timeout=self.config.poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            stop_wait.cancel()
+
+    def _start(self, lease: Lease) -> None:
+        self.held[lease.run_id] = lease
+        self._deadline[lease.run_id] = time.monotonic() + self.config.lease_seconds
+        self.metrics.leases.set(len(self.held))
+        log.info(
+            "claimed run %s (lease %d)",
+            lease.run_id,
+            lease.generation,
+            extra={"event": "lease.claimed", "run_id": lease.run_id, "lease": lease.generation},
+        )
+        self._tasks[lease.run_id] = asyncio.ensure_future(self._drive(lease))
+
+    async def _reap(self) -> None:
+        """Release the leases of runs whose tasks have ended."""
+        done = [run_id for run_id, task in self._tasks.items() if task.done()]
+        if not done:
+            return
+        for run_id in done:
+            task = self._tasks.pop(run_id)
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "run %s task crashed",
+                    run_id,
+                    exc_info=task.exception(),
+                    extra={"event": "run.crashed", "run_id": run_id},
+                )
+        await self._release([self.held[r] for r in done if r in self.held])
+
+    async def _release(self, held: list[Lease]) -> None:
+        mine = [lease for lease in held if lease.run_id not in self._lost]
+        try:
+            await self._db(leases.release, self.db, mine)
+        except LoopsimError as exc:  # they expire on their own
+            log.warning("release failed: %s", exc.message, extra={"event": "lease.error"})
+        for lease in held:
+            self.held.pop(lease.run_id, None)
+            self._deadline.pop(lease.run_id, None)
+            self._lost.discard(lease.run_id)
+        self.metrics.leases.set(len(self.held))
+
+    async def _heartbeat(self) -> None:
+        ttl = dt.timedelta(seconds=self.config.lease_seconds)
+        while True:
+            await asyncio.sleep(self.config.lease_seconds / 3)
+            held = [lease for run_id, lease in self.held.items() if run_id not in self._lost]
+            asked = time.monotonic()
+            try:
+                lost = await self._db(leases.renew, self.db, held, ttl) if held else []
+                pending = await self._db(self._pending_checkins)
+            except LoopsimError as exc:
+                log.warning("heartbeat failed: %s", exc.message, extra={"event": "lease.error"})
+                continue
+            self.metrics.checkins_pending.set(pending)
+            gone = {lease.run_id for lease in lost}
+            for lease in held:
+                if lease.run_id in gone:
+                    self._lose(lease.run_id, "the heartbeat found it taken over or expired")
+                else:
+                    self._deadline[lease.run_id] = asked + self.config.lease_seconds
+
+    def _pending_checkins(self) -> int:
+        with self.db.read() as session:
+            return Store(session).pending_checkins()
+
+    def _lose(self, run_id: str, why: str) -> None:
+        if run_id in self._lost:
+            return
+        self._lost.add(run_id)
+        self.metrics.leases_lost.inc()
+        log.warning(
+            "lease on run %s lost: %s",
+            run_id,
+            why,
+            extra={"event": "lease.lost", "run_id": run_id},
+        )
+        task = self._tasks.get(run_id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _shutdown(self, heartbeat: asyncio.Task[None]) -> None:
+        self._stopping.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            abandon: asyncio.Future[Any] = asyncio.ensure_future(self._abandon.wait())
+            finished: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(
+                {abandon, finished},
+                timeout=self.config.grace_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            abandon.cancel()
+            unfinished = [t for t in tasks if not t.done()]
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if unfinished:
+                log.info(
+                    "abandoned %d days in flight; nothing of them was written",
+                    len(unfinished),
+                    extra={"event": "stop.abandoned"},
+                )
+        await self._reap()
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        if self._background:  # webhooks get a moment, never the whole grace period
+            await asyncio.wait(self._background, timeout=2)
+        if self.http is not None:
+            self.http.stop()
+        self._db_pool.shutdown(wait=True)
+        log.info("stopped; all leases released", extra={"event": "serve.stop"})
+
+    # ---------------------------------------------------------------- one run
+
+    def _still_mine(self, lease: Lease) -> None:
+        if lease.run_id in self._lost or time.monotonic() >= self._deadline.get(lease.run_id, 0):
+            raise LeaseLost(f"run {lease.run_id}: lease not renewed in time")
+
+    async def _drive(self, lease: Lease) -> None:
+        """Step one run until it stops being steppable, its lease is lost, or we stop."""
+        fence = leases.fence(lease)
+        run_id = lease.run_id
+        ctx = {"run_id": run_id, "worker": self.config.worker_id}
+        try:
+            while not self._stopping.is_set():
+                self._still_mine(lease)
+                began = time.perf_counter()
+                try:
+                    planned = await self._db(self.loop.plan, run_id)
+                except InvalidState as exc:  # paused, halted, awaiting a human: let go
+                    log.info(
+                        "run %s let go: %s", run_id, exc.message, extra={**ctx, "event": "run.idle"}
+                    )
+                    return
+                if planned is None:
+                    await self._db(self.loop.complete, run_id, fence)
+                    log.info("run %s completed", run_id, extra={**ctx, "event": "run.completed"})
+                    return
+                started = utcnow()
+                try:
+                    researcher = self.loop.researcher(planned)
+                except ModelUnavailable as exc:  # cannot even build it: a person must look
+                    await self._db(self._fail_run, run_id, fence, exc.message)
+                    return
+                try:
+                    outcome = await researcher.awork(planned.prompt, salt=planned.index)
+                except ModelUnavailable as exc:
+                    outcome = Loop.unreachable(exc, researcher.chat.version)
+                self._still_mine(lease)
+                result = await self._db(
+                    self.loop.commit,
+                    planned,
+                    outcome,
+                    started,
+                    fence=fence,
+                    worker=self.config.worker_id,
+                    generation=lease.generation,
+                )
+                self._account(result, time.perf_counter() - began, ctx)
+                if result.run_failed:
+                    self.metrics.runs_failed.inc()
+                    return
+                if result.status != DayStatus.COMMITTED:
+                    continue
+                opened = await asyncio.to_thread(self.loop.open_due_checkin, run_id, fence)
+                if opened is not None:
+                    self._opened(opened, run_id, planned.spec, ctx)
+                    return
+        except LeaseLost as exc:
+            self._lose(run_id, exc.message)
+        except ConcurrentWrite as exc:
+            log.warning("%s", exc.message, extra={**ctx, "event": "day.conflict"})
+        except LoopsimError as exc:  # the database is busy or gone: let go, claim later
+            log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
+
+    def _account(self, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
+        self.metrics.days.labels(status=result.status).inc()
+        self.metrics.day_seconds.observe(seconds)
+        self.metrics.tokens.labels(direction="in").inc(result.tokens_in)
+        self.metrics.tokens.labels(direction="out").inc(result.tokens_out)
+        extra = {
+            **ctx,
+            "event": f"day.{result.status}",
+            "day": result.index,
+            "latency_ms": result.latency_ms,
+            "entries": result.entries,
+        }
+        if result.status == DayStatus.COMMITTED:
+            log.info("run %s day %d committed", ctx["run_id"], result.index, extra=extra)
+        else:
+            log.warning(
+                "run %s day %d failed: %s",
+                ctx["run_id"],
+                result.index,
+                result.error,
+                extra={**extra, "error": result.error},
+            )
+
+    def _fail_run(self, run_id: str, fence: leases.Fence, reason: str) -> None:
+        from loopsim.schemas import RunStatus
+
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(run_id, lock=True)
+            fence(store, run)
+            store.set_status(run, RunStatus.FAILED, reason[:1000])
+        self.metrics.runs_failed.inc()
+        log.error(
+            "run %s failed: %s", run_id, reason, extra={"event": "run.failed", "run_id": run_id}
+        )
+
+    def _opened(self, checkin_id: int, run_id: str, spec: RunSpec, ctx: dict[str, Any]) -> None:
+        self.metrics.checkins_opened.inc()
+        log.info(
+            "run %s waits for check-in %d",
+            run_id,
+            checkin_id,
+            extra={**ctx, "event": "checkin.opened", "checkin_id": checkin_id},
+        )
+        if self.webhook is not None:
+            self._spawn(self.webhook.send(self._checkin_payload(checkin_id, run_id)))
+
+    def _checkin_payload(self, checkin_id: int, run_id: str) -> dict[str, Any]:
+        with self.db.read() as session:
+            store = Store(session)
+            checkin = store.get_checkin(checkin_id)
+            run = store.get_run(run_id)
+            return {
+                "event": "checkin.opened",
+                "checkin_id": checkin.id,
+                "run_id": run.id,
+                "run_name": run.name,
+                "reason": checkin.reason,
+                "first_day": checkin.first_day_index,
+                "last_day": checkin.last_day_index,
+                "opened_at": checkin.opened_at.isoformat(),
+                "worker": self.config.worker_id,
+                "review": f"loopsim checkin review {checkin.id}",
+            }
+
+
+# ------------------------------------------------------------------------- logging
+
+_FIELDS = (
+    "event",
+    "run_id",
+    "day",
+    "worker",
+    "checkin_id",
+    "lease",
+    "latency_ms",
+    "entries",
+    "error",
+    "model",
+    "wait_s",
+    "address",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _FIELDS:
+            if hasattr(record, key):
+                payload[key] = getattr(record, key)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("loopsim")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,145 @@
+"""Leases on both databases: claims, expiry by the database clock, fencing, release."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from loopsim import lease
+from loopsim.errors import InvalidState, LeaseLost
+from loopsim.loop import Loop
+from loopsim.models import Day, Run, utcnow
+from loopsim.schemas import RunStatus
+from loopsim.store import Store
+from loopsim.testing import scripted_factory
+from tests.conftest import make_run
+
+TTL = dt.timedelta(seconds=30)
+
+
+def make_running(database, spec, n=1) -> list[str]:
+    ids = []
+    for _ in range(n):
+        run_id = make_run(database, spec)
+        with database.write() as session:
+            store = Store(session)
+            store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+        ids.append(run_id)
+    return ids
+
+
+def expire(database, run_id) -> None:
+    """Move the lease's expiry into the past, as if its worker froze past it."""
+    with database.write() as session:
+        run = Store(session).get_run(run_id)
+        run.lease_expires_at = Store(session).db_now() - dt.timedelta(seconds=1)
+
+
+def test_database_clock_is_utc_and_moves(any_db):
+    with any_db.read() as session:
+        first = Store(session).db_now()
+    time.sleep(0.02)
+    with any_db.read() as session:
+        second = Store(session).db_now()
+    assert first.tzinfo == dt.UTC and second > first
+    assert abs((first - utcnow()).total_seconds()) < 5  # same machine, same clock here
+
+
+def test_a_claimed_run_is_not_claimed_again_until_released(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (a,) = lease.claim(any_db, "worker-a", TTL, 5)
+    assert (a.run_id, a.owner, a.generation) == (run_id, "worker-a", 1)
+    assert lease.claim(any_db, "worker-b", TTL, 5) == []
+    lease.release(any_db, [a])
+    (b,) = lease.claim(any_db, "worker-b", TTL, 5)
+    assert (b.owner, b.generation) == ("worker-b", 2)
+
+
+def test_only_running_runs_are_claimed(any_db, spec):
+    make_run(any_db, spec)  # created, not started
+    (paused,) = make_running(any_db, spec)
+    with any_db.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(paused), RunStatus.PAUSED)
+    assert lease.claim(any_db, "w", TTL, 5) == []
+
+
+def test_claim_respects_its_limit_and_exclusions(any_db, spec):
+    ids = make_running(any_db, spec, 3)
+    first = lease.claim(any_db, "w", TTL, 2)
+    assert len(first) == 2
+    # A restarted worker with the same id may take its own runs back at once, but a live
+    # worker excludes the runs it is already stepping.
+    again = lease.claim(any_db, "w", TTL, 5, exclude=[x.run_id for x in first])
+    assert [x.run_id for x in again] == [i for i in ids if i not in {x.run_id for x in first}]
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    factory, _ = scripted_factory()
+    loop = Loop(any_db, _settings(), factory)
+    (old,) = lease.claim(any_db, "sleepy", TTL, 1)
+    planned = loop.plan(run_id)
+    outcome = loop.researcher(planned).work(planned.prompt, salt=planned.index)
+    expire(any_db, run_id)  # "sleepy" froze past its lease...
+    (new,) = lease.claim(any_db, "awake", TTL, 1)
+    assert new.generation == old.generation + 1
+    # ...and wakes up with a finished day in hand: it must not be written.
+    with pytest.raises(LeaseLost, match="lost"):
+        loop.commit(planned, outcome, utcnow(), fence=lease.fence(old), worker="sleepy")
+    with any_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Day)) == 0
+    assert lease.renew(any_db, [old], TTL) == [old]  # its heartbeat finds out too
+    loop.commit(planned, outcome, utcnow(), fence=lease.fence(new), worker="awake")
+    with any_db.read() as session:
+        (day,) = session.scalars(select(Day)).all()
+    assert (day.worker, day.lease_generation) == ("awake", None)
+
+
+def test_an_expired_lease_fences_its_holder_even_if_nobody_took_over(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (held,) = lease.claim(any_db, "w", TTL, 1)
+    expire(any_db, run_id)
+    with any_db.write() as session, pytest.raises(LeaseLost, match="expired"):
+        store = Store(session)
+        lease.fence(held)(store, store.get_run(run_id))
+
+
+def test_renew_extends_by_the_database_clock(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (held,) = lease.claim(any_db, "w", dt.timedelta(seconds=5), 1)
+    assert lease.renew(any_db, [held], dt.timedelta(seconds=600)) == []
+    with any_db.read() as session:
+        store = Store(session)
+        left = store.get_run(run_id).lease_expires_at - store.db_now()
+    assert dt.timedelta(seconds=590) < left <= dt.timedelta(seconds=600)
+
+
+def test_cli_step_refuses_a_run_a_worker_holds(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    lease.claim(any_db, "service-1", TTL, 1)
+    factory, model = scripted_factory()
+    with pytest.raises(InvalidState, match="being stepped by worker service-1"):
+        Loop(any_db, _settings(), factory).run_days(run_id, 1)
+    assert model.calls == []
+    with any_db.read() as session:
+        assert Store(session).get_run(run_id).lease_owner == "service-1"
+
+
+def test_release_leaves_a_lease_taken_over_by_another_alone(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (old,) = lease.claim(any_db, "a", TTL, 1)
+    expire(any_db, run_id)
+    lease.claim(any_db, "b", TTL, 1)
+    lease.release(any_db, [old])
+    with any_db.read() as session:
+        assert session.get(Run, run_id).lease_owner == "b"
+
+
+def _settings():
+    from loopsim.config import Settings
+
+    return Settings()

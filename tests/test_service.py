@@ -1,0 +1,288 @@
+"""`loopsim serve`'s Service, in-process, on SQLite and PostgreSQL, with a scripted model
+at the langchain seam. The HTTP, subprocess and crash tests live in test_serve_*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from loopsim.config import Settings
+from loopsim.errors import ModelUnavailable
+from loopsim.models import Day, Run
+from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.service import Service, ServiceConfig
+from loopsim.store import Store
+from loopsim.testing import default_reply, scripted_factory
+from tests.conftest import SPEC, make_run
+
+
+def spec_for(agenda: str, days: int = 4, **checkins: Any):
+    data = {**SPEC, "charter": {"agenda": agenda}, "budget": {"days": days}}
+    if checkins:
+        data["checkins"] = checkins
+    return parse_spec(data)
+
+
+def agenda_of(messages) -> str:
+    """Which run a prompt belongs to: the spec's agenda is in the view."""
+    text = messages[-1].text
+    return next(line for line in text.splitlines() if line.startswith("Study "))
+
+
+def start_runs(database, n: int, days: int = 4, **checkins: Any) -> list[str]:
+    ids = []
+    for i in range(n):
+        run_id = make_run(database, spec_for(f"Study number {i} of the bees.", days, **checkins))
+        with database.write() as session:
+            store = Store(session)
+            store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+        ids.append(run_id)
+    return ids
+
+
+def config(worker: str = "w1", **kw: Any) -> ServiceConfig:
+    base = {"concurrency": 4, "lease_seconds": 3.0, "poll_seconds": 0.05, "grace_seconds": 5.0}
+    return ServiceConfig(worker_id=worker, **{"http_port": None, **base, **kw})
+
+
+async def serve_until(
+    services: list[Service], done: Callable[[], bool], timeout: float = 30.0
+) -> None:
+    tasks = [asyncio.ensure_future(s.serve(install_signals=False)) for s in services]
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError("the service did not get there in time")
+            for task in tasks:
+                if task.done():
+                    task.result()
+            await asyncio.sleep(0.05)
+    finally:
+        for service in services:
+            service.request_stop()
+        await asyncio.gather(*tasks)
+
+
+def statuses(database) -> dict[str, str]:
+    with database.read() as session:
+        return {r.id: r.status for r in session.scalars(select(Run))}
+
+
+def days_by_run(database) -> dict[str, list[Day]]:
+    out: dict[str, list[Day]] = {}
+    with database.read() as session:
+        for day in session.scalars(select(Day).order_by(Day.run_id, Day.index)):
+            out.setdefault(day.run_id, []).append(day)
+    return out
+
+
+def test_serves_runs_to_completion_and_releases_its_leases(any_db):
+    ids = start_runs(any_db, 3, days=4)
+    factory, model = scripted_factory(delay=0.01, key_fn=agenda_of)
+    service = Service(any_db, Settings(), factory, config(concurrency=2))
+    done = lambda: set(statuses(any_db).values()) == {RunStatus.COMPLETED}  # noqa: E731
+    asyncio.run(serve_until([service], done))
+    days = days_by_run(any_db)
+    for run_id in ids:
+        assert [d.index for d in days[run_id]] == [1, 2, 3, 4]
+        assert {d.status for d in days[run_id]} == {DayStatus.COMMITTED}
+        assert {d.worker for d in days[run_id]} == {"w1"}
+        assert all(d.lease_generation for d in days[run_id])
+    with any_db.read() as session:
+        assert all(r.lease_owner is None for r in session.scalars(select(Run)))
+        assert all(Store(session).verify_chain(i).ok for i in ids)
+    assert max(model.max_in_flight.values()) == 1
+    metrics = service.metrics.render().decode()
+    assert 'loopsim_days_total{status="committed"} 12.0' in metrics
+    assert "loopsim_leases_held 0.0" in metrics
+    assert 'loopsim_tokens_total{direction="out"}' in metrics
+
+
+def test_two_services_never_step_one_run_at_once(any_db):
+    ids = start_runs(any_db, 6, days=5)
+    factory, model = scripted_factory(delay=0.02, key_fn=agenda_of)
+    services = [
+        Service(any_db, Settings(), factory, config("w1", concurrency=3)),
+        Service(any_db, Settings(), factory, config("w2", concurrency=3)),
+    ]
+    done = lambda: set(statuses(any_db).values()) == {RunStatus.COMPLETED}  # noqa: E731
+    asyncio.run(serve_until(services, done, timeout=60))
+    days = days_by_run(any_db)
+    assert all([d.index for d in days[i]] == [1, 2, 3, 4, 5] for i in ids)
+    assert {d.worker for run in days.values() for d in run} == {"w1", "w2"}
+    assert set(model.max_in_flight.values()) == {1}, model.max_in_flight
+
+
+def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
+    good_id, bad_id = start_runs(any_db, 2, days=3)
+    with any_db.write() as session:
+        session.get(Run, bad_id).model = "scripted:broken"
+    good, _ = scripted_factory()
+    broken, _ = scripted_factory([ConnectionError("connection reset by peer")])
+
+    def factory(model_id, spec, max_tokens):
+        return (broken if model_id == "scripted:broken" else good)(model_id, spec, max_tokens)
+
+    service = Service(any_db, Settings(max_failed_days=2), factory, config())
+    done = lambda: (
+        statuses(any_db)
+        == {  # noqa: E731
+            good_id: RunStatus.COMPLETED,
+            bad_id: RunStatus.FAILED,
+        }
+    )
+    asyncio.run(serve_until([service], done))
+    with any_db.read() as session:
+        run = session.get(Run, bad_id)
+    assert run.status_reason.startswith("2 failed days in a row; day 2: model scripted:broken")
+    assert [d.status for d in days_by_run(any_db)[bad_id]] == [DayStatus.FAILED] * 2
+    assert "loopsim_runs_failed_total 1.0" in service.metrics.render().decode()
+
+
+def test_a_model_that_cannot_be_built_fails_the_run_with_the_reason(any_db):
+    (run_id,) = start_runs(any_db, 1)
+
+    def factory(model_id, spec, max_tokens):
+        raise ModelUnavailable("provider 'nope' needs its langchain package")
+
+    service = Service(any_db, Settings(), factory, config())
+    asyncio.run(serve_until([service], lambda: statuses(any_db)[run_id] == RunStatus.FAILED))
+    with any_db.read() as session:
+        assert "needs its langchain package" in session.get(Run, run_id).status_reason
+
+
+def test_pause_takes_effect_at_the_day_boundary_and_resume_is_noticed(any_db):
+    (run_id,) = start_runs(any_db, 1, days=50)
+    factory, _ = scripted_factory(delay=0.1)
+    service = Service(any_db, Settings(), factory, config(poll_seconds=0.5))
+
+    def set_status(status):
+        with any_db.write() as session:
+            store = Store(session)
+            store.set_status(store.get_run(run_id, lock=True), status)
+
+    def count() -> int:
+        return len(days_by_run(any_db).get(run_id, []))
+
+    async def scenario() -> dict[str, float]:
+        task = asyncio.ensure_future(service.serve(install_signals=False))
+        while count() < 2:
+            await asyncio.sleep(0.02)
+        set_status(RunStatus.PAUSED)
+        paused_at = count()
+        await asyncio.sleep(1.0)
+        after_pause = count()
+        held_while_paused = dict(service.held)
+        set_status(RunStatus.RUNNING)
+        resumed = time.monotonic()
+        while count() <= after_pause:
+            await asyncio.sleep(0.02)
+        noticed = time.monotonic() - resumed
+        service.request_stop()
+        await task
+        return {
+            "paused_at": paused_at,
+            "after_pause": after_pause,
+            "noticed": noticed,
+            "held": len(held_while_paused),
+        }
+
+    seen = asyncio.run(scenario())
+    # At most the day in flight when the pause landed was committed after it.
+    assert seen["after_pause"] - seen["paused_at"] <= 1
+    assert seen["held"] == 0  # the paused run's lease was given back
+    assert seen["noticed"] < 2.0
+
+
+def test_stop_abandons_a_day_in_flight_without_a_trace(any_db):
+    (run_id,) = start_runs(any_db, 1)
+    factory, model = scripted_factory(delay=30)
+    service = Service(any_db, Settings(), factory, config(grace_seconds=0.2))
+
+    async def scenario() -> float:
+        task = asyncio.ensure_future(service.serve(install_signals=False))
+        while not model.max_in_flight:
+            await asyncio.sleep(0.02)
+        began = time.monotonic()
+        service.request_stop()
+        await task
+        return time.monotonic() - began
+
+    took = asyncio.run(scenario())
+    assert took < 3.0
+    assert days_by_run(any_db) == {}
+    with any_db.read() as session:
+        run = session.get(Run, run_id)
+    assert (run.status, run.lease_owner) == (RunStatus.RUNNING, None)
+
+
+def test_a_check_in_posts_a_webhook_and_the_run_waits(any_db):
+    from tests.test_serve_http import WebhookSink
+
+    (run_id,) = start_runs(any_db, 1, days=20, every_days=2, spot_check_probability=0.0)
+    factory, _ = scripted_factory()
+    with WebhookSink(fail_first=1) as sink:
+        settings = Settings(webhook_url=sink.url + "?token=secret-in-query")
+        service = Service(any_db, settings, factory, config())
+        asyncio.run(serve_until([service], lambda: len(sink.received) == 1))
+    (payload,) = sink.received
+    assert payload["event"] == "checkin.opened" and payload["run_id"] == run_id
+    assert payload["review"] == f"loopsim checkin review {payload['checkin_id']}"
+    assert sink.attempts == 2  # the first POST got a 503 and was retried
+    assert statuses(any_db)[run_id] == RunStatus.AWAITING_CHECKIN
+    assert len(days_by_run(any_db)[run_id]) == 2
+
+
+def test_healthz_and_metrics_over_http(any_db):
+    start_runs(any_db, 1, days=2)
+    factory, _ = scripted_factory()
+    service = Service(any_db, Settings(), factory, config(http_port=0))
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        if service.http is None or statuses(any_db) != {
+            next(iter(statuses(any_db))): RunStatus.COMPLETED
+        }:
+            return False
+        seen["health"] = httpx.get(service.http.address + "/healthz").json()
+        seen["metrics"] = httpx.get(service.http.address + "/metrics").text
+        seen["missing"] = httpx.get(service.http.address + "/nope").status_code
+        return True
+
+    asyncio.run(serve_until([service], done))
+    assert seen["health"]["status"] == "ok" and seen["health"]["worker"] == "w1"
+    assert 'loopsim_days_total{status="committed"} 2.0' in seen["metrics"]
+    assert "loopsim_day_seconds_bucket" in seen["metrics"]
+    assert seen["missing"] == 404
+    assert service.http.address.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("reply", [default_reply])
+def test_lost_lease_cancels_the_day_and_writes_nothing(any_db, reply):
+    (run_id,) = start_runs(any_db, 1)
+    factory, model = scripted_factory([reply], delay=1.5)
+    service = Service(any_db, Settings(), factory, config(lease_seconds=3.0))
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(service.serve(install_signals=False))
+        while not model.max_in_flight:
+            await asyncio.sleep(0.02)
+        with any_db.write() as session:  # another worker takes the run over
+            run = session.get(Run, run_id)
+            run.lease_owner, run.lease_generation = "usurper", run.lease_generation + 1
+        await asyncio.sleep(2.5)  # the heartbeat (every 1 s) notices; the day is dropped
+        service.request_stop()
+        await task
+
+    asyncio.run(scenario())
+    assert days_by_run(any_db) == {}
+    assert "loopsim_leases_lost_total 1.0" in service.metrics.render().decode()
+    with any_db.read() as session:
+        assert session.get(Run, run_id).lease_owner == "usurper"
