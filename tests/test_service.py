@@ -131,13 +131,8 @@ def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
         return (broken if model_id == "scripted:broken" else good)(model_id, spec, max_tokens)
 
     service = Service(any_db, Settings(max_failed_days=2), factory, config())
-    done = lambda: (
-        statuses(any_db)
-        == {  # noqa: E731
-            good_id: RunStatus.COMPLETED,
-            bad_id: RunStatus.FAILED,
-        }
-    )
+    expected = {good_id: RunStatus.COMPLETED, bad_id: RunStatus.FAILED}
+    done = lambda: statuses(any_db) == expected  # noqa: E731
     asyncio.run(serve_until([service], done))
     with any_db.read() as session:
         run = session.get(Run, bad_id)
