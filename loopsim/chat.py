@@ -67,6 +67,8 @@ def status_of(exc: BaseException) -> int | None:
 def is_transient(exc: BaseException) -> bool:
     """Would the same call, asked again, plausibly succeed?"""
     status = status_of(exc)
+    if status is not None and status < 300:  # a success whose body was cut or garbled
+        return True
     if status is not None:
         return status in RETRY_STATUSES or status >= 500
     if isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError):
@@ -173,6 +175,8 @@ class ChatHandle:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
+        if status is not None and status < 300:
+            what = f"unreadable reply (HTTP {status})"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return ModelUnavailable(f"model {self.model_id} failed{tries}: {what}: {detail}"[:500])
 

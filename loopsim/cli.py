@@ -38,6 +38,7 @@ from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
 from loopsim.export import safe_text, to_markdown, write_atomically
+from loopsim.lease import live_holder
 from loopsim.loop import DayResult, Loop
 from loopsim.models import Run
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
@@ -222,7 +223,7 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
         "next_day": store.next_day_index(run.id),
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
-        "worker": run.lease_owner,
+        "worker": live_holder(store, run),
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
     }

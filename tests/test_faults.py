@@ -1,0 +1,129 @@
+"""Endpoint faults, through the real langchain-openai client, against a fault-injecting
+OpenAI-compatible server on 127.0.0.1 (loopsim.stubserver). Only the peer is fake."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import select
+
+from loopsim.chat import build_chat
+from loopsim.config import Settings
+from loopsim.loop import Loop
+from loopsim.models import Day, Run
+from loopsim.schemas import DayStatus, RunStatus
+from loopsim.service import Service, ServiceConfig
+from loopsim.store import Store
+from loopsim.stubserver import StubOpenAI
+from tests.conftest import make_run
+
+MODEL = "openai:stub-model"
+
+
+def settings_for(url: str, **kw) -> Settings:
+    base = {
+        "model_base_url": url,
+        "model_timeout": 1.0,
+        "model_retries": 8,
+        "retry_initial_seconds": 0.01,
+        "retry_max_seconds": 5.0,
+    }
+    return Settings(**{**base, **kw})
+
+
+def only_day(database) -> Day:
+    with database.read() as session:
+        (day,) = session.scalars(select(Day)).all()
+        return day
+
+
+def test_every_transient_fault_is_retried_and_the_day_commits(database, spec):
+    faults = ["429", "500", "502", "503", "truncate", "invalid_json", "reset", "stall"]
+    with StubOpenAI(faults=faults, retry_after=0.05, stall_seconds=3) as stub:
+        settings = settings_for(stub.base_url)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED, result.error
+    assert stub.served == {**dict.fromkeys(faults, 1), "ok": 1}
+    day = only_day(database)
+    assert day.tokens_in and day.tokens_out and day.latency_ms >= 1000  # the stall timed out
+
+
+def test_retry_after_is_honoured(database, spec):
+    with StubOpenAI(faults=["429"], retry_after=1.0) as stub:
+        settings = settings_for(stub.base_url)
+        run_id = make_run(database, spec, model=MODEL)
+        began = time.monotonic()
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+        took = time.monotonic() - began
+    assert result.status == DayStatus.COMMITTED
+    assert took >= 1.0  # backoff alone would have waited about 0.01 s
+
+
+def test_a_client_error_is_not_retried(database, spec):
+    with StubOpenAI(faults=["400"]) as stub:
+        settings = settings_for(stub.base_url)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED
+    assert "HTTP 400" in result.error and "attempts" not in result.error
+    assert sum(stub.served.values()) == 1
+
+
+def test_retries_are_bounded_and_the_reason_is_recorded(database, spec):
+    with StubOpenAI(fault_fn=lambda n, body: "503") as stub:
+        settings = settings_for(stub.base_url, model_retries=2)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert stub.served == {"503": 3}
+    assert (
+        result.error
+        == f"model {MODEL} failed after 3 attempts: HTTP 503: "
+        + (result.error.split("HTTP 503: ", 1)[1])
+    )
+    day = only_day(database)
+    assert day.status == DayStatus.FAILED and day.error == result.error
+
+
+@pytest.mark.parametrize("fault_every", [3])
+def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every):
+    ids = [make_run(any_db, spec, model=MODEL) for _ in range(4)]
+    with any_db.write() as session:
+        store = Store(session)
+        for run_id in ids:
+            run = store.get_run(run_id)
+            run.spec = {**run.spec, "budget": {**run.spec["budget"], "days": 3}}
+            store.set_status(run, RunStatus.RUNNING)
+
+    def fault(n: int, body: dict) -> str | None:
+        return ("429", "503", "reset")[n % 3] if n % fault_every == 0 else None
+
+    with StubOpenAI(fault_fn=fault, retry_after=0.05, latency=0.02) as stub:
+        settings = settings_for(stub.base_url)
+        config = ServiceConfig(
+            worker_id="w", concurrency=4, lease_seconds=5, poll_seconds=0.05, http_port=None
+        )
+        service = Service(any_db, settings, build_chat(settings), config)
+
+        async def go() -> None:
+            task = asyncio.ensure_future(service.serve(install_signals=False))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with any_db.read() as session:
+                    if {r.status for r in session.scalars(select(Run))} == {"completed"}:
+                        break
+                await asyncio.sleep(0.1)
+            service.request_stop()
+            await task
+
+        asyncio.run(go())
+    with any_db.read() as session:
+        days = session.scalars(select(Day)).all()
+        assert {r.status for r in session.scalars(select(Run))} == {RunStatus.COMPLETED}
+    assert len(days) == 12 and {d.status for d in days} == {DayStatus.COMMITTED}
+    faults = sum(v for k, v in stub.served.items() if k != "ok")
+    assert faults >= 4
+    metrics = service.metrics.render().decode()
+    assert f"loopsim_model_retries_total {float(faults)}" in metrics

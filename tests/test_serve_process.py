@@ -1,0 +1,290 @@
+"""`loopsim serve` as a real process: SIGTERM, SIGKILL at random moments, SIGSTOP past
+its lease, two workers on one database, and the CLI deciding while it runs. The model is
+a real OpenAI-compatible HTTP server on 127.0.0.1 (loopsim.stubserver), reached through
+langchain-openai."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from loopsim import db as dbmod
+from loopsim.models import Day, Run
+from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.store import Store
+from loopsim.stubserver import StubOpenAI
+from tests.conftest import SPEC
+
+MODEL = "openai:stub-model"
+TRIALS = int(os.environ.get("LOOPSIM_CRASH_TRIALS", "20"))
+
+
+def agenda_key(body: dict) -> str:
+    text = body["messages"][-1]["content"]
+    return next((ln for ln in text.splitlines() if ln.startswith("Study ")), "?")
+
+
+@pytest.fixture
+def stub() -> Iterator[StubOpenAI]:
+    with StubOpenAI(latency=0.15, key_fn=agenda_key) as server:
+        yield server
+
+
+def create_runs(url: str, n: int, days: int, **checkins) -> list[str]:
+    database = dbmod.Database.open(url)
+    ids = []
+    try:
+        for i in range(n):
+            data = {**SPEC, "charter": {"agenda": f"Study number {i} of the bees."}}
+            data["budget"] = {"days": days}
+            if checkins:
+                data["checkins"] = checkins
+            with database.write() as session:
+                store = Store(session)
+                run = store.create_run(parse_spec(data), name=f"r{i}", model=MODEL)
+                store.set_status(run, RunStatus.RUNNING)
+                ids.append(run.id)
+    finally:
+        database.dispose()
+    return ids
+
+
+class Worker:
+    def __init__(self, url: str, stub: StubOpenAI, log: Path, *args: str) -> None:
+        env = {
+            **os.environ,
+            "LOOPSIM_DATABASE_URL": url,
+            "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+            "LOOPSIM_RETRY_INITIAL_SECONDS": "0.05",
+            "LOOPSIM_MODEL_TIMEOUT": "5",
+        }
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loopsim",
+                "serve",
+                "--http",
+                "off",
+                "--log-format",
+                "json",
+                "--poll-seconds",
+                "0.1",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("ab"),
+        )
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def events(self) -> list[dict]:
+        return [
+            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
+        ]
+
+
+def snapshot(url: str) -> tuple[dict[str, list[Day]], dict[str, Run]]:
+    database = dbmod.Database.open(url)
+    try:
+        with database.read() as session:
+            days: dict[str, list[Day]] = {}
+            stmt = select(Day).options(selectinload(Day.entries))
+            for day in session.scalars(stmt.order_by(Day.run_id, Day.index)):
+                days.setdefault(day.run_id, []).append(day)
+            runs = {r.id: r for r in session.scalars(select(Run))}
+            for run_id in runs:
+                verified = Store(session).verify_chain(run_id)
+                assert verified.ok, verified.broken
+        return days, runs
+    finally:
+        database.dispose()
+
+
+def assert_whole(days: dict[str, list[Day]]) -> None:
+    """No gap, no duplicate, and every committed day has its entries."""
+    for run_days in days.values():
+        assert [d.index for d in run_days] == list(range(1, len(run_days) + 1))
+        for day in run_days:
+            assert day.status != DayStatus.COMMITTED or len(day.entries) > 0
+        generations = [d.lease_generation for d in run_days]
+        assert generations == sorted(generations), "a stale lease wrote after a newer one"
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def committed(url: str) -> int:
+    days, _ = snapshot(url)
+    return sum(d.status == DayStatus.COMMITTED for run in days.values() for d in run)
+
+
+def test_sigterm_finishes_or_abandons_and_exits_zero_within_the_bound(any_url, stub, tmp_path):
+    create_runs(any_url, 3, days=50)
+    worker = Worker(any_url, stub, tmp_path / "w.log", "--grace-seconds", "2")
+    try:
+        wait_for(lambda: committed(any_url) >= 4, 60, "four days")
+        began = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+        took = time.monotonic() - began
+    finally:
+        worker.kill()
+    assert took < 2 + 5
+    days, runs = snapshot(any_url)
+    assert_whole(days)
+    assert all(r.lease_owner is None and r.status == RunStatus.RUNNING for r in runs.values())
+    events = {e["event"] for e in worker.events()}
+    assert {"serve.start", "lease.claimed", "day.committed", "stop", "serve.stop"} <= events
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(any_url, stub, tmp_path):
+    ids = create_runs(any_url, 3, days=10_000)
+    rng = random.Random(int(os.environ.get("LOOPSIM_CRASH_SEED", "7")))
+    seen = 0
+    for trial in range(TRIALS):
+        worker = Worker(
+            any_url, stub, tmp_path / "w.log", "--worker-id", "crashy", "--concurrency", "3"
+        )
+        time.sleep(rng.uniform(0.5, 2.5))
+        worker.kill()
+        days, runs = snapshot(any_url)
+        assert_whole(days)
+        total = sum(len(v) for v in days.values())
+        assert total >= seen, f"trial {trial}: days went missing"
+        seen = total
+    assert seen > 0, "no trial ever committed a day"
+    # A restart carries on where the last kill left off.
+    worker = Worker(any_url, stub, tmp_path / "w.log", "--worker-id", "crashy")
+    try:
+        wait_for(lambda: committed(any_url) >= seen + 3, 60, "days after the restart")
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(timeout=15)
+    days, _ = snapshot(any_url)
+    assert_whole(days)
+    assert set(days) <= set(ids)
+
+
+def test_a_worker_frozen_past_its_lease_never_writes(any_url, stub, tmp_path):
+    ids = create_runs(any_url, 2, days=10_000)
+    a = Worker(any_url, stub, tmp_path / "a.log", "--worker-id", "a", "--lease-seconds", "2")
+    b = None
+    try:
+        wait_for(lambda: committed(any_url) >= 2, 60, "worker a's first days")
+        a.signal(signal.SIGSTOP)
+        b = Worker(any_url, stub, tmp_path / "b.log", "--worker-id", "b", "--lease-seconds", "2")
+        wait_for(
+            lambda: {d.worker for run in snapshot(any_url)[0].values() for d in run} >= {"b"},
+            60,
+            "worker b to take over",
+        )
+        a.signal(signal.SIGCONT)
+        time.sleep(3)  # a wakes with a stale lease and possibly a finished day in hand
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.signal(signal.SIGCONT)
+                w.signal(signal.SIGTERM)
+                w.wait(timeout=15)
+    days, runs = snapshot(any_url)
+    assert_whole(days)  # includes: generations never go backwards
+    assert set(stub.max_in_flight_per_key.values()) <= {1, 2}
+    a_events = {e["event"] for e in a.events()}
+    assert "lease.lost" in a_events or all(
+        d.worker == "b" for run in days.values() for d in run if d.lease_generation > 1
+    )
+    assert set(runs) == set(ids)
+
+
+def test_two_workers_share_runs_and_never_step_one_at_once(any_url, stub, tmp_path):
+    ids = create_runs(any_url, 6, days=6)
+    workers = [
+        Worker(any_url, stub, tmp_path / f"{name}.log", "--worker-id", name, "--concurrency", "3")
+        for name in ("one", "two")
+    ]
+    try:
+        wait_for(lambda: committed(any_url) == 36, 120, "all 36 days")
+    finally:
+        for w in workers:
+            w.signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(timeout=15) == 0
+    days, runs = snapshot(any_url)
+    assert_whole(days)
+    assert {r.status for r in runs.values()} == {RunStatus.COMPLETED}
+    assert {d.worker for run in days.values() for d in run} == {"one", "two"}
+    assert set(stub.max_in_flight_per_key.values()) == {1}, stub.max_in_flight_per_key
+    assert len(ids) == len(days)
+
+
+def test_cli_decisions_and_pause_reach_a_running_service(any_url, tmp_path):
+    (run_id,) = create_runs(any_url, 1, days=50, every_days=4, spot_check_probability=0.0)
+    stub = StubOpenAI(latency=0.6).__enter__()  # days slower than the CLI starts up
+    worker = Worker(any_url, stub, tmp_path / "w.log")
+    env = {**os.environ, "LOOPSIM_DATABASE_URL": any_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loopsim", *args], env=env, capture_output=True, text=True
+        )
+
+    def status() -> str:
+        return snapshot(any_url)[1][run_id].status
+
+    try:
+        wait_for(lambda: status() == RunStatus.AWAITING_CHECKIN, 60, "the first check-in")
+        listed = json.loads(cli("checkin", "list", "--pending", "--json").stdout)
+        decided = cli("checkin", "decide", str(listed[0]["id"]), "--approve")
+        assert decided.returncode == 0, decided.stderr
+        began = time.monotonic()
+        wait_for(lambda: committed(any_url) >= 3, 30, "a day after approval")
+        assert time.monotonic() - began < 2.0 + 0.6  # noticed within ~2 s, plus one day
+        paused = cli("run", "pause", run_id)
+        assert paused.returncode == 0, paused.stderr
+        time.sleep(1.5)
+        frozen = committed(any_url)
+        time.sleep(1.0)
+        assert committed(any_url) == frozen  # paused at a day boundary
+        shown = json.loads(cli("run", "list", "--json").stdout)
+        assert shown[0]["worker"] is None and shown[0]["status"] == "paused"
+        assert cli("run", "resume", run_id).returncode == 0
+        wait_for(lambda: committed(any_url) > frozen, 10, "the resumed run")
+        shown = json.loads(cli("run", "list", "--json").stdout)
+        assert shown[0]["worker"] is not None or shown[0]["status"] != "running"
+        assert cli("run", "halt", run_id).returncode == 0
+        time.sleep(1.0)
+        assert status() == RunStatus.HALTED
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(timeout=15)
+        stub.stop()
+    assert "database is locked" not in (tmp_path / "w.log").read_text()
+    assert_whole(snapshot(any_url)[0])
