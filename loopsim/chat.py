@@ -138,7 +138,7 @@ class ChatHandle:
     ) -> None:
         self.model_id = model_id
         self.model = model
-        self.structured = structured  # "llamacpp" | "openai" | "none"
+        self.structured = structured  # "llamacpp" | "openai" | "openai-json-object" | "none"
         self.version = version or model_id
         self.retry = retry or RetryPolicy(attempts=1)
         self.on_retry: OnRetry | None = None
@@ -155,6 +155,8 @@ class ChatHandle:
                 "type": "json_schema",
                 "json_schema": {"name": "DayReport", "schema": schema},
             }
+        elif self.structured == "openai-json-object" and schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
         return kwargs
 
     def _retrying_options(self) -> dict[str, Any]:
@@ -287,6 +289,10 @@ def _init_langchain(
     elif base_url and provider == "openai":
         # Local OpenAI-compatible servers want some key, and never check it.
         kwargs["api_key"] = "not-needed"
+    if base_url and provider == "openai" and "extra_body" not in kwargs:
+        # langchain-openai sends the cap as max_completion_tokens, which some compatible
+        # servers (llama-cpp-python's among them) ignore: send the older name as well.
+        kwargs["extra_body"] = {"max_tokens": max_tokens}
     try:
         model = init_chat_model(model_id, **kwargs)
     except ImportError as exc:
@@ -297,7 +303,12 @@ def _init_langchain(
     except Exception as exc:  # the model seam
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailable(f"cannot build model {model_id}: {first}"[:500]) from None
-    structured = "openai" if provider == "openai" else "none"
+    structured = "none"
+    if provider == "openai":
+        form = spec.response_format or settings.response_format
+        structured = {"json_schema": "openai", "json_object": "openai-json-object"}.get(
+            form, "none"
+        )
     policy = RetryPolicy(
         attempts=settings.model_retries + 1,
         initial=settings.retry_initial_seconds,

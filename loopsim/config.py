@@ -6,6 +6,8 @@ the CLI builds one :class:`Settings` and hands it down.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +29,11 @@ class Settings(BaseSettings):
     )
     model_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama)."
+    )
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        "json_schema",
+        description="How OpenAI-compatible servers are asked for JSON: json_schema (OpenAI, "
+        "vLLM), json_object (llama-cpp-python's server), or none.",
     )
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."

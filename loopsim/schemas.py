@@ -109,6 +109,10 @@ class ModelSpec(_Strict):
     base_url: str | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     repeat_penalty: float = Field(1.15, ge=1, le=2)
+    # How an OpenAI-compatible server is asked for JSON: OpenAI's "json_schema"; the
+    # "json_object" form with a "schema" key that llama-cpp-python's server and some others
+    # take instead; or "none" (the reply is validated either way). None: the setting.
+    response_format: Literal["json_schema", "json_object", "none"] | None = None
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("name")
