@@ -23,6 +23,12 @@ BEES = "Colonies follow the longest dances, so distance and nectar quality trade
 ROCKETS = "Rocket engines and orbital mechanics are what matter most; bees are irrelevant."
 
 
+@pytest.fixture
+def database(any_db):
+    """Every check-in test here runs on SQLite and on PostgreSQL."""
+    return any_db
+
+
 def spec_with(**checkins: Any) -> RunSpec:
     data = json.loads(json.dumps(SPEC))
     data["checkins"] = {

@@ -27,6 +27,12 @@ GOOD = report_json(
 DIGITS = report_json(("note", "Numbers", "1234567890 1234567890 1234567890 1234567890"))
 
 
+@pytest.fixture
+def database(any_db):
+    """Every loop test here runs on SQLite and on PostgreSQL."""
+    return any_db
+
+
 def loop_for(database: Database, script=(default_reply,), **settings):
     factory, model = scripted_factory(script)
     return Loop(database, Settings(**settings), factory), model
@@ -70,7 +76,7 @@ def test_equal_records_give_byte_equal_prompts_in_or_out_of_one_process(database
     loop_a, _ = loop_for(database)
     loop_a.run_days(run_a, 3)
     for _ in range(3):
-        fresh_db = Database.open(str(database.url.database))
+        fresh_db = Database.open(database.url.render_as_string(hide_password=False))
         loop_b, _ = loop_for(fresh_db)
         loop_b.run_days(run_b, 1)
         fresh_db.dispose()

@@ -1,0 +1,302 @@
+"""Throughput and overhead of `loopsim serve`, printed as Markdown tables.
+
+1. Days per second for C concurrent runs against a loopback OpenAI-compatible stub
+   (loopsim.stubserver) with a fixed latency, through the real langchain-openai client,
+   against the ideal C / latency.
+2. One `loopsim serve` process against two, on one PostgreSQL database.
+3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
+   in-process model, at 10^2 and 10^5 entries in the record.
+4. The same day loop in LangGraph with its SQLite checkpointer, measured in the same run
+   (needs the `bench` extra).
+
+    python benchmarks/service_bench.py [--window 8] [--skip-pg] [--skip-langgraph]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from loopsim import db as dbmod
+from loopsim.chat import build_chat
+from loopsim.config import Settings
+from loopsim.loop import Loop
+from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.service import Service, ServiceConfig
+from loopsim.store import EntryInput, Store
+from loopsim.stubserver import StubOpenAI
+from loopsim.testing import add_day, scripted_factory
+
+PG_ADMIN = os.environ.get(
+    "LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+SPEC = {
+    "persona": {"name": "Bench", "background": "A benchmark persona."},
+    "charter": {"agenda": "How do colonies weigh nectar quality against distance?"},
+    "time": {"policy": "fixed", "anchor": "2025-06-02"},
+    "budget": {"days": 1_000_000},
+    "checkins": {"every_days": 100_000, "spot_check_probability": 0.0},
+}
+
+
+def committed(database: dbmod.Database) -> int:
+    with database.read() as session:
+        return int(
+            session.scalar(
+                sa.text("SELECT count(*) FROM days WHERE status = :s"), {"s": DayStatus.COMMITTED}
+            )
+            or 0
+        )
+
+
+def seed_runs(database: dbmod.Database, n: int) -> None:
+    spec = parse_spec(SPEC)
+    with database.write() as session:
+        store = Store(session)
+        for i in range(n):
+            run = store.create_run(spec, name=f"bench-{i}", model="openai:stub-model")
+            store.set_status(run, RunStatus.RUNNING)
+
+
+# ------------------------------------------------------------------ 1. throughput
+
+
+async def _measure(service: Service, database: dbmod.Database, warmup: float, window: float):
+    task = asyncio.ensure_future(service.serve(install_signals=False))
+    await asyncio.sleep(warmup)
+    before, began = committed(database), time.perf_counter()
+    await asyncio.sleep(window)
+    after, took = committed(database), time.perf_counter() - began
+    service.request_stop()
+    await task
+    return (after - before) / took
+
+
+def throughput(concurrency: int, latency: float, window: float, url: str | None = None) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = url or str(Path(tmp) / "bench.db")
+        dbmod.upgrade(url)
+        database = dbmod.Database.open(url)
+        seed_runs(database, concurrency)
+        with StubOpenAI(latency=latency) as stub:
+            settings = Settings(model_base_url=stub.base_url, model_timeout=60)
+            config = ServiceConfig(
+                worker_id="bench",
+                concurrency=concurrency,
+                poll_seconds=0.2,
+                http_port=None,
+                lease_seconds=60,
+            )
+            service = Service(database, settings, build_chat(settings), config)
+            warmup = max(2.0, 2 * latency)
+            rate = asyncio.run(_measure(service, database, warmup, window))
+        database.dispose()
+        return rate
+
+
+# --------------------------------------------------------------- 2. two workers
+
+
+def pg_database() -> str:
+    name = f"loopsim_bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def workers_on_pg(n_workers: int, runs: int, concurrency: int, latency: float, window: float):
+    url = pg_database()
+    try:
+        dbmod.upgrade(url)
+        database = dbmod.Database.open(url)
+        seed_runs(database, runs)
+        with StubOpenAI(latency=latency) as stub:
+            env = {
+                **os.environ,
+                "LOOPSIM_DATABASE_URL": url,
+                "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+            }
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "loopsim",
+                        "serve",
+                        "--http",
+                        "off",
+                        "--worker-id",
+                        f"w{i}",
+                        "--concurrency",
+                        str(concurrency),
+                        "--poll-seconds",
+                        "0.2",
+                        "--log-level",
+                        "warning",
+                    ],
+                    env=env,
+                )
+                for i in range(n_workers)
+            ]
+            try:
+                time.sleep(4)
+                before, began = committed(database), time.perf_counter()
+                time.sleep(window)
+                rate = (committed(database) - before) / (time.perf_counter() - began)
+            finally:
+                for proc in procs:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in procs:
+                    proc.wait(timeout=30)
+        database.dispose()
+        return rate
+    finally:
+        drop_pg(url)
+
+
+# ---------------------------------------------------------------- 3. overhead
+
+
+def overhead(entries: int, days: int = 20) -> float:
+    """Milliseconds per day with an instant model, on a record of ``entries`` entries."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = str(Path(tmp) / "overhead.db")
+        dbmod.upgrade(url)
+        database = dbmod.Database.open(url)
+        spec = parse_spec(SPEC)
+        with database.write() as session:
+            store = Store(session)
+            run = store.create_run(spec, name="overhead", model="scripted:instant")
+            run_id = run.id
+            for index in range(1, entries // 5 + 1):
+                items = [
+                    EntryInput("note", f"Note {index}.{k}", f"Forager count {index} {k} at patch.")
+                    for k in range(5)
+                ]
+                add_day(store, run_id, index, items)
+        factory, _ = scripted_factory()
+        loop = Loop(database, Settings(), factory)
+        loop.start(run_id)
+        loop.step(run_id)  # warm caches
+        times = []
+        for _ in range(days):
+            began = time.perf_counter()
+            loop.step(run_id)
+            loop.open_due_checkin(run_id)
+            times.append(time.perf_counter() - began)
+        database.dispose()
+        return statistics.median(times) * 1000
+
+
+# --------------------------------------------------------------- 4. langgraph
+
+
+def langgraph_overhead(entries: int, days: int = 20) -> float | None:
+    """The same day (read the log, call an instant model, append its entries) as a
+    LangGraph node looping on itself, state checkpointed by SqliteSaver after each step."""
+    try:
+        import sqlite3
+        from typing import TypedDict
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, StateGraph
+    except ImportError:
+        return None
+    from langchain_core.messages import HumanMessage
+
+    factory, model = scripted_factory()
+
+    class State(TypedDict):
+        log: list[str]
+        day: int
+        until: int
+
+    def researcher(state: State) -> dict[str, Any]:
+        view = "\n".join(state["log"][-60:])  # a bounded view, like loopsim's
+        reply = model.invoke([HumanMessage(f"{view}\n\nToday's date is 2025-06-02.")])
+        return {"log": [*state["log"], reply.text], "day": state["day"] + 1}
+
+    graph = StateGraph(State)
+    graph.add_node("researcher", researcher)
+    graph.set_entry_point("researcher")
+    graph.add_conditional_edges(
+        "researcher", lambda s: END if s["day"] >= s["until"] else "researcher"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(str(Path(tmp) / "lg.db"), check_same_thread=False)
+        app = graph.compile(checkpointer=SqliteSaver(conn))
+        cfg = {"configurable": {"thread_id": "bench"}, "recursion_limit": days * 4 + 10}
+        seed = [f"Note {i}: forager count at patch {i}." for i in range(entries)]
+        app.invoke({"log": seed, "day": 0, "until": 1}, cfg)  # warm up, write the seed
+        began = time.perf_counter()
+        app.invoke({"day": 0, "until": days}, cfg)
+        took = time.perf_counter() - began
+        conn.close()
+        return took / days * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--window", type=float, default=8.0, help="seconds measured per row")
+    parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument("--skip-langgraph", action="store_true")
+    parser.add_argument("--skip-1024", action="store_true")
+    args = parser.parse_args()
+
+    print("### Days per second, one worker, SQLite, loopback stub\n")
+    print("| C | latency | days/s | ideal C/latency | of ideal |")
+    print("|---:|---:|---:|---:|---:|")
+    cases = [(1, 0.05), (8, 0.05), (64, 0.05), (256, 0.05)]
+    if not args.skip_1024:
+        cases.append((1024, 2.0))
+    for c, latency in cases:
+        window = max(args.window, 3 * latency)
+        rate = throughput(c, latency, window)
+        ideal = c / latency
+        print(f"| {c} | {latency * 1000:.0f} ms | {rate:.1f} | {ideal:.0f} | {rate / ideal:.0%} |")
+        sys.stdout.flush()
+
+    if not args.skip_pg:
+        print("\n### One worker against two, PostgreSQL, 64 runs, 50 ms stub\n")
+        print("| workers | concurrency each | days/s |")
+        print("|---:|---:|---:|")
+        for n in (1, 2):
+            rate = workers_on_pg(n, runs=64, concurrency=64 // n, latency=0.05, window=args.window)
+            print(f"| {n} | {64 // n} | {rate:.1f} |")
+            sys.stdout.flush()
+
+    print("\n### Orchestrator overhead per day, instant model, SQLite\n")
+    print("| entries in record | loopsim ms/day | LangGraph + SqliteSaver ms/day |")
+    print("|---:|---:|---:|")
+    for size in (100, 100_000):
+        ours = overhead(size)
+        theirs = None if args.skip_langgraph else langgraph_overhead(size)
+        shown = "not installed" if theirs is None else f"{theirs:.1f}"
+        print(f"| {size:,} | {ours:.1f} | {shown} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
