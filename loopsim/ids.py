@@ -10,6 +10,7 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+LENGTH = 26
 
 
 def new_id(now_ms: int | None = None) -> str:
@@ -17,7 +18,7 @@ def new_id(now_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     value = (ms << 80) | secrets.randbits(80)
     chars = []
-    for _ in range(26):
+    for _ in range(LENGTH):
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))

@@ -181,7 +181,10 @@ class Store:
         ref = ref.strip().lower()
         if len(ref) < 4:
             raise NotFound(f"run id {ref!r} is too short; give at least 4 characters")
-        stmt = select(Run).where(Run.id.startswith(ref, autoescape=True)).limit(2)
+        if len(ref) == ids.LENGTH:  # a whole id: the primary key, not a LIKE scan
+            stmt = select(Run).where(Run.id == ref)
+        else:
+            stmt = select(Run).where(Run.id.startswith(ref, autoescape=True)).limit(2)
         if lock and self.dialect == "postgresql":
             stmt = stmt.with_for_update()
         found = list(self.session.scalars(stmt))

@@ -40,15 +40,25 @@ def only_day(database) -> Day:
 
 
 def test_every_transient_fault_is_retried_and_the_day_commits(database, spec):
-    faults = ["429", "500", "502", "503", "truncate", "invalid_json", "reset", "stall"]
+    faults = [
+        "429",
+        "500",
+        "502",
+        "503",
+        "truncate",
+        "invalid_json",
+        "reset",
+        "stall",
+        "stall_body",
+    ]
     with StubOpenAI(faults=faults, retry_after=0.05, stall_seconds=3) as stub:
-        settings = settings_for(stub.base_url)
+        settings = settings_for(stub.base_url, model_retries=len(faults))
         run_id = make_run(database, spec, model=MODEL)
         (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
     assert result.status == DayStatus.COMMITTED, result.error
     assert stub.served == {**dict.fromkeys(faults, 1), "ok": 1}
     day = only_day(database)
-    assert day.tokens_in and day.tokens_out and day.latency_ms >= 1000  # the stall timed out
+    assert day.tokens_in and day.tokens_out and day.latency_ms >= 2000  # both stalls timed out
 
 
 def test_retry_after_is_honoured(database, spec):
