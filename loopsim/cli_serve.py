@@ -82,9 +82,15 @@ def serve(
         http_port=port,
     )
     service = Service(a.open_db(), a.settings, a.chats(), config, similarity=a.similarity())
-    asyncio.run(service.serve())
-    # A model call on a thread (the embedded model) cannot be interrupted; its day is
-    # already abandoned and its lease released, so do not wait for it to finish.
+    # Not asyncio.run: it would wait for every executor thread, and a call into the
+    # embedded model on a thread cannot be interrupted. Its day is already abandoned and
+    # its lease released, so the process exits without waiting for it.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(service.serve())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the default executor down without waiting
     if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -165,3 +165,50 @@ def test_ctrl_c_finishes_the_day_in_flight_then_stops(tmp_path, spec):
         assert [d.index for d in days] == list(range(1, len(days) + 1))
         assert store.verify_chain(run_id).ok
     database.dispose()
+
+
+def test_serve_sigterm_abandons_an_embedded_generation_within_the_bound(tmp_path, spec):
+    """The embedded model generates on a thread that cannot be interrupted: SIGTERM must
+    still exit 0 within grace + a few seconds, releasing the lease, writing nothing half."""
+    db = tmp_path / "int.db"
+    assert cli(db, "db", "upgrade").returncode == 0
+    database = Database.open(str(db))
+    run_id = make_run(database, spec, model=MODEL)
+    resume(database, run_id)
+    with database.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loopsim",
+            "--db",
+            str(db),
+            "serve",
+            "--http",
+            "off",
+            "--grace-seconds",
+            "0.5",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(6)  # the model is loaded and generating
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - began
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert took < 0.5 + 5, f"took {took:.1f} s"
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        days = store.list_days(run_id)
+        assert run.lease_owner is None
+        assert [d.index for d in days] == list(range(1, len(days) + 1))
+        assert store.verify_chain(run_id).ok
+    database.dispose()
