@@ -216,11 +216,11 @@ def test_a_worker_frozen_past_its_lease_never_writes(any_url, stub, tmp_path):
                 w.wait(timeout=15)
     days, runs = snapshot(any_url)
     assert_whole(days)  # includes: generations never go backwards
+    # a found out on waking (its heartbeat or its refused commit) and let go.
+    assert "lease.lost" in {e["event"] for e in a.events()}
+    # While a was frozen, its in-flight call may still have been open at the server when
+    # b began the same run, but no run ever had more than those two calls at once.
     assert set(stub.max_in_flight_per_key.values()) <= {1, 2}
-    a_events = {e["event"] for e in a.events()}
-    assert "lease.lost" in a_events or all(
-        d.worker == "b" for run in days.values() for d in run if d.lease_generation > 1
-    )
     assert set(runs) == set(ids)
 
 
