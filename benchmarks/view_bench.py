@@ -1,50 +1,41 @@
-"""View build time and prompt size as the record grows.
+"""View build time, prompt size and prompt-prefix stability as the record grows.
 
-Seeds SQLite records of 10^2 .. 10^5 entries (5 entries a day), then builds the view for
-the next day 20 times each and prints a Markdown table. The naive baseline is the whole
-record rendered into the prompt. Run:
+Seeds SQLite records of 10^2 .. 10^5 entries (5 entries a day, text drawn from a Zipf
+distribution over 4,000 made-up words, and hierarchical digests written on the same
+schedule the loop uses, every 5 days), then, for each size and in the same run:
+
+- builds the next day's view 30 times: p50 and p95 milliseconds, and its tokens;
+- the naive baseline: the whole record rendered into the prompt (tokens);
+- a Reflexion-style baseline: only the last 3 days' entries (build ms and tokens);
+- steps 20 more days (each adds 5 entries and any digest due) and measures, for each
+  day, the share of its prompt that is a byte-identical prefix of the day before's.
 
     python benchmarks/view_bench.py [--sizes 100,1000,10000,100000] [--budget 3000]
+
+``seed_record`` is the helper that builds a record of any size for other benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from loopsim import db as dbmod
-from loopsim.schemas import parse_spec
+from loopsim.amplify import plan_digests
+from loopsim.researcher import build_prompt
+from loopsim.schemas import EntryKind, parse_spec
 from loopsim.store import EntryInput, Store
 from loopsim.testing import add_day
 from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 DATE = dt.date(2025, 6, 2)
-WORDS = [
-    "forager",
-    "dance",
-    "nectar",
-    "comb",
-    "colony",
-    "patch",
-    "distance",
-    "quality",
-    "waggle",
-    "pollen",
-    "hive",
-    "scout",
-    "recruit",
-    "signal",
-    "follow",
-    "measure",
-    "count",
-    "film",
-    "mark",
-    "sugar",
-]
+EVERY = 5
+PER_DAY = 5
 SPEC = parse_spec(
     {
         "persona": {"name": "Bench", "background": "A benchmark persona."},
@@ -53,30 +44,77 @@ SPEC = parse_spec(
             "open_questions": ["How is distance encoded in the waggle dance?"],
         },
         "time": {"policy": "fixed", "anchor": DATE.isoformat()},
+        "digests": {"every_days": EVERY},
     }
 )
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "pe", "da", "go", "zu", "fi"]
+VOCAB = [
+    "".join(random.Random(n).choice(_SYLLABLES) for _ in range(2 + n % 3)) + "x"[: n % 2]
+    for n in range(4000)
+] + ["distance", "waggle", "dance", "nectar", "quality", "forager", "colony", "encoded"]
+WEIGHTS = [1 / (rank + 1) for rank in range(len(VOCAB))]
 
 
-def body(i: int) -> str:
-    return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(40))
+def body(i: int, words: int = 40) -> str:
+    rng = random.Random(i)
+    return " ".join(rng.choices(VOCAB, WEIGHTS, k=words))
 
 
-def seed(database: dbmod.Database, run_id: str, entries: int, per_day: int = 5) -> None:
-    days = entries // per_day
+def add_seed_day(store: Store, run_id: str, index: int, date: dt.date = DATE) -> None:
+    """Day ``index``: its entries, and the digests the loop would have written that day."""
+    items = [
+        EntryInput(
+            EntryKind.QUESTION if k == 0 and index % 7 == 0 else EntryKind.NOTE,
+            f"Day {index} item {k}",
+            body(index * PER_DAY + k),
+        )
+        for k in range(PER_DAY)
+    ]
+    for job in plan_digests(store, run_id, index, date, EVERY):
+        items.append(
+            EntryInput(
+                EntryKind.DIGEST,
+                f"Digest of days {job.first_day}-{job.last_day}",
+                body(-index * 10 - job.level, words=60),
+                level=job.level,
+                first_day=job.first_day,
+                last_day=job.last_day,
+            )
+        )
+    add_day(store, run_id, index, items, date=date)
+
+
+def seed_record(database: dbmod.Database, run_id: str, entries: int) -> int:
+    """Seed about ``entries`` research entries; returns the last day index."""
+    days = max(1, entries // PER_DAY)
     index = 0
     while index < days:
         with database.write() as session:
             store = Store(session)
-            for _ in range(min(500, days - index)):
+            for _ in range(min(200, days - index)):
                 index += 1
-                items = [
-                    EntryInput("note", f"Day {index} item {k}", body(index * per_day + k))
-                    for k in range(per_day)
-                ]
-                add_day(store, run_id, index, items, date=DATE)
+                add_seed_day(store, run_id, index)
+    return index
 
 
-def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:
+def prompt_text(store: Store, run_id: str, budget: int) -> str:
+    view = build_view(store, run_id, SPEC.charter, DATE, budget)
+    prompt = build_prompt(SPEC.persona, view, DATE)
+    return "\n".join(content for _, content in prompt.messages)
+
+
+def common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    step = 1024
+    while i < n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
+
+
+def measure(size: int, budget: int, repeats: int = 30, follow: int = 20) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "bench.db")
         dbmod.upgrade(path)
@@ -84,20 +122,38 @@ def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:
         with database.write() as session:
             run_id = Store(session).create_run(SPEC, name="bench", model="bench:x").id
         started = time.perf_counter()
-        seed(database, run_id, size)
+        last = seed_record(database, run_id, size)
         seeding = time.perf_counter() - started
-        times, tokens = [], 0
+        times, tokens, reflexion_ms, reflexion_tokens = [], 0, [], 0
         for _ in range(repeats):
             t0 = time.perf_counter()
             with database.read() as session:
                 view = build_view(Store(session), run_id, SPEC.charter, DATE, budget)
             times.append((time.perf_counter() - t0) * 1000)
             tokens = estimate_tokens(view.render())
+            t0 = time.perf_counter()
+            with database.read() as session:
+                rows = Store(session).list_entries(
+                    run_id, day_range=(max(1, last - 2), last), include_reverted=False
+                )
+                text = "\n".join(ViewEntry.of(e, i).render() for e, i, _ in rows)
+            reflexion_ms.append((time.perf_counter() - t0) * 1000)
+            reflexion_tokens = estimate_tokens(text)
         with database.read() as session:
             naive = sum(
                 estimate_tokens(ViewEntry.of(e, i).render())
-                for e, i, _ in Store(session).list_entries(run_id)
+                for e, i, _ in Store(session).list_entries(run_id, include_reverted=False)
             )
+        shares = []
+        with database.read() as session:
+            before = prompt_text(Store(session), run_id, budget)
+        for index in range(last + 1, last + 1 + follow):
+            with database.write() as session:
+                add_seed_day(Store(session), run_id, index)
+            with database.read() as session:
+                now = prompt_text(Store(session), run_id, budget)
+            shares.append(common_prefix(before, now) / len(now))
+            before = now
         database.dispose()
     times.sort()
     return {
@@ -107,6 +163,11 @@ def measure(size: int, budget: int, repeats: int = 20) -> dict[str, float]:
         "p95": times[int(0.95 * (len(times) - 1))],
         "tokens": tokens,
         "naive": naive,
+        "reflexion_ms": statistics.median(reflexion_ms),
+        "reflexion_tokens": reflexion_tokens,
+        "prefix_mean": statistics.mean(shares),
+        "prefix_median": statistics.median(shares),
+        "prefix_min": min(shares),
     }
 
 
@@ -118,13 +179,16 @@ def main() -> None:
     rows = [measure(int(s), args.budget) for s in args.sizes.split(",")]
     print(
         f"| entries | view p50 ms | view p95 ms | view tokens (budget {args.budget}) "
-        "| whole-record tokens | seeding s |"
+        "| whole-record tokens | last-3-days ms | last-3-days tokens "
+        "| stable prefix mean / median / min | seeding s |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['size']:,} | {r['p50']:.1f} | {r['p95']:.1f} | {r['tokens']:,} "
-            f"| {r['naive']:,} | {r['seed_s']:.1f} |"
+            f"| {r['naive']:,} | {r['reflexion_ms']:.1f} | {r['reflexion_tokens']:,} "
+            f"| {r['prefix_mean']:.0%} / {r['prefix_median']:.0%} / {r['prefix_min']:.0%} "
+            f"| {r['seed_s']:.1f} |"
         )
 
 

@@ -22,27 +22,31 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from loopsim import checkin, drift
+from loopsim.amplify import PlannedDay, day_conversation, plan_digests
 from loopsim.chat import ChatFactory, ChatHandle
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
 from loopsim.lease import Fence, live_holder
-from loopsim.models import Day, Run, utcnow
+from loopsim.models import CallRecord, Day, Run, utcnow
 from loopsim.researcher import (
+    Conversation,
     DayOutcome,
-    Prompt,
     Researcher,
     answer,
     build_probe_prompt,
     build_prompt,
+    drive,
 )
-from loopsim.schemas import CheckinReason, DayStatus, EntryKind, RunSpec, RunStatus
-from loopsim.store import EntryInput, Store
+from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
+from loopsim.store import Store
 from loopsim.view import build_view
 
+T = TypeVar("T")
 STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}
 CLI_WORKER = "cli"
 
@@ -58,16 +62,6 @@ class DayResult:
     tokens_in: int = 0
     tokens_out: int = 0
     run_failed: bool = False
-
-
-@dataclass(frozen=True)
-class PlannedDay:
-    run_id: str
-    index: int
-    external_date: dt.date
-    prompt: Prompt
-    model_id: str
-    spec: RunSpec
 
 
 def refuse_unless_steppable(run: Run) -> None:
@@ -124,8 +118,12 @@ class Loop:
                 approved_checkins=checkin.approved_count(store, run.id),
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
-            prompt = build_prompt(spec.persona, view, date)
-            return PlannedDay(run.id, index, date, prompt, run.model, spec)
+            breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
+            prompt = build_prompt(
+                spec.persona, view, date, subquestions=breadth, ideas=spec.babble.ideas
+            )
+            digests = plan_digests(store, run.id, index, date, spec.digests.every_days)
+            return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests))
 
     def researcher(self, planned: PlannedDay) -> Researcher:
         return Researcher(
@@ -133,6 +131,21 @@ class Loop:
             max_retries=self.settings.max_retries,
             max_output_chars=self.settings.max_output_chars,
         )
+
+    def conversation(self, planned: PlannedDay) -> Conversation[DayOutcome]:
+        """The day's whole conversation: report, ideas, sub-questions and digests."""
+        return day_conversation(
+            planned,
+            version=self._chat(planned.model_id, planned.spec).version,
+            max_retries=self.settings.max_retries,
+            max_chars=self.settings.max_output_chars,
+            digest_budget=self.settings.view_token_budget,
+        )
+
+    def read(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn`` over the record in a read transaction of its own."""
+        with self.db.read() as session:
+            return fn(Store(session))
 
     @staticmethod
     def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
@@ -172,11 +185,11 @@ class Loop:
             self.complete(run_ref)
             return None
         started = utcnow()
-        researcher = self.researcher(planned)
+        chat = self._chat(planned.model_id, planned.spec)
         try:
-            outcome = researcher.work(planned.prompt, salt=planned.index)
+            outcome = drive(self.conversation(planned), chat, self.read)
         except ModelUnavailable as error:
-            outcome = self.unreachable(error, researcher.chat.version)
+            outcome = self.unreachable(error, chat.version)
         return self.commit(planned, outcome, started)
 
     def commit(
@@ -228,17 +241,11 @@ class Loop:
             )
             written = 0
             run_failed = False
+            entries = []
             if outcome.report is not None:
-                items = [EntryInput(e.kind, e.title, e.body) for e in outcome.report.entries]
-                if outcome.report.digest:
-                    items.append(
-                        EntryInput(
-                            EntryKind.DIGEST, f"Digest after day {day.index}", outcome.report.digest
-                        )
-                    )
                 entries = store.append_entries(
                     run.id,
-                    items,
+                    outcome.items,
                     day=day,
                     external_date=planned.external_date,
                     model_id=planned.model_id,
@@ -259,6 +266,30 @@ class Loop:
                         RunStatus.FAILED,
                         f"{streak} failed days in a row; day {day.index}: {outcome.error}"[:1000],
                     )
+            for ordinal, call in enumerate(outcome.calls, 1):
+                session.add(
+                    CallRecord(
+                        run_id=run.id,
+                        day_id=day.id,
+                        ordinal=ordinal,
+                        task=call.task,
+                        role=call.role,
+                        depth=call.depth,
+                        attempt=call.attempt,
+                        entry_seq=entries[call.item].seq
+                        if call.item is not None and entries
+                        else None,
+                        messages=call.messages,
+                        reply=call.reply,
+                        accepted=call.accepted,
+                        error=call.error,
+                        model_version=call.model_version,
+                        tokens_in=call.tokens_in,
+                        tokens_out=call.tokens_out,
+                        latency_ms=call.latency_ms,
+                    )
+                )
+            session.flush()
             return DayResult(
                 planned.index,
                 status,

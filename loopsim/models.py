@@ -118,6 +118,7 @@ class Entry(Base):
         UniqueConstraint("run_id", "seq", name="uq_entries_run_id_seq"),
         Index("ix_entries_run_id_kind_seq", "run_id", "kind", "seq"),
         Index("ix_entries_day_id", "day_id"),
+        Index("ix_entries_run_id_level_first_day", "run_id", "level", "first_day"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -136,8 +137,47 @@ class Entry(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Digests: their level (1 compresses days, k+1 compresses level-k digests) and the
+    # range of days they cover. Critiques: the critic's score. Ideas: flagged as the
+    # day's most promising. All hashed when set; None on every other entry.
+    level: Mapped[int | None] = mapped_column(Integer)
+    first_day: Mapped[int | None] = mapped_column(Integer)
+    last_day: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[int | None] = mapped_column(Integer)
+    flagged: Mapped[bool | None] = mapped_column(Boolean)
 
     day: Mapped[Day | None] = relationship(back_populates="entries")
+
+
+class CallRecord(Base):
+    """One model call made for a day: exactly what was sent and what came back.
+
+    A day's calls commit with the day. ``task`` groups a call with its retries (the day's
+    own report is task 0); ``accepted`` marks the reply that was used. This is the raw
+    material of distillation datasets, retries and their feedback included.
+    """
+
+    __tablename__ = "calls"
+    __table_args__ = (UniqueConstraint("day_id", "ordinal", name="uq_calls_day_id_ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    day_id: Mapped[int] = mapped_column(ForeignKey("days.id"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    task: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    depth: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    # The entry this call's accepted reply became (an answer, critique or digest), by seq.
+    entry_seq: Mapped[int | None] = mapped_column(Integer)
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    reply: Mapped[str] = mapped_column(Text)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(400))
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
 
 
 class Probe(Base):

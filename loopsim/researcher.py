@@ -10,19 +10,21 @@ This module never imports check-in, drift or schedule code.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import re
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from loopsim.chat import ChatHandle, Reply
+from loopsim.errors import ModelUnavailable
 from loopsim.schemas import DayReport, Persona
-from loopsim.store import canonical_json, sha256_hex
+from loopsim.store import EntryInput, Store, canonical_json, sha256_hex
 from loopsim.view import View
 
 FRAMING = (
@@ -40,11 +42,19 @@ INSTRUCTIONS = (
     '{"entries": [{"kind": "hypothesis", "title": "The simplest explanation first", '
     '"body": "Before building anything elaborate, I should check whether the simplest account '
     "already fits what the log records. If it does, the next step is a test that could prove "
-    'it wrong."}], "digest": "One working hypothesis so far; next, a test that could refute '
-    'it."}\n'
+    'it wrong."}]}\n'
     "Each entry's kind is one of: note, hypothesis, question, answer, plan, critique. Write "
     "1 to 6 entries in plain sentences about the charter, building on the log rather than "
-    "repeating it. The digest is optional: a few sentences summing up the whole log so far."
+    "repeating it."
+)
+SUBQUESTION_INSTRUCTIONS = (
+    'You may also add "subquestions": a list of up to {n} short, self-contained questions. '
+    "Each is handed to a fresh copy of you with the same log, who answers it today; the "
+    "answers are added to the log."
+)
+IDEA_INSTRUCTIONS = (
+    'Also add "ideas": a list of 1 to {n} candidate ideas, each with a "title" and a '
+    '"body". A colleague will critique each one; the most promising are kept.'
 )
 
 
@@ -64,15 +74,33 @@ class Prompt:
         return [kinds[role](content=content) for role, content in self.messages]
 
 
-def build_prompt(persona: Persona, view: View, external_date: dt.date) -> Prompt:
-    """The whole input of one day. Stable parts first, the date last, for cache reuse."""
+def persona_text(persona: Persona) -> list[str]:
     system = [f"You are {persona.name}. {persona.background.strip()}"]
     if persona.style.strip():
         system.append(f"Your style: {persona.style.strip()}")
     if persona.writing_sample:
         system.append(f'A sample of your writing:\n"""\n{persona.writing_sample.strip()}\n"""')
     system.append(FRAMING)
-    system.append(INSTRUCTIONS)
+    return system
+
+
+def build_prompt(
+    persona: Persona,
+    view: View,
+    external_date: dt.date,
+    *,
+    subquestions: int = 0,
+    ideas: int = 0,
+) -> Prompt:
+    """The whole input of one day. Stable parts first, the date last, for cache reuse.
+    ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none)."""
+    system = persona_text(persona)
+    instructions = [INSTRUCTIONS]
+    if subquestions:
+        instructions.append(SUBQUESTION_INSTRUCTIONS.format(n=subquestions))
+    if ideas:
+        instructions.append(IDEA_INSTRUCTIONS.format(n=ideas))
+    system.append(" ".join(instructions))
     user = f"{view.render()}\n\nToday's date is {external_date.isoformat()}. Write today's work."
     return Prompt((("system", "\n\n".join(system)), ("user", user)))
 
@@ -87,8 +115,7 @@ def build_probe_prompt(
     persona: Persona, view: View, external_date: dt.date, question: str
 ) -> Prompt:
     """A fresh researcher, same persona, date and view as a day, asked one question."""
-    day = build_prompt(persona, view, external_date)
-    system = day.messages[0][1].replace(INSTRUCTIONS, PROBE_INSTRUCTIONS)
+    system = "\n\n".join([*persona_text(persona), PROBE_INSTRUCTIONS])
     user = (
         f"{view.render()}\n\nToday's date is {external_date.isoformat()}.\n\nQuestion: {question}"
     )
@@ -103,8 +130,34 @@ GRAMMAR_MAX_CHARS = 320
 GRAMMAR_MAX_ITEMS = 3
 
 
+def _report_schema(subquestions: int, ideas: int) -> dict[str, Any]:
+    schema = copy.deepcopy(report_schema())
+    props = schema["properties"]
+    for name, limit in (("subquestions", subquestions), ("ideas", ideas)):
+        if limit:
+            props[name]["maxItems"] = limit
+        else:
+            del props[name]
+    if not ideas:
+        schema.get("$defs", {}).pop("IdeaDraft", None)
+    return schema
+
+
+def _tighten(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_tighten(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _tighten(v) for k, v in node.items()}
+    if "maxLength" in out:
+        out["maxLength"] = min(out["maxLength"], GRAMMAR_MAX_CHARS)
+    if "maxItems" in out:
+        out["maxItems"] = min(out["maxItems"], GRAMMAR_MAX_ITEMS)
+    return out
+
+
 @functools.cache
-def grammar_schema() -> dict[str, Any]:
+def grammar_schema(subquestions: int = 0, ideas: int = 0) -> dict[str, Any]:
     """The DayReport schema, tightened for constrained decoding by a small local model.
 
     llama.cpp expands ``maxLength: 1500`` into nested grammar rules, and past a few
@@ -115,30 +168,31 @@ def grammar_schema() -> dict[str, Any]:
     must not modify it.
     """
 
-    def tighten(node: Any) -> Any:
-        if isinstance(node, list):
-            return [tighten(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: tighten(v) for k, v in node.items()}
-        if "maxLength" in out:
-            out["maxLength"] = min(out["maxLength"], GRAMMAR_MAX_CHARS)
-        if "maxItems" in out:
-            out["maxItems"] = min(out["maxItems"], GRAMMAR_MAX_ITEMS)
-        return out
+    return _tighten(_report_schema(subquestions, ideas))
 
-    return tighten(report_schema())
+
+@functools.cache
+def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Any other reply model's schema, tightened the same way (see :func:`grammar_schema`)."""
+    return _tighten(model.model_json_schema())
 
 
 _FENCE = re.compile(r"\A\s*```(?:json)?\s*\n(.*)\n```\s*\Z", re.DOTALL)
 _NUL = "\x00"
 
 
-def parse_report(raw: str) -> DayReport:
-    """Validate a reply. A reply that is exactly one fenced JSON block is unwrapped;
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json_reply(model: type[M], raw: str) -> M:
+    """Validate a JSON reply. A reply that is exactly one fenced JSON block is unwrapped;
     nothing else is repaired."""
     match = _FENCE.match(raw)
-    return DayReport.model_validate_json(match.group(1) if match else raw)
+    return model.model_validate_json(match.group(1) if match else raw)
+
+
+def parse_report(raw: str) -> DayReport:
+    return parse_json_reply(DayReport, raw)
 
 
 def describe_validation(error: ValidationError, limit: int = 3) -> str:
@@ -158,6 +212,27 @@ def storable(text: str) -> str:
 
 
 @dataclass
+class Logged:
+    """One model call as recorded for distillation: what was sent, what came back, and
+    whether the reply was used. ``item`` is the index, in the day's batch of entries, of
+    the entry an accepted reply became."""
+
+    task: int
+    role: str
+    depth: int
+    attempt: int
+    messages: list[dict[str, str]]
+    reply: str
+    accepted: bool
+    error: str | None
+    model_version: str
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: int
+    item: int | None = None
+
+
+@dataclass
 class DayOutcome:
     report: DayReport | None
     raw: str
@@ -167,10 +242,21 @@ class DayOutcome:
     tokens_in: int = 0
     tokens_out: int = 0
     latency_ms: int = 0
+    # Every entry the day writes (its report, ideas, critiques, sub-question tree and
+    # digests), in chain order, and every model call made for it.
+    items: list[EntryInput] = field(default_factory=list)
+    calls: list[Logged] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.report is not None
+
+    def add(self, asked: Asked[Any]) -> None:
+        """Count a call's cost into the day's."""
+        self.tokens_in += asked.tokens_in
+        self.tokens_out += asked.tokens_out
+        self.latency_ms += asked.latency_ms
+        self.model_version = asked.model_version or self.model_version
 
 
 @dataclass(frozen=True)
@@ -182,17 +268,40 @@ class Call:
     seed: int
 
 
+@dataclass(frozen=True)
+class Read:
+    """A read of the record a conversation asks for (run in its own read transaction)."""
+
+    fn: Callable[[Store], Any]
+
+
 T = TypeVar("T")
-Conversation = Generator[Call, Reply, T]
-"""A retry conversation: yields the calls it needs, is sent each reply, returns a result.
-The same conversation runs blocking (:func:`drive`) or on an event loop (:func:`adrive`)."""
+Conversation = Generator[Call | Read, Any, T]
+"""A conversation yields the calls and reads it needs, is sent each result, and returns
+its outcome. The same conversation runs blocking (:func:`drive`) or on an event loop
+(:func:`adrive`). A model call that fails for good (:class:`ModelUnavailable`) is thrown
+into the conversation, which may catch it."""
 
 
-def drive(conversation: Conversation[T], chat: ChatHandle) -> T:
+def drive(
+    conversation: Conversation[T],
+    chat: ChatHandle,
+    read: Callable[[Callable[[Store], Any]], Any] | None = None,
+) -> T:
     try:
-        call = next(conversation)
+        effect = next(conversation)
         while True:
-            call = conversation.send(chat.complete(call.messages, call.schema, seed=call.seed))
+            if isinstance(effect, Read):
+                if read is None:
+                    raise RuntimeError("this conversation reads the record; give drive a reader")
+                effect = conversation.send(read(effect.fn))
+                continue
+            try:
+                reply = chat.complete(effect.messages, effect.schema, seed=effect.seed)
+            except ModelUnavailable as exc:
+                effect = conversation.throw(exc)
+                continue
+            effect = conversation.send(reply)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -200,17 +309,115 @@ def drive(conversation: Conversation[T], chat: ChatHandle) -> T:
 async def adrive(
     conversation: Conversation[T],
     complete: Callable[[Call], Awaitable[Reply]],
+    read: Callable[[Callable[[Store], Any]], Awaitable[Any]] | None = None,
 ) -> T:
     try:
-        call = next(conversation)
+        effect = next(conversation)
         while True:
-            call = conversation.send(await complete(call))
+            if isinstance(effect, Read):
+                if read is None:
+                    raise RuntimeError("this conversation reads the record; give adrive a reader")
+                effect = conversation.send(await read(effect.fn))
+                continue
+            try:
+                reply = await complete(effect)
+            except ModelUnavailable as exc:
+                effect = conversation.throw(exc)
+                continue
+            effect = conversation.send(reply)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
 
-def _seed(prompt: Prompt, salt: int) -> int:
+def seed_of(prompt: Prompt, salt: int | str) -> int:
     return int(sha256_hex(f"{prompt.hash}:{salt}".encode())[:8], 16)
+
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def message_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    return [{"role": _ROLES.get(m.type, m.type), "content": str(m.content)} for m in messages]
+
+
+@dataclass
+class Asked(Generic[T]):
+    """The end of one validated ask: the parsed value, or the last error."""
+
+    value: T | None = None
+    raw: str = ""
+    error: str | None = None
+    attempts: int = 0
+    model_version: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: int = 0
+    accepted_call: int | None = None  # index into the log of the accepted call
+
+
+def ask(
+    prompt: Prompt,
+    parse: Callable[[str], T],
+    *,
+    schema: dict[str, Any] | None,
+    salt: int | str,
+    max_retries: int,
+    max_chars: int,
+    log: list[Logged] | None = None,
+    task: int = 0,
+    role: str = "day",
+    depth: int = 0,
+) -> Conversation[Asked[T]]:
+    """Ask until ``parse`` accepts a reply, feeding each error back, at most
+    ``max_retries`` more times. Every attempt is appended to ``log``."""
+    messages = prompt.as_langchain()
+    seed = seed_of(prompt, salt)
+    asked: Asked[T] = Asked()
+    for attempt in range(max_retries + 1):
+        reply = yield Call(messages, schema, seed + attempt)
+        asked.attempts = attempt + 1
+        asked.model_version = reply.model_version
+        asked.tokens_in += reply.tokens_in or 0
+        asked.tokens_out += reply.tokens_out or 0
+        asked.latency_ms += reply.latency_ms
+        asked.raw = storable(reply.text[:max_chars])
+        oversized = len(reply.text) > max_chars
+        if oversized:
+            asked.error = f"reply of {len(reply.text)} characters is over the cap of {max_chars}"
+        else:
+            try:
+                asked.value = parse(reply.text)
+                asked.error = None
+            except ValidationError as exc:
+                asked.error = describe_validation(exc)
+            except ValueError as exc:
+                asked.error = str(exc)
+        if log is not None:
+            log.append(
+                Logged(
+                    task,
+                    role,
+                    depth,
+                    attempt + 1,
+                    message_dicts(messages),
+                    asked.raw,
+                    asked.value is not None,
+                    asked.error,
+                    reply.model_version,
+                    reply.tokens_in,
+                    reply.tokens_out,
+                    reply.latency_ms,
+                )
+            )
+            if asked.value is not None:
+                asked.accepted_call = len(log) - 1
+        if asked.value is not None or oversized:
+            return asked
+        feedback = (
+            f"That reply was not valid: {asked.error}. Reply again with only the JSON object."
+        )
+        messages = [*messages, AIMessage(content=asked.raw[:4000]), HumanMessage(feedback)]
+    return asked
 
 
 class Researcher:
@@ -222,9 +429,9 @@ class Researcher:
         self.max_output_chars = max_output_chars
 
     def work(self, prompt: Prompt, *, salt: int = 0) -> DayOutcome:
-        """One day's work. The sampling seed comes from the prompt and ``salt`` (the day
-        index), so a day is reproducible, yet a failed day retried at the next index with
-        an unchanged record does not repeat the same failure."""
+        """One day's report alone (no amplification). The sampling seed comes from the
+        prompt and ``salt`` (the day index), so a day is reproducible, yet a failed day
+        retried at the next index with an unchanged record does not repeat the failure."""
         return drive(self.conversation(prompt, salt), self.chat)
 
     async def awork(self, prompt: Prompt, *, salt: int = 0) -> DayOutcome:
@@ -235,35 +442,24 @@ class Researcher:
 
         return await adrive(self.conversation(prompt, salt), complete)
 
-    def conversation(self, prompt: Prompt, salt: int) -> Conversation[DayOutcome]:
-        messages = prompt.as_langchain()
-        schema = grammar_schema()
-        seed = _seed(prompt, salt)
+    def conversation(
+        self, prompt: Prompt, salt: int, schema: dict[str, Any] | None = None
+    ) -> Conversation[DayOutcome]:
         outcome = DayOutcome(None, "", None, 0, self.chat.version)
-        for attempt in range(self.max_retries + 1):
-            reply = yield Call(messages, schema, seed + attempt)
-            outcome.attempts = attempt + 1
-            outcome.model_version = reply.model_version
-            outcome.tokens_in += reply.tokens_in or 0
-            outcome.tokens_out += reply.tokens_out or 0
-            outcome.latency_ms += reply.latency_ms
-            outcome.raw = storable(reply.text[: self.max_output_chars])
-            if len(reply.text) > self.max_output_chars:
-                outcome.error = (
-                    f"reply of {len(reply.text)} characters is over the cap of "
-                    f"{self.max_output_chars}"
-                )
-                return outcome
-            try:
-                outcome.report = parse_report(reply.text)
-                outcome.error = None
-                return outcome
-            except ValidationError as exc:
-                outcome.error = describe_validation(exc)
-            feedback = (
-                f"That reply was not valid: {outcome.error}. Reply again with only the JSON object."
-            )
-            messages = [*messages, AIMessage(content=outcome.raw[:4000]), HumanMessage(feedback)]
+        asked = yield from ask(
+            prompt,
+            parse_report,
+            schema=schema if schema is not None else grammar_schema(),
+            salt=salt,
+            max_retries=self.max_retries,
+            max_chars=self.max_output_chars,
+            log=outcome.calls,
+        )
+        outcome.add(asked)
+        outcome.report, outcome.raw, outcome.error = asked.value, asked.raw, asked.error
+        outcome.attempts = asked.attempts
+        if asked.value is not None:
+            outcome.items = [EntryInput(e.kind, e.title, e.body) for e in asked.value.entries]
         return outcome
 
 
@@ -286,7 +482,7 @@ def answer_conversation(
     from loopsim.schemas import degeneracy
 
     messages = prompt.as_langchain()
-    seed = _seed(prompt, salt)
+    seed = seed_of(prompt, salt)
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
         reply = yield Call(messages, None, seed + attempt)

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loopsim.errors import SpecError
 
@@ -48,11 +48,23 @@ class EntryKind(StrEnum):
     CRITIQUE = "critique"
     DIGEST = "digest"
     CORRECTION = "correction"
+    SUBQUESTION = "subquestion"
+    IDEA = "idea"
 
 
-# Kinds a researcher may write in a DayReport; digests come through their own field and
-# corrections only from a human.
+# Kinds a researcher may write as a DayReport entry. Sub-questions, ideas, their answers
+# and critiques, and digests come from their own fields and calls; corrections only from
+# a human.
 ResearcherKind = Literal["note", "hypothesis", "question", "answer", "plan", "critique"]
+
+
+class CallRole(StrEnum):
+    """Who a recorded model call was made for (see ``loopsim.amplify``)."""
+
+    DAY = "day"
+    SUBQUESTION = "subquestion"
+    CRITIC = "critic"
+    DIGEST = "digest"
 
 
 class _Strict(BaseModel):
@@ -171,6 +183,55 @@ class CheckinPolicy(_Strict):
     max_external_drift_days: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
+class Subquestions(_Strict):
+    """Sub-questions a day may hand to fresh sub-researchers (HCH-style amplification)."""
+
+    depth: int = Field(
+        default=0,
+        ge=0,
+        le=4,
+        description="How deep sub-researchers may recurse; 0 turns sub-questions off.",
+    )
+    breadth: int = Field(
+        default=2, ge=1, le=3, description="Most sub-questions one researcher may pose."
+    )
+    token_budget: int = Field(
+        default=6000,
+        ge=100,
+        le=1_000_000,
+        description="Tokens (in and out) all of one day's sub-researchers may spend; "
+        "questions left when it is spent stay unanswered.",
+    )
+    view_token_budget: int = Field(
+        default=1200,
+        ge=200,
+        le=100_000,
+        description="Tokens a sub-researcher's focused view may fill.",
+    )
+
+
+class Digests(_Strict):
+    """Hierarchical digests: every ``every_days`` days, compress the oldest days."""
+
+    every_days: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="Days per digest; 0 turns digests off. The newest every_days to "
+        "2*every_days days always stay in the view as written.",
+    )
+
+
+class Babble(_Strict):
+    """Babble and prune: a day proposes ideas, a fresh critic scores each one."""
+
+    ideas: int = Field(default=0, ge=0, le=5, description="Ideas a day may babble; 0 is off.")
+    flag_top: int = Field(default=1, ge=0, le=5, description="Best ideas flagged per day.")
+    min_score: int = Field(
+        default=6, ge=0, le=10, description="An idea needs this critic score to be flagged."
+    )
+
+
 class RunSpec(_Strict):
     """A run spec, as written in TOML."""
 
@@ -183,6 +244,9 @@ class RunSpec(_Strict):
     probes: list[Annotated[str, Field(min_length=3, max_length=500)]] = Field(
         default_factory=list, max_length=100
     )
+    subquestions: Subquestions = Field(default_factory=lambda: Subquestions())
+    digests: Digests = Field(default_factory=lambda: Digests())
+    babble: Babble = Field(default_factory=lambda: Babble())
 
 
 class CheckinReason(StrEnum):
@@ -294,6 +358,18 @@ def degeneracy(text: str) -> str | None:
     return None
 
 
+class IdeaDraft(_Strict):
+    """One babbled idea."""
+
+    title: Annotated[str, Field(min_length=3, max_length=120)]
+    body: Annotated[str, Field(min_length=20, max_length=800)]
+
+    @field_validator("title", "body")
+    @classmethod
+    def _not_degenerate(cls, value: str) -> str:
+        return _prose(value)
+
+
 class EntryDraft(_Strict):
     """One entry as the researcher writes it."""
 
@@ -310,22 +386,49 @@ class EntryDraft(_Strict):
         return value
 
 
+def _prose(value: str) -> str:
+    why = degeneracy(value)
+    if why:
+        raise ValueError(f"text {why}")
+    return value
+
+
+Prose = Annotated[str, AfterValidator(_prose)]
+
+
 class DayReport(_Strict):
     """What one day's researcher returns."""
 
     entries: list[EntryDraft] = Field(min_length=1, max_length=6)
-    digest: str | None = Field(
-        None,
-        max_length=2000,
-        description="Optional rewritten digest of the whole record so far.",
+    subquestions: list[Annotated[Prose, Field(min_length=10, max_length=300)]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Questions to hand to fresh copies of yourself, answered today.",
+    )
+    ideas: list[IdeaDraft] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Candidate ideas; a fresh critic scores each one.",
     )
 
-    @field_validator("digest")
-    @classmethod
-    def _digest_not_degenerate(cls, value: str | None) -> str | None:
-        if value is not None and value.strip():
-            why = degeneracy(value)
-            if why:
-                raise ValueError(f"digest {why}")
-            return value
-        return None
+
+class SubAnswer(_Strict):
+    """What a sub-researcher returns: its answer, and maybe sub-questions of its own."""
+
+    answer: Annotated[Prose, Field(min_length=20, max_length=1500)]
+    subquestions: list[Annotated[Prose, Field(min_length=10, max_length=300)]] = Field(
+        default_factory=list, max_length=3
+    )
+
+
+class Critique(_Strict):
+    """What the critic returns for one idea."""
+
+    score: int = Field(ge=0, le=10, description="0 worthless .. 10 most promising")
+    critique: Annotated[Prose, Field(min_length=20, max_length=1000)]
+
+
+class DigestReply(_Strict):
+    """What a digest researcher returns."""
+
+    digest: Annotated[Prose, Field(min_length=40, max_length=2000)]

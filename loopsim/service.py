@@ -45,13 +45,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from loopsim import drift
 from loopsim import lease as leases
-from loopsim.chat import ChatFactory, ChatHandle
+from loopsim.chat import ChatFactory, ChatHandle, Reply
 from loopsim.config import Settings
 from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
 from loopsim.lease import Lease
 from loopsim.loop import Loop
 from loopsim.models import utcnow
+from loopsim.researcher import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.store import Store
 
@@ -518,10 +519,18 @@ class Service:
                 except ModelUnavailable as exc:  # cannot even build it: a person must look
                     await self._db(self._fail_run, run_id, fence, exc.message)
                     return
+                chat = researcher.chat
+
+                async def complete(call: Call, chat: ChatHandle = chat) -> Reply:
+                    return await chat.acomplete(call.messages, call.schema, seed=call.seed)
+
+                async def read(fn: Callable[[Store], Any]) -> Any:
+                    return await self._db(self.loop.read, fn)
+
                 try:
-                    outcome = await researcher.awork(planned.prompt, salt=planned.index)
+                    outcome = await adrive(self.loop.conversation(planned), complete, read)
                 except ModelUnavailable as exc:
-                    outcome = Loop.unreachable(exc, researcher.chat.version)
+                    outcome = Loop.unreachable(exc, chat.version)
                 self._still_mine(lease)
                 result = await self._db(
                     self.loop.commit,

@@ -60,6 +60,12 @@ def entry_hash(entry: Entry, day_index: int | None) -> str:
         "created_at": _iso(entry.created_at),
         "prev_hash": entry.prev_hash,
     }
+    # Amplification fields join the hashed payload only when set, so every entry written
+    # before they existed keeps its hash.
+    for name in ("level", "first_day", "last_day", "score", "flagged"):
+        value = getattr(entry, name)
+        if value is not None:
+            payload[name] = value
     return sha256_hex(canonical_json(payload))
 
 
@@ -70,6 +76,13 @@ class EntryInput:
     body: str
     author: str = Author.RESEARCHER
     parent_id: int | None = None
+    # The parent as an index into the same batch, for trees written in one go.
+    parent: int | None = None
+    level: int | None = None
+    first_day: int | None = None
+    last_day: int | None = None
+    score: int | None = None
+    flagged: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -325,16 +338,25 @@ class Store:
         model_version: str | None = None,
         prompt_hash: str | None = None,
     ) -> list[Entry]:
-        """Append entries to the run's chain. Ids and hashes are set before returning."""
+        """Append entries to the run's chain. Ids and hashes are set before returning.
+
+        An item's ``parent`` names an earlier item of the same batch; the parent is
+        flushed first so its id, which the child's hash covers, is known."""
         seq, prev = self.chain_head(run_id)
         now = utcnow()
         created: list[Entry] = []
-        for item in items:
+        parents = {item.parent for item in items if item.parent is not None}
+        for position, item in enumerate(items):
             seq += 1
+            parent_id = item.parent_id
+            if item.parent is not None:
+                if not 0 <= item.parent < position:
+                    raise ValueError(f"entry {position} names parent {item.parent}, not before it")
+                parent_id = created[item.parent].id
             entry = Entry(
                 run_id=run_id,
                 day_id=day.id if day is not None else None,
-                parent_id=item.parent_id,
+                parent_id=parent_id,
                 seq=seq,
                 kind=item.kind,
                 title=item.title,
@@ -347,11 +369,18 @@ class Store:
                 created_at=now,
                 prev_hash=prev,
                 hash="",
+                level=item.level,
+                first_day=item.first_day,
+                last_day=item.last_day,
+                score=item.score,
+                flagged=item.flagged,
             )
             entry.hash = entry_hash(entry, day.index if day is not None else None)
             prev = entry.hash
             self.session.add(entry)
             created.append(entry)
+            if position in parents:
+                self.session.flush()
         self.session.flush()
         return created
 
@@ -405,10 +434,142 @@ class Store:
         row = self.session.execute(stmt).first()
         return None if row is None else row[0]
 
+    # ---------------------------------------------------------------------- digests
+
+    def _digest_rows(self, run_id: str, until: dt.date) -> Any:
+        return (
+            self._entries_with_day(run_id)
+            .where(Entry.kind == EntryKind.DIGEST, Entry.level.is_not(None))
+            .where(self._visible(), Entry.external_date <= until)
+        )
+
+    def max_digest_level(self, run_id: str, until: dt.date) -> int:
+        stmt = self._digest_rows(run_id, until).with_only_columns(func.max(Entry.level))
+        return int(self.session.scalar(stmt) or 0)
+
+    def covered_through(self, run_id: str, level: int, until: dt.date) -> int:
+        """The last day a visible digest of ``level`` covers (0: none)."""
+        stmt = (
+            self._digest_rows(run_id, until)
+            .where(Entry.level == level)
+            .with_only_columns(func.max(Entry.last_day))
+        )
+        return int(self.session.scalar(stmt) or 0)
+
+    def digests(
+        self, run_id: str, level: int, *, after_day: int, until: dt.date, limit: int = 50
+    ) -> list[Entry]:
+        """Visible digests of ``level`` starting after ``after_day``, oldest range first.
+        Of several digests of one range (a human amended it), the newest stands."""
+        stmt = (
+            self._digest_rows(run_id, until)
+            .where(Entry.level == level, Entry.first_day > after_day)
+            .order_by(Entry.first_day, Entry.seq.desc())
+            .limit(limit * 4)
+        )
+        chosen: dict[tuple[int | None, int | None], Entry] = {}
+        for entry, _idx, _status in self.session.execute(stmt):
+            chosen.setdefault((entry.first_day, entry.last_day), entry)
+        return list(chosen.values())[:limit]
+
+    def pinned_digests(
+        self, run_id: str, until: dt.date, *, before_day: int | None = None, per_level: int = 50
+    ) -> list[Entry]:
+        """The digests no higher-level digest covers, oldest range first: together they
+        cover every digested day (before ``before_day``, if given) once. A level holds
+        fewer than ``every_days`` of them (more would have been compressed), so this
+        stays short however long the record."""
+        pinned: list[Entry] = []
+        covered = 0
+        for level in range(self.max_digest_level(run_id, until), 0, -1):
+            found = self.digests(run_id, level, after_day=covered, until=until, limit=per_level)
+            run: list[Entry] = []
+            for digest in found:  # contiguous from ``covered``, stopping at the window
+                if digest.first_day != covered + 1 and (run or covered):
+                    break
+                if before_day is not None and (digest.last_day or 0) >= before_day:
+                    break
+                run.append(digest)
+                covered = digest.last_day or covered
+            pinned.extend(run)
+        return sorted(pinned, key=lambda d: d.first_day or 0)
+
+    def digest_boundaries(
+        self, run_id: str, until: dt.date, limit: int = 64
+    ) -> tuple[list[int], int]:
+        """Days just after a visible level-1 digest ends, newest first (where the view's
+        raw window may start so that digests tile every day before it), and how many
+        such boundaries there are in all."""
+        ends = self._digest_rows(run_id, until).where(Entry.level == 1)
+        stmt = (
+            ends.with_only_columns(Entry.last_day)
+            .distinct()
+            .order_by(Entry.last_day.desc())
+            .limit(limit)
+        )
+        total = self.session.scalar(
+            ends.with_only_columns(func.count(func.distinct(Entry.last_day)))
+        )
+        return [int(day) + 1 for day in self.session.scalars(stmt)], int(total or 0)
+
+    def amend_digest(self, run_id: str, seq: int, body: str) -> Entry:
+        """A human's version of a digest: a new entry of the same level and range, in the
+        same day (so it is reverted with it), that stands in the view from now on."""
+        original = self.session.scalar(
+            select(Entry).where(Entry.run_id == run_id, Entry.seq == seq)
+        )
+        if original is None or original.kind != EntryKind.DIGEST or original.level is None:
+            raise NotFound(f"run {run_id} has no digest #{seq}; `loopsim record show` lists them")
+        day = self.session.get(Day, original.day_id) if original.day_id is not None else None
+        (entry,) = self.append_entries(
+            run_id,
+            [
+                EntryInput(
+                    EntryKind.DIGEST,
+                    original.title
+                    if original.title.endswith("(amended)")
+                    else f"{original.title[:108]} (amended)",
+                    body,
+                    author=Author.HUMAN,
+                    parent_id=original.id,
+                    level=original.level,
+                    first_day=original.first_day,
+                    last_day=original.last_day,
+                )
+            ],
+            day=day,
+            external_date=original.external_date,
+        )
+        return entry
+
+    def committed_day_indexes(
+        self, run_id: str, *, after: int, before: int, limit: int
+    ) -> list[int]:
+        return list(
+            self.session.scalars(
+                select(Day.index)
+                .where(
+                    Day.run_id == run_id,
+                    Day.status == DayStatus.COMMITTED,
+                    Day.index > after,
+                    Day.index < before,
+                )
+                .order_by(Day.index)
+                .limit(limit)
+            )
+        )
+
     def recent_entries(
-        self, run_id: str, until: dt.date, *, before_seq: int | None = None, limit: int = 50
+        self,
+        run_id: str,
+        until: dt.date,
+        *,
+        before_seq: int | None = None,
+        limit: int = 50,
+        after_day: int = 0,
     ) -> list[tuple[Entry, int | None]]:
-        """Newest visible research entries first, one page at a time."""
+        """Newest visible research entries first, one page at a time; only days after
+        ``after_day`` (and entries outside any day)."""
         stmt = (
             self._entries_with_day(run_id)
             .where(Entry.kind.not_in([EntryKind.DIGEST, EntryKind.CORRECTION]))
@@ -418,6 +579,8 @@ class Store:
         )
         if before_seq is not None:
             stmt = stmt.where(Entry.seq < before_seq)
+        if after_day:
+            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
         return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
 
     def search(

@@ -29,13 +29,19 @@ from loopsim.store import EntryInput, Store
 Script = str | Callable[[list[BaseMessage]], str]
 
 
-def report_json(*entries: tuple[str, str, str], digest: str | None = None) -> str:
+def report_json(
+    *entries: tuple[str, str, str],
+    subquestions: list[str] | None = None,
+    ideas: list[tuple[str, str]] | None = None,
+) -> str:
     """A valid DayReport as JSON, from (kind, title, body) triples."""
     payload: dict[str, Any] = {
         "entries": [{"kind": k, "title": t, "body": b} for k, t, b in entries]
     }
-    if digest is not None:
-        payload["digest"] = digest
+    if subquestions:
+        payload["subquestions"] = subquestions
+    if ideas:
+        payload["ideas"] = [{"title": t, "body": b} for t, b in ideas]
     return json.dumps(payload)
 
 
@@ -54,6 +60,56 @@ def default_reply(messages: list[BaseMessage]) -> str:
             "What should be measured first",
             "Which measurement would most quickly separate the competing explanations in the log?",
         ),
+    )
+
+
+def amplified_reply(messages: list[BaseMessage]) -> str:
+    """A valid reply to any call of an amplified day, chosen by what the call asks for:
+    a day report posing three sub-questions and three ideas, a sub-answer posing three
+    more, a critique whose score depends only on the idea, or a digest. It always offers
+    more than any limit allows, so tests see the limits enforced by loopsim."""
+    system, user = messages[0].text, messages[-1].text
+    if "hands you the question below" in system:
+        question = " ".join(user.rsplit("Question: ", 1)[-1].split())
+        return json.dumps(
+            {
+                "answer": f"Working from the log, the answer to this is a careful yes: {question}",
+                "subquestions": [
+                    f"Which measurement would settle part {k} of that question?" for k in (1, 2, 3)
+                ],
+            }
+        )
+    if "Judge it as a careful critic" in system:
+        title = user.split("# Idea: ", 1)[-1].split("\n", 1)[0]
+        score = sum(map(ord, title)) % 11
+        return json.dumps(
+            {"score": score, "critique": f"The idea '{title}' is testable; its cost is the risk."}
+        )
+    if "Compress them into one digest" in system:
+        heading = user.split("# Entries: ", 1)[-1].split("\n", 1)[0]
+        return json.dumps(
+            {"digest": f"Digest of {heading}: foragers were marked, dances filmed and counted."}
+        )
+    date = user.rsplit("Today's date is ", 1)[-1][:10]
+    return json.dumps(
+        {
+            "entries": [
+                {
+                    "kind": "note",
+                    "title": "Field notes from the comb",
+                    "body": f"On {date} I filmed marked foragers on the comb and counted dances.",
+                }
+            ],
+            "subquestions": [
+                "How far do foragers fly for rich nectar?",
+                "Does dance duration track distance?",
+                "Do scouts recruit more for sugar-rich patches?",
+            ],
+            "ideas": [
+                {"title": t, "body": f"{t}: compare marked foragers across two feeder setups."}
+                for t in ("Feeder ladder", "Odour trail test", "Night-time count")
+            ],
+        }
     )
 
 

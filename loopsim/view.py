@@ -2,18 +2,21 @@
 
 Rules, in the order they are applied:
 
-1. Pinned, always present: the charter, every human correction, the latest digest.
-2. The most recent visible entries, newest first, until most of the budget is used.
-3. Full-text matches for the charter's open questions and recent questions, until the
-   budget is full.
+1. Pinned, always present: the charter and every human correction.
+2. The digests no higher-level digest covers (see :mod:`loopsim.amplify`), highest level
+   first, within a share of the budget.
+3. The entries of the days after the digests, newest first, until most of the budget is
+   used (for a sub-researcher, a smaller share).
+4. Full-text matches for the sub-question (if any), the charter's open questions and
+   recent questions, until the budget is full.
 
 Visible means: not from a reverted or failed day, and not dated after the day's external
 date. Every part comes from an indexed, ``LIMIT``-ed query; the whole record is never
 loaded.
 
 Rendering order is chosen for prompt-cache reuse: the parts that change least come first
-(charter, corrections, then recent entries oldest to newest, so a new day only appends),
-and the parts that change daily (digest, related matches) come last.
+(charter, corrections, digests, then recent entries oldest to newest, so a new day only
+appends), and the part that changes daily (related matches) comes last.
 
 This module never sees check-ins, probes or their schedule.
 """
@@ -28,6 +31,10 @@ from loopsim.schemas import Charter, EntryKind
 from loopsim.store import Store
 
 RECENT_SHARE = 0.75
+FOCUS_RECENT_SHARE = 0.35
+DIGEST_SHARE = 0.4
+RELATED_LIMIT = 30
+GRID_DAYS = 4
 PAGE = 50
 
 
@@ -49,6 +56,7 @@ class ViewEntry:
     author: str
     title: str
     body: str
+    first_day: int | None = None  # digests: the first day covered
 
     @classmethod
     def of(cls, entry: Entry, day_index: int | None) -> ViewEntry:
@@ -60,6 +68,7 @@ class ViewEntry:
             entry.author,
             entry.title,
             entry.body,
+            entry.first_day,
         )
 
     def render(self) -> str:
@@ -74,18 +83,18 @@ class ViewEntry:
 class View:
     charter: Charter
     corrections: tuple[ViewEntry, ...]
-    digest: ViewEntry | None
+    digests: tuple[ViewEntry, ...]
     recent: tuple[ViewEntry, ...]
     related: tuple[ViewEntry, ...]
     budget: int
     tokens: int = field(default=0)
+    focus: str | None = None
 
     @property
     def seqs(self) -> list[int]:
-        parts = [*self.corrections, *self.recent, *self.related]
-        if self.digest:
-            parts.append(self.digest)
-        return sorted(e.seq for e in parts)
+        return sorted(
+            e.seq for e in (*self.corrections, *self.digests, *self.recent, *self.related)
+        )
 
     def render(self) -> str:
         lines = ["# Charter", self.charter.agenda.strip()]
@@ -95,16 +104,17 @@ class View:
         if self.corrections:
             lines.append("\n# Corrections from the real researcher (these override the log)")
             lines.extend(e.render() for e in self.corrections)
+        if self.digests:
+            lines.append("\n# Digests of earlier days (oldest first)")
+            lines.extend(e.render() for e in self.digests)
         lines.append("\n# Research log, recent entries (oldest first)")
         if self.recent:
             lines.extend(e.render() for e in self.recent)
         else:
-            lines.append("(empty: this is the first day)")
-        if self.digest:
-            lines.append("\n# Digest of the log so far")
-            lines.append(self.digest.body)
+            lines.append("(empty: this is the first day)" if not self.digests else "(none)")
         if self.related:
-            lines.append("\n# Older entries related to the open questions")
+            heading = "the question below" if self.focus else "the open questions"
+            lines.append(f"\n# Older entries related to {heading}")
             lines.extend(e.render() for e in self.related)
         return "\n".join(lines)
 
@@ -113,54 +123,120 @@ def _charter_cost(charter: Charter) -> int:
     return estimate_tokens(charter.agenda) + sum(estimate_tokens(q) for q in charter.open_questions)
 
 
+def _cost(item: ViewEntry) -> int:
+    return estimate_tokens(item.render()) + 1
+
+
 def build_view(
-    store: Store, run_id: str, charter: Charter, external_date: dt.date, budget: int
+    store: Store,
+    run_id: str,
+    charter: Charter,
+    external_date: dt.date,
+    budget: int,
+    *,
+    focus: str | None = None,
+    grid: int = GRID_DAYS,
 ) -> View:
-    """Build the view for one day at ``external_date`` within ``budget`` tokens."""
+    """Build the view for one day at ``external_date`` within ``budget`` tokens.
+
+    ``focus`` (a sub-question) makes the view a sub-researcher's: relevance is searched
+    for the question first, and recent entries get a smaller share of the budget.
+    """
     used = _charter_cost(charter) + 40
     corrections = tuple(
         ViewEntry.of(e, None) for e in store.pinned_corrections(run_id, external_date)
     )
-    used += sum(estimate_tokens(e.render()) for e in corrections)
-    digest_entry = store.latest_digest(run_id, external_date)
-    digest = ViewEntry.of(digest_entry, None) if digest_entry else None
-    if digest:
-        used += estimate_tokens(digest.body) + 10
+    used += sum(_cost(e) for e in corrections)
 
-    recent: list[ViewEntry] = []
-    recent_limit = used + int(max(0, budget - used) * RECENT_SHARE)
-    before: int | None = None
-    full = False
-    while not full:
-        page = store.recent_entries(run_id, external_date, before_seq=before, limit=PAGE)
-        for entry, day_index in page:
-            item = ViewEntry.of(entry, day_index)
-            cost = estimate_tokens(item.render()) + 1
-            if used + cost > recent_limit:
-                full = True
-                break
-            recent.append(item)
-            used += cost
-        if len(page) < PAGE:
-            break
-        before = page[-1][0].seq
-    recent.reverse()
+    # The raw window and the digests before it share what the corrections leave. The
+    # window starts on a digest boundary (see _window), and the digests then tile every
+    # day before it, highest level first while they fit their share.
+    room = max(0, budget - used)
+    share = FOCUS_RECENT_SHARE if focus else RECENT_SHARE
+    reserve = DIGEST_SHARE if store.max_digest_level(run_id, external_date) else 0.0
+    start, recent, recent_cost = _window(
+        store, run_id, external_date, int(room * (1 - reserve) * share), grid
+    )
+    used += recent_cost
+    digest_limit = used + int(room * reserve)
+    shown: list[ViewEntry] = []
+    pinned = store.pinned_digests(run_id, external_date, before_day=start)
+    for entry in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
+        item = ViewEntry.of(entry, None)
+        if used + _cost(item) > digest_limit:
+            continue
+        shown.append(item)
+        used += _cost(item)
+    digests = tuple(sorted(shown, key=lambda d: (d.first_day or 0, d.seq)))
 
     related: list[ViewEntry] = []
-    shown = {e.seq for e in recent}
-    questions = [*charter.open_questions]
+    seen = {e.seq for e in recent}
+    questions = [focus] if focus else []
+    questions.extend(charter.open_questions)
     questions.extend(f"{e.title} {e.body}" for e in recent if e.kind == EntryKind.QUESTION)
     if questions and used < budget:
         for entry, day_index, _status in store.search(
-            run_id, " ".join(questions), until=external_date, limit=30
+            run_id, " ".join(questions), until=external_date, limit=RELATED_LIMIT
         ):
-            if entry.seq in shown or entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
+            if entry.seq in seen or entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
                 continue
             item = ViewEntry.of(entry, day_index)
-            cost = estimate_tokens(item.render()) + 1
-            if used + cost > budget:
+            if used + _cost(item) > budget:
                 continue
             related.append(item)
-            used += cost
+            used += _cost(item)
         related.sort(key=lambda e: e.seq)
-    return View(charter, corrections, digest, tuple(recent), tuple(related), budget, used)
+    return View(charter, corrections, digests, tuple(recent), tuple(related), budget, used, focus)
+
+
+def _window(
+    store: Store, run_id: str, until: dt.date, limit: int, grid: int
+) -> tuple[int, list[ViewEntry], int]:
+    """The raw window: entries of the days from a start day on, oldest first, within
+    ``limit`` tokens; returns the start, the entries and their cost.
+
+    The start is a digest boundary (a day just after a level-1 digest ends, or day 1), so
+    the digests before it cover every earlier day exactly. Only every ``grid``-th boundary
+    is a candidate while one fits, so the start, and with it the prompt's prefix (what a
+    server's prompt cache reuses), moves once every few digests rather than daily: days in
+    between only append. Without a fitting boundary, the newest entries that fit are
+    shown."""
+    boundaries, total = store.digest_boundaries(run_id, until)  # newest first
+    oldest_allowed = boundaries[-1] if boundaries else 1
+    candidates = sorted({1, *boundaries})
+    # A boundary's ordinal counts the digests before it, so the grid stays put as the
+    # record grows.
+    ordinal = {b: total - n for n, b in enumerate(boundaries)}
+    coarse = [b for b in candidates if ordinal.get(b, 0) % grid == 0]
+    taken: list[ViewEntry] = []
+    used = 0
+    before: int | None = None
+    full = False
+    while not full:
+        page = store.recent_entries(
+            run_id, until, before_seq=before, limit=PAGE, after_day=max(0, oldest_allowed - 1)
+        )
+        for entry, day_index in page:
+            item = ViewEntry.of(entry, day_index)
+            if used + _cost(item) > limit:
+                full = True
+                break
+            taken.append(item)
+            used += _cost(item)
+        if len(page) < PAGE:
+            break
+        before = page[-1][0].seq
+    if not full:
+        start = oldest_allowed if boundaries else 1
+    else:
+        # The oldest day taken may be cut part-way: start after it, on a boundary.
+        oldest = min((e.day_index for e in taken if e.day_index is not None), default=0)
+        fitting = [b for b in coarse if b > oldest] or [b for b in candidates if b > oldest]
+        kept = [e for e in taken if fitting and (e.day_index is None or e.day_index >= fitting[0])]
+        if kept:
+            start, taken = fitting[0], kept
+            used = sum(_cost(e) for e in taken)
+        else:  # no boundary leaves anything to show: the newest entries that fit
+            start = oldest_allowed
+    taken.reverse()
+    return start, taken, used

@@ -193,20 +193,6 @@ def test_budget_completes_the_run(database, spec):
         loop.run_days(run_id, 1)
 
 
-def test_digest_becomes_an_entry_pinned_in_the_next_view(database, spec):
-    run_id = make_run(database, spec)
-    with_digest = report_json(
-        ("plan", "Next step", "Mark forty foragers and film the comb to count their dances."),
-        digest="So far: one plan to film marked foragers on the comb.",
-    )
-    loop, model = loop_for(database, [with_digest, GOOD])
-    loop.run_days(run_id, 2)
-    with database.read() as session:
-        kinds = [e.kind for e, _, _ in Store(session).list_entries(run_id)]
-    assert kinds == ["plan", EntryKind.DIGEST, "note"]
-    assert "# Digest of the log so far\nSo far: one plan" in model.calls[1][-1].text
-
-
 def test_should_stop_stops_at_a_day_boundary(database, spec):
     run_id = make_run(database, spec)
     loop, _ = loop_for(database)

@@ -1,0 +1,391 @@
+"""Amplification inside one day, and the day's whole conversation.
+
+A day is one :data:`~loopsim.researcher.Conversation` that may make many model calls:
+
+1. the day's own report (retried while invalid), which may pose *sub-questions* and
+   babble *ideas*;
+2. each idea, scored by a fresh *critic* (same persona and external date, no log, no
+   memory), and the best ones flagged;
+3. each sub-question, answered by a fresh *sub-researcher* (same persona and date, a view
+   of the record focused on the question, no memory), who may pose sub-questions of its
+   own, depth-first, up to the spec's depth and breadth and within its token budget;
+4. the *digests* due (planned before the day from the record as it stood): a fresh
+   researcher compresses the oldest uncovered days, or ``every_days`` digests of one
+   level into one of the level above.
+
+Nothing is written until the conversation ends: the loop then commits the day, every
+entry of its tree and every call it made, in one transaction. A sub-question, critic or
+digest call whose reply stays invalid, or whose endpoint stays down, leaves its node
+unanswered and the day goes on; only the day's own report can fail the day.
+
+This module never imports check-in, drift or schedule code.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel
+
+from loopsim.errors import ModelUnavailable
+from loopsim.researcher import (
+    Asked,
+    Conversation,
+    DayOutcome,
+    Prompt,
+    Read,
+    ask,
+    grammar_schema,
+    parse_json_reply,
+    parse_report,
+    persona_text,
+    reply_schema,
+)
+from loopsim.schemas import (
+    Author,
+    CallRole,
+    Critique,
+    DigestReply,
+    EntryKind,
+    RunSpec,
+    SubAnswer,
+)
+from loopsim.store import EntryInput, Store
+from loopsim.view import ViewEntry, build_view, estimate_tokens
+
+SUB_INSTRUCTIONS = (
+    "Another copy of you, working on the same charter today, hands you the question below. "
+    "Answer it from what you know and what the log says. Reply with one JSON object and "
+    'nothing else: {{"answer": "two to six plain sentences"{more}}}'
+)
+SUB_MORE = (
+    ', "subquestions": ["up to {n} narrower questions you want answered first by further '
+    'copies of you, or none"]'
+)
+CRITIC_INSTRUCTIONS = (
+    "A colleague proposes the idea below for the charter. Judge it as a careful critic: is "
+    "it sound, new, testable and worth the time? Reply with one JSON object and nothing "
+    'else: {"score": 0 to 10, where 10 is most promising, "critique": "two to five plain '
+    'sentences"}'
+)
+DIGEST_INSTRUCTIONS = (
+    "Below are entries from the research log. Compress them into one digest for the you of "
+    "later days: the findings, open questions and plans that still matter, in plain "
+    "sentences, at most about 120 words. Reply with one JSON object and nothing else: "
+    '{"digest": "..."}'
+)
+
+
+@dataclass(frozen=True)
+class DigestJob:
+    """One digest due today: ``level`` 1 compresses the entries of days
+    ``first_day``..``last_day``; level k+1 compresses level-k digests of that range."""
+
+    level: int
+    first_day: int
+    last_day: int
+    material: tuple[ViewEntry, ...]
+
+
+@dataclass(frozen=True)
+class PlannedDay:
+    run_id: str
+    index: int
+    external_date: dt.date
+    prompt: Prompt
+    model_id: str
+    spec: RunSpec
+    digests: tuple[DigestJob, ...] = ()
+
+
+# ------------------------------------------------------------------------- planning
+
+
+def plan_digests(
+    store: Store, run_id: str, index: int, until: dt.date, every: int
+) -> list[DigestJob]:
+    """The digests due before day ``index``, from the record as it stands.
+
+    Level 1: once at least ``2 * every`` committed days after the last level-1 digest are
+    older than today, the oldest ``every`` of them are compressed, so the newest ``every``
+    to ``2 * every`` days always stay in the view as written. Level k+1: once ``every``
+    level-k digests are not yet covered by one of level k+1, they are compressed. At most
+    one digest a level a day, so a record that had digests off catches up gradually.
+    """
+    if every <= 0:
+        return []
+    jobs: list[DigestJob] = []
+    covered = store.covered_through(run_id, 1, until)
+    days = store.committed_day_indexes(run_id, after=covered, before=index, limit=2 * every)
+    if len(days) >= 2 * every:
+        first, last = days[0], days[every - 1]
+        material = tuple(
+            ViewEntry.of(entry, day_index)
+            for entry, day_index, _status in store.list_entries(
+                run_id, day_range=(first, last), include_reverted=False
+            )
+            if entry.kind not in (EntryKind.DIGEST, EntryKind.CORRECTION)
+        )
+        if material:
+            jobs.append(DigestJob(1, first, last, material))
+    for level in range(1, store.max_digest_level(run_id, until) + 1):
+        above = store.covered_through(run_id, level + 1, until)
+        digests = store.digests(run_id, level, after_day=above, until=until, limit=every)
+        if len(digests) == every:
+            material = tuple(ViewEntry.of(d, None) for d in digests)
+            first, last = digests[0].first_day or 0, digests[-1].last_day or 0
+            jobs.append(DigestJob(level + 1, first, last, material))
+    return jobs
+
+
+# ----------------------------------------------------------------------- prompts
+
+
+def _system(planned: PlannedDay, instructions: str) -> str:
+    return "\n\n".join([*persona_text(planned.spec.persona), instructions])
+
+
+def _dated(text: str, date: dt.date) -> str:
+    return f"{text}\n\nToday's date is {date.isoformat()}."
+
+
+def sub_prompt(planned: PlannedDay, view_text: str, question: str, may_ask: int) -> Prompt:
+    more = SUB_MORE.format(n=may_ask) if may_ask else ""
+    system = _system(planned, SUB_INSTRUCTIONS.format(more=more))
+    user = f"{_dated(view_text, planned.external_date)}\n\nQuestion: {question}"
+    return Prompt((("system", system), ("user", user)))
+
+
+def critic_prompt(planned: PlannedDay, title: str, body: str) -> Prompt:
+    charter = planned.spec.charter.agenda.strip()
+    user = _dated(f"# Charter\n{charter}\n\n# Idea: {title}\n{body}", planned.external_date)
+    return Prompt((("system", _system(planned, CRITIC_INSTRUCTIONS)), ("user", user)))
+
+
+def digest_prompt(planned: PlannedDay, job: DigestJob, budget: int) -> Prompt:
+    what = f"days {job.first_day} to {job.last_day}"
+    if job.level > 1:
+        what = f"digests of {what}"
+    lines = [f"# Charter\n{planned.spec.charter.agenda.strip()}", f"\n# Entries: {what}"]
+    used = sum(estimate_tokens(line) for line in lines)
+    for item in job.material:
+        text = item.render()
+        cost = estimate_tokens(text)
+        if used + cost > budget:
+            lines.append("(later entries left out: over the digest's budget)")
+            break
+        lines.append(text)
+        used += cost
+    user = _dated("\n".join(lines), planned.external_date)
+    return Prompt((("system", _system(planned, DIGEST_INSTRUCTIONS)), ("user", user)))
+
+
+@functools.cache
+def sub_schema(may_ask: int) -> dict[str, Any]:
+    """SubAnswer's schema, offering ``may_ask`` sub-questions (none at the depth limit)."""
+    schema = copy.deepcopy(reply_schema(SubAnswer))
+    if may_ask:
+        schema["properties"]["subquestions"]["maxItems"] = may_ask
+    else:
+        del schema["properties"]["subquestions"]
+    return schema
+
+
+def _title(prefix: str, text: str, limit: int = 120) -> str:
+    flat = " ".join(text.split())
+    room = limit - len(prefix)
+    return prefix + (flat if len(flat) <= room else flat[: room - 1].rstrip() + "\u2026")
+
+
+def _parser(model: type[BaseModel]) -> Any:
+    return functools.partial(parse_json_reply, model)
+
+
+# ------------------------------------------------------------------ conversation
+
+
+@dataclass
+class _Day:
+    planned: PlannedDay
+    max_retries: int
+    max_chars: int
+    digest_budget: int
+    outcome: DayOutcome
+    tasks: int = 0
+    sub_tokens: int = 0
+    items: list[EntryInput] = field(default_factory=list)
+
+    def add(self, item: EntryInput) -> int:
+        self.items.append(item)
+        return len(self.items) - 1
+
+    def ask(
+        self,
+        prompt: Prompt,
+        model: type[BaseModel],
+        role: CallRole,
+        depth: int,
+        salt: str,
+        schema: dict[str, Any] | None = None,
+    ) -> Conversation[Asked[Any]]:
+        self.tasks += 1
+        try:
+            asked: Asked[Any] = yield from ask(
+                prompt,
+                _parser(model),
+                schema=schema or reply_schema(model),
+                salt=f"{self.planned.index}:{salt}",
+                max_retries=self.max_retries,
+                max_chars=self.max_chars,
+                log=self.outcome.calls,
+                task=self.tasks,
+                role=role,
+                depth=depth,
+            )
+        except ModelUnavailable as exc:
+            asked = Asked(error=exc.message)
+        self.outcome.add(asked)
+        return asked
+
+    def link(self, asked: Asked[Any], item: int) -> None:
+        if asked.accepted_call is not None:
+            self.outcome.calls[asked.accepted_call].item = item
+
+
+def day_conversation(
+    planned: PlannedDay,
+    *,
+    version: str,
+    max_retries: int,
+    max_chars: int,
+    digest_budget: int = 3000,
+) -> Conversation[DayOutcome]:
+    """The whole of one day: its report, then ideas, sub-questions and digests."""
+    spec = planned.spec
+    breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
+    outcome = DayOutcome(None, "", None, 0, version)
+    asked = yield from ask(
+        planned.prompt,
+        parse_report,
+        schema=grammar_schema(breadth, spec.babble.ideas),
+        salt=planned.index,
+        max_retries=max_retries,
+        max_chars=max_chars,
+        log=outcome.calls,
+    )
+    outcome.add(asked)
+    outcome.report, outcome.raw, outcome.error = asked.value, asked.raw, asked.error
+    outcome.attempts = asked.attempts
+    report = asked.value
+    if report is None:
+        return outcome
+    day = _Day(planned, max_retries, max_chars, digest_budget, outcome)
+    for entry in report.entries:
+        day.add(EntryInput(entry.kind, entry.title, entry.body))
+    if spec.babble.ideas:
+        yield from _babble(day, report.ideas[: spec.babble.ideas])
+    for question in report.subquestions[:breadth]:
+        yield from _subquestion(day, question, depth=1, parent=None)
+    for job in planned.digests:
+        yield from _digest(day, job)
+    outcome.items = day.items
+    return outcome
+
+
+def _babble(day: _Day, ideas: list[Any]) -> Conversation[None]:
+    scored: list[tuple[int, int]] = []  # (score, idea item)
+    for number, idea in enumerate(ideas, 1):
+        at = day.add(EntryInput(EntryKind.IDEA, idea.title, idea.body, flagged=False))
+        prompt = critic_prompt(day.planned, idea.title, idea.body)
+        asked = yield from day.ask(prompt, Critique, CallRole.CRITIC, 1, f"critic:{number}")
+        if asked.value is None:
+            body = f"No critique: the critic's reply was not usable ({asked.error})."
+            day.add(
+                EntryInput(
+                    EntryKind.CRITIQUE,
+                    _title("Critique: ", idea.title),
+                    body[:1500],
+                    author=Author.SYSTEM,
+                    parent=at,
+                )
+            )
+            continue
+        critique: Critique = asked.value
+        done = day.add(
+            EntryInput(
+                EntryKind.CRITIQUE,
+                _title("Critique: ", idea.title),
+                critique.critique,
+                parent=at,
+                score=critique.score,
+            )
+        )
+        day.link(asked, done)
+        scored.append((critique.score, at))
+    babble = day.planned.spec.babble
+    best = sorted(scored, key=lambda pair: (-pair[0], pair[1]))[: babble.flag_top]
+    for score, at in best:
+        if score >= babble.min_score:
+            day.items[at] = replace(day.items[at], flagged=True)
+
+
+def _subquestion(day: _Day, question: str, *, depth: int, parent: int | None) -> Conversation[None]:
+    planned = day.planned
+    settings = planned.spec.subquestions
+    at = day.add(EntryInput(EntryKind.SUBQUESTION, _title("", question), question, parent=parent))
+    if day.sub_tokens >= settings.token_budget:
+        return  # budget spent: the question stays, unanswered
+    view = yield Read(
+        lambda store: build_view(
+            store,
+            planned.run_id,
+            planned.spec.charter,
+            planned.external_date,
+            settings.view_token_budget,
+            focus=question,
+        )
+    )
+    may_ask = settings.breadth if depth < settings.depth else 0
+    prompt = sub_prompt(planned, view.render(), question, may_ask)
+    before = day.outcome.tokens_in + day.outcome.tokens_out
+    asked = yield from day.ask(
+        prompt, SubAnswer, CallRole.SUBQUESTION, depth, f"sub:{at}", sub_schema(may_ask)
+    )
+    spent = day.outcome.tokens_in + day.outcome.tokens_out - before
+    # Endpoints that report no usage still spend: count the prompt and reply by size.
+    day.sub_tokens += spent or estimate_tokens(prompt.messages[1][1]) + estimate_tokens(asked.raw)
+    if asked.value is None:
+        return
+    answer: SubAnswer = asked.value
+    done = day.add(
+        EntryInput(EntryKind.ANSWER, _title("Answer: ", question), answer.answer, parent=at)
+    )
+    day.link(asked, done)
+    for child in answer.subquestions[:may_ask]:
+        yield from _subquestion(day, child, depth=depth + 1, parent=done)
+
+
+def _digest(day: _Day, job: DigestJob) -> Conversation[None]:
+    prompt = digest_prompt(day.planned, job, day.digest_budget)
+    salt = f"digest:{job.level}:{job.first_day}"
+    asked = yield from day.ask(prompt, DigestReply, CallRole.DIGEST, job.level, salt)
+    if asked.value is None:
+        return  # still due tomorrow
+    title = f"Digest of days {job.first_day}-{job.last_day}"
+    if job.level > 1:
+        title += f" (level {job.level})"
+    done = day.add(
+        EntryInput(
+            EntryKind.DIGEST,
+            title,
+            asked.value.digest,
+            level=job.level,
+            first_day=job.first_day,
+            last_day=job.last_day,
+        )
+    )
+    day.link(asked, done)
