@@ -110,18 +110,18 @@ def plan_digests(
 ) -> list[DigestJob]:
     """The digests due before day ``index``, from the record as it stands.
 
-    Level 1: once at least ``2 * every`` committed days after the last level-1 digest are
-    older than today, the oldest ``every`` of them are compressed, so the newest ``every``
-    to ``2 * every`` days always stay in the view as written. Level k+1: once ``every``
-    level-k digests are not yet covered by one of level k+1, they are compressed. At most
-    one digest a level a day, so a record that had digests off catches up gradually.
+    Level 1: once ``every`` committed days after the last level-1 digest are older than
+    today, they are compressed. Level k+1: once ``every`` level-k digests are not yet
+    covered by one of level k+1, they are compressed. At most one digest a level a day,
+    so a record that had digests off catches up gradually. The view keeps showing days
+    as written while its budget allows (see :mod:`loopsim.view`).
     """
     if every <= 0:
         return []
     jobs: list[DigestJob] = []
     covered = store.covered_through(run_id, 1, until)
-    days = store.committed_day_indexes(run_id, after=covered, before=index, limit=2 * every)
-    if len(days) >= 2 * every:
+    days = store.committed_day_indexes(run_id, after=covered, before=index, limit=every)
+    if len(days) >= every:
         first, last = days[0], days[every - 1]
         material = tuple(
             ViewEntry.of(entry, day_index)

@@ -156,6 +156,23 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             style="bold",
         )
     )
+    flagged = [(e, i) for e, i in entries if e.flagged]
+    if flagged:  # babble and prune: the critic's picks come first
+        out.print(
+            Text(f"\nmost promising ideas ({len(flagged)}), flagged by the critic:", style="bold")
+        )
+        scores = {e.parent_id: e.score for e, _ in entries if e.kind == "critique"}
+        for entry, index in flagged:
+            score = scores.get(entry.id)
+            mark = f" (score {score}/10)" if score is not None else ""
+            out.print(
+                Text(
+                    f"\n★ day {index} #{entry.seq} idea{mark} · {safe_text(entry.title)}",
+                    style="green",
+                )
+            )
+            out.print(Text(safe_text(entry.body)))
+        out.print(Text("\nall days:", style="bold"))
     for entry, index in entries:
         out.print(
             Text(

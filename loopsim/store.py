@@ -589,6 +589,7 @@ class Store:
         query: str,
         *,
         until: dt.date | None = None,
+        before_day: int | None = None,
         include_reverted: bool = False,
         limit: int = 20,
     ) -> list[tuple[Entry, int | None, str | None]]:
@@ -628,6 +629,8 @@ class Store:
         )
         if until is not None:
             stmt = stmt.where(Entry.external_date <= until)
+        if before_day is not None:
+            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index < before_day))
         if not include_reverted:
             stmt = stmt.where(self._visible())
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]

@@ -30,11 +30,11 @@ from loopsim.models import Entry
 from loopsim.schemas import Charter, EntryKind
 from loopsim.store import Store
 
-RECENT_SHARE = 0.75
-FOCUS_RECENT_SHARE = 0.35
+RELATED_SHARE = 0.1
+FOCUS_RELATED_SHARE = 0.5
 DIGEST_SHARE = 0.4
 RELATED_LIMIT = 30
-GRID_DAYS = 4
+GRID_DAYS = 3
 PAGE = 50
 
 
@@ -107,15 +107,15 @@ class View:
         if self.digests:
             lines.append("\n# Digests of earlier days (oldest first)")
             lines.extend(e.render() for e in self.digests)
+        if self.related:
+            heading = "the question below" if self.focus else "the open questions"
+            lines.append(f"\n# Older entries related to {heading}")
+            lines.extend(e.render() for e in self.related)
         lines.append("\n# Research log, recent entries (oldest first)")
         if self.recent:
             lines.extend(e.render() for e in self.recent)
         else:
             lines.append("(empty: this is the first day)" if not self.digests else "(none)")
-        if self.related:
-            heading = "the question below" if self.focus else "the open questions"
-            lines.append(f"\n# Older entries related to {heading}")
-            lines.extend(e.render() for e in self.related)
         return "\n".join(lines)
 
 
@@ -148,17 +148,22 @@ def build_view(
     )
     used += sum(_cost(e) for e in corrections)
 
-    # The raw window and the digests before it share what the corrections leave. The
-    # window starts on a digest boundary (see _window), and the digests then tile every
-    # day before it, highest level first while they fit their share.
+    # What the corrections leave is shared by the digests, the related entries and the
+    # raw window. The window starts on a digest boundary (see _window); the digests tile
+    # every day before it, highest level first while they fit; the related entries come
+    # from before it too. So only the window's end changes from one day to the next.
     room = max(0, budget - used)
-    share = FOCUS_RECENT_SHARE if focus else RECENT_SHARE
-    reserve = DIGEST_SHARE if store.max_digest_level(run_id, external_date) else 0.0
+    pinned_now = store.pinned_digests(run_id, external_date)
+    digest_reserve = min(
+        int(room * DIGEST_SHARE),
+        int(1.5 * sum(_cost(ViewEntry.of(d, None)) for d in pinned_now)) + 200 * bool(pinned_now),
+    )
+    related_reserve = int(room * (FOCUS_RELATED_SHARE if focus else RELATED_SHARE))
     start, recent, recent_cost = _window(
-        store, run_id, external_date, int(room * (1 - reserve) * share), grid
+        store, run_id, external_date, room - digest_reserve - related_reserve, grid
     )
     used += recent_cost
-    digest_limit = used + int(room * reserve)
+    digest_limit = used + digest_reserve
     shown: list[ViewEntry] = []
     pinned = store.pinned_digests(run_id, external_date, before_day=start)
     for entry in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
@@ -169,16 +174,20 @@ def build_view(
         used += _cost(item)
     digests = tuple(sorted(shown, key=lambda d: (d.first_day or 0, d.seq)))
 
+    # Relevance for the day's open questions (and a sub-researcher's question) among the
+    # entries before the window: stable while the window's start stays put.
     related: list[ViewEntry] = []
-    seen = {e.seq for e in recent}
     questions = [focus] if focus else []
     questions.extend(charter.open_questions)
-    questions.extend(f"{e.title} {e.body}" for e in recent if e.kind == EntryKind.QUESTION)
     if questions and used < budget:
         for entry, day_index, _status in store.search(
-            run_id, " ".join(questions), until=external_date, limit=RELATED_LIMIT
+            run_id,
+            " ".join(questions),
+            until=external_date,
+            before_day=start,
+            limit=RELATED_LIMIT,
         ):
-            if entry.seq in seen or entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
+            if entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
                 continue
             item = ViewEntry.of(entry, day_index)
             if used + _cost(item) > budget:
@@ -237,6 +246,6 @@ def _window(
             start, taken = fitting[0], kept
             used = sum(_cost(e) for e in taken)
         else:  # no boundary leaves anything to show: the newest entries that fit
-            start = oldest_allowed
+            start = max(oldest_allowed, oldest)
     taken.reverse()
     return start, taken, used

@@ -192,8 +192,8 @@ def test_digests_are_hierarchical_and_the_pinned_part_stays_bounded(database):
     rows = entries(database, run_id)
     digests = [e for e in rows if e.kind == EntryKind.DIGEST]
     level1 = [(d.first_day, d.last_day) for d in digests if d.level == 1]
-    # The newest 2..4 days stay as written; older ones are digested two days at a time.
-    assert level1 == [(k, k + 1) for k in range(1, 26, 2)]
+    # Days are digested two at a time once both are older than the day at work.
+    assert level1 == [(k, k + 1) for k in range(1, 28, 2)]
     level2 = [(d.first_day, d.last_day) for d in digests if d.level == 2]
     assert level2[:3] == [(1, 4), (5, 8), (9, 12)]
     assert any(d.level == 3 for d in digests)
@@ -205,11 +205,11 @@ def test_digests_are_hierarchical_and_the_pinned_part_stays_bounded(database):
         before = store.pinned_digests(run_id, dt.date(2025, 6, 2), before_day=start)
     # Pinned digests tile the digested days once, without gap or overlap.
     days = [day for d in pinned for day in range(d.first_day, d.last_day + 1)]
-    assert days == list(range(1, 27))
+    assert days == list(range(1, 29))
     assert len(pinned) <= 2 * 4  # below every_days per level, a few levels
     # A small budget: the raw window starts on a digest boundary, and the digests shown
     # tile every day before it.
-    assert 3 < start <= 27
+    assert 3 < start <= 29
     days = [day for d in before for day in range(d.first_day, d.last_day + 1)]
     assert days == list(range(1, start))
     assert [d.seq for d in view.digests] == sorted(
@@ -221,7 +221,7 @@ def test_a_digest_is_reverted_with_its_day_and_a_human_can_amend_it(database):
     spec = amplified(digests={"every_days": 2}, budget={"days": 40})
     run_id = make_run(database, spec)
     loop, _ = loop_for(database)
-    loop.run_days(run_id, 5)  # day 5 digests days 1-2
+    loop.run_days(run_id, 3)  # day 3 digests days 1-2
     date = dt.date(2025, 6, 2)
     with database.write() as session:
         store = Store(session)
@@ -232,7 +232,7 @@ def test_a_digest_is_reverted_with_its_day_and_a_human_can_amend_it(database):
         (shown,) = store.pinned_digests(run_id, date)
         assert shown.body == "Days 1-2, as the human reads them."
         assert store.verify_chain(run_id).ok
-        store.revert_days(run_id, 4, 5)
+        store.revert_days(run_id, 2, 3)
         assert store.pinned_digests(run_id, date) == []
 
 

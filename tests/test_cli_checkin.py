@@ -118,3 +118,26 @@ def test_researcher_questions_are_proposed_probes_a_human_must_accept(cli, tmp_p
     assert added.exit_code == 0
     accepted = json.loads(cli("probe", "list", run_id, "--status", "accepted", "--json").stdout)
     assert [p["source"] for p in accepted] == ["spec", "researcher", "human"]
+
+
+def test_review_shows_the_flagged_ideas_first(cli_factory, sqlite_url, tmp_path):
+    from loopsim.testing import amplified_reply
+
+    factory, _ = scripted_factory([amplified_reply])
+    cli = cli_factory(sqlite_url, factory)
+    babble = SPEC + "\n[babble]\nideas = 3\nflag_top = 1\nmin_score = 0\n"
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", babble))).stdout.strip()
+    stepped = cli("run", "step", run_id, "--days", "5")
+    assert "check-in 1 is open" in stepped.stderr, stepped.output
+    with sqlite3.connect(cli.url) as conn:
+        flagged = [t for (t,) in conn.execute("SELECT title FROM entries WHERE flagged")]
+        ideas = conn.execute("SELECT count(*) FROM entries WHERE kind = 'idea'").fetchone()[0]
+    assert len(flagged) == 2 and ideas == 6  # one of three ideas a day, two days
+    result = cli("checkin", "review", "1", input="My own view.\n3\napprove\n")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    head, rest = out.split("all days:", 1)
+    assert "most promising ideas (2)" in head
+    assert all("idea (score" in line for line in head.splitlines() if "★" in line)
+    assert [line.split(" · ", 1)[1] for line in head.splitlines() if "★" in line] == flagged
+    assert "★" not in rest
