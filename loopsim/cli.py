@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -66,8 +67,14 @@ class AppContext:
     db_url: str | None = None
     opened_checkin: int | None = None
     similarity_fn: drift.Similarity | None = None
-    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or
+    # ":smile:", which must come out as written (a stray closing tag would crash).
+    out: Console = field(
+        default_factory=lambda: Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+    )
+    err: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, markup=False, emoji=False)
+    )
 
     @property
     def url(self) -> str:
@@ -164,7 +171,10 @@ def db_upgrade(
 
     An existing SQLite file is backed up beside itself before it is migrated."""
     a = _app(ctx)
-    result = dbmod.upgrade(a.url, revision)
+    try:
+        result = dbmod.upgrade(a.url, revision)
+    except CommandError as exc:  # alembic's own errors name unknown revisions
+        raise SpecError(f"cannot upgrade to {revision!r}: {exc}") from None
     if result.created:
         a.err.print(f"created {result.where} at schema {result.after}")
     elif result.before == result.after:

@@ -163,8 +163,8 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
         )
         scores = {e.parent_id: e.score for e, _ in entries if e.kind == "critique"}
         for entry, index in flagged:
-            score = scores.get(entry.id)
-            mark = f" (score {score}/10)" if score is not None else ""
+            critic = scores.get(entry.id)
+            mark = f" (score {critic}/10)" if critic is not None else ""
             out.print(
                 Text(
                     f"\n★ day {index} #{entry.seq} idea{mark} · {safe_text(entry.title)}",

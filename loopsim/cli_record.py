@@ -6,18 +6,23 @@ and escaped in every export.
 
 from __future__ import annotations
 
+import json
+import re
+import textwrap
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from loopsim.cli import RunArg, _app, app, record_app
-from loopsim.errors import RecordBroken
+from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import safe_text, to_jsonl, to_markdown, write_atomically
+from loopsim.models import Entry
+from loopsim.report import to_html
 from loopsim.schemas import DayStatus
-from loopsim.store import Store
+from loopsim.store import Store, search_terms
 
 # ----------------------------------------------------------------------------- record
 
@@ -38,6 +43,7 @@ def record_show(
         days = {d.index: d for d in store.list_days(run.id)}
         rows = store.list_entries(run.id, day_index=day)
     current = object()
+    depth: dict[int, int] = {}  # entry id -> depth in its day's tree
     for entry, day_index, status in rows:
         if day_index != current:
             current = day_index
@@ -48,10 +54,16 @@ def record_show(
                 mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
                 a.out.print(Text(f"\nday {day_index}  {d.external_date}{mark}", style="bold"))
         style = "strike" if status == DayStatus.REVERTED else ""
+        level = depth.get(entry.parent_id, -1) + 1 if entry.parent_id is not None else 0
+        depth[entry.id] = level
+        pad = "  " * level
         a.out.print(
-            Text(f"#{entry.seq} {entry.kind} · {safe_text(entry.title)}", style=style + " cyan")
+            Text(
+                f"{pad}#{entry.seq} {entry.kind}{_marks(entry)} · {safe_text(entry.title)}",
+                style=style + " cyan",
+            )
         )
-        a.out.print(Text(safe_text(entry.body), style=style))
+        a.out.print(Text(textwrap.indent(safe_text(entry.body), pad), style=style))
     failed = [
         d for d in days.values() if d.status == DayStatus.FAILED and (day is None or d.index == day)
     ]
@@ -59,6 +71,42 @@ def record_show(
         a.out.print(Text(f"\nday {d.index}  failed: {safe_text(d.error or '')}", style="red"))
     if not rows and not failed:
         a.err.print("no entries yet")
+
+
+def _marks(entry: Entry) -> str:
+    """What an amplification entry carries: a digest's range, a score, a flag."""
+    marks = []
+    if entry.level is not None:
+        marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
+    if entry.score is not None:
+        marks.append(f"score {entry.score}/10")
+    if entry.flagged:
+        marks.append("flagged")
+    if entry.author != "researcher":
+        marks.append(f"by {entry.author}")
+    return f" [{'; '.join(marks)}]" if marks else ""
+
+
+@record_app.command("amend-digest")
+def record_amend_digest(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    seq: Annotated[int, typer.Argument(help="The digest's entry number (#N in record show).")],
+    body: Annotated[str, typer.Option("--body", help="Your version of the digest.")],
+) -> None:
+    """Replace a digest with your own version. The original stays in the chain; yours
+    covers the same days and is what the researcher reads from now on."""
+    text = " ".join(body.split())
+    if len(text) < 20:
+        raise typer.BadParameter("give at least 20 characters", param_hint="--body")
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        entry = store.amend_digest(run.id, seq, text)
+        a.err.print(
+            f"digest #{seq} amended as #{entry.seq} (days {entry.first_day}-{entry.last_day})"
+        )
 
 
 @record_app.command("verify")
@@ -78,12 +126,96 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
     a.out.print(f"ok: run {run.id}, {result.checked} entries, head {result.head[:16]}")
 
 
+SNIPPET_CHARS = 160
+
+
+def _first_match(text: str, terms: list[str]) -> int:
+    """Where the first of ``terms`` starts in ``text``, or -1. Full-text search stems
+    words ("foraging" finds "forage"), so a term not found whole is looked for by its
+    first letters."""
+    for words in (terms, [t[: max(4, len(t) - 3)] for t in terms]):
+        alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        found = re.search(rf"(?<![^\W_])(?:{alternatives})", text, re.IGNORECASE)
+        if found:
+            return found.start()
+    return -1
+
+
+def snippet(body: str, terms: list[str], width: int = SNIPPET_CHARS) -> str:
+    """About ``width`` characters of ``body`` around its first matching term, on one line
+    and with control characters (terminal escapes included) removed."""
+    text = " ".join(safe_text(body).split())
+    if len(text) <= width:
+        return text
+    at = max(0, _first_match(text, terms))
+    start = max(0, min(at - width // 3, len(text) - width))
+    end = start + width
+    if start > 0:  # begin and end on word boundaries where one is near
+        space = text.find(" ", start, at)
+        start = space + 1 if space != -1 and space - start < 20 else start
+    if end < len(text):
+        space = text.rfind(" ", max(at, end - 20), end)
+        end = space if space != -1 else end
+    return ("…" if start > 0 else "") + text[start:end] + ("…" if end < len(text) else "")
+
+
+@record_app.command("search")
+def record_search(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    query: Annotated[str, typer.Argument(help="Words to look for; any of them may match.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most hits to show.")] = 20,
+) -> None:
+    """Full-text search over a run's whole record, best matches first. Reverted days are
+    searched too, and marked."""
+    terms = search_terms(query)
+    if not terms:
+        raise SpecError(
+            "the query has no words to search for: words of 4 or more letters count, "
+            "except common ones such as 'that' or 'with'"
+        )
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        hits = store.search(run.id, query, include_reverted=True, limit=limit)
+        rows: list[dict[str, Any]] = [
+            {
+                "day": day_index,
+                "external_date": entry.external_date.isoformat(),
+                "kind": " ".join(safe_text(entry.kind).split()),
+                "seq": entry.seq,
+                "title": " ".join(safe_text(entry.title).split()),
+                "snippet": snippet(entry.body, terms),
+                "reverted": status == DayStatus.REVERTED,
+                "day_status": status,
+            }
+            for entry, day_index, status in hits
+        ]
+    if not rows:
+        a.err.print(Text(f"no matches for {' '.join(terms)} in run {run.id}"))
+    if as_json:
+        a.out.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        day = "-" if row["day"] is None else row["day"]
+        head = f"day {day}  {row['external_date']}  {row['kind']}  #{row['seq']}  {row['title']}"
+        style = "strike" if row["reverted"] else ""
+        line = Text(head, style=style + " cyan")
+        if row["reverted"]:
+            line.append("  [reverted]", style="yellow")
+        a.out.print(line)
+        a.out.print(Text(f"    {row['snippet']}", style=style))
+
+
 # ----------------------------------------------------------------------------- export
 
 
 class ExportFormat(StrEnum):
     MD = "md"
     JSONL = "jsonl"
+    HTML = "html"
 
 
 @app.command("export")
@@ -98,13 +230,16 @@ def export(
     ] = None,
     include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
 ) -> None:
-    """Export a run's record as Markdown (for people) or JSONL (for programs)."""
+    """Export a run's record as Markdown (for people), JSONL (for programs) or a
+    self-contained HTML report (no scripts, no network)."""
     a = _app(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
         if fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
+        elif fmt == ExportFormat.HTML:
+            chunks = [to_html(store, run, include_reverted=include_reverted)]
         else:
             chunks = [
                 line + "\n" for line in to_jsonl(store, run, include_reverted=include_reverted)

@@ -244,6 +244,8 @@ def write_atomically(path: Path, chunks: Iterable[str]) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise SpecError(f"-o {path}: folder {directory} does not exist")
+    if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null
+        raise SpecError(f"-o {path}: not a regular file; give a file name, or - for stdout")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

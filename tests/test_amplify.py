@@ -284,3 +284,23 @@ def test_corrections_digests_and_future_entries_in_the_focused_view(database, sp
         )
     text = view.render()
     assert "Use marked bees" in text and "From the future" not in text
+
+
+def test_amend_digest_from_the_cli(database, cli_factory):
+    spec = amplified(digests={"every_days": 2}, budget={"days": 40})
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    loop.run_days(run_id, 3)
+    digest = next(e for e in entries(database, run_id) if e.kind == EntryKind.DIGEST)
+    cli = cli_factory(database.url.render_as_string(hide_password=False))
+    result = cli("record", "amend-digest", run_id, str(digest.seq), "--body", "Too short")
+    assert result.exit_code == 2 and "at least 20 characters" in result.output
+    result = cli(
+        "record", "amend-digest", run_id, str(digest.seq), "--body", "Days one and two, in short."
+    )
+    assert result.exit_code == 0, result.output
+    missing = cli("record", "amend-digest", run_id, "1", "--body", "Not a digest at all, really.")
+    assert missing.exit_code == 1 and "has no digest #1" in missing.stderr
+    with database.read() as session:
+        (shown,) = Store(session).pinned_digests(run_id, dt.date(2025, 6, 2))
+    assert shown.body == "Days one and two, in short." and shown.author == Author.HUMAN

@@ -12,7 +12,7 @@ from loopsim.errors import ConcurrentWrite, InvalidState
 from loopsim.loop import Loop
 from loopsim.models import utcnow
 from loopsim.researcher import Researcher
-from loopsim.schemas import DayStatus, EntryKind, RunStatus
+from loopsim.schemas import DayStatus, RunStatus
 from loopsim.store import Store
 from loopsim.testing import default_reply, report_json, scripted_factory
 from tests.conftest import make_run
