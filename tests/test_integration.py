@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 pytest.importorskip("llama_cpp")
 
@@ -21,6 +22,7 @@ from loopsim.chat import build_chat  # noqa: E402
 from loopsim.config import Settings  # noqa: E402
 from loopsim.db import Database  # noqa: E402
 from loopsim.loop import Loop  # noqa: E402
+from loopsim.models import CallRecord  # noqa: E402
 from loopsim.schemas import (  # noqa: E402
     DayStatus,
     RunStatus,
@@ -71,6 +73,43 @@ def test_two_real_days_on_the_embedded_model(database, spec):
                 assert entries and all(e.prompt_hash == day.prompt_hash for e, _, _ in entries)
             else:
                 assert entries == [] and day.error
+
+
+def test_an_amplified_day_on_the_embedded_model(database, spec):
+    """Sub-questions and babble with the real model: the grammars for the day report,
+    the sub-answer and the critique load in llama.cpp, and a day's tree commits."""
+    amplified = spec.model_copy(
+        update={
+            "subquestions": spec.subquestions.model_copy(update={"depth": 1, "breadth": 1}),
+            "babble": spec.babble.model_copy(update={"ideas": 1, "min_score": 0}),
+        }
+    )
+    run_id = make_run(database, amplified, model=MODEL)
+    loop = Loop(database, Settings(), build_chat(Settings()))
+    committed = tries = 0
+    while committed < 1 and tries < 6:
+        (result,) = loop.run_days(run_id, 1)
+        tries += 1
+        committed += result.status == DayStatus.COMMITTED
+        resume(database, run_id)
+    assert committed == 1, f"no valid day in {tries} tries"
+    with database.read() as session:
+        store = Store(session)
+        assert store.verify_chain(run_id).ok
+        rows = [e for e, _, status in store.list_entries(run_id) if status == DayStatus.COMMITTED]
+        calls = session.scalars(select(CallRecord).where(CallRecord.run_id == run_id)).all()
+    by_id = {e.id: e for e in rows}
+    for entry in rows:
+        if entry.kind in ("answer", "critique"):
+            assert by_id[entry.parent_id].kind in ("subquestion", "idea")
+    roles = {c.role for c in calls}
+    assert "day" in roles
+    # Whatever the 270M model chose to pose, every call it made was recorded, and every
+    # idea got a critique entry (the critic's, or the system's note that it failed).
+    ideas = [e for e in rows if e.kind == "idea"]
+    critiques = [e for e in rows if e.kind == "critique"]
+    assert len(critiques) == len(ideas)
+    assert len([e for e in rows if e.kind == "subquestion"]) <= 1
 
 
 def cli(db: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
