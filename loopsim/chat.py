@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -53,6 +54,9 @@ class Reply:
 
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# An endpoint's error text is stored with the failed day and logged: no control
+# characters, no NUL (PostgreSQL refuses it) and no lone surrogates (not UTF-8).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -135,6 +139,7 @@ class ChatHandle:
         structured: str = "none",
         version: str = "",
         retry: RetryPolicy | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.model_id = model_id
         self.model = model
@@ -142,6 +147,8 @@ class ChatHandle:
         self.version = version or model_id
         self.retry = retry or RetryPolicy(attempts=1)
         self.on_retry: OnRetry | None = None
+        # Keys to blank out of error text: some endpoints echo the key they were sent.
+        self.secrets = tuple(s for s in secrets if s)
 
     def _kwargs(self, schema: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -175,6 +182,9 @@ class ChatHandle:
 
     def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        for secret in self.secrets:
+            detail = detail.replace(secret, "***")
+        detail = _UNSAFE.sub("\ufffd", detail)
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
@@ -314,4 +324,7 @@ def _init_langchain(
         initial=settings.retry_initial_seconds,
         max_wait=settings.retry_max_seconds,
     )
-    return ChatHandle(model_id, model, structured=structured, version=model_id, retry=policy)
+    secrets = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
+    return ChatHandle(
+        model_id, model, structured=structured, version=model_id, retry=policy, secrets=secrets
+    )

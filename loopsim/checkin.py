@@ -363,12 +363,17 @@ def _require_open(checkin: CheckIn) -> None:
         )
 
 
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 def load_answers(path: Path) -> dict[int, dict[str, Any]]:
     """``{"<probe id>": {"answer": "...", "rating": 4}}`` from a JSON file."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
@@ -380,6 +385,8 @@ def load_answers(path: Path) -> dict[int, dict[str, Any]]:
         answer, rating = value.get("answer"), value.get("rating")
         if not isinstance(answer, str) or not answer.strip():
             raise SpecError(f"{path}: {key}: answer must be non-empty text")
+        if _NOT_TEXT.search(answer):  # JSON can spell both; no database stores them
+            raise SpecError(f"{path}: {key}: answer holds a NUL or half a surrogate pair")
         if rating is not None and (not isinstance(rating, int) or not 1 <= rating <= 5):
             raise SpecError(f"{path}: {key}: rating must be a whole number from 1 to 5")
         out[int(key)] = {"answer": answer.strip(), "rating": rating}

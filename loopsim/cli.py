@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from loopsim import db as dbmod
 from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
-from loopsim.export import safe_text, to_markdown, write_atomically
+from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
 from loopsim.lease import live_holder
 from loopsim.loop import DayResult, Loop
 from loopsim.models import Run
@@ -48,6 +49,20 @@ from loopsim.store import Store
 
 class _Group(TyperGroup):
     """The error boundary: a known error is one line and an exit code, never a traceback."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # Bytes that are not UTF-8 reach argv as lone surrogates (surrogateescape), which
+        # no database, file or terminal write can encode: refuse them here, once.
+        for arg in args:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = " ".join(
+                    safe_text(arg.encode("utf-8", "backslashreplace").decode()).split()
+                )
+                typer.echo(f"error: argument '{shown[:60]}' is not UTF-8 text", err=True)
+                ctx.exit(2)
+        return super().parse_args(ctx, args)  # type: ignore[no-any-return]
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # public alias
         try:
@@ -89,6 +104,11 @@ class AppContext:
     def similarity(self) -> drift.Similarity:
         return self.similarity_fn or drift.from_settings(self.settings.embeddings)
 
+    def print_json(self, data: Any) -> None:
+        """Indented JSON on stdout. Model text in it keeps every character, escaped so
+        that no terminal acts on it (rich's print_json would let C1 controls through)."""
+        self.out.print(Text(inert_json(data, indent=2)), soft_wrap=True)
+
 
 def _settings() -> Settings:
     try:
@@ -123,6 +143,9 @@ RunArg = Annotated[
     str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The largest id, day or sequence number the INTEGER columns of every backend hold; a
+# larger one is a usage error rather than a driver's overflow.
+ID_MAX = 2**31 - 1
 
 
 def _version(value: bool) -> None:
@@ -162,6 +185,19 @@ def _app(ctx: typer.Context) -> AppContext:
 # --------------------------------------------------------------------------------- db
 
 
+_REVISION = re.compile(r"(?:\w+(?:@\w+)?)?(?:[+-]\d+)?")
+
+
+def _revision(value: str) -> str:
+    """Alembic asserts, rather than reports, on some malformed revisions ('', '@')."""
+    if not value or not _REVISION.fullmatch(value):
+        raise SpecError(
+            f"{value!r} is not a revision: give head, base, an id such as 0001, "
+            "or a step such as -1"
+        )
+    return value
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     ctx: typer.Context,
@@ -172,7 +208,7 @@ def db_upgrade(
     An existing SQLite file is backed up beside itself before it is migrated."""
     a = _app(ctx)
     try:
-        result = dbmod.upgrade(a.url, revision)
+        result = dbmod.upgrade(a.url, _revision(revision))
     except CommandError as exc:  # alembic's own errors name unknown revisions
         raise SpecError(f"cannot upgrade to {revision!r}: {exc}") from None
     if result.created:
@@ -193,7 +229,7 @@ def db_downgrade(
     first; loopsim refuses to run on the result until `loopsim db upgrade`."""
     a = _app(ctx)
     try:
-        result = dbmod.downgrade(a.url, revision)
+        result = dbmod.downgrade(a.url, _revision(revision))
     except Exception as exc:  # alembic's own errors name unknown revisions
         if isinstance(exc, LoopsimError):
             raise
@@ -267,7 +303,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         store = Store(session)
         rows = [_run_summary(store, run) for run in store.list_runs()]
     if as_json:
-        a.out.print_json(json.dumps(rows))
+        a.print_json(rows)
         return
     table = Table(box=None)
     table.add_column("id", no_wrap=True, min_width=26)
@@ -300,7 +336,7 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
         spec = dict(run.spec)
     info["spec"] = spec
     if as_json:
-        a.out.print_json(json.dumps(info))
+        a.print_json(info)
         return
     for key in (
         "id",

@@ -6,7 +6,6 @@ read from it, so no screen shows a prediction before the human's answer is store
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,13 +15,16 @@ from rich.text import Text
 
 from loopsim import checkin as ck
 from loopsim import drift
-from loopsim.cli import AppContext, _app, checkin_app
+from loopsim.cli import ID_MAX, AppContext, _app, checkin_app
 from loopsim.errors import SpecError
 from loopsim.export import checkin_record, safe_text
 from loopsim.schemas import Decision, RunSpec
 from loopsim.store import Store
 
-IdArg = Annotated[int, typer.Argument(metavar="ID", help="Check-in id (`checkin list`).")]
+IdArg = Annotated[
+    int,
+    typer.Argument(metavar="ID", min=1, max=ID_MAX, help="Check-in id (`checkin list`)."),
+]
 
 
 @checkin_app.command("list")
@@ -39,7 +41,7 @@ def checkin_list(
         run_id = store.get_run(run_ref).id if run_ref else None
         rows = [checkin_record(store, c) for c in store.list_checkins(run_id, pending=pending)]
     if as_json:
-        a.out.print_json(json.dumps(rows))
+        a.print_json(rows)
         return
     table = Table(box=None)
     for name in ("id", "run", "reason", "days", "decision", "drift"):

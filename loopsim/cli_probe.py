@@ -7,14 +7,13 @@ The researcher is never told that its questions may become probes.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from loopsim.cli import RunArg, _app, probe_app
+from loopsim.cli import ID_MAX, RunArg, _app, probe_app
 from loopsim.errors import InvalidState, SpecError
 from loopsim.export import safe_text
 from loopsim.models import Probe, utcnow
@@ -42,7 +41,7 @@ def probe_list(
             for p in store.list_probes(run.id, status)
         ]
     if as_json:
-        a.out.print_json(json.dumps(rows))
+        a.print_json(rows)
         return
     table = Table(box=None)
     for name in ("id", "status", "source"):
@@ -92,7 +91,8 @@ def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
 
 @probe_app.command("accept")
 def probe_accept(
-    ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+    ctx: typer.Context,
+    ids: Annotated[list[int], typer.Argument(metavar="ID...", min=1, max=ID_MAX)],
 ) -> None:
     """Accept proposed probes, so check-ins may ask them."""
     _set(ctx, ids, "accepted")
@@ -100,7 +100,8 @@ def probe_accept(
 
 @probe_app.command("reject")
 def probe_reject(
-    ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+    ctx: typer.Context,
+    ids: Annotated[list[int], typer.Argument(metavar="ID...", min=1, max=ID_MAX)],
 ) -> None:
     """Reject proposed probes."""
     _set(ctx, ids, "rejected")

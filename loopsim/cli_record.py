@@ -6,7 +6,6 @@ and escaped in every export.
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from enum import StrEnum
@@ -16,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from loopsim.cli import RunArg, _app, app, record_app
+from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import safe_text, to_jsonl, to_markdown, write_atomically
 from loopsim.models import Entry
@@ -31,7 +30,7 @@ from loopsim.store import Store, search_terms
 def record_show(
     ctx: typer.Context,
     run_ref: RunArg,
-    day: Annotated[int | None, typer.Option(help="Only this day.")] = None,
+    day: Annotated[int | None, typer.Option(min=1, max=ID_MAX, help="Only this day.")] = None,
 ) -> None:
     """Print the record. Terminal escapes in model text are stripped."""
     a = _app(ctx)
@@ -91,7 +90,10 @@ def _marks(entry: Entry) -> str:
 def record_amend_digest(
     ctx: typer.Context,
     run_ref: RunArg,
-    seq: Annotated[int, typer.Argument(help="The digest's entry number (#N in record show).")],
+    seq: Annotated[
+        int,
+        typer.Argument(min=1, max=ID_MAX, help="The digest's entry number (#N in record show)."),
+    ],
     body: Annotated[str, typer.Option("--body", help="Your version of the digest.")],
 ) -> None:
     """Replace a digest with your own version. The original stays in the chain; yours
@@ -196,7 +198,7 @@ def record_search(
     if not rows:
         a.err.print(Text(f"no matches for {' '.join(terms)} in run {run.id}"))
     if as_json:
-        a.out.print_json(json.dumps(rows))
+        a.print_json(rows)
         return
     for row in rows:
         day = "-" if row["day"] is None else row["day"]

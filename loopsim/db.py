@@ -7,6 +7,10 @@ What this module promises:
   lock instead of failing at once with "database is locked".
 - :meth:`Database.open` refuses a database that is missing, corrupt, or not at Alembic's
   head, and names the command that fixes it. Only :func:`upgrade` creates a database.
+- An existing SQLite file is looked at read-only before anything writes to it (even the
+  switch to WAL rewrites its header): a file that is not SQLite, is cut short, or holds
+  another program's tables is refused by every command, ``db upgrade`` included, and is
+  left byte for byte as it was.
 - :func:`upgrade` backs up an existing SQLite file before migrating it.
 
 The caller owns every transaction: :meth:`Database.write` commits once at the end of its
@@ -19,6 +23,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +160,78 @@ def translated(where: str) -> Iterator[None]:
         raise mapped from error
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _refuse(where: str, why: str) -> DatabaseCorrupt:
+    return DatabaseCorrupt(
+        f"{where} is not a readable loopsim database ({why}); it was left untouched"
+    )
+
+
+def _sqlite_header_problem(path: Path) -> str | None:
+    """Why the file's first 100 bytes show it is not a whole SQLite database, or None.
+
+    The size check is skipped while a ``-wal`` file exists: then another connection may
+    be checkpointing, and the header can run ahead of the file's length for a moment."""
+    wal = Path(f"{path}-wal")
+    busy = wal.exists()
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    size = path.stat().st_size
+    if size == 0:
+        return None  # SQLite's empty database: `db upgrade` may fill it
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        return "not a SQLite file"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid only when its version-valid-for number matches
+    # the change counter (every SQLite since 3.7.0 keeps them in step).
+    cut_short = header[24:28] == header[92:96] and size < pages * page_size
+    if cut_short and not busy and not wal.exists():
+        return f"truncated: {size} of {pages * page_size} bytes"
+    return None
+
+
+def _sqlite_revision(path: Path, where: str) -> str | None:
+    """The loopsim revision of an existing SQLite file, read without writing to it; None
+    for an empty database. Refuse a file that is not a whole SQLite database, or one
+    holding some other program's tables."""
+    try:
+        problem = _sqlite_header_problem(path)
+    except OSError as error:
+        raise DatabaseError(f"cannot read {where}: {error.strerror}") from None
+    if problem is not None:
+        raise _refuse(where, problem)
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                )
+            }
+            rows = (
+                conn.execute("SELECT version_num FROM alembic_version").fetchall()
+                if "alembic_version" in tables
+                else []
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        mapped = translate(error, where)
+        raise (mapped or _refuse(where, str(error).lower())) from None
+    if len(rows) > 1:
+        raise _refuse(where, "more than one schema revision")
+    if not rows and tables - {"alembic_version"}:
+        raise _refuse(where, "a SQLite database holding another program's tables")
+    return str(rows[0][0]) if rows else None
+
+
 def _current_revision(engine: Engine, where: str) -> str | None:
     with translated(where), engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
@@ -184,9 +261,11 @@ class Database:
         path = sqlite_path(url)
         if path is not None and not path.exists():
             raise DatabaseMissing(f"no database at {where}; create it with `loopsim db upgrade`")
+        if path is not None:  # checked before the engine's first connection writes to it
+            check_revision(_sqlite_revision(path, where), where)
         engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
-        current = _current_revision(engine, where)
-        check_revision(current, where)
+        if path is None:
+            check_revision(_current_revision(engine, where), where)
         return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
 
     @contextlib.contextmanager
@@ -273,6 +352,11 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
         raise DatabaseMissing(f"no database at {where}")
     if path is not None and created and not path.parent.exists():
         raise DatabaseError(f"cannot create {where}: folder {path.parent} does not exist")
+    if path is not None and not created:
+        # Refuse a corrupt or foreign file before anything writes to it.
+        current = _sqlite_revision(path, where)
+        if down and current is None:
+            raise DatabaseError(f"{where} has no loopsim schema to downgrade")
     engine = make_engine(url, foreign_keys=False)
     try:
         before = _current_revision(engine, where)
@@ -286,6 +370,12 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
             cfg.attributes["connection"] = conn
             (command.downgrade if down else command.upgrade)(cfg, revision)
         after = _current_revision(engine, where)
+    except BaseException:
+        engine.dispose()
+        if created and path is not None:  # a failed first upgrade leaves no empty file
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
     finally:
         engine.dispose()
     return UpgradeResult(where, before, after or "base", created, backup)

@@ -140,8 +140,18 @@ def _checkin_md(store: Store, c: CheckIn) -> list[str]:
     return lines
 
 
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")
+
+
+def inert_json(value: Any, **options: Any) -> str:
+    """``json.dumps``, with DEL and C1 controls (a terminal's CSI, OSC, DCS) escaped as
+    JSON escapes C0 ones: the same value comes back, and no terminal acts on the text."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return _DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _jsonl(record: dict[str, Any]) -> str:
-    return json.dumps({"schema": SCHEMA, **record}, ensure_ascii=False, sort_keys=True)
+    return inert_json({"schema": SCHEMA, **record}, sort_keys=True)
 
 
 def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Iterator[str]:

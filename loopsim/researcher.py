@@ -178,7 +178,6 @@ def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _FENCE = re.compile(r"\A\s*```(?:json)?\s*\n(.*)\n```\s*\Z", re.DOTALL)
-_NUL = "\x00"
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -206,9 +205,14 @@ def describe_validation(error: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def storable(text: str) -> str:
-    """Text safe for every backend: NUL bytes replaced (PostgreSQL refuses them)."""
-    return text.replace(_NUL, "\ufffd")
+    """Text safe for every backend: NUL bytes (PostgreSQL refuses them) and lone
+    surrogates (no driver can encode them as UTF-8; an endpoint's JSON can hold half a
+    pair) replaced with U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @dataclass

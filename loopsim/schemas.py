@@ -325,13 +325,31 @@ def load_spec(path: Path) -> RunSpec:
     return parse_spec(data, source=str(path))
 
 
+# A parameter named like a credential ("api_key", "openai_api_key", "access-token",
+# "Authorization"); "max_tokens" is not one.
+_CREDENTIAL = re.compile(
+    r"(?:^|[^a-z])(?:api_?key|key|secret|password|passwd|token|auth|authorization|"
+    r"credentials?)(?:$|[^a-z])",
+    re.IGNORECASE,
+)
+
+
 def parse_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
     try:
-        return RunSpec.model_validate(data)
+        spec = RunSpec.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
+    # Checked here, where a spec comes in, rather than in the model: a run's stored spec
+    # is validated again every day and must keep validating.
+    for name in spec.model.params:
+        if _CREDENTIAL.search(name):
+            raise SpecError(
+                f"{source}: model.params.{name}: looks like a credential; a spec is stored "
+                "with the run and exported, so give the key in LOOPSIM_API_KEY instead"
+            )
+    return spec
 
 
 # --------------------------------------------------------------------------- day report
