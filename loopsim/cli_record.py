@@ -16,11 +16,12 @@ import typer
 from rich.text import Text
 
 from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
+from loopsim.dataset import DatasetFilter, to_dataset
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import safe_text, to_jsonl, to_markdown, write_atomically
 from loopsim.models import Entry
 from loopsim.report import to_html
-from loopsim.schemas import DayStatus
+from loopsim.schemas import CallRole, DayStatus
 from loopsim.store import Store, search_terms
 
 # ----------------------------------------------------------------------------- record
@@ -218,6 +219,7 @@ class ExportFormat(StrEnum):
     MD = "md"
     JSONL = "jsonl"
     HTML = "html"
+    DATASET = "dataset"
 
 
 @app.command("export")
@@ -231,14 +233,40 @@ def export(
         Path | None, typer.Option("--output", "-o", help="File; - or nothing for stdout.")
     ] = None,
     include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
+    since_day: Annotated[
+        int | None,
+        typer.Option(min=1, max=ID_MAX, help="dataset: only days from this index on."),
+    ] = None,
+    until_day: Annotated[
+        int | None,
+        typer.Option(min=1, max=ID_MAX, help="dataset: only days up to this index."),
+    ] = None,
+    kind: Annotated[
+        list[CallRole] | None,
+        typer.Option("--kind", help="dataset: only these calls (repeat for several)."),
+    ] = None,
 ) -> None:
-    """Export a run's record as Markdown (for people), JSONL (for programs) or a
-    self-contained HTML report (no scripts, no network)."""
+    """Export a run's record as Markdown (for people), JSONL (for programs), a
+    self-contained HTML report (no scripts, no network), or a chat fine-tuning dataset of
+    the approved days (docs/export.md describes each)."""
     a = _app(ctx)
+    if fmt != ExportFormat.DATASET:
+        given = [
+            name
+            for name, value in (("--since-day", since_day), ("--until-day", until_day))
+            if value is not None
+        ] + (["--kind"] if kind else [])
+        if given:
+            raise SpecError(f"{', '.join(given)}: only for --format dataset")
+    elif since_day is not None and until_day is not None and since_day > until_day:
+        raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
-        if fmt == ExportFormat.MD:
+        if fmt == ExportFormat.DATASET:
+            filt = DatasetFilter(since_day, until_day, frozenset(kind or ()), include_reverted)
+            chunks = [line + "\n" for line in to_dataset(store, run, filt)]
+        elif fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
         elif fmt == ExportFormat.HTML:
             chunks = [to_html(store, run, include_reverted=include_reverted)]

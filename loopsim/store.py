@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from loopsim import ids
 from loopsim.errors import NotFound
-from loopsim.models import CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
+from loopsim.models import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, RunStatus
 
 GENESIS = "0" * 64
@@ -315,6 +315,12 @@ class Store:
             ).where(Day.run_id == run_id)
         ).one()
         return int(row[0] or 0), int(row[1] or 0)
+
+    def day_calls(self, day_id: int) -> Sequence[CallRecord]:
+        """Every model call a day made, retries included, in the order they were made."""
+        return self.session.scalars(
+            select(CallRecord).where(CallRecord.day_id == day_id).order_by(CallRecord.ordinal)
+        ).all()
 
     # ---------------------------------------------------------------------- entries
 

@@ -1,0 +1,120 @@
+"""Distillation data: what each approved day's researchers saw and returned, as chat
+fine-tuning JSONL (schema ``loopsim.dataset/1``, documented in ``docs/export.md``).
+
+A day is approved once a check-in that covers it is approved or amended. Days not yet
+approved, failed days and reverted days are left out (reverted ones can be asked for).
+Each model call that produced an accepted reply gives one record: the messages of its
+first attempt and the accepted reply as the assistant turn. Invalid attempts and the
+feedback that repaired them stay in the record's ``calls`` table, out of the dataset, so
+a model trained on it learns to answer well at the first attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from loopsim.checkin import last_approved_day
+from loopsim.export import inert_json
+from loopsim.models import CallRecord, Day, Run
+from loopsim.schemas import CallRole, DayStatus
+from loopsim.store import Store
+
+SCHEMA = "loopsim.dataset/1"
+
+
+@dataclass(frozen=True)
+class DatasetFilter:
+    """Which calls go into a dataset. Day bounds are inclusive; no kinds means all."""
+
+    since_day: int | None = None
+    until_day: int | None = None
+    kinds: frozenset[CallRole] = field(default_factory=frozenset)
+    include_reverted: bool = False
+
+    def wants_day(self, day: Day, approved_through: int) -> bool:
+        if self.since_day is not None and day.index < self.since_day:
+            return False
+        if self.until_day is not None and day.index > self.until_day:
+            return False
+        if day.status == DayStatus.REVERTED:
+            return self.include_reverted
+        return day.status == DayStatus.COMMITTED and day.index <= approved_through
+
+    def wants_role(self, role: str) -> bool:
+        return not self.kinds or role in self.kinds
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat example: the conversation up to the reply, and the reply."""
+
+    messages: list[dict[str, str]]
+    reply: str
+    role: str
+    task: int
+    depth: int
+    model_version: str | None
+
+
+def day_examples(day: Day, calls: list[CallRecord]) -> list[Example]:
+    """The accepted calls of one day, each with the prompt of its first attempt.
+
+    A day written before calls were recorded (schema revision 0003 and earlier) has no
+    ``calls`` rows; its stored prompt and reply give its one example.
+    """
+    if not calls:
+        if day.raw_output is None:
+            return []
+        return [Example(list(day.prompt), day.raw_output, CallRole.DAY, 0, 0, day.model_version)]
+    first: dict[int, CallRecord] = {}
+    out: list[Example] = []
+    for call in calls:
+        first.setdefault(call.task, call)
+        if call.accepted:
+            start = first[call.task]
+            out.append(
+                Example(
+                    list(start.messages),
+                    call.reply,
+                    call.role,
+                    call.task,
+                    call.depth,
+                    call.model_version,
+                )
+            )
+    return out
+
+
+def to_dataset(store: Store, run: Run, filt: DatasetFilter | None = None) -> Iterator[str]:
+    """One JSON line per accepted model call of every selected day, in day order."""
+    filt = filt or DatasetFilter()
+    approved_through = last_approved_day(store, run.id)
+    for day in store.list_days(run.id):
+        if not filt.wants_day(day, approved_through):
+            continue
+        for example in day_examples(day, list(store.day_calls(day.id))):
+            if not filt.wants_role(example.role):
+                continue
+            yield inert_json(_record(run, day, example))
+
+
+def _record(run: Run, day: Day, example: Example) -> dict[str, Any]:
+    return {
+        "messages": [
+            *({"role": m["role"], "content": m["content"]} for m in example.messages),
+            {"role": "assistant", "content": example.reply},
+        ],
+        "metadata": {
+            "schema": SCHEMA,
+            "run_id": run.id,
+            "day_index": day.index,
+            "day_status": day.status,
+            "external_date": day.external_date.isoformat(),
+            "kind": example.role,
+            "task": example.task,
+            "depth": example.depth,
+            "model_version": example.model_version,
+        },
+    }
