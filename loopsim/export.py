@@ -77,6 +77,7 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         "",
     ]
     outside = [e for e, idx, _ in store.list_entries(run.id) if idx is None]
+    seqs = store.entry_seqs(run.id)
     for day, entries in _days_and_entries(store, run, include_reverted):
         label = "" if day.status == DayStatus.COMMITTED else f" ({day.status})"
         out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
@@ -88,7 +89,7 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         if day.status == DayStatus.FAILED:
             out += [f"Failed: {md_inline(day.error or '')}", ""]
         for entry in entries:
-            out += [f"### {entry.kind}: {md_inline(entry.title)}", "", md_block(entry.body), ""]
+            out += [_entry_heading(entry, seqs), "", md_block(entry.body), ""]
     checkins = store.list_checkins(run.id)
     if checkins:
         out += ["## Check-ins", ""]
@@ -106,6 +107,21 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
                 "",
             ]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _entry_heading(entry: Entry, seqs: dict[int, int]) -> str:
+    """``### #seq kind: title``, then what places the entry in its day's tree."""
+    marks = []
+    if entry.parent_id is not None and entry.parent_id in seqs:
+        marks.append(f"re #{seqs[entry.parent_id]}")
+    if entry.level is not None:
+        marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
+    if entry.score is not None:
+        marks.append(f"score {entry.score}/10")
+    if entry.flagged:
+        marks.append("flagged")
+    tail = f" ({'; '.join(marks)})" if marks else ""
+    return f"### #{entry.seq} {entry.kind}: {md_inline(entry.title)}{tail}"
 
 
 HIDDEN = "(hidden until the human's blind answer is stored)"
@@ -167,9 +183,8 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "spec": spec,
         }
     )
-    day_index: dict[int, int] = {}
+    seqs = store.entry_seqs(run.id)
     for day, entries in _days_and_entries(store, run, include_reverted):
-        day_index[day.id] = day.index
         yield _jsonl(
             {
                 "type": "day",
@@ -188,10 +203,10 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             }
         )
         for entry in entries:
-            yield _entry_record(entry, day.index, day.status)
+            yield _entry_record(entry, day.index, day.status, seqs)
     for entry, idx, _ in store.list_entries(run.id):
         if idx is None:
-            yield _entry_record(entry, None, None)
+            yield _entry_record(entry, None, None, seqs)
     for c in store.list_checkins(run.id):
         yield _jsonl({"type": "checkin", **checkin_record(store, c)})
 
@@ -226,7 +241,9 @@ def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
     }
 
 
-def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -> str:
+def _entry_record(
+    entry: Entry, day_index: int | None, day_status: str | None, seqs: dict[int, int]
+) -> str:
     return _jsonl(
         {
             "type": "entry",
@@ -245,6 +262,13 @@ def _entry_record(entry: Entry, day_index: int | None, day_status: str | None) -
             "prompt_hash": entry.prompt_hash,
             "hash": entry.hash,
             "prev_hash": entry.prev_hash,
+            "parent_id": entry.parent_id,
+            "parent_seq": seqs.get(entry.parent_id) if entry.parent_id is not None else None,
+            "level": entry.level,
+            "first_day": entry.first_day,
+            "last_day": entry.last_day,
+            "score": entry.score,
+            "flagged": entry.flagged,
         }
     )
 

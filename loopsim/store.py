@@ -333,6 +333,11 @@ class Store:
         ).first()
         return (0, GENESIS) if row is None else (row[0], row[1])
 
+    def entry_seqs(self, run_id: str) -> dict[int, int]:
+        """Entry id -> seq for a run: how exports name an entry's parent."""
+        rows = self.session.execute(select(Entry.id, Entry.seq).where(Entry.run_id == run_id))
+        return {entry_id: seq for entry_id, seq in rows}
+
     def append_entries(
         self,
         run_id: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
 
     md = cli("export", run_id, "--format", "md").stdout
     assert "## Day 1: 2025-06-02" in md and "## Day 2: 2025-06-02" in md
-    assert md.count("### note: Observations for 2025") == 2
+    assert len(re.findall(r"### #\d+ note: Observations for 2025", md)) == 2
 
     out = tmp_path / "log.jsonl"
     exported = cli("export", run_id, "-f", "jsonl", "-o", str(out))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from loopsim.config import Settings
 from loopsim.export import md_block, md_inline, to_jsonl, to_markdown
 from loopsim.loop import Loop
+from loopsim.schemas import parse_spec
 from loopsim.store import Store
-from loopsim.testing import report_json, scripted_factory
+from loopsim.testing import default_reply, report_json, scripted_factory
 from tests.conftest import make_run
 
 HOSTILE_BODY = (
@@ -46,3 +49,112 @@ def test_exports_of_a_run_with_hostile_entries(database, spec):
     entry = [json.loads(line) for line in lines if '"type": "entry"' in line][0]
     assert entry["body"] == HOSTILE_BODY  # JSON keeps the exact text; escaping is JSON's
     assert all("\n" not in line for line in lines)
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "export.md"
+
+
+def documented_fields() -> dict[str, set[str]]:
+    """The fields docs/export.md lists for each JSONL record type (text in parentheses
+    names values, not fields); a check-in's pair fields come under ``pairs``."""
+    fields: dict[str, set[str]] = {}
+    for paragraph in DOCS.read_text(encoding="utf-8").split("\n\n"):
+        found = re.match(r'`type: "(\w+)"`:', paragraph)
+        if not found:
+            continue
+        text = re.sub(r"\([^)]*\)", "", paragraph[found.end() :].replace("\n", " "))
+        head, _, pairs = text.partition("`pairs`: a list of")
+        fields[found.group(1)] = set(re.findall(r"`([a-z_]+)`", head)) | {"schema", "type"}
+        if pairs:
+            fields[found.group(1)].add("pairs")
+            fields["pair"] = set(re.findall(r"`([a-z_]+)`", pairs))
+    return fields
+
+
+def test_jsonl_records_carry_exactly_the_documented_fields(database, spec):
+    from loopsim import checkin as ck
+    from loopsim.schemas import Decision
+
+    data = spec.model_dump(mode="json")
+    data["checkins"] = {"every_days": 1, "spot_check_probability": 0.0, "probes_per_checkin": 1}
+    data["probes"] = ["What decides where a colony forages?"]
+    run_id = make_run(database, parse_spec(data))
+    factory, _ = scripted_factory([default_reply])
+    loop = Loop(database, Settings(), factory)
+    loop.run_days(run_id, 1)
+    assert loop.opened_checkin is not None
+    ck.decide(database, loop.opened_checkin, Decision.AMEND, note="Count foragers.")
+    with database.read() as session:
+        store = Store(session)
+        records = [json.loads(x) for x in to_jsonl(store, store.get_run(run_id))]
+    docs = documented_fields()
+    assert set(docs) == {"run", "day", "entry", "checkin", "pair"}
+    seen = {r["type"] for r in records}
+    assert seen == {"run", "day", "entry", "checkin"}
+    for record in records:
+        assert record["schema"] == "loopsim.export/1"
+        assert set(record) == docs[record["type"]], record["type"]
+        for pair in record.get("pairs", []):
+            assert set(pair) == docs["pair"]
+
+
+def test_every_hash_can_be_recomputed_from_the_jsonl_export(database):
+    """Sub-question trees, critiques and digests included: the export carries every
+    hashed field, so a reader can verify the chain without the database."""
+    import datetime as dt
+
+    from loopsim.models import Entry
+    from loopsim.store import entry_hash
+    from loopsim.testing import amplified_reply
+    from tests.conftest import SPEC
+
+    amplified = {
+        **SPEC,
+        "subquestions": {"depth": 2, "breadth": 2},
+        "babble": {"ideas": 2},
+        "digests": {"every_days": 2},
+    }
+    run_id = make_run(database, parse_spec(amplified))
+    factory, _ = scripted_factory([amplified_reply])
+    Loop(database, Settings(), factory).run_days(run_id, 5)
+    with database.read() as session:
+        store = Store(session)
+        records = [json.loads(x) for x in to_jsonl(store, store.get_run(run_id))]
+    entries = [r for r in records if r["type"] == "entry"]
+    by_seq = {r["seq"]: r for r in entries}
+    assert any(r["parent_seq"] for r in entries) and any(r["level"] for r in entries)
+    assert any(r["score"] is not None for r in entries)
+    for r in entries:
+        if r["parent_seq"] is not None:
+            assert by_seq[r["parent_seq"]]["day_index"] == r["day_index"]
+        fields = {k: r[k] for k in r if k in Entry.__table__.columns and k != "hash"}
+        fields["external_date"] = dt.date.fromisoformat(r["external_date"])
+        fields["created_at"] = dt.datetime.fromisoformat(r["created_at"])
+        assert entry_hash(Entry(**fields), r["day_index"]) == r["hash"], r["seq"]
+
+
+def test_markdown_shows_the_tree_scores_flags_and_digests(database):
+    from loopsim.testing import amplified_reply
+    from tests.conftest import SPEC
+
+    amplified = {
+        **SPEC,
+        "subquestions": {"depth": 1, "breadth": 1},
+        "babble": {"ideas": 2, "flag_top": 1, "min_score": 0},
+        "digests": {"every_days": 2},
+    }
+    run_id = make_run(database, parse_spec(amplified))
+    factory, _ = scripted_factory([amplified_reply])
+    Loop(database, Settings(), factory).run_days(run_id, 3)
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+        entries = [e for e, _, _ in store.list_entries(run_id)]
+    seq = {e.id: e.seq for e in entries}
+    answer = next(e for e in entries if e.kind == "answer")
+    assert f"### #{answer.seq} answer: " in md
+    assert f"(re #{seq[answer.parent_id]})" in md
+    critique = next(e for e in entries if e.kind == "critique")
+    assert f"re #{seq[critique.parent_id]}; score {critique.score}/10)" in md
+    assert md.count("flagged)") == sum(bool(e.flagged) for e in entries) > 0
+    assert "(level 1, days 1-2)" in md
