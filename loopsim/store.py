@@ -447,15 +447,18 @@ class Store:
 
     # ---------------------------------------------------------------------- digests
 
-    def _digest_rows(self, run_id: str, until: dt.date) -> Any:
-        return (
+    def _digest_rows(self, run_id: str, until: dt.date, written_by: int | None = None) -> Any:
+        stmt = (
             self._entries_with_day(run_id)
             .where(Entry.kind == EntryKind.DIGEST, Entry.level.is_not(None))
             .where(self._visible(), Entry.external_date <= until)
         )
+        if written_by is not None:
+            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index <= written_by))
+        return stmt
 
-    def max_digest_level(self, run_id: str, until: dt.date) -> int:
-        stmt = self._digest_rows(run_id, until).with_only_columns(func.max(Entry.level))
+    def max_digest_level(self, run_id: str, until: dt.date, written_by: int | None = None) -> int:
+        stmt = self._digest_rows(run_id, until, written_by).with_only_columns(func.max(Entry.level))
         return int(self.session.scalar(stmt) or 0)
 
     def covered_through(self, run_id: str, level: int, until: dt.date) -> int:
@@ -468,12 +471,20 @@ class Store:
         return int(self.session.scalar(stmt) or 0)
 
     def digests(
-        self, run_id: str, level: int, *, after_day: int, until: dt.date, limit: int = 50
+        self,
+        run_id: str,
+        level: int,
+        *,
+        after_day: int,
+        until: dt.date,
+        limit: int = 50,
+        written_by: int | None = None,
     ) -> list[Entry]:
-        """Visible digests of ``level`` starting after ``after_day``, oldest range first.
-        Of several digests of one range (a human amended it), the newest stands."""
+        """Visible digests of ``level`` starting after ``after_day``, oldest range first
+        (only those written on or before day ``written_by``, if given). Of several digests
+        of one range (a human amended it), the newest stands."""
         stmt = (
-            self._digest_rows(run_id, until)
+            self._digest_rows(run_id, until, written_by)
             .where(Entry.level == level, Entry.first_day > after_day)
             .order_by(Entry.first_day, Entry.seq.desc())
             .limit(limit * 4)
@@ -484,16 +495,31 @@ class Store:
         return list(chosen.values())[:limit]
 
     def pinned_digests(
-        self, run_id: str, until: dt.date, *, before_day: int | None = None, per_level: int = 50
+        self,
+        run_id: str,
+        until: dt.date,
+        *,
+        before_day: int | None = None,
+        written_by: int | None = None,
+        per_level: int = 50,
     ) -> list[Entry]:
         """The digests no higher-level digest covers, oldest range first: together they
         cover every digested day (before ``before_day``, if given) once. A level holds
         fewer than ``every_days`` of them (more would have been compressed), so this
-        stays short however long the record."""
+        stays short however long the record. ``written_by`` keeps only the digests written
+        on or before that day: the tiling as it stood then, which later digests (a level
+        compressing the one below) do not change."""
         pinned: list[Entry] = []
         covered = 0
-        for level in range(self.max_digest_level(run_id, until), 0, -1):
-            found = self.digests(run_id, level, after_day=covered, until=until, limit=per_level)
+        for level in range(self.max_digest_level(run_id, until, written_by), 0, -1):
+            found = self.digests(
+                run_id,
+                level,
+                after_day=covered,
+                until=until,
+                limit=per_level,
+                written_by=written_by,
+            )
             run: list[Entry] = []
             for digest in found:  # contiguous from ``covered``, stopping at the window
                 if digest.first_day != covered + 1 and (run or covered):

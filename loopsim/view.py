@@ -165,13 +165,10 @@ def build_view(
     used += recent_cost
     digest_limit = used + digest_reserve
     shown: list[ViewEntry] = []
-    # The digests as they stand already end before the window unless it starts early.
-    covered = max((d.last_day or 0 for d in pinned_now), default=0)
-    pinned = (
-        pinned_now
-        if covered < start
-        else store.pinned_digests(run_id, external_date, before_day=start)
-    )
+    # The digests before the window as they stood on the window's first day: a digest
+    # written later (a level compressing the one below) waits until the window moves, so
+    # this section, like the window's start, stays byte-identical from day to day.
+    pinned = store.pinned_digests(run_id, external_date, before_day=start, written_by=start)
     for entry in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
         item = ViewEntry.of(entry, None)
         if used + _cost(item) > digest_limit:

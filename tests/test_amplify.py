@@ -202,19 +202,45 @@ def test_digests_are_hierarchical_and_the_pinned_part_stays_bounded(database):
         pinned = store.pinned_digests(run_id, dt.date(2025, 6, 2))
         view = build_view(store, run_id, spec.charter, dt.date(2025, 6, 2), 700)
         start = view.recent[0].day_index
-        before = store.pinned_digests(run_id, dt.date(2025, 6, 2), before_day=start)
+        before = store.pinned_digests(
+            run_id, dt.date(2025, 6, 2), before_day=start, written_by=start
+        )
     # Pinned digests tile the digested days once, without gap or overlap.
     days = [day for d in pinned for day in range(d.first_day, d.last_day + 1)]
     assert days == list(range(1, 29))
     assert len(pinned) <= 2 * 4  # below every_days per level, a few levels
     # A small budget: the raw window starts on a digest boundary, and the digests shown
-    # tile every day before it.
+    # tile every day before it, as they stood on the window's first day.
     assert 3 < start <= 29
     days = [day for d in before for day in range(d.first_day, d.last_day + 1)]
     assert days == list(range(1, start))
     assert [d.seq for d in view.digests] == sorted(
         (d.seq for d in before), key=lambda s: next(d.first_day for d in before if d.seq == s)
     )
+
+
+def test_the_prompt_only_grows_while_the_window_start_stays(database):
+    """Days that keep the window's start only append to the prompt: a digest written
+    meanwhile (level 2 compressing level 1 included) waits for the window to move."""
+    spec = amplified(digests={"every_days": 2}, budget={"days": 80})
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    date = dt.date(2025, 6, 2)
+    kept, moved, prev = 0, 0, None
+    for _ in range(40):
+        loop.step(run_id)
+        with database.read() as session:
+            view = build_view(Store(session), run_id, spec.charter, date, 900)
+        start = view.recent[0].day_index
+        if prev is not None and prev[0] == start:
+            kept += 1
+            assert view.digests == prev[1].digests and view.related == prev[1].related
+            old = [e.seq for e in prev[1].recent]
+            assert [e.seq for e in view.recent][: len(old)] == old
+        elif prev is not None:
+            moved += 1
+        prev = (start, view)
+    assert kept > moved > 0  # the start did move, and most days it did not
 
 
 def test_a_digest_is_reverted_with_its_day_and_a_human_can_amend_it(database):
