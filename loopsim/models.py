@@ -119,6 +119,7 @@ class Entry(Base):
         Index("ix_entries_run_id_kind_seq", "run_id", "kind", "seq"),
         Index("ix_entries_day_id", "day_id"),
         Index("ix_entries_run_id_level_first_day", "run_id", "level", "first_day"),
+        Index("ix_entries_run_id_level_last_day", "run_id", "level", "last_day"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

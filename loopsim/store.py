@@ -531,23 +531,18 @@ class Store:
             pinned.extend(run)
         return sorted(pinned, key=lambda d: d.first_day or 0)
 
-    def digest_boundaries(
-        self, run_id: str, until: dt.date, limit: int = 64
-    ) -> tuple[list[int], int]:
-        """Days just after a visible level-1 digest ends, newest first (where the view's
-        raw window may start so that digests tile every day before it), and how many
-        such boundaries there are in all."""
-        ends = self._digest_rows(run_id, until).where(Entry.level == 1)
+    def digest_boundaries(self, run_id: str, until: dt.date, limit: int = 64) -> list[int]:
+        """Days just after a visible level-1 digest ends, newest first: where the view's
+        raw window may start so that digests tile every day before it."""
         stmt = (
-            ends.with_only_columns(Entry.last_day)
+            self._digest_rows(run_id, until)
+            .where(Entry.level == 1)
+            .with_only_columns(Entry.last_day)
             .distinct()
             .order_by(Entry.last_day.desc())
             .limit(limit)
         )
-        total = self.session.scalar(
-            ends.with_only_columns(func.count(func.distinct(Entry.last_day)))
-        )
-        return [int(day) + 1 for day in self.session.scalars(stmt)], int(total or 0)
+        return [int(day) + 1 for day in self.session.scalars(stmt)]
 
     def amend_digest(self, run_id: str, seq: int, body: str) -> Entry:
         """A human's version of a digest: a new entry of the same level and range, in the
@@ -620,6 +615,14 @@ class Store:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
         return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
 
+    def _id_range(self, run_id: str) -> tuple[int | None, int | None]:
+        """The ids of a run's first and last entries (ids grow with seq within a run)."""
+        first = self.session.scalar(select(Entry.id).where(Entry.run_id == run_id, Entry.seq == 1))
+        last = self.session.scalar(
+            select(Entry.id).where(Entry.run_id == run_id).order_by(Entry.seq.desc()).limit(1)
+        )
+        return first, last
+
     def search(
         self,
         run_id: str,
@@ -635,17 +638,20 @@ class Store:
         if not terms:
             return []
         if self.dialect == "sqlite":
+            # The run's entries have ids from its first entry's to its last's. Bounding
+            # rowids there is cheap for FTS5; matching the run_id column instead would
+            # walk a posting list as long as the run (6 ms of 7 at 10^5 entries).
+            lo, hi = self._id_range(run_id)
+            if lo is None:
+                return []
             words = " OR ".join(f'"{t}"' for t in terms)
-            match = f'run_id : "{run_id}" AND ({words})'
             ranked = (
-                # Limit to the run and rank and cut inside FTS5 (in C) before joining, so
-                # the join sees a few candidates rather than every matching entry.
                 text(
                     "SELECT rowid AS id, rank AS score FROM entries_fts "
-                    "WHERE entries_fts MATCH :q ORDER BY rank LIMIT :cap"
+                    "WHERE entries_fts MATCH :q AND rowid BETWEEN :lo AND :hi"
                 )
                 .columns(column("id", Integer), column("score", Float))
-                .bindparams(q=match, cap=limit * 20)
+                .bindparams(q=words, lo=lo, hi=hi)
                 .subquery("fts")
             )
             score = ranked.c.score.asc()

@@ -1,22 +1,22 @@
 """The view: the bounded slice of the record one day's researcher reads.
 
-Rules, in the order they are applied:
+What it holds, in the order it is rendered:
 
 1. Pinned, always present: the charter and every human correction.
-2. The digests no higher-level digest covers (see :mod:`loopsim.amplify`), highest level
-   first, within a share of the budget.
-3. The entries of the days after the digests, newest first, until most of the budget is
-   used (for a sub-researcher, a smaller share).
-4. Full-text matches for the sub-question (if any), the charter's open questions and
-   recent questions, until the budget is full.
+2. The digests (see :mod:`loopsim.amplify`) that tile every day before the raw window,
+   highest level first while they fit their share of the budget.
+3. Full-text matches, from before the raw window, for the sub-question (if any) and the
+   charter's open questions, within their share.
+4. The raw window: every entry of the days from a digest boundary on, oldest first.
+5. The day's date (added by the prompt, last).
 
 Visible means: not from a reverted or failed day, and not dated after the day's external
 date. Every part comes from an indexed, ``LIMIT``-ed query; the whole record is never
 loaded.
 
-Rendering order is chosen for prompt-cache reuse: the parts that change least come first
-(charter, corrections, digests, then recent entries oldest to newest, so a new day only
-appends), and the part that changes daily (related matches) comes last.
+The order serves prompt caches: the window's start moves only once every ``GRID_DAYS``
+days, and everything above the window depends only on that start, so on the days between
+a new day only appends to the prompt.
 
 This module never sees check-ins, probes or their schedule.
 """
@@ -34,7 +34,8 @@ RELATED_SHARE = 0.1
 FOCUS_RELATED_SHARE = 0.5
 DIGEST_SHARE = 0.4
 RELATED_LIMIT = 30
-GRID_DAYS = 3
+GRID_DAYS = 15
+BOUNDARIES = 64
 PAGE = 50
 
 
@@ -208,18 +209,23 @@ def _window(
     ``limit`` tokens; returns the start, the entries and their cost.
 
     The start is a digest boundary (a day just after a level-1 digest ends, or day 1), so
-    the digests before it cover every earlier day exactly. Only every ``grid``-th boundary
-    is a candidate while one fits, so the start, and with it the prompt's prefix (what a
-    server's prompt cache reuses), moves once every few digests rather than daily: days in
-    between only append. Without a fitting boundary, the newest entries that fit are
-    shown."""
-    boundaries, total = store.digest_boundaries(run_id, until)  # newest first
+    the digests before it cover every earlier day exactly. While one fits, only the first
+    boundary in each span of ``grid`` days is a candidate, so the start, and with it the
+    prompt's prefix (what a server's prompt cache reuses), moves once every ``grid`` days
+    rather than daily: days in between only append. Which boundaries are candidates
+    depends on their day numbers alone, so it does not change as the record grows.
+    Without a fitting boundary, the newest entries that fit are shown."""
+    boundaries = store.digest_boundaries(run_id, until, limit=BOUNDARIES)  # newest first
     oldest_allowed = boundaries[-1] if boundaries else 1
     candidates = sorted({1, *boundaries})
-    # A boundary's ordinal counts the digests before it, so the grid stays put as the
-    # record grows.
-    ordinal = {b: total - n for n, b in enumerate(boundaries)}
-    coarse = [b for b in candidates if ordinal.get(b, 0) % grid == 0]
+    # A boundary is coarse if it is the first in its span of days. Day 1 always is; when
+    # the list was cut, the oldest listed boundary's predecessor is unknown: not coarse.
+    listed = sorted(b for b in boundaries if b != 1)
+    first: int | None = None if len(boundaries) >= BOUNDARIES else 1
+    coarse = [1] if first == 1 else []
+    for prev, b in zip([first, *listed], listed, strict=False):
+        if prev is not None and (prev - 1) // grid != (b - 1) // grid:
+            coarse.append(b)
     taken: list[ViewEntry] = []
     used = 0
     before: int | None = None

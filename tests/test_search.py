@@ -164,6 +164,20 @@ def test_entries_of_another_run_are_never_returned(cli, database, spec):
     assert hits(cli, mine, "thyme") == []
 
 
+def test_runs_written_in_turn_into_one_database_stay_apart(cli, database, spec):
+    """Two runs stepped alternately (as a service does) interleave their entry ids; each
+    run's search still finds all of its own matches and none of the other's."""
+    a, b = make_run(database, spec), make_run(database, spec)
+    for index in range(1, 7):
+        for run_id, word in ((a, "lavender"), (b, "thyme")):
+            with database.write() as session:
+                items = [EntryInput("note", f"{word} {index}.{k}", f"{word} again") for k in (1, 2)]
+                add_day(Store(session), run_id, index, items, date=JUNE_2)
+    assert len(hits(cli, a, "lavender", "--limit", "50")) == 12
+    assert len(hits(cli, b, "thyme", "--limit", "50")) == 12
+    assert hits(cli, a, "thyme") == [] and hits(cli, b, "lavender") == []
+
+
 def test_json_has_the_documented_fields(cli, database, spec):
     run_id = seed(
         database,
