@@ -7,10 +7,14 @@ schedule the loop uses, every 5 days), then, for each size and in the same run:
 - builds the next day's view 30 times: p50 and p95 milliseconds, and its tokens;
 - the naive baseline: the whole record rendered into the prompt (tokens);
 - a Reflexion-style baseline: only the last 3 days' entries (build ms and tokens);
-- steps 20 more days (each adds 5 entries and any digest due) and measures, for each
+- steps 30 more days (each adds 5 entries and any digest due) and measures, for each
   day, the share of its prompt that is a byte-identical prefix of the day before's.
 
-    python benchmarks/view_bench.py [--sizes 100,1000,10000,100000] [--budget 3000]
+Each size is seeded once and measured at every budget (default: 3,000 tokens, the
+default view budget, and 16,000).
+
+    python benchmarks/view_bench.py [--sizes 100,1000,10000,100000] [--budgets 3000,16000]
+        [--cache DIR]
 
 ``seed_record`` is the helper that builds a record of any size for other benchmarks.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import random
+import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -97,6 +103,36 @@ def seed_record(database: dbmod.Database, run_id: str, entries: int) -> int:
     return index
 
 
+def seeded(size: int, folder: Path, cache: Path | None = None) -> tuple[dbmod.Database, str, int]:
+    """A database in ``folder`` holding one run seeded with about ``size`` entries; its run
+    id and last day. With ``cache``, the seeded file is kept there (``seed-SIZE.db``) and
+    copied for later calls, by this script or another, so each size is seeded once."""
+    path = folder / "bench.db"
+    cached = cache / f"seed-{size}.db" if cache else None
+    if cached is not None and cached.exists():
+        shutil.copyfile(cached, path)
+        dbmod.upgrade(str(path))
+        database = dbmod.Database.open(str(path))
+        with database.read() as session:
+            store = Store(session)
+            run_id = store.list_runs()[0].id
+            last = store.list_days(run_id)[-1].index
+        return database, run_id, last
+    dbmod.upgrade(str(path))
+    database = dbmod.Database.open(str(path))
+    with database.write() as session:
+        run_id = Store(session).create_run(SPEC, name="bench", model="bench:x").id
+    last = seed_record(database, run_id, size)
+    if cached is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        source = sqlite3.connect(path, isolation_level=None)
+        try:  # a consistent copy, with the write-ahead log folded in
+            source.execute("VACUUM INTO ?", (str(cached),))
+        finally:
+            source.close()
+    return database, run_id, last
+
+
 def prompt_text(store: Store, run_id: str, budget: int) -> str:
     view = build_view(store, run_id, SPEC.charter, DATE, budget)
     prompt = build_prompt(SPEC.persona, view, DATE)
@@ -114,82 +150,97 @@ def common_prefix(a: str, b: str) -> int:
     return min(i, n)
 
 
-def measure(size: int, budget: int, repeats: int = 30, follow: int = 20) -> dict[str, float]:
+def measure(
+    size: int,
+    budgets: list[int],
+    cache: Path | None = None,
+    repeats: int = 30,
+    follow: int = 30,
+) -> list[dict[str, float]]:
+    """One row per budget, all measured on one seeded record in one run."""
+    rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "bench.db")
-        dbmod.upgrade(path)
-        database = dbmod.Database.open(path)
-        with database.write() as session:
-            run_id = Store(session).create_run(SPEC, name="bench", model="bench:x").id
         started = time.perf_counter()
-        last = seed_record(database, run_id, size)
+        database, run_id, last = seeded(size, Path(tmp), cache)
         seeding = time.perf_counter() - started
-        times, tokens, reflexion_ms, reflexion_tokens = [], 0, [], 0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with database.read() as session:
-                view = build_view(Store(session), run_id, SPEC.charter, DATE, budget)
-            times.append((time.perf_counter() - t0) * 1000)
-            tokens = estimate_tokens(view.render())
-            t0 = time.perf_counter()
-            with database.read() as session:
-                rows = Store(session).list_entries(
-                    run_id, day_range=(max(1, last - 2), last), include_reverted=False
-                )
-                text = "\n".join(ViewEntry.of(e, i).render() for e, i, _ in rows)
-            reflexion_ms.append((time.perf_counter() - t0) * 1000)
-            reflexion_tokens = estimate_tokens(text)
         with database.read() as session:
             naive = sum(
                 estimate_tokens(ViewEntry.of(e, i).render())
                 for e, i, _ in Store(session).list_entries(run_id, include_reverted=False)
             )
-        shares = []
+        for budget in budgets:
+            times, tokens, reflexion_ms, reflexion_tokens = [], 0, [], 0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                with database.read() as session:
+                    view = build_view(Store(session), run_id, SPEC.charter, DATE, budget)
+                times.append((time.perf_counter() - t0) * 1000)
+                tokens = estimate_tokens(view.render())
+                t0 = time.perf_counter()
+                with database.read() as session:
+                    found = Store(session).list_entries(
+                        run_id, day_range=(max(1, last - 2), last), include_reverted=False
+                    )
+                    text = "\n".join(ViewEntry.of(e, i).render() for e, i, _ in found)
+                reflexion_ms.append((time.perf_counter() - t0) * 1000)
+                reflexion_tokens = estimate_tokens(text)
+            times.sort()
+            rows.append(
+                {
+                    "size": size,
+                    "budget": budget,
+                    "seed_s": seeding,
+                    "p50": statistics.median(times),
+                    "p95": times[int(0.95 * (len(times) - 1))],
+                    "tokens": tokens,
+                    "naive": naive,
+                    "reflexion_ms": statistics.median(reflexion_ms),
+                    "reflexion_tokens": reflexion_tokens,
+                }
+            )
+        # Prefix stability: step ``follow`` more days; every budget sees the same days.
+        shares: dict[int, list[float]] = {b: [] for b in budgets}
         with database.read() as session:
-            before = prompt_text(Store(session), run_id, budget)
+            before = {b: prompt_text(Store(session), run_id, b) for b in budgets}
         for index in range(last + 1, last + 1 + follow):
             with database.write() as session:
                 add_seed_day(Store(session), run_id, index)
             with database.read() as session:
-                now = prompt_text(Store(session), run_id, budget)
-            shares.append(common_prefix(before, now) / len(now))
+                now = {b: prompt_text(Store(session), run_id, b) for b in budgets}
+            for b in budgets:
+                shares[b].append(common_prefix(before[b], now[b]) / len(now[b]))
             before = now
         database.dispose()
-    times.sort()
-    return {
-        "size": size,
-        "seed_s": seeding,
-        "p50": statistics.median(times),
-        "p95": times[int(0.95 * (len(times) - 1))],
-        "tokens": tokens,
-        "naive": naive,
-        "reflexion_ms": statistics.median(reflexion_ms),
-        "reflexion_tokens": reflexion_tokens,
-        "prefix_mean": statistics.mean(shares),
-        "prefix_median": statistics.median(shares),
-        "prefix_min": min(shares),
-    }
+    for row in rows:
+        got = shares[int(row["budget"])]
+        row["prefix_mean"] = statistics.mean(got)
+        row["prefix_median"] = statistics.median(got)
+        row["prefix_min"] = min(got)
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000,10000,100000")
-    parser.add_argument("--budget", type=int, default=3000)
+    parser.add_argument("--budgets", default="3000,16000")
+    parser.add_argument("--cache", type=Path, help="keep seeded records here, for reuse")
     args = parser.parse_args()
-    rows = [measure(int(s), args.budget) for s in args.sizes.split(",")]
+    budgets = [int(b) for b in args.budgets.split(",")]
     print(
-        f"| entries | view p50 ms | view p95 ms | view tokens (budget {args.budget}) "
+        "| entries | budget | view p50 ms | view p95 ms | view tokens "
         "| whole-record tokens | last-3-days ms | last-3-days tokens "
-        "| stable prefix mean / median / min | seeding s |"
+        "| stable prefix mean / median / min |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['size']:,} | {r['p50']:.1f} | {r['p95']:.1f} | {r['tokens']:,} "
-            f"| {r['naive']:,} | {r['reflexion_ms']:.1f} | {r['reflexion_tokens']:,} "
-            f"| {r['prefix_mean']:.0%} / {r['prefix_median']:.0%} / {r['prefix_min']:.0%} "
-            f"| {r['seed_s']:.1f} |"
-        )
+    for size in (int(s) for s in args.sizes.split(",")):
+        for r in measure(size, budgets, args.cache):
+            print(
+                f"| {r['size']:,} | {r['budget']:,} | {r['p50']:.1f} | {r['p95']:.1f} "
+                f"| {r['tokens']:,} | {r['naive']:,} | {r['reflexion_ms']:.1f} "
+                f"| {r['reflexion_tokens']:,} "
+                f"| {r['prefix_mean']:.0%} / {r['prefix_median']:.0%} / {r['prefix_min']:.0%} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
