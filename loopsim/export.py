@@ -31,8 +31,21 @@ SCHEMA = "loopsim.export/1"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 
 
+# Whole terminal escape sequences, so none leaves its parameters behind as text:
+# CSI (colours, cursor moves), terminated strings (OSC titles and links, DCS, SOS, PM,
+# APC) and the two-byte escapes. A string with no terminator loses its introducer only,
+# so a stray one cannot hide the text after it.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]"
+)
+
+
 def safe_text(text: str) -> str:
-    """Drop control characters (terminal escapes included), keep newlines and tabs."""
+    """Drop terminal escape sequences and other control characters; keep newlines and
+    tabs."""
+    text = _ESCAPE.sub("", text)
     return _CONTROL.sub("", text.replace("\r\n", "\n")).replace("\r", "\n")
 
 

@@ -393,8 +393,10 @@ def test_record_show_strips_every_escape(escapes):
     cli, run_id = escapes
     result = cli("record", "show", run_id)
     _assert_clean(result)
-    assert "Clear[2J]0;pwned title 31m" in result.stdout
-    assert "Counted the dances 2J and 0;title filmed them q for nectar." in result.stdout
+    # Whole sequences go, so no parameters are left behind as text.
+    assert "Clear title \n" in result.stdout
+    assert "Counted the dances  and  filmed them  for nectar." in result.stdout
+    assert "Nectar red,  DCS, link," in result.stdout
 
 
 @pytest.mark.parametrize("as_json", [False, True])
@@ -402,7 +404,8 @@ def test_record_search_strips_every_escape(escapes, as_json):
     cli, run_id = escapes
     result = cli("record", "search", run_id, "nectar", *(["--json"] if as_json else []))
     _assert_clean(result)
-    assert "Clear[2J]0;pwned title 31m" in result.stdout and "Nectar 31m dances" in result.stdout
+    assert "Clear title" in result.stdout and "Nectar dances" in result.stdout
+    assert "pwned" not in result.stdout and "31m" not in result.stdout
 
 
 def test_markdown_export_strips_every_escape(escapes):
@@ -443,8 +446,8 @@ def test_checkin_review_strips_every_escape(cli_factory, sqlite_url, tmp_path):
     assert cli("run", "step", run_id).exit_code == 0
     result = cli("checkin", "review", "1", input="Far for sugar.\n4\napprove\n")
     _assert_clean(result)
-    assert "the simulation predicted: Foragers fly far 2J for sugar 0;x and less" in result.stdout
-    assert "How far [2J do 31m foragers fly?" in result.stdout
+    assert "the simulation predicted: Foragers fly far  for sugar  and less" in result.stdout
+    assert "How far  do  foragers fly?" in result.stdout
     # JSON for programs keeps the text as written, escaped so no terminal acts on it.
     listed = cli("checkin", "list", "--json")
     _assert_clean(listed)
