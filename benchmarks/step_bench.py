@@ -5,7 +5,9 @@ frequencies, digests on the loop's schedule), then times 20 days of ``Loop.step`
 check-in test that follows each day, on SQLite, and prints each size's median against the
 10^2 figure measured in the same run.
 
-    python benchmarks/step_bench.py [--sizes 100,1000,10000,100000] [--days 20]
+    python benchmarks/step_bench.py [--sizes 100,1000,10000,100000] [--days 20] [--cache DIR]
+
+With ``--cache`` (the same folder given to ``view_bench.py``), seeded records are reused.
 """
 
 from __future__ import annotations
@@ -19,26 +21,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from view_bench import SPEC, seed_record  # noqa: E402
+from view_bench import seeded  # noqa: E402
 
-from loopsim import db as dbmod  # noqa: E402
 from loopsim.config import Settings  # noqa: E402
 from loopsim.loop import Loop  # noqa: E402
 from loopsim.store import Store  # noqa: E402
 from loopsim.testing import scripted_factory  # noqa: E402
 
 
-def per_day_ms(entries: int, days: int) -> tuple[float, float]:
-    spec = SPEC.model_copy(
-        update={"checkins": SPEC.checkins.model_copy(update={"every_days": 100_000})}
-    )
+def per_day_ms(entries: int, days: int, cache: Path | None) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "step.db")
-        dbmod.upgrade(path)
-        database = dbmod.Database.open(path)
-        with database.write() as session:
-            run_id = Store(session).create_run(spec, name="step", model="scripted:instant").id
-        seed_record(database, run_id, entries)
+        database, run_id, _ = seeded(entries, Path(tmp), cache)
+        with database.write() as session:  # no check-in may stop the timed days
+            run = Store(session).get_run(run_id)
+            checkins = {**run.spec["checkins"], "every_days": 100_000}
+            checkins["spot_check_probability"] = 0.0
+            budget = {**run.spec["budget"], "days": 1_000_000}
+            run.spec = {**run.spec, "checkins": checkins, "budget": budget}
         factory, _ = scripted_factory()
         loop = Loop(database, Settings(), factory)
         loop.start(run_id)
@@ -58,12 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000,10000,100000")
     parser.add_argument("--days", type=int, default=20)
+    parser.add_argument("--cache", type=Path, help="seeded records kept by view_bench.py")
     args = parser.parse_args()
     print("| entries in record | ms/day p50 | ms/day p95 | p50 against 10^2 |")
     print("|---:|---:|---:|---:|")
     base = None
     for size in (int(s) for s in args.sizes.split(",")):
-        p50, p95 = per_day_ms(size, args.days)
+        p50, p95 = per_day_ms(size, args.days, args.cache)
         base = base or p50
         print(f"| {size:,} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x |")
         sys.stdout.flush()

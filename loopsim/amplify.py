@@ -119,7 +119,8 @@ def plan_digests(
     if every <= 0:
         return []
     jobs: list[DigestJob] = []
-    covered = store.covered_through(run_id, 1, until)
+    state = store.digest_state(run_id, until)
+    covered = state.covered.get(1, 0)
     days = store.committed_day_indexes(run_id, after=covered, before=index, limit=every)
     if len(days) >= every:
         first, last = days[0], days[every - 1]
@@ -132,9 +133,13 @@ def plan_digests(
         )
         if material:
             jobs.append(DigestJob(1, first, last, material))
-    for level in range(1, store.max_digest_level(run_id, until) + 1):
-        above = store.covered_through(run_id, level + 1, until)
-        digests = store.digests(run_id, level, after_day=above, until=until, limit=every)
+    for level in range(1, max(state.covered, default=0) + 1):
+        above = state.covered.get(level + 1, 0)
+        digests = (
+            state.uncovered.get(level, [])[:every]
+            if state.complete
+            else store.digests(run_id, level, after_day=above, until=until, limit=every)
+        )
         if len(digests) == every:
             material = tuple(ViewEntry.of(d, None) for d in digests)
             first, last = digests[0].first_day or 0, digests[-1].last_day or 0

@@ -70,6 +70,17 @@ def entry_hash(entry: Entry, day_index: int | None) -> str:
 
 
 @dataclass(frozen=True)
+class DigestState:
+    """What the digests of a run cover: ``covered`` maps each level to the last day its
+    digests reach; ``uncovered`` lists, per level and oldest first, the digests no digest
+    of the level above covers yet (one per range: a human's amendment stands)."""
+
+    covered: dict[int, int]
+    uncovered: dict[int, list[Entry]]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class EntryInput:
     kind: str
     title: str
@@ -494,6 +505,44 @@ class Store:
             chosen.setdefault((entry.first_day, entry.last_day), entry)
         return list(chosen.values())[:limit]
 
+    def digest_state(
+        self, run_id: str, until: dt.date, written_by: int | None = None, limit: int = 400
+    ) -> DigestState:
+        """Each level's last covered day and its digests no higher level covers yet, in
+        two queries however many levels there are. ``complete`` is False if ``limit``
+        cut the second query short."""
+        rows = self._digest_rows(run_id, until, written_by).with_only_columns(
+            Entry.level, func.max(Entry.last_day)
+        )
+        covered = {
+            int(level): int(last or 0)
+            for level, last in self.session.execute(rows.group_by(Entry.level))
+        }
+        uncovered: dict[int, list[Entry]] = {level: [] for level in covered}
+        if not covered:
+            return DigestState(covered, uncovered, True)
+        stmt = (
+            self._digest_rows(run_id, until, written_by)
+            .where(
+                or_(
+                    *(
+                        (Entry.level == level) & (Entry.first_day > covered.get(level + 1, 0))
+                        for level in covered
+                    )
+                )
+            )
+            .order_by(Entry.level, Entry.first_day, Entry.seq.desc())
+            .limit(limit + 1)
+        )
+        found = list(self.session.execute(stmt))
+        seen: set[tuple[int | None, int | None, int | None]] = set()
+        for entry, _idx, _status in found[:limit]:
+            key = (entry.level, entry.first_day, entry.last_day)
+            if key not in seen:  # of several digests of one range, the newest stands
+                seen.add(key)
+                uncovered[entry.level or 0].append(entry)
+        return DigestState(covered, uncovered, len(found) <= limit)
+
     def pinned_digests(
         self,
         run_id: str,
@@ -509,17 +558,23 @@ class Store:
         stays short however long the record. ``written_by`` keeps only the digests written
         on or before that day: the tiling as it stood then, which later digests (a level
         compressing the one below) do not change."""
+        state = self.digest_state(run_id, until, written_by)
         pinned: list[Entry] = []
         covered = 0
-        for level in range(self.max_digest_level(run_id, until, written_by), 0, -1):
-            found = self.digests(
-                run_id,
-                level,
-                after_day=covered,
-                until=until,
-                limit=per_level,
-                written_by=written_by,
-            )
+        for level in range(max(state.covered, default=0), 0, -1):
+            if state.complete and covered == state.covered.get(level + 1, 0):
+                # The usual case: the levels above tiled all they cover, so what follows
+                # them at this level is exactly what no higher level covers.
+                found = state.uncovered.get(level, [])[:per_level]
+            else:
+                found = self.digests(
+                    run_id,
+                    level,
+                    after_day=covered,
+                    until=until,
+                    limit=per_level,
+                    written_by=written_by,
+                )
             run: list[Entry] = []
             for digest in found:  # contiguous from ``covered``, stopping at the window
                 if digest.first_day != covered + 1 and (run or covered):

@@ -57,7 +57,8 @@ class ViewEntry:
     author: str
     title: str
     body: str
-    first_day: int | None = None  # digests: the first day covered
+    first_day: int | None = None  # digests: the days covered
+    last_day: int | None = None
 
     @classmethod
     def of(cls, entry: Entry, day_index: int | None) -> ViewEntry:
@@ -70,10 +71,16 @@ class ViewEntry:
             entry.title,
             entry.body,
             entry.first_day,
+            entry.last_day,
         )
 
     def render(self) -> str:
-        where = f"day {self.day_index}" if self.day_index is not None else "outside any day"
+        if self.first_day is not None:  # a digest speaks for the days it covers
+            where = f"days {self.first_day}-{self.last_day}"
+        elif self.day_index is not None:
+            where = f"day {self.day_index}"
+        else:
+            where = "outside any day"
         head = f"[#{self.seq} {self.kind}, {where}, {self.external_date.isoformat()}"
         if self.author != "researcher":
             head += f", by {self.author}"

@@ -15,7 +15,7 @@ from loopsim.db import Database
 from loopsim.loop import Loop
 from loopsim.models import CallRecord, Entry
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, parse_spec
-from loopsim.store import EntryInput, Store
+from loopsim.store import DigestState, EntryInput, Store
 from loopsim.testing import amplified_reply, scripted_factory
 from loopsim.view import build_view
 from tests.conftest import SPEC, make_run
@@ -330,3 +330,38 @@ def test_amend_digest_from_the_cli(database, cli_factory):
     with database.read() as session:
         (shown,) = Store(session).pinned_digests(run_id, dt.date(2025, 6, 2))
     assert shown.body == "Days one and two, in short." and shown.author == Author.HUMAN
+
+
+def test_the_two_query_tiling_matches_the_level_by_level_one(database, monkeypatch):
+    """``digest_state`` answers in two queries what one query per level answered; with an
+    amended digest and reverted days in the record, both give the same tiling at every
+    point in time."""
+    spec = amplified(digests={"every_days": 2}, budget={"days": 60})
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    loop.run_days(run_id, 24)
+    date = dt.date(2025, 6, 2)
+    with database.write() as session:
+        store = Store(session)
+        first = store.digests(run_id, 1, after_day=0, until=date)[0]
+        store.amend_digest(run_id, first.seq, "A human's version of the first two days.")
+        store.revert_days(run_id, 17, 24)
+    loop.run_days(run_id, 10)
+
+    def tilings() -> list[list[int]]:
+        with database.read() as session:
+            store = Store(session)
+            return [
+                [d.seq for d in store.pinned_digests(run_id, date, written_by=day)]
+                for day in (*range(1, 36), None)
+            ]
+
+    fast = tilings()
+    real = Store.digest_state
+
+    def per_level(self, *args, **kwargs):  # report nothing uncovered: the slow path runs
+        return DigestState(real(self, *args, **kwargs).covered, {}, False)
+
+    monkeypatch.setattr(Store, "digest_state", per_level)
+    assert fast == tilings()
+    assert fast[-1] and fast[3] != fast[-1]
