@@ -84,7 +84,10 @@ class Run(Base):
 
 class Day(Base):
     __tablename__ = "days"
-    __table_args__ = (UniqueConstraint("run_id", "index", name="uq_days_run_id_index"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "index", name="uq_days_run_id_index"),
+        Index("ix_days_run_id_status_index", "run_id", "status", "index"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, Integer, column, func, or_, select, text
+from sqlalchemy import Float, Integer, column, func, or_, select, text, union_all
 from sqlalchemy.orm import Session
 
 from loopsim import ids
@@ -425,11 +425,21 @@ class Store:
         day_range: tuple[int, int] | None = None,
         include_reverted: bool = True,
     ) -> list[tuple[Entry, int | None, str | None]]:
-        stmt = self._entries_with_day(run_id).order_by(Entry.seq)
-        if day_index is not None:
-            stmt = stmt.where(Day.index == day_index)
-        if day_range is not None:
-            stmt = stmt.where(Day.index.between(*day_range))
+        if day_index is not None or day_range is not None:
+            # Inner join, so the database can start from the few days asked for (by their
+            # run and index) rather than walk every entry of the run.
+            stmt = (
+                select(Entry, Day.index, Day.status)
+                .join(Day, Entry.day_id == Day.id)
+                .where(Day.run_id == run_id)
+                .order_by(Entry.seq)
+            )
+            if day_index is not None:
+                stmt = stmt.where(Day.index == day_index)
+            if day_range is not None:
+                stmt = stmt.where(Day.index.between(*day_range))
+        else:
+            stmt = self._entries_with_day(run_id).order_by(Entry.seq)
         if not include_reverted:
             stmt = stmt.where(self._visible())
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
@@ -505,35 +515,61 @@ class Store:
             chosen.setdefault((entry.first_day, entry.last_day), entry)
         return list(chosen.values())[:limit]
 
+    def _level_ends(self, run_id: str, until: dt.date, written_by: int | None) -> dict[int, int]:
+        """The last day each level's visible digests reach. One statement, one indexed
+        probe per level (newest range first), however many digests there are."""
+        top = self.session.scalar(
+            select(func.max(Entry.level)).where(Entry.run_id == run_id, Entry.level.is_not(None))
+        )
+        if not top:
+            return {}
+        levels = range(1, int(top) + 1)
+        ends = [
+            self._digest_rows(run_id, until, written_by)
+            .where(Entry.level == level)
+            .with_only_columns(Entry.last_day)
+            .order_by(Entry.last_day.desc())
+            .limit(1)
+            .scalar_subquery()
+            for level in levels
+        ]
+        row = self.session.execute(select(*ends)).one()
+        return {level: int(end) for level, end in zip(levels, row, strict=True) if end is not None}
+
     def digest_state(
         self, run_id: str, until: dt.date, written_by: int | None = None, limit: int = 400
     ) -> DigestState:
         """Each level's last covered day and its digests no higher level covers yet, in
         two queries however many levels there are. ``complete`` is False if ``limit``
         cut the second query short."""
-        rows = self._digest_rows(run_id, until, written_by).with_only_columns(
-            Entry.level, func.max(Entry.last_day)
-        )
-        covered = {
-            int(level): int(last or 0)
-            for level, last in self.session.execute(rows.group_by(Entry.level))
-        }
+        covered = self._level_ends(run_id, until, written_by)
         uncovered: dict[int, list[Entry]] = {level: [] for level in covered}
         if not covered:
             return DigestState(covered, uncovered, True)
-        stmt = (
-            self._digest_rows(run_id, until, written_by)
-            .where(
-                or_(
-                    *(
-                        (Entry.level == level) & (Entry.first_day > covered.get(level + 1, 0))
-                        for level in covered
-                    )
+        # One index range per level (run, level, first day after the level above): an OR
+        # over the levels would make the database read every digest of the run.
+        ids = union_all(
+            *(
+                select(Entry.id).where(
+                    Entry.run_id == run_id,
+                    Entry.level == level,
+                    Entry.first_day > covered.get(level + 1, 0),
                 )
+                for level in covered
             )
+        )
+        # The ids drive the query: with the run and kind in the outer WHERE as well, the
+        # database would rather walk the run's digests in index order than sort a few.
+        stmt = (
+            select(Entry, Day.index, Day.status)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.id.in_(ids), Entry.kind == EntryKind.DIGEST)
+            .where(self._visible(), Entry.external_date <= until)
             .order_by(Entry.level, Entry.first_day, Entry.seq.desc())
             .limit(limit + 1)
         )
+        if written_by is not None:
+            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index <= written_by))
         found = list(self.session.execute(stmt))
         seen: set[tuple[int | None, int | None, int | None]] = set()
         for entry, _idx, _status in found[:limit]:
@@ -670,13 +706,22 @@ class Store:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
         return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
 
-    def _id_range(self, run_id: str) -> tuple[int | None, int | None]:
-        """The ids of a run's first and last entries (ids grow with seq within a run)."""
-        first = self.session.scalar(select(Entry.id).where(Entry.run_id == run_id, Entry.seq == 1))
-        last = self.session.scalar(
-            select(Entry.id).where(Entry.run_id == run_id).order_by(Entry.seq.desc()).limit(1)
+    def _id_range(self, run_id: str, horizon: int | None) -> tuple[int | None, int | None]:
+        """The ids of a run's first entry (or the first of its newest ``horizon``) and of
+        its last. Ids grow with seq within a run."""
+        last = self.session.execute(
+            select(Entry.id, Entry.seq)
+            .where(Entry.run_id == run_id)
+            .order_by(Entry.seq.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            return None, None
+        first_seq = max(1, last.seq - horizon + 1) if horizon else 1
+        first = self.session.scalar(
+            select(Entry.id).where(Entry.run_id == run_id, Entry.seq == first_seq)
         )
-        return first, last
+        return first, last.id
 
     def search(
         self,
@@ -687,8 +732,11 @@ class Store:
         before_day: int | None = None,
         include_reverted: bool = False,
         limit: int = 20,
+        horizon: int | None = None,
     ) -> list[tuple[Entry, int | None, str | None]]:
-        """Full-text matches for any of the query's words, best first."""
+        """Full-text matches for any of the query's words, best first; with ``horizon``,
+        only among the run's newest ``horizon`` entries, so the cost stops growing with
+        the record."""
         terms = search_terms(query)
         if not terms:
             return []
@@ -696,7 +744,7 @@ class Store:
             # The run's entries have ids from its first entry's to its last's. Bounding
             # rowids there is cheap for FTS5; matching the run_id column instead would
             # walk a posting list as long as the run (6 ms of 7 at 10^5 entries).
-            lo, hi = self._id_range(run_id)
+            lo, hi = self._id_range(run_id, horizon)
             if lo is None:
                 return []
             words = " OR ".join(f'"{t}"' for t in terms)
@@ -731,6 +779,9 @@ class Store:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index < before_day))
         if not include_reverted:
             stmt = stmt.where(self._visible())
+        if horizon and self.dialect != "sqlite":
+            head, _ = self.chain_head(run_id)
+            stmt = stmt.where(Entry.seq > head - horizon)
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
 
     # ---------------------------------------------------------------- check-ins

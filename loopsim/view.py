@@ -5,8 +5,9 @@ What it holds, in the order it is rendered:
 1. Pinned, always present: the charter and every human correction.
 2. The digests (see :mod:`loopsim.amplify`) that tile every day before the raw window,
    highest level first while they fit their share of the budget.
-3. Full-text matches, from before the raw window, for the sub-question (if any) and the
-   charter's open questions, within their share.
+3. Full-text matches, from before the raw window and among the newest
+   ``SEARCH_HORIZON`` entries, for the sub-question (if any) and the charter's open
+   questions, within their share.
 4. The raw window: every entry of the days from a digest boundary on, oldest first.
 5. The day's date (added by the prompt, last).
 
@@ -34,6 +35,9 @@ RELATED_SHARE = 0.1
 FOCUS_RELATED_SHARE = 0.5
 DIGEST_SHARE = 0.4
 RELATED_LIMIT = 30
+# Related entries are searched for among the run's newest entries only, so a day's cost
+# stops growing with the record; what is older reaches the view through its digests.
+SEARCH_HORIZON = 20_000
 GRID_DAYS = 15
 BOUNDARIES = 64
 PAGE = 50
@@ -197,6 +201,7 @@ def build_view(
             until=external_date,
             before_day=start,
             limit=RELATED_LIMIT,
+            horizon=SEARCH_HORIZON,
         ):
             if entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
                 continue

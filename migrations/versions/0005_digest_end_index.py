@@ -1,5 +1,6 @@
-"""Index digests by the last day they cover, so the view finds where its raw window may
-start (the newest level-1 digest ends) without scanning every digest of the run.
+"""Indexes that keep a day's queries from growing with the record: digests by the last
+day they cover (where the view's raw window may start, and how far each level reaches),
+and days by status (counting committed days for budgets and check-in schedules).
 
 Revision ID: 0005
 Revises: 0004
@@ -18,7 +19,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("ix_entries_run_id_level_last_day", "entries", ["run_id", "level", "last_day"])
+    op.create_index("ix_days_run_id_status_index", "days", ["run_id", "status", "index"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_days_run_id_status_index", table_name="days")
     op.drop_index("ix_entries_run_id_level_last_day", table_name="entries")
