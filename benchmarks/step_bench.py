@@ -8,6 +8,10 @@ check-in test that follows each day, on SQLite, and prints each size's median ag
     python benchmarks/step_bench.py [--sizes 100,1000,10000,100000] [--days 20] [--cache DIR]
 
 With ``--cache`` (the same folder given to ``view_bench.py``), seeded records are reused.
+
+Each size runs twice: once as a supervised run would stand (an approved check-in through
+the last seeded day, so the check-in schedule counts days since then), and once with no
+check-in in its history at all (every schedule count then spans the whole record).
 """
 
 from __future__ import annotations
@@ -25,19 +29,36 @@ from view_bench import seeded  # noqa: E402
 
 from loopsim.config import Settings  # noqa: E402
 from loopsim.loop import Loop  # noqa: E402
+from loopsim.models import CheckIn, utcnow  # noqa: E402
 from loopsim.store import Store  # noqa: E402
 from loopsim.testing import scripted_factory  # noqa: E402
 
 
-def per_day_ms(entries: int, days: int, cache: Path | None) -> tuple[float, float]:
+def per_day_ms(
+    entries: int, days: int, cache: Path | None, supervised: bool
+) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        database, run_id, _ = seeded(entries, Path(tmp), cache)
+        database, run_id, last = seeded(entries, Path(tmp), cache)
         with database.write() as session:  # no check-in may stop the timed days
             run = Store(session).get_run(run_id)
             checkins = {**run.spec["checkins"], "every_days": 100_000}
             checkins["spot_check_probability"] = 0.0
-            budget = {**run.spec["budget"], "days": 1_000_000}
+            budget = {**run.spec["budget"], "days": last + 1000}
             run.spec = {**run.spec, "checkins": checkins, "budget": budget}
+            if supervised:  # as a run that had check-ins: the last one approved its days
+                now = utcnow()
+                session.add(
+                    CheckIn(
+                        run_id=run_id,
+                        reason="scheduled",
+                        first_day_index=max(1, last - 4),
+                        last_day_index=last,
+                        decision="approve",
+                        drift_score=0.0,
+                        opened_at=now,
+                        decided_at=now,
+                    )
+                )
         factory, _ = scripted_factory()
         loop = Loop(database, Settings(), factory)
         loop.start(run_id)
@@ -59,14 +80,16 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=20)
     parser.add_argument("--cache", type=Path, help="seeded records kept by view_bench.py")
     args = parser.parse_args()
-    print("| entries in record | ms/day p50 | ms/day p95 | p50 against 10^2 |")
-    print("|---:|---:|---:|---:|")
-    base = None
-    for size in (int(s) for s in args.sizes.split(",")):
-        p50, p95 = per_day_ms(size, args.days, args.cache)
-        base = base or p50
-        print(f"| {size:,} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x |")
-        sys.stdout.flush()
+    print("| entries in record | check-in history | ms/day p50 | ms/day p95 | p50 against 10^2 |")
+    print("|---:|---|---:|---:|---:|")
+    for supervised in (True, False):
+        base = None
+        for size in (int(s) for s in args.sizes.split(",")):
+            p50, p95 = per_day_ms(size, args.days, args.cache, supervised)
+            base = base or p50
+            history = "last day approved" if supervised else "none"
+            print(f"| {size:,} | {history} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x |")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

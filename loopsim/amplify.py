@@ -54,7 +54,7 @@ from loopsim.schemas import (
     RunSpec,
     SubAnswer,
 )
-from loopsim.store import EntryInput, Store
+from loopsim.store import DigestState, EntryInput, Store
 from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 SUB_INSTRUCTIONS = (
@@ -106,7 +106,12 @@ class PlannedDay:
 
 
 def plan_digests(
-    store: Store, run_id: str, index: int, until: dt.date, every: int
+    store: Store,
+    run_id: str,
+    index: int,
+    until: dt.date,
+    every: int,
+    state: DigestState | None = None,
 ) -> list[DigestJob]:
     """The digests due before day ``index``, from the record as it stands.
 
@@ -119,7 +124,8 @@ def plan_digests(
     if every <= 0:
         return []
     jobs: list[DigestJob] = []
-    state = store.digest_state(run_id, until)
+    if state is None:
+        state = store.digest_state(run_id, until)
     covered = state.covered.get(1, 0)
     days = store.committed_day_indexes(run_id, after=covered, before=index, limit=every)
     if len(days) >= every:

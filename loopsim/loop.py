@@ -117,12 +117,21 @@ class Loop:
                 now=now or utcnow(),
                 approved_checkins=checkin.approved_count(store, run.id),
             )
-            view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
+            # One read of the digests serves both the view and the digests due today.
+            state = store.digest_state(run.id, date)
+            view = build_view(
+                store,
+                run.id,
+                spec.charter,
+                date,
+                self.settings.view_token_budget,
+                digests_now=state,
+            )
             breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
             prompt = build_prompt(
                 spec.persona, view, date, subquestions=breadth, ideas=spec.babble.ideas
             )
-            digests = plan_digests(store, run.id, index, date, spec.digests.every_days)
+            digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
             return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests))
 
     def researcher(self, planned: PlannedDay) -> Researcher:

@@ -10,6 +10,7 @@ committed entry breaks every link after it, and :meth:`Store.verify_chain` names
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -18,7 +19,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, Integer, column, func, or_, select, text, union_all
+from sqlalchemy import (
+    Date,
+    Float,
+    Integer,
+    String,
+    bindparam,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from loopsim import ids
@@ -161,6 +175,77 @@ def search_terms(query: str, limit: int = 24) -> list[str]:
         if word not in _STOP:
             seen.setdefault(word, None)
     return list(seen)[:limit]
+
+
+_NO_DAY_LIMIT = 2**31 - 1
+
+
+def _levels() -> Any:
+    """Levels 1..``top`` as rows."""
+    levels = select(literal(1, Integer).label("level")).cte("levels", recursive=True)
+    return levels.union_all(
+        select((levels.c.level + 1).label("level")).where(
+            levels.c.level < bindparam("top", type_=Integer)
+        )
+    )
+
+
+def _level_ends_statement() -> Any:
+    """For levels 1..``top``: the last day the newest visible digest of that level covers
+    (written on or before day ``written_by``). Built once: only the parameters change, so
+    no day pays for building it, and each level is one indexed probe."""
+    levels = _levels()
+    end = (
+        select(Entry.last_day)
+        .outerjoin(Day, Entry.day_id == Day.id)
+        .where(
+            Entry.run_id == bindparam("run_id", type_=String),
+            Entry.level == levels.c.level,
+            Entry.kind == EntryKind.DIGEST.value,
+            or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED.value),
+            Entry.external_date <= bindparam("until", type_=Date),
+            or_(Entry.day_id.is_(None), Day.index <= bindparam("written_by", type_=Integer)),
+        )
+        .order_by(Entry.last_day.desc())
+        .limit(1)
+        .correlate(levels)
+        .scalar_subquery()
+    )
+    return select(levels.c.level, end.label("last_day"))
+
+
+_LEVEL_ENDS = _level_ends_statement()
+
+
+@functools.lru_cache(maxsize=16)
+def _uncovered_statement(levels: int) -> Any:
+    """The visible digests of levels 1..``levels`` that start after ``after_<level>`` (the
+    reach of the level above): one index range per level. An OR over the levels would
+    make the database read every digest of the run. The ids drive the outer query; with
+    the run and kind there too, the database would rather walk the run's digests in
+    index order than sort a few. Built once per number of levels."""
+    ids = union_all(
+        *(
+            select(Entry.id).where(
+                Entry.run_id == bindparam("run_id", type_=String),
+                Entry.level == level,
+                Entry.first_day > bindparam(f"after_{level}", type_=Integer),
+            )
+            for level in range(1, levels + 1)
+        )
+    )
+    return (
+        select(Entry, Day.index, Day.status)
+        .outerjoin(Day, Entry.day_id == Day.id)
+        .where(Entry.id.in_(ids), Entry.kind == EntryKind.DIGEST.value)
+        .where(
+            or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED.value),
+            Entry.external_date <= bindparam("until", type_=Date),
+            or_(Entry.day_id.is_(None), Day.index <= bindparam("written_by", type_=Integer)),
+        )
+        .order_by(Entry.level, Entry.first_day, Entry.seq.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
 
 
 class Store:
@@ -516,25 +601,23 @@ class Store:
         return list(chosen.values())[:limit]
 
     def _level_ends(self, run_id: str, until: dt.date, written_by: int | None) -> dict[int, int]:
-        """The last day each level's visible digests reach. One statement, one indexed
-        probe per level (newest range first), however many digests there are."""
+        """The last day each level's visible digests reach: one prepared statement, one
+        indexed probe per level (newest range first), however many digests there are."""
         top = self.session.scalar(
             select(func.max(Entry.level)).where(Entry.run_id == run_id, Entry.level.is_not(None))
         )
         if not top:
             return {}
-        levels = range(1, int(top) + 1)
-        ends = [
-            self._digest_rows(run_id, until, written_by)
-            .where(Entry.level == level)
-            .with_only_columns(Entry.last_day)
-            .order_by(Entry.last_day.desc())
-            .limit(1)
-            .scalar_subquery()
-            for level in levels
-        ]
-        row = self.session.execute(select(*ends)).one()
-        return {level: int(end) for level, end in zip(levels, row, strict=True) if end is not None}
+        rows = self.session.execute(
+            _LEVEL_ENDS,
+            {
+                "run_id": run_id,
+                "top": int(top),
+                "until": until,
+                "written_by": _NO_DAY_LIMIT if written_by is None else written_by,
+            },
+        )
+        return {int(level): int(end) for level, end in rows if end is not None}
 
     def digest_state(
         self, run_id: str, until: dt.date, written_by: int | None = None, limit: int = 400
@@ -546,30 +629,15 @@ class Store:
         uncovered: dict[int, list[Entry]] = {level: [] for level in covered}
         if not covered:
             return DigestState(covered, uncovered, True)
-        # One index range per level (run, level, first day after the level above): an OR
-        # over the levels would make the database read every digest of the run.
-        ids = union_all(
-            *(
-                select(Entry.id).where(
-                    Entry.run_id == run_id,
-                    Entry.level == level,
-                    Entry.first_day > covered.get(level + 1, 0),
-                )
-                for level in covered
-            )
-        )
-        # The ids drive the query: with the run and kind in the outer WHERE as well, the
-        # database would rather walk the run's digests in index order than sort a few.
-        stmt = (
-            select(Entry, Day.index, Day.status)
-            .outerjoin(Day, Entry.day_id == Day.id)
-            .where(Entry.id.in_(ids), Entry.kind == EntryKind.DIGEST)
-            .where(self._visible(), Entry.external_date <= until)
-            .order_by(Entry.level, Entry.first_day, Entry.seq.desc())
-            .limit(limit + 1)
-        )
-        if written_by is not None:
-            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index <= written_by))
+        top = max(covered)
+        params: dict[str, Any] = {
+            "run_id": run_id,
+            "until": until,
+            "written_by": _NO_DAY_LIMIT if written_by is None else written_by,
+            "limit": limit + 1,
+        }
+        params.update({f"after_{level}": covered.get(level + 1, 0) for level in range(1, top + 1)})
+        stmt = _uncovered_statement(top).params(params)
         found = list(self.session.execute(stmt))
         seen: set[tuple[int | None, int | None, int | None]] = set()
         for entry, _idx, _status in found[:limit]:
@@ -587,14 +655,17 @@ class Store:
         before_day: int | None = None,
         written_by: int | None = None,
         per_level: int = 50,
+        state: DigestState | None = None,
     ) -> list[Entry]:
         """The digests no higher-level digest covers, oldest range first: together they
         cover every digested day (before ``before_day``, if given) once. A level holds
         fewer than ``every_days`` of them (more would have been compressed), so this
         stays short however long the record. ``written_by`` keeps only the digests written
         on or before that day: the tiling as it stood then, which later digests (a level
-        compressing the one below) do not change."""
-        state = self.digest_state(run_id, until, written_by)
+        compressing the one below) do not change. ``state``, if given, must be
+        ``digest_state`` of the same run, date and ``written_by``."""
+        if state is None:  # a caller may pass the state it already read for this date
+            state = self.digest_state(run_id, until, written_by)
         pinned: list[Entry] = []
         covered = 0
         for level in range(max(state.covered, default=0), 0, -1):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from loopsim.models import Entry
 from loopsim.schemas import Charter, EntryKind
-from loopsim.store import Store
+from loopsim.store import DigestState, Store
 
 RELATED_SHARE = 0.1
 FOCUS_RELATED_SHARE = 0.5
@@ -148,11 +148,13 @@ def build_view(
     *,
     focus: str | None = None,
     grid: int = GRID_DAYS,
+    digests_now: DigestState | None = None,
 ) -> View:
     """Build the view for one day at ``external_date`` within ``budget`` tokens.
 
     ``focus`` (a sub-question) makes the view a sub-researcher's: relevance is searched
     for the question first, and recent entries get a smaller share of the budget.
+    ``digests_now``: ``store.digest_state(run_id, external_date)``, if the caller has it.
     """
     used = _charter_cost(charter) + 40
     corrections = tuple(
@@ -165,7 +167,7 @@ def build_view(
     # every day before it, highest level first while they fit; the related entries come
     # from before it too. So only the window's end changes from one day to the next.
     room = max(0, budget - used)
-    pinned_now = store.pinned_digests(run_id, external_date)
+    pinned_now = store.pinned_digests(run_id, external_date, state=digests_now)
     digest_reserve = min(
         int(room * DIGEST_SHARE),
         int(1.5 * sum(_cost(ViewEntry.of(d, None)) for d in pinned_now)) + 200 * bool(pinned_now),
