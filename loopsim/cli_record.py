@@ -18,7 +18,7 @@ from rich.text import Text
 from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
 from loopsim.dataset import DatasetFilter, to_dataset
 from loopsim.errors import RecordBroken, SpecError
-from loopsim.export import safe_text, to_jsonl, to_markdown, write_atomically
+from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
 from loopsim.models import Entry
 from loopsim.report import to_html
 from loopsim.schemas import CallRole, DayStatus
@@ -74,14 +74,8 @@ def record_show(
 
 
 def _marks(entry: Entry) -> str:
-    """What an amplification entry carries: a digest's range, a score, a flag."""
-    marks = []
-    if entry.level is not None:
-        marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
-    if entry.score is not None:
-        marks.append(f"score {entry.score}/10")
-    if entry.flagged:
-        marks.append("flagged")
+    """What an amplification entry carries, and who wrote it if not the researcher."""
+    marks = entry_marks(entry)
     if entry.author != "researcher":
         marks.append(f"by {entry.author}")
     return f" [{'; '.join(marks)}]" if marks else ""

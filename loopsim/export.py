@@ -122,17 +122,24 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
     return "\n".join(out).rstrip() + "\n"
 
 
-def _entry_heading(entry: Entry, seqs: dict[int, int]) -> str:
-    """``### #seq kind: title``, then what places the entry in its day's tree."""
+def entry_marks(entry: Entry) -> list[str]:
+    """What an amplification entry carries: a digest's range, a score, a flag."""
     marks = []
-    if entry.parent_id is not None and entry.parent_id in seqs:
-        marks.append(f"re #{seqs[entry.parent_id]}")
     if entry.level is not None:
         marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
     if entry.score is not None:
         marks.append(f"score {entry.score}/10")
     if entry.flagged:
         marks.append("flagged")
+    return marks
+
+
+def _entry_heading(entry: Entry, seqs: dict[int, int]) -> str:
+    """``### #seq kind: title``, then what places the entry in its day's tree."""
+    marks = []
+    if entry.parent_id is not None and entry.parent_id in seqs:
+        marks.append(f"re #{seqs[entry.parent_id]}")
+    marks += entry_marks(entry)
     tail = f" ({'; '.join(marks)})" if marks else ""
     return f"### #{entry.seq} {entry.kind}: {md_inline(entry.title)}{tail}"
 

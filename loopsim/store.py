@@ -777,22 +777,22 @@ class Store:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
         return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
 
-    def _id_range(self, run_id: str, horizon: int | None) -> tuple[int | None, int | None]:
-        """The ids of a run's first entry (or the first of its newest ``horizon``) and of
-        its last. Ids grow with seq within a run."""
-        last = self.session.execute(
-            select(Entry.id, Entry.seq)
-            .where(Entry.run_id == run_id)
-            .order_by(Entry.seq.desc())
-            .limit(1)
-        ).first()
-        if last is None:
-            return None, None
-        first_seq = max(1, last.seq - horizon + 1) if horizon else 1
-        first = self.session.scalar(
-            select(Entry.id).where(Entry.run_id == run_id, Entry.seq == first_seq)
+    def _id_range(
+        self, run_id: str, seq_range: tuple[int, int] | None
+    ) -> tuple[int | None, int | None]:
+        """The ids of a run's entries at both ends of ``seq_range`` (default: all of them).
+        Ids grow with seq within a run."""
+        if seq_range is None:
+            first_seq, last_seq = 1, self.chain_head(run_id)[0]
+        else:
+            first_seq, last_seq = seq_range
+        rows = self.session.execute(
+            select(Entry.seq, Entry.id).where(
+                Entry.run_id == run_id, Entry.seq.in_([first_seq, last_seq])
+            )
         )
-        return first, last.id
+        ends = {seq: entry_id for seq, entry_id in rows}
+        return ends.get(first_seq), ends.get(last_seq)
 
     def search(
         self,
@@ -803,11 +803,11 @@ class Store:
         before_day: int | None = None,
         include_reverted: bool = False,
         limit: int = 20,
-        horizon: int | None = None,
+        seq_range: tuple[int, int] | None = None,
     ) -> list[tuple[Entry, int | None, str | None]]:
-        """Full-text matches for any of the query's words, best first; with ``horizon``,
-        only among the run's newest ``horizon`` entries, so the cost stops growing with
-        the record."""
+        """Full-text matches for any of the query's words, best first; with
+        ``seq_range`` (first and last seq, inclusive), only among those entries, so the
+        cost need not grow with the record."""
         terms = search_terms(query)
         if not terms:
             return []
@@ -815,8 +815,8 @@ class Store:
             # The run's entries have ids from its first entry's to its last's. Bounding
             # rowids there is cheap for FTS5; matching the run_id column instead would
             # walk a posting list as long as the run (6 ms of 7 at 10^5 entries).
-            lo, hi = self._id_range(run_id, horizon)
-            if lo is None:
+            lo, hi = self._id_range(run_id, seq_range)
+            if lo is None or hi is None:
                 return []
             words = " OR ".join(f'"{t}"' for t in terms)
             ranked = (
@@ -850,9 +850,8 @@ class Store:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index < before_day))
         if not include_reverted:
             stmt = stmt.where(self._visible())
-        if horizon and self.dialect != "sqlite":
-            head, _ = self.chain_head(run_id)
-            stmt = stmt.where(Entry.seq > head - horizon)
+        if seq_range is not None and self.dialect != "sqlite":
+            stmt = stmt.where(Entry.seq.between(*seq_range))
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
 
     # ---------------------------------------------------------------- check-ins

@@ -5,9 +5,8 @@ What it holds, in the order it is rendered:
 1. Pinned, always present: the charter and every human correction.
 2. The digests (see :mod:`loopsim.amplify`) that tile every day before the raw window,
    highest level first while they fit their share of the budget.
-3. Full-text matches, from before the raw window and among the newest
-   ``SEARCH_HORIZON`` entries, for the sub-question (if any) and the charter's open
-   questions, within their share.
+3. Full-text matches among the ``SEARCH_HORIZON`` entries just before the raw window,
+   for the sub-question (if any) and the charter's open questions, within their share.
 4. The raw window: every entry of the days from a digest boundary on, oldest first.
 5. The day's date (added by the prompt, last).
 
@@ -35,8 +34,8 @@ RELATED_SHARE = 0.1
 FOCUS_RELATED_SHARE = 0.5
 DIGEST_SHARE = 0.4
 RELATED_LIMIT = 30
-# Related entries are searched for among the run's newest entries only, so a day's cost
-# stops growing with the record; what is older reaches the view through its digests.
+# Related entries are searched for among the entries just before the raw window only, so
+# a day's cost stops growing with the record; what is older reaches it through digests.
 SEARCH_HORIZON = 20_000
 GRID_DAYS = 15
 BOUNDARIES = 64
@@ -177,7 +176,11 @@ def build_view(
         store, run_id, external_date, room - digest_reserve - related_reserve, grid
     )
     used += recent_cost
-    digest_limit = used + digest_reserve
+    # Both sections above the window get room that does not change while its start
+    # stays: the digests up to their share (or what the window and the related share
+    # leave, if less), the related entries exactly their share. Room left over stays
+    # unused rather than let either section change from one day to the next.
+    digest_limit = used + min(int(room * DIGEST_SHARE), room - recent_cost - related_reserve)
     shown: list[ViewEntry] = []
     # The digests before the window as they stood on the window's first day: a digest
     # written later (a level compressing the one below) waits until the window moves, so
@@ -196,19 +199,23 @@ def build_view(
     related: list[ViewEntry] = []
     questions = [focus] if focus else []
     questions.extend(charter.open_questions)
-    if questions and used < budget:
+    related_limit = min(used + related_reserve, budget)
+    if questions and used < related_limit:
+        # Searched among the SEARCH_HORIZON entries before the window: a range that, like
+        # everything above the window, moves only when the window's start does.
+        last = recent[0].seq - 1 if recent else store.chain_head(run_id)[0]
         for entry, day_index, _status in store.search(
             run_id,
             " ".join(questions),
             until=external_date,
             before_day=start,
             limit=RELATED_LIMIT,
-            horizon=SEARCH_HORIZON,
+            seq_range=(max(1, last - SEARCH_HORIZON + 1), last),
         ):
             if entry.kind in (EntryKind.DIGEST, EntryKind.CORRECTION):
                 continue
             item = ViewEntry.of(entry, day_index)
-            if used + _cost(item) > budget:
+            if used + _cost(item) > related_limit:
                 continue
             related.append(item)
             used += _cost(item)

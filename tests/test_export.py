@@ -98,6 +98,24 @@ def test_jsonl_records_carry_exactly_the_documented_fields(database, spec):
             assert set(pair) == docs["pair"]
 
 
+def amplified_run(database, days: int, **sections) -> str:
+    """A run of ``days`` amplified days: sub-questions, babbled ideas and digests."""
+    from loopsim.testing import amplified_reply
+    from tests.conftest import SPEC
+
+    spec = {
+        **SPEC,
+        "subquestions": {"depth": 1, "breadth": 1},
+        "babble": {"ideas": 2},
+        "digests": {"every_days": 2},
+        **sections,
+    }
+    run_id = make_run(database, parse_spec(spec))
+    factory, _ = scripted_factory([amplified_reply])
+    Loop(database, Settings(), factory).run_days(run_id, days)
+    return run_id
+
+
 def test_every_hash_can_be_recomputed_from_the_jsonl_export(database):
     """Sub-question trees, critiques and digests included: the export carries every
     hashed field, so a reader can verify the chain without the database."""
@@ -105,18 +123,8 @@ def test_every_hash_can_be_recomputed_from_the_jsonl_export(database):
 
     from loopsim.models import Entry
     from loopsim.store import entry_hash
-    from loopsim.testing import amplified_reply
-    from tests.conftest import SPEC
 
-    amplified = {
-        **SPEC,
-        "subquestions": {"depth": 2, "breadth": 2},
-        "babble": {"ideas": 2},
-        "digests": {"every_days": 2},
-    }
-    run_id = make_run(database, parse_spec(amplified))
-    factory, _ = scripted_factory([amplified_reply])
-    Loop(database, Settings(), factory).run_days(run_id, 5)
+    run_id = amplified_run(database, days=5, subquestions={"depth": 2, "breadth": 2})
     with database.read() as session:
         store = Store(session)
         records = [json.loads(x) for x in to_jsonl(store, store.get_run(run_id))]
@@ -134,18 +142,7 @@ def test_every_hash_can_be_recomputed_from_the_jsonl_export(database):
 
 
 def test_markdown_shows_the_tree_scores_flags_and_digests(database):
-    from loopsim.testing import amplified_reply
-    from tests.conftest import SPEC
-
-    amplified = {
-        **SPEC,
-        "subquestions": {"depth": 1, "breadth": 1},
-        "babble": {"ideas": 2, "flag_top": 1, "min_score": 0},
-        "digests": {"every_days": 2},
-    }
-    run_id = make_run(database, parse_spec(amplified))
-    factory, _ = scripted_factory([amplified_reply])
-    Loop(database, Settings(), factory).run_days(run_id, 3)
+    run_id = amplified_run(database, days=3, babble={"ideas": 2, "flag_top": 1, "min_score": 0})
     with database.read() as session:
         store = Store(session)
         md = to_markdown(store, store.get_run(run_id))
