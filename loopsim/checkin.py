@@ -155,19 +155,22 @@ def due(
     approved = approving(checkins)
     approved_day = approved[-1].last_day_index if approved else 0
     since = last.last_day_index if last is not None else 0
-    new_days = store.committed_days_after(run.id, since)
+    policy = spec.checkins
+    interval = adaptive_interval([c.drift_score for c in checkins], policy)
+    new_days = store.committed_days_after(run.id, since, at_most=interval)
     if new_days == 0:
         return None
-    policy = spec.checkins
     latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
     if charter_drift(store, run.id, spec, latest, approved_day):
         return CheckinReason.CHARTER_DRIFT
-    if new_days >= adaptive_interval([c.drift_score for c in checkins], policy):
+    if new_days >= interval:
         return CheckinReason.SCHEDULED
     if policy.max_unsupervised_days is not None:
-        unsupervised = store.committed_days_after(run.id, approved_day)
+        unsupervised = store.committed_days_after(
+            run.id, approved_day, at_most=policy.max_unsupervised_days
+        )
         if unsupervised >= policy.max_unsupervised_days:
             return CheckinReason.BUDGET
     if policy.max_external_drift_days is not None:

@@ -925,15 +925,15 @@ class Store:
         )
         return int(last or 0)
 
-    def committed_days_after(self, run_id: str, index: int) -> int:
-        return int(
-            self.session.scalar(
-                select(func.count())
-                .select_from(Day)
-                .where(Day.run_id == run_id, Day.status == DayStatus.COMMITTED, Day.index > index)
-            )
-            or 0
+    def committed_days_after(self, run_id: str, index: int, at_most: int | None = None) -> int:
+        """Committed days after day ``index``; with ``at_most``, counting stops there, so
+        asking "are there N yet?" costs N rows, not the whole run."""
+        days = select(Day.id).where(
+            Day.run_id == run_id, Day.status == DayStatus.COMMITTED, Day.index > index
         )
+        if at_most is not None:
+            days = days.limit(at_most)
+        return int(self.session.scalar(select(func.count()).select_from(days.subquery())) or 0)
 
     def revert_days(self, run_id: str, after: int, through: int) -> int:
         """Mark committed days in (after, through] reverted. Their entries stay."""
