@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import json
 import re
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -35,14 +36,24 @@ FRAMING = (
 )
 
 # The example is about method, not any topic, so it biases no charter; small models
-# that copy it verbatim still produce a valid day.
+# that copy it verbatim still produce a valid day (and, when a day may pose sub-questions
+# or ideas, one that exercises them).
+EXAMPLE_ENTRY = {
+    "kind": "hypothesis",
+    "title": "The simplest explanation first",
+    "body": "Before building anything elaborate, I should check whether the simplest account "
+    "already fits what the log records. If it does, the next step is a test that could prove "
+    "it wrong.",
+}
+EXAMPLE_SUBQUESTION = "Which observation in the log would most directly test the simplest account?"
+EXAMPLE_IDEA = {
+    "title": "Test the simplest account first",
+    "body": "Pick the one measurement the simplest account predicts most clearly, and make it "
+    "before anything more elaborate.",
+}
 INSTRUCTIONS = (
     "Read the log, then do one day of careful work on the charter. Reply with one JSON "
-    "object and nothing else. For example:\n"
-    '{"entries": [{"kind": "hypothesis", "title": "The simplest explanation first", '
-    '"body": "Before building anything elaborate, I should check whether the simplest account '
-    "already fits what the log records. If it does, the next step is a test that could prove "
-    'it wrong."}]}\n'
+    "object and nothing else. For example:\n{example}\n"
     "Each entry's kind is one of: note, hypothesis, question, answer, plan, critique. Write "
     "1 to 6 entries in plain sentences about the charter, building on the log rather than "
     "repeating it."
@@ -56,6 +67,16 @@ IDEA_INSTRUCTIONS = (
     'Also add "ideas": a list of 1 to {n} candidate ideas, each with a "title" and a '
     '"body". A colleague will critique each one; the most promising are kept.'
 )
+
+
+def example_reply(subquestions: int = 0, ideas: int = 0) -> str:
+    """The example reply the instructions show, with the optional parts the day may use."""
+    example: dict[str, Any] = {"entries": [EXAMPLE_ENTRY]}
+    if subquestions:
+        example["subquestions"] = [EXAMPLE_SUBQUESTION]
+    if ideas:
+        example["ideas"] = [EXAMPLE_IDEA]
+    return json.dumps(example)
 
 
 @dataclass(frozen=True)
@@ -95,7 +116,7 @@ def build_prompt(
     """The whole input of one day. Stable parts first, the date last, for cache reuse.
     ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none)."""
     system = persona_text(persona)
-    instructions = [INSTRUCTIONS]
+    instructions = [INSTRUCTIONS.format(example=example_reply(subquestions, ideas))]
     if subquestions:
         instructions.append(SUBQUESTION_INSTRUCTIONS.format(n=subquestions))
     if ideas:

@@ -8,7 +8,13 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from loopsim.researcher import build_prompt, grammar_schema, parse_report
+from loopsim.researcher import (
+    GRAMMAR_MAX_CHARS,
+    build_prompt,
+    example_reply,
+    grammar_schema,
+    parse_report,
+)
 from loopsim.schemas import degeneracy
 from loopsim.store import Store
 from loopsim.view import build_view
@@ -44,6 +50,25 @@ def test_two_runs_with_equal_records_get_byte_equal_prompts(database, spec):
     assert first.as_dicts() == second.as_dicts() and first.hash == second.hash
     moved = prompt_for(database, spec, make_run(database, spec), DATE + dt.timedelta(days=1))
     assert moved.hash != first.hash
+
+
+@pytest.mark.parametrize("subquestions,ideas", [(0, 0), (2, 0), (0, 2), (2, 2)])
+def test_the_example_is_a_valid_reply_that_uses_what_the_day_may_pose(
+    database, spec, subquestions, ideas
+):
+    # Small models copy the example; it must validate, and show sub-questions or ideas
+    # only when the day may pose them (else the day's reply would be refused).
+    example = example_reply(subquestions, ideas)
+    report = parse_report(example)
+    assert bool(report.subquestions) == bool(subquestions)
+    assert bool(report.ideas) == bool(ideas)
+    assert set(json.loads(example)) <= set(grammar_schema(subquestions, ideas)["properties"])
+    for entry in json.loads(example)["entries"]:
+        assert len(entry["body"]) <= GRAMMAR_MAX_CHARS
+    with database.read() as session:
+        view = build_view(Store(session), make_run(database, spec), spec.charter, DATE, 3000)
+    system = build_prompt(spec.persona, view, DATE, subquestions=subquestions, ideas=ideas)
+    assert example in system.as_dicts()[0]["content"]
 
 
 def test_grammar_schema_is_tighter_than_validation():
