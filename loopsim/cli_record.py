@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 
 from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
-from loopsim.dataset import DatasetFilter, to_dataset
+from loopsim.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
 from loopsim.models import Entry
@@ -259,7 +259,8 @@ def export(
         run = store.get_run(run_ref)
         if fmt == ExportFormat.DATASET:
             filt = DatasetFilter(since_day, until_day, frozenset(kind or ()), include_reverted)
-            chunks = [line + "\n" for line in to_dataset(store, run, filt)]
+            tally = Tally()
+            chunks = [line + "\n" for line in to_dataset(store, run, filt, tally)]
         elif fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
         elif fmt == ExportFormat.HTML:
@@ -274,3 +275,5 @@ def export(
     else:
         write_atomically(output, chunks)
         a.err.print(f"wrote {output}")
+    if fmt == ExportFormat.DATASET:
+        a.err.print(tally.describe())

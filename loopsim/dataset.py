@@ -87,17 +87,49 @@ def day_examples(day: Day, calls: list[CallRecord]) -> list[Example]:
     return out
 
 
-def to_dataset(store: Store, run: Run, filt: DatasetFilter | None = None) -> Iterator[str]:
-    """One JSON line per accepted model call of every selected day, in day order."""
+@dataclass
+class Tally:
+    """What a dataset export wrote, and the committed days it left out as unapproved."""
+
+    examples: int = 0
+    days: int = 0
+    awaiting: int = 0
+
+    def describe(self) -> str:
+        text = f"{_count(self.examples, 'example')} from {_count(self.days, 'day')}"
+        if self.awaiting == 1:
+            text += "; 1 committed day awaits an approving check-in"
+        elif self.awaiting:
+            text += f"; {self.awaiting} committed days await an approving check-in"
+        return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def to_dataset(
+    store: Store, run: Run, filt: DatasetFilter | None = None, tally: Tally | None = None
+) -> Iterator[str]:
+    """One JSON line per accepted model call of every selected day, in day order.
+    ``tally``, if given, counts what was written and what awaits approval."""
     filt = filt or DatasetFilter()
+    tally = tally if tally is not None else Tally()
     approved_through = last_approved_day(store, run.id)
     for day in store.list_days(run.id):
         if not filt.wants_day(day, approved_through):
+            # A committed day the filter would take, were it approved.
+            if day.status == DayStatus.COMMITTED and filt.wants_day(day, day.index):
+                tally.awaiting += 1
             continue
+        wrote = tally.examples
         for example in day_examples(day, list(store.day_calls(day.id))):
             if not filt.wants_role(example.role):
                 continue
+            tally.examples += 1
             yield inert_json(_record(run, day, example))
+        if tally.examples > wrote:
+            tally.days += 1
 
 
 def _record(run: Run, day: Day, example: Example) -> dict[str, Any]:

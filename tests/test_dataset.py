@@ -170,6 +170,11 @@ def test_cli_writes_the_dataset_and_refuses_filters_elsewhere(database, cli_fact
     assert result.exit_code == 0, result.output
     lines = out.read_text(encoding="utf-8").splitlines()
     assert [json.loads(x)["metadata"]["day_index"] for x in lines] == [1, 2, 3]
+    # The count goes to stderr, with the committed day 4 that no check-in approved yet.
+    assert "3 examples from 3 days; 1 committed day awaits an approving check-in" in (result.stderr)
+    piped = cli("export", run_id, "--format", "dataset", "--until-day", "2")
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) > 2
+    assert "from 2 days" in piped.stderr and "await" not in piped.stderr
     bad = cli("export", run_id, "--format", "jsonl", "--since-day", "2")
     assert bad.exit_code == 2 and "--since-day: only for --format dataset" in bad.output
     backwards = cli("export", run_id, "--format", "dataset", "--since-day", "3", "--until-day", "2")
