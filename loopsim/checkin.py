@@ -157,7 +157,7 @@ def due(
     since = last.last_day_index if last is not None else 0
     policy = spec.checkins
     interval = adaptive_interval([c.drift_score for c in checkins], policy)
-    new_days = store.committed_days_after(run.id, since, at_most=interval)
+    new_days = store.committed_days_after(run.id, since)
     if new_days == 0:
         return None
     latest = store.last_committed_day(run.id)
@@ -168,9 +168,7 @@ def due(
     if new_days >= interval:
         return CheckinReason.SCHEDULED
     if policy.max_unsupervised_days is not None:
-        unsupervised = store.committed_days_after(
-            run.id, approved_day, at_most=policy.max_unsupervised_days
-        )
+        unsupervised = store.committed_days_after(run.id, approved_day)
         if unsupervised >= policy.max_unsupervised_days:
             return CheckinReason.BUDGET
     if policy.max_external_drift_days is not None:

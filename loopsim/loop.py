@@ -108,7 +108,7 @@ class Loop:
             run = store.get_run(run_ref)
             refuse_unless_steppable(run)
             spec = RunSpec.model_validate(run.spec)
-            if store.count_days(run.id, DayStatus.COMMITTED) >= spec.budget.days:
+            if store.committed_days_after(run.id, 0) >= spec.budget.days:
                 return None
             index = store.next_day_index(run.id)
             date = external_date(
@@ -328,7 +328,7 @@ class Loop:
             every = spec.checkins.prediction_drift_every
             recheck: list[tuple[int, str]] = []
             undecided = last is not None and last.decision is None
-            fresh = store.committed_days_after(run.id, first_day - 1, at_most=1) > 0
+            fresh = store.committed_days_after(run.id, first_day - 1) > 0
             if reason is None and every and fresh and not undecided and last_day % every == 0:
                 recheck = checkin.approved_predictions(store, run.id)
             if reason is None and not recheck:

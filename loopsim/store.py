@@ -925,15 +925,28 @@ class Store:
         )
         return int(last or 0)
 
-    def committed_days_after(self, run_id: str, index: int, at_most: int | None = None) -> int:
-        """Committed days after day ``index``; with ``at_most``, counting stops there, so
-        asking "are there N yet?" costs N rows, not the whole run."""
-        days = select(Day.id).where(
-            Day.run_id == run_id, Day.status == DayStatus.COMMITTED, Day.index > index
+    def committed_days_after(self, run_id: str, index: int) -> int:
+        """Committed days after day ``index``, at the cost of two index probes and the
+        failed and reverted days after it, however many days the run has committed.
+
+        Day indices are dense: each day takes the next index (:meth:`next_day_index`,
+        under the run's unique ``(run_id, index)``) and no day is ever deleted, so the
+        days after ``index`` are ``last - index``, and the committed ones are those less
+        the failed and reverted ones among them.
+        """
+        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
+        if last is None or last <= index:
+            return 0
+        others = self.session.scalar(
+            select(func.count())
+            .select_from(Day)
+            .where(
+                Day.run_id == run_id,
+                Day.status.in_([DayStatus.FAILED, DayStatus.REVERTED]),
+                Day.index > index,
+            )
         )
-        if at_most is not None:
-            days = days.limit(at_most)
-        return int(self.session.scalar(select(func.count()).select_from(days.subquery())) or 0)
+        return last - index - int(others or 0)
 
     def revert_days(self, run_id: str, after: int, through: int) -> int:
         """Mark committed days in (after, through] reverted. Their entries stay."""

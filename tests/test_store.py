@@ -197,3 +197,25 @@ def test_a_busy_neighbour_run_never_crowds_out_this_runs_matches(any_db, spec):
     with any_db.read() as session:
         found = Store(session).search(mine, "waggle", limit=20)
     assert [e.title for e, _, _ in found] == ["Once"]
+
+
+def test_committed_days_after_matches_a_plain_count(any_db, spec):
+    # The count is arithmetic on dense day indices; hold it to a row count for every
+    # starting day, with failed and reverted days among the committed ones.
+    run_id = make_run(any_db, spec)
+    statuses = [DayStatus.COMMITTED] * 3 + [DayStatus.FAILED, DayStatus.COMMITTED]
+    statuses += [DayStatus.REVERTED] * 2 + [DayStatus.COMMITTED, DayStatus.FAILED]
+    with any_db.write() as session:
+        store = Store(session)
+        assert store.committed_days_after(run_id, 0) == 0  # no days yet
+        for index, status in enumerate(statuses, start=1):
+            add_day(store, run_id, index, status=status)
+    with any_db.read() as session:
+        store = Store(session)
+        for after in range(len(statuses) + 2):
+            plain = sum(s == DayStatus.COMMITTED for s in statuses[after:])
+            assert store.committed_days_after(run_id, after) == plain, after
+        assert store.committed_days_after(run_id, 0) == store.count_days(
+            run_id, DayStatus.COMMITTED
+        )
+        assert store.committed_days_after(make_run(any_db, spec), 0) == 0
