@@ -1,11 +1,13 @@
 """`run step` overhead as the record grows: milliseconds per day with an instant model.
 
 Seeds records of 10^2 .. 10^5 entries with ``view_bench.seed_record`` (realistic word
-frequencies, digests on the loop's schedule), then times 20 days of ``Loop.step`` plus the
+frequencies, digests on the loop's schedule), then times days of ``Loop.step`` plus the
 check-in test that follows each day, on SQLite, and prints each size's median against the
-10^2 figure measured in the same run.
+10^2 figure measured in the same run. Sizes are interleaved over several rounds (each
+round steps every size), and the per-round range of each ratio is printed beside it.
 
-    python benchmarks/step_bench.py [--sizes 100,1000,10000,100000] [--days 20] [--cache DIR]
+    python benchmarks/step_bench.py [--sizes 100,1000,10000,100000] [--days 20]
+        [--rounds 3] [--cache DIR]
 
 With ``--cache`` (the same folder given to ``view_bench.py``), seeded records are reused.
 
@@ -34,9 +36,7 @@ from loopsim.store import Store  # noqa: E402
 from loopsim.testing import scripted_factory  # noqa: E402
 
 
-def per_day_ms(
-    entries: int, days: int, cache: Path | None, supervised: bool
-) -> tuple[float, float]:
+def day_times(entries: int, days: int, cache: Path | None, supervised: bool) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         database, run_id, last = seeded(entries, Path(tmp), cache)
         with database.write() as session:  # no check-in may stop the timed days
@@ -70,25 +70,49 @@ def per_day_ms(
             loop.open_due_checkin(run_id)
             times.append((time.perf_counter() - began) * 1000)
         database.dispose()
-    times.sort()
-    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+    return times
+
+
+def p95(times: list[float]) -> float:
+    ordered = sorted(times)
+    return ordered[int(0.95 * (len(ordered) - 1))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000,10000,100000")
-    parser.add_argument("--days", type=int, default=20)
+    parser.add_argument("--days", type=int, default=20, help="timed days per size per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, sizes interleaved")
     parser.add_argument("--cache", type=Path, help="seeded records kept by view_bench.py")
     args = parser.parse_args()
-    print("| entries in record | check-in history | ms/day p50 | ms/day p95 | p50 against 10^2 |")
-    print("|---:|---|---:|---:|---:|")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(
+        "| entries in record | check-in history | ms/day p50 | ms/day p95 "
+        "| p50 against 10^2 | per-round range |"
+    )
+    print("|---:|---|---:|---:|---:|---:|")
     for supervised in (True, False):
-        base = None
-        for size in (int(s) for s in args.sizes.split(",")):
-            p50, p95 = per_day_ms(size, args.days, args.cache, supervised)
-            base = base or p50
-            history = "last day approved" if supervised else "none"
-            print(f"| {size:,} | {history} | {p50:.1f} | {p95:.1f} | {p50 / base:.2f}x |")
+        # Every round steps every size, so drift in the machine's speed over the minutes
+        # of a run falls on all sizes alike; ratios are also taken within each round.
+        pooled: dict[int, list[float]] = {size: [] for size in sizes}
+        ratios: dict[int, list[float]] = {size: [] for size in sizes}
+        for _ in range(args.rounds):
+            medians = {}
+            for size in sizes:
+                times = day_times(size, args.days, args.cache, supervised)
+                pooled[size] += times
+                medians[size] = statistics.median(times)
+            for size in sizes:
+                ratios[size].append(medians[size] / medians[sizes[0]])
+        base = statistics.median(pooled[sizes[0]])
+        history = "last day approved" if supervised else "none"
+        for size in sizes:
+            p50 = statistics.median(pooled[size])
+            spread = f"{min(ratios[size]):.2f}-{max(ratios[size]):.2f}x"
+            print(
+                f"| {size:,} | {history} | {p50:.1f} | {p95(pooled[size]):.1f} "
+                f"| {p50 / base:.2f}x | {spread} |"
+            )
             sys.stdout.flush()
 
 

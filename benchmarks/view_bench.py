@@ -124,7 +124,7 @@ def seeded(size: int, folder: Path, cache: Path | None = None) -> tuple[dbmod.Da
         run_id = Store(session).create_run(SPEC, name="bench", model="bench:x").id
     last = seed_record(database, run_id, size)
     if cached is not None:
-        cache.mkdir(parents=True, exist_ok=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(path, isolation_level=None)
         try:  # a consistent copy, with the write-ahead log folded in
             source.execute("VACUUM INTO ?", (str(cached),))
