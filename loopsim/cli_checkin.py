@@ -158,12 +158,16 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             style="bold",
         )
     )
-    flagged = [(e, i) for e, i in entries if e.flagged]
-    if flagged:  # babble and prune: the critic's picks come first
+    # Babble and prune: the critic's picks come first, best score first, then oldest.
+    scores = {e.parent_id: e.score for e, _ in entries if e.kind == "critique"}
+    flagged = sorted(
+        ((e, i) for e, i in entries if e.flagged),
+        key=lambda item: (-(scores.get(item[0].id) or 0), item[0].seq),
+    )
+    if flagged:
         out.print(
             Text(f"\nmost promising ideas ({len(flagged)}), flagged by the critic:", style="bold")
         )
-        scores = {e.parent_id: e.score for e, _ in entries if e.kind == "critique"}
         for entry, index in flagged:
             critic = scores.get(entry.id)
             mark = f" (score {critic}/10)" if critic is not None else ""
