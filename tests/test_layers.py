@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "loopsim"
-BLIND = ("researcher.py", "view.py")
+BLIND = ("amplify.py", "researcher.py", "view.py")
 FORBIDDEN = {
     "loopsim.checkin",
     "loopsim.drift",
