@@ -8,9 +8,12 @@ stderr and its exit code. Data goes to stdout; progress and messages go to stder
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,6 +74,25 @@ class _Group(TyperGroup):
             line = " ".join(safe_text(exc.message).split())
             typer.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # A closed pipe (`| head`) goes on to click, which ends quietly as Unix tools
+            # do; a file loopsim opened should never get here unhandled (a bug).
+            if exc.filename is not None or exc.errno not in _STDOUT_ERRNOS:
+                raise
+            _silence_stdout()
+            typer.echo(f"error: cannot write the output: {exc.strerror}", err=True)
+            ctx.exit(1)
+
+
+# Errors writing the output stream: the disk or quota is full, or the device failed.
+_STDOUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at nothing, so the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 @dataclass
@@ -93,7 +115,7 @@ class AppContext:
 
     @property
     def url(self) -> str:
-        return self.db_url or self.settings.database_url
+        return self.settings.database_url if self.db_url is None else self.db_url
 
     def open_db(self) -> dbmod.Database:
         return dbmod.Database.open(self.url, busy_timeout_ms=self.settings.busy_timeout_ms)

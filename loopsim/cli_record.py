@@ -173,6 +173,11 @@ def record_search(
             "except common ones such as 'that' or 'with'"
         )
     a = _app(ctx)
+    every = search_terms(query, limit=len(query))
+    if len(every) > len(terms):
+        a.err.print(
+            f"searching the first {len(terms)} of the query's {len(every)} words", soft_wrap=True
+        )
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -191,7 +196,10 @@ def record_search(
             for entry, day_index, status in hits
         ]
     if not rows:
-        a.err.print(Text(f"no matches for {' '.join(terms)} in run {run.id}"))
+        shown = " ".join(term if len(term) <= 40 else term[:39] + "…" for term in terms)
+        if len(shown) > 200:
+            shown = shown[:199] + "…"
+        a.err.print(Text(f"no matches for {shown} in run {run.id}"), soft_wrap=True)
     if as_json:
         a.print_json(rows)
         return

@@ -50,15 +50,29 @@ from loopsim.errors import (
 UPGRADE_HINT = "run `loopsim db upgrade`"
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
 def normalize_url(url_or_path: str) -> URL:
-    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite). Refuse what would
+    keep nothing or could never open: an empty value, in-memory SQLite, other backends."""
+    if not url_or_path.strip():
+        raise DatabaseError("the database is empty: give --db or LOOPSIM_DATABASE_URL a value")
     if "://" not in url_or_path:
         path = Path(url_or_path).expanduser()
         return URL.create("sqlite", database=str(path))
     try:
-        return make_url(url_or_path)
+        url = make_url(url_or_path)
     except exc.ArgumentError:
         raise DatabaseError(f"not a database URL: {url_or_path!r}") from None
+    if url.get_backend_name() not in BACKENDS:
+        raise DatabaseError(
+            f"{url.drivername}: loopsim keeps records in SQLite (a file path) or PostgreSQL "
+            "(postgresql+psycopg://user@host/name)"
+        )
+    if url.get_backend_name() == "sqlite" and sqlite_path(url) is None:
+        raise DatabaseError("an in-memory SQLite database keeps nothing; give a file path")
+    return url
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -132,7 +146,13 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (exc.NoSuchModuleError, ImportError) as error:
+        raise DatabaseError(
+            f"cannot use {url.drivername}: its driver is not installed ({error}); "
+            "loopsim installs psycopg, for postgresql+psycopg://"
+        ) from None
 
 
 def translate(error: Exception, where: str) -> DatabaseError | None:
@@ -140,11 +160,21 @@ def translate(error: Exception, where: str) -> DatabaseError | None:
     text = str(getattr(error, "orig", error)).lower()
     if "database is locked" in text or "database table is locked" in text:
         return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
-    if "file is not a database" in text or "malformed" in text or "disk image" in text:
+    if "readonly database" in text or "read-only" in text:
+        return DatabaseError(f"{where} is read-only here; nothing was written")
+    if any(
+        sign in text
+        for sign in ("file is not a database", "malformed", "disk image", "vtable constructor")
+    ):
         return DatabaseCorrupt(
             f"{where} is not a readable loopsim database ({text.strip()}); it was left untouched"
         )
-    if "could not connect" in text or "connection refused" in text or "unable to open" in text:
+    if "unable to open" in text:
+        return DatabaseError(
+            f"cannot open {where}: {text.strip().splitlines()[0]} (SQLite needs to write "
+            "its -wal and -shm files beside the database: is the folder read-only?)"
+        )
+    if "could not connect" in text or "connection refused" in text:
         return DatabaseError(f"cannot connect to {where}: {text.strip().splitlines()[0]}")
     return None
 
@@ -358,23 +388,31 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
         if down and current is None:
             raise DatabaseError(f"{where} has no loopsim schema to downgrade")
     engine = make_engine(url, foreign_keys=False)
+    backup: Path | None = None
+    migrated = False
     try:
         before = _current_revision(engine, where)
-        backup = None
         changes = down or before != head_revision()
         if path is not None and not created and before is not None and changes:
             with translated(where):
                 backup = backup_sqlite(path, before)
-        with translated(where), engine.begin() as conn:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
+        try:
+            with translated(where), engine.begin() as conn:
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = conn
+                (command.downgrade if down else command.upgrade)(cfg, revision)
+        except exc.DBAPIError as error:  # one transaction: it rolled back whole
+            first = (str(error.orig).strip().splitlines() or ["unknown error"])[0]
+            raise DatabaseError(f"migrating {where} failed and changed nothing: {first}") from error
+        migrated = True
         after = _current_revision(engine, where)
     except BaseException:
         engine.dispose()
         if created and path is not None:  # a failed first upgrade leaves no empty file
             for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 leftover.unlink(missing_ok=True)
+        if backup is not None and not migrated:  # rolled back: the original is as it was
+            backup.unlink(missing_ok=True)
         raise
     finally:
         engine.dispose()

@@ -17,12 +17,13 @@ import html
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from loopsim.errors import SpecError
+from loopsim.errors import LoopsimError, SpecError
 from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.store import Store
@@ -294,21 +295,40 @@ def _entry_record(
 
 
 def write_atomically(path: Path, chunks: Iterable[str]) -> None:
-    """Write beside the target and rename over it, so a crash never leaves half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise SpecError(f"-o {path}: folder {directory} does not exist")
-    if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null
-        raise SpecError(f"-o {path}: not a regular file; give a file name, or - for stdout")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    """Write beside the target and rename over it, so a crash never leaves half a file.
+
+    A symlink is written through (its target is replaced, the link kept), and the file
+    keeps the mode it had, or gets the usual one for a new file (0666 less the umask),
+    rather than the private mode of the temporary file. A failure is one line."""
+    try:
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+        directory = path.parent if str(path.parent) else Path(".")
+        if not directory.is_dir():
+            raise SpecError(f"-o {path}: folder {directory} does not exist")
+        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null
+            raise SpecError(f"-o {path}: not a regular file; give a file name, or - for stdout")
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as error:
+        raise LoopsimError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise LoopsimError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current

@@ -1085,3 +1085,198 @@ def test_a_key_in_a_spec_is_refused_before_anything_is_stored(cli_factory, sqlit
         KEY_SPEC.replace("[budget]", "[model.params]\nmax_tokens = 300\ntop_k = 4\n\n[budget]"),
     )
     assert cli("run", "create", str(fine)).exit_code == 0
+
+
+# ============================================== 5b. damage inside a file, bad places
+
+PAGE = 4096
+
+
+@pytest.fixture
+def small_record(tmp_path, spec):
+    """A checkpointed one-file database whose run has 60 days of searchable entries."""
+    valid = tmp_path / "valid.db"
+    dbmod.upgrade(str(valid))
+    database = Database.open(str(valid))
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        for i in range(1, 61):
+            body = f"Foragers measured nectar at patch {i}. " * 20
+            add_day(store, run_id, i, [EntryInput("note", f"Forager note {i}", body)])
+    database.dispose()
+    with contextlib.closing(sqlite3.connect(valid)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return valid, run_id
+
+
+def test_damage_to_any_one_page_is_one_line_and_leaves_the_file_as_it_was(
+    cli_factory, small_record, tmp_path
+):
+    # The header stays whole, so the cheap checks at open pass; whatever a command then
+    # meets (a broken table, index or full-text shadow table) must be one line, not a
+    # traceback (record search once raised on the full-text pages), and change nothing.
+    valid, run_id = small_record
+    original = valid.read_bytes()
+    assert len(original) % PAGE == 0 and len(original) // PAGE > 20
+    path = tmp_path / "damaged.db"
+    out = tmp_path / "out.md"
+    cli = cli_factory(str(path))
+    commands = [
+        ["record", "search", run_id, "nectar foragers"],
+        ["record", "show", run_id],
+        ["export", run_id, "-o", str(out)],
+        ["record", "verify", run_id],
+        ["run", "list"],
+    ]
+    refused = 0
+    for page in range(1, len(original) // PAGE):  # page 0 holds the header
+        data = bytearray(original)
+        data[page * PAGE : (page + 1) * PAGE] = b"\xff" * PAGE
+        path.write_bytes(bytes(data))
+        before = file_state(path)
+        for argv in commands:
+            result = cli(*argv)
+            if result.exit_code:
+                refused += 1
+                assert "not a readable loopsim database" in one_line_error(result), argv
+                assert not out.exists(), (page, argv)
+            else:
+                assert result.exception is None, (page, argv)
+            out.unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):  # opening in WAL mode adds these; no data
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            assert file_state(path)[""] == before[""], (page, argv)
+    assert refused > len(commands)  # the sweep did hit pages the commands need
+
+
+@pytest.mark.parametrize(
+    "url,says",
+    [
+        ("", "the database is empty"),
+        ("   ", "the database is empty"),
+        ("sqlite://", "in-memory SQLite database keeps nothing"),
+        ("sqlite:///:memory:", "in-memory SQLite database keeps nothing"),
+        ("foo://bar", "foo: loopsim keeps records in SQLite"),
+        ("mysql://user@localhost/loopsim", "mysql: loopsim keeps records in SQLite"),
+        ("postgresql+asyncpg://u@127.0.0.1/x", "postgresql+asyncpg: its driver is not"),
+    ],
+)
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["checkin", "list"], ["run", "list"]])
+def test_a_database_that_could_keep_nothing_is_refused_and_nothing_is_created(
+    tmp_path, monkeypatch, url, says, command
+):
+    # `--db "$DB"` with DB unset once created ./loopsim.db; other schemes raised tracebacks.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["--db", url, *command])
+    assert result.exit_code == 1
+    assert says in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_migration_that_fails_says_so_and_changes_nothing(tmp_path, spec):
+    path = tmp_path / "old.db"
+    dbmod.upgrade(str(path))
+    database = Database.open(str(path))
+    make_run(database, spec)
+    database.dispose()
+    dbmod.downgrade(str(path), "0004")
+    for backup in tmp_path.glob("old.db.bak-*"):
+        backup.unlink()
+    # Something 0005 is about to create is already there: the migration fails midway.
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE ix_entries_run_id_level_last_day (x)")
+    result = CliRunner().invoke(app, ["--db", str(path), "db", "upgrade"])
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "migrating" in line and "failed and changed nothing" in line
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    assert list(tmp_path.glob("old.db.bak-*")) == []  # its backup of an unchanged file
+
+
+def test_a_read_only_database_is_named_as_such(tmp_path):
+    # The driver's own error, from a connection SQLite opened read-only.
+    path = tmp_path / "ro.db"
+    with contextlib.closing(sqlite3.connect(path)) as rw:
+        rw.execute("CREATE TABLE t (x)")
+    uri = f"file:{path}?mode=ro"
+    with (
+        contextlib.closing(sqlite3.connect(uri, uri=True)) as conn,
+        pytest.raises(sqlite3.OperationalError) as raised,
+    ):
+        conn.execute("INSERT INTO t VALUES (1)")
+    from sqlalchemy.exc import OperationalError
+
+    mapped = dbmod.translate(OperationalError("INSERT", {}, raised.value), "x.db")
+    assert mapped is not None and mapped.message == "x.db is read-only here; nothing was written"
+
+
+# ========================================================= 5c. where output goes
+
+
+def test_export_to_a_place_it_cannot_write_is_one_line_and_leaves_nothing(
+    cli_factory, small_record, tmp_path
+):
+    valid, run_id = small_record
+    cli = cli_factory(str(valid))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = cli("export", run_id, "-o", str(folder / ("a" * 300 + ".md")))
+    assert result.exit_code == 1
+    assert "cannot write" in one_line_error(result) and "too long" in result.stderr
+    assert list(folder.iterdir()) == []
+
+
+def test_export_writes_through_a_symlink_and_keeps_the_file_mode(
+    cli_factory, small_record, tmp_path
+):
+    valid, run_id = small_record
+    cli = cli_factory(str(valid))
+    target = tmp_path / "shared" / "log.md"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "log.md"
+    link.symlink_to(target)
+    assert cli("export", run_id, "-o", str(link)).exit_code == 0
+    assert link.is_symlink() and target.read_text().startswith("# ")
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)
+    fresh = tmp_path / "fresh.md"
+    assert cli("export", run_id, "-o", str(fresh)).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(fresh.stat().st_mode & 0o777) == oct(0o666 & ~umask)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["log.md"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_one_line(small_record):
+    valid, run_id = small_record
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "loopsim", "--db", str(valid), "export", run_id, "-f", "jsonl"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: cannot write the output: No space left on device"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(small_record):
+    # `loopsim export RUN | head -c 100`: the pipe closes long before the export ends.
+    valid, run_id = small_record
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsim", "--db", str(valid), "export", run_id, "-f", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err

@@ -216,6 +216,19 @@ def test_limit_caps_the_hits(cli, database, spec):
     assert search(cli, run_id, "beeswax", "--limit", "0").exit_code == 2
 
 
+def test_a_long_query_says_what_it_searched_and_echoes_it_short(cli, database, spec):
+    items = [EntryInput("note", "Wax", "Beeswax comb was weighed.")]
+    run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, items)])
+    words = [f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(30)]
+    result = search(cli, run_id, " ".join([*words, "beeswax"]))
+    # Only the first 24 words are searched (beeswax is the 31st): say so, not just "none".
+    assert "searching the first 24 of the query's 31 words" in result.stderr
+    assert "no matches for" in result.stderr and result.exit_code == 0
+    huge = search(cli, run_id, "z" * 100_000)
+    (line,) = huge.stderr.strip().splitlines()
+    assert line.startswith("no matches for " + "z" * 39 + "…") and len(line) < 300
+
+
 @pytest.mark.parametrize("query", ["", "   ", "the a of", "that with from", "!!! ?? --", "bee"])
 def test_a_query_with_no_searchable_words_is_a_usage_error(cli, database, spec, any_url, query):
     run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, [])])
