@@ -290,6 +290,10 @@ class Database:
         where = display_url(url)
         path = sqlite_path(url)
         if path is not None and not path.exists():
+            if not path.parent.is_dir():  # `db upgrade` would not create the folder either
+                raise DatabaseMissing(
+                    f"no database at {where}: folder {path.parent} does not exist"
+                )
             raise DatabaseMissing(f"no database at {where}; create it with `loopsim db upgrade`")
         if path is not None:  # checked before the engine's first connection writes to it
             check_revision(_sqlite_revision(path, where), where)

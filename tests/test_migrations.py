@@ -90,6 +90,12 @@ def test_missing_database_is_named_and_not_created(tmp_path):
     with pytest.raises(DatabaseMissing, match="loopsim db upgrade"):
         dbmod.Database.open(str(path))
     assert not path.exists()
+    # In a folder that is not there, `db upgrade` would fail too: name the folder instead.
+    nested = tmp_path / "no" / "such" / "x.db"
+    with pytest.raises(DatabaseMissing, match="folder .*such does not exist") as raised:
+        dbmod.Database.open(str(nested))
+    assert "db upgrade" not in raised.value.message
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_database_from_a_newer_loopsim_is_refused(sqlite_url):
