@@ -934,8 +934,8 @@ class Store:
         days after ``index`` are ``last - index``, and the committed ones are those less
         the failed and reverted ones among them.
         """
-        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
-        if last is None or last <= index:
+        last = self.next_day_index(run_id) - 1
+        if last <= index:
             return 0
         others = self.session.scalar(
             select(func.count())

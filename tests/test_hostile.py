@@ -825,16 +825,28 @@ def _damage(path: Path, kind: str, valid: Path) -> None:
             conn.commit()
 
 
+def checkpointed_run(path: Path, spec, days: int = 0) -> str:
+    """A loopsim database at ``path`` with one run of ``days`` days (one searchable note
+    each), checkpointed into the one file; the run's id."""
+    dbmod.upgrade(str(path))
+    database = Database.open(str(path))
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        for i in range(1, days + 1):
+            body = f"Foragers measured nectar at patch {i}. " * 20
+            add_day(store, run_id, i, [EntryInput("note", f"Forager note {i}", body)])
+    database.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return run_id
+
+
 @pytest.fixture
 def damaged(tmp_path, spec):
     """A loopsim database with a run, checkpointed into one file, and a spec on disk."""
     valid = tmp_path / "valid.db"
-    dbmod.upgrade(str(valid))
-    database = Database.open(str(valid))
-    run_id = make_run(database, spec)
-    database.dispose()
-    with contextlib.closing(sqlite3.connect(valid)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    run_id = checkpointed_run(valid, spec)
     spec_path = write_spec(tmp_path / "spec.toml", _SPEC_TOML)
     return valid, run_id, spec_path
 
@@ -1096,18 +1108,7 @@ PAGE = 4096
 def small_record(tmp_path, spec):
     """A checkpointed one-file database whose run has 60 days of searchable entries."""
     valid = tmp_path / "valid.db"
-    dbmod.upgrade(str(valid))
-    database = Database.open(str(valid))
-    run_id = make_run(database, spec)
-    with database.write() as session:
-        store = Store(session)
-        for i in range(1, 61):
-            body = f"Foragers measured nectar at patch {i}. " * 20
-            add_day(store, run_id, i, [EntryInput("note", f"Forager note {i}", body)])
-    database.dispose()
-    with contextlib.closing(sqlite3.connect(valid)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return valid, run_id
+    return valid, checkpointed_run(valid, spec, days=60)
 
 
 def test_damage_to_any_one_page_is_one_line_and_leaves_the_file_as_it_was(
