@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Portable llama.cpp build: the native default has crashed at first eval on some CPUs.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup demo test test-fast lint docs clean
+.PHONY: setup demo test test-fast test-stress lint docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration and not stress"
+
+# The stress tier for 10 minutes: many real processes on one SQLite file.
+test-stress: setup
+	LOOPSIM_STRESS_SECONDS=600 $(BIN)/python -m pytest -q -m stress
 
 lint: setup
 	$(BIN)/ruff check loopsim tests migrations benchmarks
