@@ -82,6 +82,9 @@ class _Group(TyperGroup):
             _silence_stdout()
             typer.echo(f"error: cannot write the output: {exc.strerror}", err=True)
             ctx.exit(1)
+        finally:
+            if isinstance(ctx.obj, AppContext):
+                ctx.obj.close()
 
 
 # Errors writing the output stream: the disk or quota is full, or the device failed.
@@ -104,6 +107,7 @@ class AppContext:
     db_url: str | None = None
     opened_checkin: int | None = None
     similarity_fn: drift.Similarity | None = None
+    _database: dbmod.Database | None = field(default=None, repr=False)
     # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or
     # ":smile:", which must come out as written (a stray closing tag would crash).
     out: Console = field(
@@ -118,7 +122,19 @@ class AppContext:
         return self.settings.database_url if self.db_url is None else self.db_url
 
     def open_db(self) -> dbmod.Database:
-        return dbmod.Database.open(self.url, busy_timeout_ms=self.settings.busy_timeout_ms)
+        """The invocation's one Database, opened at first use and kept until it ends."""
+        if self._database is not None and self._database.url == dbmod.normalize_url(self.url):
+            return self._database
+        self.close()
+        self._database = dbmod.Database.open(
+            self.url, busy_timeout_ms=self.settings.busy_timeout_ms
+        )
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            database, self._database = self._database, None
+            database.dispose()
 
     def chats(self) -> ChatFactory:
         return self.chat_factory or build_chat(self.settings)
@@ -266,12 +282,21 @@ def db_downgrade(
 
 @db_app.command("status")
 def db_status(ctx: typer.Context) -> None:
-    """Show where the database is and whether its schema is current."""
+    """Show where the database is, whether its schema is current, and when `db check`
+    last checked it."""
     a = _app(ctx)
     database = a.open_db()
     with database.read() as session:
-        runs = len(Store(session).list_runs())
+        store = Store(session)
+        runs = len(store.list_runs())
+        last = store.last_integrity_check()
     a.out.print(f"{database.where}: schema {dbmod.head_revision()} (current), {runs} runs")
+    if last is None:
+        a.out.print("last checked: never; `loopsim db check` checks it")
+        return
+    found = "ok" if last.ok else f"{last.problems} problem{'s' if last.problems > 1 else ''}"
+    kind = "quick check" if last.quick else "integrity check"
+    a.out.print(f"last checked: {last.checked_at.isoformat(timespec='seconds')} ({kind}, {found})")
 
 
 # -------------------------------------------------------------------------------- run
@@ -526,6 +551,7 @@ def demo(
         )
     else:
         spec = load_spec(spec_path)
+    dbmod.refuse_database_target(report, a.url, "--report")
     result = dbmod.upgrade(a.url)
     a.err.print(f"database: {result.where} (schema {result.after})")
     database = a.open_db()
@@ -575,6 +601,7 @@ def main() -> None:
 
 # Commands that live in their own modules register on import.
 from loopsim import cli_checkin as _cli_checkin  # noqa: E402, F401
+from loopsim import cli_db as _cli_db  # noqa: E402, F401
 from loopsim import cli_probe as _cli_probe  # noqa: E402, F401
 from loopsim import cli_record as _cli_record  # noqa: E402, F401
 from loopsim import cli_serve as _cli_serve  # noqa: E402, F401

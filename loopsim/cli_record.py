@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from loopsim import db as dbmod
 from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
 from loopsim.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.errors import RecordBroken, SpecError
@@ -262,6 +263,8 @@ def export(
             raise SpecError(f"{', '.join(given)}: only for --format dataset")
     elif since_day is not None and until_day is not None and since_day > until_day:
         raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
+    if output is not None and str(output) != "-":
+        dbmod.refuse_database_target(output, a.url, "-o")
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)

@@ -11,6 +11,9 @@ What this module promises:
   switch to WAL rewrites its header): a file that is not SQLite, is cut short, or holds
   another program's tables is refused by every command, ``db upgrade`` included, and is
   left byte for byte as it was.
+- Nothing opens a SQLite file, its ``-wal`` or its ``-shm`` except SQLite itself: closing
+  a plain file descriptor would drop every lock the process's connections hold on it.
+  A process keeps one :class:`Database` per file.
 - :func:`upgrade` backs up an existing SQLite file before migrating it.
 
 The caller owns every transaction: :meth:`Database.write` commits once at the end of its
@@ -22,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.util
+import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ from loopsim.errors import (
     DatabaseMissing,
     SchemaOutdated,
     SchemaTooNew,
+    SpecError,
 )
 
 UPGRADE_HINT = "run `loopsim db upgrade`"
@@ -87,6 +93,28 @@ def sqlite_path(url: URL) -> Path | None:
 def display_url(url: URL) -> str:
     path = sqlite_path(url)
     return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
+def _same_file_as_database(target: Path, database: Path) -> bool:
+    """Whether writing ``target`` would replace the database or one of SQLite's files
+    beside it (its -wal, -shm or -journal), through any spelling or symlink."""
+    resolved = Path(os.path.realpath(target))
+    base = Path(os.path.realpath(database))
+    siblings = {base, *(Path(f"{base}{suffix}") for suffix in ("-wal", "-shm", "-journal"))}
+    if resolved in siblings:
+        return True
+    with contextlib.suppress(OSError):
+        if resolved.exists() and base.exists() and os.path.samefile(resolved, base):
+            return True
+    return False
+
+
+def refuse_database_target(target: Path, url_or_path: str, option: str) -> None:
+    """Refuse an output path that is the database's own file: writing there would
+    replace the record with the output."""
+    path = sqlite_path(normalize_url(url_or_path))
+    if path is not None and _same_file_as_database(target, path):
+        raise SpecError(f"{option} {target} is the database itself; give another file")
 
 
 def migrations_dir() -> str:
@@ -190,54 +218,49 @@ def translated(where: str) -> Iterator[None]:
         raise mapped from error
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def _refuse(where: str, why: str) -> DatabaseCorrupt:
     return DatabaseCorrupt(
         f"{where} is not a readable loopsim database ({why}); it was left untouched"
     )
 
 
-def _sqlite_header_problem(path: Path) -> str | None:
-    """Why the file's first 100 bytes show it is not a whole SQLite database, or None.
+def _readonly(path: Path) -> sqlite3.Connection:
+    """A read-only SQLite connection to ``path``.
 
-    The size check is skipped while a ``-wal`` file exists: then another connection may
-    be checkpointing, and the header can run ahead of the file's length for a moment."""
+    The database file is only ever opened through SQLite. POSIX locks belong to the
+    process, so closing any plain file descriptor on the file would drop the locks of
+    every SQLite connection this process holds on it, and another process could then
+    checkpoint and delete the ``-wal`` and ``-shm`` files under a live connection
+    ("How To Corrupt An SQLite Database File", section 2.2). SQLite's own connections
+    share one lock table per file within a process, so opening and closing this one is
+    safe."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=30)
+
+
+def _truncation(conn: sqlite3.Connection, path: Path) -> str | None:
+    """Why the file is shorter than the pages SQLite sees, or None. Call inside a read
+    transaction: while it lasts, no checkpoint can move the file under the comparison.
+    Skipped while the ``-wal`` file holds frames, whose pages the file may not have yet."""
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     wal = Path(f"{path}-wal")
-    busy = wal.exists()
-    with path.open("rb") as handle:
-        header = handle.read(100)
+    if wal.exists() and wal.stat().st_size > 0:
+        return None
     size = path.stat().st_size
-    if size == 0:
-        return None  # SQLite's empty database: `db upgrade` may fill it
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        return "not a SQLite file"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    # The header's page count is valid only when its version-valid-for number matches
-    # the change counter (every SQLite since 3.7.0 keeps them in step).
-    cut_short = header[24:28] == header[92:96] and size < pages * page_size
-    if cut_short and not busy and not wal.exists():
+    if size < pages * page_size:
         return f"truncated: {size} of {pages * page_size} bytes"
     return None
 
 
 def _sqlite_revision(path: Path, where: str) -> str | None:
-    """The loopsim revision of an existing SQLite file, read without writing to it; None
-    for an empty database. Refuse a file that is not a whole SQLite database, or one
-    holding some other program's tables."""
+    """The loopsim revision of an existing SQLite file, read through SQLite without
+    writing to it; None for an empty database. Refuse a file that is not a whole SQLite
+    database, or one holding some other program's tables."""
     try:
-        problem = _sqlite_header_problem(path)
-    except OSError as error:
-        raise DatabaseError(f"cannot read {where}: {error.strerror}") from None
-    if problem is not None:
-        raise _refuse(where, problem)
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = _readonly(path)
         try:
+            conn.execute("BEGIN")
             tables = {
                 r[0]
                 for r in conn.execute(
@@ -245,16 +268,24 @@ def _sqlite_revision(path: Path, where: str) -> str | None:
                     "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
                 )
             }
+            problem = _truncation(conn, path)
             rows = (
                 conn.execute("SELECT version_num FROM alembic_version").fetchall()
-                if "alembic_version" in tables
+                if "alembic_version" in tables and problem is None
                 else []
             )
         finally:
             conn.close()
     except sqlite3.Error as error:
+        text = str(error).lower()
+        if "file is not a database" in text:
+            raise _refuse(where, "not a SQLite file") from None
         mapped = translate(error, where)
-        raise (mapped or _refuse(where, str(error).lower())) from None
+        raise (mapped or _refuse(where, text)) from None
+    except OSError as error:
+        raise DatabaseError(f"cannot read {where}: {error.strerror}") from None
+    if problem is not None:
+        raise _refuse(where, problem)
     if len(rows) > 1:
         raise _refuse(where, "more than one schema revision")
     if not rows and tables - {"alembic_version"}:
@@ -267,13 +298,20 @@ def _current_revision(engine: Engine, where: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-@dataclass
+@dataclass(eq=False)
 class Database:
-    """An opened, schema-checked database. Hand out sessions; never commit for the caller."""
+    """An opened, schema-checked database. Hand out sessions; never commit for the caller.
+
+    A process keeps one ``Database`` per SQLite file (and busy timeout): opening a file
+    that is already open hands back the same object, its schema checked again through
+    SQLite, and :meth:`dispose` closes it when the last opener has disposed of it. One
+    engine per file keeps every connection of the process in one pool."""
 
     url: URL
     engine: Engine
     write_engine: Engine
+    _key: tuple[str, int] | None = field(default=None, repr=False)
+    _opened: int = field(default=1, repr=False)
 
     @property
     def where(self) -> str:
@@ -295,12 +333,23 @@ class Database:
                     f"no database at {where}: folder {path.parent} does not exist"
                 )
             raise DatabaseMissing(f"no database at {where}; create it with `loopsim db upgrade`")
-        if path is not None:  # checked before the engine's first connection writes to it
-            check_revision(_sqlite_revision(path, where), where)
-        engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
         if path is None:
+            engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
             check_revision(_current_revision(engine, where), where)
-        return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
+            return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
+        # Checked before the engine's first connection writes to it (even the switch to
+        # WAL rewrites the header), and checked again on every open.
+        check_revision(_sqlite_revision(path, where), where)
+        key = (str(path.resolve()), int(busy_timeout_ms))
+        with _OPEN_LOCK:
+            shared = _OPEN.get(key)
+            if shared is not None:
+                shared._opened += 1
+                return shared
+            engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
+            database = cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"), key)
+            _OPEN[key] = database
+            return database
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -321,7 +370,20 @@ class Database:
                 raise
 
     def dispose(self) -> None:
+        """Close this opener's hold; the engine closes with the last one."""
+        with _OPEN_LOCK:
+            if self._opened > 1:
+                self._opened -= 1
+                return
+            self._opened = 0
+            if self._key is not None and _OPEN.get(self._key) is self:
+                del _OPEN[self._key]
         self.engine.dispose()
+
+
+# The process's open SQLite databases, by resolved path and busy timeout.
+_OPEN: dict[tuple[str, int], Database] = {}
+_OPEN_LOCK = threading.Lock()
 
 
 def check_revision(current: str | None, where: str) -> None:

@@ -228,3 +228,18 @@ class ProbePair(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     similarity: Mapped[float | None] = mapped_column(Float)
     is_retest: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IntegrityCheck(Base):
+    """One run of `loopsim db check`: when, how deep, and what it found."""
+
+    __tablename__ = "integrity_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    quick: Mapped[bool] = mapped_column(Boolean)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    problems: Mapped[int] = mapped_column(Integer)
+    runs: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[int] = mapped_column(Integer)
+    loopsim_version: Mapped[str] = mapped_column(String(32))

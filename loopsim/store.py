@@ -37,7 +37,17 @@ from sqlalchemy.orm import Session
 
 from loopsim import ids
 from loopsim.errors import NotFound
-from loopsim.models import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
+from loopsim.models import (
+    CallRecord,
+    CheckIn,
+    Day,
+    Entry,
+    IntegrityCheck,
+    Probe,
+    ProbePair,
+    Run,
+    utcnow,
+)
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, RunStatus
 
 GENESIS = "0" * 64
@@ -995,3 +1005,26 @@ class Store:
             expected_seq += 1
             checked += 1
         return VerifyResult(run_id, checked, prev, None)
+
+    # ------------------------------------------------------------- integrity checks
+
+    def record_integrity_check(
+        self, *, quick: bool, problems: int, runs: int, entries: int, version: str
+    ) -> IntegrityCheck:
+        check = IntegrityCheck(
+            checked_at=utcnow(),
+            quick=quick,
+            ok=problems == 0,
+            problems=problems,
+            runs=runs,
+            entries=entries,
+            loopsim_version=version,
+        )
+        self.session.add(check)
+        self.session.flush()
+        return check
+
+    def last_integrity_check(self) -> IntegrityCheck | None:
+        return self.session.scalars(
+            select(IntegrityCheck).order_by(IntegrityCheck.id.desc()).limit(1)
+        ).first()

@@ -1,0 +1,279 @@
+"""`loopsim db check` and `loopsim db backup` on real SQLite files (and `db check` on
+PostgreSQL), including a backup taken while a real `loopsim serve` process writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loopsim import db as dbmod
+from loopsim.store import EntryInput, Store
+from loopsim.testing import add_day
+from tests.conftest import make_run
+from tests.test_hostile import file_state, one_line_error
+from tests.test_serve_process import Worker, committed, create_runs, stub, wait_for  # noqa: F401
+
+
+def seed(url: str, spec, runs: int = 2, days: int = 3) -> list[str]:
+    database = dbmod.Database.open(url)
+    try:
+        ids = [make_run(database, spec) for _ in range(runs)]
+        with database.write() as session:
+            store = Store(session)
+            for run_id in ids:
+                for i in range(1, days + 1):
+                    body = f"Foragers measured nectar at patch {i}. " * 30
+                    add_day(store, run_id, i, [EntryInput("note", f"Forager note {i}", body)])
+        return ids
+    finally:
+        database.dispose()
+
+
+def compact(path: Path) -> None:
+    """Into the one file, with no free pages (damage to a free page harms nothing)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def test_check_passes_a_sound_database_and_status_says_when(cli_factory, sqlite_url, spec):
+    seed(sqlite_url, spec)
+    cli = cli_factory(sqlite_url)
+    before = cli("db", "status")
+    assert before.exit_code == 0
+    assert "last checked: never" in before.stdout
+    result = cli("db", "check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "integrity check ok, foreign keys ok, 2 runs and 6 entries verified" in result.stderr
+    status = cli("db", "status")
+    assert "(integrity check, ok)" in status.stdout
+    quick = cli("db", "check", "--quick", "--json")
+    assert quick.exit_code == 0
+    data = json.loads(quick.stdout)
+    assert data["ok"] is True and data["quick"] is True and data["entries"] == 6
+    assert "(quick check, ok)" in cli("db", "status").stdout
+
+
+@pytest.mark.postgres
+def test_check_verifies_every_chain_on_postgresql(cli_factory, pg_url, spec):
+    ids = seed(pg_url, spec)
+    cli = cli_factory(pg_url)
+    assert cli("db", "check").exit_code == 0
+    assert "(integrity check, ok)" in cli("db", "status").stdout
+    database = dbmod.Database.open(pg_url)
+    try:
+        with database.write() as session:
+            session.connection().exec_driver_sql(
+                f"UPDATE entries SET body = 'rewritten' WHERE run_id = '{ids[1]}' AND seq = 2"
+            )
+    finally:
+        database.dispose()
+    result = cli("db", "check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"run {ids[1]}: day 2, seq 2 (entry {_entry_id(pg_url, ids[1], 2)}): content does not "
+        "match its hash (edited after commit)"
+    ]
+    assert "1 problems found" not in result.stderr and "1 problem found" in result.stderr
+
+
+def _entry_id(url: str, run_id: str, seq: int) -> int:
+    database = dbmod.Database.open(url)
+    try:
+        with database.read() as session:
+            return int(
+                session.connection()
+                .exec_driver_sql(
+                    f"SELECT id FROM entries WHERE run_id = '{run_id}' AND seq = {seq}"
+                )
+                .scalar_one()
+            )
+    finally:
+        database.dispose()
+
+
+def test_an_edited_entry_is_named_and_the_exit_is_one(cli_factory, sqlite_url, spec):
+    ids = seed(sqlite_url, spec)
+    with contextlib.closing(sqlite3.connect(sqlite_url)) as conn:
+        conn.execute(f"UPDATE entries SET title = 'changed' WHERE run_id = '{ids[0]}' AND seq = 3")
+        conn.commit()
+    result = cli_factory(sqlite_url)("db", "check")
+    assert result.exit_code == 1
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(f"run {ids[0]}: day 3, seq 3 ")
+    assert "content does not match its hash" in line
+    assert "(integrity check, 1 problem)" in cli_factory(sqlite_url)("db", "status").stdout
+
+
+def test_a_row_without_its_parent_is_a_foreign_key_problem(cli_factory, sqlite_url, spec):
+    seed(sqlite_url, spec, runs=1)
+    with contextlib.closing(sqlite3.connect(sqlite_url)) as conn:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute(
+            "INSERT INTO probes (run_id, question, source, status, created_at) "
+            "VALUES ('no-such-run', 'q?', 'human', 'accepted', '2025-06-02 00:00:00')"
+        )
+        conn.commit()
+    result = cli_factory(sqlite_url)("db", "check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == ["foreign key: probes row 1 has no row in runs"]
+
+
+def test_damage_inside_the_file_is_reported_and_nothing_is_written(cli_factory, sqlite_url, spec):
+    """`db status` used to call such a file current. Every page after the first is
+    overwritten in turn; `db check` must find each one and leave the file as it was."""
+    path = Path(sqlite_url)
+    seed(sqlite_url, spec, runs=2, days=8)
+    compact(path)
+    pristine = path.read_bytes()
+    page = int.from_bytes(pristine[16:18], "big")
+    pages = len(pristine) // page
+    missed = []
+    for number in range(1, pages):
+        damaged = bytearray(pristine)
+        damaged[number * page : (number + 1) * page] = bytes([0xA5]) * page
+        path.write_bytes(bytes(damaged))
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        before = file_state(path)
+        result = cli_factory(sqlite_url)("db", "check", "--quick")
+        assert "Traceback" not in result.output
+        if result.exit_code != 1 or not result.stdout.strip():
+            missed.append(number)
+        assert file_state(path)[""] == before[""], number
+    assert pages > 10
+    assert missed == [], f"pages whose damage went unreported: {missed}"
+
+
+def test_check_on_a_file_that_is_not_sqlite_is_one_problem(cli_factory, tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    result = cli_factory(str(path))("db", "check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == ["sqlite: not a SQLite file"]
+    assert path.read_bytes() == b"these are my notes, not a database\n" * 200
+
+
+def test_backup_is_a_checked_standalone_copy(cli_factory, sqlite_url, spec, tmp_path):
+    ids = seed(sqlite_url, spec)
+    cli = cli_factory(sqlite_url)
+    target = tmp_path / "copy.db"
+    result = cli("db", "backup", str(target), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["runs"]) == set(ids)
+    assert "2 runs, 6 entries verified" in result.stderr
+    assert not Path(f"{target}-wal").exists()
+    with contextlib.closing(sqlite3.connect(target)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    copied = cli_factory(str(target))("db", "check", "--json")
+    assert copied.exit_code == 0
+    assert json.loads(copied.stdout)["entries"] == 6
+    source = dbmod.Database.open(sqlite_url)
+    try:
+        with source.read() as session:
+            store = Store(session)
+            for run_id in ids:
+                seq, head = store.chain_head(run_id)
+                assert data["runs"][run_id] == {"entries": seq, "head": head}
+    finally:
+        source.dispose()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_backup_refuses_to_overwrite_without_force(cli_factory, sqlite_url, spec, tmp_path):
+    seed(sqlite_url, spec, runs=1)
+    target = tmp_path / "keep.db"
+    target.write_bytes(b"an earlier backup")
+    cli = cli_factory(sqlite_url)
+    refused = cli("db", "backup", str(target))
+    assert refused.exit_code == 2
+    assert "exists; give --force" in one_line_error(refused)
+    assert target.read_bytes() == b"an earlier backup"
+    assert cli("db", "backup", str(target), "--force").exit_code == 0
+    assert cli_factory(str(target))("db", "check").exit_code == 0
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_no_output_may_be_written_over_the_database(cli_factory, sqlite_url, spec, suffix):
+    run_id = seed(sqlite_url, spec, runs=1)[0]
+    path = Path(sqlite_url)
+    target = Path(f"{path}{suffix}")
+    cli = cli_factory(sqlite_url)
+    before = path.read_bytes()
+    for argv in (
+        ("db", "backup", str(target), "--force"),
+        ("export", run_id, "-o", str(target)),
+        ("export", run_id, "--format", "html", "-o", str(target)),
+    ):
+        result = cli(*argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert "is the database itself" in one_line_error(result)
+    assert path.read_bytes() == before
+    assert cli("db", "check").exit_code == 0
+
+
+@pytest.mark.postgres
+def test_backup_names_pg_dump_on_postgresql(cli_factory, pg_url, tmp_path):
+    result = cli_factory(pg_url)("db", "backup", str(tmp_path / "x.db"))
+    assert result.exit_code == 2
+    assert "pg_dump" in one_line_error(result)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_backup_while_serve_writes_is_one_moment_of_the_record(stub, tmp_path):  # noqa: F811
+    """The copy checks out, and each of its chains is a prefix of the source's: the
+    record as it stood when the copy was made."""
+    path = tmp_path / "busy.db"
+    dbmod.upgrade(str(path))
+    create_runs(str(path), 4, days=400)
+    worker = Worker(str(path), stub, tmp_path / "w.log", "--concurrency", "4")
+    copies: list[tuple[Path, dict]] = []
+    try:
+        wait_for(lambda: committed(str(path)) >= 8, 120, "days to commit")
+        for n in range(3):
+            target = tmp_path / f"copy-{n}.db"
+            before = committed(str(path))
+            proc = subprocess.run(
+                [sys.executable, "-m", "loopsim", "--db", str(path), "db", "backup"]
+                + [str(target), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 0, proc.stderr
+            copies.append((target, json.loads(proc.stdout)["runs"]))
+            wait_for(lambda b=before: committed(str(path)) > b, 120, "serve to go on writing")
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(60)
+    sizes = []
+    for target, heads in copies:
+        checked = subprocess.run(
+            [sys.executable, "-m", "loopsim", "--db", str(target), "db", "check", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        sizes.append(sum(head["entries"] for head in heads.values()))
+        source = dbmod.Database.open(str(path))
+        try:
+            with source.read() as session:
+                store = Store(session)
+                for run_id, head in heads.items():
+                    chain = [e.hash for e, _ in store.iter_chain(run_id)]
+                    assert len(chain) >= head["entries"]
+                    at = chain[head["entries"] - 1] if head["entries"] else None
+                    assert head["entries"] == 0 or at == head["head"], run_id
+        finally:
+            source.dispose()
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0], "the copies should grow"
