@@ -325,6 +325,8 @@ def record_answer(db: Database, pair_id: int, answer: str) -> None:
         _require_open(Store(session).get_checkin(pair.checkin_id))
         if pair.revealed_at is not None:
             raise InvalidState("the prediction was already shown; the blind answer is closed")
+        if pair.answered_at is not None:
+            raise InvalidState("this probe already has a stored answer; it is never overwritten")
         pair.human_answer = answer
         pair.answered_at = utcnow()
 
@@ -352,6 +354,11 @@ def rate(db: Database, pair_id: int, rating: int) -> None:
         pair = session.get(ProbePair, pair_id)
         if pair is None or pair.revealed_at is None:
             raise InvalidState("rate a prediction only after it is revealed")
+        _require_open(Store(session).get_checkin(pair.checkin_id))
+        if pair.rating is not None:
+            raise InvalidState(
+                "this prediction already has a stored rating; it is never overwritten"
+            )
         pair.rating = rating
 
 
@@ -365,10 +372,17 @@ def _require_open(checkin: CheckIn) -> None:
 
 
 _NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+_KEY = re.compile(r"#?[0-9]{1,9}")
+
+Answers = dict[int | str, dict[str, Any]]
+"""Answers to a check-in's probes. An ``int`` key is a probe id (the Python API); a ``str``
+key is an answers-file key, read by :func:`resolve_answers`."""
 
 
-def load_answers(path: Path) -> dict[int, dict[str, Any]]:
-    """``{"<probe id>": {"answer": "...", "rating": 4}}`` from a JSON file."""
+def load_answers(path: Path) -> dict[int | str, dict[str, Any]]:
+    """``{"<key>": {"answer": "...", "rating": 4}}`` from a JSON file. A key is a probe's
+    position in the check-in (``"1"``) or its id (``"#7"``); :func:`resolve_answers` maps
+    them onto the check-in's probes."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -378,20 +392,90 @@ def load_answers(path: Path) -> dict[int, dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected an object of probe id to answer")
-    out: dict[int, dict[str, Any]] = {}
+        raise SpecError(f"{path}: expected an object of probe keys to answers")
+    out: dict[int | str, dict[str, Any]] = {}
     for key, value in raw.items():
-        if not str(key).isdigit() or not isinstance(value, dict):
-            raise SpecError(f"{path}: {key!r}: expected a probe id and {{answer, rating}}")
+        if not _KEY.fullmatch(str(key)) or not isinstance(value, dict):
+            raise SpecError(
+                f'{path}: {key!r}: expected a probe position ("1") or id ("#7") '
+                "and {answer, rating}"
+            )
         answer, rating = value.get("answer"), value.get("rating")
         if not isinstance(answer, str) or not answer.strip():
             raise SpecError(f"{path}: {key}: answer must be non-empty text")
         if _NOT_TEXT.search(answer):  # JSON can spell both; no database stores them
             raise SpecError(f"{path}: {key}: answer holds a NUL or half a surrogate pair")
-        if rating is not None and (not isinstance(rating, int) or not 1 <= rating <= 5):
+        if rating is not None and (
+            isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5
+        ):
             raise SpecError(f"{path}: {key}: rating must be a whole number from 1 to 5")
-        out[int(key)] = {"answer": answer.strip(), "rating": rating}
+        out[str(key)] = {"answer": answer.strip(), "rating": rating}
     return out
+
+
+def expected_keys(pairs: Sequence[tuple[ProbePair, Probe]]) -> str:
+    """The keys an answers file may use for these pairs, for an error message."""
+    if not pairs:
+        return "none (this check-in has no probes)"
+    ids = ", ".join(f'"#{probe.id}"' for _, probe in pairs)
+    last = len(pairs)
+    positions = '"1"' if last == 1 else f'"1" to "{last}"'
+    return f"{positions} (positions, as the review numbers them) or {ids} (probe ids)"
+
+
+def resolve_answers(
+    pairs: Sequence[tuple[ProbePair, Probe]], answers: Answers, source: str = "answers"
+) -> dict[int, dict[str, Any]]:
+    """Map answer keys onto the check-in's pairs: ``{pair id: given}``, or refuse.
+
+    The rule: ``"#7"`` is probe id 7; a bare ``"2"`` is the second probe of the check-in
+    (``probe 2 of 3`` on the review screen) or probe id 2; a bare number that means two
+    different probes is refused, never guessed. An ``int`` key is a probe id. A key that
+    names no probe of the check-in, two keys for one probe, or an answer to a probe that
+    already has a stored one is refused too: nothing is ever dropped silently."""
+    by_id = {probe.id: pair for pair, probe in pairs}
+    numbered = {str(n): pair for n, (pair, _probe) in enumerate(pairs, 1)}
+    position = {pair.id: n for n, (pair, _probe) in enumerate(pairs, 1)}
+    expected = f"expected {expected_keys(pairs)}; nothing changed"
+    out: dict[int, dict[str, Any]] = {}
+    for key, given in answers.items():
+        if isinstance(key, int):
+            pair = by_id.get(key)
+            shown = f"#{key}"
+        else:
+            shown = key
+            if key.startswith("#"):
+                pair = by_id.get(int(key[1:]))
+            else:
+                as_position, as_id = numbered.get(key), by_id.get(int(key))
+                if as_position and as_id and as_position.id != as_id.id:
+                    raise SpecError(
+                        f'{source}: key "{key}" could be probe {key} of {len(pairs)} '
+                        f"(#{as_position.probe_id}) or probe id #{key} (probe "
+                        f'{position[as_id.id]} of {len(pairs)}); write "#{as_position.probe_id}" '
+                        f'or "#{key}"; nothing changed'
+                    )
+                pair = as_position or as_id
+        if pair is None:
+            raise SpecError(f'{source}: key "{shown}" names no probe of this check-in; {expected}')
+        if pair.id in out:
+            raise SpecError(
+                f'{source}: key "{shown}" names probe {position[pair.id]} of {len(pairs)} '
+                f"(#{pair.probe_id}) again; nothing changed"
+            )
+        if pair.answered_at is not None:
+            raise SpecError(
+                f'{source}: key "{shown}": probe {position[pair.id]} of {len(pairs)} '
+                f"(#{pair.probe_id}) already has a stored answer, which is never overwritten; "
+                "leave it out of the file; nothing changed"
+            )
+        out[pair.id] = given
+    return out
+
+
+def unanswered(pairs: Sequence[tuple[ProbePair, Probe]]) -> list[int]:
+    """Positions (1-based, as the review numbers them) of pairs with no stored answer."""
+    return [n for n, (pair, _probe) in enumerate(pairs, 1) if pair.human_answer is None]
 
 
 @dataclass(frozen=True)
@@ -410,10 +494,14 @@ def decide(
     decision: Decision,
     *,
     note: str | None = None,
-    answers: dict[int, dict[str, Any]] | None = None,
+    answers: Answers | None = None,
     similarity: drift.Similarity = drift.lexical_similarity,
+    require_answers: bool = False,
+    source: str = "answers",
 ) -> Outcome:
-    """Apply a decision once. Answers from a file are stored first, blind, as if typed."""
+    """Apply a decision once. Answers from a file are stored first, blind, as if typed;
+    keys that match no probe are refused (:func:`resolve_answers`). With
+    ``require_answers``, approve and amend are refused while a probe has no answer."""
     if decision == Decision.AMEND and not (note and note.strip()):
         raise SpecError("--amend needs --note with the correction")
     with db.write() as session:
@@ -424,13 +512,27 @@ def decide(
         spec = RunSpec.model_validate(run.spec)
         now = utcnow()
         pairs = store.pairs(checkin.id)
-        for pair, probe in pairs:
-            given = (answers or {}).get(probe.id)
-            if given and pair.answered_at is None:
+        resolved = resolve_answers(pairs, answers or {}, source)
+        for pair, _probe in pairs:
+            given = resolved.get(pair.id)
+            if given:
                 pair.human_answer, pair.answered_at = given["answer"], now
                 pair.revealed_at = now
                 pair.similarity = similarity(pair.prediction or "", given["answer"])
                 pair.rating = given["rating"]
+        missing = unanswered(pairs)
+        if require_answers and decision in APPROVING and missing:
+            shown = ", ".join(str(n) for n in missing)
+            which = (
+                f"probe {shown} of {len(pairs)} has"
+                if len(missing) == 1
+                else (f"probes {shown} of {len(pairs)} have")
+            )
+            raise SpecError(
+                f"check-in {checkin.id}: {which} no answer; "
+                f"answer in `loopsim checkin review {checkin.id}` or with --answers, or "
+                f"pass --skip-probes to {decision} without; nothing changed"
+            )
         agreements = [
             drift.agreement(p.similarity, p.rating) for p, _ in pairs if p.similarity is not None
         ]

@@ -6,10 +6,12 @@ read from it, so no screen shows a prediction before the human's answer is store
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from click import termui
 from rich.table import Table
 from rich.text import Text
 
@@ -64,10 +66,20 @@ def _apply(
     checkin_id: int,
     decision: Decision,
     note: str | None,
-    answers: dict[int, dict[str, Any]] | None,
+    answers: ck.Answers | None,
+    *,
+    skip_probes: bool = False,
+    source: str = "answers",
 ) -> None:
     outcome = ck.decide(
-        a.open_db(), checkin_id, decision, note=note, answers=answers, similarity=a.similarity()
+        a.open_db(),
+        checkin_id,
+        decision,
+        note=note,
+        answers=answers,
+        similarity=a.similarity(),
+        require_answers=not skip_probes,
+        source=source,
     )
     level = outcome.drift
     score = "n/a" if level.score is None else f"{level.score:.2f}"
@@ -100,10 +112,23 @@ def checkin_decide(
     halt: Annotated[bool, typer.Option("--halt", help="Stop the run.")] = False,
     note: Annotated[str | None, typer.Option(help="The correction, or a note.")] = None,
     answers: Annotated[
-        Path | None, typer.Option(help='JSON: {"<probe id>": {"answer": "...", "rating": 1-5}}.')
+        Path | None,
+        typer.Option(
+            help='JSON: {"<key>": {"answer": "...", "rating": 1-5}}; a key is a probe\'s '
+            'position in the check-in ("1") or its id ("#7"). Keys that match no probe are '
+            "refused."
+        ),
     ] = None,
+    skip_probes: Annotated[
+        bool,
+        typer.Option("--skip-probes", help="Approve or amend although some probes have no answer."),
+    ] = False,
 ) -> None:
-    """Decide a check-in from a script. A check-in is decided once."""
+    """Decide a check-in from a script. A check-in is decided once.
+
+    Approve and amend need an answer to every probe (stored by `checkin review` or given
+    with --answers) unless --skip-probes is given; exports then mark the check-in as
+    decided without answers."""
     chosen = [
         d
         for d, flag in (
@@ -117,23 +142,77 @@ def checkin_decide(
     if len(chosen) != 1:
         raise SpecError("give exactly one of --approve, --amend, --reject, --halt")
     a = _app(ctx)
-    _apply(a, checkin_id, chosen[0], note, ck.load_answers(answers) if answers else None)
+    given = ck.load_answers(answers) if answers else None
+    _apply(a, checkin_id, chosen[0], note, given, skip_probes=skip_probes, source=str(answers))
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or end of input during a review: what is stored stays stored."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _line(question: str) -> str:
+    """One line from the human. Ctrl-C and Ctrl-D stop the review, cleanly."""
+    try:
+        return str(termui.visible_prompt_func(f"{question}: ")).strip()
+    except EOFError:
+        typer.echo("", err=True)
+        raise _Interrupted(1) from None
+    except KeyboardInterrupt:
+        typer.echo("", err=True)
+        raise _Interrupted(130) from None
+
+
+def _text(question: str) -> str:
+    while True:
+        reply = _line(question)
+        if reply:
+            return reply
+        typer.echo("please type something (Ctrl-D stops; the review can be resumed)", err=True)
 
 
 def _ask(question: str, choices: list[str]) -> str:
-    """Prompt until the reply is one of ``choices``; end of input aborts cleanly."""
+    """Prompt until the reply is one of ``choices``."""
     while True:
-        reply = str(typer.prompt(question)).strip().lower()
+        reply = _line(question).lower()
         if reply in choices:
             return reply
-        typer.echo(f"please answer one of: {', '.join(choices)}", err=True)
+        typer.echo(f"please answer one of: {', '.join(c for c in choices if c)}", err=True)
+
+
+@dataclass
+class _Step:
+    pair_id: int
+    question: str
+    answer: str | None
+    rating: int | None
+    retest: bool
 
 
 @checkin_app.command("review")
 def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     """Review a check-in: read the days, answer each probe blind, see the prediction and
-    rate it, then decide."""
+    rate it, then decide.
+
+    Ctrl-C or Ctrl-D stops the review; what was entered is stored, and running the same
+    command again resumes at the first step not stored yet. Stored answers and ratings are
+    shown, never asked again or overwritten."""
     a = _app(ctx)
+    try:
+        _review(a, checkin_id)
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        code = exc.code if isinstance(exc, _Interrupted) else 130
+        a.err.print(
+            f"review of check-in {checkin_id} stopped; what you entered is stored. "
+            f"Resume with: loopsim checkin review {checkin_id}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code) from None
+
+
+def _review(a: AppContext, checkin_id: int) -> None:
     database = a.open_db()
     with database.read() as session:
         store = Store(session)
@@ -147,8 +226,9 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             for e, i, status in store.list_entries(run.id, include_reverted=False)
             if i is not None and i > since
         ]
-        pairs = [
-            (p.id, p.answered_at is not None, probe.question) for p, probe in store.pairs(c.id)
+        steps = [
+            _Step(p.id, probe.question, p.human_answer, p.rating, p.is_retest)
+            for p, probe in store.pairs(c.id)
         ]
     out = a.out
     similarity = a.similarity()
@@ -158,6 +238,15 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             style="bold",
         )
     )
+    answered = sum(1 for s in steps if s.answer is not None)
+    rated = sum(1 for s in steps if s.rating is not None)
+    if answered or rated:
+        out.print(
+            Text(
+                f"resuming: {answered} of {len(steps)} answers and {rated} ratings are stored; "
+                "they are shown, not asked again"
+            )
+        )
     # Babble and prune: the critic's picks come first, best score first, then oldest.
     scores = {e.parent_id: e.score for e, _ in entries if e.kind == "critique"}
     flagged = sorted(
@@ -186,16 +275,27 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
             )
         )
         out.print(Text(safe_text(entry.body)))
-    for number, (pair_id, answered, question) in enumerate(pairs, 1):
-        out.print(Text(f"\nprobe {number} of {len(pairs)}: {safe_text(question)}", style="bold"))
-        if not answered:
-            answer = typer.prompt("your answer (the prediction is shown after it is saved)")
-            ck.record_answer(database, pair_id, answer)
+    for number, step in enumerate(steps, 1):
+        again = " (asked before)" if step.retest else ""
+        out.print(
+            Text(
+                f"\nprobe {number} of {len(steps)}{again}: {safe_text(step.question)}",
+                style="bold",
+            )
+        )
+        if step.answer is None:
+            answer = _text("your answer (the prediction is shown after it is saved)")
+            ck.record_answer(database, step.pair_id, answer)
             out.print("saved.")
-        prediction = ck.reveal(database, pair_id, similarity)
+        else:
+            out.print(Text(f"your stored answer: {safe_text(step.answer)}"))
+        prediction = ck.reveal(database, step.pair_id, similarity)
         out.print(Text(f"the simulation predicted: {safe_text(prediction)}", style="magenta"))
-        rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
-        ck.rate(database, pair_id, rating)
+        if step.rating is None:
+            rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
+            ck.rate(database, step.pair_id, rating)
+        else:
+            out.print(Text(f"your stored rating: {step.rating}"))
     with database.read() as session:
         store = Store(session)
         agreements = [
@@ -213,8 +313,82 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     )
     if level.score is not None:
         out.print(f"\ndrift {level.score:.2f}, trend {level.trend:.2f}: {level.level}")
-    choice = _ask("decision (approve, amend, reject, halt)", [d.value for d in Decision])
+    consequences = {
+        Decision.REJECT: f"reject reverts days {since + 1}-{c.last_day_index} of run {run.id}",
+        Decision.HALT: f"halt stops run {run.id}",
+    }
+    while True:
+        choice = Decision(
+            _ask("decision (approve, amend, reject, halt)", [d.value for d in Decision])
+        )
+        if choice not in consequences:
+            break
+        sure = _ask(f"{consequences[choice]}; sure? y/N", ["y", "yes", "n", "no", ""])
+        if sure in ("y", "yes"):
+            break
+        out.print("not decided; choose again.")
     note = None
     if choice == Decision.AMEND:
-        note = typer.prompt("correction (pinned in every later day)")
-    _apply(a, checkin_id, Decision(choice), note, None)
+        note = _text("correction (pinned in every later day)")
+    _apply(a, checkin_id, choice, note, None)
+
+
+@checkin_app.command("show")
+def checkin_show(
+    ctx: typer.Context,
+    checkin_id: IdArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one check-in: why, which days, the decision and drift, and each probe with the
+    answer and rating stored so far. A prediction is shown only once its blind answer is
+    stored. Starts no review and changes nothing."""
+    a = _app(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        record = checkin_record(store, store.get_checkin(checkin_id))
+    if as_json:
+        a.print_json(record)
+        return
+    out = a.out
+    decision = record["decision"] or "pending"
+    if record["decided_without_answers"]:
+        decision += f" without answers ({record['unanswered']} probes unanswered)"
+    score = "-" if record["drift_score"] is None else f"{record['drift_score']:.2f}"
+    rows = [
+        ("check-in", str(record["id"])),
+        ("run", record["run_id"]),
+        ("reason", record["reason"]),
+        ("detail", record["detail"]),
+        ("days", f"{record['first_day']}-{record['last_day']}"),
+        ("opened", record["opened_at"]),
+        ("decision", decision),
+        ("decided", record["decided_at"]),
+        ("note", record["note"]),
+        ("drift", score),
+    ]
+    for key, value in rows:
+        if value is not None:
+            out.print(Text(f"{key:10} {safe_text(value)}"))
+    pairs = record["pairs"]
+    for number, pair in enumerate(pairs, 1):
+        again = ", asked before" if pair["is_retest"] else ""
+        out.print(
+            Text(
+                f"\nprobe {number} of {len(pairs)} (#{pair['probe_id']}{again}): "
+                f"{safe_text(pair['question'])}",
+                style="bold",
+            )
+        )
+        answer = pair["human_answer"]
+        out.print(Text(f"  answer:     {safe_text(answer) if answer else '(not answered yet)'}"))
+        prediction = pair["prediction"]
+        shown = safe_text(prediction) if prediction is not None else HIDDEN_UNTIL_ANSWERED
+        out.print(Text(f"  prediction: {shown}"))
+        if pair["rating"] is not None or pair["similarity"] is not None:
+            sim = "n/a" if pair["similarity"] is None else f"{pair['similarity']:.2f}"
+            out.print(Text(f"  rating:     {pair['rating'] or 'n/a'}, similarity {sim}"))
+    if not pairs:
+        out.print(Text("\nno probes"))
+
+
+HIDDEN_UNTIL_ANSWERED = "(hidden until the blind answer is stored)"

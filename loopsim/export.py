@@ -155,6 +155,9 @@ def _prediction(pair: ProbePair) -> str | None:
 
 def _checkin_md(store: Store, c: CheckIn) -> list[str]:
     decision = c.decision or "pending"
+    missing = _unanswered(store, c)
+    if c.decision is not None and missing:
+        decision += f" without answers ({missing} of {len(store.pairs(c.id))} probes unanswered)"
     score = "" if c.drift_score is None else f"; drift {c.drift_score:.2f}"
     lines = [
         f"### Check-in {c.id}: {c.reason}, days {c.first_day_index} to "
@@ -232,9 +235,15 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
         yield _jsonl({"type": "checkin", **checkin_record(store, c)})
 
 
+def _unanswered(store: Store, c: CheckIn) -> int:
+    return sum(1 for pair, _probe in store.pairs(c.id) if pair.human_answer is None)
+
+
 def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
     """A check-in and its probe pairs as plain data; predictions stay hidden until the
-    human's blind answer is stored."""
+    human's blind answer is stored. ``unanswered`` counts probes with no human answer:
+    on a decided check-in, ones it was decided without (``--skip-probes``)."""
+    missing = _unanswered(store, c)
     return {
         "run_id": c.run_id,
         "id": c.id,
@@ -247,6 +256,8 @@ def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
         "note": c.note,
         "decided_at": c.decided_at.isoformat() if c.decided_at else None,
         "drift_score": c.drift_score,
+        "unanswered": missing,
+        "decided_without_answers": c.decision is not None and missing > 0,
         "pairs": [
             {
                 "probe_id": probe.id,

@@ -468,3 +468,44 @@ def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
     assert errors == [] and decided >= 3
     with stepping_db.read() as session:
         assert Store(session).count_days(busy) == 60
+
+
+def test_a_bank_no_larger_than_a_checkin_is_all_retests_as_documented(database):
+    """docs/run-spec.md#retests: every drawn probe answered before is a retest; the
+    retest probability only adds one when all drawn probes are new. With 3 probes and 3
+    per check-in, check-in 2 re-asks all 3, even at a retest probability of 0."""
+    from pathlib import Path
+
+    run_id = make_run(database, spec_with(probes_per_checkin=2, retest_probability=0.0))
+    loop, _ = loop_with(database, [persona_switching_model(10**6)])
+    loop.run_days(run_id, 5)
+    first = loop.opened_checkin
+    with database.read() as session:
+        pairs = Store(session).pairs(first)
+    assert [p.is_retest for p, _ in pairs] == [False, False]
+    answers = {probe.id: {"answer": BEES, "rating": 4} for _, probe in pairs}
+    ck.decide(database, first, Decision.APPROVE, answers=answers)
+    loop.run_days(run_id, 5)
+    with database.read() as session:
+        pairs = Store(session).pairs(loop.opened_checkin)
+    assert [p.is_retest for p, _ in pairs] == [True, True]
+    docs = (Path(__file__).parent.parent / "docs" / "run-spec.md").read_text()
+    assert "from\nthe second check-in on all of them are retests" in docs
+
+
+def test_a_stored_answer_or_rating_is_never_overwritten(database):
+    run_id = make_run(database, spec_with(probes_per_checkin=1))
+    loop, _ = loop_with(database, [persona_switching_model(10**6)])
+    loop.run_days(run_id, 5)
+    with database.read() as session:
+        ((pair, _),) = Store(session).pairs(loop.opened_checkin)
+    ck.record_answer(database, pair.id, "Dances decide it.")
+    with pytest.raises(InvalidState, match="never overwritten"):
+        ck.record_answer(database, pair.id, "Something else.")  # not yet revealed
+    ck.reveal(database, pair.id)
+    ck.rate(database, pair.id, 4)
+    with pytest.raises(InvalidState, match="never overwritten"):
+        ck.rate(database, pair.id, 1)
+    with database.read() as session:
+        ((pair, _),) = Store(session).pairs(loop.opened_checkin)
+    assert (pair.human_answer, pair.rating) == ("Dances decide it.", 4)

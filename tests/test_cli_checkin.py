@@ -148,3 +148,212 @@ def test_review_shows_the_flagged_ideas_first(cli_factory, sqlite_url, tmp_path)
     assert all("idea (score" in line for line in head.splitlines() if "★" in line)
     assert [line.split(" · ", 1)[1] for line in head.splitlines() if "★" in line] == flagged
     assert "★" not in rest
+
+
+THREE = SPEC.replace(
+    'probes = ["What decides where a colony forages?"]',
+    'probes = ["What decides where a colony forages?", "What would you measure first?", '
+    '"What would change your mind?"]',
+).replace("probes_per_checkin = 1", "probes_per_checkin = 3")
+
+
+def spec_with_probes(n: int) -> str:
+    questions = ", ".join(f'"Throwaway question number {i}?"' for i in range(n))
+    return SPEC.replace(
+        'probes = ["What decides where a colony forages?"]', f"probes = [{questions}]"
+    )
+
+
+@pytest.fixture
+def three_probes(cli, tmp_path):
+    """A check-in asking 3 probes whose ids are 7, 8 and 9: an earlier run holds 1-6."""
+    cli("run", "create", str(write_spec(tmp_path / "other.toml", spec_with_probes(6))))
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
+    assert cli("run", "step", run_id, "--days", "2").exit_code == 0
+    (c,) = json.loads(cli("checkin", "list", "--pending", "--json").stdout)
+    assert [p["probe_id"] for p in c["pairs"]] == [7, 8, 9]
+    return run_id, c["id"]
+
+
+def stored_pairs(cli):
+    with sqlite3.connect(cli.url) as conn:
+        return conn.execute(
+            "SELECT probe_id, human_answer, rating FROM probe_pairs ORDER BY id"
+        ).fetchall()
+
+
+def checkin_decision(cli, checkin_id):
+    with sqlite3.connect(cli.url) as conn:
+        return conn.execute("SELECT decision FROM checkins WHERE id = ?", (checkin_id,)).fetchone()
+
+
+def answers_file(tmp_path, keys):
+    path = tmp_path / "ans.json"
+    path.write_text(json.dumps({k: {"answer": f"{BEES} ({k})", "rating": 4} for k in keys}))
+    return path
+
+
+def test_answers_keyed_by_position_reach_their_probes(cli, three_probes, tmp_path):
+    run_id, checkin_id = three_probes
+    path = answers_file(tmp_path, ["1", "2", "3"])
+    decided = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
+    assert decided.exit_code == 0, decided.output
+    assert "drift n/a" not in decided.stderr and "drift 0." in decided.stderr
+    assert stored_pairs(cli) == [
+        (7, f"{BEES} (1)", 4),
+        (8, f"{BEES} (2)", 4),
+        (9, f"{BEES} (3)", 4),
+    ]
+
+
+def test_answers_keyed_by_probe_id_reach_their_probes(cli, three_probes, tmp_path):
+    run_id, checkin_id = three_probes
+    path = answers_file(tmp_path, ["#9", "8", "#7"])  # a bare 8 can only be probe id 8
+    decided = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
+    assert decided.exit_code == 0, decided.output
+    assert stored_pairs(cli) == [
+        (7, f"{BEES} (#7)", 4),
+        (8, f"{BEES} (8)", 4),
+        (9, f"{BEES} (#9)", 4),
+    ]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["1", "2", "99"], ["#1", "2", "3"], ["1", "#7", "3"], ["0"]],
+    ids=["unknown", "another-runs-probe", "twice", "zero"],
+)
+def test_answers_that_match_no_probe_are_refused_and_change_nothing(
+    cli, three_probes, tmp_path, keys
+):
+    run_id, checkin_id = three_probes
+    path = answers_file(tmp_path, keys)
+    refused = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
+    assert refused.exit_code == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "nothing changed" in line
+    if keys != ["1", "#7", "3"]:
+        assert '"1" to "3"' in line and '"#7", "#8", "#9"' in line
+    assert checkin_decision(cli, checkin_id) == (None,)
+    assert stored_pairs(cli) == [(7, None, None), (8, None, None), (9, None, None)]
+    assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "awaiting_checkin"
+
+
+def test_a_bare_key_that_could_mean_two_probes_is_refused(cli, tmp_path):
+    # Probe ids 2, 3 and 4: a bare "2" is probe 2 of 3 (#3) or probe id 2 (probe 1 of 3).
+    cli("run", "create", str(write_spec(tmp_path / "other.toml", spec_with_probes(1))))
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
+    cli("run", "step", run_id, "--days", "2")
+    path = answers_file(tmp_path, ["1", "2", "4"])
+    refused = cli("checkin", "decide", "1", "--approve", "--answers", str(path))
+    assert refused.exit_code == 2
+    assert '"2" could be probe 2 of 3 (#3) or probe id #2' in refused.stderr
+    assert checkin_decision(cli, 1) == (None,)
+    path = answers_file(tmp_path, ["#2", "#3", "4"])
+    assert cli("checkin", "decide", "1", "--approve", "--answers", str(path)).exit_code == 0
+
+
+def test_approving_with_unanswered_probes_needs_skip_probes(cli, three_probes, tmp_path):
+
+    run_id, checkin_id = three_probes
+    path = answers_file(tmp_path, ["2"])
+    refused = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
+    assert refused.exit_code == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "probes 1, 3 of 3 have no answer" in line and "--skip-probes" in line
+    assert checkin_decision(cli, checkin_id) == (None,)
+    assert stored_pairs(cli)[1] == (8, None, None)  # the given answer was not kept either
+    done = cli(
+        "checkin", "decide", str(checkin_id), "--approve", "--answers", str(path), "--skip-probes"
+    )
+    assert done.exit_code == 0, done.output
+    assert stored_pairs(cli) == [(7, None, None), (8, f"{BEES} (2)", 4), (9, None, None)]
+    (record,) = json.loads(cli("checkin", "list", "--json").stdout)
+    assert record["decided_without_answers"] is True and record["unanswered"] == 2
+    md = cli("export", run_id, "--format", "md").stdout
+    assert "approve without answers (2 of 3 probes unanswered)" in md
+    jsonl = [json.loads(x) for x in cli("export", run_id, "--format", "jsonl").stdout.splitlines()]
+    (exported,) = [r for r in jsonl if r["type"] == "checkin"]
+    assert exported["decided_without_answers"] is True
+
+
+def test_reject_and_halt_need_no_answers(cli, three_probes):
+    _, checkin_id = three_probes
+    assert cli("checkin", "decide", str(checkin_id), "--halt").exit_code == 0
+
+
+def test_a_review_stopped_by_end_of_input_resumes_without_overwriting(cli, three_probes):
+    _, checkin_id = three_probes
+    first = cli("checkin", "review", str(checkin_id), input="First view.\n4\nSecond view.\n")
+    assert first.exit_code == 1 and "Traceback" not in first.output
+    (line,) = first.stderr.strip().splitlines()
+    assert f"Resume with: loopsim checkin review {checkin_id}" in line
+    assert stored_pairs(cli) == [(7, "First view.", 4), (8, "Second view.", None), (9, None, None)]
+    again = cli("checkin", "review", str(checkin_id), input="2\nThird view.\n5\napprove\n")
+    assert again.exit_code == 0, again.output
+    out = again.stdout
+    assert "2 of 3 answers and 1 ratings are stored" in out
+    assert "your stored answer: First view." in out and "your stored rating: 4" in out
+    assert "your stored answer: Second view." in out
+    assert out.count("your answer (the prediction") == 1  # only probe 3 is asked
+    assert out.count("agreement, 1 (none)") == 2  # probes 2 and 3
+    assert stored_pairs(cli) == [
+        (7, "First view.", 4),
+        (8, "Second view.", 2),
+        (9, "Third view.", 5),
+    ]
+    assert checkin_decision(cli, checkin_id) == ("approve",)
+
+
+def test_reject_and_halt_ask_for_confirmation(cli, open_checkin):
+    result = cli("checkin", "review", "1", input="My view.\n3\nreject\nn\nhalt\n\napprove\n")
+    assert result.exit_code == 0, result.output
+    assert "reject reverts days 1-2" in result.stdout and "halt stops run" in result.stdout
+    assert result.stdout.count("not decided; choose again.") == 2
+    assert checkin_decision(cli, 1) == ("approve",)
+
+
+def test_halt_goes_ahead_once_confirmed(cli, open_checkin):
+    result = cli("checkin", "review", "1", input="My view.\n3\nhalt\ny\n")
+    assert result.exit_code == 0, result.output
+    assert checkin_decision(cli, 1) == ("halt",)
+    assert json.loads(cli("run", "show", open_checkin, "--json").stdout)["status"] == "halted"
+
+
+def test_show_prints_one_checkin_and_never_an_unanswered_prediction(cli, three_probes):
+    _, checkin_id = three_probes
+    cli("checkin", "review", str(checkin_id), input="First view.\n4\n")  # then end of input
+    shown = cli("checkin", "show", str(checkin_id))
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "scheduled" in out and "1-2" in out and "pending" in out
+    assert "probe 1 of 3 (#7)" in out and "First view." in out and "rating:     4" in out
+    assert out.count(BEES) == 1  # the answered probe's prediction, and no other
+    assert out.count("(hidden until the blind answer is stored)") == 2
+    assert "your answer" not in out  # no review started
+    record = json.loads(cli("checkin", "show", str(checkin_id), "--json").stdout)
+    assert [p["prediction"] for p in record["pairs"]] == [BEES, None, None]
+    assert [p["human_answer"] for p in record["pairs"]] == ["First view.", None, None]
+    assert stored_pairs(cli) == [(7, "First view.", 4), (8, None, None), (9, None, None)]
+    missing = cli("checkin", "show", "99")
+    assert missing.exit_code != 0 and missing.stderr.startswith("error: ")
+
+
+def test_the_example_spec_walkthrough_shows_a_drift_score(cli):
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "bee-foraging.toml"
+    assert "examples/bee-foraging.toml" in (example.parent.parent / "README.md").read_text()
+    run_id = cli("run", "create", str(example)).stdout.strip()
+    stepped = cli("run", "step", run_id, "--days", "5")
+    assert "check-in 1 is open" in stepped.stderr, stepped.output
+    assert len(json.loads(cli("checkin", "show", "1", "--json").stdout)["pairs"]) == 3
+    review = cli(
+        "checkin",
+        "review",
+        "1",
+        input="Distance.\n3\nDance timing.\n4\nA far patch wins.\n2\napprove\n",
+    )
+    assert review.exit_code == 0, review.output
+    assert "probe 3 of 3" in review.stdout and "\ndrift " in review.stdout
+    assert "check-in 1: approve" in review.stderr and "drift n/a" not in review.stderr

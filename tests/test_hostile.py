@@ -886,6 +886,7 @@ def every_command(run_id: str, spec_path: Path, out: Path) -> dict[tuple[str, ..
         ("checkin", "list"): [],
         ("checkin", "review"): ["1"],
         ("checkin", "decide"): ["1", "--approve"],
+        ("checkin", "show"): ["1"],
         ("probe", "list"): [run_id],
         ("probe", "add"): [run_id, "How far do foragers fly?"],
         ("probe", "accept"): ["1"],

@@ -68,3 +68,89 @@ def test_review_in_a_terminal_is_blind(sqlite_url):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("SELECT decision FROM checkins").fetchone() == ("approve",)
+
+
+def wait_count(session: str, text: str, count: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = tmux("capture-pane", "-p", "-J", "-S", "-", "-t", session)
+        if screen.count(text) >= count:
+            return screen
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared {count} times; screen:\n{screen}")
+
+
+def pairs_now(url: str) -> list[tuple]:
+    with sqlite3.connect(url) as conn:
+        return conn.execute("SELECT human_answer, rating FROM probe_pairs ORDER BY id").fetchall()
+
+
+def test_an_interrupted_review_resumes_where_it_stopped(sqlite_url):
+    database = Database.open(sqlite_url)
+    run_id = make_run(database, spec_with(probes_per_checkin=2))
+    factory, _ = scripted_factory([persona_switching_model(10**6)])
+    loop = Loop(database, Settings(), factory)
+    loop.run_days(run_id, 5)
+    checkin_id = loop.opened_checkin
+    database.dispose()
+    command = f"{sys.executable} -m loopsim --db {sqlite_url} checkin review {checkin_id}"
+    resume = f"Resume with: loopsim checkin review {checkin_id}"
+
+    def review() -> str:
+        session = f"loopsim-{uuid.uuid4().hex[:8]}"
+        sessions.append(session)
+        tmux(
+            "new-session", "-d", "-s", session, "-x", "200", "-y", "50",
+            f"{command}; echo exit=$?; sleep 60",
+        )  # fmt: skip
+        return session
+
+    sessions: list[str] = []
+    try:
+        # 1. Answer and rate probe 1, then Ctrl-C at probe 2's answer.
+        first = review()
+        wait_for(first, "your answer")
+        tmux("send-keys", "-t", first, "First view.", "Enter")
+        wait_for(first, "agreement, 1")
+        tmux("send-keys", "-t", first, "4", "Enter")
+        wait_count(first, "your answer", 2)
+        tmux("send-keys", "-t", first, "C-c")
+        screen = wait_for(first, "exit=")
+        assert resume in screen and "exit=130" in screen and "Traceback" not in screen
+        assert pairs_now(sqlite_url) == [("First view.", 4), (None, None)]
+
+        # 2. Resumed: probe 1 is shown as stored, not asked; answer probe 2, then Ctrl-D.
+        second = review()
+        screen = wait_for(second, "your answer")
+        assert "your stored answer: First view." in screen and "your stored rating: 4" in screen
+        assert screen.count("agreement, 1") == 0 and screen.count("your answer (") == 1
+        tmux("send-keys", "-t", second, "Second view.", "Enter")
+        wait_for(second, "agreement, 1")
+        tmux("send-keys", "-t", second, "C-d")
+        screen = wait_for(second, "exit=")
+        assert resume in screen and "exit=1" in screen and "Traceback" not in screen
+        assert pairs_now(sqlite_url) == [("First view.", 4), ("Second view.", None)]
+
+        # 3. Resumed at probe 2's rating: both answers shown, one rating asked; decide.
+        third = review()
+        screen = wait_for(third, "agreement, 1")
+        assert "your stored answer: Second view." in screen and "your answer (" not in screen
+        assert screen.index("your stored answer: Second view.") < screen.index(
+            BEES, screen.index("probe 2 of 2")
+        )
+        tmux("send-keys", "-t", third, "2", "Enter")
+        wait_for(third, "decision")
+        tmux("send-keys", "-t", third, "halt", "Enter")
+        wait_for(third, "sure? y/N")
+        tmux("send-keys", "-t", third, "Enter")
+        wait_for(third, "not decided; choose again.")
+        tmux("send-keys", "-t", third, "approve", "Enter")
+        screen = wait_for(third, "exit=")
+        assert f"check-in {checkin_id}: approve" in screen and "exit=0" in screen
+    finally:
+        for session in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert pairs_now(sqlite_url) == [("First view.", 4), ("Second view.", 2)]
+    with sqlite3.connect(sqlite_url) as conn:
+        assert conn.execute("SELECT decision FROM checkins").fetchone() == ("approve",)
