@@ -43,7 +43,7 @@ from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
 from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
-from loopsim.lease import live_holder
+from loopsim.lease import driver, live_holder
 from loopsim.loop import DayResult, Loop
 from loopsim.models import Run
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
@@ -317,6 +317,7 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
         "worker": live_holder(store, run),
+        "driver": driver(store, run),
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
     }
@@ -344,7 +345,8 @@ def run_create(
 
 @run_app.command("list")
 def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List runs, newest last, with their status and which worker holds each."""
+    """List runs, newest last, with their status and what drives each: `run step`, or
+    `serve` (with the worker holding it now, if one does)."""
     a = _app(ctx)
     with a.open_db().read() as session:
         store = Store(session)
@@ -358,7 +360,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("days", justify="right")
     table.add_column("model", overflow="fold")
-    table.add_column("worker", overflow="fold")
+    table.add_column("driver", overflow="fold")
     for row in rows:
         table.add_row(
             row["id"],
@@ -366,7 +368,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             row["status"],
             str(row["days_committed"]),
             row["model"],
-            row["worker"] or "-",
+            row["driver"] or "-",
         )
     a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
 
