@@ -534,6 +534,33 @@ def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
 # ------------------------------------------------------------------------------- demo
 
 
+def own_command(argv0: str | None = None) -> str:
+    """How to run this loopsim again from the current folder, as the user would type it:
+    ``loopsim`` if that is on PATH and is this one, else the script as it was invoked
+    (``.venv/bin/loopsim``), else ``PYTHON -m loopsim``."""
+    import shlex
+    import shutil
+
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).name == "loopsim":
+        found = shutil.which("loopsim")
+        if found and Path(found).resolve() == Path(argv0).resolve():
+            return "loopsim"
+        return shlex.quote(argv0 if "/" in argv0 else str(Path(argv0).resolve()))
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        relative = python.absolute().relative_to(Path.cwd())
+        python = relative if len(relative.parts) < len(python.parts) else python
+    shown = str(python) if python.is_absolute() else f"./{python}"
+    return f"{shlex.quote(shown)} -m loopsim"
+
+
+def _db_option(where: str) -> str:
+    import shlex
+
+    return f"--db {shlex.quote(where)}"
+
+
 @app.command("demo")
 def demo(
     ctx: typer.Context,
@@ -593,7 +620,9 @@ def demo(
         f"{committed} days committed in {tries} tries; record verified: {verified.checked} entries"
     )
     a.err.print(f"report: {report}")
-    a.err.print(f"next: loopsim --db {result.where} record show {run_id}")
+    # One line however narrow the terminal, so that it can be copied and run as printed.
+    next_command = f"{own_command()} {_db_option(result.where)} record show {run_id}"
+    a.err.print(f"next: {next_command}", soft_wrap=True)
     a.out.print(run_id)
 
 
