@@ -43,7 +43,7 @@ from loopsim.chat import ChatFactory, build_chat
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
 from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
-from loopsim.lease import live_holder
+from loopsim.lease import driver, live_holder
 from loopsim.loop import DayResult, Loop
 from loopsim.models import Run
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
@@ -317,6 +317,7 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
         "worker": live_holder(store, run),
+        "driver": driver(store, run),
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
     }
@@ -344,7 +345,8 @@ def run_create(
 
 @run_app.command("list")
 def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List runs, newest last, with their status and which worker holds each."""
+    """List runs, newest last, with their status and what drives each: `run step`, or
+    `serve` (with the worker holding it now, if one does)."""
     a = _app(ctx)
     with a.open_db().read() as session:
         store = Store(session)
@@ -358,7 +360,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("days", justify="right")
     table.add_column("model", overflow="fold")
-    table.add_column("worker", overflow="fold")
+    table.add_column("driver", overflow="fold")
     for row in rows:
         table.add_row(
             row["id"],
@@ -366,7 +368,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             row["status"],
             str(row["days_committed"]),
             row["model"],
-            row["worker"] or "-",
+            row["driver"] or "-",
         )
     a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
 
@@ -532,6 +534,33 @@ def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
 # ------------------------------------------------------------------------------- demo
 
 
+def own_command(argv0: str | None = None) -> str:
+    """How to run this loopsim again from the current folder, as the user would type it:
+    ``loopsim`` if that is on PATH and is this one, else the script as it was invoked
+    (``.venv/bin/loopsim``), else ``PYTHON -m loopsim``."""
+    import shlex
+    import shutil
+
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).name == "loopsim":
+        found = shutil.which("loopsim")
+        if found and Path(found).resolve() == Path(argv0).resolve():
+            return "loopsim"
+        return shlex.quote(argv0 if "/" in argv0 else str(Path(argv0).resolve()))
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        relative = python.absolute().relative_to(Path.cwd())
+        python = relative if len(relative.parts) < len(python.parts) else python
+    shown = str(python) if python.is_absolute() else f"./{python}"
+    return f"{shlex.quote(shown)} -m loopsim"
+
+
+def _db_option(where: str) -> str:
+    import shlex
+
+    return f"--db {shlex.quote(where)}"
+
+
 @app.command("demo")
 def demo(
     ctx: typer.Context,
@@ -591,7 +620,9 @@ def demo(
         f"{committed} days committed in {tries} tries; record verified: {verified.checked} entries"
     )
     a.err.print(f"report: {report}")
-    a.err.print(f"next: loopsim --db {result.where} record show {run_id}")
+    # One line however narrow the terminal, so that it can be copied and run as printed.
+    next_command = f"{own_command()} {_db_option(result.where)} record show {run_id}"
+    a.err.print(f"next: {next_command}", soft_wrap=True)
     a.out.print(run_id)
 
 

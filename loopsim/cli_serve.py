@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from loopsim.cli import RunArg, _app, _set_status, app, run_app
+from loopsim.cli import RunArg, _app, app, run_app
 from loopsim.errors import SpecError
-from loopsim.schemas import RunStatus
+from loopsim.lease import queue_for_service
 from loopsim.service import Service, ServiceConfig, configure_logging, default_worker_id
 
 
@@ -59,7 +59,7 @@ def serve(
     log_format: Annotated[str, typer.Option(help="text or json (one object per line).")] = "text",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Step every running run, day by day, until SIGTERM or SIGINT.
+    """Step every run queued with `run start`, day by day, until SIGTERM or SIGINT.
 
     Claims runs through leases, so any number of `loopsim serve` processes may share one
     database. Check-in decisions and `run pause|resume|halt` take effect at the next day
@@ -99,5 +99,8 @@ def serve(
 
 @run_app.command("start")
 def run_start(ctx: typer.Context, run_ref: RunArg) -> None:
-    """Mark a created run running, so that `loopsim serve` picks it up."""
-    _set_status(ctx, run_ref, {RunStatus.CREATED}, RunStatus.RUNNING, None)
+    """Queue a run for `loopsim serve`: a created run, or one `run step` drives.
+
+    Only runs queued here are claimed by `serve`; `run step` takes a run back."""
+    run_id, status = queue_for_service(_app(ctx).open_db(), run_ref)
+    _app(ctx).err.print(f"run {run_id} is {status}; `loopsim serve` steps it")

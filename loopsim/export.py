@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loopsim.errors import LoopsimError, SpecError
+from loopsim.lease import driver
 from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.store import Store
@@ -57,6 +58,29 @@ def md_inline(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
 
 
+def md_code(text: str) -> str:
+    """An identifier (a model id, a version string) as a Markdown code span: shown as
+    written, with no backslash escapes, and nothing in it is read as Markdown or HTML."""
+    flat = " ".join(safe_text(text).split()) or "-"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def run_state(store: Store, run: Run) -> str:
+    """The run's status as it stands: why, what drives it, and how far its days got."""
+    parts = [str(run.status)]
+    if run.status_reason:
+        parts.append(f"({md_inline(run.status_reason)})")
+    days = store.count_days(run.id, DayStatus.COMMITTED)
+    budget = run.spec.get("budget", {}).get("days")
+    counted = f"{days} of {budget} days committed" if budget else f"{days} days committed"
+    drives = driver(store, run)
+    if drives is not None:
+        counted += f"; driven by {md_code(drives)}"
+    return f"{' '.join(parts)}; {counted}"
+
+
 def md_block(text: str) -> str:
     """Untrusted multi-line text as a Markdown block quote it cannot break out of."""
     lines = html.escape(safe_text(text), quote=False).split("\n")
@@ -78,11 +102,11 @@ def _days_and_entries(
 def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> str:
     spec = run.spec
     out = [
-        f"# {md_inline(run.name)}",
+        f"# loopsim run {md_inline(run.name)}: {md_inline(spec['persona']['name'])}",
         "",
-        f"- run: `{run.id}`",
-        f"- status: {run.status}",
-        f"- model: {md_inline(run.model)}",
+        f"- run: {md_code(run.id)}",
+        f"- status: {run_state(store, run)}",
+        f"- model: {md_code(run.model)}",
         f"- persona: {md_inline(spec['persona']['name'])}",
         "",
         "## Charter",
@@ -96,7 +120,7 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         label = "" if day.status == DayStatus.COMMITTED else f" ({day.status})"
         out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
         out.append(
-            f"*model {md_inline(day.model_version)}, {day.latency_ms or 0} ms, "
+            f"*model {md_code(day.model_version or '')}, {day.latency_ms or 0} ms, "
             f"{day.tokens_in or 0} tokens in, {day.tokens_out or 0} out*"
         )
         out.append("")

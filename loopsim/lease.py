@@ -10,6 +10,11 @@ and that the lease has not expired. So:
 - a worker paused past its lease that wakes up can never write: its generation is stale,
   or its lease has expired, and :func:`fence` refuses the transaction;
 - every expiry is read off the database's clock, never a worker's.
+
+Who drives a run is one rule: ``loopsim serve`` claims only runs queued for it with
+``loopsim run start``. ``loopsim run step`` takes the run for the CLI: it writes the owner
+:data:`STEP_OWNER` with no expiry, a mark no worker's lease ever has (a claim always sets
+an expiry), so no ``serve`` claims the run until ``run start`` hands it back.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ from dataclasses import dataclass
 from sqlalchemy import update
 
 from loopsim.db import Database
-from loopsim.errors import LeaseLost
-from loopsim.models import Run
+from loopsim.errors import InvalidState, LeaseLost
+from loopsim.models import Run, utcnow
+from loopsim.schemas import RunStatus
 from loopsim.store import Store
+
+STEP_OWNER = "run step"
+"""The owner of a run `loopsim run step` drives (with no expiry): serve leaves it alone."""
 
 
 @dataclass(frozen=True)
@@ -120,3 +129,47 @@ def live_holder(store: Store, run: Run) -> str | None:
     if run.lease_owner is None or run.lease_expires_at is None:
         return None
     return run.lease_owner if run.lease_expires_at > store.db_now() else None
+
+
+def stepped_by_cli(run: Run) -> bool:
+    """Whether `loopsim run step` drives the run, so that no `serve` claims it."""
+    return run.lease_owner == STEP_OWNER and run.lease_expires_at is None
+
+
+def take_for_cli(run: Run) -> None:
+    """Mark the run as driven by `loopsim run step` (inside a write, run row locked). Any
+    worker's lease on it is void from here: its owner no longer matches."""
+    run.lease_owner, run.lease_expires_at = STEP_OWNER, None
+
+
+def driver(store: Store, run: Run) -> str | None:
+    """What steps the run, or will when it can go on: ``run step``, ``serve`` (queued,
+    no worker holds it now) or ``serve WORKER``; None for a run nothing drives (created,
+    completed, halted)."""
+    if run.status in (RunStatus.CREATED, RunStatus.COMPLETED, RunStatus.HALTED):
+        return None
+    if stepped_by_cli(run):
+        return STEP_OWNER
+    holder = live_holder(store, run)
+    return f"serve {holder}" if holder else "serve"
+
+
+def queue_for_service(db: Database, run_ref: str) -> tuple[str, str]:
+    """``loopsim run start``: hand a created run, or one ``run step`` drives, to `serve`.
+    Returns the run's id and status."""
+    with db.write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        if run.status in (RunStatus.COMPLETED, RunStatus.HALTED):
+            raise InvalidState(f"run {run.id} is {run.status}; there is nothing left to serve")
+        if run.status == RunStatus.CREATED:
+            store.set_status(run, RunStatus.RUNNING)
+        elif stepped_by_cli(run):
+            run.lease_owner = None
+            run.updated_at = utcnow()
+        else:
+            raise InvalidState(
+                f"run {run.id} is {run.status} and already queued for `loopsim serve`"
+            )
+        session.flush()
+        return run.id, run.status

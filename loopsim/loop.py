@@ -31,7 +31,7 @@ from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
-from loopsim.lease import Fence, live_holder
+from loopsim.lease import Fence, live_holder, take_for_cli
 from loopsim.models import CallRecord, Day, Run, utcnow
 from loopsim.researcher import (
     Conversation,
@@ -162,7 +162,8 @@ class Loop:
         return DayOutcome(None, "", error.message, 0, version)
 
     def start(self, run_ref: str) -> Run:
-        """Check the run may step, that no service holds it, and mark it running."""
+        """Check the run may step and that no service holds it, mark it running, and take
+        it for the CLI: from here no `loopsim serve` claims it until `run start`."""
         with self.db.write() as session:
             store = Store(session)
             run = store.get_run(run_ref, lock=True)
@@ -173,8 +174,10 @@ class Loop:
                     f"run {run.id} is being stepped by worker {holder}; "
                     f"`loopsim run pause {run.id}` stops it at the next day boundary"
                 )
+            take_for_cli(run)
             if run.status == RunStatus.CREATED:
                 store.set_status(run, RunStatus.RUNNING)
+            session.flush()
             return run
 
     def complete(self, run_ref: str, fence: Fence | None = None) -> None:

@@ -2,9 +2,9 @@
 
 One asyncio event loop supervises up to ``concurrency`` runs at once:
 
-- it **claims** runs in ``running`` state through leases (:mod:`loopsim.lease`), polling
-  every ``poll_seconds``, so a run resumed or a check-in decided from the CLI is picked
-  up within about that long;
+- it **claims** runs in ``running`` state that ``run start`` queued (never one ``run step``
+  drives) through leases (:mod:`loopsim.lease`), polling every ``poll_seconds``, so a
+  run resumed or a check-in decided from the CLI is picked up within about that long;
 - each claimed run gets a task that steps days until the run stops being steppable
   (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
   service stops; status changes made by a human take effect at the next day boundary;

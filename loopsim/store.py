@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    and_,
     bindparam,
     column,
     func,
@@ -340,17 +341,20 @@ class Store:
         self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
     ) -> list[Run]:
         """Running runs with no live lease (or a lease of ``owner``'s own, left by a
-        restart), oldest-touched first. PostgreSQL skips rows another worker is claiming
-        right now (``FOR UPDATE SKIP LOCKED``); SQLite's single writer makes that moot."""
+        restart), oldest-touched first. A run with an owner and no expiry is one
+        ``run step`` drives (:func:`loopsim.lease.take_for_cli`): never claimed. PostgreSQL
+        skips rows another worker is claiming right now (``FOR UPDATE SKIP LOCKED``);
+        SQLite's single writer makes that moot."""
         stmt = (
             select(Run)
             .where(
                 Run.status == RunStatus.RUNNING,
                 or_(
                     Run.lease_owner.is_(None),
-                    Run.lease_expires_at.is_(None),
-                    Run.lease_expires_at <= now,
-                    Run.lease_owner == owner,
+                    and_(
+                        Run.lease_expires_at.is_not(None),
+                        or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
+                    ),
                 ),
             )
             .order_by(Run.updated_at, Run.id)

@@ -155,3 +155,22 @@ def test_markdown_shows_the_tree_scores_flags_and_digests(database):
     assert f"re #{seq[critique.parent_id]}; score {critique.score}/10)" in md
     assert md.count("flagged)") == sum(bool(e.flagged) for e in entries) > 0
     assert "(level 1, days 1-2)" in md
+
+
+def test_markdown_header_says_what_the_run_is_without_needless_escapes(database, spec):
+    """The demo report's header: a title naming the run and its persona, ids as code
+    (no backslashes in `gemma3-270m` or `q4_k_m`), and the status as it really stands."""
+    with database.write() as session:
+        run_id = Store(session).create_run(spec, name="my_demo-1", model="llamacpp:gemma3-270m").id
+    factory, _ = scripted_factory([default_reply])
+    Loop(database, Settings(), factory).run_days(run_id, 2)
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+    head = md.split("## Charter")[0]
+    assert head.splitlines()[0] == r"# loopsim run my\_demo\-1: Dr. Test Person"
+    assert f"- run: `{run_id}`" in head
+    assert "- model: `llamacpp:gemma3-270m`" in head
+    assert "- status: running; 2 of 30 days committed; driven by `run step`" in head
+    day_line = next(ln for ln in md.splitlines() if ln.startswith("*model "))
+    assert "\\" not in day_line
