@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +41,7 @@ from tenacity import (
 )
 
 from loopsim.config import Settings
-from loopsim.errors import ModelUnavailable
+from loopsim.errors import ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
 
 
@@ -245,6 +246,47 @@ class ChatHandle:
         except Exception as exc:  # the model seam
             raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
         return self._reply(message, started)
+
+
+def langchain_providers() -> frozenset[str]:
+    """The providers langchain's ``init_chat_model`` can build (its own table)."""
+    from langchain.chat_models import base
+
+    # A private table, so an older langchain's name for it is tried too.
+    table: Any = getattr(base, "_BUILTIN_PROVIDERS", None) or getattr(
+        base, "_SUPPORTED_PROVIDERS", ()
+    )
+    return frozenset(str(name) for name in table)
+
+
+def check_model_id(model_id: str, source: str = "model") -> None:
+    """Refuse a model id this seam could never build, without building it: no network
+    call is made and no weights are loaded. ``source`` names where the id came from.
+
+    The provider must be ``llamacpp`` or one langchain knows; a ``llamacpp`` name must be
+    a model loopsim ships or an existing GGUF file. Whether a hosted model exists, or its
+    provider's package is installed on the machine that will step the run, is only
+    known when it is called."""
+    from loopsim.llamacpp import BUILTIN
+
+    provider, _, name = model_id.partition(":")
+    if not provider or not name:
+        raise SpecError(f"{source} {model_id!r} must look like 'provider:name'")
+    if provider == "llamacpp":
+        if name in BUILTIN or Path(name).expanduser().is_file():
+            return
+        shipped = ", ".join(f"llamacpp:{b}" for b in sorted(BUILTIN))
+        raise SpecError(
+            f"{source} {model_id!r}: {name!r} is neither a model loopsim ships ({shipped}) "
+            "nor an existing .gguf file"
+        )
+    known = langchain_providers()
+    if provider not in known:
+        common = [p for p in ("openai", "anthropic", "ollama") if p in known]
+        raise SpecError(
+            f"{source} {model_id!r}: unknown provider {provider!r}; use llamacpp, "
+            f"{', '.join(common)} or another of langchain's {len(known)} providers"
+        )
 
 
 ChatFactory = Callable[[str, ModelSpec, int], ChatHandle]

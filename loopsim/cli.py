@@ -39,7 +39,7 @@ from typer.core import TyperGroup
 
 from loopsim import __version__, drift
 from loopsim import db as dbmod
-from loopsim.chat import ChatFactory, build_chat
+from loopsim.chat import ChatFactory, build_chat, check_model_id
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
 from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
@@ -146,6 +146,11 @@ class AppContext:
         """Indented JSON on stdout. Model text in it keeps every character, escaped so
         that no terminal acts on it (rich's print_json would let C1 controls through)."""
         self.out.print(Text(inert_json(data, indent=2)), soft_wrap=True)
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 day``, ``2 days``; ``many`` for words that do not just take an s."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _settings() -> Settings:
@@ -333,13 +338,48 @@ def run_create(
     """Create a run from a spec and print its id."""
     a = _app(ctx)
     spec = load_spec(spec_path)  # validated before the database is touched
+    model = spec.model.name or a.settings.model
+    # Checked now, not at the first step: a typo is refused before anything is written.
+    check_model_id(model, "[model] name" if spec.model.name else "LOOPSIM_MODEL")
     database = a.open_db()
     with database.write() as session:
-        run = Store(session).create_run(
-            spec, name=name or spec_path.stem, model=spec.model.name or a.settings.model
-        )
+        run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
         run_id = run.id
     a.out.print(run_id)
+
+
+@run_app.command("delete")
+def run_delete(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete it even if it has committed days.")
+    ] = False,
+) -> None:
+    """Delete a run and all of its rows (days, entries, calls, probes, check-ins) in one
+    transaction. A run with committed days needs --force; no other run is touched."""
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        holder = live_holder(store, run)
+        if holder is not None:
+            raise InvalidState(
+                f"run {run.id} is held by worker {holder}; `loopsim run pause {run.id}` "
+                "first, then delete it once the worker lets go"
+            )
+        committed = store.count_days(run.id, DayStatus.COMMITTED)
+        if committed and not force:
+            raise InvalidState(
+                f"run {run.id} has {plural(committed, 'committed day')}; "
+                f"`loopsim run delete {run.id} --force` deletes it with its record"
+            )
+        run_id = run.id
+        counts = store.delete_run(run_id)
+    a.err.print(
+        f"deleted run {run_id}: {plural(counts['days'], 'day')}, "
+        f"{plural(counts['entries'], 'entry', 'entries')}"
+    )
 
 
 @run_app.command("list")

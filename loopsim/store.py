@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     bindparam,
     column,
+    delete,
     func,
     literal,
     or_,
@@ -1028,3 +1029,34 @@ class Store:
         return self.session.scalars(
             select(IntegrityCheck).order_by(IntegrityCheck.id.desc()).limit(1)
         ).first()
+
+    # ------------------------------------------------------------------ deletion
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Delete one run and every row that belongs to it, children first, in the
+        caller's transaction; returns how many rows of each table went. Rows of other
+        runs are never touched: each statement names this run."""
+        checkins = select(CheckIn.id).where(CheckIn.run_id == run_id).scalar_subquery()
+        counts: dict[str, int] = {}
+        if self.dialect == "sqlite":
+            # entries_fts is an external-content FTS5 index: it forgets a row only when
+            # told the row's indexed values, so tell it before the rows go.
+            self.session.execute(
+                text(
+                    "INSERT INTO entries_fts(entries_fts, rowid, title, body, run_id) "
+                    "SELECT 'delete', id, title, body, run_id FROM entries WHERE run_id = :r"
+                ).bindparams(r=run_id)
+            )
+        for name, stmt in (
+            ("probe_pairs", delete(ProbePair).where(ProbePair.checkin_id.in_(checkins))),
+            ("checkins", delete(CheckIn).where(CheckIn.run_id == run_id)),
+            ("probes", delete(Probe).where(Probe.run_id == run_id)),
+            ("calls", delete(CallRecord).where(CallRecord.run_id == run_id)),
+            ("entries", delete(Entry).where(Entry.run_id == run_id)),
+            ("days", delete(Day).where(Day.run_id == run_id)),
+            ("runs", delete(Run).where(Run.id == run_id)),
+        ):
+            result = self.session.execute(stmt.execution_options(synchronize_session=False))
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+        self.session.expunge_all()
+        return counts

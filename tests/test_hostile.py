@@ -878,6 +878,7 @@ def every_command(run_id: str, spec_path: Path, out: Path) -> dict[tuple[str, ..
         ("run", "pause"): [run_id],
         ("run", "resume"): [run_id],
         ("run", "halt"): [run_id],
+        ("run", "delete"): [run_id, "--force"],
         ("record", "show"): [run_id],
         ("record", "verify"): [run_id],
         ("record", "search"): [run_id, "nectar"],
