@@ -74,6 +74,11 @@ class _Group(TyperGroup):
             line = " ".join(safe_text(exc.message).split())
             typer.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Click would print "Aborted!" and exit 1; a shell expects 130 from Ctrl-C.
+            # Every write is one transaction, so what was in flight is rolled back.
+            typer.echo("\ninterrupted", err=True)
+            ctx.exit(130)
         except OSError as exc:
             # A closed pipe (`| head`) goes on to click, which ends quietly as Unix tools
             # do; a file loopsim opened should never get here unhandled (a bug).
