@@ -54,6 +54,23 @@ class Reply:
     latency_ms: int
 
 
+# The shortest API key redacted from error text (see ChatHandle.secrets).
+MIN_SECRET_CHARS = 8
+
+
+def _refused(exc: BaseException) -> bool:
+    """Was the connection refused: nothing listening at the address? The provider SDKs
+    wrap the socket's error, so the whole chain of causes is looked through."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # An endpoint's error text is stored with the failed day and logged: no control
 # characters, no NUL (PostgreSQL refuses it) and no lone surrogates (not UTF-8).
@@ -141,15 +158,20 @@ class ChatHandle:
         version: str = "",
         retry: RetryPolicy | None = None,
         secrets: Sequence[str] = (),
+        base_url: str | None = None,
     ) -> None:
         self.model_id = model_id
+        self.base_url = base_url
         self.model = model
         self.structured = structured  # "llamacpp" | "openai" | "openai-json-object" | "none"
         self.version = version or model_id
         self.retry = retry or RetryPolicy(attempts=1)
         self.on_retry: OnRetry | None = None
         # Keys to blank out of error text: some endpoints echo the key they were sent.
-        self.secrets = tuple(s for s in secrets if s)
+        # Only keys long enough to be secrets: blanking a short one (LOOPSIM_API_KEY=x, a
+        # placeholder for a local server that checks none) would blank every "x" of the
+        # message and hide the error, and a key that short protects nothing anyway.
+        self.secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
 
     def _kwargs(self, schema: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -181,17 +203,28 @@ class ChatHandle:
             "reraise": True,
         }
 
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        for secret in self.secrets:
-            detail = detail.replace(secret, "***")
         detail = _UNSAFE.sub("\ufffd", detail)
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
             what = f"unreadable reply (HTTP {status})"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return ModelUnavailable(f"model {self.model_id} failed{tries}: {what}: {detail}"[:500])
+        message = f"model {self.model_id} failed{tries}: {what}: {detail}"
+        if self.base_url and _refused(exc):
+            # Nothing listens there: say where, and what would fix it.
+            message = (
+                f"model {self.model_id} failed{tries}: nothing answers at {self.base_url} "
+                "(connection refused); start the server there, or point "
+                "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
+            )
+        return ModelUnavailable(self.redact(_UNSAFE.sub("\ufffd", message))[:500])
 
     def _reply(self, message: Any, started: float) -> Reply:
         latency = int((time.perf_counter() - started) * 1000)
@@ -368,5 +401,11 @@ def _init_langchain(
     )
     secrets = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
     return ChatHandle(
-        model_id, model, structured=structured, version=model_id, retry=policy, secrets=secrets
+        model_id,
+        model,
+        structured=structured,
+        version=model_id,
+        retry=policy,
+        secrets=secrets,
+        base_url=base_url,
     )

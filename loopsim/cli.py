@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -35,6 +36,13 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import (
+    BadParameter,
+    MissingParameter,
+    NoArgsIsHelpError,
+    NoSuchOption,
+    UsageError,
+)
 from typer.core import TyperGroup
 
 from loopsim import __version__, drift
@@ -65,7 +73,14 @@ class _Group(TyperGroup):
                 )
                 typer.echo(f"error: argument '{shown[:60]}' is not UTF-8 text", err=True)
                 ctx.exit(2)
-        return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+        ctx.meta["loopsim.argv"] = list(args)
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+        except UsageError as exc:
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # bare `loopsim`: the help screen
+            typer.echo(f"error: {usage_line(exc, args)}", err=True)
+            raise typer.Exit(exc.exit_code) from None
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # public alias
         try:
@@ -75,10 +90,16 @@ class _Group(TyperGroup):
             typer.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            # Click would print "Aborted!" and exit 1; a shell expects 130 from Ctrl-C.
-            # Every write is one transaction, so what was in flight is rolled back.
+            # Typer would exit 130 without a word. Every write is one transaction, so
+            # what was in flight is rolled back.
             typer.echo("\ninterrupted", err=True)
             ctx.exit(130)
+        except UsageError as exc:
+            # A sub-command's options are parsed here, inside the root's invoke.
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # `loopsim run`: that group's help screen
+            typer.echo(f"error: {usage_line(exc, ctx.meta.get('loopsim.argv', []))}", err=True)
+            ctx.exit(exc.exit_code)
         except OSError as exc:
             # A closed pipe (`| head`) goes on to click, which ends quietly as Unix tools
             # do; a file loopsim opened should never get here unhandled (a bug).
@@ -90,6 +111,84 @@ class _Group(TyperGroup):
         finally:
             if isinstance(ctx.obj, AppContext):
                 ctx.obj.close()
+
+
+# Options of `loopsim` itself, which go before the command.
+GLOBAL_OPTIONS = {"--db": True, "--version": False}  # name: takes a value
+
+
+def _command_path(ctx: Any) -> str:
+    """``loopsim run step``, whatever the program was called (``python -m loopsim``)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["loopsim", *reversed(names)])
+
+
+def _moved_to_front(argv: list[str], option: str) -> list[str]:
+    """``argv`` with the global ``option`` (and its value) moved before the command."""
+    rest = list(argv)
+    for i, arg in enumerate(rest):
+        if arg == option or arg.startswith(option + "="):
+            takes_value = GLOBAL_OPTIONS[option] and "=" not in arg
+            moved = rest[i : i + 2] if takes_value else rest[i : i + 1]
+            del rest[i : i + len(moved)]
+            return moved + rest
+    return rest
+
+
+# Typer's phrasing of bad values, and loopsim's.
+_PLAIN = [
+    (re.compile(r"Input should be a valid integer.*"), "give a whole number"),
+    (re.compile(r"Input should be a valid number.*"), "give a number"),
+    (re.compile(r"Input should be greater than or equal to (\S+)"), r"give \1 or more"),
+    (re.compile(r"Input should be less than or equal to (\S+)"), r"give \1 or less"),
+    (re.compile(r"Input should be greater than (\S+)"), r"give more than \1"),
+    (re.compile(r"Input should be less than (\S+)"), r"give less than \1"),
+    (re.compile(r"^Value error, "), ""),
+]
+
+
+def usage_line(exc: UsageError, argv: list[str]) -> str:
+    """Click's usage error (a usage screen, a hint and an ``Error:`` line) as one line in
+    loopsim's words, naming the command and how to get its help."""
+    ctx = exc.ctx
+    path = _command_path(ctx)
+    helps = f"`{path} --help` shows how to use it"
+    if isinstance(exc, NoSuchOption):
+        name = exc.option_name.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and ctx is not None and ctx.parent is not None:
+            moved = _moved_to_front(argv, name) if GLOBAL_OPTIONS[name] else [name]
+            fixed = shlex.join(["loopsim", *moved])
+            return f"{name} goes before the command: `{fixed}`"
+        maybe = sorted(exc.possibilities or [])
+        also = f" (did you mean {' or '.join(maybe)}?)" if maybe else ""
+        return f"{path} has no option {name}{also}; {helps}"
+    if isinstance(exc, MissingParameter) and exc.param is not None:
+        param = exc.param
+        if param.param_type_name == "option":
+            shown = param.opts[0]
+        else:
+            shown = str(getattr(param, "metavar", None) or param.name or "").upper()
+        return f"{path} needs {shown}; {helps}"
+    if isinstance(exc, BadParameter):
+        message = str(exc.message).strip().rstrip(".")
+        for pattern, plain in _PLAIN:
+            message = pattern.sub(plain, message)
+        bad = exc.param
+        if exc.param_hint is not None:
+            hints = exc.param_hint
+            label = hints if isinstance(hints, str) else next(iter(hints), "")
+        elif bad is not None:
+            label = bad.opts[0] if bad.param_type_name == "option" else str(bad.name).upper()
+        else:
+            label = path
+        return f"{label}: {message}"
+    message = exc.format_message().strip().rstrip("?.")
+    message, _, suggested = message.partition(". Did you mean ")
+    also = f" (did you mean {suggested}?)" if suggested else ""
+    return f"{message[:1].lower()}{message[1:]}{also}; {helps}"
 
 
 # Errors writing the output stream: the disk or quota is full, or the device failed.

@@ -260,3 +260,46 @@ def test_downgrade_refuses_until_upgrade_then_data_is_intact(cli, run_id, sqlite
 
 def test_run_list_never_truncates_ids(cli, run_id):
     assert run_id in cli("run", "list").stdout
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ["run", "list", "--db", "x.db"],
+            "error: --db goes before the command: `loopsim --db x.db run list`",
+        ),
+        (
+            ["run", "show", "RUNID", "--db=x.db", "--json"],
+            "error: --db goes before the command: `loopsim --db=x.db run show RUNID --json`",
+        ),
+        (["run", "step", "RUNID", "--days", "zero"], "error: --days: give a whole number"),
+        (["run", "step", "RUNID", "--days", "0"], "error: --days: give 1 or more"),
+        (
+            ["export", "RUNID", "--format", "pdf"],
+            "error: --format: 'pdf' is not one of 'md', 'jsonl', 'html', 'dataset'",
+        ),
+        (
+            ["run", "step", "--dayz", "2", "RUNID"],
+            "error: loopsim run step has no option --dayz (did you mean --days?); "
+            "`loopsim run step --help` shows how to use it",
+        ),
+        (
+            ["run", "step"],
+            "error: loopsim run step needs RUN; `loopsim run step --help` shows how to use it",
+        ),
+        (
+            ["run", "lisst"],
+            "error: no such command 'lisst' (did you mean 'list'?); "
+            "`loopsim run --help` shows how to use it",
+        ),
+        (
+            ["--bogus", "run", "list"],
+            "error: loopsim has no option --bogus; `loopsim --help` shows how to use it",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_in_loopsims_words(cli, args, line):
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert one_line_error(result) == line
