@@ -150,6 +150,14 @@ _PLAIN = [
 ]
 
 
+def _param_label(param: Any) -> str:
+    """``--days`` for an option; ``RUN`` (its metavar) for an argument."""
+    if param.param_type_name == "option":
+        return str(param.opts[0])
+    metavar = getattr(param, "metavar", None) or param.name or ""
+    return str(metavar).upper().rstrip(".")
+
+
 def usage_line(exc: UsageError, argv: list[str]) -> str:
     """Click's usage error (a usage screen, a hint and an ``Error:`` line) as one line in
     loopsim's words, naming the command and how to get its help."""
@@ -166,12 +174,7 @@ def usage_line(exc: UsageError, argv: list[str]) -> str:
         also = f" (did you mean {' or '.join(maybe)}?)" if maybe else ""
         return f"{path} has no option {name}{also}; {helps}"
     if isinstance(exc, MissingParameter) and exc.param is not None:
-        param = exc.param
-        if param.param_type_name == "option":
-            shown = param.opts[0]
-        else:
-            shown = str(getattr(param, "metavar", None) or param.name or "").upper()
-        return f"{path} needs {shown}; {helps}"
+        return f"{path} needs {_param_label(exc.param)}; {helps}"
     if isinstance(exc, BadParameter):
         message = str(exc.message).strip().rstrip(".")
         for pattern, plain in _PLAIN:
@@ -181,7 +184,7 @@ def usage_line(exc: UsageError, argv: list[str]) -> str:
             hints = exc.param_hint
             label = hints if isinstance(hints, str) else next(iter(hints), "")
         elif bad is not None:
-            label = bad.opts[0] if bad.param_type_name == "option" else str(bad.name).upper()
+            label = _param_label(bad)
         else:
             label = path
         return f"{label}: {message}"

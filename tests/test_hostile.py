@@ -621,9 +621,9 @@ FOUND_BY_FUZZING = [
     (["db", "downgrade", "0001@"], "'0001@' is not a revision"),
     (["record", "verify", "\udcff\udcfe01"], "is not UTF-8 text"),
     (["probe", "add", "RUN", "caf\udce9 or tea?"], "is not UTF-8 text"),
-    (["record", "show", "RUN", "--day", "99999999999999999999"], "less than or equal"),
-    (["checkin", "review", "3000000000"], "less than or equal"),
-    (["probe", "accept", "1", "99999999999"], "less than or equal"),
+    (["record", "show", "RUN", "--day", "99999999999999999999"], "2147483647 or less"),
+    (["checkin", "review", "3000000000"], "2147483647 or less"),
+    (["probe", "accept", "1", "99999999999"], "2147483647 or less"),
     (["export", "RUN", "-o", "."], "not a regular file"),
 ]
 
