@@ -26,11 +26,27 @@ def _interrupted() -> None:
     sys.exit(INTERRUPTED)
 
 
+def _flush_or_quit() -> None:
+    """Flush stdout now, while a closed pipe can still be told apart from a bug: the
+    interpreter's own last flush would print "Exception ignored" and exit 120."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
 def main() -> None:
     try:
         from loopsim.cli import main as cli_main
 
-        cli_main()
+        try:
+            cli_main()
+        finally:
+            _flush_or_quit()
     except KeyboardInterrupt:
         _interrupted()
 

@@ -101,8 +101,12 @@ class _Group(TyperGroup):
             typer.echo(f"error: {usage_line(exc, ctx.meta.get('loopsim.argv', []))}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
-            # A closed pipe (`| head`) goes on to click, which ends quietly as Unix tools
-            # do; a file loopsim opened should never get here unhandled (a bug).
+            if exc.filename is None and exc.errno == errno.EPIPE:
+                # A reader that stopped reading (`| head -1`) got what it wanted: end
+                # quietly, exit 0, as `cat file | head -1` does under `set -o pipefail`.
+                _silence_stdout()
+                ctx.exit(0)
+            # A file loopsim opened should never get here unhandled (a bug).
             if exc.filename is not None or exc.errno not in _STDOUT_ERRNOS:
                 raise
             _silence_stdout()
@@ -205,6 +209,15 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+class _Stdout(Console):
+    """stdout. A reader that stopped reading (`| head -1`) ends the command quietly with
+    exit 0 (rich would exit 1); the boundary in _Group.invoke does the rest."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 @dataclass
 class AppContext:
     """What every command needs, built once per invocation. Tests pass their own."""
@@ -218,7 +231,7 @@ class AppContext:
     # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or
     # ":smile:", which must come out as written (a stray closing tag would crash).
     out: Console = field(
-        default_factory=lambda: Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        default_factory=lambda: _Stdout(highlight=False, soft_wrap=True, markup=False, emoji=False)
     )
     err: Console = field(
         default_factory=lambda: Console(stderr=True, highlight=False, markup=False, emoji=False)
