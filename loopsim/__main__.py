@@ -1,5 +1,55 @@
-"""``python -m loopsim`` runs the CLI."""
+"""The ``loopsim`` command's entry point, for the console script and ``python -m loopsim``.
 
-from loopsim.cli import main
+It imports nothing heavy itself, so that Ctrl-C at any moment, including the second or
+two the CLI takes to import, ends the command with exit code 130 and one short line
+instead of a ``KeyboardInterrupt`` traceback. (Inside a command, the CLI's own boundary
+handles Ctrl-C the same way; ``run step`` first finishes the day in flight.)
+"""
 
-main()
+from __future__ import annotations
+
+import signal
+import sys
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
+
+
+def _interrupted() -> None:
+    # A second Ctrl-C while the interpreter shuts down kills it outright, without a
+    # traceback; the shell still sees 130.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        sys.stderr.write("\ninterrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    sys.exit(INTERRUPTED)
+
+
+def _flush_or_quit() -> None:
+    """Flush stdout now, while a closed pipe can still be told apart from a bug: the
+    interpreter's own last flush would print "Exception ignored" and exit 120."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
+def main() -> None:
+    try:
+        from loopsim.cli import main as cli_main
+
+        try:
+            cli_main()
+        finally:
+            _flush_or_quit()
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+if __name__ == "__main__":
+    main()

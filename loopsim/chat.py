@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +41,7 @@ from tenacity import (
 )
 
 from loopsim.config import Settings
-from loopsim.errors import ModelUnavailable
+from loopsim.errors import ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
 
 
@@ -51,6 +52,23 @@ class Reply:
     tokens_out: int | None
     model_version: str
     latency_ms: int
+
+
+# The shortest API key redacted from error text (see ChatHandle.secrets).
+MIN_SECRET_CHARS = 8
+
+
+def _refused(exc: BaseException) -> bool:
+    """Was the connection refused: nothing listening at the address? The provider SDKs
+    wrap the socket's error, so the whole chain of causes is looked through."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -140,15 +158,20 @@ class ChatHandle:
         version: str = "",
         retry: RetryPolicy | None = None,
         secrets: Sequence[str] = (),
+        base_url: str | None = None,
     ) -> None:
         self.model_id = model_id
+        self.base_url = base_url
         self.model = model
         self.structured = structured  # "llamacpp" | "openai" | "openai-json-object" | "none"
         self.version = version or model_id
         self.retry = retry or RetryPolicy(attempts=1)
         self.on_retry: OnRetry | None = None
         # Keys to blank out of error text: some endpoints echo the key they were sent.
-        self.secrets = tuple(s for s in secrets if s)
+        # Only keys long enough to be secrets: blanking a short one (LOOPSIM_API_KEY=x, a
+        # placeholder for a local server that checks none) would blank every "x" of the
+        # message and hide the error, and a key that short protects nothing anyway.
+        self.secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
 
     def _kwargs(self, schema: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -180,17 +203,28 @@ class ChatHandle:
             "reraise": True,
         }
 
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        for secret in self.secrets:
-            detail = detail.replace(secret, "***")
         detail = _UNSAFE.sub("\ufffd", detail)
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
             what = f"unreadable reply (HTTP {status})"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return ModelUnavailable(f"model {self.model_id} failed{tries}: {what}: {detail}"[:500])
+        message = f"model {self.model_id} failed{tries}: {what}: {detail}"
+        if self.base_url and _refused(exc):
+            # Nothing listens there: say where, and what would fix it.
+            message = (
+                f"model {self.model_id} failed{tries}: nothing answers at {self.base_url} "
+                "(connection refused); start the server there, or point "
+                "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
+            )
+        return ModelUnavailable(self.redact(_UNSAFE.sub("\ufffd", message))[:500])
 
     def _reply(self, message: Any, started: float) -> Reply:
         latency = int((time.perf_counter() - started) * 1000)
@@ -245,6 +279,47 @@ class ChatHandle:
         except Exception as exc:  # the model seam
             raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
         return self._reply(message, started)
+
+
+def langchain_providers() -> frozenset[str]:
+    """The providers langchain's ``init_chat_model`` can build (its own table)."""
+    from langchain.chat_models import base
+
+    # A private table, so an older langchain's name for it is tried too.
+    table: Any = getattr(base, "_BUILTIN_PROVIDERS", None) or getattr(
+        base, "_SUPPORTED_PROVIDERS", ()
+    )
+    return frozenset(str(name) for name in table)
+
+
+def check_model_id(model_id: str, source: str = "model") -> None:
+    """Refuse a model id this seam could never build, without building it: no network
+    call is made and no weights are loaded. ``source`` names where the id came from.
+
+    The provider must be ``llamacpp`` or one langchain knows; a ``llamacpp`` name must be
+    a model loopsim ships or an existing GGUF file. Whether a hosted model exists, or its
+    provider's package is installed on the machine that will step the run, is only
+    known when it is called."""
+    from loopsim.llamacpp import BUILTIN
+
+    provider, _, name = model_id.partition(":")
+    if not provider or not name:
+        raise SpecError(f"{source} {model_id!r} must look like 'provider:name'")
+    if provider == "llamacpp":
+        if name in BUILTIN or Path(name).expanduser().is_file():
+            return
+        shipped = ", ".join(f"llamacpp:{b}" for b in sorted(BUILTIN))
+        raise SpecError(
+            f"{source} {model_id!r}: {name!r} is neither a model loopsim ships ({shipped}) "
+            "nor an existing .gguf file"
+        )
+    known = langchain_providers()
+    if provider not in known:
+        common = [p for p in ("openai", "anthropic", "ollama") if p in known]
+        raise SpecError(
+            f"{source} {model_id!r}: unknown provider {provider!r}; use llamacpp, "
+            f"{', '.join(common)} or another of langchain's {len(known)} providers"
+        )
 
 
 ChatFactory = Callable[[str, ModelSpec, int], ChatHandle]
@@ -326,5 +401,11 @@ def _init_langchain(
     )
     secrets = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
     return ChatHandle(
-        model_id, model, structured=structured, version=model_id, retry=policy, secrets=secrets
+        model_id,
+        model,
+        structured=structured,
+        version=model_id,
+        retry=policy,
+        secrets=secrets,
+        base_url=base_url,
     )

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -35,11 +36,18 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import (
+    BadParameter,
+    MissingParameter,
+    NoArgsIsHelpError,
+    NoSuchOption,
+    UsageError,
+)
 from typer.core import TyperGroup
 
 from loopsim import __version__, drift
 from loopsim import db as dbmod
-from loopsim.chat import ChatFactory, build_chat
+from loopsim.chat import ChatFactory, build_chat, check_model_id
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
 from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
@@ -65,7 +73,14 @@ class _Group(TyperGroup):
                 )
                 typer.echo(f"error: argument '{shown[:60]}' is not UTF-8 text", err=True)
                 ctx.exit(2)
-        return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+        ctx.meta["loopsim.argv"] = list(args)
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+        except UsageError as exc:
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # bare `loopsim`: the help screen
+            typer.echo(f"error: {usage_line(exc, args)}", err=True)
+            raise typer.Exit(exc.exit_code) from None
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # public alias
         try:
@@ -74,9 +89,24 @@ class _Group(TyperGroup):
             line = " ".join(safe_text(exc.message).split())
             typer.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Typer would exit 130 without a word. Every write is one transaction, so
+            # what was in flight is rolled back.
+            typer.echo("\ninterrupted", err=True)
+            ctx.exit(130)
+        except UsageError as exc:
+            # A sub-command's options are parsed here, inside the root's invoke.
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # `loopsim run`: that group's help screen
+            typer.echo(f"error: {usage_line(exc, ctx.meta.get('loopsim.argv', []))}", err=True)
+            ctx.exit(exc.exit_code)
         except OSError as exc:
-            # A closed pipe (`| head`) goes on to click, which ends quietly as Unix tools
-            # do; a file loopsim opened should never get here unhandled (a bug).
+            if exc.filename is None and exc.errno == errno.EPIPE:
+                # A reader that stopped reading (`| head -1`) got what it wanted: end
+                # quietly, exit 0, as `cat file | head -1` does under `set -o pipefail`.
+                _silence_stdout()
+                ctx.exit(0)
+            # A file loopsim opened should never get here unhandled (a bug).
             if exc.filename is not None or exc.errno not in _STDOUT_ERRNOS:
                 raise
             _silence_stdout()
@@ -85,6 +115,87 @@ class _Group(TyperGroup):
         finally:
             if isinstance(ctx.obj, AppContext):
                 ctx.obj.close()
+
+
+# Options of `loopsim` itself, which go before the command.
+GLOBAL_OPTIONS = {"--db": True, "--version": False}  # name: takes a value
+
+
+def _command_path(ctx: Any) -> str:
+    """``loopsim run step``, whatever the program was called (``python -m loopsim``)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["loopsim", *reversed(names)])
+
+
+def _moved_to_front(argv: list[str], option: str) -> list[str]:
+    """``argv`` with the global ``option`` (and its value) moved before the command."""
+    rest = list(argv)
+    for i, arg in enumerate(rest):
+        if arg == option or arg.startswith(option + "="):
+            takes_value = GLOBAL_OPTIONS[option] and "=" not in arg
+            moved = rest[i : i + 2] if takes_value else rest[i : i + 1]
+            del rest[i : i + len(moved)]
+            return moved + rest
+    return rest
+
+
+# Typer's phrasing of bad values, and loopsim's.
+_PLAIN = [
+    (re.compile(r"Input should be a valid integer.*"), "give a whole number"),
+    (re.compile(r"Input should be a valid number.*"), "give a number"),
+    (re.compile(r"Input should be greater than or equal to (\S+)"), r"give \1 or more"),
+    (re.compile(r"Input should be less than or equal to (\S+)"), r"give \1 or less"),
+    (re.compile(r"Input should be greater than (\S+)"), r"give more than \1"),
+    (re.compile(r"Input should be less than (\S+)"), r"give less than \1"),
+    (re.compile(r"^Value error, "), ""),
+]
+
+
+def _param_label(param: Any) -> str:
+    """``--days`` for an option; ``RUN`` (its metavar) for an argument."""
+    if param.param_type_name == "option":
+        return str(param.opts[0])
+    metavar = getattr(param, "metavar", None) or param.name or ""
+    return str(metavar).upper().rstrip(".")
+
+
+def usage_line(exc: UsageError, argv: list[str]) -> str:
+    """Click's usage error (a usage screen, a hint and an ``Error:`` line) as one line in
+    loopsim's words, naming the command and how to get its help."""
+    ctx = exc.ctx
+    path = _command_path(ctx)
+    helps = f"`{path} --help` shows how to use it"
+    if isinstance(exc, NoSuchOption):
+        name = exc.option_name.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and ctx is not None and ctx.parent is not None:
+            moved = _moved_to_front(argv, name) if GLOBAL_OPTIONS[name] else [name]
+            fixed = shlex.join(["loopsim", *moved])
+            return f"{name} goes before the command: `{fixed}`"
+        maybe = sorted(exc.possibilities or [])
+        also = f" (did you mean {' or '.join(maybe)}?)" if maybe else ""
+        return f"{path} has no option {name}{also}; {helps}"
+    if isinstance(exc, MissingParameter) and exc.param is not None:
+        return f"{path} needs {_param_label(exc.param)}; {helps}"
+    if isinstance(exc, BadParameter):
+        message = str(exc.message).strip().rstrip(".")
+        for pattern, plain in _PLAIN:
+            message = pattern.sub(plain, message)
+        bad = exc.param
+        if exc.param_hint is not None:
+            hints = exc.param_hint
+            label = hints if isinstance(hints, str) else next(iter(hints), "")
+        elif bad is not None:
+            label = _param_label(bad)
+        else:
+            label = path
+        return f"{label}: {message}"
+    message = exc.format_message().strip().rstrip("?.")
+    message, _, suggested = message.partition(". Did you mean ")
+    also = f" (did you mean {suggested}?)" if suggested else ""
+    return f"{message[:1].lower()}{message[1:]}{also}; {helps}"
 
 
 # Errors writing the output stream: the disk or quota is full, or the device failed.
@@ -96,6 +207,15 @@ def _silence_stdout() -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+class _Stdout(Console):
+    """stdout. A reader that stopped reading (`| head -1`) ends the command quietly with
+    exit 0 (rich would exit 1); the boundary in _Group.invoke does the rest."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 @dataclass
@@ -111,7 +231,7 @@ class AppContext:
     # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or
     # ":smile:", which must come out as written (a stray closing tag would crash).
     out: Console = field(
-        default_factory=lambda: Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        default_factory=lambda: _Stdout(highlight=False, soft_wrap=True, markup=False, emoji=False)
     )
     err: Console = field(
         default_factory=lambda: Console(stderr=True, highlight=False, markup=False, emoji=False)
@@ -146,6 +266,11 @@ class AppContext:
         """Indented JSON on stdout. Model text in it keeps every character, escaped so
         that no terminal acts on it (rich's print_json would let C1 controls through)."""
         self.out.print(Text(inert_json(data, indent=2)), soft_wrap=True)
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 day``, ``2 days``; ``many`` for words that do not just take an s."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _settings() -> Settings:
@@ -334,13 +459,48 @@ def run_create(
     """Create a run from a spec and print its id."""
     a = _app(ctx)
     spec = load_spec(spec_path)  # validated before the database is touched
+    model = spec.model.name or a.settings.model
+    # Checked now, not at the first step: a typo is refused before anything is written.
+    check_model_id(model, "[model] name" if spec.model.name else "LOOPSIM_MODEL")
     database = a.open_db()
     with database.write() as session:
-        run = Store(session).create_run(
-            spec, name=name or spec_path.stem, model=spec.model.name or a.settings.model
-        )
+        run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
         run_id = run.id
     a.out.print(run_id)
+
+
+@run_app.command("delete")
+def run_delete(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete it even if it has committed days.")
+    ] = False,
+) -> None:
+    """Delete a run and all of its rows (days, entries, calls, probes, check-ins) in one
+    transaction. A run with committed days needs --force; no other run is touched."""
+    a = _app(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        holder = live_holder(store, run)
+        if holder is not None:
+            raise InvalidState(
+                f"run {run.id} is held by worker {holder}; `loopsim run pause {run.id}` "
+                "first, then delete it once the worker lets go"
+            )
+        committed = store.count_days(run.id, DayStatus.COMMITTED)
+        if committed and not force:
+            raise InvalidState(
+                f"run {run.id} has {plural(committed, 'committed day')}; "
+                f"`loopsim run delete {run.id} --force` deletes it with its record"
+            )
+        run_id = run.id
+        counts = store.delete_run(run_id)
+    a.err.print(
+        f"deleted run {run_id}: {plural(counts['days'], 'day')}, "
+        f"{plural(counts['entries'], 'entry', 'entries')}"
+    )
 
 
 @run_app.command("list")

@@ -23,7 +23,7 @@ from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_
 from loopsim.models import Entry
 from loopsim.report import to_html
 from loopsim.schemas import CallRole, DayStatus
-from loopsim.store import Store, search_terms
+from loopsim.store import Store, dropped_words, search_terms
 
 # ----------------------------------------------------------------------------- record
 
@@ -157,6 +157,34 @@ def snippet(body: str, terms: list[str], width: int = SNIPPET_CHARS) -> str:
     return ("…" if start > 0 else "") + text[start:end] + ("…" if end < len(text) else "")
 
 
+def _match_pattern(terms: list[str]) -> re.Pattern[str]:
+    """Where a term matches, as full-text search matches it: a whole word, or for a term
+    of 5 or more letters a word that begins with its stem ("foraging" finds "forage")."""
+    alternatives = []
+    for term in sorted(terms, key=len, reverse=True):
+        if len(term) < 5:
+            alternatives.append(re.escape(term) + r"s?(?![^\W_])")
+        else:
+            alternatives.append(re.escape(term[: max(4, len(term) - 3)]) + r"[^\W_]*")
+    return re.compile(rf"(?<![^\W_])(?:{'|'.join(alternatives)})", re.IGNORECASE)
+
+
+def marked(text: str, terms: list[str], *, bold: bool, style: str = "") -> Text:
+    """``text`` with the words that matched marked: bold on a terminal, and ``**word**``
+    in plain output (a pipe or a file), where bold would not show."""
+    out = Text(style=style)
+    at = 0
+    for found in _match_pattern(terms).finditer(text):
+        out.append(text[at : found.start()])
+        if bold:
+            out.append(found.group(), style="bold")
+        else:
+            out.append(f"**{found.group()}**")
+        at = found.end()
+    out.append(text[at:])
+    return out
+
+
 @record_app.command("search")
 def record_search(
     ctx: typer.Context,
@@ -170,10 +198,18 @@ def record_search(
     terms = search_terms(query)
     if not terms:
         raise SpecError(
-            "the query has no words to search for: words of 4 or more letters count, "
-            "except common ones such as 'that' or 'with'"
+            "the query has no words to search for: words of 3 or more letters count (and "
+            "of 2 in capitals, such as KL), except common ones such as 'the' or 'with'"
         )
     a = _app(ctx)
+    dropped = dropped_words(query)
+    if dropped:
+        shown = ", ".join(repr(w if len(w) <= 40 else w[:39] + "…") for w in dropped[:10])
+        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+        a.err.print(
+            Text(f"left out of the search, too short or too common: {shown}{more}"),
+            soft_wrap=True,
+        )
     every = search_terms(query, limit=len(query))
     if len(every) > len(terms):
         a.err.print(
@@ -212,7 +248,7 @@ def record_search(
         if row["reverted"]:
             line.append("  [reverted]", style="yellow")
         a.out.print(line)
-        a.out.print(Text(f"    {row['snippet']}", style=style))
+        a.out.print(marked("    " + row["snippet"], terms, bold=a.out.is_terminal, style=style))
 
 
 # ----------------------------------------------------------------------------- export

@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     column,
+    delete,
     func,
     literal,
     or_,
@@ -145,47 +146,44 @@ class VerifyResult:
         return self.broken is None
 
 
-_WORD = re.compile(r"[^\W_]{4,}", re.UNICODE)
-_STOP = frozenset(
-    [
-        "that",
-        "this",
-        "with",
-        "from",
-        "have",
-        "what",
-        "which",
-        "when",
-        "where",
-        "there",
-        "their",
-        "about",
-        "would",
-        "could",
-        "should",
-        "into",
-        "than",
-        "then",
-        "them",
-        "they",
-        "these",
-        "those",
-        "your",
-        "been",
-        "were",
-        "will",
-        "does",
-    ]
-)
+# A word is a run of letters and digits. Words of 3 or more characters are searched
+# (MLP, SAE, GPU); a 2-character word only when written in capitals (KL, RL, AI),
+# because nearly every lowercase one (of, in, is, to) is a function word. Both indexes
+# keep 2- and 3-letter tokens, so no new index is needed.
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP_WORDS = """
+am an as at be by do he if in is it me my no of on or so to up us we
+all and any are but can did for get got had has her him his how its let may
+nor not now off one our out own per she the too two use was way who why yet you
+that this with from have what which when where there their about would could
+should into than then them they these those your been were will does
+"""  # 2-letter ones for queries written in capitals
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def _searchable(word: str) -> bool:
+    if len(word) < 2 or (len(word) == 2 and not word.isupper()):
+        return False
+    return word.lower() not in _STOP
 
 
 def search_terms(query: str, limit: int = 24) -> list[str]:
-    """Words worth matching: long enough, not stop words, deduplicated, in order."""
+    """Words worth matching: long enough (or capitals), not stop words, deduplicated, in
+    order, in lower case."""
     seen: dict[str, None] = {}
-    for word in _WORD.findall(query.lower()):
-        if word not in _STOP:
-            seen.setdefault(word, None)
+    for word in _WORD.findall(query):
+        if _searchable(word):
+            seen.setdefault(word.lower(), None)
     return list(seen)[:limit]
+
+
+def dropped_words(query: str) -> list[str]:
+    """The query's words that :func:`search_terms` leaves out, as written, once each."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query):
+        if not _searchable(word):
+            seen.setdefault(word, None)
+    return list(seen)
 
 
 _NO_DAY_LIMIT = 2**31 - 1
@@ -1032,3 +1030,34 @@ class Store:
         return self.session.scalars(
             select(IntegrityCheck).order_by(IntegrityCheck.id.desc()).limit(1)
         ).first()
+
+    # ------------------------------------------------------------------ deletion
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Delete one run and every row that belongs to it, children first, in the
+        caller's transaction; returns how many rows of each table went. Rows of other
+        runs are never touched: each statement names this run."""
+        checkins = select(CheckIn.id).where(CheckIn.run_id == run_id).scalar_subquery()
+        counts: dict[str, int] = {}
+        if self.dialect == "sqlite":
+            # entries_fts is an external-content FTS5 index: it forgets a row only when
+            # told the row's indexed values, so tell it before the rows go.
+            self.session.execute(
+                text(
+                    "INSERT INTO entries_fts(entries_fts, rowid, title, body, run_id) "
+                    "SELECT 'delete', id, title, body, run_id FROM entries WHERE run_id = :r"
+                ).bindparams(r=run_id)
+            )
+        for name, stmt in (
+            ("probe_pairs", delete(ProbePair).where(ProbePair.checkin_id.in_(checkins))),
+            ("checkins", delete(CheckIn).where(CheckIn.run_id == run_id)),
+            ("probes", delete(Probe).where(Probe.run_id == run_id)),
+            ("calls", delete(CallRecord).where(CallRecord.run_id == run_id)),
+            ("entries", delete(Entry).where(Entry.run_id == run_id)),
+            ("days", delete(Day).where(Day.run_id == run_id)),
+            ("runs", delete(Run).where(Run.id == run_id)),
+        ):
+            result = self.session.execute(stmt.execution_options(synchronize_session=False))
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+        self.session.expunge_all()
+        return counts

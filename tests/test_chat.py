@@ -11,14 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage
 from sqlalchemy import text
 
-from loopsim.chat import build_chat
+from loopsim.chat import ChatHandle, build_chat
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
 from loopsim.loop import Loop
 from loopsim.schemas import DayStatus, ModelSpec
-from loopsim.testing import report_json
+from loopsim.testing import ScriptedChatModel, report_json
 from tests.conftest import make_run
 
 REPLY = report_json(("note", "From the server", "A reply that came over real HTTP today."))
@@ -110,7 +111,12 @@ def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database
     loop = Loop(database, settings, build_chat(settings))
     (first,) = loop.run_days(run_id, 3)  # stops at the first failed day
     assert first.status == DayStatus.FAILED and not first.run_failed
-    assert "openai:nothing-here failed after 3 attempts: OpenAIConnectionError" in first.error
+    # One line that says where nothing answered, and what would fix it.
+    assert first.error == (
+        f"model openai:nothing-here failed after 3 attempts: nothing answers at "
+        f"{settings.model_base_url} (connection refused); start the server there, or point "
+        "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
+    )
     (second,) = loop.run_days(run_id, 3)
     assert second.run_failed
     with database.read() as session:
@@ -125,3 +131,26 @@ def test_unknown_provider_is_named():
     factory = build_chat(Settings())
     with pytest.raises(ModelUnavailable, match="nosuchprovider"):
         factory("nosuchprovider:model", ModelSpec(), 100)
+
+
+def _failing_handle(secret: str) -> ChatHandle:
+    def refuse(messages: Any) -> str:
+        raise ValueError("max_tokens exceeds the context of this model (4096)")
+
+    model = ScriptedChatModel(script=[refuse])
+    return ChatHandle("openai:local", model, secrets=[secret])
+
+
+@pytest.mark.parametrize("short", ["x", "e", "sk-1234"])
+def test_a_short_api_key_is_not_blanked_out_of_every_error(short):
+    # LOOPSIM_API_KEY=x used to turn every "x" of an error into "***".
+    with pytest.raises(ModelUnavailable) as caught:
+        _failing_handle(short).complete([HumanMessage("hi")], None)
+    assert "max_tokens exceeds the context of this model (4096)" in caught.value.message
+    assert "***" not in caught.value.message
+
+
+def test_a_key_long_enough_to_be_a_secret_is_blanked_out():
+    with pytest.raises(ModelUnavailable) as caught:
+        _failing_handle("exceeds the context").complete([HumanMessage("hi")], None)
+    assert "max_tokens *** of this model" in caught.value.message

@@ -260,3 +260,97 @@ def test_downgrade_refuses_until_upgrade_then_data_is_intact(cli, run_id, sqlite
 
 def test_run_list_never_truncates_ids(cli, run_id):
     assert run_id in cli("run", "list").stdout
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ["run", "list", "--db", "x.db"],
+            "error: --db goes before the command: `loopsim --db x.db run list`",
+        ),
+        (
+            ["run", "show", "RUNID", "--db=x.db", "--json"],
+            "error: --db goes before the command: `loopsim --db=x.db run show RUNID --json`",
+        ),
+        (["run", "step", "RUNID", "--days", "zero"], "error: --days: give a whole number"),
+        (["run", "step", "RUNID", "--days", "0"], "error: --days: give 1 or more"),
+        (
+            ["export", "RUNID", "--format", "pdf"],
+            "error: --format: 'pdf' is not one of 'md', 'jsonl', 'html', 'dataset'",
+        ),
+        (
+            ["run", "step", "--dayz", "2", "RUNID"],
+            "error: loopsim run step has no option --dayz (did you mean --days?); "
+            "`loopsim run step --help` shows how to use it",
+        ),
+        (
+            ["run", "step"],
+            "error: loopsim run step needs RUN; `loopsim run step --help` shows how to use it",
+        ),
+        (
+            ["run", "lisst"],
+            "error: no such command 'lisst' (did you mean 'list'?); "
+            "`loopsim run --help` shows how to use it",
+        ),
+        (
+            ["--bogus", "run", "list"],
+            "error: loopsim has no option --bogus; `loopsim --help` shows how to use it",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_in_loopsims_words(cli, args, line):
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert one_line_error(result) == line
+
+
+@pytest.fixture
+def big_record(sqlite_url, spec):
+    """A run whose record is far larger than a pipe's buffer, so a reader that stops
+    after one line always closes the pipe while loopsim is still writing."""
+    from loopsim import db as dbmod
+    from loopsim.store import EntryInput, Store
+    from loopsim.testing import add_day
+    from tests.conftest import make_run
+
+    database = dbmod.Database.open(sqlite_url)
+    run_id = make_run(database, spec)
+    body = "Observations of nectar foragers at the hive entrance. " * 400
+    with database.write() as session:
+        store = Store(session)
+        for index in range(1, 9):
+            add_day(store, run_id, index, [EntryInput("note", f"Day {index}", body)] * 3)
+    database.dispose()
+    return sqlite_url, run_id
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["record", "show", "RUN"],
+        ["record", "search", "RUN", "nectar"],
+        ["export", "RUN", "-f", "jsonl"],
+        ["run", "show", "RUN", "--json"],
+    ],
+)
+def test_a_pipe_closed_after_one_line_exits_0_without_a_word(big_record, command):
+    url, run_id = big_record
+    argv = [
+        sys.executable,
+        "-m",
+        "loopsim",
+        "--db",
+        url,
+        *[run_id if a == "RUN" else a for a in command],
+    ]
+    script = f"{subprocess.list2cmdline(argv)} | head -1"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1

@@ -109,7 +109,7 @@ def test_hits_are_ranked_and_shown_with_day_date_kind_and_seq(cli, database, spe
     assert len(heads) == 3 and not any("Tomorrow" in line for line in lines)
     # Each hit is followed by an indented snippet of its body.
     after = lines[lines.index("day 1  2025-06-02  note  #1  Morning at the hive") + 1]
-    assert after.startswith("    ") and "pollen rather than carrying nectar." in after
+    assert after.startswith("    ") and "pollen rather than carrying **nectar**." in after
 
 
 def test_reverted_days_are_searched_and_marked(cli, database, spec):
@@ -229,7 +229,7 @@ def test_a_long_query_says_what_it_searched_and_echoes_it_short(cli, database, s
     assert line.startswith("no matches for " + "z" * 39 + "…") and len(line) < 300
 
 
-@pytest.mark.parametrize("query", ["", "   ", "the a of", "that with from", "!!! ?? --", "bee"])
+@pytest.mark.parametrize("query", ["", "   ", "the a of", "that with from", "!!! ?? --", "is it", "THE OF"])
 def test_a_query_with_no_searchable_words_is_a_usage_error(cli, database, spec, any_url, query):
     run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, [])])
     before = _digest(any_url)
@@ -262,7 +262,7 @@ def test_terminal_escapes_in_entries_never_reach_the_output(cli, database, spec)
         for bad in ("\x1b", "\x07", "\x08", "\x7f", "\x9b", "\x9c", "\x9d", "\x90"):
             assert bad.encode() not in raw, bad
         assert b"\\u001b" not in raw and b"\\u0007" not in raw
-    assert "The waggle dance encodes distance and direction to the pollen" in text.stdout
+    assert "The waggle dance encodes distance and direction to the **pollen** source." in text.stdout
     assert "evil.example" not in text.stdout
     (hit,) = json.loads(as_json.stdout)
     assert hit["title"] == "Dances red"
@@ -285,3 +285,53 @@ def _digest(url: str) -> str | None:
     path = Path(url)
     parts = [p for p in (path, Path(f"{path}-wal")) if p.exists()]
     return hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+
+
+def test_three_letter_and_capitalised_two_letter_words_are_searched(cli, database, spec):
+    items = [
+        EntryInput("note", "Probing the MLP", "An SAE trained on the MLP output; the KL term."),
+        EntryInput("note", "Unrelated", "Nothing of the sort is written here at all."),
+    ]
+    run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, items)])
+    for query in ("MLP", "SAE", "sae", "KL"):
+        found = hits(cli, run_id, query)
+        assert [h["title"] for h in found] == ["Probing the MLP"], query
+
+
+def test_dropped_words_are_reported_on_stderr(cli, database, spec):
+    items = [EntryInput("note", "Probing", "The KL divergence of the MLP.")]
+    run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, items)])
+    result = search(cli, run_id, "what is the kl of an MLP")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "left out of the search, too short or too common: 'what', 'is', 'the', 'kl', 'of', 'an'"
+    )
+    assert "**MLP**" in result.stdout
+
+
+def test_matched_words_are_marked_bold_on_a_terminal_and_with_stars_in_a_pipe(
+    cli_factory, database, spec, any_url
+):
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from loopsim.cli import AppContext, app
+    from loopsim.config import Settings
+
+    body = "A scout foraging far away; the MLP saw forage and nothing else."
+    items = [EntryInput("note", "Scouts", body)]
+    run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, items)])
+    plain = search(cli_factory(any_url), run_id, "forage MLP").stdout
+    assert "A scout **foraging** far away; the **MLP** saw **forage** and nothing else." in plain
+    screen = io.StringIO()
+    obj = AppContext(
+        Settings(database_url=any_url),
+        out=Console(file=screen, force_terminal=True, color_system="standard", markup=False),
+    )
+    result = CliRunner().invoke(app, ["record", "search", run_id, "forage MLP"], obj=obj)
+    assert result.exit_code == 0, result.output
+    shown = screen.getvalue()
+    assert "\x1b[1mforaging\x1b[0m" in shown and "\x1b[1mMLP\x1b[0m" in shown
+    assert "**" not in shown

@@ -1,0 +1,128 @@
+"""Ctrl-C never prints a traceback, at any moment of a real ``loopsim`` process, and ends
+it with exit code 130 (what a shell reports for a command Ctrl-C stopped)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import loopsim.cli
+from loopsim.testing import scripted_factory
+
+ROOT = Path(__file__).parent.parent
+# The console script's wrapper, as pip writes it, and `python -m loopsim`.
+ENTRY_POINTS = {
+    "console script": ["-c", "import sys; from loopsim.__main__ import main; sys.exit(main())"],
+    "python -m": ["-m", "loopsim"],
+}
+# Before Python has installed its own SIGINT handler, the signal kills the process
+# outright: no traceback either, and a shell shows 130 for it too.
+KILLED = -signal.SIGINT
+
+
+def test_the_console_script_is_the_entry_point_that_handles_ctrl_c():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["loopsim"] == "loopsim.__main__:main"
+
+
+def _start(entry: list[str], tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *extra, *entry, "--db", str(tmp_path / "none.db"), "run", "list"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_ctrl_c_while_the_cli_is_still_importing_exits_130_without_a_traceback(entry, tmp_path):
+    # -X importtime reports each import as it finishes: wait for one deep inside the
+    # CLI's own imports (an event, not a delay), then press Ctrl-C.
+    proc = _start(entry, tmp_path, "-X", "importtime")
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.split("|")[-1].strip() == "sqlalchemy":
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail("loopsim never imported sqlalchemy:\n" + "".join(seen[-20:]))
+    _, tail = proc.communicate(timeout=60)
+    err = "".join(seen) + tail
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert proc.returncode == 130
+    assert "\ninterrupted\n" in err  # (import lines may follow it)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_exits_130_or_lets_the_command_finish(entry, tmp_path, delay):
+    proc = _start(entry, tmp_path)
+    time.sleep(delay)  # not a window: every outcome below is allowed at every delay
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    if proc.returncode in (130, KILLED):
+        assert proc.returncode == KILLED or err.rstrip().endswith("interrupted")
+    else:  # it finished first: the missing database is one line, exit 1
+        assert proc.returncode == 1 and err.startswith("error: no database at"), err
+
+
+def test_ctrl_c_inside_a_command_exits_130_not_clicks_aborted(cli_factory, sqlite_url, tmp_path):
+    # Inside a command, Click would turn it into "Aborted!" and exit 1.
+    spec = tmp_path / "spec.toml"
+    spec.write_text("")
+    factory, _ = scripted_factory()
+
+    def interrupted(path: Path) -> None:
+        raise KeyboardInterrupt
+
+    original = loopsim.cli.load_spec
+    loopsim.cli.load_spec = interrupted  # type: ignore[assignment]
+    try:
+        result = cli_factory(sqlite_url, factory)("run", "create", str(spec))
+    finally:
+        loopsim.cli.load_spec = original
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted" and "Aborted" not in result.output
+
+
+def test_ctrl_c_while_a_real_command_waits_exits_130(tmp_path, sqlite_url):
+    # `run create` on a FIFO nobody writes to blocks in open(): Ctrl-C reaches the
+    # command itself, past every import.
+    fifo = tmp_path / "spec.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsim", "--db", sqlite_url, "run", "create", str(fifo)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    opened = threading.Event()
+
+    def wait_for_the_reader() -> None:
+        # Opening the write end returns once the command has opened the read end.
+        fd = os.open(fifo, os.O_WRONLY)
+        opened.set()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(60)  # keep the write end open: the reader must not see EOF
+        os.close(fd)
+
+    threading.Thread(target=wait_for_the_reader, daemon=True).start()
+    _, err = proc.communicate(timeout=120)
+    assert opened.is_set()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 130 and err.strip() == "interrupted"
