@@ -229,7 +229,9 @@ def test_a_long_query_says_what_it_searched_and_echoes_it_short(cli, database, s
     assert line.startswith("no matches for " + "z" * 39 + "…") and len(line) < 300
 
 
-@pytest.mark.parametrize("query", ["", "   ", "the a of", "that with from", "!!! ?? --", "is it", "THE OF"])
+@pytest.mark.parametrize(
+    "query", ["", "   ", "the a of", "that with from", "!!! ?? --", "is it", "THE OF"]
+)
 def test_a_query_with_no_searchable_words_is_a_usage_error(cli, database, spec, any_url, query):
     run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, [])])
     before = _digest(any_url)
@@ -262,7 +264,9 @@ def test_terminal_escapes_in_entries_never_reach_the_output(cli, database, spec)
         for bad in ("\x1b", "\x07", "\x08", "\x7f", "\x9b", "\x9c", "\x9d", "\x90"):
             assert bad.encode() not in raw, bad
         assert b"\\u001b" not in raw and b"\\u0007" not in raw
-    assert "The waggle dance encodes distance and direction to the **pollen** source." in text.stdout
+    assert (
+        "The waggle dance encodes distance and direction to the **pollen** source." in text.stdout
+    )
     assert "evil.example" not in text.stdout
     (hit,) = json.loads(as_json.stdout)
     assert hit["title"] == "Dances red"
