@@ -40,8 +40,8 @@ from loopsim.researcher import (
     Read,
     ask,
     grammar_schema,
+    original_report,
     parse_json_reply,
-    parse_report,
     persona_text,
     reply_schema,
 )
@@ -281,7 +281,7 @@ def day_conversation(
     outcome = DayOutcome(None, "", None, 0, version)
     asked = yield from ask(
         planned.prompt,
-        parse_report,
+        original_report(planned.prompt),
         schema=grammar_schema(breadth, spec.babble.ideas),
         salt=planned.index,
         max_retries=max_retries,

@@ -41,6 +41,7 @@ from loopsim.researcher import (
     build_probe_prompt,
     build_prompt,
     drive,
+    grammar_constrained,
 )
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.store import Store
@@ -128,8 +129,14 @@ class Loop:
                 digests_now=state,
             )
             breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
+            # The run's model is fixed, so equal records still give byte-equal prompts.
             prompt = build_prompt(
-                spec.persona, view, date, subquestions=breadth, ideas=spec.babble.ideas
+                spec.persona,
+                view,
+                date,
+                subquestions=breadth,
+                ideas=spec.babble.ideas,
+                example=not grammar_constrained(run.model),
             )
             digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
             return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests))

@@ -35,9 +35,10 @@ FRAMING = (
     "Whatever you write today is added to it, for the you of tomorrow."
 )
 
-# The example is about method, not any topic, so it biases no charter; small models
-# that copy it verbatim still produce a valid day (and, when a day may pose sub-questions
-# or ideas, one that exercises them).
+# The example is about method, not any topic, so it biases no charter. Only models whose
+# decoding is not held to the schema see it (see :func:`grammar_constrained`): the embedded
+# 270M model copied any example word for word, and its grammar already gives it the shape.
+# A reply that copies the instructions is refused either way (:func:`copied_run`).
 EXAMPLE_ENTRY = {
     "kind": "hypothesis",
     "title": "The simplest explanation first",
@@ -53,7 +54,7 @@ EXAMPLE_IDEA = {
 }
 INSTRUCTIONS = (
     "Read the log, then do one day of careful work on the charter. Reply with one JSON "
-    "object and nothing else. For example:\n{example}\n"
+    "object and nothing else. {example}\n"
     "Each entry's kind is one of: note, hypothesis, question, answer, plan, critique. Write "
     "1 to 6 entries in plain sentences about the charter, building on the log rather than "
     "repeating it."
@@ -67,6 +68,20 @@ IDEA_INSTRUCTIONS = (
     'Also add "ideas": a list of 1 to {n} candidate ideas, each with a "title" and a '
     '"body". A colleague will critique each one; the most promising are kept.'
 )
+
+
+# What a grammar-constrained model is shown instead of an example: the shape, no words.
+SHAPE = (
+    'Its shape: {"entries": [{"kind": ..., "title": ..., "body": ...}]}, with your own '
+    "words in every title and body."
+)
+SHINGLE_WORDS = 8
+
+
+def grammar_constrained(model_id: str) -> bool:
+    """Whether this model's decoding is held to the reply's JSON schema by a grammar (the
+    embedded llama.cpp path), so that its prompt needs no example reply."""
+    return model_id.partition(":")[0].strip().lower() == "llamacpp"
 
 
 def example_reply(subquestions: int = 0, ideas: int = 0) -> str:
@@ -112,11 +127,15 @@ def build_prompt(
     *,
     subquestions: int = 0,
     ideas: int = 0,
+    example: bool = True,
 ) -> Prompt:
     """The whole input of one day. Stable parts first, the date last, for cache reuse.
-    ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none)."""
+    ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none);
+    ``example`` shows an example reply (for models not held to the schema) rather than
+    only its shape."""
     system = persona_text(persona)
-    instructions = [INSTRUCTIONS.format(example=example_reply(subquestions, ideas))]
+    shown = f"For example:\n{example_reply(subquestions, ideas)}" if example else SHAPE
+    instructions = [INSTRUCTIONS.format(example=shown)]
     if subquestions:
         instructions.append(SUBQUESTION_INSTRUCTIONS.format(n=subquestions))
     if ideas:
@@ -213,6 +232,60 @@ def parse_json_reply(model: type[M], raw: str) -> M:
 
 def parse_report(raw: str) -> DayReport:
     return parse_json_reply(DayReport, raw)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation and JSON syntax dropped."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
+
+
+def shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words in ``text``."""
+    found = words(text)
+    return {tuple(found[i : i + n]) for i in range(len(found) - n + 1)}
+
+
+def copied_run(
+    text: str, source: set[tuple[str, ...]], n: int = SHINGLE_WORDS
+) -> tuple[str, ...] | None:
+    """The first run of ``n`` words of ``text`` that also occurs in ``source`` (the
+    shingles of the instructions), or None: the text is the model's own."""
+    found = words(text)
+    for i in range(len(found) - n + 1):
+        if tuple(found[i : i + n]) in source:
+            return tuple(found[i : i + n])
+    return None
+
+
+def instructions_of(prompt: Prompt) -> str:
+    """The instructions of a day's prompt: its system message (persona, framing, what to
+    write, and any example). The user message is the record, which a day may quote."""
+    return "\n".join(content for role, content in prompt.messages if role == "system")
+
+
+def refuse_copies(report: DayReport, prompt: Prompt) -> DayReport:
+    """``report`` if none of its text repeats ``SHINGLE_WORDS`` words of the prompt's
+    instructions in a row; else ValueError, whose message is fed back to the model."""
+    source = shingles(instructions_of(prompt))
+    texts: list[tuple[str, str]] = []
+    for i, entry in enumerate(report.entries, 1):
+        texts += [(f"entry {i} title", entry.title), (f"entry {i} body", entry.body)]
+    for i, idea in enumerate(report.ideas, 1):
+        texts += [(f"idea {i} title", idea.title), (f"idea {i} body", idea.body)]
+    texts += [(f"sub-question {i}", q) for i, q in enumerate(report.subquestions, 1)]
+    for where, text in texts:
+        run = copied_run(text, source)
+        if run is not None:
+            raise ValueError(
+                f'{where} copies the instructions word for word ("{" ".join(run)}"); write '
+                "today's work on the charter in your own words"
+            )
+    return report
+
+
+def original_report(prompt: Prompt) -> Callable[[str], DayReport]:
+    """The parser of a day's reply: a valid DayReport that does not copy the instructions."""
+    return lambda raw: refuse_copies(parse_report(raw), prompt)
 
 
 def describe_validation(error: ValidationError, limit: int = 3) -> str:
@@ -473,7 +546,7 @@ class Researcher:
         outcome = DayOutcome(None, "", None, 0, self.chat.version)
         asked = yield from ask(
             prompt,
-            parse_report,
+            original_report(prompt),
             schema=schema if schema is not None else grammar_schema(),
             salt=salt,
             max_retries=self.max_retries,

@@ -121,7 +121,12 @@ def cli(db: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProce
     )
 
 
-def test_demo_leaves_three_verified_days_and_a_report(tmp_path):
+def test_demo_leaves_three_verified_original_days_and_a_report(tmp_path):
+    """`make demo`'s 3 days: verified, reported, and in the model's own words. The 270M
+    model copied the prompt's example entry ("The simplest explanation first") in 9 of 9
+    days; now no entry shares a run of 8 words with its day's instructions."""
+    from loopsim.researcher import EXAMPLE_ENTRY, copied_run, shingles
+
     db, report = tmp_path / "demo.db", tmp_path / "report.md"
     proc = cli(db, "demo", "--days", "3", "--report", str(report))
     assert proc.returncode == 0, proc.stderr
@@ -132,6 +137,23 @@ def test_demo_leaves_three_verified_days_and_a_report(tmp_path):
     md = cli(db, "export", run_id, "--format", "md").stdout
     assert md == report.read_text()
     assert md.count(": 2025-06-02") >= 3 and "### " in md
+    database = Database.open(str(db))
+    try:
+        with database.read() as session:
+            store = Store(session)
+            committed = [d for d in store.list_days(run_id) if d.status == DayStatus.COMMITTED]
+            assert len(committed) == 3
+            for day in committed:
+                system = "\n".join(m["content"] for m in day.prompt if m["role"] == "system")
+                assert EXAMPLE_ENTRY["title"] not in system  # no example to copy
+                source = shingles(system)
+                entries = store.list_entries(run_id, day_index=day.index)
+                assert entries
+                for entry, _, _ in entries:
+                    for text in (entry.title, entry.body):
+                        assert copied_run(text, source) is None, (day.index, text)
+    finally:
+        database.dispose()
 
 
 def test_sigkill_mid_step_then_continue(tmp_path, spec):

@@ -199,3 +199,53 @@ def test_should_stop_stops_at_a_day_boundary(database, spec):
     seen = []
     results = loop.run_days(run_id, 5, on_day=seen.append, should_stop=lambda: len(seen) >= 2)
     assert len(results) == 2 and [d.index for d in days_of(database, run_id)] == [1, 2]
+
+
+def test_a_reply_that_copies_the_instructions_is_retried_with_the_reason(database, spec):
+    """The 270M model copied the prompt's example word for word; such a reply is refused
+    like any invalid one, the reason fed back, and the retry's own words are kept."""
+    from loopsim.researcher import EXAMPLE_ENTRY
+
+    copy = report_json(("hypothesis", EXAMPLE_ENTRY["title"], EXAMPLE_ENTRY["body"]))
+    run_id = make_run(database, spec, model="openai:some-model")  # shown the example
+    loop, model = loop_for(database, [copy, GOOD])
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED
+    feedback = model.calls[1][-1].text
+    assert "copies the instructions word for word" in feedback
+    assert "before building anything elaborate i should check" in feedback
+    with database.read() as session:
+        (day,) = Store(session).list_days(run_id)
+        entries = [e for e, _, _ in Store(session).list_entries(run_id)]
+    assert day.attempts == 2 and [e.title for e in entries] == ["Dance floor survey"]
+
+
+def test_a_day_that_only_copies_fails_and_writes_nothing(database, spec):
+    from loopsim.researcher import EXAMPLE_ENTRY
+
+    copy = report_json(("hypothesis", EXAMPLE_ENTRY["title"], EXAMPLE_ENTRY["body"]))
+    run_id = make_run(database, spec, model="openai:some-model")
+    loop, _ = loop_for(database, [copy])
+    (result,) = loop.run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED and "copies the instructions" in result.error
+    with database.read() as session:
+        assert Store(session).list_entries(run_id) == []
+
+
+def test_the_embedded_path_prompt_has_no_example_and_stays_byte_equal(database, spec):
+    """A grammar-constrained (llamacpp:) run is shown the reply's shape, not an example
+    it would copy; two such runs with equal records still get byte-equal prompts."""
+    from loopsim.researcher import EXAMPLE_ENTRY
+
+    embedded = [make_run(database, spec, model="llamacpp:gemma3-270m") for _ in range(2)]
+    hosted = make_run(database, spec, model="openai:some-model")
+    loop, model = loop_for(database)
+    for run_id in (*embedded, hosted):
+        loop.run_days(run_id, 1)
+    first, second, shown = (call[0].text for call in model.calls)
+    assert EXAMPLE_ENTRY["title"] not in first and "For example" not in first
+    assert first == second
+    assert EXAMPLE_ENTRY["title"] in shown
+    with database.read() as session:
+        hashes = [Store(session).list_days(r)[0].prompt_hash for r in embedded]
+    assert hashes[0] == hashes[1]

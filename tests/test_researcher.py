@@ -102,3 +102,58 @@ def test_parse_report_repairs_nothing_but_a_single_fence():
         parse_report(body + " trailing words")
     with pytest.raises(ValidationError):
         parse_report('{"entries": [{"kind": "note", "title": "Raw\nnewline", "body": "x"}]}')
+
+
+def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec):
+    from loopsim.researcher import (
+        EXAMPLE_ENTRY,
+        SHINGLE_WORDS,
+        copied_run,
+        instructions_of,
+        refuse_copies,
+        shingles,
+    )
+    from loopsim.testing import report_json
+
+    prompt = prompt_for(database, spec, make_run(database, spec))
+    source = shingles(instructions_of(prompt))
+    assert SHINGLE_WORDS == 8
+    # The day-1 reply the 270M model gave in 9 of 9 demo days: the example, verbatim.
+    assert copied_run(EXAMPLE_ENTRY["body"], source) is not None
+    # Eight words of the framing, in another case and punctuation, still count...
+    found = copied_run("Notes: EACH morning, you wake with no memory of it.", source)
+    assert found == tuple(["each", "morning", "you", "wake", "with", "no", "memory", "of"])
+    # ...seven do not, nor does the charter, which lives in the record, not the instructions.
+    assert copied_run("Each morning you wake with no memory.", source) is None
+    assert copied_run(spec.charter.agenda, source) is None
+    copied = parse_report(
+        report_json(("hypothesis", EXAMPLE_ENTRY["title"], EXAMPLE_ENTRY["body"]))
+    )
+    with pytest.raises(ValueError, match=r"entry 1 body copies the instructions word for word"):
+        refuse_copies(copied, prompt)
+    own = parse_report(
+        report_json(("note", "Dance floors", "Waggle runs cluster near the entrance in June."))
+    )
+    assert refuse_copies(own, prompt) is own
+
+
+def test_grammar_constrained_prompts_show_the_shape_and_no_example(database, spec):
+    from loopsim.researcher import EXAMPLE_ENTRY, grammar_constrained
+
+    assert grammar_constrained("llamacpp:gemma3-270m")
+    assert grammar_constrained("llamacpp:/models/x.gguf")
+    assert not grammar_constrained("openai:gpt-4o-mini")
+    assert not grammar_constrained("scripted:test")
+    with database.read() as session:
+        view = build_view(Store(session), make_run(database, spec), spec.charter, DATE, 3000)
+    for subquestions, ideas in ((0, 0), (2, 2)):
+        bare = build_prompt(
+            spec.persona, view, DATE, subquestions=subquestions, ideas=ideas, example=False
+        )
+        system = bare.as_dicts()[0]["content"]
+        assert EXAMPLE_ENTRY["title"] not in system and "For example" not in system
+        assert '{"entries": [{"kind": ..., "title": ..., "body": ...}]}' in system
+        again = build_prompt(
+            spec.persona, view, DATE, subquestions=subquestions, ideas=ideas, example=False
+        )
+        assert again.as_dicts() == bare.as_dicts() and again.hash == bare.hash
