@@ -514,22 +514,33 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         a.print_json(rows)
         return
-    table = Table(box=None)
+    # Fits the terminal (80 columns included): no edge padding, the driver column only
+    # when something drives a run, and the name gives way (ellipsis) before anything else.
+    drivers = any(row["driver"] for row in rows)
+    status_w = max((len(row["status"]) for row in rows), default=6)
+    days_w = max((len(str(row["days_committed"])) for row in rows), default=4)
+    model_w = min(max((len(row["model"]) for row in rows), default=5), 24)
+    driver_w = min(max((len(row["driver"] or "") for row in rows), default=0), 16)
+    gaps = 2 * (5 if drivers else 4)
+    room = a.out.width - 26 - max(status_w, 6) - max(days_w, 4) - model_w - gaps
+    room -= max(driver_w, 6) if drivers else 0
+    table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=26)
-    table.add_column("name", overflow="ellipsis", max_width=24)
+    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(6, min(24, room)))
     table.add_column("status", no_wrap=True)
-    table.add_column("days", justify="right")
+    table.add_column("days", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold")
-    table.add_column("driver", overflow="fold")
+    if drivers:
+        table.add_column("driver", overflow="fold")
     for row in rows:
-        table.add_row(
+        cells = [
             row["id"],
             Text(safe_text(row["name"])),
             row["status"],
             str(row["days_committed"]),
-            row["model"],
-            row["driver"] or "-",
-        )
+            Text(safe_text(row["model"])),
+        ]
+        table.add_row(*cells, *([row["driver"] or "-"] if drivers else []))
     a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
 
 
@@ -609,7 +620,7 @@ def _step(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[
             progress.advance(task)
             progress.console.print(
                 f"day {result.index}  {result.external_date}  {result.status}  "
-                f"{result.entries} entries  {result.latency_ms / 1000:.1f} s"
+                f"{plural(result.entries, 'entry', 'entries')}  {result.latency_ms / 1000:.1f} s"
             )
 
         try:

@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 
 from loopsim import db as dbmod
-from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
+from loopsim.cli import ID_MAX, RunArg, _app, app, plural, record_app
 from loopsim.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
@@ -119,9 +119,10 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
         assert result.broken is not None
         raise RecordBroken(
             f"run {run.id}: broken link at {result.broken.describe()}; "
-            f"{result.checked} entries before it verify"
+            f"{plural(result.checked, 'entry', 'entries')} before it verify"
         )
-    a.out.print(f"ok: run {run.id}, {result.checked} entries, head {result.head[:16]}")
+    entries = plural(result.checked, "entry", "entries")
+    a.out.print(f"ok: run {run.id}, {entries}, head {result.head[:16]}")
 
 
 SNIPPET_CHARS = 160

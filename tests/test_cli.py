@@ -354,3 +354,25 @@ def test_a_pipe_closed_after_one_line_exits_0_without_a_word(big_record, command
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1
+
+
+def test_run_list_fits_80_columns_with_each_run_on_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    spec = write_spec(tmp_path / "alignment-theorist-of-bees.toml", GOOD_SPEC)
+    run_ids = [cli("run", "create", str(spec)).stdout.strip() for _ in range(2)]
+    lines = cli("run", "list").stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert len(lines) == 3, lines  # the header and one line per run: nothing folded
+    for run_id, line in zip(run_ids, lines[1:], strict=True):
+        assert line.startswith(run_id) and "llamacpp:gemma3-270m" in line, line
+        assert "created" in line and "…" in line  # the long name gave way
+
+
+def test_one_entry_reads_as_one_entry(cli_factory, sqlite_url, run_id):
+    factory, _ = scripted_factory([report_json(("note", "One note", "A single entry today."))])
+    cli = cli_factory(sqlite_url, factory)
+    stepped = cli("run", "step", run_id)
+    assert stepped.exit_code == 0, stepped.output
+    assert "committed  1 entry  " in stepped.stderr and "1 entries" not in stepped.stderr
+    verified = cli("record", "verify", run_id).stdout
+    assert f"ok: run {run_id}, 1 entry, head" in verified
