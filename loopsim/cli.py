@@ -415,7 +415,10 @@ def db_status(ctx: typer.Context) -> None:
         store = Store(session)
         runs = len(store.list_runs())
         last = store.last_integrity_check()
-    a.out.print(f"{database.where}: schema {dbmod.head_revision()} (current), {runs} runs")
+    a.out.print(
+        f"{database.where}: schema {dbmod.head_revision()} (current), "
+        f"{runs} {'run' if runs == 1 else 'runs'}"
+    )
     if last is None:
         a.out.print("last checked: never; `loopsim db check` checks it")
         return
@@ -526,7 +529,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     room -= max(driver_w, 6) if drivers else 0
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=26)
-    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(6, min(24, room)))
+    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(4, min(24, room)))
     table.add_column("status", no_wrap=True)
     table.add_column("days", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold")
