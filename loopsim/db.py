@@ -411,11 +411,12 @@ class UpgradeResult:
     backup: Path | None
 
 
-def backup_sqlite(path: Path, label: str) -> Path:
-    """Copy a live SQLite file with the backup API (safe under WAL) beside the original."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.bak-{label}-{stamp}")
-    src = sqlite3.connect(path)
+def copy_sqlite(path: Path, target: Path) -> None:
+    """SQLite's backup API, all pages in one step: one read transaction on the source, so
+    writers go on (safe under WAL) and the copy is one moment of the record. (A step-wise
+    copy restarts whenever another process writes, and may never finish under a busy
+    service.)"""
+    src = _readonly(path)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -424,6 +425,13 @@ def backup_sqlite(path: Path, label: str) -> Path:
             dst.close()
     finally:
         src.close()
+
+
+def backup_sqlite(path: Path, label: str) -> Path:
+    """Copy a live SQLite file beside the original, before a migration."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.bak-{label}-{stamp}")
+    copy_sqlite(path, target)
     return target
 
 

@@ -176,18 +176,8 @@ def backup(
 
 
 def _copy(path: Path, tmp: Path, where: str) -> None:
-    """SQLite's backup API, all pages in one step: one read transaction on the source, so
-    writers go on and the copy is one moment of the record."""
     try:
-        src = dbmod._readonly(path)
-        try:
-            dst = sqlite3.connect(tmp)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-        finally:
-            src.close()
+        dbmod.copy_sqlite(path, tmp)
     except sqlite3.Error as error:
         mapped = dbmod.translate(error, where)
         raise (mapped or DatabaseError(f"cannot back up {where}: {error}")) from None
