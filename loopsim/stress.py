@@ -279,8 +279,10 @@ class Harness:
             with contextlib.suppress(ValueError):
                 pending = [row["id"] for row in json.loads(listed.stdout)]
                 for checkin_id in pending[:3]:
+                    # No human answers here: approving needs --skip-probes to say so.
                     choice = self.rng.choice(["--approve", "--approve", "--approve", "--reject"])
-                    self.loopsim("decider", "checkin", "decide", str(checkin_id), choice)
+                    extra = ["--skip-probes"] if choice == "--approve" else []
+                    self.loopsim("decider", "checkin", "decide", str(checkin_id), choice, *extra)
 
     def demo(self) -> None:
         n = 0
