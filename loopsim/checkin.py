@@ -42,6 +42,7 @@ from loopsim.schemas import (
     RunStatus,
 )
 from loopsim.store import EntryInput, Store
+from loopsim.text import plural
 
 APPROVING = (Decision.APPROVE, Decision.AMEND)
 
@@ -66,22 +67,46 @@ def last_approved_day(store: Store, run_id: str) -> int:
 
 def adaptive_interval(scores: Sequence[float | None], policy: CheckinPolicy) -> int:
     """Days between scheduled check-ins after these decided check-ins' drift scores."""
-    interval = policy.every_days
+    return adaptive_schedule(scores, policy)[0]
+
+
+def adaptive_schedule(scores: Sequence[float | None], policy: CheckinPolicy) -> tuple[int, str]:
+    """The interval after these drift scores, and why the last score that changed it did."""
+    interval, why = policy.every_days, f"every_days = {policy.every_days}"
     if not policy.adaptive:
-        return interval
+        return interval, why
     low_run = 0
     for score in scores:
         if score is None:
             continue
         if score >= policy.drift_alarm:
             interval, low_run = max(1, interval // 2), 0
+            why = f"drift {score:.2f} reached the alarm {policy.drift_alarm:.2f}"
         elif score < policy.drift_warn:
             low_run += 1
             if low_run >= 2:
-                interval, low_run = min(policy.max_interval_days, math.ceil(interval * 1.5)), 0
+                longer = min(policy.max_interval_days, math.ceil(interval * 1.5))
+                if longer != interval:
+                    why = f"two drift scores in a row below the warning {policy.drift_warn:.2f}"
+                interval, low_run = longer, 0
         else:
             low_run = 0
-    return interval
+    return interval, why
+
+
+def schedule_change(
+    before: Sequence[float | None], after: Sequence[float | None], policy: CheckinPolicy
+) -> str | None:
+    """One line on how a decision changed the scheduled interval, or None if it did not."""
+    old, _ = adaptive_schedule(before, policy)
+    new, why = adaptive_schedule(after, policy)
+    if new == old:
+        return None
+    way = "shorter" if new < old else "longer"
+    return (
+        f"next scheduled check-in after {plural(new, 'more day', 'more days')}, {way} than "
+        f"{old}: {why}"
+    )
 
 
 _YEAR = re.compile(r"(?<![\d.,])(1[89]\d\d|2\d\d\d)(?![\d.,]\d)")
@@ -486,6 +511,7 @@ class Outcome:
     reverted_days: int
     agreement: float | None  # mean agreement at this check-in
     ceiling: float | None  # the human's own consistency over all retests so far
+    schedule: str | None = None  # how the adaptive interval changed, if it did
 
 
 def decide(
@@ -569,13 +595,18 @@ def decide(
                     run.id, last_approved_day(store, run.id), checkin.last_day_index
                 )
             store.set_status(run, RunStatus.RUNNING)
-        history = [c.drift_score for c in store.list_checkins(run.id) if c.drift_score is not None]
+        decided = store.list_checkins(run.id)
+        history = [c.drift_score for c in decided if c.drift_score is not None]
+        before = [c.drift_score for c in decided if c.id != checkin.id]
+        schedule = schedule_change(before, [c.drift_score for c in decided], spec.checkins)
         level = drift.classify(
             score, drift.ewma(history), spec.checkins.drift_warn, spec.checkins.drift_alarm
         )
         mean = sum(agreements) / len(agreements) if agreements else None
         ceiling = consistency(store, run.id, similarity)
-        return Outcome(checkin.id, decision, level, reverted, mean, ceiling)
+        if decision == Decision.HALT:
+            schedule = None  # no next check-in for a halted run
+        return Outcome(checkin.id, decision, level, reverted, mean, ceiling, schedule)
 
 
 def checkin_date(store: Store, run: Run, spec: RunSpec) -> dt.date:

@@ -49,13 +49,20 @@ from loopsim import __version__, drift
 from loopsim import db as dbmod
 from loopsim.chat import ChatFactory, build_chat, check_model_id
 from loopsim.config import Settings
-from loopsim.errors import InvalidState, LoopsimError, ModelOutputInvalid, SpecError
+from loopsim.errors import (
+    EXIT_AT_CHECKIN,
+    InvalidState,
+    LoopsimError,
+    ModelOutputInvalid,
+    SpecError,
+)
 from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
 from loopsim.lease import driver, live_holder
 from loopsim.loop import DayResult, Loop
 from loopsim.models import Run
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
 from loopsim.store import Store
+from loopsim.text import plural
 
 
 class _Group(TyperGroup):
@@ -266,11 +273,6 @@ class AppContext:
         """Indented JSON on stdout. Model text in it keeps every character, escaped so
         that no terminal acts on it (rich's print_json would let C1 controls through)."""
         self.out.print(Text(inert_json(data, indent=2)), soft_wrap=True)
-
-
-def plural(count: int, one: str, many: str | None = None) -> str:
-    """``1 day``, ``2 days``; ``many`` for words that do not just take an s."""
-    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _settings() -> Settings:
@@ -650,7 +652,10 @@ def run_step(
     run_ref: RunArg,
     days: Annotated[int, typer.Option("--days", "-n", min=1, help="Days to run.")] = 1,
 ) -> None:
-    """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary."""
+    """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary.
+
+    Exits 3 when it stops at a check-in (the run then waits for a human), so a script
+    can tell that from N days done (exit 0)."""
     a = _app(ctx)
     results = _step(a, run_ref, days)
     if a.opened_checkin is not None:
@@ -658,6 +663,7 @@ def run_step(
             f"check-in {a.opened_checkin} is open and the run waits for it: "
             f"`loopsim checkin review {a.opened_checkin}`"
         )
+        raise typer.Exit(EXIT_AT_CHECKIN)
     elif len(results) < days:
         with a.open_db().read() as session:
             run = Store(session).get_run(run_ref)
@@ -763,7 +769,7 @@ def demo(
             spec, name="demo", model=spec.model.name or a.settings.model
         )
         run_id, model = run.id, run.model
-    a.err.print(f"run {run_id} on {model}: {days} days")
+    a.err.print(f"run {run_id} on {model}: {plural(days, 'day')}")
     committed = tries = 0
     # A small model fails some days; each failure stays in the record, and the demo
     # resumes the run, as a person would, until enough days are committed.
@@ -791,7 +797,8 @@ def demo(
         assert verified.broken is not None
         raise LoopsimError(f"demo record does not verify: {verified.broken.describe()}")
     a.err.print(
-        f"{committed} days committed in {tries} tries; record verified: {verified.checked} entries"
+        f"{plural(committed, 'day')} committed in {plural(tries, 'try', 'tries')}; "
+        f"record verified: {plural(verified.checked, 'entry', 'entries')}"
     )
     a.err.print(f"report: {report}")
     # One line however narrow the terminal, so that it can be copied and run as printed.

@@ -22,6 +22,7 @@ from loopsim.errors import SpecError
 from loopsim.export import checkin_record, safe_text
 from loopsim.schemas import Decision, RunSpec
 from loopsim.store import Store
+from loopsim.text import plural
 
 IdArg = Annotated[
     int,
@@ -84,7 +85,7 @@ def _apply(
     level = outcome.drift
     score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
-    extra = f", {outcome.reverted_days} days reverted" if outcome.reverted_days else ""
+    extra = f", {plural(outcome.reverted_days, 'day')} reverted" if outcome.reverted_days else ""
     if outcome.agreement is not None and outcome.ceiling is not None:
         extra += (
             f"; agreement {outcome.agreement:.2f} against your own consistency "
@@ -93,6 +94,8 @@ def _apply(
     a.err.print(
         f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})"
     )
+    if outcome.schedule:
+        a.err.print(outcome.schedule)
 
 
 @checkin_app.command("decide")

@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 
 from loopsim import db as dbmod
-from loopsim.cli import ID_MAX, RunArg, _app, app, plural, record_app
+from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
 from loopsim.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
@@ -24,6 +24,7 @@ from loopsim.models import Entry
 from loopsim.report import to_html
 from loopsim.schemas import CallRole, DayStatus
 from loopsim.store import Store, dropped_words, search_terms
+from loopsim.text import plural
 
 # ----------------------------------------------------------------------------- record
 

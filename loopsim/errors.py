@@ -22,9 +22,16 @@ The tree::
 Each class's docstring is its default message. Messages name the command that fixes the
 problem where there is one. The CLI prints ``error: <message>`` on one line and exits with
 ``exit_code``; a traceback means a bug.
+
+Exit codes: 0 done; 1 an error; 2 a bad spec, flag or input file; 3 `run step` stopped
+at a check-in and the run waits for a human (not an error: nothing failed); 130
+interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
+
+EXIT_AT_CHECKIN = 3
+"""`run step` stopped because a check-in is open; scripts can tell this from N days done."""
 
 
 class LoopsimError(Exception):

@@ -28,6 +28,7 @@ from loopsim.lease import driver
 from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.store import Store
+from loopsim.text import plural
 
 SCHEMA = "loopsim.export/1"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
@@ -74,7 +75,7 @@ def run_state(store: Store, run: Run) -> str:
         parts.append(f"({md_inline(run.status_reason)})")
     days = store.count_days(run.id, DayStatus.COMMITTED)
     budget = run.spec.get("budget", {}).get("days")
-    counted = f"{days} of {budget} days committed" if budget else f"{days} days committed"
+    counted = f"{days} of {budget} days committed" if budget else f"{plural(days, 'day')} committed"
     drives = driver(store, run)
     if drives is not None:
         counted += f"; driven by {md_code(drives)}"

@@ -303,6 +303,34 @@ def test_adaptive_interval(scores, expected):
     assert ck.adaptive_interval(scores, policy) == expected
 
 
+@pytest.mark.parametrize(
+    "before,after,says",
+    [
+        ([], [0.9], "after 2 more days, shorter than 4: drift 0.90 reached the alarm 0.70"),
+        ([0.1], [0.1, 0.1], "after 6 more days, longer than 4: two drift scores in a row below"),
+        ([0.9], [0.9, 0.9], "after 1 more day, shorter than 2"),
+        ([0.1], [0.1, 0.5], None),
+        ([], [None], None),
+    ],
+)
+def test_schedule_change_says_when_and_why(before, after, says):
+    from loopsim.schemas import CheckinPolicy
+
+    policy = CheckinPolicy(every_days=4, max_interval_days=9)
+    line = ck.schedule_change(before, after, policy)
+    if says is None:
+        assert line is None
+    else:
+        assert line is not None and says in line, line
+
+
+def test_no_schedule_change_when_adaptive_is_off():
+    from loopsim.schemas import CheckinPolicy
+
+    policy = CheckinPolicy(every_days=4, adaptive=False)
+    assert ck.schedule_change([], [0.95], policy) is None
+
+
 def test_prediction_drift_alarm_reasks_the_approved_probes(database):
     run_id = make_run(
         database,

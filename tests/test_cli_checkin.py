@@ -42,9 +42,20 @@ def cli(cli_factory, sqlite_url):
 def open_checkin(cli, tmp_path):
     run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
     stepped = cli("run", "step", run_id, "--days", "5")
-    assert stepped.exit_code == 0, stepped.output
+    # Exit 3: stopped at a check-in, so a script can tell it from five days done.
+    assert stepped.exit_code == 3, stepped.output
     assert "check-in 1 is open" in stepped.stderr and "checkin review 1" in stepped.stderr
     return run_id
+
+
+def test_run_step_exits_0_when_every_day_ran_and_3_at_a_check_in(cli, tmp_path):
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
+    first = cli("run", "step", run_id)
+    assert first.exit_code == 0, first.output
+    assert "check-in" not in first.stderr
+    second = cli("run", "step", run_id, "--days", "4")
+    assert second.exit_code == 3, second.output
+    assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "awaiting_checkin"
 
 
 def test_list_pending_then_decide_with_an_answers_file(cli, open_checkin, tmp_path):
@@ -169,7 +180,7 @@ def three_probes(cli, tmp_path):
     """A check-in asking 3 probes whose ids are 7, 8 and 9: an earlier run holds 1-6."""
     cli("run", "create", str(write_spec(tmp_path / "other.toml", spec_with_probes(6))))
     run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
-    assert cli("run", "step", run_id, "--days", "2").exit_code == 0
+    assert cli("run", "step", run_id, "--days", "2").exit_code == 3  # stopped at a check-in
     (c,) = json.loads(cli("checkin", "list", "--pending", "--json").stdout)
     assert [p["probe_id"] for p in c["pairs"]] == [7, 8, 9]
     return run_id, c["id"]
@@ -357,3 +368,13 @@ def test_the_example_spec_walkthrough_shows_a_drift_score(cli):
     assert review.exit_code == 0, review.output
     assert "probe 3 of 3" in review.stdout and "\ndrift " in review.stdout
     assert "check-in 1: approve" in review.stderr and "drift n/a" not in review.stderr
+
+
+def test_decide_says_when_the_adaptive_interval_changes(cli, open_checkin, tmp_path):
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"1": {"answer": "Tidal pools and kelp.", "rating": 1}}))
+    decided = cli("checkin", "decide", "1", "--approve", "--answers", str(answers))
+    assert decided.exit_code == 0, decided.output
+    said = " ".join(decided.stderr.split())  # rich wraps at the console width
+    assert "next scheduled check-in after 1 more day, shorter than 2: drift" in said
+    assert "reached the alarm 0.70" in said

@@ -457,7 +457,7 @@ def test_checkin_review_strips_every_escape(cli_factory, sqlite_url, tmp_path):
     )
     run_id = cli("run", "create", str(spec)).stdout.strip()
     assert cli("probe", "add", run_id, "How far \x1b[2J do \x9b31m foragers fly?").exit_code == 0
-    assert cli("run", "step", run_id).exit_code == 0
+    assert cli("run", "step", run_id).exit_code == 3  # stopped at check-in 1
     result = cli("checkin", "review", "1", input="Far for sugar.\n4\napprove\n")
     _assert_clean(result)
     assert "the simulation predicted: Foragers fly far  for sugar  and less" in result.stdout
@@ -667,7 +667,7 @@ def test_answers_that_cannot_be_stored_are_refused(cli_factory, any_url, tmp_pat
         + _SPEC_TOML.replace("every_days = 1000", "every_days = 1"),
     )
     run_id = cli("run", "create", str(spec)).stdout.strip()
-    assert cli("run", "step", run_id).exit_code == 0
+    assert cli("run", "step", run_id).exit_code == 3  # stopped at check-in 1
     path = tmp_path / "answers.json"
     if answers is None:
         path.mkdir()
@@ -741,7 +741,7 @@ def fuzz_world(tmp_path_factory) -> dict[str, Any]:
 
     stepped = cli("run", "create", str(spec)).stdout.strip()
     fresh = cli("run", "create", str(spec)).stdout.strip()
-    assert cli("run", "step", stepped, "--days", "2").exit_code == 0
+    assert cli("run", "step", stepped, "--days", "2").exit_code == 3  # at a check-in
     with dbmod.Database.open(str(template)).read() as session:
         (checkin,) = session.scalars(select(CheckIn)).all()
         ((pair, probe),) = Store(session).pairs(checkin.id)
