@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/mypy
 
 docs: setup
-	$(BIN)/python -m loopsim.clidoc > docs/cli.md
+	$(BIN)/python -m loopsim.cli.doc > docs/cli.md
 
 clean:
 	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm demo-report.md

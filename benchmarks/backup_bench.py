@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from view_bench import seeded  # noqa: E402
 
-from loopsim import maintenance  # noqa: E402
+from loopsim.record import maintenance  # noqa: E402
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

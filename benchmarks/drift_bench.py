@@ -21,12 +21,12 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from loopsim import checkin as ck
-from loopsim import db as dbmod
+from loopsim.checkin import policy as ck
 from loopsim.config import Settings
 from loopsim.loop import Loop
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
 from loopsim.schemas import Decision, RunStatus, parse_spec
-from loopsim.store import Store
 from loopsim.testing import default_reply, scripted_factory
 
 A = "Colonies follow the longest dances, so distance and nectar quality trade off there."

@@ -22,15 +22,15 @@ from pathlib import Path
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from sqlalchemy import select
 
-from loopsim import db as dbmod
-from loopsim.chat import build_chat
+from loopsim.chat.handle import build_chat
+from loopsim.chat.llamacpp import resolve_gguf, schema_grammar, to_llama_messages
 from loopsim.config import Settings
-from loopsim.llamacpp import resolve_gguf, schema_grammar, to_llama_messages
 from loopsim.loop import Loop
-from loopsim.models import CallRecord, Day
-from loopsim.researcher import Prompt, grammar_schema, seed_of
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
+from loopsim.record.tables import CallRecord, Day
+from loopsim.researcher.conversation import Prompt, grammar_schema, seed_of
 from loopsim.schemas import parse_spec
-from loopsim.store import Store
 
 SPEC = parse_spec(
     {

@@ -1,7 +1,7 @@
 """Throughput and overhead of `loopsim serve`, printed as Markdown tables.
 
 1. Days per second for C concurrent runs against a loopback OpenAI-compatible stub
-   (loopsim.stubserver) with a fixed latency, through the real langchain-openai client,
+   (loopsim.testing.stubserver) with a fixed latency, through the real langchain-openai client,
    against the ideal C / latency.
 2. One `loopsim serve` process against two, on one PostgreSQL database.
 3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
@@ -29,15 +29,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loopsim import db as dbmod
-from loopsim.chat import build_chat
+from loopsim.chat.handle import build_chat
 from loopsim.config import Settings
 from loopsim.loop import Loop
+from loopsim.record import db as dbmod
+from loopsim.record.store import EntryInput, Store
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
-from loopsim.service import Service, ServiceConfig
-from loopsim.store import EntryInput, Store
-from loopsim.stubserver import StubOpenAI
+from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import add_day, scripted_factory
+from loopsim.testing.stubserver import StubOpenAI
 
 PG_ADMIN = os.environ.get(
     "LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

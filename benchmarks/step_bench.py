@@ -31,8 +31,8 @@ from view_bench import seeded  # noqa: E402
 
 from loopsim.config import Settings  # noqa: E402
 from loopsim.loop import Loop  # noqa: E402
-from loopsim.models import CheckIn, utcnow  # noqa: E402
-from loopsim.store import Store  # noqa: E402
+from loopsim.record.store import Store  # noqa: E402
+from loopsim.record.tables import CheckIn, utcnow  # noqa: E402
 from loopsim.testing import scripted_factory  # noqa: E402
 
 

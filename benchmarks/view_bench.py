@@ -31,13 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from loopsim import db as dbmod
-from loopsim.amplify import plan_digests
-from loopsim.researcher import build_prompt
+from loopsim.record import db as dbmod
+from loopsim.record.store import EntryInput, Store
+from loopsim.researcher.conversation import build_prompt
+from loopsim.researcher.day import plan_digests
+from loopsim.researcher.view import ViewEntry, build_view, estimate_tokens
 from loopsim.schemas import EntryKind, parse_spec
-from loopsim.store import EntryInput, Store
 from loopsim.testing import add_day
-from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 DATE = dt.date(2025, 6, 2)
 EVERY = 5

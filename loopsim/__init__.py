@@ -19,23 +19,23 @@ if TYPE_CHECKING:
     from typing import Any
 
     from loopsim.config import Settings
-    from loopsim.db import Database, upgrade
     from loopsim.errors import LoopsimError
     from loopsim.loop import DayResult, Loop
+    from loopsim.record.db import Database, upgrade
+    from loopsim.record.store import Store
     from loopsim.schemas import DayReport, RunSpec, load_spec
-    from loopsim.store import Store
 
 _HOME = {
-    "Database": "loopsim.db",
+    "Database": "loopsim.record.db",
     "DayReport": "loopsim.schemas",
     "DayResult": "loopsim.loop",
     "Loop": "loopsim.loop",
     "LoopsimError": "loopsim.errors",
     "RunSpec": "loopsim.schemas",
     "Settings": "loopsim.config",
-    "Store": "loopsim.store",
+    "Store": "loopsim.record.store",
     "load_spec": "loopsim.schemas",
-    "upgrade": "loopsim.db",
+    "upgrade": "loopsim.record.db",
 }
 
 __all__ = [

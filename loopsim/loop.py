@@ -9,7 +9,7 @@ One day, in three transactions that never overlap the model call:
 
 A process killed anywhere leaves either the whole day or nothing. A second process that
 raced to the same index gets :class:`ConcurrentWrite` and writes nothing. A service passes
-a *fence* (:mod:`loopsim.lease`) that every write checks with the run row locked, so a
+a *fence* (:mod:`loopsim.record.leases`) that every write checks with the run row locked, so a
 worker whose lease was lost writes nothing either.
 
 A failed day (an invalid reply, or an endpoint that stayed down through every retry) is
@@ -24,16 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from loopsim import checkin, drift
-from loopsim.amplify import PlannedDay, day_conversation, plan_digests
-from loopsim.chat import ChatFactory, ChatHandle
+from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.checkin import drift
+from loopsim.checkin import policy as checkin
 from loopsim.clock import external_date
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
-from loopsim.lease import Fence, live_holder, take_for_cli
-from loopsim.models import CallRecord, Day, Run, utcnow
-from loopsim.researcher import (
+from loopsim.record.db import Database
+from loopsim.record.leases import Fence, live_holder, take_for_cli
+from loopsim.record.store import Store
+from loopsim.record.tables import CallRecord, Day, Run, utcnow
+from loopsim.researcher.conversation import (
     Conversation,
     DayOutcome,
     Researcher,
@@ -43,9 +44,9 @@ from loopsim.researcher import (
     drive,
     grammar_constrained,
 )
+from loopsim.researcher.day import PlannedDay, day_conversation, plan_digests
+from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
-from loopsim.store import Store
-from loopsim.view import build_view
 
 T = TypeVar("T")
 STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}

@@ -59,7 +59,7 @@ ResearcherKind = Literal["note", "hypothesis", "question", "answer", "plan", "cr
 
 
 class CallRole(StrEnum):
-    """Who a recorded model call was made for (see ``loopsim.amplify``)."""
+    """Who a recorded model call was made for (see ``loopsim.researcher.day``)."""
 
     DAY = "day"
     SUBQUESTION = "subquestion"

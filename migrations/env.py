@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from loopsim.models import Base
+from loopsim.record.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,7 +27,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from loopsim.db import make_engine, normalize_url
+    from loopsim.record.db import make_engine, normalize_url
 
     engine = make_engine(normalize_url(config.get_main_option("sqlalchemy.url") or ""))
     with engine.begin() as conn:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from loopsim import db as dbmod
 from loopsim.cli import AppContext, app
 from loopsim.config import Settings
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
 from loopsim.schemas import RunSpec, parse_spec
-from loopsim.store import Store
 from loopsim.testing import ScriptedChatModel, scripted_factory
 
 PG_ADMIN = os.environ.get(

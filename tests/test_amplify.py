@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.loop import Loop
-from loopsim.models import CallRecord, Entry
+from loopsim.record.db import Database
+from loopsim.record.store import DigestState, EntryInput, Store
+from loopsim.record.tables import CallRecord, Entry
+from loopsim.researcher.view import build_view
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, parse_spec
-from loopsim.store import DigestState, EntryInput, Store
 from loopsim.testing import amplified_reply, scripted_factory
-from loopsim.view import build_view
 from tests.conftest import SPEC, make_run
 
 

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from sqlalchemy import text
 
-from loopsim.chat import ChatHandle, build_chat
+from loopsim.chat.handle import ChatHandle, build_chat
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
 from loopsim.loop import Loop

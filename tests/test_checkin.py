@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
-from loopsim import checkin as ck
+from loopsim.checkin import policy as ck
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.errors import InvalidState, SpecError
-from loopsim.export import to_markdown
+from loopsim.exports.markdown import to_markdown
 from loopsim.loop import Loop
+from loopsim.record.db import Database
+from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, Decision, RunSpec, RunStatus
-from loopsim.store import Store
 from loopsim.testing import default_reply, scripted_factory
 from tests.conftest import SPEC, make_run, parse_spec
 
@@ -205,7 +205,7 @@ def test_a_stable_run_raises_no_alarm(database):
 
 
 def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database):
-    from loopsim.export import to_jsonl
+    from loopsim.exports.markdown import to_jsonl
 
     run_id = make_run(database, spec_with(probes_per_checkin=1))
     loop, _ = loop_with(database, [persona_switching_model(10**6)])
@@ -431,7 +431,7 @@ def test_retests_measure_the_humans_own_consistency(database):
 def test_similarity_is_pluggable_through_langchain_embeddings(database):
     from langchain_core.embeddings import DeterministicFakeEmbedding
 
-    from loopsim.drift import EmbeddingSimilarity, from_settings, lexical_similarity
+    from loopsim.checkin.drift import EmbeddingSimilarity, from_settings, lexical_similarity
     from loopsim.errors import ModelUnavailable
 
     embedded = EmbeddingSimilarity(DeterministicFakeEmbedding(size=16))
@@ -461,7 +461,7 @@ def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
     import threading
     import time as clock
 
-    from loopsim.db import Database
+    from loopsim.record.db import Database
 
     stepping_db, deciding_db = Database.open(sqlite_url), Database.open(sqlite_url)
     waiting = make_run(deciding_db, spec_with(every_days=2))

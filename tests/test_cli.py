@@ -236,7 +236,7 @@ def test_console_script_errors_without_traceback(tmp_path):
 
 
 def test_cli_reference_is_current():
-    from loopsim.clidoc import render
+    from loopsim.cli.doc import render
 
     committed = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     assert committed == render(), "docs/cli.md is stale: run `make docs`"
@@ -309,8 +309,8 @@ def test_usage_errors_are_one_line_in_loopsims_words(cli, args, line):
 def big_record(sqlite_url, spec):
     """A run whose record is far larger than a pipe's buffer, so a reader that stops
     after one line always closes the pipe while loopsim is still writing."""
-    from loopsim import db as dbmod
-    from loopsim.store import EntryInput, Store
+    from loopsim.record import db as dbmod
+    from loopsim.record.store import EntryInput, Store
     from loopsim.testing import add_day
     from tests.conftest import make_run
 

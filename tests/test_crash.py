@@ -14,9 +14,9 @@ import sys
 import textwrap
 import time
 
-from loopsim.db import Database
+from loopsim.record.db import Database
+from loopsim.record.store import Store
 from loopsim.schemas import DayStatus
-from loopsim.store import Store
 from tests.conftest import make_run
 
 WORKER = textwrap.dedent(

@@ -10,14 +10,14 @@ import pytest
 from langchain_core.messages import BaseMessage
 from sqlalchemy import select
 
-from loopsim import checkin as ck
+from loopsim.checkin import policy as ck
 from loopsim.config import Settings
-from loopsim.dataset import SCHEMA, DatasetFilter, to_dataset
-from loopsim.db import Database
+from loopsim.exports.dataset import SCHEMA, DatasetFilter, to_dataset
 from loopsim.loop import Loop
-from loopsim.models import CallRecord, Day
+from loopsim.record.db import Database
+from loopsim.record.store import Store
+from loopsim.record.tables import CallRecord, Day
 from loopsim.schemas import CallRole, DayStatus, Decision, parse_spec
-from loopsim.store import Store
 from loopsim.testing import amplified_reply, scripted_factory
 from tests.conftest import SPEC, make_run
 

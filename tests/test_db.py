@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from loopsim.db import Database
 from loopsim.errors import DatabaseBusy
-from loopsim.store import Store
+from loopsim.record.db import Database
+from loopsim.record.store import Store
 from tests.conftest import make_run
 
 

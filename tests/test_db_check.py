@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loopsim import db as dbmod
-from loopsim.store import EntryInput, Store
+from loopsim.record import db as dbmod
+from loopsim.record.store import EntryInput, Store
 from loopsim.testing import add_day
 from tests.conftest import make_run
 from tests.test_hostile import file_state, one_line_error

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from loopsim import db as dbmod
-from loopsim import lease
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, LeaseLost
 from loopsim.loop import Loop
+from loopsim.record import db as dbmod
+from loopsim.record import leases as lease
+from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
-from loopsim.store import Store
-from loopsim.stubserver import StubOpenAI
 from loopsim.testing import scripted_factory
+from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import SPEC, make_run
 from tests.test_serve_process import MODEL, Worker, snapshot, wait_for
 

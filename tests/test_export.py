@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from loopsim.config import Settings
-from loopsim.export import md_block, md_inline, to_jsonl, to_markdown
+from loopsim.exports.markdown import md_block, md_inline, to_jsonl, to_markdown
 from loopsim.loop import Loop
+from loopsim.record.store import Store
 from loopsim.schemas import parse_spec
-from loopsim.store import Store
 from loopsim.testing import default_reply, report_json, scripted_factory
 from tests.conftest import make_run
 
@@ -72,7 +72,7 @@ def documented_fields() -> dict[str, set[str]]:
 
 
 def test_jsonl_records_carry_exactly_the_documented_fields(database, spec):
-    from loopsim import checkin as ck
+    from loopsim.checkin import policy as ck
     from loopsim.schemas import Decision
 
     data = spec.model_dump(mode="json")
@@ -121,8 +121,8 @@ def test_every_hash_can_be_recomputed_from_the_jsonl_export(database):
     hashed field, so a reader can verify the chain without the database."""
     import datetime as dt
 
-    from loopsim.models import Entry
-    from loopsim.store import entry_hash
+    from loopsim.record.store import entry_hash
+    from loopsim.record.tables import Entry
 
     run_id = amplified_run(database, days=5, subquestions={"depth": 2, "breadth": 2})
     with database.read() as session:

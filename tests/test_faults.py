@@ -1,5 +1,5 @@
 """Endpoint faults, through the real langchain-openai client, against a fault-injecting
-OpenAI-compatible server on 127.0.0.1 (loopsim.stubserver). Only the peer is fake."""
+OpenAI-compatible server on 127.0.0.1 (loopsim.testing.stubserver). Only the peer is fake."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import time
 import pytest
 from sqlalchemy import select
 
-from loopsim.chat import build_chat
+from loopsim.chat.handle import build_chat
 from loopsim.config import Settings
 from loopsim.loop import Loop
-from loopsim.models import Day, Run
+from loopsim.record.store import Store
+from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus
-from loopsim.service import Service, ServiceConfig
-from loopsim.store import Store
-from loopsim.stubserver import StubOpenAI
+from loopsim.service.worker import Service, ServiceConfig
+from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import make_run
 
 MODEL = "openai:stub-model"

@@ -27,25 +27,24 @@ import typer.main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import BaseMessage
+from loopsim.db import Database
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from loopsim import checkin as ck
-from loopsim import db as dbmod
-from loopsim import stubserver
-from loopsim.chat import build_chat
+from loopsim.chat.handle import build_chat
+from loopsim.checkin import policy as ck
 from loopsim.cli import AppContext, app
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.errors import InvalidState
-from loopsim.export import to_jsonl, to_markdown
+from loopsim.exports.markdown import to_jsonl, to_markdown
 from loopsim.loop import Loop
-from loopsim.models import CallRecord, CheckIn, Day, Run
+from loopsim.record import db as dbmod
+from loopsim.record.store import EntryInput, Store, canonical_json
+from loopsim.record.tables import CallRecord, CheckIn, Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
-from loopsim.service import Service, ServiceConfig, configure_logging
-from loopsim.store import EntryInput, Store, canonical_json
-from loopsim.stubserver import StubOpenAI
-from loopsim.testing import add_day, report_json, scripted_factory
+from loopsim.service.worker import Service, ServiceConfig, configure_logging
+from loopsim.testing import add_day, report_json, scripted_factory, stubserver
+from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import SPEC, make_run, write_spec
 
 # Control characters that must never reach a terminal: ESC, BEL, BS, DEL and the C1 set

@@ -18,17 +18,17 @@ from sqlalchemy import select
 
 pytest.importorskip("llama_cpp")
 
-from loopsim.chat import build_chat  # noqa: E402
+from loopsim.chat.handle import build_chat  # noqa: E402
 from loopsim.config import Settings  # noqa: E402
-from loopsim.db import Database  # noqa: E402
 from loopsim.loop import Loop  # noqa: E402
-from loopsim.models import CallRecord  # noqa: E402
+from loopsim.record.db import Database  # noqa: E402
+from loopsim.record.store import Store  # noqa: E402
+from loopsim.record.tables import CallRecord  # noqa: E402
 from loopsim.schemas import (  # noqa: E402
     DayStatus,
     RunStatus,
     load_spec,  # noqa: E402
 )
-from loopsim.store import Store  # noqa: E402
 from tests.conftest import make_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_demo_leaves_three_verified_original_days_and_a_report(tmp_path):
     """`make demo`'s 3 days: verified, reported, and in the model's own words. The 270M
     model copied the prompt's example entry ("The simplest explanation first") in 9 of 9
     days; now no entry shares a run of 8 words with its day's instructions."""
-    from loopsim.researcher import EXAMPLE_ENTRY, copied_run, shingles
+    from loopsim.researcher.conversation import EXAMPLE_ENTRY, copied_run, shingles
 
     db, report = tmp_path / "demo.db", tmp_path / "report.md"
     proc = cli(db, "demo", "--days", "3", "--report", str(report))

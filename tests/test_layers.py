@@ -1,22 +1,49 @@
-"""The boundary worth more than the rest: prompt-building code cannot see check-ins."""
+"""The layers, held by where a file stands rather than by a list of file names.
+
+Each package of loopsim has a rank; a module may import its own package and anything
+ranked below it, never above. A new file under ``loopsim/researcher/`` is blind to
+check-ins because of the folder it is in.
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).parent.parent / "loopsim"
-BLIND = ("amplify.py", "researcher.py", "view.py")
-FORBIDDEN = {
-    "loopsim.checkin",
-    "loopsim.drift",
-    "loopsim.loop",
-    "loopsim.cli",
-    "loopsim.cli_checkin",
+
+# Lowest first. The base modules are single files; the rest are packages.
+RANKS = {
+    name: rank
+    for rank, names in enumerate(
+        [
+            ("errors", "text", "ids"),
+            ("schemas",),
+            ("clock", "config"),
+            ("record",),
+            ("chat",),
+            ("researcher",),
+            ("checkin",),
+            ("loop",),
+            ("exports",),
+            ("service",),
+            ("cli",),
+            ("__main__", "testing"),
+        ]
+    )
+    for name in names
 }
 
 
+def unit(path: Path) -> str:
+    """The layer a file of the package belongs to: its package, or its module name."""
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
 def imports(path: Path) -> set[str]:
+    """Every loopsim module (and imported name) a file imports, at any depth."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -27,19 +54,48 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def test_prompt_builders_never_import_checkin_code():
-    for name in BLIND:
-        assert not imports(PACKAGE / name) & FORBIDDEN, name
+def layers_imported(path: Path) -> set[str]:
+    return {m.split(".")[1] for m in imports(path) if m.startswith("loopsim.")}
 
 
-def test_store_and_lower_layers_never_import_upward():
-    upper = {
-        "loopsim.loop",
-        "loopsim.cli",
-        "loopsim.checkin",
-        "loopsim.researcher",
-        "loopsim.view",
-        "loopsim.export",
+def package_files() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_layer_has_a_rank():
+    assert {unit(p) for p in package_files()} <= set(RANKS)
+
+
+@pytest.mark.parametrize("path", package_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_layer_above_its_own(path):
+    own = RANKS[unit(path)]
+    # __version__ is an attribute of the package root, which every layer may read.
+    upward = {
+        layer
+        for layer in layers_imported(path) - {"__version__"}
+        if layer in RANKS and RANKS[layer] > own
     }
-    for name in ("store.py", "models.py", "db.py", "chat.py", "schemas.py", "config.py"):
-        assert not imports(PACKAGE / name) & upper, name
+    assert not upward, f"{path.relative_to(PACKAGE)} imports {sorted(upward)}"
+
+
+def test_the_researcher_package_cannot_see_check_ins():
+    forbidden = {"checkin", "loop", "service", "cli", "exports", "testing"}
+    for path in (PACKAGE / "researcher").rglob("*.py"):
+        assert not layers_imported(path) & forbidden, path.name
+
+
+def test_nothing_in_the_package_imports_the_testing_helpers():
+    for path in package_files():
+        if unit(path) != "testing":
+            assert "testing" not in layers_imported(path), path
+
+
+def test_the_layer_rule_catches_an_upward_import(tmp_path):
+    """The checks above would pass on nothing; this one proves they can fail."""
+    planted = PACKAGE / "researcher" / "_planted_for_test.py"
+    planted.write_text("from loopsim.checkin import policy\n")
+    try:
+        assert "checkin" in layers_imported(planted)
+        assert RANKS["checkin"] > RANKS[unit(planted)]
+    finally:
+        planted.unlink()

@@ -8,12 +8,12 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from loopsim import lease
 from loopsim.errors import InvalidState, LeaseLost
 from loopsim.loop import Loop
-from loopsim.models import Day, Run, utcnow
+from loopsim.record import leases as lease
+from loopsim.record.store import Store
+from loopsim.record.tables import Day, Run, utcnow
 from loopsim.schemas import RunStatus
-from loopsim.store import Store
 from loopsim.testing import scripted_factory
 from tests.conftest import make_run
 

@@ -16,13 +16,13 @@ from sqlalchemy import select
 
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
 
-from loopsim.chat import build_chat  # noqa: E402
+from loopsim.chat.handle import build_chat  # noqa: E402
+from loopsim.chat.llamacpp import resolve_gguf  # noqa: E402
 from loopsim.config import Settings  # noqa: E402
-from loopsim.llamacpp import resolve_gguf  # noqa: E402
-from loopsim.models import Day, Run  # noqa: E402
+from loopsim.record.store import Store  # noqa: E402
+from loopsim.record.tables import Day, Run  # noqa: E402
 from loopsim.schemas import DayStatus, RunStatus  # noqa: E402
-from loopsim.service import Service, ServiceConfig  # noqa: E402
-from loopsim.store import Store  # noqa: E402
+from loopsim.service.worker import Service, ServiceConfig  # noqa: E402
 from tests.conftest import make_run  # noqa: E402
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from loopsim.llamacpp import to_llama_messages
+from loopsim.chat.llamacpp import to_llama_messages
 
 
 def test_gemma_keeps_the_system_prompt_by_folding_it_into_the_first_user_turn():

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from loopsim import db as dbmod
 from loopsim.errors import DatabaseMissing, SchemaOutdated, SchemaTooNew
-from loopsim.models import Base
-from loopsim.store import Store
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
+from loopsim.record.tables import Base
 from tests.conftest import make_run
 
 FTS_TABLES = {

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 from loopsim.cli import own_command
-from loopsim.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI
 
 ROOT = Path(__file__).parent.parent
 

@@ -12,15 +12,15 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import text
 
-from loopsim import checkin as ck
+from loopsim.checkin import policy as ck
 from loopsim.config import Settings
-from loopsim.db import Database
-from loopsim.export import HIDDEN
+from loopsim.exports.markdown import HIDDEN
+from loopsim.exports.report import MAX_DEPTH, to_html
 from loopsim.loop import Loop
-from loopsim.models import CheckIn, ProbePair, utcnow
-from loopsim.report import MAX_DEPTH, to_html
+from loopsim.record.db import Database
+from loopsim.record.store import EntryInput, Store
+from loopsim.record.tables import CheckIn, ProbePair, utcnow
 from loopsim.schemas import Author, DayStatus, Decision, RunStatus, parse_spec
-from loopsim.store import EntryInput, Store
 from loopsim.testing import add_day, amplified_reply, scripted_factory
 from tests.conftest import SPEC, make_run
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from loopsim.store import Store
+from loopsim.record.store import Store
 from tests.test_report import DAYS, PAYLOADS, render, seed_run
 
 pytestmark = pytest.mark.browser

@@ -8,16 +8,16 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from loopsim.researcher import (
+from loopsim.record.store import Store
+from loopsim.researcher.conversation import (
     GRAMMAR_MAX_CHARS,
     build_prompt,
     example_reply,
     grammar_schema,
     parse_report,
 )
+from loopsim.researcher.view import build_view
 from loopsim.schemas import degeneracy
-from loopsim.store import Store
-from loopsim.view import build_view
 from tests.conftest import make_run
 
 DATE = dt.date(2025, 6, 2)
@@ -105,7 +105,7 @@ def test_parse_report_repairs_nothing_but_a_single_fence():
 
 
 def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec):
-    from loopsim.researcher import (
+    from loopsim.researcher.conversation import (
         EXAMPLE_ENTRY,
         SHINGLE_WORDS,
         copied_run,
@@ -138,7 +138,7 @@ def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec)
 
 
 def test_grammar_constrained_prompts_show_the_shape_and_no_example(database, spec):
-    from loopsim.researcher import EXAMPLE_ENTRY, grammar_constrained
+    from loopsim.researcher.conversation import EXAMPLE_ENTRY, grammar_constrained
 
     assert grammar_constrained("llamacpp:gemma3-270m")
     assert grammar_constrained("llamacpp:/models/x.gguf")

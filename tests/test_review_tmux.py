@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.loop import Loop
+from loopsim.record.db import Database
 from loopsim.testing import scripted_factory
 from tests.conftest import make_run
 from tests.test_checkin import BEES, persona_switching_model, spec_with

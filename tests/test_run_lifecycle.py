@@ -171,7 +171,7 @@ def test_run_delete_of_a_run_with_no_days_needs_no_force(cli, tmp_path):
 def test_store_delete_run_on_every_backend_leaves_the_other_run_whole(any_db, spec):
     from loopsim.config import Settings
     from loopsim.loop import Loop
-    from loopsim.store import Store
+    from loopsim.record.store import Store
     from tests.conftest import make_run
 
     factory, _ = scripted_factory()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from loopsim.cli_record import snippet
-from loopsim.db import Database
+from loopsim.cli.record import snippet
+from loopsim.record.db import Database
+from loopsim.record.store import EntryInput, Store
 from loopsim.schemas import Author, DayStatus
-from loopsim.store import EntryInput, Store
 from loopsim.testing import add_day, scripted_factory
 from tests.conftest import make_run
 

@@ -1,6 +1,6 @@
 """`loopsim serve` as a real process: SIGTERM, SIGKILL at random moments, SIGSTOP past
 its lease, two workers on one database, and the CLI deciding while it runs. The model is
-a real OpenAI-compatible HTTP server on 127.0.0.1 (loopsim.stubserver), reached through
+a real OpenAI-compatible HTTP server on 127.0.0.1 (loopsim.testing.stubserver), reached through
 langchain-openai."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from loopsim import db as dbmod
-from loopsim.models import Day, Run
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
+from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
-from loopsim.store import Store
-from loopsim.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import SPEC
 
 MODEL = "openai:stub-model"

@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
-from loopsim.models import Day, Run
+from loopsim.record.store import Store
+from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
-from loopsim.service import Service, ServiceConfig
-from loopsim.store import Store
+from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import default_reply, scripted_factory
 from tests.conftest import SPEC, make_run
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from loopsim import db as dbmod
 from loopsim.errors import SchemaOutdated
+from loopsim.record import db as dbmod
 from tests.conftest import make_run
 
 # Run in a separate process that holds no connection of its own until the end: who holds

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 
 from loopsim.errors import NotFound
+from loopsim.record.store import GENESIS, EntryInput, Store, search_terms
 from loopsim.schemas import Author, DayStatus, EntryKind
-from loopsim.store import GENESIS, EntryInput, Store, search_terms
 from loopsim.testing import add_day
 from tests.conftest import make_run
 

@@ -1,5 +1,5 @@
 """The stress tier: many real loopsim processes on one SQLite file for a bounded time
-(``python -m loopsim.stress``). LOOPSIM_STRESS_SECONDS sets how long (60 s by default;
+(``python -m loopsim.testing.stress``). LOOPSIM_STRESS_SECONDS sets how long (60 s by default;
 `make test-stress` runs it for 10 minutes)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SECONDS = float(os.environ.get("LOOPSIM_STRESS_SECONDS", "60"))
 @pytest.mark.stress
 def test_many_processes_on_one_sqlite_file_never_damage_it(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "loopsim.stress", "--db", str(tmp_path / "stress.db")]
+        [sys.executable, "-m", "loopsim.testing.stress", "--db", str(tmp_path / "stress.db")]
         + ["--seconds", str(SECONDS), "--json"],
         capture_output=True,
         text=True,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from loopsim.record.store import EntryInput, Store
+from loopsim.researcher.view import build_view, estimate_tokens
 from loopsim.schemas import Author, DayStatus, EntryKind
-from loopsim.store import EntryInput, Store
 from loopsim.testing import add_day
-from loopsim.view import build_view, estimate_tokens
 from tests.conftest import make_run
 
 DATE = dt.date(2025, 6, 2)

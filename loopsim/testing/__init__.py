@@ -21,10 +21,10 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
-from loopsim.chat import ChatFactory, ChatHandle
-from loopsim.models import Day, utcnow
+from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.record.store import EntryInput, Store
+from loopsim.record.tables import Day, utcnow
 from loopsim.schemas import DayStatus, ModelSpec
-from loopsim.store import EntryInput, Store
 
 Script = str | Callable[[list[BaseMessage]], str]
 

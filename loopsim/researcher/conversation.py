@@ -22,11 +22,11 @@ from typing import Any, Generic, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
-from loopsim.chat import ChatHandle, Reply
+from loopsim.chat.handle import ChatHandle, Reply
 from loopsim.errors import ModelUnavailable
+from loopsim.record.store import EntryInput, Store, canonical_json, sha256_hex
+from loopsim.researcher.view import View
 from loopsim.schemas import DayReport, Persona
-from loopsim.store import EntryInput, Store, canonical_json, sha256_hex
-from loopsim.view import View
 
 FRAMING = (
     "You work in a calm, stable, well-resourced research environment: no deadlines, no "

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from loopsim.errors import LoopsimError, SpecError
-from loopsim.lease import driver
-from loopsim.models import CheckIn, Day, Entry, ProbePair, Run
+from loopsim.record.leases import driver
+from loopsim.record.store import Store
+from loopsim.record.tables import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
-from loopsim.store import Store
 from loopsim.text import plural
 
 SCHEMA = "loopsim.export/1"

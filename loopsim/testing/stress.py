@@ -1,6 +1,6 @@
 """Many real loopsim processes on one SQLite file, for a bounded time: a stress harness.
 
-    python -m loopsim.stress --db stress.db --seconds 600
+    python -m loopsim.testing.stress --db stress.db --seconds 600
 
 It runs, all at once and each in its own process: ``loopsim serve`` workers killed with
 SIGKILL or stopped with SIGTERM at random moments and restarted after a random pause;
@@ -8,7 +8,7 @@ SIGKILL or stopped with SIGTERM at random moments and restarted after a random p
 pending; ``loopsim demo`` over and over (it opens the database several times in one
 process); a script that opens the database twice through the Python API and writes
 through both; and a reader that runs ``PRAGMA integrity_check`` and ``record verify`` in
-short-lived processes. The model is :mod:`loopsim.stubserver` on 127.0.0.1.
+short-lived processes. The model is :mod:`loopsim.testing.stubserver` on 127.0.0.1.
 
 Every command's exit code and stderr are kept. It reports malformed reads (any "malformed",
 "disk image" or "not a database" message, any traceback), failed integrity checks and
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopsim.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI
 
 # Signs of a damaged file or a bug in what any process printed.
 BAD_SIGNS = ("malformed", "disk image", "not a database", "traceback", "not a readable loopsim")
@@ -86,9 +86,9 @@ every_days = 0
 DOUBLE_OPEN = """\
 import sys, time
 from pathlib import Path
-from loopsim.db import Database
+from loopsim.record.db import Database
 from loopsim.schemas import load_spec
-from loopsim.store import Store
+from loopsim.record.store import Store
 url, spec_path, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spec = load_spec(Path(spec_path))
 first = Database.open(url)
@@ -111,8 +111,8 @@ first.dispose()
 # Every run's chain, recomputed in one process through loopsim's own store.
 VERIFY_ALL = """\
 import sys
-from loopsim.db import Database
-from loopsim.store import Store
+from loopsim.record.db import Database
+from loopsim.record.store import Store
 database = Database.open(sys.argv[1])
 with database.read() as session:
     store = Store(session)

@@ -15,9 +15,9 @@ from rich.text import Text
 
 from loopsim.cli import ID_MAX, RunArg, _app, probe_app
 from loopsim.errors import InvalidState, SpecError
-from loopsim.export import safe_text
-from loopsim.models import Probe, utcnow
-from loopsim.store import Store
+from loopsim.exports.markdown import safe_text
+from loopsim.record.store import Store
+from loopsim.record.tables import Probe, utcnow
 
 STATUSES = ("proposed", "accepted", "rejected")
 

@@ -13,8 +13,8 @@ import typer
 
 from loopsim.cli import RunArg, _app, app, run_app
 from loopsim.errors import SpecError
-from loopsim.lease import queue_for_service
-from loopsim.service import Service, ServiceConfig, configure_logging, default_worker_id
+from loopsim.record.leases import queue_for_service
+from loopsim.service.worker import Service, ServiceConfig, configure_logging, default_worker_id
 
 
 def _parse_http(value: str) -> tuple[str, int | None]:

@@ -15,15 +15,15 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from loopsim import db as dbmod
 from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
-from loopsim.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.errors import RecordBroken, SpecError
-from loopsim.export import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
-from loopsim.models import Entry
-from loopsim.report import to_html
+from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
+from loopsim.exports.markdown import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
+from loopsim.exports.report import to_html
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store, dropped_words, search_terms
+from loopsim.record.tables import Entry
 from loopsim.schemas import CallRole, DayStatus
-from loopsim.store import Store, dropped_words, search_terms
 from loopsim.text import plural
 
 # ----------------------------------------------------------------------------- record

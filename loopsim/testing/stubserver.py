@@ -4,7 +4,7 @@ It answers ``POST /v1/chat/completions`` after a set latency, with a valid DayRe
 the request asks for JSON and plain sentences otherwise, and it can inject the faults real
 endpoints produce: 429 with Retry-After, 5xx, stalls, truncated or garbled bodies and
 reset connections. It is the network peer only; loopsim talks to it through the real
-langchain-openai client. ``python -m loopsim.stubserver`` runs it in the foreground.
+langchain-openai client. ``python -m loopsim.testing.stubserver`` runs it in the foreground.
 """
 
 from __future__ import annotations

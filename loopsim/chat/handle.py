@@ -300,7 +300,7 @@ def check_model_id(model_id: str, source: str = "model") -> None:
     a model loopsim ships or an existing GGUF file. Whether a hosted model exists, or its
     provider's package is installed on the machine that will step the run, is only
     known when it is called."""
-    from loopsim.llamacpp import BUILTIN
+    from loopsim.chat.llamacpp import BUILTIN
 
     provider, _, name = model_id.partition(":")
     if not provider or not name:
@@ -334,7 +334,7 @@ def build_chat(settings: Settings) -> ChatFactory:
         if not name:
             raise ModelUnavailable(f"model {model_id!r} must look like 'provider:name'")
         if provider == "llamacpp":
-            from loopsim.llamacpp import LlamaCppChat, resolve_gguf
+            from loopsim.chat.llamacpp import LlamaCppChat, resolve_gguf
 
             path, identity = resolve_gguf(name)
             model = LlamaCppChat(

@@ -27,11 +27,12 @@ from typing import Any
 
 from sqlalchemy import update
 
-from loopsim import drift
+from loopsim.checkin import drift
 from loopsim.clock import external_date
-from loopsim.db import Database
 from loopsim.errors import InvalidState, SpecError
-from loopsim.models import CheckIn, Probe, ProbePair, Run, utcnow
+from loopsim.record.db import Database
+from loopsim.record.store import EntryInput, Store
+from loopsim.record.tables import CheckIn, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import (
     Author,
     CheckinPolicy,
@@ -41,7 +42,6 @@ from loopsim.schemas import (
     RunSpec,
     RunStatus,
 )
-from loopsim.store import EntryInput, Store
 from loopsim.text import plural
 
 APPROVING = (Decision.APPROVE, Decision.AMEND)

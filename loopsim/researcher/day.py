@@ -32,7 +32,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from loopsim.errors import ModelUnavailable
-from loopsim.researcher import (
+from loopsim.record.store import DigestState, EntryInput, Store
+from loopsim.researcher.conversation import (
     Asked,
     Conversation,
     DayOutcome,
@@ -45,6 +46,7 @@ from loopsim.researcher import (
     persona_text,
     reply_schema,
 )
+from loopsim.researcher.view import ViewEntry, build_view, estimate_tokens
 from loopsim.schemas import (
     Author,
     CallRole,
@@ -54,8 +56,6 @@ from loopsim.schemas import (
     RunSpec,
     SubAnswer,
 )
-from loopsim.store import DigestState, EntryInput, Store
-from loopsim.view import ViewEntry, build_view, estimate_tokens
 
 SUB_INSTRUCTIONS = (
     "Another copy of you, working on the same charter today, hands you the question below. "
@@ -119,7 +119,7 @@ def plan_digests(
     today, they are compressed. Level k+1: once ``every`` level-k digests are not yet
     covered by one of level k+1, they are compressed. At most one digest a level a day,
     so a record that had digests off catches up gradually. The view keeps showing days
-    as written while its budget allows (see :mod:`loopsim.view`).
+    as written while its budget allows (see :mod:`loopsim.researcher.view`).
     """
     if every <= 0:
         return []

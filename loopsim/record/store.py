@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from loopsim import ids
 from loopsim.errors import NotFound
-from loopsim.models import (
+from loopsim.record.tables import (
     CallRecord,
     CheckIn,
     Day,

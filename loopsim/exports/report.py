@@ -25,11 +25,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from loopsim import drift
-from loopsim.export import HIDDEN, checkin_record, safe_text
-from loopsim.models import Day, Entry, Run
+from loopsim.checkin import drift
+from loopsim.exports.markdown import HIDDEN, checkin_record, safe_text
+from loopsim.record.store import Store, VerifyResult
+from loopsim.record.tables import Day, Entry, Run
 from loopsim.schemas import DayStatus, RunSpec
-from loopsim.store import Store, VerifyResult
 
 # Deeper replies are drawn at this depth, each naming the entry it answers, so a hostile
 # chain of replies cannot nest the page (or the template's recursion) without bound.

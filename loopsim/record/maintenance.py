@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopsim import __version__
-from loopsim import db as dbmod
 from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
-from loopsim.store import Store
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
 
 # Problems SQLite's integrity check lists at most; past that, one more line says so.
 MAX_PROBLEMS = 100

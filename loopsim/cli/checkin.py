@@ -15,13 +15,13 @@ from click import termui
 from rich.table import Table
 from rich.text import Text
 
-from loopsim import checkin as ck
-from loopsim import drift
+from loopsim.checkin import drift
+from loopsim.checkin import policy as ck
 from loopsim.cli import ID_MAX, AppContext, _app, checkin_app
 from loopsim.errors import SpecError
-from loopsim.export import checkin_record, safe_text
+from loopsim.exports.markdown import checkin_record, safe_text
+from loopsim.record.store import Store
 from loopsim.schemas import Decision, RunSpec
-from loopsim.store import Store
 from loopsim.text import plural
 
 IdArg = Annotated[

@@ -45,9 +45,9 @@ from typer._click.exceptions import (
 )
 from typer.core import TyperGroup
 
-from loopsim import __version__, drift
-from loopsim import db as dbmod
-from loopsim.chat import ChatFactory, build_chat, check_model_id
+from loopsim import __version__
+from loopsim.chat.handle import ChatFactory, build_chat, check_model_id
+from loopsim.checkin import drift
 from loopsim.config import Settings
 from loopsim.errors import (
     EXIT_AT_CHECKIN,
@@ -56,12 +56,13 @@ from loopsim.errors import (
     ModelOutputInvalid,
     SpecError,
 )
-from loopsim.export import inert_json, safe_text, to_markdown, write_atomically
-from loopsim.lease import driver, live_holder
+from loopsim.exports.markdown import inert_json, safe_text, to_markdown, write_atomically
 from loopsim.loop import DayResult, Loop
-from loopsim.models import Run
+from loopsim.record import db as dbmod
+from loopsim.record.leases import driver, live_holder
+from loopsim.record.store import Store
+from loopsim.record.tables import Run
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
-from loopsim.store import Store
 from loopsim.text import plural
 
 
@@ -812,8 +813,8 @@ def main() -> None:
 
 
 # Commands that live in their own modules register on import.
-from loopsim import cli_checkin as _cli_checkin  # noqa: E402, F401
-from loopsim import cli_db as _cli_db  # noqa: E402, F401
-from loopsim import cli_probe as _cli_probe  # noqa: E402, F401
-from loopsim import cli_record as _cli_record  # noqa: E402, F401
-from loopsim import cli_serve as _cli_serve  # noqa: E402, F401
+from loopsim.cli import checkin as _cli_checkin  # noqa: E402, F401
+from loopsim.cli import db as _cli_db  # noqa: E402, F401
+from loopsim.cli import probe as _cli_probe  # noqa: E402, F401
+from loopsim.cli import record as _cli_record  # noqa: E402, F401
+from loopsim.cli import serve as _cli_serve  # noqa: E402, F401

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopsim.checkin import last_approved_day
-from loopsim.export import inert_json
-from loopsim.models import CallRecord, Day, Run
+from loopsim.checkin.policy import last_approved_day
+from loopsim.exports.markdown import inert_json
+from loopsim.record.store import Store
+from loopsim.record.tables import CallRecord, Day, Run
 from loopsim.schemas import CallRole, DayStatus
-from loopsim.store import Store
 
 SCHEMA = "loopsim.dataset/1"
 

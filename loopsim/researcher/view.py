@@ -3,7 +3,7 @@
 What it holds, in the order it is rendered:
 
 1. Pinned, always present: the charter and every human correction.
-2. The digests (see :mod:`loopsim.amplify`) that tile every day before the raw window,
+2. The digests (see :mod:`loopsim.researcher.day`) that tile every day before the raw window,
    highest level first while they fit their share of the budget.
 3. Full-text matches among the ``SEARCH_HORIZON`` entries just before the raw window,
    for the sub-question (if any) and the charter's open questions, within their share.
@@ -26,9 +26,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from loopsim.models import Entry
+from loopsim.record.store import DigestState, Store
+from loopsim.record.tables import Entry
 from loopsim.schemas import Charter, EntryKind
-from loopsim.store import DigestState, Store
 
 RELATED_SHARE = 0.1
 FOCUS_RELATED_SHARE = 0.5

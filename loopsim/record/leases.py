@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import update
 
-from loopsim.db import Database
 from loopsim.errors import InvalidState, LeaseLost
-from loopsim.models import Run, utcnow
+from loopsim.record.db import Database
+from loopsim.record.store import Store
+from loopsim.record.tables import Run, utcnow
 from loopsim.schemas import RunStatus
-from loopsim.store import Store
 
 STEP_OWNER = "run step"
 """The owner of a run `loopsim run step` drives (with no expiry): serve leaves it alone."""

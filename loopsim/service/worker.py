@@ -3,7 +3,7 @@
 One asyncio event loop supervises up to ``concurrency`` runs at once:
 
 - it **claims** runs in ``running`` state that ``run start`` queued (never one ``run step``
-  drives) through leases (:mod:`loopsim.lease`), polling every ``poll_seconds``, so a
+  drives) through leases (:mod:`loopsim.record.leases`), polling every ``poll_seconds``, so a
   run resumed or a check-in decided from the CLI is picked up within about that long;
 - each claimed run gets a task that steps days until the run stops being steppable
   (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
@@ -43,20 +43,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from loopsim import drift
-from loopsim import lease as leases
-from loopsim.chat import ChatFactory, ChatHandle, Reply
+from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
+from loopsim.checkin import drift
 from loopsim.config import Settings
-from loopsim.db import Database
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
-from loopsim.lease import Lease
 from loopsim.loop import Loop
-from loopsim.models import utcnow
-from loopsim.researcher import Call, adrive
+from loopsim.record import leases
+from loopsim.record.db import Database
+from loopsim.record.leases import Lease
+from loopsim.record.store import Store
+from loopsim.record.tables import utcnow
+from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
-from loopsim.store import Store
 
-log = logging.getLogger("loopsim.service")
+log = logging.getLogger("loopsim.service.worker")
 T = TypeVar("T")
 
 

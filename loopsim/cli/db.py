@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from loopsim import maintenance
 from loopsim.cli import JsonOpt, _app, db_app
-from loopsim.export import safe_text
+from loopsim.exports.markdown import safe_text
+from loopsim.record import maintenance
 
 
 @db_app.command("check")

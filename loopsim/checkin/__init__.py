@@ -1,0 +1,1 @@
+"""Human check-ins: schedule and alarms, opening, the decision, and drift (pure)."""

@@ -1,0 +1,1 @@
+"""Read-only renderings of the record: Markdown and JSONL, the HTML report, the dataset."""

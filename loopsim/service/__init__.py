@@ -1,0 +1,1 @@
+"""`loopsim serve`: the long-running worker and what it exposes."""
