@@ -138,7 +138,7 @@ class RetryPolicy:
         asked = retry_after(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.max_wait)
-        backoff = self.initial * 2 ** (state.attempt_number - 1)
+        backoff = self.initial * 2.0 ** (state.attempt_number - 1)
         return min(self.max_wait, backoff) * random.uniform(0.5, 1.0)  # full-ish jitter
 
 

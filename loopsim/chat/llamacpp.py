@@ -105,7 +105,7 @@ def _silence_native_logs() -> None:
 
     import llama_cpp
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def quiet(level: int, text: bytes, user_data: Any) -> None:
         return None
 
