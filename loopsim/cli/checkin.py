@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from click import termui
 from rich.table import Table
 from rich.text import Text
 
@@ -159,7 +158,7 @@ class _Interrupted(Exception):
 def _line(question: str) -> str:
     """One line from the human. Ctrl-C and Ctrl-D stop the review, cleanly."""
     try:
-        return str(termui.visible_prompt_func(f"{question}: ")).strip()
+        return input(f"{question}: ").strip()
     except EOFError:
         typer.echo("", err=True)
         raise _Interrupted(1) from None
