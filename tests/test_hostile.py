@@ -27,7 +27,6 @@ import typer.main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import BaseMessage
-from loopsim.db import Database
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -39,6 +38,7 @@ from loopsim.errors import InvalidState
 from loopsim.exports.markdown import to_jsonl, to_markdown
 from loopsim.loop import Loop
 from loopsim.record import db as dbmod
+from loopsim.record.db import Database
 from loopsim.record.store import EntryInput, Store, canonical_json
 from loopsim.record.tables import CallRecord, CheckIn, Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec

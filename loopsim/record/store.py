@@ -1,6 +1,6 @@
 """All queries over the record. The store appends, gets, lists and verifies; it never
 commits. The caller (``loop.py``, the CLI) owns the transaction through
-:meth:`loopsim.db.Database.write`.
+:meth:`loopsim.record.db.Database.write`.
 
 Entries form one SHA-256 chain per run, in ``seq`` order. Each entry's hash covers its
 canonical content and the previous entry's hash, so editing, deleting or reordering any
