@@ -208,6 +208,12 @@ class CheckIn(Base):
     decision: Mapped[str | None] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     drift_score: Mapped[float | None] = mapped_column(Float)
+    # The figures the drift score was read from (migration 0007): mean calibrated
+    # agreement, the human's retest ceiling, the EWMA trend, and the similarity's kind.
+    agreement: Mapped[float | None] = mapped_column(Float)
+    ceiling: Mapped[float | None] = mapped_column(Float)
+    trend: Mapped[float | None] = mapped_column(Float)
+    similarity: Mapped[str | None] = mapped_column(String(200))
     opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
@@ -228,6 +234,15 @@ class ProbePair(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     similarity: Mapped[float | None] = mapped_column(Float)
     is_retest: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Calibrated drift (migration 0007): ``similarity`` read between the run's chance
+    # level and the human's ceiling (see checkin/calibration.py), and the judge's verdict
+    # with every call it took.
+    agreement: Mapped[float | None] = mapped_column(Float)
+    null_level: Mapped[float | None] = mapped_column(Float)
+    ceiling: Mapped[float | None] = mapped_column(Float)
+    judge_rating: Mapped[int | None] = mapped_column(Integer)
+    judge_reason: Mapped[str | None] = mapped_column(Text)
+    judge_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class IntegrityCheck(Base):
