@@ -16,7 +16,7 @@ from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus
 from loopsim.service.worker import Service, ServiceConfig
-from loopsim.testing.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI, default_text
 from tests.conftest import make_run
 
 MODEL = "openai:stub-model"
@@ -137,3 +137,36 @@ def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every):
     assert faults >= 4
     metrics = service.metrics.render().decode()
     assert f"loopsim_model_retries_total {float(faults)}" in metrics
+
+
+def test_retry_after_zero_does_not_turn_the_backoff_off(database, spec):
+    """Five 429s that each say "Retry-After: 0": the backoff still grows, so the day
+    rides out the burst instead of spending its retries at once."""
+    with StubOpenAI(faults=["429"] * 5, retry_after=0) as stub:
+        settings = settings_for(stub.base_url, retry_initial_seconds=0.05)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED, result.error
+    assert stub.served == {"429": 5, "ok": 1}
+    # The time between the first 429 and the request that succeeded: 0.05 s doubling
+    # over five retries, jittered to at least half, is 0.775 s at the least.
+    assert stub.arrivals[-1] - stub.arrivals[0] >= 0.75
+
+
+def test_each_validation_retry_sends_another_seed(database, spec):
+    """An OpenAI-compatible server gets a seed, and a reply refused by validation is asked
+    again with a different one, so a retry is not the same failed reply."""
+    replies = iter(["not json", "still not json"])
+
+    def reply(body: dict) -> str:
+        return next(replies, None) or default_text(body)
+
+    with StubOpenAI(reply=reply) as stub:
+        settings = settings_for(stub.base_url)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED, result.error
+    seeds = [body.get("seed") for body in stub.requests]
+    assert len(seeds) == 3
+    assert all(isinstance(s, int) for s in seeds)
+    assert len(set(seeds)) == 3

@@ -134,12 +134,16 @@ class RetryPolicy:
     max_wait: float = 60.0
 
     def wait(self, state: RetryCallState) -> float:
+        """The backoff, or what the server's Retry-After asks for if that is longer: a
+        server that says "Retry-After: 0" under a burst of 429s must not turn the backoff
+        off (a retry storm against an overloaded endpoint)."""
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after(exc) if exc is not None else None
-        if asked is not None:
-            return min(asked, self.max_wait)
         backoff = self.initial * 2.0 ** (state.attempt_number - 1)
-        return min(self.max_wait, backoff) * random.uniform(0.5, 1.0)  # full-ish jitter
+        backoff = min(self.max_wait, backoff) * random.uniform(0.5, 1.0)  # full-ish jitter
+        if asked is not None:
+            return min(max(asked, backoff), self.max_wait)
+        return backoff
 
 
 OnRetry = Callable[[BaseException, float], None]
@@ -159,8 +163,13 @@ class ChatHandle:
         retry: RetryPolicy | None = None,
         secrets: Sequence[str] = (),
         base_url: str | None = None,
+        send_seed: bool = False,
     ) -> None:
         self.model_id = model_id
+        # Send the sampling seed to an API that takes one (OpenAI's and the compatible
+        # servers'): each validation retry asks with another seed, so a retried day is not
+        # the same failed reply again.
+        self.send_seed = send_seed
         self.base_url = base_url
         self.model = model
         self.structured = structured  # "llamacpp" | "openai" | "openai-json-object" | "none"
@@ -175,6 +184,8 @@ class ChatHandle:
 
     def _kwargs(self, schema: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
+        if self.send_seed and seed is not None:
+            kwargs["seed"] = seed
         if self.structured == "llamacpp":
             if schema is not None:
                 kwargs["json_schema"] = schema
@@ -408,4 +419,5 @@ def _init_langchain(
         retry=policy,
         secrets=secrets,
         base_url=base_url,
+        send_seed=provider == "openai",
     )

@@ -71,6 +71,7 @@ class StubOpenAI:
         self.key_fn = key_fn
         self.port = port
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request, in order
         self.served: Counter[str] = Counter()
         self.max_in_flight = 0
         self.max_in_flight_per_key: dict[str, int] = {}
@@ -172,6 +173,7 @@ class StubOpenAI:
         with self._lock:
             number = len(self.requests)
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             self._per_key[key] = self._per_key.get(key, 0) + 1
