@@ -136,7 +136,13 @@ def test_cli_command_modules_never_import_the_cli_root(tmp_path):
     for path in leaves:
         assert not root_imports(path), f"cli/{path.name} imports the cli root"
     for path in PACKAGE.rglob("*.py"):
-        assert "loopsim.cli.doc" not in imports(path), f"{path} imports cli/doc.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            assert "loopsim.cli.doc" not in names, f"{path} imports cli/doc.py"
 
     # The rule can fail: each way of reaching the root is caught, a submodule is not.
     planted = tmp_path / "cli"
