@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import loopsim.cli
+import loopsim.cli.run
 from loopsim.testing import scripted_factory
 
 ROOT = Path(__file__).parent.parent
@@ -88,12 +88,12 @@ def test_ctrl_c_inside_a_command_exits_130_not_clicks_aborted(cli_factory, sqlit
     def interrupted(path: Path) -> None:
         raise KeyboardInterrupt
 
-    original = loopsim.cli.load_spec
-    loopsim.cli.load_spec = interrupted  # type: ignore[assignment]
+    original = loopsim.cli.run.load_spec
+    loopsim.cli.run.load_spec = interrupted  # type: ignore[assignment]
     try:
         result = cli_factory(sqlite_url, factory)("run", "create", str(spec))
     finally:
-        loopsim.cli.load_spec = original
+        loopsim.cli.run.load_spec = original
     assert result.exit_code == 130
     assert result.stderr.strip() == "interrupted" and "Aborted" not in result.output
 

@@ -100,3 +100,66 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path):
         assert RANKS["checkin"] > RANKS[unit(planted)]
     finally:
         planted.unlink()
+
+
+def test_cli_command_modules_never_import_the_cli_root(tmp_path):
+    """The root (``loopsim/cli/__init__.py``) imports each command module, never the
+    reverse. ``doc.py`` is the one module above the root: it renders the whole app into
+    docs/cli.md, and nothing in the package imports it, so it closes no circle."""
+
+    def root_imports(path: Path) -> list[str]:
+        """The imports in ``path`` (a file of a ``cli`` folder inside ``loopsim``) that
+        reach the ``loopsim.cli`` package itself rather than one of its modules."""
+        folder = path.parent
+        here = ["loopsim", "cli"]
+
+        def is_module(name: str) -> bool:
+            return (folder / f"{name}.py").is_file() or (folder / name).is_dir()
+
+        found = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found += [a.name for a in node.names if a.name == "loopsim.cli"]
+            elif isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    if module == "loopsim.cli" and not is_module(alias.name):
+                        found.append(f"from loopsim.cli import {alias.name}")
+                    elif module == "loopsim" and alias.name == "cli":
+                        found.append("from loopsim import cli")
+        return found
+
+    cli = PACKAGE / "cli"
+    leaves = [p for p in sorted(cli.glob("*.py")) if p.name not in ("__init__.py", "doc.py")]
+    assert len(leaves) >= 5, "the command modules were not found"
+    for path in leaves:
+        assert not root_imports(path), f"cli/{path.name} imports the cli root"
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            assert "loopsim.cli.doc" not in names, f"{path} imports cli/doc.py"
+
+    # The rule can fail: each way of reaching the root is caught, a submodule is not.
+    planted = tmp_path / "cli"
+    planted.mkdir()
+    (planted / "context.py").write_text("")
+    cases = {
+        "from loopsim.cli import app\n": True,
+        "import loopsim.cli\n": True,
+        "import loopsim.cli as root\n": True,
+        "from loopsim import cli\n": True,
+        "from . import app\n": True,
+        "from .. import cli\n": True,
+        "from loopsim.cli import context\n": False,
+        "from loopsim.cli.context import app_context\n": False,
+        "from . import context\n": False,
+        "import loopsim.cli.context\n": False,
+    }
+    for source, caught in cases.items():
+        (planted / "leaf.py").write_text(source)
+        assert bool(root_imports(planted / "leaf.py")) is caught, source

@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from loopsim.cli import own_command
+from loopsim.cli.demo import own_command
 from loopsim.testing.stubserver import StubOpenAI
 
 ROOT = Path(__file__).parent.parent

@@ -16,12 +16,14 @@ from rich.text import Text
 
 from loopsim.checkin import drift
 from loopsim.checkin import policy as ck
-from loopsim.cli import ID_MAX, AppContext, _app, checkin_app
+from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
 from loopsim.record.store import Store
 from loopsim.schemas import Decision, RunSpec
 from loopsim.text import plural
+
+app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
 
 IdArg = Annotated[
     int,
@@ -29,7 +31,7 @@ IdArg = Annotated[
 ]
 
 
-@checkin_app.command("list")
+@app.command("list")
 def checkin_list(
     ctx: typer.Context,
     pending: Annotated[bool, typer.Option("--pending", help="Only undecided ones.")] = False,
@@ -37,7 +39,7 @@ def checkin_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List check-ins, oldest first."""
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run_id = store.get_run(run_ref).id if run_ref else None
@@ -97,7 +99,7 @@ def _apply(
         a.err.print(outcome.schedule)
 
 
-@checkin_app.command("decide")
+@app.command("decide")
 def checkin_decide(
     ctx: typer.Context,
     checkin_id: IdArg,
@@ -143,7 +145,7 @@ def checkin_decide(
     ]
     if len(chosen) != 1:
         raise SpecError("give exactly one of --approve, --amend, --reject, --halt")
-    a = _app(ctx)
+    a = app_context(ctx)
     given = ck.load_answers(answers) if answers else None
     _apply(a, checkin_id, chosen[0], note, given, skip_probes=skip_probes, source=str(answers))
 
@@ -193,7 +195,7 @@ class _Step:
     retest: bool
 
 
-@checkin_app.command("review")
+@app.command("review")
 def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     """Review a check-in: read the days, answer each probe blind, see the prediction and
     rate it, then decide.
@@ -201,7 +203,7 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     Ctrl-C or Ctrl-D stops the review; what was entered is stored, and running the same
     command again resumes at the first step not stored yet. Stored answers and ratings are
     shown, never asked again or overwritten."""
-    a = _app(ctx)
+    a = app_context(ctx)
     try:
         _review(a, checkin_id)
     except (_Interrupted, KeyboardInterrupt) as exc:
@@ -335,7 +337,7 @@ def _review(a: AppContext, checkin_id: int) -> None:
     _apply(a, checkin_id, choice, note, None)
 
 
-@checkin_app.command("show")
+@app.command("show")
 def checkin_show(
     ctx: typer.Context,
     checkin_id: IdArg,
@@ -344,7 +346,7 @@ def checkin_show(
     """Show one check-in: why, which days, the decision and drift, and each probe with the
     answer and rating stored so far. A prediction is shown only once its blind answer is
     stored. Starts no review and changes nothing."""
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         record = checkin_record(store, store.get_checkin(checkin_id))

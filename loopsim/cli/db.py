@@ -1,21 +1,108 @@
-"""``loopsim db check`` and ``loopsim db backup``: proving a record whole, and copying it
-while it is in use."""
+"""``loopsim db ...``: create and migrate the database (``upgrade``, ``downgrade``),
+show where it is (``status``), prove a record whole (``check``), and copy it while it is
+in use (``backup``)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from alembic.util import CommandError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from loopsim.cli import JsonOpt, _app, db_app
+from loopsim.cli.context import JsonOpt, app_context
+from loopsim.errors import LoopsimError, SpecError
 from loopsim.exports.markdown import safe_text
+from loopsim.record import db as dbmod
 from loopsim.record import maintenance
+from loopsim.record.store import Store
+
+app = typer.Typer(no_args_is_help=True, help="Create, migrate and inspect the database.")
 
 
-@db_app.command("check")
+_REVISION = re.compile(r"(?:\w+(?:@\w+)?)?(?:[+-]\d+)?")
+
+
+def _revision(value: str) -> str:
+    """Alembic asserts, rather than reports, on some malformed revisions ('', '@')."""
+    if not value or not _REVISION.fullmatch(value):
+        raise SpecError(
+            f"{value!r} is not a revision: give head, base, an id such as 0001, "
+            "or a step such as -1"
+        )
+    return value
+
+
+@app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create the database if it is missing, or migrate it to the current schema.
+
+    An existing SQLite file is backed up beside itself before it is migrated."""
+    a = app_context(ctx)
+    try:
+        result = dbmod.upgrade(a.url, _revision(revision))
+    except CommandError as exc:  # alembic's own errors name unknown revisions
+        raise SpecError(f"cannot upgrade to {revision!r}: {exc}") from None
+    if result.created:
+        a.err.print(f"created {result.where} at schema {result.after}")
+    elif result.before == result.after:
+        a.err.print(f"{result.where} is already at schema {result.after}")
+    else:
+        backup = f" (backup: {result.backup})" if result.backup else ""
+        a.err.print(f"upgraded {result.where} from {result.before} to {result.after}{backup}")
+
+
+@app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0001, or base.")],
+) -> None:
+    """Migrate the schema down (for recovery and testing). A SQLite file is backed up
+    first; loopsim refuses to run on the result until `loopsim db upgrade`."""
+    a = app_context(ctx)
+    try:
+        result = dbmod.downgrade(a.url, _revision(revision))
+    except Exception as exc:  # alembic's own errors name unknown revisions
+        if isinstance(exc, LoopsimError):
+            raise
+        from alembic.util import CommandError
+
+        if isinstance(exc, CommandError):
+            raise SpecError(f"cannot downgrade to {revision!r}: {exc}") from None
+        raise
+    backup = f" (backup: {result.backup})" if result.backup else ""
+    a.err.print(f"downgraded {result.where} from {result.before} to {result.after}{backup}")
+
+
+@app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """Show where the database is, whether its schema is current, and when `db check`
+    last checked it."""
+    a = app_context(ctx)
+    database = a.open_db()
+    with database.read() as session:
+        store = Store(session)
+        runs = len(store.list_runs())
+        last = store.last_integrity_check()
+    a.out.print(
+        f"{database.where}: schema {dbmod.head_revision()} (current), "
+        f"{runs} {'run' if runs == 1 else 'runs'}"
+    )
+    if last is None:
+        a.out.print("last checked: never; `loopsim db check` checks it")
+        return
+    found = "ok" if last.ok else f"{last.problems} problem{'s' if last.problems > 1 else ''}"
+    kind = "quick check" if last.quick else "integrity check"
+    a.out.print(f"last checked: {last.checked_at.isoformat(timespec='seconds')} ({kind}, {found})")
+
+
+@app.command("check")
 def db_check(
     ctx: typer.Context,
     quick: Annotated[
@@ -28,7 +115,7 @@ def db_check(
 
     A damaged file is only read, never written; a sound one records when it was checked,
     which `db status` shows."""
-    a = _app(ctx)
+    a = app_context(ctx)
     columns = (TextColumn("verifying chains"), BarColumn(), MofNCompleteColumn())
     with Progress(
         *columns, console=a.err, transient=True, disable=not a.err.is_terminal
@@ -71,7 +158,7 @@ def db_check(
     raise typer.Exit(1)
 
 
-@db_app.command("backup")
+@app.command("backup")
 def db_backup(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to write the copy.")],
@@ -83,7 +170,7 @@ def db_backup(
     The copy is made through SQLite's online backup API (so `loopsim serve` may keep
     writing), checked like `db check` before it takes its name, and left as one file.
     For PostgreSQL use pg_dump."""
-    a = _app(ctx)
+    a = app_context(ctx)
     result = maintenance.backup(
         a.url, path, force=force, busy_timeout_ms=a.settings.busy_timeout_ms
     )

@@ -13,16 +13,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from loopsim.cli import ID_MAX, RunArg, _app, probe_app
+from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record.store import Store
 from loopsim.record.tables import Probe, utcnow
 
+app = typer.Typer(no_args_is_help=True, help="The run's bank of probe questions.")
+
 STATUSES = ("proposed", "accepted", "rejected")
 
 
-@probe_app.command("list")
+@app.command("list")
 def probe_list(
     ctx: typer.Context,
     run_ref: RunArg,
@@ -32,7 +34,7 @@ def probe_list(
     """List a run's probes."""
     if status is not None and status not in STATUSES:
         raise SpecError(f"--status: expected one of {', '.join(STATUSES)}")
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -54,7 +56,7 @@ def probe_list(
     a.out.print(table if rows else "no probes")
 
 
-@probe_app.command("add")
+@app.command("add")
 def probe_add(
     ctx: typer.Context,
     run_ref: RunArg,
@@ -64,7 +66,7 @@ def probe_add(
     text = question.strip()
     if not 3 <= len(text) <= 500:
         raise SpecError("a probe question is 3 to 500 characters")
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().write() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -78,7 +80,7 @@ def probe_add(
 
 
 def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().write() as session:
         store = Store(session)
         probes = [store.get_probe(i) for i in ids]
@@ -89,7 +91,7 @@ def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
     a.err.print(f"{status} {len(ids)} probe(s)")
 
 
-@probe_app.command("accept")
+@app.command("accept")
 def probe_accept(
     ctx: typer.Context,
     ids: Annotated[list[int], typer.Argument(metavar="ID...", min=1, max=ID_MAX)],
@@ -98,7 +100,7 @@ def probe_accept(
     _set(ctx, ids, "accepted")
 
 
-@probe_app.command("reject")
+@app.command("reject")
 def probe_reject(
     ctx: typer.Context,
     ids: Annotated[list[int], typer.Argument(metavar="ID...", min=1, max=ID_MAX)],

@@ -1,42 +1,36 @@
-"""``loopsim record ...`` and ``loopsim export``: read, verify and export a run's record.
+"""``loopsim record ...``: read, search, verify and amend a run's record.
 
-Model text is data: it is stripped of control characters before it reaches a terminal,
-and escaped in every export.
+Model text is data: it is stripped of control characters before it reaches a terminal.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
-from loopsim.cli import ID_MAX, RunArg, _app, app, record_app
+from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import RecordBroken, SpecError
-from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
-from loopsim.exports.markdown import entry_marks, safe_text, to_jsonl, to_markdown, write_atomically
-from loopsim.exports.report import to_html
-from loopsim.record import db as dbmod
+from loopsim.exports.markdown import entry_marks, safe_text
 from loopsim.record.store import Store, dropped_words, search_terms
 from loopsim.record.tables import Entry
-from loopsim.schemas import CallRole, DayStatus
+from loopsim.schemas import DayStatus
 from loopsim.text import plural
 
-# ----------------------------------------------------------------------------- record
+app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
 
 
-@record_app.command("show")
+@app.command("show")
 def record_show(
     ctx: typer.Context,
     run_ref: RunArg,
     day: Annotated[int | None, typer.Option(min=1, max=ID_MAX, help="Only this day.")] = None,
 ) -> None:
     """Print the record. Terminal escapes in model text are stripped."""
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -83,7 +77,7 @@ def _marks(entry: Entry) -> str:
     return f" [{'; '.join(marks)}]" if marks else ""
 
 
-@record_app.command("amend-digest")
+@app.command("amend-digest")
 def record_amend_digest(
     ctx: typer.Context,
     run_ref: RunArg,
@@ -98,7 +92,7 @@ def record_amend_digest(
     text = " ".join(body.split())
     if len(text) < 20:
         raise typer.BadParameter("give at least 20 characters", param_hint="--body")
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().write() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -108,10 +102,10 @@ def record_amend_digest(
         )
 
 
-@record_app.command("verify")
+@app.command("verify")
 def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
     """Recompute the SHA-256 chain; name the first broken link and exit 1 if any."""
-    a = _app(ctx)
+    a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
@@ -187,7 +181,7 @@ def marked(text: str, terms: list[str], *, bold: bool, style: str = "") -> Text:
     return out
 
 
-@record_app.command("search")
+@app.command("search")
 def record_search(
     ctx: typer.Context,
     run_ref: RunArg,
@@ -203,7 +197,7 @@ def record_search(
             "the query has no words to search for: words of 3 or more letters count (and "
             "of 2 in capitals, such as KL), except common ones such as 'the' or 'with'"
         )
-    a = _app(ctx)
+    a = app_context(ctx)
     dropped = dropped_words(query)
     if dropped:
         shown = ", ".join(repr(w if len(w) <= 40 else w[:39] + "…") for w in dropped[:10])
@@ -251,78 +245,3 @@ def record_search(
             line.append("  [reverted]", style="yellow")
         a.out.print(line)
         a.out.print(marked("    " + row["snippet"], terms, bold=a.out.is_terminal, style=style))
-
-
-# ----------------------------------------------------------------------------- export
-
-
-class ExportFormat(StrEnum):
-    MD = "md"
-    JSONL = "jsonl"
-    HTML = "html"
-    DATASET = "dataset"
-
-
-@app.command("export")
-def export(
-    ctx: typer.Context,
-    run_ref: RunArg,
-    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = (
-        ExportFormat.MD
-    ),
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File; - or nothing for stdout.")
-    ] = None,
-    include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
-    since_day: Annotated[
-        int | None,
-        typer.Option(min=1, max=ID_MAX, help="dataset: only days from this index on."),
-    ] = None,
-    until_day: Annotated[
-        int | None,
-        typer.Option(min=1, max=ID_MAX, help="dataset: only days up to this index."),
-    ] = None,
-    kind: Annotated[
-        list[CallRole] | None,
-        typer.Option("--kind", help="dataset: only these calls (repeat for several)."),
-    ] = None,
-) -> None:
-    """Export a run's record as Markdown (for people), JSONL (for programs), a
-    self-contained HTML report (no scripts, no network), or a chat fine-tuning dataset of
-    the approved days (docs/export.md describes each)."""
-    a = _app(ctx)
-    if fmt != ExportFormat.DATASET:
-        given = [
-            name
-            for name, value in (("--since-day", since_day), ("--until-day", until_day))
-            if value is not None
-        ] + (["--kind"] if kind else [])
-        if given:
-            raise SpecError(f"{', '.join(given)}: only for --format dataset")
-    elif since_day is not None and until_day is not None and since_day > until_day:
-        raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
-    if output is not None and str(output) != "-":
-        dbmod.refuse_database_target(output, a.url, "-o")
-    with a.open_db().read() as session:
-        store = Store(session)
-        run = store.get_run(run_ref)
-        if fmt == ExportFormat.DATASET:
-            filt = DatasetFilter(since_day, until_day, frozenset(kind or ()), include_reverted)
-            tally = Tally()
-            chunks = [line + "\n" for line in to_dataset(store, run, filt, tally)]
-        elif fmt == ExportFormat.MD:
-            chunks = [to_markdown(store, run, include_reverted=include_reverted)]
-        elif fmt == ExportFormat.HTML:
-            chunks = [to_html(store, run, include_reverted=include_reverted)]
-        else:
-            chunks = [
-                line + "\n" for line in to_jsonl(store, run, include_reverted=include_reverted)
-            ]
-    if output is None or str(output) == "-":
-        for chunk in chunks:
-            typer.echo(chunk, nl=False)
-    else:
-        write_atomically(output, chunks)
-        a.err.print(f"wrote {output}")
-    if fmt == ExportFormat.DATASET:
-        a.err.print(tally.describe())

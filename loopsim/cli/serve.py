@@ -1,5 +1,5 @@
-"""``loopsim serve``: the long-running worker, and ``loopsim run start``, which queues a
-created run for it."""
+"""``loopsim serve``: the long-running worker that steps every run queued with
+``loopsim run start``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 
-from loopsim.cli import RunArg, _app, app, run_app
+from loopsim.cli.context import app_context
 from loopsim.errors import SpecError
-from loopsim.record.leases import queue_for_service
 from loopsim.service.worker import Service, ServiceConfig, configure_logging, default_worker_id
 
 
@@ -26,7 +25,6 @@ def _parse_http(value: str) -> tuple[str, int | None]:
     return host or "127.0.0.1", int(port)
 
 
-@app.command("serve")
 def serve(
     ctx: typer.Context,
     concurrency: Annotated[
@@ -65,7 +63,7 @@ def serve(
     database. Check-in decisions and `run pause|resume|halt` take effect at the next day
     boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
     to commit, abandons the rest without a trace, releases its leases and exits 0."""
-    a = _app(ctx)
+    a = app_context(ctx)
     if log_format not in ("text", "json"):
         raise SpecError(f"--log-format is text or json, not {log_format!r}")
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -95,12 +93,3 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-
-@run_app.command("start")
-def run_start(ctx: typer.Context, run_ref: RunArg) -> None:
-    """Queue a run for `loopsim serve`: a created run, or one `run step` drives.
-
-    Only runs queued here are claimed by `serve`; `run step` takes a run back."""
-    run_id, status = queue_for_service(_app(ctx).open_db(), run_ref)
-    _app(ctx).err.print(f"run {run_id} is {status}; `loopsim serve` steps it")

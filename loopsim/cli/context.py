@@ -1,0 +1,112 @@
+"""What every command shares: the invocation's :class:`AppContext` (settings, the one
+database, the chat and similarity seams, the two consoles), how a command finds it, and
+the argument types several command groups take.
+
+Command modules import this, never the ``loopsim.cli`` package itself: the root imports
+the leaves, not the reverse.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.text import Text
+
+from loopsim.chat.handle import ChatFactory, build_chat
+from loopsim.checkin import drift
+from loopsim.config import Settings
+from loopsim.errors import SpecError
+from loopsim.exports.markdown import inert_json
+from loopsim.record import db as dbmod
+
+RunArg = Annotated[
+    str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The largest id, day or sequence number the INTEGER columns of every backend hold; a
+# larger one is a usage error rather than a driver's overflow.
+ID_MAX = 2**31 - 1
+
+
+class _Stdout(Console):
+    """stdout. A reader that stopped reading (`| head -1`) ends the command quietly with
+    exit 0 (rich would exit 1); the boundary in LoopsimGroup.invoke (cli/boundary.py) does
+    the rest."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+@dataclass
+class AppContext:
+    """What every command needs, built once per invocation. Tests pass their own."""
+
+    settings: Settings
+    chat_factory: ChatFactory | None = None
+    db_url: str | None = None
+    opened_checkin: int | None = None
+    similarity_fn: drift.Similarity | None = None
+    _database: dbmod.Database | None = field(default=None, repr=False)
+    # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or
+    # ":smile:", which must come out as written (a stray closing tag would crash).
+    out: Console = field(
+        default_factory=lambda: _Stdout(highlight=False, soft_wrap=True, markup=False, emoji=False)
+    )
+    err: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, markup=False, emoji=False)
+    )
+
+    @property
+    def url(self) -> str:
+        return self.settings.database_url if self.db_url is None else self.db_url
+
+    def open_db(self) -> dbmod.Database:
+        """The invocation's one Database, opened at first use and kept until it ends."""
+        if self._database is not None and self._database.url == dbmod.normalize_url(self.url):
+            return self._database
+        self.close()
+        self._database = dbmod.Database.open(
+            self.url, busy_timeout_ms=self.settings.busy_timeout_ms
+        )
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            database, self._database = self._database, None
+            database.dispose()
+
+    def chats(self) -> ChatFactory:
+        return self.chat_factory or build_chat(self.settings)
+
+    def similarity(self) -> drift.Similarity:
+        return self.similarity_fn or drift.from_settings(self.settings.embeddings)
+
+    def print_json(self, data: Any) -> None:
+        """Indented JSON on stdout. Model text in it keeps every character, escaped so
+        that no terminal acts on it (rich's print_json would let C1 controls through)."""
+        self.out.print(Text(inert_json(data, indent=2)), soft_wrap=True)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad ``LOOPSIM_*`` value is one line, not a
+    traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "LOOPSIM_" + str(first["loc"][0]).upper() if first["loc"] else "LOOPSIM_*"
+        raise SpecError(f"{name}: {first['msg'].lower()}") from None
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    """The invocation's AppContext, which the root callback put on the root context."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    return obj

@@ -1,0 +1,93 @@
+"""``loopsim export``: a run's record as Markdown, JSONL, an HTML report, or a chat
+fine-tuning dataset, to stdout or a file written atomically.
+
+Model text is data: every format escapes it (docs/export.md describes each).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loopsim.cli.context import ID_MAX, RunArg, app_context
+from loopsim.errors import SpecError
+from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
+from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
+from loopsim.exports.report import to_html
+from loopsim.record import db as dbmod
+from loopsim.record.store import Store
+from loopsim.schemas import CallRole
+
+
+class ExportFormat(StrEnum):
+    MD = "md"
+    JSONL = "jsonl"
+    HTML = "html"
+    DATASET = "dataset"
+
+
+def export(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        ExportFormat.MD
+    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File; - or nothing for stdout.")
+    ] = None,
+    include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
+    since_day: Annotated[
+        int | None,
+        typer.Option(min=1, max=ID_MAX, help="dataset: only days from this index on."),
+    ] = None,
+    until_day: Annotated[
+        int | None,
+        typer.Option(min=1, max=ID_MAX, help="dataset: only days up to this index."),
+    ] = None,
+    kind: Annotated[
+        list[CallRole] | None,
+        typer.Option("--kind", help="dataset: only these calls (repeat for several)."),
+    ] = None,
+) -> None:
+    """Export a run's record as Markdown (for people), JSONL (for programs), a
+    self-contained HTML report (no scripts, no network), or a chat fine-tuning dataset of
+    the approved days (docs/export.md describes each)."""
+    a = app_context(ctx)
+    if fmt != ExportFormat.DATASET:
+        given = [
+            name
+            for name, value in (("--since-day", since_day), ("--until-day", until_day))
+            if value is not None
+        ] + (["--kind"] if kind else [])
+        if given:
+            raise SpecError(f"{', '.join(given)}: only for --format dataset")
+    elif since_day is not None and until_day is not None and since_day > until_day:
+        raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
+    if output is not None and str(output) != "-":
+        dbmod.refuse_database_target(output, a.url, "-o")
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        if fmt == ExportFormat.DATASET:
+            filt = DatasetFilter(since_day, until_day, frozenset(kind or ()), include_reverted)
+            tally = Tally()
+            chunks = [line + "\n" for line in to_dataset(store, run, filt, tally)]
+        elif fmt == ExportFormat.MD:
+            chunks = [to_markdown(store, run, include_reverted=include_reverted)]
+        elif fmt == ExportFormat.HTML:
+            chunks = [to_html(store, run, include_reverted=include_reverted)]
+        else:
+            chunks = [
+                line + "\n" for line in to_jsonl(store, run, include_reverted=include_reverted)
+            ]
+    if output is None or str(output) == "-":
+        for chunk in chunks:
+            typer.echo(chunk, nl=False)
+    else:
+        write_atomically(output, chunks)
+        a.err.print(f"wrote {output}")
+    if fmt == ExportFormat.DATASET:
+        a.err.print(tally.describe())

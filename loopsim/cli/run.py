@@ -1,0 +1,246 @@
+"""``loopsim run ...``: create, list, show, step and control runs, and queue one for
+``loopsim serve`` (``run start``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from loopsim.chat.handle import check_model_id
+from loopsim.cli.context import JsonOpt, RunArg, app_context
+from loopsim.cli.stepping import set_status, step_days
+from loopsim.errors import EXIT_AT_CHECKIN, InvalidState
+from loopsim.exports.markdown import safe_text
+from loopsim.record.leases import driver, live_holder, queue_for_service
+from loopsim.record.store import Store
+from loopsim.record.tables import Run
+from loopsim.schemas import DayStatus, RunStatus, load_spec
+from loopsim.text import plural
+
+app = typer.Typer(no_args_is_help=True, help="Create, list, step and control runs.")
+
+
+def _run_summary(store: Store, run: Run) -> dict[str, Any]:
+    tokens_in, tokens_out = store.token_totals(run.id)
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": run.status,
+        "status_reason": run.status_reason,
+        "model": run.model,
+        "days_committed": store.count_days(run.id, DayStatus.COMMITTED),
+        "days_failed": store.count_days(run.id, DayStatus.FAILED),
+        "days_reverted": store.count_days(run.id, DayStatus.REVERTED),
+        "next_day": store.next_day_index(run.id),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "worker": live_holder(store, run),
+        "driver": driver(store, run),
+        "created_at": run.created_at.isoformat(),
+        "updated_at": run.updated_at.isoformat(),
+    }
+
+
+@app.command("create")
+def run_create(
+    ctx: typer.Context,
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Run spec (TOML).")],
+    name: Annotated[
+        str | None, typer.Option(help="Name; defaults to the spec's file name.")
+    ] = None,
+) -> None:
+    """Create a run from a spec and print its id."""
+    a = app_context(ctx)
+    spec = load_spec(spec_path)  # validated before the database is touched
+    model = spec.model.name or a.settings.model
+    # Checked now, not at the first step: a typo is refused before anything is written.
+    check_model_id(model, "[model] name" if spec.model.name else "LOOPSIM_MODEL")
+    database = a.open_db()
+    with database.write() as session:
+        run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
+        run_id = run.id
+    a.out.print(run_id)
+
+
+@app.command("delete")
+def run_delete(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete it even if it has committed days.")
+    ] = False,
+) -> None:
+    """Delete a run and all of its rows (days, entries, calls, probes, check-ins) in one
+    transaction. A run with committed days needs --force; no other run is touched."""
+    a = app_context(ctx)
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        holder = live_holder(store, run)
+        if holder is not None:
+            raise InvalidState(
+                f"run {run.id} is held by worker {holder}; `loopsim run pause {run.id}` "
+                "first, then delete it once the worker lets go"
+            )
+        committed = store.count_days(run.id, DayStatus.COMMITTED)
+        if committed and not force:
+            raise InvalidState(
+                f"run {run.id} has {plural(committed, 'committed day')}; "
+                f"`loopsim run delete {run.id} --force` deletes it with its record"
+            )
+        run_id = run.id
+        counts = store.delete_run(run_id)
+    a.err.print(
+        f"deleted run {run_id}: {plural(counts['days'], 'day')}, "
+        f"{plural(counts['entries'], 'entry', 'entries')}"
+    )
+
+
+@app.command("list")
+def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List runs, newest last, with their status and what drives each: `run step`, or
+    `serve` (with the worker holding it now, if one does)."""
+    a = app_context(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        rows = [_run_summary(store, run) for run in store.list_runs()]
+    if as_json:
+        a.print_json(rows)
+        return
+    # Fits the terminal (80 columns included): no edge padding, the driver column only
+    # when something drives a run, and the name gives way (ellipsis) before anything else.
+    drivers = any(row["driver"] for row in rows)
+    status_w = max((len(row["status"]) for row in rows), default=6)
+    days_w = max((len(str(row["days_committed"])) for row in rows), default=4)
+    model_w = min(max((len(row["model"]) for row in rows), default=5), 24)
+    driver_w = min(max((len(row["driver"] or "") for row in rows), default=0), 16)
+    gaps = 2 * (5 if drivers else 4)
+    room = a.out.width - 26 - max(status_w, 6) - max(days_w, 4) - model_w - gaps
+    room -= max(driver_w, 6) if drivers else 0
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=26)
+    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(4, min(24, room)))
+    table.add_column("status", no_wrap=True)
+    table.add_column("days", justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    if drivers:
+        table.add_column("driver", overflow="fold")
+    for row in rows:
+        cells = [
+            row["id"],
+            Text(safe_text(row["name"])),
+            row["status"],
+            str(row["days_committed"]),
+            Text(safe_text(row["model"])),
+        ]
+        table.add_row(*cells, *([row["driver"] or "-"] if drivers else []))
+    a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
+
+
+@app.command("show")
+def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> None:
+    """Show one run: status, persona, time policy, days, tokens."""
+    a = app_context(ctx)
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(run_ref)
+        info = _run_summary(store, run)
+        info["chain_head"] = store.chain_head(run.id)[1]
+        spec = dict(run.spec)
+    info["spec"] = spec
+    if as_json:
+        a.print_json(info)
+        return
+    for key in (
+        "id",
+        "name",
+        "status",
+        "status_reason",
+        "model",
+        "days_committed",
+        "days_failed",
+        "days_reverted",
+        "next_day",
+        "tokens_in",
+        "tokens_out",
+        "worker",
+        "created_at",
+        "chain_head",
+    ):
+        if info[key] is not None:
+            a.out.print(Text(f"{key:15} {safe_text(str(info[key]))}"))
+    a.out.print(Text(f"{'persona':15} {safe_text(spec['persona']['name'])}"))
+    a.out.print(Text(f"{'time':15} {json.dumps(spec['time'])}"))
+
+
+@app.command("step")
+def run_step(
+    ctx: typer.Context,
+    run_ref: RunArg,
+    days: Annotated[int, typer.Option("--days", "-n", min=1, help="Days to run.")] = 1,
+) -> None:
+    """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary.
+
+    Exits 3 when it stops at a check-in (the run then waits for a human), so a script
+    can tell that from N days done (exit 0)."""
+    a = app_context(ctx)
+    results = step_days(a, run_ref, days)
+    if a.opened_checkin is not None:
+        a.err.print(
+            f"check-in {a.opened_checkin} is open and the run waits for it: "
+            f"`loopsim checkin review {a.opened_checkin}`"
+        )
+        raise typer.Exit(EXIT_AT_CHECKIN)
+    elif len(results) < days:
+        with a.open_db().read() as session:
+            run = Store(session).get_run(run_ref)
+            status, reason = run.status, run.status_reason
+        if status == RunStatus.COMPLETED:
+            a.err.print(f"run is completed: {reason}")
+
+
+@app.command("pause")
+def run_pause(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Pause a run; takes effect at the next day boundary."""
+    set_status(
+        app_context(ctx),
+        run_ref,
+        {RunStatus.CREATED, RunStatus.RUNNING},
+        RunStatus.PAUSED,
+        "paused by a human",
+    )
+
+
+@app.command("resume")
+def run_resume(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Resume a paused or failed run."""
+    set_status(
+        app_context(ctx), run_ref, {RunStatus.PAUSED, RunStatus.FAILED}, RunStatus.RUNNING, None
+    )
+
+
+@app.command("halt")
+def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Stop a run for good. Its record stays."""
+    set_status(
+        app_context(ctx),
+        run_ref,
+        {s for s in RunStatus if s != RunStatus.HALTED},
+        RunStatus.HALTED,
+        "halted by a human",
+    )
+
+
+@app.command("start")
+def run_start(ctx: typer.Context, run_ref: RunArg) -> None:
+    """Queue a run for `loopsim serve`: a created run, or one `run step` drives.
+
+    Only runs queued here are claimed by `serve`; `run step` takes a run back."""
+    a = app_context(ctx)
+    run_id, status = queue_for_service(a.open_db(), run_ref)
+    a.err.print(f"run {run_id} is {status}; `loopsim serve` steps it")

@@ -1,0 +1,105 @@
+"""Driving a run by hand, shared by ``run`` and ``demo``: stepping days with a progress
+bar and two-stage Ctrl-C, and changing a run's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from loopsim.cli.context import AppContext
+from loopsim.errors import InvalidState, ModelOutputInvalid
+from loopsim.loop import DayResult, Loop
+from loopsim.record.store import Store
+from loopsim.schemas import DayStatus, RunStatus
+from loopsim.text import plural
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
+    """First Ctrl-C: finish the day in flight, then stop. Second: abandon it."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after this day; Ctrl-C again abandons it (nothing half-written)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
+    """Step up to ``days`` days of a run, one progress line each. A failed day raises
+    unless ``fail`` is false; a check-in opened on the way is left in ``a.opened_checkin``."""
+    database = a.open_db()
+    loop = Loop(database, a.settings, a.chats(), a.similarity())
+    results: list[DayResult] = []
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with (
+        stop_on_interrupt(a.err) as stop,
+        Progress(*columns, console=a.err, transient=False) as progress,
+    ):
+        task = progress.add_task("stepping", total=days)
+
+        def on_day(result: DayResult) -> None:
+            results.append(result)
+            progress.advance(task)
+            progress.console.print(
+                f"day {result.index}  {result.external_date}  {result.status}  "
+                f"{plural(result.entries, 'entry', 'entries')}  {result.latency_ms / 1000:.1f} s"
+            )
+
+        try:
+            loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
+            a.opened_checkin = loop.opened_checkin
+        except KeyboardInterrupt:
+            a.err.print("stopped; the day in flight was abandoned and nothing of it written")
+            raise typer.Exit(130) from None
+    failed = [r for r in results if r.status == DayStatus.FAILED]
+    if failed and fail:
+        day = failed[-1]
+        then = (
+            f"the run is now failed; `loopsim run resume {run_ref}` puts it back"
+            if day.run_failed
+            else f"`loopsim run step {run_ref}` tries the next day"
+        )
+        raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
+    return results
+
+
+def set_status(
+    a: AppContext, run_ref: str, allowed: set[str], to: RunStatus, reason: str | None
+) -> None:
+    """Move a run from one of the ``allowed`` statuses to ``to``, or refuse."""
+    with a.open_db().write() as session:
+        store = Store(session)
+        run = store.get_run(run_ref, lock=True)
+        if run.status not in allowed:
+            raise InvalidState(f"run {run.id} is {run.status}; cannot make it {to}")
+        store.set_status(run, to, reason)
+    a.err.print(f"run {run_ref} is {to}")
