@@ -1,0 +1,140 @@
+"""Days: one per step of a run, committed, failed or reverted, each with its model calls.
+
+Day indices are dense: each day takes the next index (:meth:`DayQueries.next_day_index`,
+under the run's unique ``(run_id, index)``) and no day is ever deleted; a human's
+rejection marks days reverted, and their entries stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+
+from loopsim.errors import NotFound
+from loopsim.record.base import StoreBase
+from loopsim.record.tables import CallRecord, Day
+from loopsim.schemas import DayStatus
+
+
+class DayQueries(StoreBase):
+    """Adding days, finding them, and counting them by status."""
+
+    def next_day_index(self, run_id: str) -> int:
+        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
+        return 1 if last is None else last + 1
+
+    def count_days(self, run_id: str, status: DayStatus | None = None) -> int:
+        stmt = select(func.count()).select_from(Day).where(Day.run_id == run_id)
+        if status is not None:
+            stmt = stmt.where(Day.status == status)
+        return int(self.session.scalar(stmt) or 0)
+
+    def get_day(self, run_id: str, index: int) -> Day:
+        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == index))
+        if day is None:
+            raise NotFound(f"run {run_id} has no day {index}")
+        return day
+
+    def list_days(self, run_id: str) -> Sequence[Day]:
+        return self.session.scalars(
+            select(Day).where(Day.run_id == run_id).order_by(Day.index)
+        ).all()
+
+    def add_day(self, day: Day) -> Day:
+        self.session.add(day)
+        self.session.flush()
+        return day
+
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        row = self.session.execute(
+            select(
+                func.coalesce(func.sum(Day.tokens_in), 0),
+                func.coalesce(func.sum(Day.tokens_out), 0),
+            ).where(Day.run_id == run_id)
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def day_calls(self, day_id: int) -> Sequence[CallRecord]:
+        """Every model call a day made, retries included, in the order they were made."""
+        return self.session.scalars(
+            select(CallRecord).where(CallRecord.day_id == day_id).order_by(CallRecord.ordinal)
+        ).all()
+
+    def failed_streak(self, run_id: str, limit: int) -> int:
+        """How many of the run's latest days, up to ``limit``, failed in a row."""
+        statuses = self.session.scalars(
+            select(Day.status)
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED)
+            .order_by(Day.index.desc())
+            .limit(limit)
+        ).all()
+        streak = 0
+        for status in statuses:
+            if status != DayStatus.FAILED:
+                break
+            streak += 1
+        return streak
+
+    def last_committed_day(self, run_id: str) -> int:
+        last = self.session.scalar(
+            select(func.max(Day.index)).where(
+                Day.run_id == run_id, Day.status == DayStatus.COMMITTED
+            )
+        )
+        return int(last or 0)
+
+    def committed_day_indexes(
+        self, run_id: str, *, after: int, before: int, limit: int
+    ) -> list[int]:
+        return list(
+            self.session.scalars(
+                select(Day.index)
+                .where(
+                    Day.run_id == run_id,
+                    Day.status == DayStatus.COMMITTED,
+                    Day.index > after,
+                    Day.index < before,
+                )
+                .order_by(Day.index)
+                .limit(limit)
+            )
+        )
+
+    def committed_days_after(self, run_id: str, index: int) -> int:
+        """Committed days after day ``index``, at the cost of two index probes and the
+        failed and reverted days after it, however many days the run has committed.
+
+        Day indices are dense: each day takes the next index (:meth:`next_day_index`,
+        under the run's unique ``(run_id, index)``) and no day is ever deleted, so the
+        days after ``index`` are ``last - index``, and the committed ones are those less
+        the failed and reverted ones among them.
+        """
+        last = self.next_day_index(run_id) - 1
+        if last <= index:
+            return 0
+        others = self.session.scalar(
+            select(func.count())
+            .select_from(Day)
+            .where(
+                Day.run_id == run_id,
+                Day.status.in_([DayStatus.FAILED, DayStatus.REVERTED]),
+                Day.index > index,
+            )
+        )
+        return last - index - int(others or 0)
+
+    def revert_days(self, run_id: str, after: int, through: int) -> int:
+        """Mark committed days in (after, through] reverted. Their entries stay."""
+        days = self.session.scalars(
+            select(Day).where(
+                Day.run_id == run_id,
+                Day.index > after,
+                Day.index <= through,
+                Day.status == DayStatus.COMMITTED,
+            )
+        ).all()
+        for day in days:
+            day.status = DayStatus.REVERTED
+        self.session.flush()
+        return len(days)
