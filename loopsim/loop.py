@@ -33,7 +33,7 @@ from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, take_for_cli
 from loopsim.record.store import Store
-from loopsim.record.tables import CallRecord, Day, Run, utcnow
+from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
     Conversation,
     DayOutcome,
@@ -185,7 +185,7 @@ class Loop:
             take_for_cli(run)
             if run.status == RunStatus.CREATED:
                 store.set_status(run, RunStatus.RUNNING)
-            session.flush()
+            store.flush()
             return run
 
     def complete(self, run_ref: str, fence: Fence | None = None) -> None:
@@ -238,26 +238,24 @@ class Loop:
                 )
             status = DayStatus.COMMITTED if outcome.ok else DayStatus.FAILED
             day = store.add_day(
-                Day(
-                    run_id=run.id,
-                    index=planned.index,
-                    external_date=planned.external_date,
-                    status=status,
-                    model_id=planned.model_id,
-                    model_version=outcome.model_version,
-                    prompt_hash=planned.prompt.hash,
-                    prompt=planned.prompt.as_dicts(),
-                    raw_output=outcome.raw,
-                    error=outcome.error,
-                    attempts=outcome.attempts,
-                    tokens_in=outcome.tokens_in,
-                    tokens_out=outcome.tokens_out,
-                    latency_ms=outcome.latency_ms,
-                    started_at=started,
-                    finished_at=utcnow(),
-                    worker=worker,
-                    lease_generation=generation,
-                )
+                run.id,
+                planned.index,
+                external_date=planned.external_date,
+                status=status,
+                model_id=planned.model_id,
+                model_version=outcome.model_version,
+                prompt_hash=planned.prompt.hash,
+                prompt=planned.prompt.as_dicts(),
+                raw_output=outcome.raw,
+                error=outcome.error,
+                attempts=outcome.attempts,
+                tokens_in=outcome.tokens_in,
+                tokens_out=outcome.tokens_out,
+                latency_ms=outcome.latency_ms,
+                started_at=started,
+                finished_at=utcnow(),
+                worker=worker,
+                lease_generation=generation,
             )
             written = 0
             run_failed = False
@@ -286,30 +284,7 @@ class Loop:
                         RunStatus.FAILED,
                         f"{streak} failed days in a row; day {day.index}: {outcome.error}"[:1000],
                     )
-            for ordinal, call in enumerate(outcome.calls, 1):
-                session.add(
-                    CallRecord(
-                        run_id=run.id,
-                        day_id=day.id,
-                        ordinal=ordinal,
-                        task=call.task,
-                        role=call.role,
-                        depth=call.depth,
-                        attempt=call.attempt,
-                        entry_seq=entries[call.item].seq
-                        if call.item is not None and entries
-                        else None,
-                        messages=call.messages,
-                        reply=call.reply,
-                        accepted=call.accepted,
-                        error=call.error,
-                        model_version=call.model_version,
-                        tokens_in=call.tokens_in,
-                        tokens_out=call.tokens_out,
-                        latency_ms=call.latency_ms,
-                    )
-                )
-            session.flush()
+            store.add_calls(day, outcome.calls, entries)
             return DayResult(
                 planned.index,
                 status,

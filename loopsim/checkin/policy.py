@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from loopsim.checkin import drift
 from loopsim.clock import external_date
 from loopsim.errors import InvalidState, SpecError
@@ -313,25 +311,21 @@ def open_checkin(
             return None
         if store.last_committed_day(run.id) != opening.last_day:
             return None
-        checkin = CheckIn(
-            run_id=run.id,
-            reason=opening.reason,
-            first_day_index=opening.first_day,
-            last_day_index=opening.last_day,
+        checkin = store.add_checkin(
+            run.id,
+            opening.reason,
+            first_day=opening.first_day,
+            last_day=opening.last_day,
             detail=opening.detail,
-            opened_at=utcnow(),
-        )
-        session.add(checkin)
-        session.flush()
-        for probe_id, text, error in opening.predictions:
-            session.add(
-                ProbePair(
-                    checkin_id=checkin.id,
-                    probe_id=probe_id,
-                    prediction=text if text is not None else f"(no valid prediction: {error})",
-                    is_retest=probe_id in opening.retests,
+            predictions=[
+                (
+                    probe_id,
+                    text if text is not None else f"(no valid prediction: {error})",
+                    probe_id in opening.retests,
                 )
-            )
+                for probe_id, text, error in opening.predictions
+            ],
+        )
         store.set_status(
             run, RunStatus.AWAITING_CHECKIN, f"check-in {checkin.id} ({opening.reason})"
         )
@@ -344,16 +338,16 @@ def record_answer(db: Database, pair_id: int, answer: str) -> None:
     if not answer:
         raise SpecError("an answer cannot be empty")
     with db.write() as session:
-        pair = session.get(ProbePair, pair_id)
+        store = Store(session)
+        pair = store.get_pair(pair_id)
         if pair is None:
             raise SpecError(f"no probe pair {pair_id}")
-        _require_open(Store(session).get_checkin(pair.checkin_id))
+        _require_open(store.get_checkin(pair.checkin_id))
         if pair.revealed_at is not None:
             raise InvalidState("the prediction was already shown; the blind answer is closed")
         if pair.answered_at is not None:
             raise InvalidState("this probe already has a stored answer; it is never overwritten")
-        pair.human_answer = answer
-        pair.answered_at = utcnow()
+        store.answer_pair(pair, answer, utcnow())
 
 
 def reveal(
@@ -361,14 +355,16 @@ def reveal(
 ) -> str:
     """The prediction, only after the blind answer is stored; marks it revealed."""
     with db.write() as session:
-        pair = session.get(ProbePair, pair_id)
+        store = Store(session)
+        pair = store.get_pair(pair_id)
         if pair is None:
             raise SpecError(f"no probe pair {pair_id}")
         if pair.answered_at is None:
             raise InvalidState("answer the probe before its prediction is shown")
         if pair.revealed_at is None:
-            pair.revealed_at = utcnow()
-            pair.similarity = similarity(pair.prediction or "", pair.human_answer or "")
+            store.reveal_pair(
+                pair, similarity(pair.prediction or "", pair.human_answer or ""), utcnow()
+            )
         return pair.prediction or ""
 
 
@@ -376,15 +372,16 @@ def rate(db: Database, pair_id: int, rating: int) -> None:
     if not 1 <= rating <= 5:
         raise SpecError("a rating is a whole number from 1 to 5")
     with db.write() as session:
-        pair = session.get(ProbePair, pair_id)
+        store = Store(session)
+        pair = store.get_pair(pair_id)
         if pair is None or pair.revealed_at is None:
             raise InvalidState("rate a prediction only after it is revealed")
-        _require_open(Store(session).get_checkin(pair.checkin_id))
+        _require_open(store.get_checkin(pair.checkin_id))
         if pair.rating is not None:
             raise InvalidState(
                 "this prediction already has a stored rating; it is never overwritten"
             )
-        pair.rating = rating
+        store.rate_pair(pair, rating)
 
 
 def _require_open(checkin: CheckIn) -> None:
@@ -542,10 +539,9 @@ def decide(
         for pair, _probe in pairs:
             given = resolved.get(pair.id)
             if given:
-                pair.human_answer, pair.answered_at = given["answer"], now
-                pair.revealed_at = now
-                pair.similarity = similarity(pair.prediction or "", given["answer"])
-                pair.rating = given["rating"]
+                store.answer_pair(pair, given["answer"], now)
+                store.reveal_pair(pair, similarity(pair.prediction or "", given["answer"]), now)
+                store.rate_pair(pair, given["rating"])
         missing = unanswered(pairs)
         if require_answers and decision in APPROVING and missing:
             shown = ", ".join(str(n) for n in missing)
@@ -564,12 +560,9 @@ def decide(
         ]
         score = drift.drift_score(agreements)
         # Once only, even against a racing writer: the update matches an undecided row.
-        claimed = session.execute(
-            update(CheckIn)
-            .where(CheckIn.id == checkin.id, CheckIn.decision.is_(None))
-            .values(decision=decision, note=note, decided_at=now, drift_score=score)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if not store.claim_decision(
+            checkin.id, decision=decision, note=note, decided_at=now, drift_score=score
+        ):
             raise InvalidState(f"check-in {checkin.id} was already decided; nothing changed")
         reverted = 0
         if decision == Decision.HALT:

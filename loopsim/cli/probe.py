@@ -17,7 +17,6 @@ from loopsim.cli import ID_MAX, RunArg, _app, probe_app
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record.store import Store
-from loopsim.record.tables import Probe, utcnow
 
 STATUSES = ("proposed", "accepted", "rejected")
 
@@ -68,12 +67,7 @@ def probe_add(
     with a.open_db().write() as session:
         store = Store(session)
         run = store.get_run(run_ref)
-        probe = Probe(
-            run_id=run.id, question=text, source="human", status="accepted", created_at=utcnow()
-        )
-        session.add(probe)
-        session.flush()
-        probe_id = probe.id
+        probe_id = store.add_probe(run.id, text, source="human", status="accepted").id
     a.out.print(probe_id)
 
 

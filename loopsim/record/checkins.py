@@ -7,13 +7,14 @@ decides, and when one is due, is :mod:`loopsim.checkin`'s business; these are it
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair
+from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
 from loopsim.schemas import Author, EntryKind
 
 
@@ -45,6 +46,15 @@ class ProbeQueries(StoreBase):
             stmt = stmt.where(Probe.status == status)
         return self.session.scalars(stmt).all()
 
+    def add_probe(self, run_id: str, question: str, *, source: str, status: str) -> Probe:
+        """Add one probe, flushed so its id is known."""
+        probe = Probe(
+            run_id=run_id, question=question, source=source, status=status, created_at=utcnow()
+        )
+        self.session.add(probe)
+        self.session.flush()
+        return probe
+
     def get_probe(self, probe_id: int) -> Probe:
         probe = self.session.get(Probe, probe_id)
         if probe is None:
@@ -53,7 +63,7 @@ class ProbeQueries(StoreBase):
 
 
 class CheckinQueries(StoreBase):
-    """Check-ins and their probe pairs."""
+    """Check-ins and their probe pairs: opening one, the human's answers, the decision."""
 
     def list_checkins(
         self, run_id: str | None = None, *, pending: bool = False
@@ -92,3 +102,70 @@ class CheckinQueries(StoreBase):
             .order_by(ProbePair.id)
         )
         return [(pair, probe) for pair, probe in rows]
+
+    def add_checkin(
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        first_day: int,
+        last_day: int,
+        detail: str | None,
+        predictions: Sequence[tuple[int, str, bool]],
+    ) -> CheckIn:
+        """Open a check-in over days ``first_day..last_day`` with one pair per
+        ``(probe id, prediction, is a retest)``, flushed so its id is known."""
+        checkin = CheckIn(
+            run_id=run_id,
+            reason=reason,
+            first_day_index=first_day,
+            last_day_index=last_day,
+            detail=detail,
+            opened_at=utcnow(),
+        )
+        self.session.add(checkin)
+        self.session.flush()
+        for probe_id, prediction, is_retest in predictions:
+            self.session.add(
+                ProbePair(
+                    checkin_id=checkin.id,
+                    probe_id=probe_id,
+                    prediction=prediction,
+                    is_retest=is_retest,
+                )
+            )
+        self.session.flush()
+        return checkin
+
+    def get_pair(self, pair_id: int) -> ProbePair | None:
+        return self.session.get(ProbePair, pair_id)
+
+    @staticmethod
+    def answer_pair(pair: ProbePair, answer: str, at: dt.datetime) -> None:
+        pair.human_answer, pair.answered_at = answer, at
+
+    @staticmethod
+    def reveal_pair(pair: ProbePair, similarity: float, at: dt.datetime) -> None:
+        pair.revealed_at, pair.similarity = at, similarity
+
+    @staticmethod
+    def rate_pair(pair: ProbePair, rating: int | None) -> None:
+        pair.rating = rating
+
+    def claim_decision(
+        self,
+        checkin_id: int,
+        *,
+        decision: str,
+        note: str | None,
+        decided_at: dt.datetime,
+        drift_score: float | None,
+    ) -> bool:
+        """Record the decision if the check-in has none yet; False if it had one. Once
+        only, even against a racing writer: the update matches an undecided row."""
+        claimed = self.session.execute(
+            update(CheckIn)
+            .where(CheckIn.id == checkin_id, CheckIn.decision.is_(None))
+            .values(decision=decision, note=note, decided_at=decided_at, drift_score=drift_score)
+        )
+        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Days: one per step of a run, committed, failed or reverted, each with its model calls.
+"""Days: one per step of a run, committed, failed or reverted.
 
 Day indices are dense: each day takes the next index (:meth:`DayQueries.next_day_index`,
 under the run's unique ``(run_id, index)``) and no day is ever deleted; a human's
@@ -7,13 +7,14 @@ rejection marks days reverted, and their entries stay.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import CallRecord, Day
+from loopsim.record.tables import Day
 from loopsim.schemas import DayStatus
 
 
@@ -41,7 +42,50 @@ class DayQueries(StoreBase):
             select(Day).where(Day.run_id == run_id).order_by(Day.index)
         ).all()
 
-    def add_day(self, day: Day) -> Day:
+    def add_day(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        external_date: dt.date,
+        status: str,
+        model_id: str,
+        model_version: str,
+        prompt_hash: str,
+        prompt: list[dict[str, str]],
+        started_at: dt.datetime,
+        finished_at: dt.datetime,
+        raw_output: str | None = None,
+        error: str | None = None,
+        attempts: int = 1,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        latency_ms: int | None = None,
+        worker: str | None = None,
+        lease_generation: int | None = None,
+    ) -> Day:
+        """Add day ``index`` of the run, flushed so its id is known. ``worker`` and
+        ``lease_generation`` say who wrote it (a service's worker id, or "cli")."""
+        day = Day(
+            run_id=run_id,
+            index=index,
+            external_date=external_date,
+            status=status,
+            model_id=model_id,
+            model_version=model_version,
+            prompt_hash=prompt_hash,
+            prompt=prompt,
+            raw_output=raw_output,
+            error=error,
+            attempts=attempts,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
+            started_at=started_at,
+            finished_at=finished_at,
+            worker=worker,
+            lease_generation=lease_generation,
+        )
         self.session.add(day)
         self.session.flush()
         return day
@@ -54,12 +98,6 @@ class DayQueries(StoreBase):
             ).where(Day.run_id == run_id)
         ).one()
         return int(row[0] or 0), int(row[1] or 0)
-
-    def day_calls(self, day_id: int) -> Sequence[CallRecord]:
-        """Every model call a day made, retries included, in the order they were made."""
-        return self.session.scalars(
-            select(CallRecord).where(CallRecord.day_id == day_id).order_by(CallRecord.ordinal)
-        ).all()
 
     def failed_streak(self, run_id: str, limit: int) -> int:
         """How many of the run's latest days, up to ``limit``, failed in a row."""

@@ -2,9 +2,10 @@
 appends, gets, lists and verifies; it never commits. The caller (``loop.py``, the CLI)
 owns the transaction through :meth:`loopsim.record.db.Database.write`.
 
-Each noun's queries live in their own module, over :class:`~loopsim.record.base.StoreBase`
-(one session): runs and their leases (:mod:`~loopsim.record.runs`), days
-(:mod:`~loopsim.record.days`), entries (:mod:`~loopsim.record.entries`), digests
+Each noun's queries live in their own module, over
+:class:`~loopsim.record.base.StoreBase` (one session): runs and their leases
+(:mod:`~loopsim.record.runs`), days (:mod:`~loopsim.record.days`) and their model calls
+(:mod:`~loopsim.record.calls`), entries (:mod:`~loopsim.record.entries`), digests
 (:mod:`~loopsim.record.digests`), search (:mod:`~loopsim.record.search`), probes and
 check-ins (:mod:`~loopsim.record.checkins`), the hash chain (:mod:`~loopsim.record.chain`)
 and integrity checks (:mod:`~loopsim.record.integrity`). Callers keep one door,
@@ -14,6 +15,7 @@ and integrity checks (:mod:`~loopsim.record.integrity`). Callers keep one door,
 from __future__ import annotations
 
 from loopsim.ids import canonical_json, sha256_hex
+from loopsim.record.calls import CallQueries
 from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult, entry_hash
 from loopsim.record.checkins import CheckinQueries, ProbeQueries
 from loopsim.record.days import DayQueries
@@ -41,6 +43,7 @@ __all__ = [
 class Store(
     RunQueries,
     DayQueries,
+    CallQueries,
     DigestQueries,
     EntryQueries,
     SearchQueries,
