@@ -26,7 +26,15 @@ from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.checkin import drift
-from loopsim.checkin import policy as checkin
+from loopsim.checkin.opening import (
+    Opening,
+    answered_before,
+    approved_predictions,
+    open_checkin,
+    pick_retest,
+    select_probes,
+)
+from loopsim.checkin.schedule import approved_count, due
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
@@ -117,7 +125,7 @@ class Loop:
                 spec.time,
                 run_started=run.created_at,
                 now=now or utcnow(),
-                approved_checkins=checkin.approved_count(store, run.id),
+                approved_checkins=approved_count(store, run.id),
             )
             # One read of the digests serves both the view and the digests due today.
             state = store.digest_state(run.id, date)
@@ -306,7 +314,7 @@ class Loop:
             if run.status != RunStatus.RUNNING:
                 return None
             spec = RunSpec.model_validate(run.spec)
-            reason = checkin.due(store, run, spec)
+            reason = due(store, run, spec)
             last = store.last_checkin(run.id)
             first_day = (last.last_day_index if last else 0) + 1
             last_day = store.last_committed_day(run.id)
@@ -316,7 +324,7 @@ class Loop:
             undecided = last is not None and last.decision is None
             fresh = store.committed_days_after(run.id, first_day - 1) > 0
             if reason is None and every and fresh and not undecided and last_day % every == 0:
-                recheck = checkin.approved_predictions(store, run.id)
+                recheck = approved_predictions(store, run.id)
             if reason is None and not recheck:
                 return None
             probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
@@ -324,12 +332,12 @@ class Loop:
             if recheck:
                 chosen = [probes[pid] for pid, _ in recheck if pid in probes]
             else:
-                chosen = checkin.select_probes(
+                chosen = select_probes(
                     run, list(probes.values()), spec.checkins.probes_per_checkin, number
                 )
-                answered = checkin.answered_before(store, run.id)
+                answered = answered_before(store, run.id)
                 if not any(p.id in answered for p in chosen):
-                    extra = checkin.pick_retest(
+                    extra = pick_retest(
                         run, spec.checkins, answered, [p.id for p in chosen], number
                     )
                     if extra is not None and extra in probes:
@@ -339,7 +347,7 @@ class Loop:
                 spec.time,
                 run_started=run.created_at,
                 now=utcnow(),
-                approved_checkins=checkin.approved_count(store, run.id),
+                approved_checkins=approved_count(store, run.id),
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
             prompts = [
@@ -362,8 +370,8 @@ class Loop:
                 return None
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
-        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
-        return checkin.open_checkin(self.db, opening, fence)
+        opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
+        return open_checkin(self.db, opening, fence)
 
     def run_days(
         self,

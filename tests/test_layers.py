@@ -94,7 +94,7 @@ def test_nothing_in_the_package_imports_the_testing_helpers():
 def test_the_layer_rule_catches_an_upward_import(tmp_path):
     """The checks above would pass on nothing; this one proves they can fail."""
     planted = PACKAGE / "researcher" / "_planted_for_test.py"
-    planted.write_text("from loopsim.checkin import policy\n")
+    planted.write_text("from loopsim.checkin import schedule\n")
     try:
         assert "checkin" in layers_imported(planted)
         assert RANKS["checkin"] > RANKS[unit(planted)]
