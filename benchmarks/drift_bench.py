@@ -21,7 +21,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from loopsim.checkin import policy as ck
+from loopsim.checkin.decision import decide
 from loopsim.config import Settings
 from loopsim.loop import Loop
 from loopsim.record import db as dbmod
@@ -86,7 +86,7 @@ def trial(seed: int, switch_day: int | None, days: int, every: int, p: float) ->
                 probe.id: {"answer": A, "rating": 5 if pair.prediction == A else 1}
                 for pair, probe in pairs
             }
-            outcome = ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
+            outcome = decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
             checkins += 1
             if outcome.drift.level == "alarm":
                 alarms += 1

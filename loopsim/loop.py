@@ -26,14 +26,22 @@ from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.checkin import drift
-from loopsim.checkin import policy as checkin
+from loopsim.checkin.opening import (
+    Opening,
+    answered_before,
+    approved_predictions,
+    open_checkin,
+    pick_retest,
+    select_probes,
+)
+from loopsim.checkin.schedule import approved_count, due
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, take_for_cli
 from loopsim.record.store import Store
-from loopsim.record.tables import CallRecord, Day, Run, utcnow
+from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
     Conversation,
     DayOutcome,
@@ -117,7 +125,7 @@ class Loop:
                 spec.time,
                 run_started=run.created_at,
                 now=now or utcnow(),
-                approved_checkins=checkin.approved_count(store, run.id),
+                approved_checkins=approved_count(store, run.id),
             )
             # One read of the digests serves both the view and the digests due today.
             state = store.digest_state(run.id, date)
@@ -185,7 +193,7 @@ class Loop:
             take_for_cli(run)
             if run.status == RunStatus.CREATED:
                 store.set_status(run, RunStatus.RUNNING)
-            session.flush()
+            store.flush()
             return run
 
     def complete(self, run_ref: str, fence: Fence | None = None) -> None:
@@ -238,26 +246,24 @@ class Loop:
                 )
             status = DayStatus.COMMITTED if outcome.ok else DayStatus.FAILED
             day = store.add_day(
-                Day(
-                    run_id=run.id,
-                    index=planned.index,
-                    external_date=planned.external_date,
-                    status=status,
-                    model_id=planned.model_id,
-                    model_version=outcome.model_version,
-                    prompt_hash=planned.prompt.hash,
-                    prompt=planned.prompt.as_dicts(),
-                    raw_output=outcome.raw,
-                    error=outcome.error,
-                    attempts=outcome.attempts,
-                    tokens_in=outcome.tokens_in,
-                    tokens_out=outcome.tokens_out,
-                    latency_ms=outcome.latency_ms,
-                    started_at=started,
-                    finished_at=utcnow(),
-                    worker=worker,
-                    lease_generation=generation,
-                )
+                run.id,
+                planned.index,
+                external_date=planned.external_date,
+                status=status,
+                model_id=planned.model_id,
+                model_version=outcome.model_version,
+                prompt_hash=planned.prompt.hash,
+                prompt=planned.prompt.as_dicts(),
+                raw_output=outcome.raw,
+                error=outcome.error,
+                attempts=outcome.attempts,
+                tokens_in=outcome.tokens_in,
+                tokens_out=outcome.tokens_out,
+                latency_ms=outcome.latency_ms,
+                started_at=started,
+                finished_at=utcnow(),
+                worker=worker,
+                lease_generation=generation,
             )
             written = 0
             run_failed = False
@@ -286,30 +292,7 @@ class Loop:
                         RunStatus.FAILED,
                         f"{streak} failed days in a row; day {day.index}: {outcome.error}"[:1000],
                     )
-            for ordinal, call in enumerate(outcome.calls, 1):
-                session.add(
-                    CallRecord(
-                        run_id=run.id,
-                        day_id=day.id,
-                        ordinal=ordinal,
-                        task=call.task,
-                        role=call.role,
-                        depth=call.depth,
-                        attempt=call.attempt,
-                        entry_seq=entries[call.item].seq
-                        if call.item is not None and entries
-                        else None,
-                        messages=call.messages,
-                        reply=call.reply,
-                        accepted=call.accepted,
-                        error=call.error,
-                        model_version=call.model_version,
-                        tokens_in=call.tokens_in,
-                        tokens_out=call.tokens_out,
-                        latency_ms=call.latency_ms,
-                    )
-                )
-            session.flush()
+            store.add_calls(day, outcome.calls, entries)
             return DayResult(
                 planned.index,
                 status,
@@ -331,7 +314,7 @@ class Loop:
             if run.status != RunStatus.RUNNING:
                 return None
             spec = RunSpec.model_validate(run.spec)
-            reason = checkin.due(store, run, spec)
+            reason = due(store, run, spec)
             last = store.last_checkin(run.id)
             first_day = (last.last_day_index if last else 0) + 1
             last_day = store.last_committed_day(run.id)
@@ -341,7 +324,7 @@ class Loop:
             undecided = last is not None and last.decision is None
             fresh = store.committed_days_after(run.id, first_day - 1) > 0
             if reason is None and every and fresh and not undecided and last_day % every == 0:
-                recheck = checkin.approved_predictions(store, run.id)
+                recheck = approved_predictions(store, run.id)
             if reason is None and not recheck:
                 return None
             probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
@@ -349,12 +332,12 @@ class Loop:
             if recheck:
                 chosen = [probes[pid] for pid, _ in recheck if pid in probes]
             else:
-                chosen = checkin.select_probes(
+                chosen = select_probes(
                     run, list(probes.values()), spec.checkins.probes_per_checkin, number
                 )
-                answered = checkin.answered_before(store, run.id)
+                answered = answered_before(store, run.id)
                 if not any(p.id in answered for p in chosen):
-                    extra = checkin.pick_retest(
+                    extra = pick_retest(
                         run, spec.checkins, answered, [p.id for p in chosen], number
                     )
                     if extra is not None and extra in probes:
@@ -364,7 +347,7 @@ class Loop:
                 spec.time,
                 run_started=run.created_at,
                 now=utcnow(),
-                approved_checkins=checkin.approved_count(store, run.id),
+                approved_checkins=approved_count(store, run.id),
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
             prompts = [
@@ -387,8 +370,8 @@ class Loop:
                 return None
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
-        opening = checkin.Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
-        return checkin.open_checkin(self.db, opening, fence)
+        opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
+        return open_checkin(self.db, opening, fence)
 
     def run_days(
         self,

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
-from loopsim.checkin import policy as ck
+from loopsim.checkin.answers import rate, record_answer, reveal
+from loopsim.checkin.decision import decide
+from loopsim.checkin.schedule import adaptive_interval, due, schedule_change
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import to_markdown
@@ -107,11 +109,11 @@ def test_a_second_decision_is_refused_and_changes_nothing(database):
     run_id = make_run(database, spec_with())
     loop, _ = loop_with(database)
     loop.run_days(run_id, 5)
-    first = ck.decide(database, loop.opened_checkin, Decision.APPROVE)
+    first = decide(database, loop.opened_checkin, Decision.APPROVE)
     with database.read() as session:
         before = Store(session).get_checkin(first.checkin_id).decided_at
     with pytest.raises(InvalidState, match="already decided"):
-        ck.decide(database, first.checkin_id, Decision.HALT)
+        decide(database, first.checkin_id, Decision.HALT)
     with database.read() as session:
         store = Store(session)
         assert store.get_checkin(first.checkin_id).decided_at == before
@@ -122,7 +124,7 @@ def test_reject_reverts_the_days_keeps_them_and_hides_them(database):
     run_id = make_run(database, spec_with())
     loop, model = loop_with(database)
     loop.run_days(run_id, 5)
-    outcome = ck.decide(database, loop.opened_checkin, Decision.REJECT)
+    outcome = decide(database, loop.opened_checkin, Decision.REJECT)
     assert outcome.reverted_days == 3
     loop.run_days(run_id, 1)
     with database.read() as session:
@@ -141,7 +143,7 @@ def test_an_amend_note_appears_in_every_later_prompt(database):
     run_id = make_run(database, spec_with())
     loop, model = loop_with(database)
     loop.run_days(run_id, 5)
-    ck.decide(database, loop.opened_checkin, Decision.AMEND, note="Use marked foragers only.")
+    decide(database, loop.opened_checkin, Decision.AMEND, note="Use marked foragers only.")
     calls_before = len(model.calls)
     loop.run_days(run_id, 3)
     later = [
@@ -150,7 +152,7 @@ def test_an_amend_note_appears_in_every_later_prompt(database):
     assert len(later) == 3
     assert all("Use marked foragers only." in text for text in later)
     with pytest.raises(SpecError, match="--note"):
-        ck.decide(database, loop.opened_checkin, Decision.AMEND)
+        decide(database, loop.opened_checkin, Decision.AMEND)
 
 
 def test_answers_are_blind(database):
@@ -160,11 +162,11 @@ def test_answers_are_blind(database):
     with database.read() as session:
         pair_id = Store(session).pairs(loop.opened_checkin)[0][0].id
     with pytest.raises(InvalidState, match="answer the probe before"):
-        ck.reveal(database, pair_id)
-    ck.record_answer(database, pair_id, BEES)
-    assert ck.reveal(database, pair_id) == BEES
+        reveal(database, pair_id)
+    record_answer(database, pair_id, BEES)
+    assert reveal(database, pair_id) == BEES
     with pytest.raises(InvalidState, match="already shown"):
-        ck.record_answer(database, pair_id, "a changed answer")
+        record_answer(database, pair_id, "a changed answer")
     with database.read() as session:
         pair = Store(session).pairs(loop.opened_checkin)[0][0]
     assert pair.answered_at <= pair.revealed_at and pair.similarity == pytest.approx(1.0)
@@ -186,7 +188,7 @@ def drift_levels(database: Database, run_id: str, switch_after: int, checkins: i
         loop.run_days(run_id, 10)
         answers = human_answers_as_bees(database, loop.opened_checkin)
         levels.append(
-            ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers).drift
+            decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers).drift
         )
     return levels
 
@@ -218,7 +220,7 @@ def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database
     assert BEES not in pending_md and "hidden until" in pending_md
     (record,) = [r for r in pending_json if r["type"] == "checkin"]
     assert record["decision"] is None and record["pairs"][0]["prediction"] is None
-    ck.decide(
+    decide(
         database,
         loop.opened_checkin,
         Decision.APPROVE,
@@ -281,8 +283,8 @@ def test_external_drift_budget_counts_from_the_last_approval(database):
         spec = RunSpec.model_validate(run.spec)
         soon = run.created_at + dt.timedelta(days=5)
         later = run.created_at + dt.timedelta(days=12)
-        assert ck.due(store, run, spec, now=soon) is None
-        assert ck.due(store, run, spec, now=later) == "budget"
+        assert due(store, run, spec, now=soon) is None
+        assert due(store, run, spec, now=later) == "budget"
 
 
 @pytest.mark.parametrize(
@@ -300,7 +302,7 @@ def test_adaptive_interval(scores, expected):
     from loopsim.schemas import CheckinPolicy
 
     policy = CheckinPolicy(every_days=4, max_interval_days=9)
-    assert ck.adaptive_interval(scores, policy) == expected
+    assert adaptive_interval(scores, policy) == expected
 
 
 @pytest.mark.parametrize(
@@ -317,7 +319,7 @@ def test_schedule_change_says_when_and_why(before, after, says):
     from loopsim.schemas import CheckinPolicy
 
     policy = CheckinPolicy(every_days=4, max_interval_days=9)
-    line = ck.schedule_change(before, after, policy)
+    line = schedule_change(before, after, policy)
     if says is None:
         assert line is None
     else:
@@ -328,7 +330,7 @@ def test_no_schedule_change_when_adaptive_is_off():
     from loopsim.schemas import CheckinPolicy
 
     policy = CheckinPolicy(every_days=4, adaptive=False)
-    assert ck.schedule_change([], [0.95], policy) is None
+    assert schedule_change([], [0.95], policy) is None
 
 
 def test_prediction_drift_alarm_reasks_the_approved_probes(database):
@@ -345,7 +347,7 @@ def test_prediction_drift_alarm_reasks_the_approved_probes(database):
     loop, _ = loop_with(database, [persona_switching_model(5)])
     loop.run_days(run_id, 10)
     first = loop.opened_checkin
-    ck.decide(database, first, Decision.APPROVE)  # approves predictions made as A
+    decide(database, first, Decision.APPROVE)  # approves predictions made as A
     loop.run_days(run_id, 10)
     with database.read() as session:
         store = Store(session)
@@ -409,7 +411,7 @@ def test_retests_measure_the_humans_own_consistency(database):
     with database.read() as session:
         ((pair, probe),) = Store(session).pairs(first)
     assert not pair.is_retest
-    ck.decide(
+    decide(
         database,
         first,
         Decision.APPROVE,
@@ -423,7 +425,7 @@ def test_retests_measure_the_humans_own_consistency(database):
     answers = {
         pr.id: {"answer": "Dance length decides it, mostly.", "rating": 3} for _, pr in pairs
     }
-    outcome = ck.decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
+    outcome = decide(database, loop.opened_checkin, Decision.APPROVE, answers=answers)
     assert 0.8 < outcome.ceiling < 1.0
     assert outcome.agreement is not None
 
@@ -441,7 +443,7 @@ def test_similarity_is_pluggable_through_langchain_embeddings(database):
     answer = "Only the nectar's sugar content matters to them."
     with database.read() as session:
         pairs = Store(session).pairs(loop.opened_checkin)
-    ck.decide(
+    decide(
         database,
         loop.opened_checkin,
         Decision.APPROVE,
@@ -489,7 +491,7 @@ def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
         with deciding_db.read() as session:
             pending = Store(session).list_checkins(waiting, pending=True)
         if pending:
-            ck.decide(deciding_db, pending[0].id, Decision.APPROVE)
+            decide(deciding_db, pending[0].id, Decision.APPROVE)
             decided += 1
         loop.run_days(waiting, 2)
     worker.join()
@@ -512,7 +514,7 @@ def test_a_bank_no_larger_than_a_checkin_is_all_retests_as_documented(database):
         pairs = Store(session).pairs(first)
     assert [p.is_retest for p, _ in pairs] == [False, False]
     answers = {probe.id: {"answer": BEES, "rating": 4} for _, probe in pairs}
-    ck.decide(database, first, Decision.APPROVE, answers=answers)
+    decide(database, first, Decision.APPROVE, answers=answers)
     loop.run_days(run_id, 5)
     with database.read() as session:
         pairs = Store(session).pairs(loop.opened_checkin)
@@ -527,13 +529,13 @@ def test_a_stored_answer_or_rating_is_never_overwritten(database):
     loop.run_days(run_id, 5)
     with database.read() as session:
         ((pair, _),) = Store(session).pairs(loop.opened_checkin)
-    ck.record_answer(database, pair.id, "Dances decide it.")
+    record_answer(database, pair.id, "Dances decide it.")
     with pytest.raises(InvalidState, match="never overwritten"):
-        ck.record_answer(database, pair.id, "Something else.")  # not yet revealed
-    ck.reveal(database, pair.id)
-    ck.rate(database, pair.id, 4)
+        record_answer(database, pair.id, "Something else.")  # not yet revealed
+    reveal(database, pair.id)
+    rate(database, pair.id, 4)
     with pytest.raises(InvalidState, match="never overwritten"):
-        ck.rate(database, pair.id, 1)
+        rate(database, pair.id, 1)
     with database.read() as session:
         ((pair, _),) = Store(session).pairs(loop.opened_checkin)
     assert (pair.human_answer, pair.rating) == ("Dances decide it.", 4)

@@ -10,7 +10,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 from sqlalchemy import select
 
-from loopsim.checkin import policy as ck
+from loopsim.checkin.decision import decide
 from loopsim.config import Settings
 from loopsim.exports.dataset import SCHEMA, DatasetFilter, to_dataset
 from loopsim.loop import Loop
@@ -62,7 +62,7 @@ def run_through_checkins(database: Database, decisions: list[Decision], tail_day
         with database.read() as session:
             pairs = Store(session).pairs(loop.opened_checkin)
         answers = {probe.id: {"answer": ANSWER, "rating": 4} for _, probe in pairs}
-        ck.decide(database, loop.opened_checkin, decision, note=note, answers=answers)
+        decide(database, loop.opened_checkin, decision, note=note, answers=answers)
     results = loop.run_days(run_id, tail_days)
     assert len(results) == tail_days
     return run_id

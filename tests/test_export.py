@@ -72,7 +72,7 @@ def documented_fields() -> dict[str, set[str]]:
 
 
 def test_jsonl_records_carry_exactly_the_documented_fields(database, spec):
-    from loopsim.checkin import policy as ck
+    from loopsim.checkin.decision import decide
     from loopsim.schemas import Decision
 
     data = spec.model_dump(mode="json")
@@ -83,7 +83,7 @@ def test_jsonl_records_carry_exactly_the_documented_fields(database, spec):
     loop = Loop(database, Settings(), factory)
     loop.run_days(run_id, 1)
     assert loop.opened_checkin is not None
-    ck.decide(database, loop.opened_checkin, Decision.AMEND, note="Count foragers.")
+    decide(database, loop.opened_checkin, Decision.AMEND, note="Count foragers.")
     with database.read() as session:
         store = Store(session)
         records = [json.loads(x) for x in to_jsonl(store, store.get_run(run_id))]

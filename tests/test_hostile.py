@@ -31,7 +31,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from loopsim.chat.handle import build_chat
-from loopsim.checkin import policy as ck
+from loopsim.checkin.schedule import spot_check_fires
 from loopsim.cli import AppContext, app
 from loopsim.config import Settings
 from loopsim.errors import InvalidState
@@ -158,7 +158,7 @@ def _seed_with_spot_check_on_day_3() -> str:
     """A secret seed whose spot check stays quiet on days 1 and 2 and fires on day 3."""
     for n in itertools.count():
         seed = f"{n:064x}"
-        fires = [ck.spot_check_fires(seed, day, 0.3) for day in (1, 2, 3)]
+        fires = [spot_check_fires(seed, day, 0.3) for day in (1, 2, 3)]
         if fires == [False, False, True]:
             return seed
     raise AssertionError  # pragma: no cover

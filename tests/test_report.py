@@ -12,7 +12,8 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import text
 
-from loopsim.checkin import policy as ck
+from loopsim.checkin.answers import record_answer
+from loopsim.checkin.decision import decide
 from loopsim.config import Settings
 from loopsim.exports.markdown import HIDDEN
 from loopsim.exports.report import MAX_DEPTH, to_html
@@ -165,12 +166,12 @@ def seed_run(database: Database) -> str:
         with database.write() as session:
             checkin_id = _open(session, run_id, first, last, predictions)
         given = {p: {"answer": a, "rating": rating} for p, a in zip(probes, answers, strict=True)}
-        ck.decide(database, checkin_id, decision, note=note, answers=given)
+        decide(database, checkin_id, decision, note=note, answers=given)
     with database.write() as session:
         pending = _open(session, run_id, 19, 20, [SHOWN, SECRET])
         Store(session).get_checkin(pending).detail = "opened by hand " + payload(3)
         first_pair = Store(session).pairs(pending)[0][0].id
-    ck.record_answer(database, first_pair, "My blind answer " + payload(0))
+    record_answer(database, first_pair, "My blind answer " + payload(0))
     return run_id
 
 

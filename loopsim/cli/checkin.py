@@ -15,7 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.checkin import drift
-from loopsim.checkin import policy as ck
+from loopsim.checkin.answers import Answers, load_answers, rate, record_answer, require_open, reveal
+from loopsim.checkin.decision import decide
+from loopsim.checkin.schedule import last_approved_day
 from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
@@ -68,12 +70,12 @@ def _apply(
     checkin_id: int,
     decision: Decision,
     note: str | None,
-    answers: ck.Answers | None,
+    answers: Answers | None,
     *,
     skip_probes: bool = False,
     source: str = "answers",
 ) -> None:
-    outcome = ck.decide(
+    outcome = decide(
         a.open_db(),
         checkin_id,
         decision,
@@ -146,7 +148,7 @@ def checkin_decide(
     if len(chosen) != 1:
         raise SpecError("give exactly one of --approve, --amend, --reject, --halt")
     a = app_context(ctx)
-    given = ck.load_answers(answers) if answers else None
+    given = load_answers(answers) if answers else None
     _apply(a, checkin_id, chosen[0], note, given, skip_probes=skip_probes, source=str(answers))
 
 
@@ -221,10 +223,10 @@ def _review(a: AppContext, checkin_id: int) -> None:
     with database.read() as session:
         store = Store(session)
         c = store.get_checkin(checkin_id)
-        ck._require_open(c)
+        require_open(c)
         run = store.get_run(c.run_id)
         spec = RunSpec.model_validate(run.spec)
-        since = ck.last_approved_day(store, run.id)
+        since = last_approved_day(store, run.id)
         entries = [
             (e, i)
             for e, i, status in store.list_entries(run.id, include_reverted=False)
@@ -289,15 +291,15 @@ def _review(a: AppContext, checkin_id: int) -> None:
         )
         if step.answer is None:
             answer = _text("your answer (the prediction is shown after it is saved)")
-            ck.record_answer(database, step.pair_id, answer)
+            record_answer(database, step.pair_id, answer)
             out.print("saved.")
         else:
             out.print(Text(f"your stored answer: {safe_text(step.answer)}"))
-        prediction = ck.reveal(database, step.pair_id, similarity)
+        prediction = reveal(database, step.pair_id, similarity)
         out.print(Text(f"the simulation predicted: {safe_text(prediction)}", style="magenta"))
         if step.rating is None:
             rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
-            ck.rate(database, step.pair_id, rating)
+            rate(database, step.pair_id, rating)
         else:
             out.print(Text(f"your stored rating: {step.rating}"))
     with database.read() as session:

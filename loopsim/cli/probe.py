@@ -17,7 +17,6 @@ from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record.store import Store
-from loopsim.record.tables import Probe, utcnow
 
 app = typer.Typer(no_args_is_help=True, help="The run's bank of probe questions.")
 
@@ -70,12 +69,7 @@ def probe_add(
     with a.open_db().write() as session:
         store = Store(session)
         run = store.get_run(run_ref)
-        probe = Probe(
-            run_id=run.id, question=text, source="human", status="accepted", created_at=utcnow()
-        )
-        session.add(probe)
-        session.flush()
-        probe_id = probe.id
+        probe_id = store.add_probe(run.id, text, source="human", status="accepted").id
     a.out.print(probe_id)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopsim.checkin.policy import last_approved_day
+from loopsim.checkin.schedule import last_approved_day
 from loopsim.exports.markdown import inert_json
 from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, Day, Run

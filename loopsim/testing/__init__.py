@@ -213,19 +213,17 @@ def add_day(
     tests and benchmarks without a model."""
     now = utcnow()
     day = store.add_day(
-        Day(
-            run_id=run_id,
-            index=index,
-            external_date=date,
-            status=status,
-            model_id="seed",
-            model_version="seed",
-            prompt_hash="0" * 64,
-            prompt=[],
-            attempts=1,
-            started_at=now,
-            finished_at=now,
-        )
+        run_id,
+        index,
+        external_date=date,
+        status=status,
+        model_id="seed",
+        model_version="seed",
+        prompt_hash="0" * 64,
+        prompt=[],
+        attempts=1,
+        started_at=now,
+        finished_at=now,
     )
     if items:
         store.append_entries(run_id, items, day=day, external_date=date)

@@ -1,0 +1,115 @@
+"""Opening a check-in: which probes it asks, which it asks again, and the write that
+makes the run wait for a human.
+
+Probes are drawn from an RNG seeded with the run's secret seed and the check-in's number,
+so a replay asks the same ones. :func:`open_checkin` is idempotent: it writes nothing if a
+check-in is already open or the run's state moved on since the opening was planned.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from loopsim.checkin.schedule import approving, due
+from loopsim.record.db import Database
+from loopsim.record.store import Store
+from loopsim.record.tables import Probe, Run
+from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
+
+
+def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
+    """(probe id, prediction) of the last approving check-in, for prediction drift."""
+    approved = approving(store.list_checkins(run_id))
+    if not approved:
+        return []
+    return [
+        (probe.id, pair.prediction)
+        for pair, probe in store.pairs(approved[-1].id)
+        if pair.prediction and not pair.prediction.startswith("(no valid prediction")
+    ]
+
+
+def answered_before(store: Store, run_id: str) -> dict[int, str]:
+    """The first human answer to each probe, from earlier check-ins."""
+    first: dict[int, str] = {}
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            if pair.human_answer is not None:
+                first.setdefault(probe.id, pair.human_answer)
+    return first
+
+
+def pick_retest(
+    run: Run, policy: CheckinPolicy, answered: dict[int, str], chosen: Sequence[int], number: int
+) -> int | None:
+    """Now and then, one probe the human already answered, to ask again."""
+    rng = random.Random(f"{run.secret_seed}:retest:{number}")
+    candidates = sorted(set(answered) - set(chosen))
+    if not candidates or rng.random() >= policy.retest_probability:
+        return None
+    return rng.choice(candidates)
+
+
+def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> list[Probe]:
+    if k >= len(probes):
+        return list(probes)
+    return random.Random(f"{run.secret_seed}:probes:{number}").sample(list(probes), k)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A check-in about to open: why, which days, and the predictions made for it."""
+
+    run_id: str
+    reason: CheckinReason
+    first_day: int
+    last_day: int
+    predictions: list[tuple[int, str | None, str | None]]  # probe id, text, error
+    detail: str | None = None
+    retests: frozenset[int] = frozenset()  # probe ids asked again
+
+
+def open_checkin(
+    db: Database, opening: Opening, fence: Callable[[Store, Run], None] | None = None
+) -> int | None:
+    """Write the check-in and its predictions and make the run wait. Idempotent: if one is
+    already open or the state moved on, nothing is written and None is returned. A
+    ``fence`` (a service's lease check) may refuse the write by raising."""
+    with db.write() as session:
+        store = Store(session)
+        run = store.get_run(opening.run_id, lock=True)
+        if fence is not None:
+            fence(store, run)
+        spec = RunSpec.model_validate(run.spec)
+        if run.status != RunStatus.RUNNING:
+            return None
+        last = store.last_checkin(run.id)
+        if last is not None and last.decision is None:
+            return None
+        if opening.reason != CheckinReason.PREDICTION_DRIFT and (
+            due(store, run, spec) != opening.reason
+        ):
+            return None
+        if store.last_committed_day(run.id) != opening.last_day:
+            return None
+        checkin = store.add_checkin(
+            run.id,
+            opening.reason,
+            first_day=opening.first_day,
+            last_day=opening.last_day,
+            detail=opening.detail,
+            predictions=[
+                (
+                    probe_id,
+                    text if text is not None else f"(no valid prediction: {error})",
+                    probe_id in opening.retests,
+                )
+                for probe_id, text, error in opening.predictions
+            ],
+        )
+        store.set_status(
+            run, RunStatus.AWAITING_CHECKIN, f"check-in {checkin.id} ({opening.reason})"
+        )
+        return checkin.id

@@ -1,0 +1,205 @@
+"""When the loop stops for a human: the schedule of check-ins and the alarms that call
+one early.
+
+Nothing here is visible to a day's researcher: nothing under ``loopsim/researcher/``
+imports this package, and the schedule, the spot-check seed and the counts never enter a
+prompt.
+
+- :func:`due` says whether a check-in is due now, from the run's state alone, so it gives
+  the same answer after a crash and restart.
+- Spot checks draw from an RNG seeded with the run's secret seed and the day index: the
+  model cannot predict them, and a replay gives the same schedule.
+- The adaptive interval shortens after a drift alarm and lengthens after calm check-ins;
+  a future leak or charter drift calls a check-in at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import re
+from collections.abc import Sequence
+
+from loopsim.checkin import drift
+from loopsim.clock import external_date
+from loopsim.record.store import Store
+from loopsim.record.tables import CheckIn, Run, utcnow
+from loopsim.schemas import CheckinPolicy, CheckinReason, Decision, RunSpec
+from loopsim.text import plural
+
+APPROVING = (Decision.APPROVE, Decision.AMEND)
+
+
+def spot_check_fires(secret_seed: str, day_index: int, probability: float) -> bool:
+    """A draw the model cannot predict: seeded by a secret it never sees."""
+    return random.Random(f"{secret_seed}:spot:{day_index}").random() < probability
+
+
+def approving(checkins: Sequence[CheckIn]) -> list[CheckIn]:
+    return [c for c in checkins if c.decision in APPROVING]
+
+
+def approved_count(store: Store, run_id: str) -> int:
+    return len(approving(store.list_checkins(run_id)))
+
+
+def last_approved_day(store: Store, run_id: str) -> int:
+    approved = approving(store.list_checkins(run_id))
+    return approved[-1].last_day_index if approved else 0
+
+
+def adaptive_interval(scores: Sequence[float | None], policy: CheckinPolicy) -> int:
+    """Days between scheduled check-ins after these decided check-ins' drift scores."""
+    return adaptive_schedule(scores, policy)[0]
+
+
+def adaptive_schedule(scores: Sequence[float | None], policy: CheckinPolicy) -> tuple[int, str]:
+    """The interval after these drift scores, and why the last score that changed it did."""
+    interval, why = policy.every_days, f"every_days = {policy.every_days}"
+    if not policy.adaptive:
+        return interval, why
+    low_run = 0
+    for score in scores:
+        if score is None:
+            continue
+        if score >= policy.drift_alarm:
+            interval, low_run = max(1, interval // 2), 0
+            why = f"drift {score:.2f} reached the alarm {policy.drift_alarm:.2f}"
+        elif score < policy.drift_warn:
+            low_run += 1
+            if low_run >= 2:
+                longer = min(policy.max_interval_days, math.ceil(interval * 1.5))
+                if longer != interval:
+                    why = f"two drift scores in a row below the warning {policy.drift_warn:.2f}"
+                interval, low_run = longer, 0
+        else:
+            low_run = 0
+    return interval, why
+
+
+def schedule_change(
+    before: Sequence[float | None], after: Sequence[float | None], policy: CheckinPolicy
+) -> str | None:
+    """One line on how a decision changed the scheduled interval, or None if it did not."""
+    old, _ = adaptive_schedule(before, policy)
+    new, why = adaptive_schedule(after, policy)
+    if new == old:
+        return None
+    way = "shorter" if new < old else "longer"
+    return (
+        f"next scheduled check-in after {plural(new, 'more day', 'more days')}, {way} than "
+        f"{old}: {why}"
+    )
+
+
+_YEAR = re.compile(r"(?<![\d.,])(1[89]\d\d|2\d\d\d)(?![\d.,]\d)")
+_ISO_DATE = re.compile(r"(?<!\d)(\d{4})([-./])(\d{1,2})\2(\d{1,2})(?!\d)")
+
+
+def mentions_later_date(text: str, external: dt.date) -> str | None:
+    """The first date or year in ``text`` after ``external``, or None."""
+    for match in _ISO_DATE.finditer(text):
+        try:
+            when = dt.date(int(match[1]), int(match[3]), int(match[4]))
+        except ValueError:
+            continue
+        if when > external:
+            return match[0]
+    for match in _YEAR.finditer(text):
+        if int(match[1]) > external.year:
+            return match[1]
+    return None
+
+
+def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
+    """Why the day's entries look like they know the future, or None."""
+    for entry, _idx, _status in store.list_entries(run_id, day_index=day_index):
+        found = mentions_later_date(f"{entry.title} {entry.body}", entry.external_date)
+        if found:
+            return f"entry #{entry.seq} mentions {found}, after {entry.external_date}"
+    return None
+
+
+def charter_similarity(store: Store, run_id: str, spec: RunSpec, first: int, last: int) -> float:
+    """Mean similarity to the charter of committed days ``first..last``' entries."""
+    charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
+    by_day: dict[int, list[str]] = {}
+    for e, index, status in store.list_entries(run_id, day_range=(first, last)):
+        if status == "committed" and index is not None:
+            by_day.setdefault(index, []).append(f"{e.title} {e.body}")
+    scores = [drift.lexical_similarity(charter, " ".join(texts)) for texts in by_day.values()]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def charter_drift(
+    store: Store, run_id: str, spec: RunSpec, latest: int, approved_day: int
+) -> str | None:
+    """Why the latest days look off-charter, or None: the mean similarity of the last
+    window fell by ``charter_drift_drop`` against the window ending at ``approved_day``
+    (the last approval), or the first window."""
+    policy = spec.checkins
+    if policy.charter_drift_drop is None:
+        return None
+    window = policy.charter_drift_window
+    anchor = approved_day or window
+    if latest - anchor < window:
+        return None
+    before = charter_similarity(store, run_id, spec, max(1, anchor - window + 1), anchor)
+    recent = charter_similarity(store, run_id, spec, latest - window + 1, latest)
+    if before > 0 and recent < before * (1 - policy.charter_drift_drop):
+        return f"charter similarity fell from {before:.2f} to {recent:.2f}"
+    return None
+
+
+def due(
+    store: Store, run: Run, spec: RunSpec, now: dt.datetime | None = None
+) -> CheckinReason | None:
+    """The reason a check-in is due now, or None. Pure in the run's stored state (and the
+    wall clock, for a ``wall_clock`` time budget)."""
+    checkins = store.list_checkins(run.id)
+    last = checkins[-1] if checkins else None
+    if last is not None and last.decision is None:
+        return None  # one is already open
+    approved = approving(checkins)
+    approved_day = approved[-1].last_day_index if approved else 0
+    since = last.last_day_index if last is not None else 0
+    policy = spec.checkins
+    interval = adaptive_interval([c.drift_score for c in checkins], policy)
+    new_days = store.committed_days_after(run.id, since)
+    if new_days == 0:
+        return None
+    latest = store.last_committed_day(run.id)
+    if policy.future_leak and future_leak(store, run.id, latest):
+        return CheckinReason.FUTURE_LEAK
+    if charter_drift(store, run.id, spec, latest, approved_day):
+        return CheckinReason.CHARTER_DRIFT
+    if new_days >= interval:
+        return CheckinReason.SCHEDULED
+    if policy.max_unsupervised_days is not None:
+        unsupervised = store.committed_days_after(run.id, approved_day)
+        if unsupervised >= policy.max_unsupervised_days:
+            return CheckinReason.BUDGET
+    if policy.max_external_drift_days is not None:
+        today = external_date(
+            spec.time,
+            run_started=run.created_at,
+            now=now or utcnow(),
+            approved_checkins=len(approved),
+        )
+        at_approval = _date_at_last_approval(run, spec, approved)
+        if (today - at_approval).days > policy.max_external_drift_days:
+            return CheckinReason.BUDGET
+    if spot_check_fires(run.secret_seed, latest, policy.spot_check_probability):
+        return CheckinReason.SPOT_CHECK
+    return None
+
+
+def _date_at_last_approval(run: Run, spec: RunSpec, approved: Sequence[CheckIn]) -> dt.date:
+    if not approved:
+        return spec.time.anchor
+    last = approved[-1]
+    assert last.decided_at is not None
+    return external_date(
+        spec.time, run_started=run.created_at, now=last.decided_at, approved_checkins=len(approved)
+    )

@@ -1,0 +1,141 @@
+"""Scoring a check-in: raw similarity, calibrated agreement and drift, in one place.
+
+The review screen (before the decision) and :func:`decide` (which stores the figures) both
+score through :func:`score_checkin`, so what the human sees is what is recorded. Scoring
+only reads: it is run outside any write transaction, because a similarity may be a
+sentence embedder and a judge is a model call, and neither may hold the database's write
+lock (see docs/drift.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from loopsim.checkin import calibration, drift
+from loopsim.checkin.judge import Judged
+from loopsim.record.store import Store
+from loopsim.record.tables import Probe, ProbePair
+
+# The human answers to other probes a prediction is compared with, for the chance level:
+# the most recent ones, so the cost per check-in stays bounded as a run grows.
+NULL_ANSWERS = 12
+NO_PREDICTION = "(no valid prediction"
+
+
+def kind_of(similarity: drift.Similarity) -> str:
+    """Which priors a similarity's scores are read against (see calibration.PRIORS)."""
+    if similarity is drift.lexical_similarity:
+        return "lexical"
+    return str(getattr(similarity, "kind", "generic"))
+
+
+@dataclass(frozen=True)
+class PairScore:
+    pair_id: int
+    probe_id: int
+    similarity: float | None  # raw, prediction against the human's answer
+    calibrated: float | None  # the similarity between chance and ceiling, in [0, 1]
+    rating: int | None  # the human's
+    judge: int | None  # the judge's, when one was asked and no human rating was given
+    agreement: float | None  # what counts: rating, else judge, else calibrated
+    judged: Judged | None = None  # the judge's verdict and calls, when asked now
+
+
+@dataclass(frozen=True)
+class CheckinScore:
+    pairs: list[PairScore]
+    levels: calibration.Levels
+    kind: str
+    ceiling_measured: float | None  # the human's mean retest similarity, if measured
+
+    @property
+    def agreement(self) -> float | None:
+        values = [p.agreement for p in self.pairs if p.agreement is not None]
+        return statistics.fmean(values) if values else None
+
+    @property
+    def drift(self) -> float | None:
+        values = [p.agreement for p in self.pairs if p.agreement is not None]
+        return drift.drift_score(values)
+
+
+def usable(prediction: str | None) -> bool:
+    return bool(prediction) and not (prediction or "").startswith(NO_PREDICTION)
+
+
+def retest_similarities(store: Store, run_id: str, similarity: drift.Similarity) -> list[float]:
+    """How similar each retest answer of the human is to their first answer."""
+    first: dict[int, str] = {}
+    scores: list[float] = []
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            if pair.human_answer is None:
+                continue
+            if pair.is_retest and probe.id in first:
+                scores.append(similarity(first[probe.id], pair.human_answer))
+            first.setdefault(probe.id, pair.human_answer)
+    return scores
+
+
+def other_answers(store: Store, run_id: str) -> list[tuple[int, str]]:
+    """(probe id, answer) of every human answer in the run, newest last."""
+    found: list[tuple[int, str]] = []
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            if pair.human_answer:
+                found.append((probe.id, pair.human_answer))
+    return found
+
+
+def score_checkin(
+    store: Store,
+    checkin_id: int,
+    similarity: drift.Similarity,
+    *,
+    answers: Mapping[int, str] | None = None,
+    ratings: Mapping[int, int | None] | None = None,
+    judge: Callable[[Probe, str, str], Judged] | None = None,
+) -> CheckinScore:
+    """Score one check-in. ``answers`` and ``ratings`` (by pair id) stand in for what is
+    not stored yet (an answers file about to be stored with the decision); ``judge``
+    rates a prediction against an answer where the human gave no rating."""
+    checkin = store.get_checkin(checkin_id)
+    pairs: Sequence[tuple[ProbePair, Probe]] = store.pairs(checkin_id)
+    answers = answers or {}
+    ratings = ratings or {}
+    given = {p.id: answers.get(p.id, p.human_answer) for p, _ in pairs}
+    history = other_answers(store, checkin.run_id)
+    history += [(probe.id, a) for p, probe in pairs if (a := answers.get(p.id))]
+    kind = kind_of(similarity)
+
+    nulls: list[float] = []
+    for pair, probe in pairs:
+        if not usable(pair.prediction):
+            continue
+        others = [a for pid, a in history if pid != probe.id][-NULL_ANSWERS:]
+        nulls += [similarity(pair.prediction or "", a) for a in others]
+    retests = retest_similarities(store, checkin.run_id, similarity)
+    levels = calibration.levels(kind, nulls, retests)
+
+    scored: list[PairScore] = []
+    for pair, probe in pairs:
+        answer = given[pair.id]
+        rating = ratings.get(pair.id, pair.rating)
+        if answer is None:
+            scored.append(PairScore(pair.id, probe.id, None, None, rating, None, None))
+            continue
+        prediction = pair.prediction if usable(pair.prediction) else ""
+        raw = similarity(prediction or "", answer) if prediction else 0.0
+        calibrated = levels.calibrate(raw)
+        verdict, judged = pair.judge_rating, None
+        if rating is None and verdict is None and judge is not None and prediction:
+            judged = judge(probe, answer, prediction)
+            verdict = judged.rating
+        agreement = calibration.pair_agreement(calibrated, rating, verdict)
+        scored.append(
+            PairScore(pair.id, probe.id, raw, calibrated, rating, verdict, agreement, judged)
+        )
+    ceiling = statistics.fmean(retests) if retests else None
+    return CheckinScore(scored, levels, kind, ceiling)

@@ -1,0 +1,39 @@
+"""The base every query class of the :class:`~loopsim.record.store.Store` extends.
+
+It holds one session and its dialect, and the joins several nouns share. A query class
+flushes when it needs ids, never commits: the caller owns the transaction through
+:meth:`loopsim.record.db.Database.write`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from loopsim.record.tables import Day, Entry
+from loopsim.schemas import DayStatus
+
+
+class StoreBase:
+    """Queries over one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dialect = session.get_bind().dialect.name
+
+    def flush(self) -> None:
+        """Send pending changes (ids, attribute writes) to the database; no commit."""
+        self.session.flush()
+
+    def _entries_with_day(self, run_id: str) -> Any:
+        return (
+            select(Entry, Day.index, Day.status)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == run_id)
+        )
+
+    @staticmethod
+    def _visible() -> Any:
+        return or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED)

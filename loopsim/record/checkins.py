@@ -1,0 +1,171 @@
+"""Check-ins and probes: the questions a human answers, and the check-ins that ask them.
+
+A probe is a question the real researcher can answer; a check-in pairs some of them with
+the simulation's predictions (:class:`~loopsim.record.tables.ProbePair`). What a check-in
+decides, and when one is due, is :mod:`loopsim.checkin`'s business; these are its rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+
+from loopsim.errors import NotFound
+from loopsim.record.base import StoreBase
+from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
+from loopsim.schemas import Author, EntryKind
+
+
+class ProbeQueries(StoreBase):
+    """Probes: proposed by the researcher, accepted or rejected by a human."""
+
+    def propose_probes(self, entries: Sequence[Entry]) -> int:
+        """Offer each researcher question as a probe; a human must accept it first."""
+        count = 0
+        for entry in entries:
+            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER:
+                self.session.add(
+                    Probe(
+                        run_id=entry.run_id,
+                        question=entry.body[:500],
+                        source="researcher",
+                        status="proposed",
+                        proposed_in_entry_id=entry.id,
+                        created_at=entry.created_at,
+                    )
+                )
+                count += 1
+        self.session.flush()
+        return count
+
+    def list_probes(self, run_id: str, status: str | None = None) -> Sequence[Probe]:
+        stmt = select(Probe).where(Probe.run_id == run_id).order_by(Probe.id)
+        if status is not None:
+            stmt = stmt.where(Probe.status == status)
+        return self.session.scalars(stmt).all()
+
+    def add_probe(self, run_id: str, question: str, *, source: str, status: str) -> Probe:
+        """Add one probe, flushed so its id is known."""
+        probe = Probe(
+            run_id=run_id, question=question, source=source, status=status, created_at=utcnow()
+        )
+        self.session.add(probe)
+        self.session.flush()
+        return probe
+
+    def get_probe(self, probe_id: int) -> Probe:
+        probe = self.session.get(Probe, probe_id)
+        if probe is None:
+            raise NotFound(f"no probe {probe_id}; `loopsim probe list RUN` shows them")
+        return probe
+
+
+class CheckinQueries(StoreBase):
+    """Check-ins and their probe pairs: opening one, the human's answers, the decision."""
+
+    def list_checkins(
+        self, run_id: str | None = None, *, pending: bool = False
+    ) -> Sequence[CheckIn]:
+        stmt = select(CheckIn).order_by(CheckIn.id)
+        if run_id is not None:
+            stmt = stmt.where(CheckIn.run_id == run_id)
+        if pending:
+            stmt = stmt.where(CheckIn.decision.is_(None))
+        return self.session.scalars(stmt).all()
+
+    def pending_checkins(self) -> int:
+        return int(
+            self.session.scalar(
+                select(func.count()).select_from(CheckIn).where(CheckIn.decision.is_(None))
+            )
+            or 0
+        )
+
+    def get_checkin(self, checkin_id: int) -> CheckIn:
+        found = self.session.get(CheckIn, checkin_id)
+        if found is None:
+            raise NotFound(f"no check-in {checkin_id}; `loopsim checkin list` shows them")
+        return found
+
+    def last_checkin(self, run_id: str) -> CheckIn | None:
+        return self.session.scalar(
+            select(CheckIn).where(CheckIn.run_id == run_id).order_by(CheckIn.id.desc()).limit(1)
+        )
+
+    def pairs(self, checkin_id: int) -> Sequence[tuple[ProbePair, Probe]]:
+        rows = self.session.execute(
+            select(ProbePair, Probe)
+            .join(Probe, ProbePair.probe_id == Probe.id)
+            .where(ProbePair.checkin_id == checkin_id)
+            .order_by(ProbePair.id)
+        )
+        return [(pair, probe) for pair, probe in rows]
+
+    def add_checkin(
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        first_day: int,
+        last_day: int,
+        detail: str | None,
+        predictions: Sequence[tuple[int, str, bool]],
+    ) -> CheckIn:
+        """Open a check-in over days ``first_day..last_day`` with one pair per
+        ``(probe id, prediction, is a retest)``, flushed so its id is known."""
+        checkin = CheckIn(
+            run_id=run_id,
+            reason=reason,
+            first_day_index=first_day,
+            last_day_index=last_day,
+            detail=detail,
+            opened_at=utcnow(),
+        )
+        self.session.add(checkin)
+        self.session.flush()
+        for probe_id, prediction, is_retest in predictions:
+            self.session.add(
+                ProbePair(
+                    checkin_id=checkin.id,
+                    probe_id=probe_id,
+                    prediction=prediction,
+                    is_retest=is_retest,
+                )
+            )
+        self.session.flush()
+        return checkin
+
+    def get_pair(self, pair_id: int) -> ProbePair | None:
+        return self.session.get(ProbePair, pair_id)
+
+    @staticmethod
+    def answer_pair(pair: ProbePair, answer: str, at: dt.datetime) -> None:
+        pair.human_answer, pair.answered_at = answer, at
+
+    @staticmethod
+    def reveal_pair(pair: ProbePair, similarity: float, at: dt.datetime) -> None:
+        pair.revealed_at, pair.similarity = at, similarity
+
+    @staticmethod
+    def rate_pair(pair: ProbePair, rating: int | None) -> None:
+        pair.rating = rating
+
+    def claim_decision(
+        self,
+        checkin_id: int,
+        *,
+        decision: str,
+        note: str | None,
+        decided_at: dt.datetime,
+        drift_score: float | None,
+    ) -> bool:
+        """Record the decision if the check-in has none yet; False if it had one. Once
+        only, even against a racing writer: the update matches an undecided row."""
+        claimed = self.session.execute(
+            update(CheckIn)
+            .where(CheckIn.id == checkin_id, CheckIn.decision.is_(None))
+            .values(decision=decision, note=note, decided_at=decided_at, drift_score=drift_score)
+        )
+        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]

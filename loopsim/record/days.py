@@ -1,0 +1,178 @@
+"""Days: one per step of a run, committed, failed or reverted.
+
+Day indices are dense: each day takes the next index (:meth:`DayQueries.next_day_index`,
+under the run's unique ``(run_id, index)``) and no day is ever deleted; a human's
+rejection marks days reverted, and their entries stay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+
+from loopsim.errors import NotFound
+from loopsim.record.base import StoreBase
+from loopsim.record.tables import Day
+from loopsim.schemas import DayStatus
+
+
+class DayQueries(StoreBase):
+    """Adding days, finding them, and counting them by status."""
+
+    def next_day_index(self, run_id: str) -> int:
+        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
+        return 1 if last is None else last + 1
+
+    def count_days(self, run_id: str, status: DayStatus | None = None) -> int:
+        stmt = select(func.count()).select_from(Day).where(Day.run_id == run_id)
+        if status is not None:
+            stmt = stmt.where(Day.status == status)
+        return int(self.session.scalar(stmt) or 0)
+
+    def get_day(self, run_id: str, index: int) -> Day:
+        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == index))
+        if day is None:
+            raise NotFound(f"run {run_id} has no day {index}")
+        return day
+
+    def list_days(self, run_id: str) -> Sequence[Day]:
+        return self.session.scalars(
+            select(Day).where(Day.run_id == run_id).order_by(Day.index)
+        ).all()
+
+    def add_day(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        external_date: dt.date,
+        status: str,
+        model_id: str,
+        model_version: str,
+        prompt_hash: str,
+        prompt: list[dict[str, str]],
+        started_at: dt.datetime,
+        finished_at: dt.datetime,
+        raw_output: str | None = None,
+        error: str | None = None,
+        attempts: int = 1,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        latency_ms: int | None = None,
+        worker: str | None = None,
+        lease_generation: int | None = None,
+    ) -> Day:
+        """Add day ``index`` of the run, flushed so its id is known. ``worker`` and
+        ``lease_generation`` say who wrote it (a service's worker id, or "cli")."""
+        day = Day(
+            run_id=run_id,
+            index=index,
+            external_date=external_date,
+            status=status,
+            model_id=model_id,
+            model_version=model_version,
+            prompt_hash=prompt_hash,
+            prompt=prompt,
+            raw_output=raw_output,
+            error=error,
+            attempts=attempts,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
+            started_at=started_at,
+            finished_at=finished_at,
+            worker=worker,
+            lease_generation=lease_generation,
+        )
+        self.session.add(day)
+        self.session.flush()
+        return day
+
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        row = self.session.execute(
+            select(
+                func.coalesce(func.sum(Day.tokens_in), 0),
+                func.coalesce(func.sum(Day.tokens_out), 0),
+            ).where(Day.run_id == run_id)
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def failed_streak(self, run_id: str, limit: int) -> int:
+        """How many of the run's latest days, up to ``limit``, failed in a row."""
+        statuses = self.session.scalars(
+            select(Day.status)
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED)
+            .order_by(Day.index.desc())
+            .limit(limit)
+        ).all()
+        streak = 0
+        for status in statuses:
+            if status != DayStatus.FAILED:
+                break
+            streak += 1
+        return streak
+
+    def last_committed_day(self, run_id: str) -> int:
+        last = self.session.scalar(
+            select(func.max(Day.index)).where(
+                Day.run_id == run_id, Day.status == DayStatus.COMMITTED
+            )
+        )
+        return int(last or 0)
+
+    def committed_day_indexes(
+        self, run_id: str, *, after: int, before: int, limit: int
+    ) -> list[int]:
+        return list(
+            self.session.scalars(
+                select(Day.index)
+                .where(
+                    Day.run_id == run_id,
+                    Day.status == DayStatus.COMMITTED,
+                    Day.index > after,
+                    Day.index < before,
+                )
+                .order_by(Day.index)
+                .limit(limit)
+            )
+        )
+
+    def committed_days_after(self, run_id: str, index: int) -> int:
+        """Committed days after day ``index``, at the cost of two index probes and the
+        failed and reverted days after it, however many days the run has committed.
+
+        Day indices are dense: each day takes the next index (:meth:`next_day_index`,
+        under the run's unique ``(run_id, index)``) and no day is ever deleted, so the
+        days after ``index`` are ``last - index``, and the committed ones are those less
+        the failed and reverted ones among them.
+        """
+        last = self.next_day_index(run_id) - 1
+        if last <= index:
+            return 0
+        others = self.session.scalar(
+            select(func.count())
+            .select_from(Day)
+            .where(
+                Day.run_id == run_id,
+                Day.status.in_([DayStatus.FAILED, DayStatus.REVERTED]),
+                Day.index > index,
+            )
+        )
+        return last - index - int(others or 0)
+
+    def revert_days(self, run_id: str, after: int, through: int) -> int:
+        """Mark committed days in (after, through] reverted. Their entries stay."""
+        days = self.session.scalars(
+            select(Day).where(
+                Day.run_id == run_id,
+                Day.index > after,
+                Day.index <= through,
+                Day.status == DayStatus.COMMITTED,
+            )
+        ).all()
+        for day in days:
+            day.status = DayStatus.REVERTED
+        self.session.flush()
+        return len(days)

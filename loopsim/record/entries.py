@@ -1,0 +1,161 @@
+"""Entries: what a run's researcher (or a human) wrote, appended to the run's chain.
+
+:meth:`EntryQueries.append_entries` is the only code that writes an entry: it sets each
+one's ``seq``, ``prev_hash`` and hash (:func:`loopsim.record.chain.entry_hash`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+
+from loopsim.record.chain import ChainQueries, entry_hash
+from loopsim.record.tables import Day, Entry, utcnow
+from loopsim.schemas import Author, EntryKind
+
+
+@dataclass(frozen=True)
+class EntryInput:
+    kind: str
+    title: str
+    body: str
+    author: str = Author.RESEARCHER
+    parent_id: int | None = None
+    # The parent as an index into the same batch, for trees written in one go.
+    parent: int | None = None
+    level: int | None = None
+    first_day: int | None = None
+    last_day: int | None = None
+    score: int | None = None
+    flagged: bool | None = None
+
+
+class EntryQueries(ChainQueries):
+    """Appending entries, and listing them by day, page or kind."""
+
+    def entry_seqs(self, run_id: str) -> dict[int, int]:
+        """Entry id -> seq for a run: how exports name an entry's parent."""
+        rows = self.session.execute(select(Entry.id, Entry.seq).where(Entry.run_id == run_id))
+        return {entry_id: seq for entry_id, seq in rows}
+
+    def append_entries(
+        self,
+        run_id: str,
+        items: Sequence[EntryInput],
+        *,
+        day: Day | None,
+        external_date: dt.date,
+        model_id: str | None = None,
+        model_version: str | None = None,
+        prompt_hash: str | None = None,
+    ) -> list[Entry]:
+        """Append entries to the run's chain. Ids and hashes are set before returning.
+
+        An item's ``parent`` names an earlier item of the same batch; the parent is
+        flushed first so its id, which the child's hash covers, is known."""
+        seq, prev = self.chain_head(run_id)
+        now = utcnow()
+        created: list[Entry] = []
+        parents = {item.parent for item in items if item.parent is not None}
+        for position, item in enumerate(items):
+            seq += 1
+            parent_id = item.parent_id
+            if item.parent is not None:
+                if not 0 <= item.parent < position:
+                    raise ValueError(f"entry {position} names parent {item.parent}, not before it")
+                parent_id = created[item.parent].id
+            entry = Entry(
+                run_id=run_id,
+                day_id=day.id if day is not None else None,
+                parent_id=parent_id,
+                seq=seq,
+                kind=item.kind,
+                title=item.title,
+                body=item.body,
+                author=item.author,
+                model_id=model_id,
+                model_version=model_version,
+                prompt_hash=prompt_hash,
+                external_date=external_date,
+                created_at=now,
+                prev_hash=prev,
+                hash="",
+                level=item.level,
+                first_day=item.first_day,
+                last_day=item.last_day,
+                score=item.score,
+                flagged=item.flagged,
+            )
+            entry.hash = entry_hash(entry, day.index if day is not None else None)
+            prev = entry.hash
+            self.session.add(entry)
+            created.append(entry)
+            if position in parents:
+                self.session.flush()
+        self.session.flush()
+        return created
+
+    def list_entries(
+        self,
+        run_id: str,
+        *,
+        day_index: int | None = None,
+        day_range: tuple[int, int] | None = None,
+        include_reverted: bool = True,
+    ) -> list[tuple[Entry, int | None, str | None]]:
+        if day_index is not None or day_range is not None:
+            # Inner join, so the database can start from the few days asked for (by their
+            # run and index) rather than walk every entry of the run.
+            stmt = (
+                select(Entry, Day.index, Day.status)
+                .join(Day, Entry.day_id == Day.id)
+                .where(Day.run_id == run_id)
+                .order_by(Entry.seq)
+            )
+            if day_index is not None:
+                stmt = stmt.where(Day.index == day_index)
+            if day_range is not None:
+                stmt = stmt.where(Day.index.between(*day_range))
+        else:
+            stmt = self._entries_with_day(run_id).order_by(Entry.seq)
+        if not include_reverted:
+            stmt = stmt.where(self._visible())
+        return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
+
+    def pinned_corrections(self, run_id: str, until: dt.date, limit: int = 50) -> list[Entry]:
+        """Human corrections, oldest first: every view includes them."""
+        stmt = (
+            self._entries_with_day(run_id)
+            .where(Entry.kind == EntryKind.CORRECTION, Entry.author == Author.HUMAN)
+            .where(self._visible(), Entry.external_date <= until)
+            .order_by(Entry.seq.desc())
+            .limit(limit)
+        )
+        return [row[0] for row in reversed(self.session.execute(stmt).all())]
+
+    def recent_entries(
+        self,
+        run_id: str,
+        until: dt.date,
+        *,
+        before_seq: int | None = None,
+        limit: int = 50,
+        after_day: int = 0,
+    ) -> list[tuple[Entry, int | None]]:
+        """Newest visible research entries first, one page at a time; only days after
+        ``after_day`` (and entries outside any day)."""
+        stmt = (
+            self._entries_with_day(run_id)
+            .where(Entry.kind.not_in([EntryKind.DIGEST, EntryKind.CORRECTION]))
+            .where(self._visible(), Entry.external_date <= until)
+            .order_by(Entry.seq.desc())
+            .limit(limit)
+        )
+        if before_seq is not None:
+            stmt = stmt.where(Entry.seq < before_seq)
+        if after_day:
+            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
+        return [(e, idx) for e, idx, _status in self.session.execute(stmt)]

@@ -1,0 +1,149 @@
+"""Runs: creating, finding and listing them, their status, the lease queries, and the one
+way a run leaves the record (:meth:`RunQueries.delete_run`).
+
+A lease is three columns of ``runs`` (:mod:`loopsim.record.leases` holds its rules); the
+queries here only find the runs a worker may claim, by the database's clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import and_, delete, or_, select, text
+
+from loopsim import ids
+from loopsim.errors import NotFound
+from loopsim.record.base import StoreBase
+from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
+from loopsim.schemas import RunSpec, RunStatus
+
+
+class RunQueries(StoreBase):
+    """One run at a time, by id or prefix; claimable runs; deleting a run whole."""
+
+    def create_run(self, spec: RunSpec, *, name: str, model: str) -> Run:
+        now = utcnow()
+        run = Run(
+            id=ids.new_id(),
+            name=name,
+            status=RunStatus.CREATED,
+            spec=spec.model_dump(mode="json"),
+            model=model,
+            secret_seed=secrets.token_hex(32),
+            created_at=now,
+            updated_at=now,
+            lease_generation=0,
+        )
+        self.session.add(run)
+        self.session.flush()
+        for question in spec.probes:
+            self.session.add(
+                Probe(
+                    run_id=run.id,
+                    question=question,
+                    source="spec",
+                    status="accepted",
+                    created_at=now,
+                )
+            )
+        self.session.flush()
+        return run
+
+    def get_run(self, ref: str, *, lock: bool = False) -> Run:
+        """A run by id or unique id prefix (at least 4 characters)."""
+        ref = ref.strip().lower()
+        if len(ref) < 4:
+            raise NotFound(f"run id {ref!r} is too short; give at least 4 characters")
+        if len(ref) == ids.LENGTH:  # a whole id: the primary key, not a LIKE scan
+            stmt = select(Run).where(Run.id == ref)
+        else:
+            stmt = select(Run).where(Run.id.startswith(ref, autoescape=True)).limit(2)
+        if lock and self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        found = list(self.session.scalars(stmt))
+        if not found:
+            raise NotFound(f"no run {ref!r}; `loopsim run list` shows the runs")
+        if len(found) > 1:
+            raise NotFound(f"run id {ref!r} is ambiguous; give more characters")
+        return found[0]
+
+    def list_runs(self) -> Sequence[Run]:
+        return self.session.scalars(select(Run).order_by(Run.id)).all()
+
+    def set_status(self, run: Run, status: RunStatus, reason: str | None = None) -> None:
+        run.status = status
+        run.status_reason = reason
+        run.updated_at = utcnow()
+        self.session.flush()
+
+    def db_now(self) -> dt.datetime:
+        """The database server's clock, in UTC. Leases expire by this clock alone, so
+        workers on machines whose clocks disagree still agree on who holds a run."""
+        if self.dialect == "postgresql":
+            value = self.session.scalar(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))
+        else:
+            value = dt.datetime.fromisoformat(
+                str(self.session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")))
+            )
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+    def claimable_runs(
+        self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
+    ) -> list[Run]:
+        """Running runs with no live lease (or a lease of ``owner``'s own, left by a
+        restart), oldest-touched first. A run with an owner and no expiry is one
+        ``run step`` drives (:func:`loopsim.record.leases.take_for_cli`): never claimed. PostgreSQL
+        skips rows another worker is claiming right now (``FOR UPDATE SKIP LOCKED``);
+        SQLite's single writer makes that moot."""
+        stmt = (
+            select(Run)
+            .where(
+                Run.status == RunStatus.RUNNING,
+                or_(
+                    Run.lease_owner.is_(None),
+                    and_(
+                        Run.lease_expires_at.is_not(None),
+                        or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
+                    ),
+                ),
+            )
+            .order_by(Run.updated_at, Run.id)
+            .limit(limit)
+        )
+        if exclude:
+            stmt = stmt.where(Run.id.not_in(list(exclude)))
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        return list(self.session.scalars(stmt))
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Delete one run and every row that belongs to it, children first, in the
+        caller's transaction; returns how many rows of each table went. Rows of other
+        runs are never touched: each statement names this run."""
+        checkins = select(CheckIn.id).where(CheckIn.run_id == run_id).scalar_subquery()
+        counts: dict[str, int] = {}
+        if self.dialect == "sqlite":
+            # entries_fts is an external-content FTS5 index: it forgets a row only when
+            # told the row's indexed values, so tell it before the rows go.
+            self.session.execute(
+                text(
+                    "INSERT INTO entries_fts(entries_fts, rowid, title, body, run_id) "
+                    "SELECT 'delete', id, title, body, run_id FROM entries WHERE run_id = :r"
+                ).bindparams(r=run_id)
+            )
+        for name, stmt in (
+            ("probe_pairs", delete(ProbePair).where(ProbePair.checkin_id.in_(checkins))),
+            ("checkins", delete(CheckIn).where(CheckIn.run_id == run_id)),
+            ("probes", delete(Probe).where(Probe.run_id == run_id)),
+            ("calls", delete(CallRecord).where(CallRecord.run_id == run_id)),
+            ("entries", delete(Entry).where(Entry.run_id == run_id)),
+            ("days", delete(Day).where(Day.run_id == run_id)),
+            ("runs", delete(Run).where(Run.id == run_id)),
+        ):
+            result = self.session.execute(stmt.execution_options(synchronize_session=False))
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+        self.session.expunge_all()
+        return counts
