@@ -153,8 +153,20 @@ class CheckinPolicy(_Strict):
         description="Chance a check-in re-asks one probe the human already answered, to "
         "measure their own consistency: the ceiling for agreement.",
     )
-    drift_warn: float = Field(default=0.5, ge=0, le=1)
+    drift_warn: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Warn when drift (one minus the mean calibrated agreement) or its trend "
+        "reaches this.",
+    )
     drift_alarm: float = Field(default=0.7, ge=0, le=1)
+    judge: str | None = Field(
+        default=None,
+        description="Rate each prediction the human did not rate against their answer with "
+        "a fresh model call: 'run' for the run's own model, or a model id such as "
+        "'openai:gpt-4o-mini'. Unset: no judge; the calibrated similarity stands in.",
+    )
     adaptive: bool = Field(
         default=True,
         description="Halve the interval after an alarming drift score; lengthen it by half "
@@ -181,6 +193,13 @@ class CheckinPolicy(_Strict):
     prediction_drift_threshold: float = Field(default=0.5, gt=0, le=1)
     max_unsupervised_days: int | None = Field(default=None, ge=1, le=100_000)
     max_external_drift_days: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_model(cls, value: str | None) -> str | None:
+        if value is not None and value != "run" and ":" not in value:
+            raise ValueError("must be 'run' or look like 'provider:model'")
+        return value
 
 
 class Subquestions(_Strict):

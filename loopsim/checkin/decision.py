@@ -7,16 +7,19 @@ racing writer. Answers given with it are stored first, blind, as if typed.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 from loopsim.checkin import drift
-from loopsim.checkin.answers import Answers, consistency, require_open, resolve_answers, unanswered
+from loopsim.checkin.answers import Answers, require_open, resolve_answers
+from loopsim.checkin.judge import Judged
 from loopsim.checkin.schedule import APPROVING, approved_count, last_approved_day, schedule_change
+from loopsim.checkin.scoring import CheckinScore, score_checkin
 from loopsim.clock import external_date
 from loopsim.errors import InvalidState, SpecError
 from loopsim.record.db import Database
 from loopsim.record.store import EntryInput, Store
-from loopsim.record.tables import Run, utcnow
+from loopsim.record.tables import Probe, Run, utcnow
 from loopsim.schemas import Author, Decision, EntryKind, RunSpec, RunStatus
 
 
@@ -29,6 +32,10 @@ class Outcome:
     agreement: float | None  # mean agreement at this check-in
     ceiling: float | None  # the human's own consistency over all retests so far
     schedule: str | None = None  # how the adaptive interval changed, if it did
+    score: CheckinScore | None = None  # per pair: raw, calibrated, rating, judge
+
+
+Judge = Callable[[Probe, str, str], Judged]
 
 
 def decide(
@@ -41,28 +48,29 @@ def decide(
     similarity: drift.Similarity = drift.lexical_similarity,
     require_answers: bool = False,
     source: str = "answers",
+    judge: Judge | None = None,
 ) -> Outcome:
     """Apply a decision once. Answers from a file are stored first, blind, as if typed;
     keys that match no probe are refused (:func:`resolve_answers`). With
-    ``require_answers``, approve and amend are refused while a probe has no answer."""
+    ``require_answers``, approve and amend are refused while a probe has no answer.
+
+    Two steps: the answers are checked and the check-in scored in a read transaction
+    (a similarity may be a sentence embedder, a judge a model call: neither may hold the
+    write lock), then the answers, figures and decision are written in one transaction,
+    which refuses if the check-in changed in between."""
     if decision == Decision.AMEND and not (note and note.strip()):
         raise SpecError("--amend needs --note with the correction")
-    with db.write() as session:
+    with db.read() as session:
         store = Store(session)
         checkin = store.get_checkin(checkin_id)
-        run = store.get_run(checkin.run_id, lock=True)
         require_open(checkin)
-        spec = RunSpec.model_validate(run.spec)
-        now = utcnow()
         pairs = store.pairs(checkin.id)
         resolved = resolve_answers(pairs, answers or {}, source)
-        for pair, _probe in pairs:
-            given = resolved.get(pair.id)
-            if given:
-                store.answer_pair(pair, given["answer"], now)
-                store.reveal_pair(pair, similarity(pair.prediction or "", given["answer"]), now)
-                store.rate_pair(pair, given["rating"])
-        missing = unanswered(pairs)
+        missing = [
+            n
+            for n, (pair, _probe) in enumerate(pairs, 1)
+            if pair.human_answer is None and pair.id not in resolved
+        ]
         if require_answers and decision in APPROVING and missing:
             shown = ", ".join(str(n) for n in missing)
             which = (
@@ -75,13 +83,65 @@ def decide(
                 f"answer in `loopsim checkin review {checkin.id}` or with --answers, or "
                 f"pass --skip-probes to {decision} without; nothing changed"
             )
-        agreements = [
-            drift.agreement(p.similarity, p.rating) for p, _ in pairs if p.similarity is not None
-        ]
-        score = drift.drift_score(agreements)
-        # Once only, even against a racing writer: the update matches an undecided row.
+        seen = {pair.id: pair.human_answer for pair, _probe in pairs}
+        score = score_checkin(
+            store,
+            checkin.id,
+            similarity,
+            answers={pid: given["answer"] for pid, given in resolved.items()},
+            ratings={pid: given["rating"] for pid, given in resolved.items()},
+            judge=judge,
+        )
+    with db.write() as session:
+        store = Store(session)
+        checkin = store.get_checkin(checkin_id)
+        run = store.get_run(checkin.run_id, lock=True)
+        require_open(checkin)
+        spec = RunSpec.model_validate(run.spec)
+        now = utcnow()
+        pairs = store.pairs(checkin.id)
+        if {pair.id: pair.human_answer for pair, _probe in pairs} != seen:
+            raise InvalidState(
+                f"check-in {checkin.id} changed while it was being scored (an answer was "
+                "stored meanwhile); nothing changed, decide again"
+            )
+        by_pair = {p.pair_id: p for p in score.pairs}
+        for pair, _probe in pairs:
+            given = resolved.get(pair.id)
+            if given:
+                store.answer_pair(pair, given["answer"], now)
+                store.reveal_pair(pair, by_pair[pair.id].similarity or 0.0, now)
+                store.rate_pair(pair, given["rating"])
+            scored = by_pair[pair.id]
+            if scored.similarity is not None:
+                store.score_pair(
+                    pair,
+                    similarity=scored.similarity,
+                    agreement=scored.calibrated,
+                    null_level=score.levels.null,
+                    ceiling=score.levels.ceiling,
+                )
+            if scored.judged is not None:
+                store.judge_pair(
+                    pair,
+                    scored.judged.rating,
+                    scored.judged.reason,
+                    [asdict(call) for call in scored.judged.calls],
+                )
+        value = score.drift
+        decided = [c for c in store.list_checkins(run.id) if c.id != checkin.id]
+        history = [c.drift_score for c in decided if c.drift_score is not None]
+        trend = drift.ewma([*history, value] if value is not None else history)
         if not store.claim_decision(
-            checkin.id, decision=decision, note=note, decided_at=now, drift_score=score
+            checkin.id,
+            decision=decision,
+            note=note,
+            decided_at=now,
+            drift_score=value,
+            agreement=score.agreement,
+            ceiling=score.ceiling_measured,
+            trend=trend,
+            similarity=score.kind,
         ):
             raise InvalidState(f"check-in {checkin.id} was already decided; nothing changed")
         reverted = 0
@@ -108,18 +168,21 @@ def decide(
                     run.id, last_approved_day(store, run.id), checkin.last_day_index
                 )
             store.set_status(run, RunStatus.RUNNING)
-        decided = store.list_checkins(run.id)
-        history = [c.drift_score for c in decided if c.drift_score is not None]
-        before = [c.drift_score for c in decided if c.id != checkin.id]
-        schedule = schedule_change(before, [c.drift_score for c in decided], spec.checkins)
-        level = drift.classify(
-            score, drift.ewma(history), spec.checkins.drift_warn, spec.checkins.drift_alarm
-        )
-        mean = sum(agreements) / len(agreements) if agreements else None
-        ceiling = consistency(store, run.id, similarity)
+        before = [c.drift_score for c in decided]
+        schedule = schedule_change(before, [*before, value], spec.checkins)
+        level = drift.classify(value, trend, spec.checkins.drift_warn, spec.checkins.drift_alarm)
         if decision == Decision.HALT:
             schedule = None  # no next check-in for a halted run
-        return Outcome(checkin.id, decision, level, reverted, mean, ceiling, schedule)
+        return Outcome(
+            checkin.id,
+            decision,
+            level,
+            reverted,
+            score.agreement,
+            score.ceiling_measured,
+            schedule,
+            score,
+        )
 
 
 def checkin_date(store: Store, run: Run, spec: RunSpec) -> dt.date:

@@ -65,28 +65,35 @@ def usable(prediction: str | None) -> bool:
     return bool(prediction) and not (prediction or "").startswith(NO_PREDICTION)
 
 
-def retest_similarities(store: Store, run_id: str, similarity: drift.Similarity) -> list[float]:
+def answered(
+    store: Store, run_id: str, given: Mapping[int, str] | None = None
+) -> list[tuple[ProbePair, Probe, str]]:
+    """Every answered pair of the run, oldest first, with ``given`` (answers by pair id,
+    not stored yet) standing in where a pair has none stored."""
+    given = given or {}
+    found: list[tuple[ProbePair, Probe, str]] = []
+    for c in store.list_checkins(run_id):
+        for pair, probe in store.pairs(c.id):
+            answer = pair.human_answer or given.get(pair.id)
+            if answer:
+                found.append((pair, probe, answer))
+    return found
+
+
+def retest_similarities(
+    store: Store,
+    run_id: str,
+    similarity: drift.Similarity,
+    given: Mapping[int, str] | None = None,
+) -> list[float]:
     """How similar each retest answer of the human is to their first answer."""
     first: dict[int, str] = {}
     scores: list[float] = []
-    for c in store.list_checkins(run_id):
-        for pair, probe in store.pairs(c.id):
-            if pair.human_answer is None:
-                continue
-            if pair.is_retest and probe.id in first:
-                scores.append(similarity(first[probe.id], pair.human_answer))
-            first.setdefault(probe.id, pair.human_answer)
+    for pair, probe, answer in answered(store, run_id, given):
+        if pair.is_retest and probe.id in first:
+            scores.append(similarity(first[probe.id], answer))
+        first.setdefault(probe.id, answer)
     return scores
-
-
-def other_answers(store: Store, run_id: str) -> list[tuple[int, str]]:
-    """(probe id, answer) of every human answer in the run, newest last."""
-    found: list[tuple[int, str]] = []
-    for c in store.list_checkins(run_id):
-        for pair, probe in store.pairs(c.id):
-            if pair.human_answer:
-                found.append((probe.id, pair.human_answer))
-    return found
 
 
 def score_checkin(
@@ -106,8 +113,7 @@ def score_checkin(
     answers = answers or {}
     ratings = ratings or {}
     given = {p.id: answers.get(p.id, p.human_answer) for p, _ in pairs}
-    history = other_answers(store, checkin.run_id)
-    history += [(probe.id, a) for p, probe in pairs if (a := answers.get(p.id))]
+    history = [(probe.id, a) for _p, probe, a in answered(store, checkin.run_id, answers)]
     kind = kind_of(similarity)
 
     nulls: list[float] = []
@@ -116,7 +122,7 @@ def score_checkin(
             continue
         others = [a for pid, a in history if pid != probe.id][-NULL_ANSWERS:]
         nulls += [similarity(pair.prediction or "", a) for a in others]
-    retests = retest_similarities(store, checkin.run_id, similarity)
+    retests = retest_similarities(store, checkin.run_id, similarity, answers)
     levels = calibration.levels(kind, nulls, retests)
 
     scored: list[PairScore] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 
@@ -152,6 +153,26 @@ class CheckinQueries(StoreBase):
     def rate_pair(pair: ProbePair, rating: int | None) -> None:
         pair.rating = rating
 
+    @staticmethod
+    def score_pair(
+        pair: ProbePair,
+        *,
+        similarity: float | None,
+        agreement: float | None,
+        null_level: float,
+        ceiling: float,
+    ) -> None:
+        """The figures a decision read this pair with (see checkin/calibration.py)."""
+        pair.similarity = similarity
+        pair.agreement, pair.null_level, pair.ceiling = agreement, null_level, ceiling
+
+    @staticmethod
+    def judge_pair(
+        pair: ProbePair, rating: int | None, reason: str | None, calls: list[dict[str, Any]]
+    ) -> None:
+        """The judge's verdict on a pair, and every call it took."""
+        pair.judge_rating, pair.judge_reason, pair.judge_calls = rating, reason, calls
+
     def claim_decision(
         self,
         checkin_id: int,
@@ -160,12 +181,26 @@ class CheckinQueries(StoreBase):
         note: str | None,
         decided_at: dt.datetime,
         drift_score: float | None,
+        agreement: float | None = None,
+        ceiling: float | None = None,
+        trend: float | None = None,
+        similarity: str | None = None,
     ) -> bool:
-        """Record the decision if the check-in has none yet; False if it had one. Once
-        only, even against a racing writer: the update matches an undecided row."""
+        """Record the decision, and the figures it was made on, if the check-in has none
+        yet; False if it had one. Once only, even against a racing writer: the update
+        matches an undecided row."""
         claimed = self.session.execute(
             update(CheckIn)
             .where(CheckIn.id == checkin_id, CheckIn.decision.is_(None))
-            .values(decision=decision, note=note, decided_at=decided_at, drift_score=drift_score)
+            .values(
+                decision=decision,
+                note=note,
+                decided_at=decided_at,
+                drift_score=drift_score,
+                agreement=agreement,
+                ceiling=ceiling,
+                trend=trend,
+                similarity=similarity,
+            )
         )
         return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
