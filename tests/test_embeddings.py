@@ -85,6 +85,23 @@ def test_the_extra_is_installed_and_found_without_importing_it():
     assert emb.available()
 
 
+def test_scores_match_the_published_fp32_model(model):
+    """The sentence-transformers documentation's similarity matrix for all-MiniLM-L6-v2
+    (fp32, torch): the int8 ONNX pipeline here reproduces it to within 0.01."""
+    left = ["The new movie is awesome", "The cat sits outside", "A man is playing guitar"]
+    right = ["The dog plays in the garden", "The new movie is so great", "A woman watches TV"]
+    published = [
+        [0.0543, 0.8939, -0.0502],
+        [0.2838, -0.0029, 0.1310],
+        [0.2277, -0.0136, -0.0327],
+    ]
+    ours = [
+        [cosine(a, b) for b in model.embed_documents(right)] for a in model.embed_documents(left)
+    ]
+    for row, expected in zip(ours, published, strict=True):
+        assert row == pytest.approx(expected, abs=0.01)
+
+
 def test_paraphrases_score_clearly_above_unrelated_pairs(model):
     def score(pairs: list[tuple[str, str]]) -> list[float]:
         vectors = model.embed_documents([t for pair in pairs for t in pair])
