@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     )
     embeddings: str | None = Field(
         None,
-        description="Embeddings for probe similarity, e.g. 'openai:text-embedding-3-small'; "
-        "unset, an offline word-count cosine is used.",
+        description="Embeddings for probe similarity, e.g. 'openai:text-embedding-3-small' "
+        "(with the api_key and model_base_url settings); 'local' for the offline "
+        "all-MiniLM-L6-v2 of the 'embed' extra, 'lexical' for a word-count cosine. Unset: "
+        "the offline model if its extra is installed, else the word-count cosine.",
     )
     view_token_budget: int = Field(3000, ge=200, description="Tokens the view may fill.")
     max_output_chars: int = Field(

@@ -454,9 +454,10 @@ def test_similarity_is_pluggable_through_langchain_embeddings(database):
         stored = [p.similarity for p, _ in Store(session).pairs(loop.opened_checkin)]
     assert stored == [pytest.approx(embedded(BEES, answer))] * 2
     assert stored[0] != pytest.approx(lexical_similarity(BEES, answer))
-    assert from_settings(None) is lexical_similarity
+    assert from_settings("lexical") is lexical_similarity
+    unbuildable = from_settings("nosuchprovider:model")  # built lazily: no error yet
     with pytest.raises(ModelUnavailable, match="cannot build embeddings"):
-        from_settings("nosuchprovider:model")
+        unbuildable(BEES, answer)
 
 
 def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
