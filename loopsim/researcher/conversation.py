@@ -36,6 +36,7 @@ from loopsim.researcher.prompts import build_probe_prompt as build_probe_prompt
 from loopsim.researcher.prompts import build_prompt as build_prompt
 from loopsim.researcher.prompts import grammar_constrained as grammar_constrained
 from loopsim.schemas import DayReport
+from loopsim.text import storable
 
 
 def report_schema() -> dict[str, Any]:
@@ -176,16 +177,6 @@ def describe_validation(error: ValidationError, limit: int = 3) -> str:
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """Text safe for every backend: NUL bytes (PostgreSQL refuses them) and lone
-    surrogates (no driver can encode them as UTF-8; an endpoint's JSON can hold half a
-    pair) replaced with U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @dataclass
