@@ -185,9 +185,7 @@ def test_prompts_stay_byte_identical(spec):
     view = _fixed_view(spec)
     prompts = {
         "day": build_prompt(spec.persona, view, DATE),
-        "day, more": build_prompt(
-            spec.persona, view, DATE, subquestions=2, ideas=3
-        ),
+        "day, more": build_prompt(spec.persona, view, DATE, subquestions=2, ideas=3),
         "day, shape only": build_prompt(spec.persona, view, DATE, example=False),
         "probe": build_probe_prompt(spec.persona, view, DATE, "What have you found so far?"),
     }
