@@ -130,10 +130,21 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
     return "\n".join(out).rstrip() + "\n"
 
 
-def entry_marks(entry: Entry) -> list[str]:
-    """What an amplification entry carries: a digest's range, a score, a flag."""
+def entry_marks(entry: Entry, *, typeset: bool = False) -> list[str]:
+    """What an amplification entry carries: a digest's level and days, a critic's score,
+    an idea's flag. Every rendering of an entry takes its marks from here.
+
+    Plain (Markdown, the terminal) gives a digest's level and days as one mark,
+    ``level 2, days 1-8``; ``typeset`` (the HTML report) gives them as two marks, and
+    the days with an en dash.
+    """
     marks = []
-    if entry.level is not None:
+    if typeset:
+        if entry.level is not None:
+            marks.append(f"level {entry.level}")
+        if entry.first_day is not None and entry.last_day is not None:
+            marks.append(f"days {entry.first_day}\u2013{entry.last_day}")
+    elif entry.level is not None:
         marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
     if entry.score is not None:
         marks.append(f"score {entry.score}/10")
