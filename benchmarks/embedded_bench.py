@@ -29,7 +29,8 @@ from loopsim.loop import Loop
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, Day
-from loopsim.researcher.conversation import Prompt, grammar_schema, seed_of
+from loopsim.researcher.conversation import grammar_schema, seed_of
+from loopsim.researcher.prompts import Prompt
 from loopsim.schemas import parse_spec
 
 SPEC = parse_spec(

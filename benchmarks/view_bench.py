@@ -33,8 +33,8 @@ from pathlib import Path
 
 from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
-from loopsim.researcher.conversation import build_prompt
 from loopsim.researcher.day import plan_digests
+from loopsim.researcher.prompts import build_prompt
 from loopsim.researcher.view import ViewEntry, build_view, estimate_tokens
 from loopsim.schemas import EntryKind, parse_spec
 from loopsim.testing import add_day

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loopsim.errors import SpecError
+from loopsim.text import NON_PROSE_CONTROL
 
 
 class RunStatus(StrEnum):
@@ -375,12 +376,11 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
 
 _DIGIT_RUN = re.compile(r"\d[\d\s.,]{11,}")
 _CHAR_RUN = re.compile(r"(.)\1{11,}", re.DOTALL)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def degeneracy(text: str) -> str | None:
     """Why ``text`` looks like a degenerate small-model reply, or None if it looks like prose."""
-    if _CONTROL.search(text):
+    if NON_PROSE_CONTROL.search(text):
         return "contains control characters"
     if _DIGIT_RUN.search(text):
         return "contains a long run of digits"

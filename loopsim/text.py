@@ -1,6 +1,83 @@
-"""Small rules for the words loopsim prints."""
+"""Every rule for untrusted text, and small rules for the words loopsim prints.
+
+A model's reply, an endpoint's error and a human's answer are all untrusted: they may
+hold terminal escape sequences, control characters, NUL bytes or lone surrogates. Each
+place that prints, stores or judges such text takes its rule from here, so the rules can
+be read (and tightened) side by side:
+
+- :func:`safe_text`: for a terminal or a document. Escape sequences and control
+  characters are dropped; newlines and tabs are kept.
+- :func:`storable`: for every database backend. NUL (PostgreSQL refuses it) and lone
+  surrogates (no driver encodes them as UTF-8) become U+FFFD.
+- :func:`loggable`: for a log line or a stored error. Control characters (but tab and
+  newline), NUL and lone surrogates become U+FFFD.
+- :func:`inert_json`: JSON that a terminal cannot act on.
+- :data:`NON_PROSE_CONTROL`: what makes a reply degenerate rather than prose.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# C0 controls but tab and newline, DEL, and the C1 controls (a terminal's 8-bit CSI, OSC,
+# DCS and friends). Carriage returns are in it: safe_text turns them into newlines first.
+_C0_C1 = "\x00-\x08\x0b-\x1f\x7f-\x9f"
+_SURROGATES = "\ud800-\udfff"
+
+TERMINAL_CONTROL = re.compile(f"[{_C0_C1}]")
+"""A control character that :func:`safe_text` drops."""
+
+# Whole terminal escape sequences, so none leaves its parameters behind as text:
+# CSI (colours, cursor moves), terminated strings (OSC titles and links, DCS, SOS, PM,
+# APC) and the two-byte escapes. A string with no terminator loses its introducer only,
+# so a stray one cannot hide the text after it.
+TERMINAL_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]"
+)
+
+UNSTORABLE = re.compile(f"[\x00{_SURROGATES}]")
+"""What no backend stores: NUL and lone surrogates (JSON can spell both)."""
+
+UNLOGGABLE = re.compile(f"[{_C0_C1}{_SURROGATES}]")
+"""What a log line or a stored error must not hold: controls (but tab and newline), NUL
+and lone surrogates."""
+
+DEL_AND_C1 = re.compile("[\x7f-\x9f]")
+"""The controls ``json.dumps`` leaves raw (it escapes C0 ones itself)."""
+
+NON_PROSE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""A C0 control other than tab, newline and carriage return, or DEL: prose has none."""
+
+
+def safe_text(text: str) -> str:
+    """Drop terminal escape sequences and other control characters; keep newlines and
+    tabs."""
+    text = TERMINAL_ESCAPE.sub("", text)
+    return TERMINAL_CONTROL.sub("", text.replace("\r\n", "\n")).replace("\r", "\n")
+
+
+def storable(text: str) -> str:
+    """Text safe for every backend: NUL bytes (PostgreSQL refuses them) and lone
+    surrogates (no driver can encode them as UTF-8; an endpoint's JSON can hold half a
+    pair) replaced with U+FFFD."""
+    return UNSTORABLE.sub("\ufffd", text)
+
+
+def loggable(text: str) -> str:
+    """Text fit for a log line and the record: control characters (but tab and newline),
+    NUL and lone surrogates replaced with U+FFFD."""
+    return UNLOGGABLE.sub("\ufffd", text)
+
+
+def inert_json(value: Any, **options: Any) -> str:
+    """``json.dumps``, with DEL and C1 controls (a terminal's CSI, OSC, DCS) escaped as
+    JSON escapes C0 ones: the same value comes back, and no terminal acts on the text."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def plural(count: int, one: str, many: str | None = None) -> str:

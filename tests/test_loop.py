@@ -204,7 +204,7 @@ def test_should_stop_stops_at_a_day_boundary(database, spec):
 def test_a_reply_that_copies_the_instructions_is_retried_with_the_reason(database, spec):
     """The 270M model copied the prompt's example word for word; such a reply is refused
     like any invalid one, the reason fed back, and the retry's own words are kept."""
-    from loopsim.researcher.conversation import EXAMPLE_ENTRY
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY
 
     copy = report_json(("hypothesis", EXAMPLE_ENTRY["title"], EXAMPLE_ENTRY["body"]))
     run_id = make_run(database, spec, model="openai:some-model")  # shown the example
@@ -221,7 +221,7 @@ def test_a_reply_that_copies_the_instructions_is_retried_with_the_reason(databas
 
 
 def test_a_day_that_only_copies_fails_and_writes_nothing(database, spec):
-    from loopsim.researcher.conversation import EXAMPLE_ENTRY
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY
 
     copy = report_json(("hypothesis", EXAMPLE_ENTRY["title"], EXAMPLE_ENTRY["body"]))
     run_id = make_run(database, spec, model="openai:some-model")
@@ -235,7 +235,7 @@ def test_a_day_that_only_copies_fails_and_writes_nothing(database, spec):
 def test_the_embedded_path_prompt_has_no_example_and_stays_byte_equal(database, spec):
     """A grammar-constrained (llamacpp:) run is shown the reply's shape, not an example
     it would copy; two such runs with equal records still get byte-equal prompts."""
-    from loopsim.researcher.conversation import EXAMPLE_ENTRY
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY
 
     embedded = [make_run(database, spec, model="llamacpp:gemma3-270m") for _ in range(2)]
     hosted = make_run(database, spec, model="openai:some-model")

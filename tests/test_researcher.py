@@ -9,13 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from loopsim.record.store import Store
-from loopsim.researcher.conversation import (
-    GRAMMAR_MAX_CHARS,
-    build_prompt,
-    example_reply,
-    grammar_schema,
-    parse_report,
-)
+from loopsim.researcher.conversation import GRAMMAR_MAX_CHARS, grammar_schema, parse_report
+from loopsim.researcher.prompts import build_prompt, example_reply
 from loopsim.researcher.view import build_view
 from loopsim.schemas import degeneracy
 from tests.conftest import make_run
@@ -106,13 +101,13 @@ def test_parse_report_repairs_nothing_but_a_single_fence():
 
 def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec):
     from loopsim.researcher.conversation import (
-        EXAMPLE_ENTRY,
         SHINGLE_WORDS,
         copied_run,
         instructions_of,
         refuse_copies,
         shingles,
     )
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY
     from loopsim.testing import report_json
 
     prompt = prompt_for(database, spec, make_run(database, spec))
@@ -138,7 +133,7 @@ def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec)
 
 
 def test_grammar_constrained_prompts_show_the_shape_and_no_example(database, spec):
-    from loopsim.researcher.conversation import EXAMPLE_ENTRY, grammar_constrained
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY, grammar_constrained
 
     assert grammar_constrained("llamacpp:gemma3-270m")
     assert grammar_constrained("llamacpp:/models/x.gguf")
@@ -157,3 +152,41 @@ def test_grammar_constrained_prompts_show_the_shape_and_no_example(database, spe
             spec.persona, view, DATE, subquestions=subquestions, ideas=ideas, example=False
         )
         assert again.as_dicts() == bare.as_dicts() and again.hash == bare.hash
+
+
+def _fixed_view(spec):
+    from loopsim.researcher.view import View, ViewEntry
+
+    entry = ViewEntry(
+        seq=1,
+        day_index=1,
+        external_date=DATE - dt.timedelta(days=1),
+        kind="note",
+        author="researcher",
+        title="Dance floor survey",
+        body="Counted dances on the comb for an hour.",
+    )
+    return View(spec.charter, (), (), (entry,), (), budget=3000)
+
+
+# sha256 of each prompt, taken before the prompt text moved to researcher/prompts.py. A
+# prompt's hash is stored with every day, so a change here is a change users see.
+PINNED_PROMPTS = {
+    "day": "2834b25f65ece8ee38b34aad66e9f60aa4f87a2ad35c918d680365286f4694d4",
+    "day, more": "8c7a1e29466efad88761bc24aa68f6efe0aadd9fd339404fc6ea54f6ab70ed9b",
+    "day, shape only": "d922209593ae26fe8d5fb007c0ab1eb4aa0856b54926ae29bbc1de6c2a84a66e",
+    "probe": "df673f98d922263fa0069f7d9f94315a56b82bab2c9668899f0c06ce7080b12a",
+}
+
+
+def test_prompts_stay_byte_identical(spec):
+    from loopsim.researcher.prompts import build_probe_prompt
+
+    view = _fixed_view(spec)
+    prompts = {
+        "day": build_prompt(spec.persona, view, DATE),
+        "day, more": build_prompt(spec.persona, view, DATE, subquestions=2, ideas=3),
+        "day, shape only": build_prompt(spec.persona, view, DATE, example=False),
+        "probe": build_probe_prompt(spec.persona, view, DATE, "What have you found so far?"),
+    }
+    assert {name: prompt.hash for name, prompt in prompts.items()} == PINNED_PROMPTS

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from tenacity import (
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
+from loopsim.text import loggable
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,6 @@ def _refused(exc: BaseException) -> bool:
 
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-# An endpoint's error text is stored with the failed day and logged: no control
-# characters, no NUL (PostgreSQL refuses it) and no lone surrogates (not UTF-8).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -221,7 +218,8 @@ class ChatHandle:
 
     def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        detail = _UNSAFE.sub("\ufffd", detail)
+        # An endpoint's error text is stored with the failed day and logged.
+        detail = loggable(detail)
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
@@ -235,7 +233,7 @@ class ChatHandle:
                 "(connection refused); start the server there, or point "
                 "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
             )
-        return ModelUnavailable(self.redact(_UNSAFE.sub("\ufffd", message))[:500])
+        return ModelUnavailable(self.redact(loggable(message))[:500])
 
     def _reply(self, message: Any, started: float) -> Reply:
         latency = int((time.perf_counter() - started) * 1000)

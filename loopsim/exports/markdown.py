@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import os
 import re
 import stat
@@ -28,28 +27,11 @@ from loopsim.record.leases import driver
 from loopsim.record.store import Store
 from loopsim.record.tables import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
+from loopsim.text import inert_json as inert_json  # re-exported: the CLI imports it here
 from loopsim.text import plural
+from loopsim.text import safe_text as safe_text  # re-exported: the CLI imports it here
 
 SCHEMA = "loopsim.export/1"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-
-
-# Whole terminal escape sequences, so none leaves its parameters behind as text:
-# CSI (colours, cursor moves), terminated strings (OSC titles and links, DCS, SOS, PM,
-# APC) and the two-byte escapes. A string with no terminator loses its introducer only,
-# so a stray one cannot hide the text after it.
-_ESCAPE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
-    r"|\x1b[ -/]*[0-~]"
-)
-
-
-def safe_text(text: str) -> str:
-    """Drop terminal escape sequences and other control characters; keep newlines and
-    tabs."""
-    text = _ESCAPE.sub("", text)
-    return _CONTROL.sub("", text.replace("\r\n", "\n")).replace("\r", "\n")
 
 
 def md_inline(text: str) -> str:
@@ -148,10 +130,21 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
     return "\n".join(out).rstrip() + "\n"
 
 
-def entry_marks(entry: Entry) -> list[str]:
-    """What an amplification entry carries: a digest's range, a score, a flag."""
+def entry_marks(entry: Entry, *, typeset: bool = False) -> list[str]:
+    """What an amplification entry carries: a digest's level and days, a critic's score,
+    an idea's flag. Every rendering of an entry takes its marks from here.
+
+    Plain (Markdown, the terminal) gives a digest's level and days as one mark,
+    ``level 2, days 1-8``; ``typeset`` (the HTML report) gives them as two marks, and
+    the days with an en dash.
+    """
     marks = []
-    if entry.level is not None:
+    if typeset:
+        if entry.level is not None:
+            marks.append(f"level {entry.level}")
+        if entry.first_day is not None and entry.last_day is not None:
+            marks.append(f"days {entry.first_day}\u2013{entry.last_day}")
+    elif entry.level is not None:
         marks.append(f"level {entry.level}, days {entry.first_day}-{entry.last_day}")
     if entry.score is not None:
         marks.append(f"score {entry.score}/10")
@@ -203,16 +196,6 @@ def _checkin_md(store: Store, c: CheckIn) -> list[str]:
             lines.append(f"  - rating {pair.rating or 'n/a'}, similarity {sim}")
     lines.append("")
     return lines
-
-
-_DEL_AND_C1 = re.compile("[\x7f-\x9f]")
-
-
-def inert_json(value: Any, **options: Any) -> str:
-    """``json.dumps``, with DEL and C1 controls (a terminal's CSI, OSC, DCS) escaped as
-    JSON escapes C0 ones: the same value comes back, and no terminal acts on the text."""
-    text = json.dumps(value, ensure_ascii=False, **options)
-    return _DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _jsonl(record: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from loopsim.checkin import drift
-from loopsim.exports.markdown import HIDDEN, checkin_record, safe_text
+from loopsim.exports.markdown import HIDDEN, checkin_record, entry_marks, safe_text
 from loopsim.record.store import Store, VerifyResult
 from loopsim.record.tables import Day, Entry, Run
 from loopsim.schemas import DayStatus, RunSpec
@@ -131,21 +131,6 @@ class CheckinView:
     pairs: list[PairView]
 
 
-def _entry_meta(entry: Entry) -> list[str]:
-    """What an amplification entry carries: a digest's level and days, a critic's score,
-    an idea's flag."""
-    meta = []
-    if entry.level is not None:
-        meta.append(f"level {entry.level}")
-    if entry.first_day is not None and entry.last_day is not None:
-        meta.append(f"days {entry.first_day}\u2013{entry.last_day}")
-    if entry.score is not None:
-        meta.append(f"score {entry.score}/10")
-    if entry.flagged:
-        meta.append("flagged")
-    return meta
-
-
 def _node(entry: Entry) -> EntryNode:
     kind = text(entry.kind)
     return EntryNode(
@@ -156,7 +141,7 @@ def _node(entry: Entry) -> EntryNode:
         title=text(entry.title),
         body=text(entry.body),
         external_date=entry.external_date.isoformat(),
-        meta=_entry_meta(entry),
+        meta=entry_marks(entry, typeset=True),
         flagged=bool(entry.flagged),
     )
 

@@ -37,15 +37,14 @@ from loopsim.researcher.conversation import (
     Asked,
     Conversation,
     DayOutcome,
-    Prompt,
     Read,
     ask,
     grammar_schema,
     original_report,
     parse_json_reply,
-    persona_text,
     reply_schema,
 )
+from loopsim.researcher.prompts import Prompt, persona_text
 from loopsim.researcher.view import ViewEntry, build_view, estimate_tokens
 from loopsim.schemas import (
     Author,

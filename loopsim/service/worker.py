@@ -25,23 +25,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-
-import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
 from loopsim.checkin import drift
@@ -55,6 +47,13 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
+from loopsim.service.http import HttpEndpoint
+from loopsim.service.logs import configure_logging
+from loopsim.service.metrics import Metrics
+from loopsim.service.webhook import Webhook
+
+# ``loopsim serve`` imports configure_logging from here.
+__all__ = ["Service", "ServiceConfig", "configure_logging", "default_worker_id"]
 
 log = logging.getLogger("loopsim.service.worker")
 T = TypeVar("T")
@@ -73,150 +72,6 @@ class ServiceConfig:
     grace_seconds: float = 10.0
     http_host: str = "127.0.0.1"
     http_port: int | None = 9464  # None: no HTTP endpoint
-
-
-class Metrics:
-    """Prometheus metrics of one service, in a registry of its own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.days = Counter("loopsim_days", "Days written, by status.", ["status"], registry=r)
-        self.day_seconds = Histogram(
-            "loopsim_day_seconds",
-            "Wall time of one day, from planning to commit.",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
-            registry=r,
-        )
-        self.retries = Counter(
-            "loopsim_model_retries", "Model calls retried after an endpoint fault.", registry=r
-        )
-        self.tokens = Counter(
-            "loopsim_tokens", "Model tokens, in and out.", ["direction"], registry=r
-        )
-        self.leases = Gauge("loopsim_leases_held", "Runs this worker holds a lease on.", registry=r)
-        self.leases_lost = Counter("loopsim_leases_lost", "Leases found lost.", registry=r)
-        self.checkins_pending = Gauge(
-            "loopsim_checkins_pending", "Check-ins waiting for a human (all runs).", registry=r
-        )
-        self.checkins_opened = Counter(
-            "loopsim_checkins_opened", "Check-ins this worker opened.", registry=r
-        )
-        self.runs_failed = Counter(
-            "loopsim_runs_failed", "Runs marked failed after failed days in a row.", registry=r
-        )
-        self.webhooks = Counter(
-            "loopsim_webhooks", "Webhook deliveries, by outcome.", ["outcome"], registry=r
-        )
-        for status in (DayStatus.COMMITTED, DayStatus.FAILED):
-            self.days.labels(status=status)
-        for direction in ("in", "out"):
-            self.tokens.labels(direction=direction)
-        for outcome in ("sent", "failed"):
-            self.webhooks.labels(outcome=outcome)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class Webhook:
-    """POSTs a JSON payload, with a timeout and retries, off the day's path."""
-
-    def __init__(self, url: str, metrics: Metrics, *, timeout: float = 5.0, attempts: int = 4):
-        self.url = url
-        self.metrics = metrics
-        self.timeout = timeout
-        self.attempts = attempts
-
-    @staticmethod
-    def _worth_retrying(exc: BaseException) -> bool:
-        if isinstance(exc, httpx.HTTPStatusError):
-            return exc.response.status_code == 429 or exc.response.status_code >= 500
-        return isinstance(exc, httpx.TransportError)
-
-    async def send(self, payload: dict[str, Any]) -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(self._worth_retrying),
-                    stop=stop_after_attempt(self.attempts),
-                    wait=wait_random_exponential(multiplier=0.5, max=10),
-                    reraise=True,
-                ):
-                    with attempt:
-                        response = await client.post(self.url, json=payload)
-                        response.raise_for_status()
-        except (httpx.HTTPError, ValueError) as exc:
-            self.metrics.webhooks.labels(outcome="failed").inc()
-            log.warning(
-                "webhook to %s failed: %s",
-                _redact(self.url),
-                type(exc).__name__,
-                extra={"event": "webhook.failed"},
-            )
-            return False
-        self.metrics.webhooks.labels(outcome="sent").inc()
-        return True
-
-
-def _redact(url: str) -> str:
-    """A URL fit for a log line: no user, password or query string (tokens live there)."""
-    try:
-        parsed = httpx.URL(url)
-        return str(parsed.copy_with(username=None, password=None, query=None))
-    except Exception:
-        return "(webhook url)"
-
-
-class _Http:
-    """/metrics and /healthz on a thread of their own, so they answer even when busy."""
-
-    def __init__(self, service: Service, host: str, port: int) -> None:
-        handler = functools.partial(_Handler, service)
-        try:
-            self.server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise LoopsimError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def __init__(self, service: Service, *args: Any) -> None:
-        self.service = service
-        super().__init__(*args)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path == "/metrics":
-            self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
-        elif self.path in ("/healthz", "/health"):
-            health = self.service.health()
-            code = 200 if health["status"] == "ok" else 503
-            self._send(code, json.dumps(health).encode(), "application/json")
-        else:
-            self._send(404, b'{"error": "not found"}', "application/json")
-
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 class Service:
@@ -246,7 +101,7 @@ class Service:
         self._abandon = asyncio.Event()
         self._started = time.monotonic()
         self._ready = False
-        self.http: _Http | None = None
+        self.http: HttpEndpoint | None = None
         self._db_pool = ThreadPoolExecutor(
             max_workers=max(2, min(8, self.config.concurrency + 1)),
             thread_name_prefix="loopsim-db",
@@ -321,7 +176,7 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         if self.config.http_port is not None:
-            self.http = _Http(self, self.config.http_host, self.config.http_port)
+            self.http = HttpEndpoint(self, self.config.http_host, self.config.http_port)
             self.http.start()
             log.info(
                 "metrics and health on %s",
@@ -622,51 +477,3 @@ class Service:
                 "worker": self.config.worker_id,
                 "review": f"loopsim checkin review {checkin.id}",
             }
-
-
-# ------------------------------------------------------------------------- logging
-
-_FIELDS = (
-    "event",
-    "run_id",
-    "day",
-    "worker",
-    "checkin_id",
-    "lease",
-    "latency_ms",
-    "entries",
-    "error",
-    "model",
-    "wait_s",
-    "address",
-)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and any structured fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key in _FIELDS:
-            if hasattr(record, key):
-                payload[key] = getattr(record, key)
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
-
-
-def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("loopsim")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False

@@ -1,0 +1,153 @@
+"""What a fresh researcher is shown: the prompt text, and the builders that assemble it.
+
+A prompt is a pure function of the persona, the external date and the view (and, for a
+probe, the question). Equal inputs give byte-equal prompts, hence equal prompt hashes in
+the record: change a word here and every later day's prompt hash changes with it.
+
+This module never imports check-in, drift or schedule code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from loopsim.record.store import canonical_json, sha256_hex
+from loopsim.researcher.view import View
+from loopsim.schemas import Persona
+
+FRAMING = (
+    "You work in a calm, stable, well-resourced research environment: no deadlines, no "
+    "distractions, and all the time you need to think. Each morning you wake with no memory "
+    "of earlier days. Your only memory is the research log that your earlier selves wrote. "
+    "Whatever you write today is added to it, for the you of tomorrow."
+)
+
+# The example is about method, not any topic, so it biases no charter. Only models whose
+# decoding is not held to the schema see it (see :func:`grammar_constrained`): the embedded
+# 270M model copied any example word for word, and its grammar already gives it the shape.
+# A reply that copies the instructions is refused either way (:func:`copied_run`).
+EXAMPLE_ENTRY = {
+    "kind": "hypothesis",
+    "title": "The simplest explanation first",
+    "body": "Before building anything elaborate, I should check whether the simplest account "
+    "already fits what the log records. If it does, the next step is a test that could prove "
+    "it wrong.",
+}
+EXAMPLE_SUBQUESTION = "Which observation in the log would most directly test the simplest account?"
+EXAMPLE_IDEA = {
+    "title": "Test the simplest account first",
+    "body": "Pick the one measurement the simplest account predicts most clearly, and make it "
+    "before anything more elaborate.",
+}
+INSTRUCTIONS = (
+    "Read the log, then do one day of careful work on the charter. Reply with one JSON "
+    "object and nothing else. {example}\n"
+    "Each entry's kind is one of: note, hypothesis, question, answer, plan, critique. Write "
+    "1 to 6 entries in plain sentences about the charter, building on the log rather than "
+    "repeating it."
+)
+SUBQUESTION_INSTRUCTIONS = (
+    'You may also add "subquestions": a list of up to {n} short, self-contained questions. '
+    "Each is handed to a fresh copy of you with the same log, who answers it today; the "
+    "answers are added to the log."
+)
+IDEA_INSTRUCTIONS = (
+    'Also add "ideas": a list of 1 to {n} candidate ideas, each with a "title" and a '
+    '"body". A colleague will critique each one; the most promising are kept.'
+)
+
+
+# What a grammar-constrained model is shown instead of an example: the shape, no words.
+SHAPE = (
+    'Its shape: {"entries": [{"kind": ..., "title": ..., "body": ...}]}, with your own '
+    "words in every title and body."
+)
+
+
+def grammar_constrained(model_id: str) -> bool:
+    """Whether this model's decoding is held to the reply's JSON schema by a grammar (the
+    embedded llama.cpp path), so that its prompt needs no example reply."""
+    return model_id.partition(":")[0].strip().lower() == "llamacpp"
+
+
+def example_reply(subquestions: int = 0, ideas: int = 0) -> str:
+    """The example reply the instructions show, with the optional parts the day may use."""
+    example: dict[str, Any] = {"entries": [EXAMPLE_ENTRY]}
+    if subquestions:
+        example["subquestions"] = [EXAMPLE_SUBQUESTION]
+    if ideas:
+        example["ideas"] = [EXAMPLE_IDEA]
+    return json.dumps(example)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: tuple[tuple[str, str], ...]
+
+    @property
+    def hash(self) -> str:
+        return sha256_hex(canonical_json(self.as_dicts()))
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def as_langchain(self) -> list[BaseMessage]:
+        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+        return [kinds[role](content=content) for role, content in self.messages]
+
+
+def persona_text(persona: Persona) -> list[str]:
+    system = [f"You are {persona.name}. {persona.background.strip()}"]
+    if persona.style.strip():
+        system.append(f"Your style: {persona.style.strip()}")
+    if persona.writing_sample:
+        system.append(f'A sample of your writing:\n"""\n{persona.writing_sample.strip()}\n"""')
+    system.append(FRAMING)
+    return system
+
+
+def build_prompt(
+    persona: Persona,
+    view: View,
+    external_date: dt.date,
+    *,
+    subquestions: int = 0,
+    ideas: int = 0,
+    example: bool = True,
+) -> Prompt:
+    """The whole input of one day. Stable parts first, the date last, for cache reuse.
+    ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none);
+    ``example`` shows an example reply (for models not held to the schema) rather than
+    only its shape."""
+    system = persona_text(persona)
+    shown = f"For example:\n{example_reply(subquestions, ideas)}" if example else SHAPE
+    instructions = [INSTRUCTIONS.format(example=shown)]
+    if subquestions:
+        instructions.append(SUBQUESTION_INSTRUCTIONS.format(n=subquestions))
+    if ideas:
+        instructions.append(IDEA_INSTRUCTIONS.format(n=ideas))
+    system.append(" ".join(instructions))
+    user = f"{view.render()}\n\nToday's date is {external_date.isoformat()}. Write today's work."
+    return Prompt((("system", "\n\n".join(system)), ("user", user)))
+
+
+PROBE_INSTRUCTIONS = (
+    "A colleague asks you the question below. Answer it as yourself, from what you know and "
+    "what the log says, in two to five plain sentences. Reply with the answer only."
+)
+
+
+def build_probe_prompt(
+    persona: Persona, view: View, external_date: dt.date, question: str
+) -> Prompt:
+    """A fresh researcher, same persona, date and view as a day, asked one question."""
+    system = "\n\n".join([*persona_text(persona), PROBE_INSTRUCTIONS])
+    user = (
+        f"{view.render()}\n\nToday's date is {external_date.isoformat()}.\n\nQuestion: {question}"
+    )
+    return Prompt((("system", system), ("user", user)))

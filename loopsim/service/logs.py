@@ -1,0 +1,57 @@
+"""How ``loopsim serve`` logs: plain text, or one JSON object per line.
+
+The JSON lines carry the structured fields the service passes as ``extra`` (the
+``event`` and the run, day, lease... it concerns), so a log pipeline can filter on them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+_FIELDS = (
+    "event",
+    "run_id",
+    "day",
+    "worker",
+    "checkin_id",
+    "lease",
+    "latency_ms",
+    "entries",
+    "error",
+    "model",
+    "wait_s",
+    "address",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _FIELDS:
+            if hasattr(record, key):
+                payload[key] = getattr(record, key)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("loopsim")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
