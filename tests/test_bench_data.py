@@ -12,6 +12,9 @@ import pytest
 
 DATA = Path(__file__).parent.parent / "benchmarks" / "data"
 FIELDS = ("domain", "persona", "question", "answer", "paraphrase", "contradiction", "off_persona")
+# Lists per probe: further faithful paraphrases of "answer" (the stable researcher draws a
+# different wording each day) and further answers from the off persona.
+LISTS = {"more_paraphrases": 3, "more_off_persona": 2}
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -23,15 +26,36 @@ def normal(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
+def texts(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, text) for the question and every answer text of one probe."""
+    out = [(f, row[f]) for f in FIELDS[2:]]
+    return out + [(f, item) for f in LISTS for item in row.get(f, [])]
+
+
 @pytest.mark.parametrize("name", ["drift_labelled.jsonl", "drift_heldout.jsonl"])
 def test_drift_schema(name: str) -> None:
     for row in load(name):
-        assert set(row) == set(FIELDS), row
+        assert set(row) == set(FIELDS) | set(LISTS), row
         for field in FIELDS:
             assert isinstance(row[field], str) and row[field].strip(), (field, row)
         texts = [normal(row[f]) for f in ("answer", "paraphrase", "contradiction", "off_persona")]
         assert len(set(texts)) == 4, row["question"]
         assert normal(row["paraphrase"]) != normal(row["answer"])
+
+
+@pytest.mark.parametrize("name", ["drift_labelled.jsonl", "drift_heldout.jsonl"])
+def test_drift_more_variants(name: str) -> None:
+    for row in load(name):
+        base = {normal(row[f]) for f in ("answer", "paraphrase", "contradiction", "off_persona")}
+        seen: set[str] = set()
+        for field, count in LISTS.items():
+            items = row[field]
+            assert isinstance(items, list) and len(items) == count, (field, row["question"])
+            for item in items:
+                assert isinstance(item, str) and item.strip(), (field, row["question"])
+                key = normal(item)
+                assert key not in base and key not in seen, (field, item)
+                seen.add(key)
 
 
 def test_drift_counts() -> None:
@@ -48,10 +72,10 @@ def test_drift_counts() -> None:
 def test_heldout_is_separate() -> None:
     main, heldout = load("drift_labelled.jsonl"), load("drift_heldout.jsonl")
     assert len(heldout) >= 18
-    seen = {normal(row[f]) for row in main for f in FIELDS[2:]}
+    seen = {normal(text) for row in main for _, text in texts(row)}
     for row in heldout:
-        for field in FIELDS[2:]:
-            assert normal(row[field]) not in seen, (field, row["question"])
+        for field, text in texts(row):
+            assert normal(text) not in seen, (field, row["question"])
 
 
 def test_future_leak_schema() -> None:
