@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
-import pkgutil
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,28 @@ Rule = Callable[[str, dt.date], "str | None"]
 DATA = Path(__file__).parent / "data" / "future_leak.jsonl"
 
 
-def old_rule() -> tuple[str, Rule] | None:
-    """The old ``mentions_later_date``, wherever in ``loopsim.checkin`` it lives now."""
-    import loopsim.checkin as package
+# The rule loopsim used before checkin/dates.py, kept here frozen for the comparison:
+# any 4-digit number from 1800 to 2999 read as a year, and ISO-like dates.
+_OLD_YEAR = re.compile(r"(?<![\d.,])(1[89]\d\d|2\d\d\d)(?![\d.,]\d)")
+_OLD_ISO = re.compile(r"(?<!\d)(\d{4})([-./])(\d{1,2})\2(\d{1,2})(?!\d)")
 
-    names = ["loopsim.checkin.policy", "loopsim.checkin.schedule"]
-    names += [f"loopsim.checkin.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
-    for name in dict.fromkeys(names):
+
+def old_mentions_later_date(text: str, external: dt.date) -> str | None:
+    for match in _OLD_ISO.finditer(text):
         try:
-            module = importlib.import_module(name)
-        except ImportError:
+            when = dt.date(int(match[1]), int(match[3]), int(match[4]))
+        except ValueError:
             continue
-        rule = getattr(module, "mentions_later_date", None)
-        if callable(rule):
-            return f"{name}.mentions_later_date", rule
+        if when > external:
+            return match[0]
+    for match in _OLD_YEAR.finditer(text):
+        if int(match[1]) > external.year:
+            return match[1]
     return None
+
+
+def old_rule() -> tuple[str, Rule] | None:
+    return "old: every 4-digit number a year", old_mentions_later_date
 
 
 def score(rule: Rule, rows: list[dict[str, Any]]) -> dict[str, Any]:

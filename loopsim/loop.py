@@ -34,7 +34,7 @@ from loopsim.checkin.opening import (
     pick_retest,
     select_probes,
 )
-from loopsim.checkin.schedule import approved_count, due
+from loopsim.checkin.schedule import approved_count, due, explain
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
@@ -314,7 +314,8 @@ class Loop:
             if run.status != RunStatus.RUNNING:
                 return None
             spec = RunSpec.model_validate(run.spec)
-            reason = due(store, run, spec)
+            reason = due(store, run, spec, similarity=self.similarity)
+            detail = explain(store, run, spec, reason, self.similarity) if reason else None
             last = store.last_checkin(run.id)
             first_day = (last.last_day_index if last else 0) + 1
             last_day = store.last_committed_day(run.id)
@@ -359,7 +360,6 @@ class Loop:
             chat = self._chat(model_id, spec)  # built once, and only if there is a probe
             result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
             predictions.append((probe_id, result.text, result.error))
-        detail = None
         if reason is None:
             old = dict(recheck)
             sims = [
@@ -371,7 +371,7 @@ class Loop:
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
         opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
-        return open_checkin(self.db, opening, fence)
+        return open_checkin(self.db, opening, fence, similarity=self.similarity)
 
     def run_days(
         self,

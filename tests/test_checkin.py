@@ -239,8 +239,15 @@ def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database
         "prediction": BEES,
         "rating": 5,
         "similarity": 1.0,
+        "agreement": 1.0,
+        "null_level": record["pairs"][0]["null_level"],
+        "ceiling": record["pairs"][0]["ceiling"],
+        "judge_rating": None,
+        "judge_reason": None,
         "is_retest": False,
     }
+    assert record["drift_score"] == 0.0 and record["agreement"] == 1.0
+    assert record["similarity_kind"] == "lexical" and record["drift_trend"] == 0.0
 
 
 def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
@@ -254,6 +261,53 @@ def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
     with database.read() as session:
         (c,) = Store(session).list_checkins(run_id)
     assert c.reason == "future_leak" and c.last_day_index == 2
+    # The check-in keeps the phrase that leaked, for the human to read.
+    assert c.detail == "entry #3 mentions 2031, after 2025-06-02"
+
+
+def test_numbers_that_look_like_years_are_no_future_leak(database):
+    """A research log is full of 4-digit numbers; only dates may raise a leak."""
+    from loopsim.testing import report_json
+
+    run_id = make_run(database, spec_with(every_days=1000))
+    numbers = report_json(
+        (
+            "note",
+            "Sparse autoencoder sweep",
+            "Trained 2048 latents on a 2304-dim residual stream for 2500 steps; "
+            "the 4096-wide dictionary needed 3000 more.",
+        )
+    )
+    loop, _ = loop_with(database, [numbers])
+    assert len(loop.run_days(run_id, 3)) == 3
+    with database.read() as session:
+        assert Store(session).list_checkins(run_id) == []
+
+
+def test_charter_drift_uses_the_configured_similarity(database):
+    """The similarity given to the loop, not the word-count cosine, measures the charter.
+    Every day's words are nearly the same (the word-count cosine sees no drift), but the
+    configured similarity reads the marked days as off-charter and raises the alarm."""
+    from loopsim.testing import report_json
+
+    body = "How honeybee colonies choose where to forage: distance against nectar quality."
+    on = report_json(("note", "Foraging", body))
+    off = report_json(("note", "Foraging", body + " Marked."))
+    compared: list[str] = []
+
+    def similarity(charter: str, days: str) -> float:
+        compared.append(charter)
+        return 0.1 if "Marked." in days else 0.9
+
+    run_id = make_run(database, spec_with(every_days=1000, charter_drift_window=2))
+    factory, _ = scripted_factory([on, on, off, off, off])
+    loop = Loop(database, Settings(), factory, similarity)
+    loop.run_days(run_id, 6)
+    with database.read() as session:
+        (c,) = Store(session).list_checkins(run_id)
+    assert c.reason == "charter_drift" and c.last_day_index == 4
+    assert c.detail == "charter similarity fell from 0.90 to 0.10"
+    assert compared and "forage" in compared[0]  # the charter's own text was compared
 
 
 def test_unsupervised_day_budget_opens_a_budget_checkin(database):

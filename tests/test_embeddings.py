@@ -338,3 +338,59 @@ def test_openai_embeddings_get_the_chat_models_key_and_base_url(monkeypatch, emb
     assert seen[0]["body"]["model"] == "text-embedding-3-small"
     assert seen[0]["body"]["input"] == [a, b]  # the texts, not token ids
     assert seen[1]["body"]["input"] == ["an unseen answer"]  # `a` came from the cache
+
+
+def test_run_step_builds_no_embedder_until_something_is_scored(sqlite_url, tmp_path):
+    """A real `run step` with LOOPSIM_EMBEDDINGS naming OpenAI embeddings behind a server
+    that has no embeddings endpoint: the days that score nothing commit (nothing was
+    built or asked). The check-in they lead to does score, and its decision then fails
+    with one line and leaves the check-in pending."""
+    import os
+    import subprocess
+    import sys
+
+    from loopsim.record import db as dbmod
+    from loopsim.record.store import Store
+    from loopsim.schemas import parse_spec
+    from loopsim.testing.stubserver import StubOpenAI
+    from tests.conftest import SPEC
+
+    data = {
+        **SPEC,
+        "checkins": {**SPEC["checkins"], "every_days": 2, "probes_per_checkin": 2},
+        "probes": ["What decides where a colony forages?", "What would you measure first?"],
+    }
+    database = dbmod.Database.open(sqlite_url)
+    try:
+        with database.write() as session:
+            run_id = Store(session).create_run(parse_spec(data), name="r", model="openai:m").id
+    finally:
+        database.dispose()
+    with StubOpenAI() as stub:
+        env = {
+            **os.environ,
+            "LOOPSIM_DATABASE_URL": sqlite_url,
+            "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+            "LOOPSIM_EMBEDDINGS": "openai:text-embedding-3-small",
+            "LOOPSIM_API_KEY": "sk-test-0123456789",
+        }
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "loopsim", *args], env=env, capture_output=True, text=True
+            )
+
+        step = cli("run", "step", run_id, "--days", "5")
+        assert step.returncode == 3, step.stderr  # stopped at the check-in after day 2
+        answers = tmp_path / "answers.json"
+        answers.write_text(
+            json.dumps({"1": {"answer": "Distance decides it."}, "2": {"answer": "Dances."}})
+        )
+        decide = cli("checkin", "decide", "1", "--approve", "--answers", str(answers))
+        assert decide.returncode != 0
+        (line,) = decide.stderr.strip().splitlines()
+        assert "embeddings openai:text-embedding-3-small" in line
+        assert "sk-test-0123456789" not in line
+        listed = json.loads(cli("checkin", "list", "--json").stdout)
+    assert [c["decision"] for c in listed] == [None]
+    assert all(p["human_answer"] is None for p in listed[0]["pairs"])

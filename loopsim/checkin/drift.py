@@ -77,6 +77,12 @@ class EmbeddingSimilarity:
         self._lock = threading.Lock()
 
     @property
+    def kind(self) -> str:
+        """Which calibration priors apply (see checkin/calibration.py): the offline
+        MiniLM's own, or the generic ones under the embedder's name."""
+        return "minilm" if self.name.lower() in (n.lower() for n in OFFLINE_NAMES) else self.name
+
+    @property
     def built(self) -> bool:
         return self._embeddings is not None
 

@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from loopsim.checkin import drift
 from loopsim.checkin.schedule import approving, due
 from loopsim.record.db import Database
 from loopsim.record.store import Store
@@ -72,7 +73,11 @@ class Opening:
 
 
 def open_checkin(
-    db: Database, opening: Opening, fence: Callable[[Store, Run], None] | None = None
+    db: Database,
+    opening: Opening,
+    fence: Callable[[Store, Run], None] | None = None,
+    *,
+    similarity: drift.Similarity = drift.lexical_similarity,
 ) -> int | None:
     """Write the check-in and its predictions and make the run wait. Idempotent: if one is
     already open or the state moved on, nothing is written and None is returned. A
@@ -89,7 +94,7 @@ def open_checkin(
         if last is not None and last.decision is None:
             return None
         if opening.reason != CheckinReason.PREDICTION_DRIFT and (
-            due(store, run, spec) != opening.reason
+            due(store, run, spec, similarity=similarity) != opening.reason
         ):
             return None
         if store.last_committed_day(run.id) != opening.last_day:

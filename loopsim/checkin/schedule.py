@@ -18,10 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-import re
 from collections.abc import Sequence
 
 from loopsim.checkin import drift
+from loopsim.checkin.dates import later_date
 from loopsim.clock import external_date
 from loopsim.record.store import Store
 from loopsim.record.tables import CheckIn, Run, utcnow
@@ -93,23 +93,10 @@ def schedule_change(
     )
 
 
-_YEAR = re.compile(r"(?<![\d.,])(1[89]\d\d|2\d\d\d)(?![\d.,]\d)")
-_ISO_DATE = re.compile(r"(?<!\d)(\d{4})([-./])(\d{1,2})\2(\d{1,2})(?!\d)")
-
-
 def mentions_later_date(text: str, external: dt.date) -> str | None:
-    """The first date or year in ``text`` after ``external``, or None."""
-    for match in _ISO_DATE.finditer(text):
-        try:
-            when = dt.date(int(match[1]), int(match[3]), int(match[4]))
-        except ValueError:
-            continue
-        if when > external:
-            return match[0]
-    for match in _YEAR.finditer(text):
-        if int(match[1]) > external.year:
-            return match[1]
-    return None
+    """The first date in ``text`` after ``external``, as written, or None. Dates, not
+    numbers: "2048 latents" is no year (see :mod:`loopsim.checkin.dates`)."""
+    return later_date(text, external)
 
 
 def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
@@ -121,19 +108,31 @@ def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
     return None
 
 
-def charter_similarity(store: Store, run_id: str, spec: RunSpec, first: int, last: int) -> float:
+def charter_similarity(
+    store: Store,
+    run_id: str,
+    spec: RunSpec,
+    first: int,
+    last: int,
+    similarity: drift.Similarity = drift.lexical_similarity,
+) -> float:
     """Mean similarity to the charter of committed days ``first..last``' entries."""
     charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
     by_day: dict[int, list[str]] = {}
     for e, index, status in store.list_entries(run_id, day_range=(first, last)):
         if status == "committed" and index is not None:
             by_day.setdefault(index, []).append(f"{e.title} {e.body}")
-    scores = [drift.lexical_similarity(charter, " ".join(texts)) for texts in by_day.values()]
+    scores = [similarity(charter, " ".join(texts)) for texts in by_day.values()]
     return sum(scores) / len(scores) if scores else 0.0
 
 
 def charter_drift(
-    store: Store, run_id: str, spec: RunSpec, latest: int, approved_day: int
+    store: Store,
+    run_id: str,
+    spec: RunSpec,
+    latest: int,
+    approved_day: int,
+    similarity: drift.Similarity = drift.lexical_similarity,
 ) -> str | None:
     """Why the latest days look off-charter, or None: the mean similarity of the last
     window fell by ``charter_drift_drop`` against the window ending at ``approved_day``
@@ -145,18 +144,45 @@ def charter_drift(
     anchor = approved_day or window
     if latest - anchor < window:
         return None
-    before = charter_similarity(store, run_id, spec, max(1, anchor - window + 1), anchor)
-    recent = charter_similarity(store, run_id, spec, latest - window + 1, latest)
+    before = charter_similarity(
+        store, run_id, spec, max(1, anchor - window + 1), anchor, similarity
+    )
+    recent = charter_similarity(store, run_id, spec, latest - window + 1, latest, similarity)
     if before > 0 and recent < before * (1 - policy.charter_drift_drop):
         return f"charter similarity fell from {before:.2f} to {recent:.2f}"
     return None
 
 
+def explain(
+    store: Store,
+    run: Run,
+    spec: RunSpec,
+    reason: CheckinReason,
+    similarity: drift.Similarity = drift.lexical_similarity,
+) -> str | None:
+    """What raised an alarm, in words, to store with the check-in it opened: the phrase
+    that leaked a later date, or the charter similarities that fell."""
+    latest = store.last_committed_day(run.id)
+    if reason == CheckinReason.FUTURE_LEAK:
+        return future_leak(store, run.id, latest)
+    if reason == CheckinReason.CHARTER_DRIFT:
+        approved = approving(store.list_checkins(run.id))
+        approved_day = approved[-1].last_day_index if approved else 0
+        return charter_drift(store, run.id, spec, latest, approved_day, similarity)
+    return None
+
+
 def due(
-    store: Store, run: Run, spec: RunSpec, now: dt.datetime | None = None
+    store: Store,
+    run: Run,
+    spec: RunSpec,
+    now: dt.datetime | None = None,
+    similarity: drift.Similarity = drift.lexical_similarity,
 ) -> CheckinReason | None:
     """The reason a check-in is due now, or None. Pure in the run's stored state (and the
-    wall clock, for a ``wall_clock`` time budget)."""
+    wall clock, for a ``wall_clock`` time budget). ``similarity`` measures charter drift;
+    an embedder caches its vectors, so asking twice (before and inside the write that
+    opens the check-in) embeds once."""
     checkins = store.list_checkins(run.id)
     last = checkins[-1] if checkins else None
     if last is not None and last.decision is None:
@@ -172,7 +198,7 @@ def due(
     latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
-    if charter_drift(store, run.id, spec, latest, approved_day):
+    if charter_drift(store, run.id, spec, latest, approved_day, similarity):
         return CheckinReason.CHARTER_DRIFT
     if new_days >= interval:
         return CheckinReason.SCHEDULED

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -18,6 +19,7 @@ from loopsim.checkin import drift
 from loopsim.checkin.answers import Answers, load_answers, rate, record_answer, require_open, reveal
 from loopsim.checkin.decision import decide
 from loopsim.checkin.schedule import last_approved_day
+from loopsim.checkin.scoring import CheckinScore, score_checkin
 from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
@@ -89,11 +91,10 @@ def _apply(
     score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
     extra = f", {plural(outcome.reverted_days, 'day')} reverted" if outcome.reverted_days else ""
-    if outcome.agreement is not None and outcome.ceiling is not None:
-        extra += (
-            f"; agreement {outcome.agreement:.2f} against your own consistency "
-            f"{outcome.ceiling:.2f}"
-        )
+    if outcome.agreement is not None:
+        extra += f"; agreement {outcome.agreement:.2f}"
+        if outcome.ceiling is not None:
+            extra += f" (your own retest similarity {outcome.ceiling:.2f} is 1.00)"
     a.err.print(
         f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})"
     )
@@ -304,13 +305,10 @@ def _review(a: AppContext, checkin_id: int) -> None:
             out.print(Text(f"your stored rating: {step.rating}"))
     with database.read() as session:
         store = Store(session)
-        agreements = [
-            drift.agreement(p.similarity, p.rating)
-            for p, _ in store.pairs(c.id)
-            if p.similarity is not None
-        ]
+        scored = score_checkin(store, c.id, similarity)
         history = [x.drift_score for x in store.list_checkins(run.id) if x.drift_score is not None]
-    score = drift.drift_score(agreements)
+    show_scores(out, scored)
+    score = scored.drift
     level = drift.classify(
         score,
         drift.ewma([*history, score] if score is not None else history),
@@ -337,6 +335,35 @@ def _review(a: AppContext, checkin_id: int) -> None:
     if choice == Decision.AMEND:
         note = _text("correction (pinned in every later day)")
     _apply(a, checkin_id, choice, note, None)
+
+
+def show_scores(out: Console, scored: CheckinScore) -> None:
+    """Per probe, the figures drift is made of: what counted, and what it came from."""
+    levels = scored.levels
+    ceiling = "your retests" if levels.ceiling_source == "retest" else "the similarity's prior"
+    chance = "other probes' answers" if levels.null_source == "run" else "the similarity's prior"
+    out.print(
+        Text(
+            f"\nagreement per probe ({scored.kind} similarity read between chance "
+            f"{levels.null:.2f}, from {chance}, and ceiling {levels.ceiling:.2f}, from {ceiling}):"
+        )
+    )
+    for number, pair in enumerate(scored.pairs, 1):
+        if pair.agreement is None:
+            out.print(Text(f"  probe {number}: not answered"))
+            continue
+        parts = [f"similarity {pair.similarity:.2f}, calibrated {pair.calibrated:.2f}"]
+        if pair.judge is not None:
+            parts.append(f"judge {pair.judge}")
+        if pair.rating is not None:
+            parts.append(f"your rating {pair.rating}")
+        counted = "rating" if pair.rating is not None else "judge" if pair.judge else "similarity"
+        out.print(
+            Text(
+                f"  probe {number}: agreement {pair.agreement:.2f} ({', '.join(parts)}; "
+                f"the {counted} counts)"
+            )
+        )
 
 
 @app.command("show")

@@ -86,7 +86,7 @@ class AppContext:
         return self.chat_factory or build_chat(self.settings)
 
     def similarity(self) -> drift.Similarity:
-        return self.similarity_fn or drift.from_settings(self.settings.embeddings)
+        return self.similarity_fn or drift.from_settings(self.settings)
 
     def print_json(self, data: Any) -> None:
         """Indented JSON on stdout. Model text in it keeps every character, escaped so

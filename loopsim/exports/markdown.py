@@ -177,6 +177,12 @@ def _checkin_md(store: Store, c: CheckIn) -> list[str]:
     if c.decision is not None and missing:
         decision += f" without answers ({missing} of {len(store.pairs(c.id))} probes unanswered)"
     score = "" if c.drift_score is None else f"; drift {c.drift_score:.2f}"
+    if c.trend is not None:
+        score += f" (trend {c.trend:.2f})"
+    if c.agreement is not None:
+        score += f", agreement {c.agreement:.2f}"
+    if c.ceiling is not None:
+        score += f", retest ceiling {c.ceiling:.2f}"
     lines = [
         f"### Check-in {c.id}: {c.reason}, days {c.first_day_index} to "
         f"{c.last_day_index}: {decision}{score}",
@@ -193,7 +199,15 @@ def _checkin_md(store: Store, c: CheckIn) -> list[str]:
         ]
         if pair.rating is not None or pair.similarity is not None:
             sim = "n/a" if pair.similarity is None else f"{pair.similarity:.2f}"
-            lines.append(f"  - rating {pair.rating or 'n/a'}, similarity {sim}")
+            figures = f"  - rating {pair.rating or 'n/a'}, similarity {sim}"
+            if pair.agreement is not None and pair.null_level is not None:
+                figures += (
+                    f", calibrated {pair.agreement:.2f} (chance {pair.null_level:.2f}, "
+                    f"ceiling {pair.ceiling or 0:.2f})"
+                )
+            if pair.judge_rating is not None:
+                figures += f", judge {pair.judge_rating}"
+            lines.append(figures)
     lines.append("")
     return lines
 
@@ -264,6 +278,10 @@ def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
         "note": c.note,
         "decided_at": c.decided_at.isoformat() if c.decided_at else None,
         "drift_score": c.drift_score,
+        "drift_trend": c.trend,
+        "agreement": c.agreement,
+        "ceiling": c.ceiling,
+        "similarity_kind": c.similarity,
         "unanswered": missing,
         "decided_without_answers": c.decision is not None and missing > 0,
         "pairs": [
@@ -274,6 +292,11 @@ def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
                 "prediction": _prediction(pair),
                 "rating": pair.rating,
                 "similarity": pair.similarity,
+                "agreement": pair.agreement,
+                "null_level": pair.null_level,
+                "ceiling": pair.ceiling,
+                "judge_rating": pair.judge_rating,
+                "judge_reason": pair.judge_reason,
                 "is_retest": pair.is_retest,
             }
             for pair, probe in store.pairs(c.id)
