@@ -17,7 +17,7 @@ from loopsim.exports.markdown import to_markdown
 from loopsim.loop import Loop
 from loopsim.record.db import Database
 from loopsim.record.store import Store
-from loopsim.schemas import DayStatus, Decision, RunSpec, RunStatus
+from loopsim.schemas import DayStatus, Decision, ModelSpec, RunSpec, RunStatus
 from loopsim.testing import default_reply, scripted_factory
 from tests.conftest import SPEC, make_run, parse_spec
 
@@ -594,3 +594,42 @@ def test_a_stored_answer_or_rating_is_never_overwritten(database):
     with database.read() as session:
         ((pair, _),) = Store(session).pairs(loop.opened_checkin)
     assert (pair.human_answer, pair.rating) == ("Dances decide it.", 4)
+
+
+def test_a_judge_rates_what_the_human_did_not_and_its_verdict_is_kept(database):
+    """Answers without ratings: the judge's 1-5 verdict counts for each pair (a contrary
+    view is drift even when the words are alike), and its call is stored with the pair.
+    A human rating, where given, wins over the judge."""
+    from loopsim.checkin.judge import judge
+
+    run_id = make_run(database, spec_with(judge="run"))
+    loop, _ = loop_with(database, [persona_switching_model(1000)])
+    loop.run_days(run_id, 3)
+    checkin_id = loop.opened_checkin
+    judge_chat, judge_model = scripted_factory(['{"rating": 1, "reason": "Opposite view."}'])
+    handle = judge_chat("scripted:judge", ModelSpec(), 200)
+    with database.read() as session:
+        pairs = Store(session).pairs(checkin_id)
+    first, second = (probe.id for _, probe in pairs)
+    outcome = decide(
+        database,
+        checkin_id,
+        Decision.APPROVE,
+        answers={first: {"answer": BEES}, second: {"answer": BEES, "rating": 5}},
+        judge=lambda probe, answer, prediction: judge(handle, probe.question, answer, prediction),
+    )
+    assert len(judge_model.calls) == 1  # only the unrated pair was judged
+    assert [p.judge for p in outcome.score.pairs] == [1, None]
+    assert [p.agreement for p in outcome.score.pairs] == [0.0, 1.0]
+    assert outcome.drift.score == 0.5
+    with database.read() as session:
+        stored = [pair for pair, _ in Store(session).pairs(checkin_id)]
+    assert stored[0].judge_rating == 1 and stored[0].judge_reason == "Opposite view."
+    (call,) = stored[0].judge_calls
+    assert call["role"] == "judge" and call["accepted"] and BEES in call["messages"][1]["content"]
+    assert stored[1].judge_rating is None and stored[1].judge_calls is None
+
+
+def test_a_spec_judge_must_name_a_model():
+    with pytest.raises(SpecError, match="judge"):
+        spec_with(judge="gpt4")

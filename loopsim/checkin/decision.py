@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from loopsim.checkin import drift
 from loopsim.checkin.answers import Answers, require_open, resolve_answers
-from loopsim.checkin.judge import Judged
 from loopsim.checkin.schedule import APPROVING, approved_count, last_approved_day, schedule_change
 from loopsim.checkin.scoring import CheckinScore, score_checkin
 from loopsim.clock import external_date
@@ -21,6 +21,9 @@ from loopsim.record.db import Database
 from loopsim.record.store import EntryInput, Store
 from loopsim.record.tables import Probe, Run, utcnow
 from loopsim.schemas import Author, Decision, EntryKind, RunSpec, RunStatus
+
+if TYPE_CHECKING:
+    from loopsim.checkin.judge import Judged
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ class Outcome:
     score: CheckinScore | None = None  # per pair: raw, calibrated, rating, judge
 
 
-Judge = Callable[[Probe, str, str], Judged]
+# A judge: (probe, human answer, prediction) to a verdict; see checkin/judge.py, which is
+# imported only where a judge is built (it brings in the model seam).
+Judge = Callable[[Probe, str, str], "Judged"]
 
 
 def decide(
@@ -89,7 +94,7 @@ def decide(
             checkin.id,
             similarity,
             answers={pid: given["answer"] for pid, given in resolved.items()},
-            ratings={pid: given["rating"] for pid, given in resolved.items()},
+            ratings={pid: given.get("rating") for pid, given in resolved.items()},
             judge=judge,
         )
     with db.write() as session:
@@ -111,7 +116,7 @@ def decide(
             if given:
                 store.answer_pair(pair, given["answer"], now)
                 store.reveal_pair(pair, by_pair[pair.id].similarity or 0.0, now)
-                store.rate_pair(pair, given["rating"])
+                store.rate_pair(pair, given.get("rating"))
             scored = by_pair[pair.id]
             if scored.similarity is not None:
                 store.score_pair(

@@ -36,6 +36,10 @@ JUDGE_SYSTEM = (
 )
 
 
+# A verdict is a number and one sentence.
+JUDGE_MAX_TOKENS = 200
+
+
 class Verdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loopsim.checkin import calibration, drift
-from loopsim.checkin.judge import Judged
 from loopsim.record.store import Store
 from loopsim.record.tables import Probe, ProbePair
+
+if TYPE_CHECKING:
+    from loopsim.checkin.judge import Judged
 
 # The human answers to other probes a prediction is compared with, for the chance level:
 # the most recent ones, so the cost per check-in stays bounded as a run grows.

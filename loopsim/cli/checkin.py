@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,8 +24,14 @@ from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
 from loopsim.record.store import Store
-from loopsim.schemas import Decision, RunSpec
+from loopsim.schemas import Decision, ModelSpec, RunSpec
 from loopsim.text import plural
+
+if TYPE_CHECKING:
+    from loopsim.chat.handle import ChatHandle
+    from loopsim.checkin.decision import Judge
+    from loopsim.checkin.judge import Judged
+    from loopsim.record.tables import Probe
 
 app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
 
@@ -67,6 +73,30 @@ def checkin_list(
     a.out.print(table if rows else "no check-ins")
 
 
+def _judge_for(a: AppContext, checkin_id: int) -> Judge | None:
+    """The judge the run's spec names, built at its first verdict (a model may take
+    seconds to load), or None."""
+    from loopsim.checkin.judge import JUDGE_MAX_TOKENS, judge
+
+    with a.open_db().read() as session:
+        store = Store(session)
+        run = store.get_run(store.get_checkin(checkin_id).run_id)
+        spec = RunSpec.model_validate(run.spec)
+        named = spec.checkins.judge
+        model_id = run.model if named == "run" else named
+    if model_id is None:
+        return None
+    model_spec = spec.model if named == "run" else ModelSpec()
+    built: list[ChatHandle] = []
+
+    def verdict(probe: Probe, answer: str, prediction: str) -> Judged:
+        if not built:
+            built.append(a.chats()(model_id, model_spec, JUDGE_MAX_TOKENS))
+        return judge(built[0], probe.question, answer, prediction)
+
+    return verdict
+
+
 def _apply(
     a: AppContext,
     checkin_id: int,
@@ -86,6 +116,7 @@ def _apply(
         similarity=a.similarity(),
         require_answers=not skip_probes,
         source=source,
+        judge=_judge_for(a, checkin_id),
     )
     level = outcome.drift
     score = "n/a" if level.score is None else f"{level.score:.2f}"
