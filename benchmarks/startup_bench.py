@@ -4,8 +4,9 @@ against `python -c 'import sqlalchemy'`, measured in the same run.
 Each command runs as a fresh process, N times; its CPU time (user + system) is the
 change in ``resource.getrusage(RUSAGE_CHILDREN)`` across the run, and the table gives the
 median. The commands read a small database made for the purpose: ``db upgrade`` and one
-``run create`` from ``examples/``, with no days stepped (no model is loaded). Rounds
-interleave the commands, so the machine's drift falls on all of them alike.
+``run create`` from ``examples/``, with no days stepped (no model is loaded). An untimed
+round first writes and warms the bytecode caches, as an installed loopsim has them; the
+timed rounds interleave the commands, so the machine's drift falls on all of them alike.
 
 ``llm logs list -n 1`` (simonw/llm, a CLI that logs LLM work to SQLite) is measured too
 when an ``llm`` command is found beside this Python or on PATH, or given with ``--llm``.
@@ -47,6 +48,18 @@ def find_llm(given: str | None) -> str | None:
     return shutil.which("llm")
 
 
+def make_llm_logs(llm: str, path: Path) -> None:
+    """An empty logs database of llm's own schema, which llm creates only when it logs a
+    prompt: with the Python of llm's environment, its own migrations."""
+    path.parent.mkdir()
+    python = Path(llm).parent / "python"
+    make = (
+        "import sys, sqlite_utils; from llm.migrations import migrate; "
+        "migrate(sqlite_utils.Database(sys.argv[1]))"
+    )
+    subprocess.run([str(python), "-c", make, str(path)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs of each command")
@@ -56,7 +69,12 @@ def main() -> None:
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
-        env = {**os.environ, "LOOPSIM_DATABASE_URL": str(where / "bench.db")}
+        # Bytecode caches are written (and warmed by the untimed round below), as an
+        # installed loopsim has them: without them every run compiles loopsim's modules.
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "LOOPSIM_DATABASE_URL": str(where / "bench.db"),
+        }
         loopsim = [python, "-m", "loopsim"]
         subprocess.run(
             [*loopsim, "db", "upgrade"], env=env, cwd=where, check=True, stderr=subprocess.DEVNULL
@@ -81,12 +99,11 @@ def main() -> None:
         llm = find_llm(args.llm)
         if llm is not None:
             llm_env = {**env, "LLM_USER_PATH": str(where / "llm")}
-            # A first call creates llm's own logs database, so the timed ones only read.
-            subprocess.run(
-                [llm, "logs", "list", "-n", "1"], env=llm_env, check=True, capture_output=True
-            )
+            make_llm_logs(llm, where / "llm" / "logs.db")
             commands.append(("llm logs list -n 1", [llm, "logs", "list", "-n", "1"], llm_env))
 
+        for _, argv, run_env in commands:
+            cpu_seconds(argv, run_env, where)
         times: dict[str, list[float]] = {name: [] for name, _, _ in commands}
         for _ in range(args.rounds):
             for name, argv, run_env in commands:
