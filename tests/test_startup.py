@@ -97,3 +97,21 @@ def test_reading_the_record_imports_no_heavy_seam(command, says, sqlite_url, spe
     assert done.returncode == 0, done.stderr[-2000:]
     assert says.replace("RUN", run_id) in done.stdout + done.stderr
     assert found == []
+
+
+def test_version_is_answered_without_the_cli_and_says_what_the_cli_says():
+    from typer.testing import CliRunner
+
+    from loopsim.cli import app
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "loopsim", "--version"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    assert "typer" not in done.stderr and "sqlalchemy" not in done.stderr
+    in_process = CliRunner().invoke(app, ["--version"])
+    assert in_process.exit_code == 0
+    assert done.stdout == in_process.output == f"loopsim {__version__}\n"
