@@ -8,6 +8,10 @@ median. The commands read a small database made for the purpose: ``db upgrade`` 
 round first writes and warms the bytecode caches, as an installed loopsim has them; the
 timed rounds interleave the commands, so the machine's drift falls on all of them alike.
 
+A third baseline imports only the libraries every command that reads the record needs
+(SQLAlchemy's ORM, Typer, rich, pydantic-settings): the floor no such command can go
+under.
+
 ``llm logs list -n 1`` (simonw/llm, a CLI that logs LLM work to SQLite) is measured too
 when an ``llm`` command is found beside this Python or on PATH, or given with ``--llm``.
 
@@ -26,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+FLOOR = "sqlalchemy.orm, typer, rich.table, pydantic_settings"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bee-foraging.toml"
 
 
@@ -90,6 +95,9 @@ def main() -> None:
         commands: list[tuple[str, list[str], dict[str, str]]] = [
             ("python -c pass", [python, "-c", "pass"], env),
             ("python -c 'import sqlalchemy'", [python, "-c", "import sqlalchemy"], env),
+            # What every command that reads the record cannot do without: the ORM, the
+            # CLI's libraries and the settings. No read command can cost less.
+            (f"python -c 'import {FLOOR}'", [python, "-c", f"import {FLOOR}"], env),
             ("loopsim --version", [*loopsim, "--version"], env),
             ("loopsim run list", [*loopsim, "run", "list"], env),
             ("loopsim run show RUN", [*loopsim, "run", "show", run_id], env),
