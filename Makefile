@@ -18,8 +18,12 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/loopsim --db demo.db demo --days 3 --report demo-report.md
 
+# Says how long the suite took on this machine (the bound: 10 minutes on an idle one).
 test: setup
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); status=0; $(BIN)/python -m pytest -q || status=$$?; \
+	took=$$(( $$(date +%s) - start )); \
+	echo "make test took $$((took / 60)) min $$((took % 60)) s on this machine"; \
+	exit $$status
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration and not stress"

@@ -1,8 +1,9 @@
 """The ``loopsim`` command's entry point, for the console script and ``python -m loopsim``.
 
-It imports nothing heavy itself, so that Ctrl-C at any moment, including the second or
-two the CLI takes to import, ends the command with exit code 130 and one short line
-instead of a ``KeyboardInterrupt`` traceback. (Inside a command, the CLI's own boundary
+It imports nothing heavy itself, so that Ctrl-C at any moment, including while the CLI
+imports, ends the command with exit code 130 and one short line instead of a
+``KeyboardInterrupt`` traceback; and ``loopsim --version`` is answered here, without the
+CLI. (Inside a command, the CLI's own boundary
 handles Ctrl-C the same way; ``run step`` first finishes the day in flight.)
 """
 
@@ -41,6 +42,14 @@ def _flush_or_quit() -> None:
 
 def main() -> None:
     try:
+        if sys.argv[1:] == ["--version"]:
+            # Answered before the CLI and its libraries load, as the CLI's own --version
+            # (tests/test_startup.py holds the two to the same line).
+            from loopsim import __version__
+
+            sys.stdout.write(f"loopsim {__version__}\n")
+            _flush_or_quit()
+            return
         from loopsim.cli import main as cli_main
 
         try:

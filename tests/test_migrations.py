@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from loopsim.errors import DatabaseMissing, SchemaOutdated, SchemaTooNew
+from loopsim.errors import DatabaseCorrupt, DatabaseMissing, SchemaOutdated, SchemaTooNew
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.record.tables import Base
@@ -28,6 +28,42 @@ FTS_TABLES = {
 def test_there_is_one_head():
     script = ScriptDirectory.from_config(dbmod.alembic_config())
     assert len(script.get_heads()) == 1
+
+
+def test_the_schema_head_that_opening_checks_is_alembics_head():
+    """Opening a database compares its revision with SCHEMA_HEAD, so that no command
+    imports Alembic just to start: a new migration must move the constant too."""
+    assert dbmod.head_revision() == dbmod.SCHEMA_HEAD, (
+        "a migration was added: set SCHEMA_HEAD in loopsim/record/db.py to its revision"
+    )
+
+
+def test_an_old_or_unknown_schema_is_refused_on_every_backend(any_url):
+    dbmod.downgrade(any_url, "0001")
+    with pytest.raises(SchemaOutdated, match=r"at schema 0001, behind \d+; run `loopsim db"):
+        dbmod.Database.open(any_url)
+    dbmod.upgrade(any_url)
+    engine = dbmod.make_engine(dbmod.normalize_url(any_url))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+        with pytest.raises(SchemaTooNew, match="schema 9999, which this loopsim does not"):
+            dbmod.Database.open(any_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM alembic_version")
+        # SQLite looks at the file itself first: tables without a revision are not ours.
+        empty = (
+            (DatabaseCorrupt, "another program's tables")
+            if any_url.endswith(".db")
+            else (SchemaOutdated, "has no loopsim schema")
+        )
+        with pytest.raises(empty[0], match=empty[1]):
+            dbmod.Database.open(any_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{dbmod.SCHEMA_HEAD}')")
+        dbmod.Database.open(any_url).dispose()
+    finally:
+        engine.dispose()
 
 
 def _diff(url: str) -> list:

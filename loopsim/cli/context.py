@@ -11,19 +11,21 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from loopsim.chat.handle import ChatFactory, build_chat
 from loopsim.checkin import drift
-from loopsim.config import Settings
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import inert_json
 from loopsim.record import db as dbmod
+
+if TYPE_CHECKING:
+    # The chat seam imports langchain; only the commands that call a model import it.
+    from loopsim.chat.handle import ChatFactory
+    from loopsim.config import Settings
 
 RunArg = Annotated[
     str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")
@@ -83,7 +85,11 @@ class AppContext:
             database.dispose()
 
     def chats(self) -> ChatFactory:
-        return self.chat_factory or build_chat(self.settings)
+        if self.chat_factory:
+            return self.chat_factory
+        from loopsim.chat.handle import build_chat
+
+        return build_chat(self.settings)
 
     def similarity(self) -> drift.Similarity:
         return self.similarity_fn or drift.from_settings(self.settings)
@@ -97,6 +103,10 @@ class AppContext:
 def load_settings() -> Settings:
     """Settings from the environment; a bad ``LOOPSIM_*`` value is one line, not a
     traceback."""
+    from pydantic import ValidationError
+
+    from loopsim.config import Settings
+
     try:
         return Settings()
     except ValidationError as exc:

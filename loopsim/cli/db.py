@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from alembic.util import CommandError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
@@ -44,6 +43,8 @@ def db_upgrade(
     """Create the database if it is missing, or migrate it to the current schema.
 
     An existing SQLite file is backed up beside itself before it is migrated."""
+    from alembic.util import CommandError
+
     a = app_context(ctx)
     try:
         result = dbmod.upgrade(a.url, _revision(revision))

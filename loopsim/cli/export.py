@@ -16,7 +16,6 @@ from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
-from loopsim.exports.report import to_html
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import CallRole
@@ -78,6 +77,8 @@ def export(
         elif fmt == ExportFormat.MD:
             chunks = [to_markdown(store, run, include_reverted=include_reverted)]
         elif fmt == ExportFormat.HTML:
+            from loopsim.exports.report import to_html  # jinja2: only for this format
+
             chunks = [to_html(store, run, include_reverted=include_reverted)]
         else:
             chunks = [

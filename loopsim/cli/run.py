@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from loopsim.chat.handle import check_model_id
 from loopsim.cli.context import JsonOpt, RunArg, app_context
 from loopsim.cli.stepping import set_status, step_days
 from loopsim.errors import EXIT_AT_CHECKIN, InvalidState
@@ -55,6 +54,8 @@ def run_create(
     ] = None,
 ) -> None:
     """Create a run from a spec and print its id."""
+    from loopsim.chat.handle import check_model_id
+
     a = app_context(ctx)
     spec = load_spec(spec_path)  # validated before the database is touched
     model = spec.model.name or a.settings.model

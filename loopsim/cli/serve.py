@@ -13,7 +13,6 @@ import typer
 
 from loopsim.cli.context import app_context
 from loopsim.errors import SpecError
-from loopsim.service.worker import Service, ServiceConfig, configure_logging, default_worker_id
 
 
 def _parse_http(value: str) -> tuple[str, int | None]:
@@ -63,6 +62,14 @@ def serve(
     database. Check-in decisions and `run pause|resume|halt` take effect at the next day
     boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
     to commit, abandons the rest without a trace, releases its leases and exits 0."""
+    # The worker imports the chat seam, prometheus and httpx: only this command needs them.
+    from loopsim.service.worker import (
+        Service,
+        ServiceConfig,
+        configure_logging,
+        default_worker_id,
+    )
+
     a = app_context(ctx)
     if log_format not in ("text", "json"):
         raise SpecError(f"--log-format is text or json, not {log_format!r}")

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -23,10 +23,13 @@ from rich.progress import (
 
 from loopsim.cli.context import AppContext
 from loopsim.errors import InvalidState, ModelOutputInvalid
-from loopsim.loop import DayResult, Loop
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, RunStatus
 from loopsim.text import plural
+
+if TYPE_CHECKING:
+    # The loop imports the chat seam (langchain); only the commands that step import it.
+    from loopsim.loop import DayResult
 
 
 @contextlib.contextmanager
@@ -50,6 +53,8 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
 def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
     """Step up to ``days`` days of a run, one progress line each. A failed day raises
     unless ``fail`` is false; a check-in opened on the way is left in ``a.opened_checkin``."""
+    from loopsim.loop import Loop
+
     database = a.open_db()
     loop = Loop(database, a.settings, a.chats(), a.similarity())
     results: list[DayResult] = []

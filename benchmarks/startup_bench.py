@@ -1,0 +1,131 @@
+"""What a command costs before it does anything: CPU seconds of short `loopsim` commands
+against `python -c 'import sqlalchemy'`, measured in the same run.
+
+Each command runs as a fresh process, N times; its CPU time (user + system) is the
+change in ``resource.getrusage(RUSAGE_CHILDREN)`` across the run, and the table gives the
+median. The commands read a small database made for the purpose: ``db upgrade`` and one
+``run create`` from ``examples/``, with no days stepped (no model is loaded). An untimed
+round first writes and warms the bytecode caches, as an installed loopsim has them; the
+timed rounds interleave the commands, so the machine's drift falls on all of them alike.
+
+A third baseline imports only the libraries every command that reads the record needs
+(SQLAlchemy's ORM, Typer, rich, pydantic-settings): the floor no such command can go
+under.
+
+``llm logs list -n 1`` (simonw/llm, a CLI that logs LLM work to SQLite) is measured too
+when an ``llm`` command is found beside this Python or on PATH, or given with ``--llm``.
+
+    python benchmarks/startup_bench.py [--rounds 5] [--llm PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FLOOR = "sqlalchemy.orm, typer, rich.table, pydantic_settings"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bee-foraging.toml"
+
+
+def cpu_seconds(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """User + system CPU seconds of one run of ``argv``, which must succeed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def find_llm(given: str | None) -> str | None:
+    if given:
+        return given
+    beside = Path(sys.executable).parent / "llm"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("llm")
+
+
+def make_llm_logs(llm: str, path: Path) -> None:
+    """An empty logs database of llm's own schema, which llm creates only when it logs a
+    prompt: with the Python of llm's environment, its own migrations."""
+    path.parent.mkdir()
+    python = Path(llm).parent / "python"
+    make = (
+        "import sys, sqlite_utils; from llm.migrations import migrate; "
+        "migrate(sqlite_utils.Database(sys.argv[1]))"
+    )
+    subprocess.run([str(python), "-c", make, str(path)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each command")
+    parser.add_argument("--llm", help="the `llm` command, if not found by itself")
+    args = parser.parse_args()
+
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        # Bytecode caches are written (and warmed by the untimed round below), as an
+        # installed loopsim has them: without them every run compiles loopsim's modules.
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "LOOPSIM_DATABASE_URL": str(where / "bench.db"),
+        }
+        loopsim = [python, "-m", "loopsim"]
+        subprocess.run(
+            [*loopsim, "db", "upgrade"], env=env, cwd=where, check=True, stderr=subprocess.DEVNULL
+        )
+        run_id = subprocess.run(
+            [*loopsim, "run", "create", str(EXAMPLE)],
+            env=env,
+            cwd=where,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        commands: list[tuple[str, list[str], dict[str, str]]] = [
+            ("python -c pass", [python, "-c", "pass"], env),
+            ("python -c 'import sqlalchemy'", [python, "-c", "import sqlalchemy"], env),
+            # What every command that reads the record cannot do without: the ORM, the
+            # CLI's libraries and the settings. No read command can cost less.
+            (f"python -c 'import {FLOOR}'", [python, "-c", f"import {FLOOR}"], env),
+            ("loopsim --version", [*loopsim, "--version"], env),
+            ("loopsim run list", [*loopsim, "run", "list"], env),
+            ("loopsim run show RUN", [*loopsim, "run", "show", run_id], env),
+            ("loopsim record show RUN", [*loopsim, "record", "show", run_id], env),
+            ("loopsim checkin list", [*loopsim, "checkin", "list"], env),
+        ]
+        llm = find_llm(args.llm)
+        if llm is not None:
+            llm_env = {**env, "LLM_USER_PATH": str(where / "llm")}
+            make_llm_logs(llm, where / "llm" / "logs.db")
+            commands.append(("llm logs list -n 1", [llm, "logs", "list", "-n", "1"], llm_env))
+
+        for _, argv, run_env in commands:
+            cpu_seconds(argv, run_env, where)
+        times: dict[str, list[float]] = {name: [] for name, _, _ in commands}
+        for _ in range(args.rounds):
+            for name, argv, run_env in commands:
+                times[name].append(cpu_seconds(argv, run_env, where))
+
+    base = statistics.median(times["python -c 'import sqlalchemy'"])
+    print(f"| command | CPU s (median of {args.rounds}) | against `import sqlalchemy` |")
+    print("|---|---:|---:|")
+    for name, _, _ in commands:
+        median = statistics.median(times[name])
+        print(f"| `{name}` | {median:.3f} | {median / base:.2f}x |")
+    if llm is None:
+        print("\n`llm` (simonw/llm) is not installed here: `llm logs list -n 1` not measured.")
+
+
+if __name__ == "__main__":
+    main()
