@@ -39,6 +39,7 @@ from loopsim.exports.markdown import to_jsonl, to_markdown
 from loopsim.loop import Loop
 from loopsim.record import db as dbmod
 from loopsim.record.db import Database
+from loopsim.record.sqlite_file import translate
 from loopsim.record.store import EntryInput, Store, canonical_json
 from loopsim.record.tables import CallRecord, CheckIn, Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
@@ -1233,7 +1234,7 @@ def test_a_read_only_database_is_named_as_such(tmp_path):
         conn.execute("INSERT INTO t VALUES (1)")
     from sqlalchemy.exc import OperationalError
 
-    mapped = dbmod.translate(OperationalError("INSERT", {}, raised.value), "x.db")
+    mapped = translate(OperationalError("INSERT", {}, raised.value), "x.db")
     assert mapped is not None and mapped.message == "x.db is read-only here; nothing was written"
 
 

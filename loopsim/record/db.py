@@ -28,7 +28,6 @@ import importlib.util
 import os
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +39,21 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
 from loopsim.errors import (
-    DatabaseBusy,
-    DatabaseCorrupt,
     DatabaseError,
     DatabaseMissing,
     SchemaOutdated,
     SchemaTooNew,
     SpecError,
 )
+from loopsim.record.sqlite_file import (
+    readonly,
+    sqlite_revision,
+    translated,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
 
 UPGRADE_HINT = "run `loopsim db upgrade`"
 
@@ -192,116 +195,6 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
         ) from None
 
 
-def translate(error: Exception, where: str) -> DatabaseError | None:
-    """Map a driver error to loopsim's tree, or None if it is not one we know."""
-    text = str(getattr(error, "orig", error)).lower()
-    if "database is locked" in text or "database table is locked" in text:
-        return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
-    if "readonly database" in text or "read-only" in text:
-        return DatabaseError(f"{where} is read-only here; nothing was written")
-    if any(
-        sign in text
-        for sign in ("file is not a database", "malformed", "disk image", "vtable constructor")
-    ):
-        return DatabaseCorrupt(
-            f"{where} is not a readable loopsim database ({text.strip()}); it was left untouched"
-        )
-    if "unable to open" in text:
-        return DatabaseError(
-            f"cannot open {where}: {text.strip().splitlines()[0]} (SQLite needs to write "
-            "its -wal and -shm files beside the database: is the folder read-only?)"
-        )
-    if "could not connect" in text or "connection refused" in text:
-        return DatabaseError(f"cannot connect to {where}: {text.strip().splitlines()[0]}")
-    return None
-
-
-@contextlib.contextmanager
-def translated(where: str) -> Iterator[None]:
-    try:
-        yield
-    except exc.DBAPIError as error:
-        mapped = translate(error, where)
-        if mapped is None:
-            raise
-        raise mapped from error
-
-
-def _refuse(where: str, why: str) -> DatabaseCorrupt:
-    return DatabaseCorrupt(
-        f"{where} is not a readable loopsim database ({why}); it was left untouched"
-    )
-
-
-def _readonly(path: Path) -> sqlite3.Connection:
-    """A read-only SQLite connection to ``path``.
-
-    The database file is only ever opened through SQLite. POSIX locks belong to the
-    process, so closing any plain file descriptor on the file would drop the locks of
-    every SQLite connection this process holds on it, and another process could then
-    checkpoint and delete the ``-wal`` and ``-shm`` files under a live connection
-    ("How To Corrupt An SQLite Database File", section 2.2). SQLite's own connections
-    share one lock table per file within a process, so opening and closing this one is
-    safe."""
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=30)
-
-
-def _truncation(conn: sqlite3.Connection, path: Path) -> str | None:
-    """Why the file is shorter than the pages SQLite sees, or None. Call inside a read
-    transaction: while it lasts, no checkpoint can move the file under the comparison.
-    Skipped while the ``-wal`` file holds frames, whose pages the file may not have yet."""
-    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    wal = Path(f"{path}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return None
-    size = path.stat().st_size
-    if size < pages * page_size:
-        return f"truncated: {size} of {pages * page_size} bytes"
-    return None
-
-
-def _sqlite_revision(path: Path, where: str) -> str | None:
-    """The loopsim revision of an existing SQLite file, read through SQLite without
-    writing to it; None for an empty database. Refuse a file that is not a whole SQLite
-    database, or one holding some other program's tables."""
-    try:
-        conn = _readonly(path)
-        try:
-            conn.execute("BEGIN")
-            tables = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_master "
-                    "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-                )
-            }
-            problem = _truncation(conn, path)
-            rows = (
-                conn.execute("SELECT version_num FROM alembic_version").fetchall()
-                if "alembic_version" in tables and problem is None
-                else []
-            )
-        finally:
-            conn.close()
-    except sqlite3.Error as error:
-        text = str(error).lower()
-        if "file is not a database" in text:
-            raise _refuse(where, "not a SQLite file") from None
-        mapped = translate(error, where)
-        raise (mapped or _refuse(where, text)) from None
-    except OSError as error:
-        raise DatabaseError(f"cannot read {where}: {error.strerror}") from None
-    if problem is not None:
-        raise _refuse(where, problem)
-    if len(rows) > 1:
-        raise _refuse(where, "more than one schema revision")
-    if not rows and tables - {"alembic_version"}:
-        raise _refuse(where, "a SQLite database holding another program's tables")
-    return str(rows[0][0]) if rows else None
-
-
 def _at_head(engine: Engine, where: str) -> bool:
     """Whether the database's one schema revision is :data:`SCHEMA_HEAD`, read without
     Alembic; anything else is left to :func:`_current_revision` to tell apart."""
@@ -361,7 +254,7 @@ class Database:
             return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
         # Checked before the engine's first connection writes to it (even the switch to
         # WAL rewrites the header), and checked again on every open.
-        check_revision(_sqlite_revision(path, where), where)
+        check_revision(sqlite_revision(path, where), where)
         key = (str(path.resolve()), int(busy_timeout_ms))
         with _OPEN_LOCK:
             shared = _OPEN.get(key)
@@ -442,7 +335,7 @@ def copy_sqlite(path: Path, target: Path) -> None:
     writers go on (safe under WAL) and the copy is one moment of the record. (A step-wise
     copy restarts whenever another process writes, and may never finish under a busy
     service.)"""
-    src = _readonly(path)
+    src = readonly(path)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -484,7 +377,7 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
         raise DatabaseError(f"cannot create {where}: folder {path.parent} does not exist")
     if path is not None and not created:
         # Refuse a corrupt or foreign file before anything writes to it.
-        current = _sqlite_revision(path, where)
+        current = sqlite_revision(path, where)
         if down and current is None:
             raise DatabaseError(f"{where} has no loopsim schema to downgrade")
     engine = make_engine(url, foreign_keys=False)

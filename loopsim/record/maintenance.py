@@ -24,6 +24,7 @@ from pathlib import Path
 from loopsim import __version__
 from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
 from loopsim.record import db as dbmod
+from loopsim.record.sqlite_file import readonly, translate, truncation
 from loopsim.record.store import Store
 
 # Problems SQLite's integrity check lists at most; past that, one more line says so.
@@ -51,12 +52,12 @@ def sqlite_problems(path: Path, *, quick: bool = False) -> list[str]:
     parent. Read-only, through SQLite alone."""
     pragma = "quick_check" if quick else "integrity_check"
     try:
-        conn = dbmod._readonly(path)
+        conn = readonly(path)
         try:
             conn.execute("BEGIN")
             found = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}({MAX_PROBLEMS})")]
             problems = [] if found == ["ok"] else [f"sqlite {pragma}: {line}" for line in found]
-            cut = dbmod._truncation(conn, path)
+            cut = truncation(conn, path)
             if cut is not None:
                 problems.append(f"sqlite: {cut}")
             if not problems:
@@ -179,7 +180,7 @@ def _copy(path: Path, tmp: Path, where: str) -> None:
     try:
         dbmod.copy_sqlite(path, tmp)
     except sqlite3.Error as error:
-        mapped = dbmod.translate(error, where)
+        mapped = translate(error, where)
         raise (mapped or DatabaseError(f"cannot back up {where}: {error}")) from None
     except OSError as error:
         raise DatabaseError(f"cannot write {tmp.parent}: {error.strerror}") from None

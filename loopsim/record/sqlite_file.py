@@ -1,0 +1,125 @@
+"""Errors and SQLite files, read without loopsim's engine: driver errors mapped to loopsim's
+own, and an existing file's schema revision read through a read-only SQLite connection
+before anything opens it for writing (see :mod:`loopsim.record.db`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import exc
+
+from loopsim.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError
+
+
+def translate(error: Exception, where: str) -> DatabaseError | None:
+    """Map a driver error to loopsim's tree, or None if it is not one we know."""
+    text = str(getattr(error, "orig", error)).lower()
+    if "database is locked" in text or "database table is locked" in text:
+        return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
+    if "readonly database" in text or "read-only" in text:
+        return DatabaseError(f"{where} is read-only here; nothing was written")
+    if any(
+        sign in text
+        for sign in ("file is not a database", "malformed", "disk image", "vtable constructor")
+    ):
+        return DatabaseCorrupt(
+            f"{where} is not a readable loopsim database ({text.strip()}); it was left untouched"
+        )
+    if "unable to open" in text:
+        return DatabaseError(
+            f"cannot open {where}: {text.strip().splitlines()[0]} (SQLite needs to write "
+            "its -wal and -shm files beside the database: is the folder read-only?)"
+        )
+    if "could not connect" in text or "connection refused" in text:
+        return DatabaseError(f"cannot connect to {where}: {text.strip().splitlines()[0]}")
+    return None
+
+
+@contextlib.contextmanager
+def translated(where: str) -> Iterator[None]:
+    try:
+        yield
+    except exc.DBAPIError as error:
+        mapped = translate(error, where)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+def refuse(where: str, why: str) -> DatabaseCorrupt:
+    return DatabaseCorrupt(
+        f"{where} is not a readable loopsim database ({why}); it was left untouched"
+    )
+
+
+def readonly(path: Path) -> sqlite3.Connection:
+    """A read-only SQLite connection to ``path``.
+
+    The database file is only ever opened through SQLite. POSIX locks belong to the
+    process, so closing any plain file descriptor on the file would drop the locks of
+    every SQLite connection this process holds on it, and another process could then
+    checkpoint and delete the ``-wal`` and ``-shm`` files under a live connection
+    ("How To Corrupt An SQLite Database File", section 2.2). SQLite's own connections
+    share one lock table per file within a process, so opening and closing this one is
+    safe."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=30)
+
+
+def truncation(conn: sqlite3.Connection, path: Path) -> str | None:
+    """Why the file is shorter than the pages SQLite sees, or None. Call inside a read
+    transaction: while it lasts, no checkpoint can move the file under the comparison.
+    Skipped while the ``-wal`` file holds frames, whose pages the file may not have yet."""
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return None
+    size = path.stat().st_size
+    if size < pages * page_size:
+        return f"truncated: {size} of {pages * page_size} bytes"
+    return None
+
+
+def sqlite_revision(path: Path, where: str) -> str | None:
+    """The loopsim revision of an existing SQLite file, read through SQLite without
+    writing to it; None for an empty database. Refuse a file that is not a whole SQLite
+    database, or one holding some other program's tables."""
+    try:
+        conn = readonly(path)
+        try:
+            conn.execute("BEGIN")
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                )
+            }
+            problem = truncation(conn, path)
+            rows = (
+                conn.execute("SELECT version_num FROM alembic_version").fetchall()
+                if "alembic_version" in tables and problem is None
+                else []
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        text = str(error).lower()
+        if "file is not a database" in text:
+            raise refuse(where, "not a SQLite file") from None
+        mapped = translate(error, where)
+        raise (mapped or refuse(where, text)) from None
+    except OSError as error:
+        raise DatabaseError(f"cannot read {where}: {error.strerror}") from None
+    if problem is not None:
+        raise refuse(where, problem)
+    if len(rows) > 1:
+        raise refuse(where, "more than one schema revision")
+    if not rows and tables - {"alembic_version"}:
+        raise refuse(where, "a SQLite database holding another program's tables")
+    return str(rows[0][0]) if rows else None
