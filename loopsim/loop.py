@@ -14,7 +14,8 @@ worker whose lease was lost writes nothing either.
 
 A failed day (an invalid reply, or an endpoint that stayed down through every retry) is
 recorded with its reason and the run goes on; after ``max_failed_days`` failures in a row
-the run is marked ``failed``, and ``loopsim run resume`` puts it back.
+the run is marked ``failed``, and ``loopsim run resume`` puts it back with the streak
+started afresh: only failed days after the resume count toward failing it again.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ class Loop:
                     store.set_status(run, RunStatus.RUNNING)
             else:
                 limit = self.settings.max_failed_days
-                streak = store.failed_streak(run.id, limit)
+                streak = store.failed_streak(run.id, limit, after=run.resumed_after_day or 0)
                 if streak >= limit and run.status in STEPPABLE:
                     run_failed = True
                     store.set_status(

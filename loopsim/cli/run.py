@@ -219,7 +219,10 @@ def run_pause(ctx: typer.Context, run_ref: RunArg) -> None:
 
 @app.command("resume")
 def run_resume(ctx: typer.Context, run_ref: RunArg) -> None:
-    """Resume a paused or failed run."""
+    """Resume a paused or failed run.
+
+    Its failed-day streak starts afresh: only failed days from here count toward
+    failing it again (LOOPSIM_MAX_FAILED_DAYS in a row)."""
     set_status(
         app_context(ctx), run_ref, {RunStatus.PAUSED, RunStatus.FAILED}, RunStatus.RUNNING, None
     )

@@ -99,11 +99,13 @@ class DayQueries(StoreBase):
         ).one()
         return int(row[0] or 0), int(row[1] or 0)
 
-    def failed_streak(self, run_id: str, limit: int) -> int:
-        """How many of the run's latest days, up to ``limit``, failed in a row."""
+    def failed_streak(self, run_id: str, limit: int, *, after: int = 0) -> int:
+        """How many of the run's latest days after day ``after`` (the run's
+        ``resumed_after_day``: a resume starts the streak afresh), up to ``limit``,
+        failed in a row."""
         statuses = self.session.scalars(
             select(Day.status)
-            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED)
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED, Day.index > after)
             .order_by(Day.index.desc())
             .limit(limit)
         ).all()

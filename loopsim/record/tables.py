@@ -78,6 +78,9 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The last day index when the run was last resumed (migration 0008): the failed-day
+    # streak that fails a run counts only the days after it.
+    resumed_after_day: Mapped[int | None] = mapped_column(Integer)
 
     days: Mapped[list[Day]] = relationship(back_populates="run", order_by="Day.index")
 
