@@ -175,8 +175,11 @@ class Loop:
 
     @staticmethod
     def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
-        """The outcome of a day whose endpoint stayed down through every retry."""
-        return DayOutcome(None, "", error.message, 0, version)
+        """The outcome of a day whose endpoint stayed down through every retry, with
+        what the failed call cost."""
+        return DayOutcome(
+            None, "", error.message, error.attempts, version, latency_ms=error.latency_ms
+        )
 
     def start(self, run_ref: str) -> Run:
         """Check the run may step and that no service holds it, mark it running, and take

@@ -138,6 +138,8 @@ def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
         run = session.get(Run, bad_id)
     assert run.status_reason.startswith("2 failed days in a row; day 2: model scripted:broken")
     assert [d.status for d in days_by_run(any_db)[bad_id]] == [DayStatus.FAILED] * 2
+    # What the failed calls cost is kept: one request each (this handle does not retry).
+    assert [d.attempts for d in days_by_run(any_db)[bad_id]] == [1, 1]
     assert "loopsim_runs_failed_total 1.0" in service.metrics.render().decode()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 
@@ -16,6 +17,12 @@ from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day
 from loopsim.schemas import DayStatus
+
+
+class Usage(NamedTuple):
+    tokens_in: int
+    tokens_out: int
+    latency_ms: int
 
 
 class DayQueries(StoreBase):
@@ -90,14 +97,22 @@ class DayQueries(StoreBase):
         self.session.flush()
         return day
 
-    def token_totals(self, run_id: str) -> tuple[int, int]:
+    def usage(self, run_id: str) -> Usage:
+        """What the run's model calls cost in all: tokens in and out, and milliseconds
+        spent waiting on the model, endpoint retries and their waits included. Every day
+        counts, failed and reverted ones too: their calls were made."""
         row = self.session.execute(
             select(
                 func.coalesce(func.sum(Day.tokens_in), 0),
                 func.coalesce(func.sum(Day.tokens_out), 0),
+                func.coalesce(func.sum(Day.latency_ms), 0),
             ).where(Day.run_id == run_id)
         ).one()
-        return int(row[0] or 0), int(row[1] or 0)
+        return Usage(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        usage = self.usage(run_id)
+        return usage.tokens_in, usage.tokens_out
 
     def failed_streak(self, run_id: str, limit: int, *, after: int = 0) -> int:
         """How many of the run's latest days after day ``after`` (the run's

@@ -315,7 +315,7 @@ class Asked(Generic[T]):
     value: T | None = None
     raw: str = ""
     error: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # requests sent, endpoint retries included
     model_version: str = ""
     tokens_in: int = 0
     tokens_out: int = 0
@@ -337,13 +337,23 @@ def ask(
     depth: int = 0,
 ) -> Conversation[Asked[T]]:
     """Ask until ``parse`` accepts a reply, feeding each error back, at most
-    ``max_retries`` more times. Every attempt is appended to ``log``."""
+    ``max_retries`` more times. Every attempt is appended to ``log``. A call the endpoint
+    never answered (:class:`ModelUnavailable`) ends the ask with its error, its cost
+    counted and logged like any other attempt's."""
     messages = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     asked: Asked[T] = Asked()
     for attempt in range(max_retries + 1):
-        reply = yield Call(messages, schema, seed + attempt)
-        asked.attempts = attempt + 1
+        try:
+            reply = yield Call(messages, schema, seed + attempt)
+        except ModelUnavailable as exc:  # down through every retry: cost it, log it, stop
+            asked.attempts += exc.attempts
+            asked.latency_ms += exc.latency_ms
+            asked.error = exc.message
+            if log is not None:
+                log.append(_unanswered(task, role, depth, attempt + 1, messages, exc))
+            return asked
+        asked.attempts += reply.requests  # endpoint retries included
         asked.model_version = reply.model_version
         asked.tokens_in += reply.tokens_in or 0
         asked.tokens_out += reply.tokens_out or 0
@@ -386,6 +396,21 @@ def ask(
         )
         messages = [*messages, AIMessage(content=asked.raw[:4000]), HumanMessage(feedback)]
     return asked
+
+
+def _unanswered(
+    task: int,
+    role: str,
+    depth: int,
+    attempt: int,
+    messages: list[BaseMessage],
+    exc: ModelUnavailable,
+) -> Logged:
+    """The log line of a call the endpoint never answered: no reply, the error."""
+    dicts = message_dicts(messages)
+    return Logged(
+        task, role, depth, attempt, dicts, "", False, exc.message, "", None, None, exc.latency_ms
+    )
 
 
 class Researcher:
