@@ -46,6 +46,7 @@ from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
     Conversation,
     DayOutcome,
+    Logged,
     Researcher,
     answer,
     build_probe_prompt,
@@ -360,10 +361,23 @@ class Loop:
             ]
             model_id = run.model
         predictions = []
-        for probe_id, prompt in prompts:
-            chat = self._chat(model_id, spec)  # built once, and only if there is a probe
-            result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
-            predictions.append((probe_id, result.text, result.error))
+        calls: list[Logged] = []  # every prediction call, kept with the span's last day
+        try:
+            for task, (probe_id, prompt) in enumerate(prompts, 1):
+                chat = self._chat(model_id, spec)  # built once, and only if there is a probe
+                result = answer(
+                    chat,
+                    prompt,
+                    salt=number,
+                    max_retries=self.settings.max_retries,
+                    log=calls,
+                    task=task,
+                )
+                predictions.append((probe_id, result.text, result.error))
+        except ModelUnavailable:
+            self.keep_calls(run.id, last_day, calls, fence)
+            raise
+        self.keep_calls(run.id, last_day, calls, fence)
         if reason is None:
             old = dict(recheck)
             sims = [
@@ -376,6 +390,21 @@ class Loop:
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
         opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
         return open_checkin(self.db, opening, fence, similarity=self.similarity)
+
+    def keep_calls(
+        self, run_id: str, day_index: int, calls: list[Logged], fence: Fence | None = None
+    ) -> None:
+        """Record calls made after day ``day_index`` committed (probe predictions) with
+        that day, in a write of their own: made, they are kept, whether or not the
+        check-in then opens. A worker whose lease was lost writes nothing."""
+        if not calls:
+            return
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(run_id, lock=True)
+            if fence is not None:
+                fence(store, run)
+            store.add_later_calls(run.id, day_index, calls)
 
     def run_days(
         self,

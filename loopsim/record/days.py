@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import Day
-from loopsim.schemas import DayStatus
+from loopsim.record.tables import CallRecord, Day
+from loopsim.schemas import CallRole, DayStatus
 
 
 class Usage(NamedTuple):
@@ -100,15 +100,23 @@ class DayQueries(StoreBase):
     def usage(self, run_id: str) -> Usage:
         """What the run's model calls cost in all: tokens in and out, and milliseconds
         spent waiting on the model, endpoint retries and their waits included. Every day
-        counts, failed and reverted ones too: their calls were made."""
-        row = self.session.execute(
-            select(
-                func.coalesce(func.sum(Day.tokens_in), 0),
-                func.coalesce(func.sum(Day.tokens_out), 0),
-                func.coalesce(func.sum(Day.latency_ms), 0),
-            ).where(Day.run_id == run_id)
-        ).one()
-        return Usage(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+        counts, failed and reverted ones too: their calls were made. So do the probe
+        predictions of check-ins, which no day's own figures hold (found through the
+        ``(run_id, role)`` index of ``calls``)."""
+        total = Usage(0, 0, 0)
+        for table, where in (
+            (Day, Day.run_id == run_id),
+            (CallRecord, (CallRecord.run_id == run_id) & (CallRecord.role == CallRole.PROBE)),
+        ):
+            row = self.session.execute(
+                select(
+                    func.coalesce(func.sum(table.tokens_in), 0),
+                    func.coalesce(func.sum(table.tokens_out), 0),
+                    func.coalesce(func.sum(table.latency_ms), 0),
+                ).where(where)
+            ).one()
+            total = Usage(*(a + int(b or 0) for a, b in zip(total, row, strict=True)))
+        return total
 
     def token_totals(self, run_id: str) -> tuple[int, int]:
         usage = self.usage(run_id)

@@ -462,25 +462,51 @@ class Answer:
     error: str | None
     tokens_in: int = 0
     tokens_out: int = 0
+    latency_ms: int = 0
 
 
-def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int = 2) -> Answer:
+def answer(
+    chat: ChatHandle,
+    prompt: Prompt,
+    *,
+    salt: int = 0,
+    max_retries: int = 2,
+    log: list[Logged] | None = None,
+    task: int = 0,
+) -> Answer:
     """A plain-text answer, retried while it is empty, oversized or degenerate."""
-    return drive(answer_conversation(prompt, salt=salt, max_retries=max_retries), chat)
+    conversation = answer_conversation(
+        prompt, salt=salt, max_retries=max_retries, log=log, task=task
+    )
+    return drive(conversation, chat)
 
 
 def answer_conversation(
-    prompt: Prompt, *, salt: int = 0, max_retries: int = 2
+    prompt: Prompt,
+    *,
+    salt: int = 0,
+    max_retries: int = 2,
+    log: list[Logged] | None = None,
+    task: int = 0,
+    role: str = "probe",
 ) -> Conversation[Answer]:
+    """:func:`answer` as a conversation. Every attempt is appended to ``log``; a call
+    the endpoint never answered is logged too, and its error raised."""
     from loopsim.schemas import degeneracy
 
     messages = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
-        reply = yield Call(messages, None, seed + attempt)
+        try:
+            reply = yield Call(messages, None, seed + attempt)
+        except ModelUnavailable as exc:
+            if log is not None:
+                log.append(_unanswered(task, role, 0, attempt + 1, messages, exc))
+            raise
         result.tokens_in += reply.tokens_in or 0
         result.tokens_out += reply.tokens_out or 0
+        result.latency_ms += reply.latency_ms
         text = storable(reply.text).strip()
         problem = (
             "is empty"
@@ -489,10 +515,27 @@ def answer_conversation(
             if len(text) > 2000
             else degeneracy(text)
         )
+        result.error = None if problem is None else f"the answer {problem}"
+        if log is not None:
+            log.append(
+                Logged(
+                    task,
+                    role,
+                    0,
+                    attempt + 1,
+                    message_dicts(messages),
+                    text,
+                    problem is None,
+                    result.error,
+                    reply.model_version,
+                    reply.tokens_in,
+                    reply.tokens_out,
+                    reply.latency_ms,
+                )
+            )
         if problem is None:
-            result.text, result.error = text, None
+            result.text = text
             return result
-        result.error = f"the answer {problem}"
         messages = [
             *messages,
             AIMessage(content=text[:2000]),
