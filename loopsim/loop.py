@@ -48,7 +48,7 @@ from loopsim.researcher.conversation import (
     DayOutcome,
     Logged,
     Researcher,
-    answer,
+    answer_conversation,
     build_probe_prompt,
     build_prompt,
     drive,
@@ -365,14 +365,10 @@ class Loop:
         try:
             for task, (probe_id, prompt) in enumerate(prompts, 1):
                 chat = self._chat(model_id, spec)  # built once, and only if there is a probe
-                result = answer(
-                    chat,
-                    prompt,
-                    salt=number,
-                    max_retries=self.settings.max_retries,
-                    log=calls,
-                    task=task,
+                asking = answer_conversation(
+                    prompt, salt=number, max_retries=self.settings.max_retries, log=calls, task=task
                 )
+                result = drive(asking, chat)
                 predictions.append((probe_id, result.text, result.error))
         except ModelUnavailable:
             self.keep_calls(run.id, last_day, calls, fence)

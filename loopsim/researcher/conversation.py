@@ -337,9 +337,8 @@ def ask(
     depth: int = 0,
 ) -> Conversation[Asked[T]]:
     """Ask until ``parse`` accepts a reply, feeding each error back, at most
-    ``max_retries`` more times. Every attempt is appended to ``log``. A call the endpoint
-    never answered (:class:`ModelUnavailable`) ends the ask with its error, its cost
-    counted and logged like any other attempt's."""
+    ``max_retries`` more times. Every attempt is appended to ``log``, one the endpoint
+    never answered too, which ends the ask with its error."""
     messages = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     asked: Asked[T] = Asked()
@@ -350,8 +349,7 @@ def ask(
             asked.attempts += exc.attempts
             asked.latency_ms += exc.latency_ms
             asked.error = exc.message
-            if log is not None:
-                log.append(_unanswered(task, role, depth, attempt + 1, messages, exc))
+            _log(log, (task, role, depth, attempt + 1), messages, "", exc.message, exc)
             return asked
         asked.attempts += reply.requests  # endpoint retries included
         asked.model_version = reply.model_version
@@ -370,25 +368,9 @@ def ask(
                 asked.error = describe_validation(exc)
             except ValueError as exc:
                 asked.error = str(exc)
-        if log is not None:
-            log.append(
-                Logged(
-                    task,
-                    role,
-                    depth,
-                    attempt + 1,
-                    message_dicts(messages),
-                    asked.raw,
-                    asked.value is not None,
-                    asked.error,
-                    reply.model_version,
-                    reply.tokens_in,
-                    reply.tokens_out,
-                    reply.latency_ms,
-                )
-            )
-            if asked.value is not None:
-                asked.accepted_call = len(log) - 1
+        _log(log, (task, role, depth, attempt + 1), messages, asked.raw, asked.error, reply)
+        if log is not None and asked.value is not None:
+            asked.accepted_call = len(log) - 1
         if asked.value is not None or oversized:
             return asked
         feedback = (
@@ -398,19 +380,21 @@ def ask(
     return asked
 
 
-def _unanswered(
-    task: int,
-    role: str,
-    depth: int,
-    attempt: int,
+def _log(
+    log: list[Logged] | None,
+    at: tuple[int, str, int, int],
     messages: list[BaseMessage],
-    exc: ModelUnavailable,
-) -> Logged:
-    """The log line of a call the endpoint never answered: no reply, the error."""
-    dicts = message_dicts(messages)
-    return Logged(
-        task, role, depth, attempt, dicts, "", False, exc.message, "", None, None, exc.latency_ms
-    )
+    text: str,
+    error: str | None,
+    reply: Reply | ModelUnavailable,
+) -> None:
+    """Append one call to ``log``, if any: ``at`` is its task, role, depth and attempt;
+    ``reply`` what came back, or the error of an endpoint that never answered."""
+    if log is None:
+        return
+    got = reply if isinstance(reply, Reply) else Reply("", None, None, "", 0)
+    cost = (got.model_version, got.tokens_in, got.tokens_out, reply.latency_ms)
+    log.append(Logged(*at, message_dicts(messages), text, error is None, error, *cost))
 
 
 class Researcher:
@@ -465,20 +449,9 @@ class Answer:
     latency_ms: int = 0
 
 
-def answer(
-    chat: ChatHandle,
-    prompt: Prompt,
-    *,
-    salt: int = 0,
-    max_retries: int = 2,
-    log: list[Logged] | None = None,
-    task: int = 0,
-) -> Answer:
+def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int = 2) -> Answer:
     """A plain-text answer, retried while it is empty, oversized or degenerate."""
-    conversation = answer_conversation(
-        prompt, salt=salt, max_retries=max_retries, log=log, task=task
-    )
-    return drive(conversation, chat)
+    return drive(answer_conversation(prompt, salt=salt, max_retries=max_retries), chat)
 
 
 def answer_conversation(
@@ -488,10 +461,8 @@ def answer_conversation(
     max_retries: int = 2,
     log: list[Logged] | None = None,
     task: int = 0,
-    role: str = "probe",
 ) -> Conversation[Answer]:
-    """:func:`answer` as a conversation. Every attempt is appended to ``log``; a call
-    the endpoint never answered is logged too, and its error raised."""
+    """:func:`answer`; every attempt is logged as a ``probe`` call, an unanswered one too."""
     from loopsim.schemas import degeneracy
 
     messages = prompt.as_langchain()
@@ -501,8 +472,7 @@ def answer_conversation(
         try:
             reply = yield Call(messages, None, seed + attempt)
         except ModelUnavailable as exc:
-            if log is not None:
-                log.append(_unanswered(task, role, 0, attempt + 1, messages, exc))
+            _log(log, (task, "probe", 0, attempt + 1), messages, "", exc.message, exc)
             raise
         result.tokens_in += reply.tokens_in or 0
         result.tokens_out += reply.tokens_out or 0
@@ -516,23 +486,7 @@ def answer_conversation(
             else degeneracy(text)
         )
         result.error = None if problem is None else f"the answer {problem}"
-        if log is not None:
-            log.append(
-                Logged(
-                    task,
-                    role,
-                    0,
-                    attempt + 1,
-                    message_dicts(messages),
-                    text,
-                    problem is None,
-                    result.error,
-                    reply.model_version,
-                    reply.tokens_in,
-                    reply.tokens_out,
-                    reply.latency_ms,
-                )
-            )
+        _log(log, (task, "probe", 0, attempt + 1), messages, text, result.error, reply)
         if problem is None:
             result.text = text
             return result
