@@ -100,6 +100,12 @@ class ModelError(LoopsimError):
 class ModelUnavailable(ModelError):
     """The model could not be built or reached."""
 
+    # What the failed call cost, set where it failed (ChatHandle): the requests sent,
+    # retries included, and the milliseconds spent on them, backoff waits included. A
+    # model that could not be built cost nothing.
+    attempts: int = 0
+    latency_ms: int = 0
+
 
 class ModelOutputInvalid(ModelError):
     """The model's reply is not a valid DayReport."""

@@ -14,7 +14,8 @@ worker whose lease was lost writes nothing either.
 
 A failed day (an invalid reply, or an endpoint that stayed down through every retry) is
 recorded with its reason and the run goes on; after ``max_failed_days`` failures in a row
-the run is marked ``failed``, and ``loopsim run resume`` puts it back.
+the run is marked ``failed``, and ``loopsim run resume`` puts it back with the streak
+started afresh: only failed days after the resume count toward failing it again.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
     Conversation,
     DayOutcome,
+    Logged,
     Researcher,
-    answer,
+    answer_conversation,
     build_probe_prompt,
     build_prompt,
     drive,
@@ -174,8 +176,11 @@ class Loop:
 
     @staticmethod
     def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
-        """The outcome of a day whose endpoint stayed down through every retry."""
-        return DayOutcome(None, "", error.message, 0, version)
+        """The outcome of a day whose endpoint stayed down through every retry, with
+        what the failed call cost."""
+        return DayOutcome(
+            None, "", error.message, error.attempts, version, latency_ms=error.latency_ms
+        )
 
     def start(self, run_ref: str) -> Run:
         """Check the run may step and that no service holds it, mark it running, and take
@@ -284,7 +289,7 @@ class Loop:
                     store.set_status(run, RunStatus.RUNNING)
             else:
                 limit = self.settings.max_failed_days
-                streak = store.failed_streak(run.id, limit)
+                streak = store.failed_streak(run.id, limit, after=run.resumed_after_day or 0)
                 if streak >= limit and run.status in STEPPABLE:
                     run_failed = True
                     store.set_status(
@@ -356,10 +361,19 @@ class Loop:
             ]
             model_id = run.model
         predictions = []
-        for probe_id, prompt in prompts:
-            chat = self._chat(model_id, spec)  # built once, and only if there is a probe
-            result = answer(chat, prompt, salt=number, max_retries=self.settings.max_retries)
-            predictions.append((probe_id, result.text, result.error))
+        calls: list[Logged] = []  # every prediction call, kept with the span's last day
+        try:
+            for task, (probe_id, prompt) in enumerate(prompts, 1):
+                chat = self._chat(model_id, spec)  # built once, and only if there is a probe
+                asking = answer_conversation(
+                    prompt, salt=number, max_retries=self.settings.max_retries, log=calls, task=task
+                )
+                result = drive(asking, chat)
+                predictions.append((probe_id, result.text, result.error))
+        except ModelUnavailable:
+            self.keep_calls(run.id, last_day, calls, fence)
+            raise
+        self.keep_calls(run.id, last_day, calls, fence)
         if reason is None:
             old = dict(recheck)
             sims = [
@@ -372,6 +386,21 @@ class Loop:
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
         opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
         return open_checkin(self.db, opening, fence, similarity=self.similarity)
+
+    def keep_calls(
+        self, run_id: str, day_index: int, calls: list[Logged], fence: Fence | None = None
+    ) -> None:
+        """Record calls made after day ``day_index`` committed (probe predictions) with
+        that day, in a write of their own: made, they are kept, whether or not the
+        check-in then opens. A worker whose lease was lost writes nothing."""
+        if not calls:
+            return
+        with self.db.write() as session:
+            store = Store(session)
+            run = store.get_run(run_id, lock=True)
+            if fence is not None:
+                fence(store, run)
+            store.add_later_calls(run.id, day_index, calls)
 
     def run_days(
         self,

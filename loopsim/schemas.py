@@ -60,12 +60,14 @@ ResearcherKind = Literal["note", "hypothesis", "question", "answer", "plan", "cr
 
 
 class CallRole(StrEnum):
-    """Who a recorded model call was made for (see ``loopsim.researcher.day``)."""
+    """Who a recorded model call was made for (see ``loopsim.researcher.day``). A probe
+    call is attached to the last day its check-in covers."""
 
     DAY = "day"
     SUBQUESTION = "subquestion"
     CRITIC = "critic"
     DIGEST = "digest"
+    PROBE = "probe"  # a probe's prediction, made when a check-in opens (loopsim.loop)
 
 
 class _Strict(BaseModel):

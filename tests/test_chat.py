@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,9 +19,10 @@ from loopsim.chat.handle import ChatHandle, build_chat
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
 from loopsim.loop import Loop
+from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, ModelSpec
 from loopsim.testing import ScriptedChatModel, report_json
-from tests.conftest import make_run
+from tests.conftest import Cli, make_run
 
 REPLY = report_json(("note", "From the server", "A reply that came over real HTTP today."))
 SECRET = "sk-test-0123456789abcdef"
@@ -125,6 +127,35 @@ def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database
         assert session.execute(text("SELECT count(*) FROM entries")).scalar() == 0
         status, reason = session.execute(text("SELECT status, status_reason FROM runs")).one()
     assert status == "failed" and reason.startswith("2 failed days in a row; day 2: model")
+
+
+def test_a_dead_endpoint_records_its_attempts_and_time_and_run_show_sums_them(
+    database, spec, sqlite_url
+):
+    """Issue 18 item 7, issue 19 item 5: a failed day stored 0 attempts and 0.0 s."""
+    settings = Settings(
+        model_base_url=f"http://127.0.0.1:{free_port()}/v1",
+        model_retries=2,
+        retry_initial_seconds=0.2,
+    )
+    run_id = make_run(database, spec, model="openai:nothing-here")
+    began = time.perf_counter()
+    (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+    wall_ms = (time.perf_counter() - began) * 1000
+    assert result.status == DayStatus.FAILED
+    with database.read() as session:
+        store = Store(session)
+        day = store.get_day(run_id, 1)
+        ((call_latency, error, accepted),) = [
+            (c.latency_ms, c.error, c.accepted) for c in store.day_calls(day.id)
+        ]
+    # Three requests, and the waits between them (0.1-0.2 s, then 0.2-0.4 s).
+    assert day.attempts == 3 and 300 <= day.latency_ms <= wall_ms
+    assert call_latency == day.latency_ms and not accepted and "after 3 attempts" in error
+    show = Cli(sqlite_url)("run", "show", run_id)
+    assert f"latency         {day.latency_ms / 1000:.1f} s" in show.stdout
+    info = json.loads(Cli(sqlite_url)("run", "show", run_id, "--json").stdout)
+    assert (info["latency_ms"], info["tokens_in"]) == (day.latency_ms, 0)
 
 
 def test_unknown_provider_is_named():

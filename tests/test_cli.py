@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -178,6 +179,28 @@ def test_failed_days_exit_non_zero_then_fail_the_run_and_resume_continues(
     assert cli("run", "step", run_id).exit_code == 0
     days = json.loads(cli("run", "show", run_id, "--json").stdout)
     assert (days["days_failed"], days["days_committed"], days["next_day"]) == (2, 1, 4)
+
+
+def test_resume_starts_the_failed_day_streak_afresh(cli_factory, sqlite_url, run_id):
+    """Issue 19: after `run resume`, one failed day failed the run again ("2 failed days
+    in a row"), because the streak counted the failed days from before the resume."""
+    bad, _ = scripted_factory(['{"entries": []}'])
+    cli = cli_factory(sqlite_url, bad, max_failed_days=2)
+
+    def show() -> dict[str, Any]:
+        return dict(json.loads(cli("run", "show", run_id, "--json").stdout))
+
+    cli("run", "step", run_id)
+    cli("run", "step", run_id)
+    assert show()["status"] == "failed"
+    assert cli("run", "resume", run_id).exit_code == 0
+    assert cli("run", "step", run_id).exit_code == 1  # one failed day
+    info = show()
+    assert (info["status"], info["days_failed"]) == ("running", 3), info["status_reason"]
+    cli("run", "step", run_id)  # a second one in a row since the resume
+    info = show()
+    assert info["status"] == "failed"
+    assert info["status_reason"].startswith("2 failed days in a row; day 4:")
 
 
 def test_record_show_strips_terminal_escapes(cli_factory, sqlite_url, run_id):

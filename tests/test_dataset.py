@@ -76,12 +76,17 @@ def dataset(database: Database, run_id: str, **options: Any) -> list[dict[str, A
     return [json.loads(line) for line in lines]
 
 
-def accepted_calls(database: Database, run_id: str) -> dict[int, list[CallRecord]]:
+def accepted_calls(
+    database: Database, run_id: str, probes: bool = False
+) -> dict[int, list[CallRecord]]:
+    """The accepted calls by day: the days' own, or (``probes``) the check-ins' probe
+    predictions attached to the last day each covers."""
+    role = CallRecord.role == "probe" if probes else CallRecord.role != "probe"
     with database.read() as session:
         rows = session.execute(
             select(Day.index, CallRecord)
             .join(Day, CallRecord.day_id == Day.id)
-            .where(CallRecord.run_id == run_id, CallRecord.accepted)
+            .where(CallRecord.run_id == run_id, CallRecord.accepted, role)
             .order_by(CallRecord.id)
         ).all()
     out: dict[int, list[CallRecord]] = {}
@@ -158,6 +163,11 @@ def test_filters_by_day_kind_and_reverted(database):
     assert {r["metadata"]["day_index"] for r in only} == {1, 2, 3}
     everything = dataset(database, run_id, include_reverted=True)
     assert {r["metadata"]["day_index"] for r in everything} == {1, 2, 3, 4, 5, 6}
+    # Probe predictions are the check-ins', not the days' researchers': only by name.
+    assert "probe" not in {r["metadata"]["kind"] for r in everything}
+    probes = dataset(database, run_id, kinds=frozenset({CallRole.PROBE}))
+    assert len(probes) == len(accepted_calls(database, run_id, probes=True)[3]) > 0
+    assert {r["metadata"]["day_index"] for r in probes} == {3}
     reverted = {r["metadata"]["day_status"] for r in everything if r["metadata"]["day_index"] > 3}
     assert reverted == {"reverted"}
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from loopsim.chat.handle import ChatHandle, RetryPolicy
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState
 from loopsim.loop import Loop
@@ -14,7 +15,7 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.researcher.conversation import Researcher
 from loopsim.schemas import DayStatus, RunStatus
-from loopsim.testing import default_reply, report_json, scripted_factory
+from loopsim.testing import ScriptedChatModel, default_reply, report_json, scripted_factory
 from tests.conftest import make_run
 
 GOOD = report_json(
@@ -249,3 +250,57 @@ def test_the_embedded_path_prompt_has_no_example_and_stays_byte_equal(database, 
     with database.read() as session:
         hashes = [Store(session).list_days(r)[0].prompt_hash for r in embedded]
     assert hashes[0] == hashes[1]
+
+
+def calls_of(database: Database, run_id: str, index: int):
+    with database.read() as session:
+        store = Store(session)
+        return [
+            (c.task, c.role, c.attempt, c.accepted, c.reply, c.error, c.latency_ms)
+            for c in store.day_calls(store.get_day(run_id, index).id)
+        ]
+
+
+def test_a_day_whose_endpoint_dies_on_a_retry_keeps_what_it_cost(database, spec):
+    """Issue 18 item 7: a failed day stored 0 attempts and 0 ms, and lost the calls it made
+    before the endpoint went down."""
+    run_id = make_run(database, spec)
+    script = ['{"entries": []}', ConnectionError("connection reset by peer")]
+    factory, _ = scripted_factory(script, delay=0.05)
+    (result,) = Loop(database, Settings(), factory).run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED and "connection reset" in result.error
+    (day,) = days_of(database, run_id)
+    assert day.attempts == 2 and day.raw_output == '{"entries": []}'
+    assert day.latency_ms >= 100 and result.latency_ms == day.latency_ms
+    (first, second) = calls_of(database, run_id, 1)
+    assert first[:4] == (0, "day", 1, False) and "at least 1 item" in first[5]
+    assert second[:5] == (0, "day", 2, False, "") and "connection reset" in second[5]
+    assert first[6] + second[6] == day.latency_ms
+
+
+def test_a_day_that_never_validates_records_every_attempt_and_its_time(database, spec):
+    run_id = make_run(database, spec)
+    factory, model = scripted_factory(['{"entries": []}'], delay=0.05)
+    (result,) = Loop(database, Settings(max_retries=2), factory).run_days(run_id, 1)
+    assert result.status == DayStatus.FAILED and len(model.calls) == 3
+    (day,) = days_of(database, run_id)
+    assert day.attempts == 3 and day.latency_ms >= 150
+    assert sum(c[6] for c in calls_of(database, run_id, 1)) == day.latency_ms
+
+
+def test_attempts_count_the_requests_an_endpoint_retry_took(database, spec):
+    """A day's ``attempts`` are the requests sent for its report, endpoint retries
+    included: two refused connections and a good reply are three."""
+    run_id = make_run(database, spec)
+    model = ScriptedChatModel(script=[ConnectionError("refused"), ConnectionError("refused"), GOOD])
+
+    def factory(model_id, model_spec, max_tokens):
+        retry = RetryPolicy(attempts=3, initial=0.05)
+        return ChatHandle(model_id, model, version="scripted-1", retry=retry)
+
+    (result,) = Loop(database, Settings(), factory).run_days(run_id, 1)
+    assert result.status == DayStatus.COMMITTED
+    (day,) = days_of(database, run_id)
+    assert day.attempts == 3 and day.latency_ms >= 75  # two backoff waits of 25 ms or more
+    ((task, role, attempt, accepted, _, _, latency),) = calls_of(database, run_id, 1)
+    assert (task, role, attempt, accepted, latency) == (0, "day", 1, True, day.latency_ms)

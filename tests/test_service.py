@@ -19,7 +19,7 @@ from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
 from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import default_reply, scripted_factory
-from tests.conftest import SPEC, make_run
+from tests.conftest import SPEC, Cli, make_run
 
 
 def spec_for(agenda: str, days: int = 4, **checkins: Any):
@@ -138,7 +138,30 @@ def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
         run = session.get(Run, bad_id)
     assert run.status_reason.startswith("2 failed days in a row; day 2: model scripted:broken")
     assert [d.status for d in days_by_run(any_db)[bad_id]] == [DayStatus.FAILED] * 2
+    # What the failed calls cost is kept: one request each (this handle does not retry).
+    assert [d.attempts for d in days_by_run(any_db)[bad_id]] == [1, 1]
     assert "loopsim_runs_failed_total 1.0" in service.metrics.render().decode()
+
+
+def test_a_resumed_run_survives_one_failed_day_under_serve(any_db, any_url):
+    """Issue 19: the streak that fails a run starts afresh at `run resume`, for the
+    service as for `run step`."""
+    run_id = make_run(any_db, spec_for("Study number 0 of the bees.", days=2))
+    bad, _ = scripted_factory(['{"entries": []}'])
+    cli = Cli(any_url, bad, max_failed_days=2)
+    cli("run", "step", run_id)
+    cli("run", "step", run_id)
+    assert statuses(any_db)[run_id] == RunStatus.FAILED
+    assert cli("run", "resume", run_id).exit_code == 0
+    assert cli("run", "start", run_id).exit_code == 0
+    # One more invalid day (three attempts), then good ones.
+    flaky, _ = scripted_factory(['{"entries": []}'] * 3 + [default_reply])
+    service = Service(any_db, Settings(max_failed_days=2), flaky, config())
+    settled = {RunStatus.COMPLETED, RunStatus.FAILED}
+    asyncio.run(serve_until([service], lambda: statuses(any_db)[run_id] in settled))
+    assert statuses(any_db)[run_id] == RunStatus.COMPLETED
+    days = [d.status for d in days_by_run(any_db)[run_id]]
+    assert days == [DayStatus.FAILED] * 3 + [DayStatus.COMMITTED] * 2
 
 
 def test_a_model_that_cannot_be_built_fails_the_run_with_the_reason(any_db):

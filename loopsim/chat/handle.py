@@ -47,11 +47,15 @@ from loopsim.text import loggable
 
 @dataclass(frozen=True)
 class Reply:
+    """One call's reply. ``latency_ms`` is the call's wall time and ``requests`` the
+    requests it took, endpoint retries (and their waits) included."""
+
     text: str
     tokens_in: int | None
     tokens_out: int | None
     model_version: str
     latency_ms: int
+    requests: int = 1
 
 
 # The shortest API key redacted from error text (see ChatHandle.secrets).
@@ -143,6 +147,11 @@ class RetryPolicy:
         return backoff
 
 
+def _requests(retrying: Retrying | AsyncRetrying) -> int:
+    """How many requests one call took: tenacity's count of its attempts."""
+    return int(retrying.statistics.get("attempt_number", 1))
+
+
 OnRetry = Callable[[BaseException, float], None]
 """Told of each retry: the error, and the seconds until the next attempt."""
 
@@ -216,7 +225,13 @@ class ChatHandle:
             text = text.replace(secret, "***")
         return text
 
-    def _failed(self, exc: Exception, attempts: int) -> ModelUnavailable:
+    def _failed(self, exc: Exception, attempts: int, started: float) -> ModelUnavailable:
+        error = self._unavailable(exc, attempts)
+        error.attempts = attempts
+        error.latency_ms = int((time.perf_counter() - started) * 1000)
+        return error
+
+    def _unavailable(self, exc: Exception, attempts: int) -> ModelUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         # An endpoint's error text is stored with the failed day and logged.
         detail = loggable(detail)
@@ -235,7 +250,7 @@ class ChatHandle:
             )
         return ModelUnavailable(self.redact(loggable(message))[:500])
 
-    def _reply(self, message: Any, started: float) -> Reply:
+    def _reply(self, message: Any, started: float, requests: int) -> Reply:
         latency = int((time.perf_counter() - started) * 1000)
         usage = getattr(message, "usage_metadata", None) or {}
         meta = getattr(message, "response_metadata", None) or {}
@@ -248,6 +263,7 @@ class ChatHandle:
             tokens_out=usage.get("output_tokens"),
             model_version=version,
             latency_ms=latency,
+            requests=requests,
         )
 
     def complete(
@@ -267,8 +283,8 @@ class ChatHandle:
         except ModelUnavailable:
             raise
         except Exception as exc:  # the model seam: every foreign failure becomes ours
-            raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
-        return self._reply(message, started)
+            raise self._failed(exc, _requests(retrying), started) from exc
+        return self._reply(message, started, _requests(retrying))
 
     async def acomplete(
         self,
@@ -286,8 +302,8 @@ class ChatHandle:
         except ModelUnavailable:
             raise
         except Exception as exc:  # the model seam
-            raise self._failed(exc, retrying.statistics.get("attempt_number", 1)) from exc
-        return self._reply(message, started)
+            raise self._failed(exc, _requests(retrying), started) from exc
+        return self._reply(message, started, _requests(retrying))
 
 
 def langchain_providers() -> frozenset[str]:

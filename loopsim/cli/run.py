@@ -25,7 +25,7 @@ app = typer.Typer(no_args_is_help=True, help="Create, list, step and control run
 
 
 def _run_summary(store: Store, run: Run) -> dict[str, Any]:
-    tokens_in, tokens_out = store.token_totals(run.id)
+    tokens_in, tokens_out, latency_ms = store.usage(run.id)
     return {
         "id": run.id,
         "name": run.name,
@@ -38,6 +38,7 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
         "next_day": store.next_day_index(run.id),
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
+        "latency_ms": latency_ms,
         "worker": live_holder(store, run),
         "driver": driver(store, run),
         "created_at": run.created_at.isoformat(),
@@ -145,7 +146,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 @app.command("show")
 def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> None:
-    """Show one run: status, persona, time policy, days, tokens."""
+    """Show one run: status, persona, time policy, days, tokens and model time."""
     a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
@@ -157,6 +158,7 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
     if as_json:
         a.print_json(info)
         return
+    info["latency"] = f"{info['latency_ms'] / 1000:.1f} s"  # model time, retries included
     for key in (
         "id",
         "name",
@@ -169,6 +171,7 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
         "next_day",
         "tokens_in",
         "tokens_out",
+        "latency",
         "worker",
         "created_at",
         "chain_head",
@@ -219,7 +222,10 @@ def run_pause(ctx: typer.Context, run_ref: RunArg) -> None:
 
 @app.command("resume")
 def run_resume(ctx: typer.Context, run_ref: RunArg) -> None:
-    """Resume a paused or failed run."""
+    """Resume a paused or failed run.
+
+    Its failed-day streak starts afresh: only failed days from here count toward
+    failing it again (LOOPSIM_MAX_FAILED_DAYS in a row)."""
     set_status(
         app_context(ctx), run_ref, {RunStatus.PAUSED, RunStatus.FAILED}, RunStatus.RUNNING, None
     )

@@ -43,7 +43,11 @@ class DatasetFilter:
         return day.status == DayStatus.COMMITTED and day.index <= approved_through
 
     def wants_role(self, role: str) -> bool:
-        return not self.kinds or role in self.kinds
+        """Probe predictions (made for a check-in, not by the day's researchers) only
+        when asked for by name."""
+        if not self.kinds:
+            return role != CallRole.PROBE
+        return role in self.kinds
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,13 @@ def day_examples(day: Day, calls: list[CallRecord]) -> list[Example]:
     """The accepted calls of one day, each with the prompt of its first attempt.
 
     A day written before calls were recorded (schema revision 0003 and earlier) has no
-    ``calls`` rows; its stored prompt and reply give its one example.
+    ``calls`` rows of its own (a later check-in may have added its probe predictions);
+    its stored prompt and reply give its one example.
     """
-    if not calls:
-        if day.raw_output is None:
-            return []
-        return [Example(list(day.prompt), day.raw_output, CallRole.DAY, 0, 0, day.model_version)]
-    first: dict[int, CallRecord] = {}
     out: list[Example] = []
+    if all(call.role == CallRole.PROBE for call in calls) and day.raw_output is not None:
+        out.append(Example(list(day.prompt), day.raw_output, CallRole.DAY, 0, 0, day.model_version))
+    first: dict[int, CallRecord] = {}
     for call in calls:
         first.setdefault(call.task, call)
         if call.accepted:

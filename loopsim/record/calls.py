@@ -1,8 +1,9 @@
 """Calls: every model call a day made, exactly as sent and received, retries included.
 
-A day's calls commit with the day. The loop hands over what the researcher's
-conversation logged (anything shaped like :class:`LoggedCall`), and the rows are built
-here, so no layer above the record builds one field by field.
+A day's calls commit with the day; a check-in's probe predictions, made after its last
+day committed, are added to that day later (role ``probe``). The loop hands over what the
+researcher's conversation logged (anything shaped like :class:`LoggedCall`), and the rows
+are built here, so no layer above the record builds one field by field.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CallRecord, Day, Entry
 
@@ -56,30 +58,65 @@ class CallQueries(StoreBase):
     ) -> list[CallRecord]:
         """Add the day's calls, numbered from 1 in the order they were made; a call whose
         reply became an entry names it by the seq of ``entries[call.item]``."""
-        records = []
-        for ordinal, call in enumerate(calls, 1):
-            record = CallRecord(
-                run_id=day.run_id,
-                day_id=day.id,
-                ordinal=ordinal,
-                task=call.task,
-                role=call.role,
-                depth=call.depth,
-                attempt=call.attempt,
-                entry_seq=entries[call.item].seq if call.item is not None and entries else None,
-                messages=call.messages,
-                reply=call.reply,
-                accepted=call.accepted,
-                error=call.error,
-                model_version=call.model_version,
-                tokens_in=call.tokens_in,
-                tokens_out=call.tokens_out,
-                latency_ms=call.latency_ms,
+        records = [
+            self._row(
+                day,
+                ordinal,
+                call,
+                call.task,
+                entries[call.item].seq if call.item is not None and entries else None,
             )
-            self.session.add(record)
-            records.append(record)
+            for ordinal, call in enumerate(calls, 1)
+        ]
+        self.session.add_all(records)
         self.session.flush()
         return records
+
+    def add_later_calls(
+        self, run_id: str, day_index: int, calls: Sequence[LoggedCall]
+    ) -> list[CallRecord]:
+        """Add calls made after day ``day_index`` committed (a check-in's probe
+        predictions) to that day, numbered on from its own calls and tasks. The caller
+        holds the run locked, so no two writers number them alike."""
+        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == day_index))
+        if day is None:
+            raise NotFound(f"run {run_id} has no day {day_index}")
+        ordinal, task = self.session.execute(
+            select(
+                func.coalesce(func.max(CallRecord.ordinal), 0),
+                func.coalesce(func.max(CallRecord.task), 0),
+            ).where(CallRecord.day_id == day.id)
+        ).one()
+        records = [
+            self._row(day, int(ordinal) + n, call, int(task) + call.task, None)
+            for n, call in enumerate(calls, 1)
+        ]
+        self.session.add_all(records)
+        self.session.flush()
+        return records
+
+    @staticmethod
+    def _row(
+        day: Day, ordinal: int, call: LoggedCall, task: int, entry_seq: int | None
+    ) -> CallRecord:
+        return CallRecord(
+            run_id=day.run_id,
+            day_id=day.id,
+            ordinal=ordinal,
+            task=task,
+            role=call.role,
+            depth=call.depth,
+            attempt=call.attempt,
+            entry_seq=entry_seq,
+            messages=call.messages,
+            reply=call.reply,
+            accepted=call.accepted,
+            error=call.error,
+            model_version=call.model_version,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            latency_ms=call.latency_ms,
+        )
 
     def day_calls(self, day_id: int) -> Sequence[CallRecord]:
         """Every model call a day made, retries included, in the order they were made."""

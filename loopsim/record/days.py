@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import Day
-from loopsim.schemas import DayStatus
+from loopsim.record.tables import CallRecord, Day
+from loopsim.schemas import CallRole, DayStatus
+
+
+class Usage(NamedTuple):
+    tokens_in: int
+    tokens_out: int
+    latency_ms: int
 
 
 class DayQueries(StoreBase):
@@ -90,20 +97,38 @@ class DayQueries(StoreBase):
         self.session.flush()
         return day
 
-    def token_totals(self, run_id: str) -> tuple[int, int]:
-        row = self.session.execute(
-            select(
-                func.coalesce(func.sum(Day.tokens_in), 0),
-                func.coalesce(func.sum(Day.tokens_out), 0),
-            ).where(Day.run_id == run_id)
-        ).one()
-        return int(row[0] or 0), int(row[1] or 0)
+    def usage(self, run_id: str) -> Usage:
+        """What the run's model calls cost in all: tokens in and out, and milliseconds
+        spent waiting on the model, endpoint retries and their waits included. Every day
+        counts, failed and reverted ones too: their calls were made. So do the probe
+        predictions of check-ins, which no day's own figures hold (found through the
+        ``(run_id, role)`` index of ``calls``)."""
+        total = Usage(0, 0, 0)
+        for table, where in (
+            (Day, Day.run_id == run_id),
+            (CallRecord, (CallRecord.run_id == run_id) & (CallRecord.role == CallRole.PROBE)),
+        ):
+            row = self.session.execute(
+                select(
+                    func.coalesce(func.sum(table.tokens_in), 0),
+                    func.coalesce(func.sum(table.tokens_out), 0),
+                    func.coalesce(func.sum(table.latency_ms), 0),
+                ).where(where)
+            ).one()
+            total = Usage(*(a + int(b or 0) for a, b in zip(total, row, strict=True)))
+        return total
 
-    def failed_streak(self, run_id: str, limit: int) -> int:
-        """How many of the run's latest days, up to ``limit``, failed in a row."""
+    def token_totals(self, run_id: str) -> tuple[int, int]:
+        usage = self.usage(run_id)
+        return usage.tokens_in, usage.tokens_out
+
+    def failed_streak(self, run_id: str, limit: int, *, after: int = 0) -> int:
+        """How many of the run's latest days after day ``after`` (the run's
+        ``resumed_after_day``: a resume starts the streak afresh), up to ``limit``,
+        failed in a row."""
         statuses = self.session.scalars(
             select(Day.status)
-            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED)
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED, Day.index > after)
             .order_by(Day.index.desc())
             .limit(limit)
         ).all()

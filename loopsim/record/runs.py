@@ -11,7 +11,7 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, or_, select, text
+from sqlalchemy import and_, delete, func, or_, select, text
 
 from loopsim import ids
 from loopsim.errors import NotFound
@@ -73,6 +73,12 @@ class RunQueries(StoreBase):
         return self.session.scalars(select(Run).order_by(Run.id)).all()
 
     def set_status(self, run: Run, status: RunStatus, reason: str | None = None) -> None:
+        """Set the run's status. A run made running again (resumed, or approved at a
+        check-in) starts its failed-day streak afresh: only days after its last day now
+        count toward failing it (:meth:`DayQueries.failed_streak`)."""
+        if status == RunStatus.RUNNING and run.status != RunStatus.RUNNING:
+            last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run.id))
+            run.resumed_after_day = int(last or 0)
         run.status = status
         run.status_reason = reason
         run.updated_at = utcnow()

@@ -78,6 +78,9 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The last day index when the run was last resumed (migration 0008): the failed-day
+    # streak that fails a run counts only the days after it.
+    resumed_after_day: Mapped[int | None] = mapped_column(Integer)
 
     days: Mapped[list[Day]] = relationship(back_populates="run", order_by="Day.index")
 
@@ -156,13 +159,19 @@ class Entry(Base):
 class CallRecord(Base):
     """One model call made for a day: exactly what was sent and what came back.
 
-    A day's calls commit with the day. ``task`` groups a call with its retries (the day's
-    own report is task 0); ``accepted`` marks the reply that was used. This is the raw
+    A day's calls commit with the day; a check-in's probe predictions (role ``probe``)
+    are added to the last day it covers. ``task`` groups a call with its retries (the
+    day's own report is task 0); ``accepted`` marks the reply that was used. This is the raw
     material of distillation datasets, retries and their feedback included.
     """
 
     __tablename__ = "calls"
-    __table_args__ = (UniqueConstraint("day_id", "ordinal", name="uq_calls_day_id_ordinal"),)
+    __table_args__ = (
+        UniqueConstraint("day_id", "ordinal", name="uq_calls_day_id_ordinal"),
+        # A run's calls of one role (its probe predictions for `run show`), and every
+        # call of a run for `run delete` (migration 0008).
+        Index("ix_calls_run_id_role", "run_id", "role"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))

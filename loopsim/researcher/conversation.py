@@ -315,7 +315,7 @@ class Asked(Generic[T]):
     value: T | None = None
     raw: str = ""
     error: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # requests sent, endpoint retries included
     model_version: str = ""
     tokens_in: int = 0
     tokens_out: int = 0
@@ -337,13 +337,21 @@ def ask(
     depth: int = 0,
 ) -> Conversation[Asked[T]]:
     """Ask until ``parse`` accepts a reply, feeding each error back, at most
-    ``max_retries`` more times. Every attempt is appended to ``log``."""
+    ``max_retries`` more times. Every attempt is appended to ``log``, one the endpoint
+    never answered too, which ends the ask with its error."""
     messages = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     asked: Asked[T] = Asked()
     for attempt in range(max_retries + 1):
-        reply = yield Call(messages, schema, seed + attempt)
-        asked.attempts = attempt + 1
+        try:
+            reply = yield Call(messages, schema, seed + attempt)
+        except ModelUnavailable as exc:  # down through every retry: cost it, log it, stop
+            asked.attempts += exc.attempts
+            asked.latency_ms += exc.latency_ms
+            asked.error = exc.message
+            _log(log, (task, role, depth, attempt + 1), messages, "", exc.message, exc)
+            return asked
+        asked.attempts += reply.requests  # endpoint retries included
         asked.model_version = reply.model_version
         asked.tokens_in += reply.tokens_in or 0
         asked.tokens_out += reply.tokens_out or 0
@@ -360,25 +368,9 @@ def ask(
                 asked.error = describe_validation(exc)
             except ValueError as exc:
                 asked.error = str(exc)
-        if log is not None:
-            log.append(
-                Logged(
-                    task,
-                    role,
-                    depth,
-                    attempt + 1,
-                    message_dicts(messages),
-                    asked.raw,
-                    asked.value is not None,
-                    asked.error,
-                    reply.model_version,
-                    reply.tokens_in,
-                    reply.tokens_out,
-                    reply.latency_ms,
-                )
-            )
-            if asked.value is not None:
-                asked.accepted_call = len(log) - 1
+        _log(log, (task, role, depth, attempt + 1), messages, asked.raw, asked.error, reply)
+        if log is not None and asked.value is not None:
+            asked.accepted_call = len(log) - 1
         if asked.value is not None or oversized:
             return asked
         feedback = (
@@ -386,6 +378,23 @@ def ask(
         )
         messages = [*messages, AIMessage(content=asked.raw[:4000]), HumanMessage(feedback)]
     return asked
+
+
+def _log(
+    log: list[Logged] | None,
+    at: tuple[int, str, int, int],
+    messages: list[BaseMessage],
+    text: str,
+    error: str | None,
+    reply: Reply | ModelUnavailable,
+) -> None:
+    """Append one call to ``log``, if any: ``at`` is its task, role, depth and attempt;
+    ``reply`` what came back, or the error of an endpoint that never answered."""
+    if log is None:
+        return
+    got = reply if isinstance(reply, Reply) else Reply("", None, None, "", 0)
+    cost = (got.model_version, got.tokens_in, got.tokens_out, reply.latency_ms)
+    log.append(Logged(*at, message_dicts(messages), text, error is None, error, *cost))
 
 
 class Researcher:
@@ -437,6 +446,7 @@ class Answer:
     error: str | None
     tokens_in: int = 0
     tokens_out: int = 0
+    latency_ms: int = 0
 
 
 def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int = 2) -> Answer:
@@ -445,17 +455,28 @@ def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int 
 
 
 def answer_conversation(
-    prompt: Prompt, *, salt: int = 0, max_retries: int = 2
+    prompt: Prompt,
+    *,
+    salt: int = 0,
+    max_retries: int = 2,
+    log: list[Logged] | None = None,
+    task: int = 0,
 ) -> Conversation[Answer]:
+    """:func:`answer`; every attempt is logged as a ``probe`` call, an unanswered one too."""
     from loopsim.schemas import degeneracy
 
     messages = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
-        reply = yield Call(messages, None, seed + attempt)
+        try:
+            reply = yield Call(messages, None, seed + attempt)
+        except ModelUnavailable as exc:
+            _log(log, (task, "probe", 0, attempt + 1), messages, "", exc.message, exc)
+            raise
         result.tokens_in += reply.tokens_in or 0
         result.tokens_out += reply.tokens_out or 0
+        result.latency_ms += reply.latency_ms
         text = storable(reply.text).strip()
         problem = (
             "is empty"
@@ -464,10 +485,11 @@ def answer_conversation(
             if len(text) > 2000
             else degeneracy(text)
         )
+        result.error = None if problem is None else f"the answer {problem}"
+        _log(log, (task, "probe", 0, attempt + 1), messages, text, result.error, reply)
         if problem is None:
-            result.text, result.error = text, None
+            result.text = text
             return result
-        result.error = f"the answer {problem}"
         messages = [
             *messages,
             AIMessage(content=text[:2000]),

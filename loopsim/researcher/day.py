@@ -31,7 +31,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from loopsim.errors import ModelUnavailable
 from loopsim.record.store import DigestState, EntryInput, Store
 from loopsim.researcher.conversation import (
     Asked,
@@ -243,21 +242,19 @@ class _Day:
         schema: dict[str, Any] | None = None,
     ) -> Conversation[Asked[Any]]:
         self.tasks += 1
-        try:
-            asked: Asked[Any] = yield from ask(
-                prompt,
-                _parser(model),
-                schema=schema or reply_schema(model),
-                salt=f"{self.planned.index}:{salt}",
-                max_retries=self.max_retries,
-                max_chars=self.max_chars,
-                log=self.outcome.calls,
-                task=self.tasks,
-                role=role,
-                depth=depth,
-            )
-        except ModelUnavailable as exc:
-            asked = Asked(error=exc.message)
+        # An endpoint down for good ends the ask with its error (ask catches it).
+        asked: Asked[Any] = yield from ask(
+            prompt,
+            _parser(model),
+            schema=schema or reply_schema(model),
+            salt=f"{self.planned.index}:{salt}",
+            max_retries=self.max_retries,
+            max_chars=self.max_chars,
+            log=self.outcome.calls,
+            task=self.tasks,
+            role=role,
+            depth=depth,
+        )
         self.outcome.add(asked)
         return asked
 
