@@ -42,14 +42,14 @@ from loopsim.schemas import Decision, parse_spec
 from loopsim.testing import report_json
 from loopsim.testing.stubserver import StubOpenAI
 
-DATA = Path(__file__).parent / "data" / "drift_labelled.jsonl"
+DATA = Path(__file__).parent / "data"
 _DAY = re.compile(r"day (\d+),")
 _QUESTION = re.compile(r"Question: (.+)\Z", re.DOTALL)
 
 
-def load() -> dict[str, list[dict[str, Any]]]:
+def load(name: str) -> dict[str, list[dict[str, Any]]]:
     by_domain: dict[str, list[dict[str, Any]]] = {}
-    for line in DATA.read_text().splitlines():
+    for line in (DATA / f"drift_{name}.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
             by_domain.setdefault(row["domain"], []).append(row)
@@ -107,7 +107,7 @@ class Researcher:
         return report_json(("note", f"On: {row['question']}"[:120], text))
 
 
-def spec(rows: list[dict[str, Any]], every: int, spot: float, days: int) -> Any:
+def spec(rows: list[dict[str, Any]], args: argparse.Namespace) -> Any:
     domain = rows[0]["domain"]
     return parse_spec(
         {
@@ -117,11 +117,13 @@ def spec(rows: list[dict[str, Any]], every: int, spot: float, days: int) -> Any:
                 "open_questions": [r["question"] for r in rows[:3]],
             },
             "time": {"policy": "fixed", "anchor": "2025-06-02"},
-            "budget": {"days": days + 10},
+            "budget": {"days": args.days + 10},
             "checkins": {
-                "every_days": every,
-                "spot_check_probability": spot,
+                "every_days": args.every,
+                "spot_check_probability": args.spot,
                 "probes_per_checkin": 3,
+                **({"drift_warn": args.warn} if args.warn is not None else {}),
+                **({"drift_alarm": args.alarm} if args.alarm is not None else {}),
             },
             "digests": {"every_days": 0},
             "probes": [r["question"] for r in rows],
@@ -164,7 +166,7 @@ def run_trial(
         try:
             with database.write() as session:
                 run = Store(session).create_run(
-                    spec(trial.rows, args.every, args.spot, args.days),
+                    spec(trial.rows, args),
                     name=f"t{trial.seed}",
                     model="openai:bench",
                 )
@@ -221,14 +223,18 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--spot", type=float, default=0.1)
     parser.add_argument("--similarity", default="minilm", choices=["minilm", "lexical"])
+    parser.add_argument("--data", default="labelled", choices=["labelled", "heldout"])
+    parser.add_argument("--warn", type=float, help="drift_warn (default: the spec's)")
+    parser.add_argument("--alarm", type=float, help="drift_alarm (default: the spec's)")
     args = parser.parse_args()
     similarity = drift.from_settings("local" if args.similarity == "minilm" else "lexical")
-    domains = load()
+    domains = load(args.data)
     names = sorted(domains)
     researcher = Researcher()
     began = time.perf_counter()
     print(
-        f"similarity {args.similarity}; every {args.every} days, spot p {args.spot}, "
+        f"{args.data} set, similarity {args.similarity}, warn {args.warn or 'default'}, "
+        f"alarm {args.alarm or 'default'}; every {args.every} days, spot p {args.spot}, "
         f"{args.days} days, {args.seeds} seeds, switch day k in 6..18\n"
     )
     print(

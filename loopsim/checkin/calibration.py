@@ -5,8 +5,8 @@ about 0.2 and an off-topic answer about 0.02; a sentence embedder gives the same
 and 0.1. So each raw similarity ``s`` of a prediction to the human's answer is read
 against two levels measured with the same similarity:
 
-- the **null** level: how similar this prediction is to the human's answers to *other*
-  probes of the same run (chance: the right register, the wrong question);
+- the **null** level: how similar the human's answers to *different* probes of the run
+  are to each other (chance: the right register, the wrong question);
 - the **ceiling**: how similar the human's own answers to the same question are to each
   other, measured by retests (a person re-asked later paraphrases themselves).
 
@@ -51,8 +51,8 @@ class Levels:
 # null is the mean similarity of an answer to a different question's answer in the same
 # domain; ceiling is the median similarity of an answer to its faithful paraphrase.
 PRIORS: dict[str, Levels] = {
-    "lexical": Levels(null=0.05, ceiling=0.30),
-    "minilm": Levels(null=0.12, ceiling=0.62),
+    "lexical": Levels(null=0.11, ceiling=0.33),
+    "minilm": Levels(null=0.29, ceiling=0.63),
 }
 # For an embedder nobody measured here (a hosted model): typical of sentence embedders.
 GENERIC = Levels(null=0.15, ceiling=0.65)
@@ -65,7 +65,8 @@ def prior(kind: str) -> Levels:
 def levels(kind: str, null_samples: Sequence[float], retest_samples: Sequence[float]) -> Levels:
     """The levels for a run: its own where it has measured enough, the prior elsewhere.
 
-    ``null_samples`` are similarities of predictions to answers of other probes;
+    ``null_samples`` are similarities of the human's answers to their answers to other
+    probes;
     ``retest_samples`` similarities of the human's retest answers to their first answers.
     A measured ceiling below the null (a human who contradicts themselves) keeps the
     prior's gap above the null rather than inverting the scale.

@@ -119,12 +119,17 @@ def score_checkin(
     history = [(probe.id, a) for _p, probe, a in answered(store, checkin.run_id, answers)]
     kind = kind_of(similarity)
 
+    # Chance, from the human's own answers: each answer of this check-in against the
+    # human's answers to other probes. Not from the predictions: a simulation that has
+    # wandered off sits far from every answer, which would lower its own chance level
+    # and hide the drift (benchmarks/README.md, "Calibrated agreement").
     nulls: list[float] = []
     for pair, probe in pairs:
-        if not usable(pair.prediction):
+        mine = given[pair.id]
+        if not mine:
             continue
         others = [a for pid, a in history if pid != probe.id][-NULL_ANSWERS:]
-        nulls += [similarity(pair.prediction or "", a) for a in others]
+        nulls += [similarity(mine, a) for a in others]
     retests = retest_similarities(store, checkin.run_id, similarity, answers)
     levels = calibration.levels(kind, nulls, retests)
 
