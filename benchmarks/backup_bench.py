@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from view_bench import seeded  # noqa: E402
+from view_bench import seeded
 
-from loopsim.record import maintenance  # noqa: E402
+from loopsim.record import maintenance
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

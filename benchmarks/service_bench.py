@@ -226,7 +226,7 @@ def langgraph_overhead(entries: int, days: int = 20) -> float | None:
         return None
     from langchain_core.messages import HumanMessage
 
-    factory, model = scripted_factory()
+    _factory, model = scripted_factory()
 
     class State(TypedDict):
         log: list[str]

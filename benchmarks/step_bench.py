@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from view_bench import seeded  # noqa: E402
+from view_bench import seeded
 
-from loopsim.config import Settings  # noqa: E402
-from loopsim.loop import Loop  # noqa: E402
-from loopsim.record.store import Store  # noqa: E402
-from loopsim.record.tables import CheckIn, utcnow  # noqa: E402
-from loopsim.testing import scripted_factory  # noqa: E402
+from loopsim.config import Settings
+from loopsim.loop import Loop
+from loopsim.record.store import Store
+from loopsim.record.tables import CheckIn, utcnow
+from loopsim.testing import scripted_factory
 
 
 def day_times(entries: int, days: int, cache: Path | None, supervised: bool) -> list[float]:

@@ -62,7 +62,8 @@ def test_sub_question_tree_respects_depth_and_breadth(database):
     run_id = make_run(database, spec)
     loop, model = loop_for(database)
     result = loop.step(run_id)
-    assert result is not None and result.status == DayStatus.COMMITTED
+    assert result is not None
+    assert result.status == DayStatus.COMMITTED
 
     rows = entries(database, run_id)
     by_id = {e.id: e for e in rows}
@@ -102,7 +103,8 @@ def test_each_call_is_recorded_with_what_it_saw_and_returned(database):
     assert [c.ordinal for c in recorded] == [1, 2, 3]
     for call, sent in zip(recorded, model.calls, strict=True):
         assert [m["content"] for m in call.messages] == [m.text for m in sent]
-        assert call.accepted and call.error is None
+        assert call.accepted
+        assert call.error is None
     by_seq = {e.seq: e for e in entries(database, run_id)}
     for call in recorded[1:]:
         assert by_seq[call.entry_seq].kind == EntryKind.ANSWER
@@ -115,7 +117,8 @@ def test_retries_and_their_feedback_are_recorded(database, spec):
     loop.step(run_id)
     first, second = calls(database, run_id)
     assert (first.attempt, first.accepted, second.attempt, second.accepted) == (1, False, 2, True)
-    assert first.task == second.task == 0 and first.error
+    assert first.task == second.task == 0
+    assert first.error
     assert second.messages[-2] == {"role": "assistant", "content": "not json at all"}
     assert "That reply was not valid" in second.messages[-1]["content"]
 
@@ -136,9 +139,11 @@ def test_a_dead_endpoint_leaves_a_sub_question_unanswered_not_the_day_failed(dat
     down = httpx.ConnectError("connection refused")
     loop, _ = loop_for(database, [amplified_reply, down, amplified_reply], model_retries=0)
     result = loop.step(run_id)
-    assert result is not None and result.status == DayStatus.COMMITTED
+    assert result is not None
+    assert result.status == DayStatus.COMMITTED
     kinds = [e.kind for e in entries(database, run_id)]
-    assert kinds.count(EntryKind.SUBQUESTION) == 2 and kinds.count(EntryKind.ANSWER) == 1
+    assert kinds.count(EntryKind.SUBQUESTION) == 2
+    assert kinds.count(EntryKind.ANSWER) == 1
 
 
 def test_the_tree_commits_with_its_day_or_not_at_all(database):
@@ -234,7 +239,8 @@ def test_the_prompt_only_grows_while_the_window_start_stays(database):
         start = view.recent[0].day_index
         if prev is not None and prev[0] == start:
             kept += 1
-            assert view.digests == prev[1].digests and view.related == prev[1].related
+            assert view.digests == prev[1].digests
+            assert view.related == prev[1].related
             old = [e.seq for e in prev[1].recent]
             assert [e.seq for e in view.recent][: len(old)] == old
         elif prev is not None:
@@ -254,7 +260,8 @@ def test_a_digest_is_reverted_with_its_day_and_a_human_can_amend_it(database):
         (digest,) = store.pinned_digests(run_id, date)
         assert (digest.first_day, digest.last_day) == (1, 2)
         amended = store.amend_digest(run_id, digest.seq, "Days 1-2, as the human reads them.")
-        assert amended.author == Author.HUMAN and amended.parent_id == digest.id
+        assert amended.author == Author.HUMAN
+        assert amended.parent_id == digest.id
         (shown,) = store.pinned_digests(run_id, date)
         assert shown.body == "Days 1-2, as the human reads them."
         assert store.verify_chain(run_id).ok
@@ -273,11 +280,15 @@ def test_record_show_draws_the_tree(database, cli_factory):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     sub = next(i for i, line in enumerate(lines) if " subquestion " in line)
-    assert lines[sub].startswith("#") and "How far do foragers fly" in lines[sub]
-    assert lines[sub + 2].startswith("  #") and " answer " in lines[sub + 2]
+    assert lines[sub].startswith("#")
+    assert "How far do foragers fly" in lines[sub]
+    assert lines[sub + 2].startswith("  #")
+    assert " answer " in lines[sub + 2]
     # depth 2: under the depth-1 answer, and its own answer under it
-    assert lines[sub + 4].startswith("    #") and " subquestion " in lines[sub + 4]
-    assert lines[sub + 6].startswith("      #") and " answer " in lines[sub + 6]
+    assert lines[sub + 4].startswith("    #")
+    assert " subquestion " in lines[sub + 4]
+    assert lines[sub + 6].startswith("      #")
+    assert " answer " in lines[sub + 6]
     assert any("critique" in line and "score" in line for line in lines)
     assert any("idea" in line and "flagged" in line for line in lines)
 
@@ -309,7 +320,8 @@ def test_corrections_digests_and_future_entries_in_the_focused_view(database, sp
             focus="How far do foragers fly?",
         )
     text = view.render()
-    assert "Use marked bees" in text and "From the future" not in text
+    assert "Use marked bees" in text
+    assert "From the future" not in text
 
 
 def test_amend_digest_from_the_cli(database, cli_factory):
@@ -320,16 +332,19 @@ def test_amend_digest_from_the_cli(database, cli_factory):
     digest = next(e for e in entries(database, run_id) if e.kind == EntryKind.DIGEST)
     cli = cli_factory(database.url.render_as_string(hide_password=False))
     result = cli("record", "amend-digest", run_id, str(digest.seq), "--body", "Too short")
-    assert result.exit_code == 2 and "at least 20 characters" in result.output
+    assert result.exit_code == 2
+    assert "at least 20 characters" in result.output
     result = cli(
         "record", "amend-digest", run_id, str(digest.seq), "--body", "Days one and two, in short."
     )
     assert result.exit_code == 0, result.output
     missing = cli("record", "amend-digest", run_id, "1", "--body", "Not a digest at all, really.")
-    assert missing.exit_code == 1 and "has no digest #1" in missing.stderr
+    assert missing.exit_code == 1
+    assert "has no digest #1" in missing.stderr
     with database.read() as session:
         (shown,) = Store(session).pinned_digests(run_id, dt.date(2025, 6, 2))
-    assert shown.body == "Days one and two, in short." and shown.author == Author.HUMAN
+    assert shown.body == "Days one and two, in short."
+    assert shown.author == Author.HUMAN
 
 
 def test_the_two_query_tiling_matches_the_level_by_level_one(database, monkeypatch):
@@ -364,4 +379,5 @@ def test_the_two_query_tiling_matches_the_level_by_level_one(database, monkeypat
 
     monkeypatch.setattr(Store, "digest_state", per_level)
     assert fast == tilings()
-    assert fast[-1] and fast[3] != fast[-1]
+    assert fast[-1]
+    assert fast[3] != fast[-1]

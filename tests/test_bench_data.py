@@ -37,7 +37,8 @@ def test_drift_schema(name: str) -> None:
     for row in load(name):
         assert set(row) == set(FIELDS) | set(LISTS), row
         for field in FIELDS:
-            assert isinstance(row[field], str) and row[field].strip(), (field, row)
+            assert isinstance(row[field], str), (field, row)
+            assert row[field].strip(), (field, row)
         texts = [normal(row[f]) for f in ("answer", "paraphrase", "contradiction", "off_persona")]
         assert len(set(texts)) == 4, row["question"]
         assert normal(row["paraphrase"]) != normal(row["answer"])
@@ -50,11 +51,14 @@ def test_drift_more_variants(name: str) -> None:
         seen: set[str] = set()
         for field, count in LISTS.items():
             items = row[field]
-            assert isinstance(items, list) and len(items) == count, (field, row["question"])
+            assert isinstance(items, list), (field, row["question"])
+            assert len(items) == count, (field, row["question"])
             for item in items:
-                assert isinstance(item, str) and item.strip(), (field, row["question"])
+                assert isinstance(item, str), (field, row["question"])
+                assert item.strip(), (field, row["question"])
                 key = normal(item)
-                assert key not in base and key not in seen, (field, item)
+                assert key not in base, (field, item)
+                assert key not in seen, (field, item)
                 seen.add(key)
 
 
@@ -62,7 +66,8 @@ def test_drift_counts() -> None:
     main = load("drift_labelled.jsonl")
     domains = Counter(row["domain"] for row in main)
     assert len(main) >= 66
-    assert len(domains) >= 3 and all(n >= 22 for n in domains.values()), domains
+    assert len(domains) >= 3, domains
+    assert all(n >= 22 for n in domains.values()), domains
     # One persona line per domain, so persona A is the same voice throughout.
     for domain in domains:
         assert len({row["persona"] for row in main if row["domain"] == domain}) == 1
@@ -90,4 +95,5 @@ def test_future_leak_schema() -> None:
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", row["external"])
     assert len({row["text"] for row in rows}) == len(rows)
     labels = Counter(row["leak"] for row in rows)
-    assert labels[True] >= 20 and labels[False] >= 20
+    assert labels[True] >= 20
+    assert labels[False] >= 20

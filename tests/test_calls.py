@@ -63,7 +63,8 @@ def test_probe_predictions_are_calls_of_the_last_day_and_count_in_run_show(any_d
     cli = Cli(any_url, factory)
     assert cli("run", "step", run_id, "--days", "5").exit_code == 3  # at the check-in
     calls = calls_by_day(any_db, run_id)
-    assert sorted(calls) == [1, 2, 3] and len(calls[1]) == len(calls[2]) == 1
+    assert sorted(calls) == [1, 2, 3]
+    assert len(calls[1]) == len(calls[2]) == 1
     day, *probes = calls[3]
     assert day[:5] == (1, 0, "day", 1, True)
     # One call a probe, numbered on from the day's own, each a task of its own.
@@ -107,7 +108,8 @@ def test_predictions_made_before_the_endpoint_died_are_kept(any_db):
         loop.run_days(run_id, 5)
     probes = [c for c in calls_by_day(any_db, run_id)[3] if c[2] == "probe"]
     assert [(p[1], p[4], p[5]) for p in probes][1] == (2, False, None)
-    assert probes[0][1:5] == (1, "probe", 1, True) and probes[0][5] > 0
+    assert probes[0][1:5] == (1, "probe", 1, True)
+    assert probes[0][5] > 0
     with any_db.read() as session:
         store = Store(session)
         assert store.list_checkins(run_id) == []

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -29,10 +29,10 @@ SECRET = "sk-test-0123456789abcdef"
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
-    requests: list[dict[str, Any]] = []
-    headers_seen: list[dict[str, str]] = []
+    requests: ClassVar[list[dict[str, Any]]] = []
+    headers_seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeOpenAI.requests.append(body)
         FakeOpenAI.headers_seen.append({"authorization": self.headers.get("Authorization", "")})
@@ -112,7 +112,8 @@ def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database
     run_id = make_run(database, spec, model="openai:nothing-here")
     loop = Loop(database, settings, build_chat(settings))
     (first,) = loop.run_days(run_id, 3)  # stops at the first failed day
-    assert first.status == DayStatus.FAILED and not first.run_failed
+    assert first.status == DayStatus.FAILED
+    assert not first.run_failed
     # One line that says where nothing answered, and what would fix it.
     assert first.error == (
         f"model openai:nothing-here failed after 3 attempts: nothing answers at "
@@ -126,7 +127,8 @@ def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database
         assert [r[0] for r in rows] == ["failed", "failed"]
         assert session.execute(text("SELECT count(*) FROM entries")).scalar() == 0
         status, reason = session.execute(text("SELECT status, status_reason FROM runs")).one()
-    assert status == "failed" and reason.startswith("2 failed days in a row; day 2: model")
+    assert status == "failed"
+    assert reason.startswith("2 failed days in a row; day 2: model")
 
 
 def test_a_dead_endpoint_records_its_attempts_and_time_and_run_show_sums_them(
@@ -150,8 +152,11 @@ def test_a_dead_endpoint_records_its_attempts_and_time_and_run_show_sums_them(
             (c.latency_ms, c.error, c.accepted) for c in store.day_calls(day.id)
         ]
     # Three requests, and the waits between them (0.1-0.2 s, then 0.2-0.4 s).
-    assert day.attempts == 3 and 300 <= day.latency_ms <= wall_ms
-    assert call_latency == day.latency_ms and not accepted and "after 3 attempts" in error
+    assert day.attempts == 3
+    assert 300 <= day.latency_ms <= wall_ms
+    assert call_latency == day.latency_ms
+    assert not accepted
+    assert "after 3 attempts" in error
     show = Cli(sqlite_url)("run", "show", run_id)
     assert f"latency         {day.latency_ms / 1000:.1f} s" in show.stdout
     info = json.loads(Cli(sqlite_url)("run", "show", run_id, "--json").stdout)

@@ -63,7 +63,7 @@ def loop_with(database: Database, script: Any = (default_reply,)):
 
 def test_a_scheduled_checkin_stops_the_loop_with_predictions(database):
     run_id = make_run(database, spec_with())
-    loop, model = loop_with(database, [persona_switching_model(1000)])
+    loop, _model = loop_with(database, [persona_switching_model(1000)])
     results = loop.run_days(run_id, 10)
     assert [r.index for r in results] == [1, 2, 3]
     assert loop.opened_checkin is not None
@@ -95,7 +95,8 @@ def test_spot_checks_fire_off_schedule_and_day_prompts_never_show_them(database)
             stopped_at[run_id] = checkins[0].last_day_index if checkins else None
             assert all(c.reason == "spot_check" for c in checkins)
     fired = [d for d in stopped_at.values() if d is not None]
-    assert fired and len(set(fired)) > 1  # the secret seed, not the schedule, decides
+    assert fired
+    assert len(set(fired)) > 1
     # Day k's prompt is the same whether or not a check-in came right after day k.
     with database.read() as session:
         store = Store(session)
@@ -135,7 +136,8 @@ def test_reject_reverts_the_days_keeps_them_and_hides_them(database):
         md = to_markdown(store, store.get_run(run_id))
         md_all = to_markdown(store, store.get_run(run_id), include_reverted=True)
     assert "first day" in model.calls[-1][-1].text  # the reverted days are out of the view
-    assert "## Day 1" not in md and "## Day 4" in md
+    assert "## Day 1" not in md
+    assert "## Day 4" in md
     assert "## Day 1: 2025-06-02 (reverted)" in md_all
 
 
@@ -169,7 +171,8 @@ def test_answers_are_blind(database):
         record_answer(database, pair_id, "a changed answer")
     with database.read() as session:
         pair = Store(session).pairs(loop.opened_checkin)[0][0]
-    assert pair.answered_at <= pair.revealed_at and pair.similarity == pytest.approx(1.0)
+    assert pair.answered_at <= pair.revealed_at
+    assert pair.similarity == pytest.approx(1.0)
 
 
 def human_answers_as_bees(database: Database, checkin_id: int) -> dict[int, dict[str, Any]]:
@@ -196,8 +199,9 @@ def drift_levels(database: Database, run_id: str, switch_after: int, checkins: i
 def test_drift_rises_past_the_alarm_when_the_persona_changes(database):
     run_id = make_run(database, spec_with())
     levels = drift_levels(database, run_id, switch_after=8, checkins=3)
-    assert [lv.level for lv in levels][0] == "ok"
-    assert levels[-1].score >= 0.7 and levels[-1].level == "alarm"
+    assert next(lv.level for lv in levels) == "ok"
+    assert levels[-1].score >= 0.7
+    assert levels[-1].level == "alarm"
 
 
 def test_a_stable_run_raises_no_alarm(database):
@@ -217,9 +221,11 @@ def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database
         run = store.get_run(run_id)
         pending_md = to_markdown(store, run)
         pending_json = [json.loads(x) for x in to_jsonl(store, run)]
-    assert BEES not in pending_md and "hidden until" in pending_md
+    assert BEES not in pending_md
+    assert "hidden until" in pending_md
     (record,) = [r for r in pending_json if r["type"] == "checkin"]
-    assert record["decision"] is None and record["pairs"][0]["prediction"] is None
+    assert record["decision"] is None
+    assert record["pairs"][0]["prediction"] is None
     decide(
         database,
         loop.opened_checkin,
@@ -246,8 +252,10 @@ def test_exports_show_checkins_and_never_a_prediction_before_the_answer(database
         "judge_reason": None,
         "is_retest": False,
     }
-    assert record["drift_score"] == 0.0 and record["agreement"] == 1.0
-    assert record["similarity_kind"] == "lexical" and record["drift_trend"] == 0.0
+    assert record["drift_score"] == 0.0
+    assert record["agreement"] == 1.0
+    assert record["similarity_kind"] == "lexical"
+    assert record["drift_trend"] == 0.0
 
 
 def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
@@ -260,7 +268,8 @@ def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
     assert [r.index for r in results] == [1, 2]
     with database.read() as session:
         (c,) = Store(session).list_checkins(run_id)
-    assert c.reason == "future_leak" and c.last_day_index == 2
+    assert c.reason == "future_leak"
+    assert c.last_day_index == 2
     # The check-in keeps the phrase that leaked, for the human to read.
     assert c.detail == "entry #3 mentions 2031, after 2025-06-02"
 
@@ -305,9 +314,11 @@ def test_charter_drift_uses_the_configured_similarity(database):
     loop.run_days(run_id, 6)
     with database.read() as session:
         (c,) = Store(session).list_checkins(run_id)
-    assert c.reason == "charter_drift" and c.last_day_index == 4
+    assert c.reason == "charter_drift"
+    assert c.last_day_index == 4
     assert c.detail == "charter similarity fell from 0.90 to 0.10"
-    assert compared and "forage" in compared[0]  # the charter's own text was compared
+    assert compared
+    assert "forage" in compared[0]
 
 
 def test_unsupervised_day_budget_opens_a_budget_checkin(database):
@@ -342,7 +353,7 @@ def test_external_drift_budget_counts_from_the_last_approval(database):
 
 
 @pytest.mark.parametrize(
-    "scores,expected",
+    ("scores", "expected"),
     [
         ([], 4),
         ([0.9], 2),
@@ -360,7 +371,7 @@ def test_adaptive_interval(scores, expected):
 
 
 @pytest.mark.parametrize(
-    "before,after,says",
+    ("before", "after", "says"),
     [
         ([], [0.9], "after 2 more days, shorter than 4: drift 0.90 reached the alarm 0.70"),
         ([0.1], [0.1, 0.1], "after 6 more days, longer than 4: two drift scores in a row below"),
@@ -377,7 +388,8 @@ def test_schedule_change_says_when_and_why(before, after, says):
     if says is None:
         assert line is None
     else:
-        assert line is not None and says in line, line
+        assert line is not None, line
+        assert says in line, line
 
 
 def test_no_schedule_change_when_adaptive_is_off():
@@ -408,7 +420,8 @@ def test_prediction_drift_alarm_reasks_the_approved_probes(database):
         second = store.get_checkin(loop.opened_checkin)
         pairs = store.pairs(second.id)
     assert (second.reason, second.last_day_index) == ("prediction_drift", 3)
-    assert "moved" in second.detail and [p.prediction for p, _ in pairs] == [ROCKETS, ROCKETS]
+    assert "moved" in second.detail
+    assert [p.prediction for p, _ in pairs] == [ROCKETS, ROCKETS]
 
 
 def test_charter_drift_alarm_when_days_leave_the_charter(database):
@@ -434,13 +447,15 @@ def test_charter_drift_alarm_when_days_leave_the_charter(database):
     results = loop.run_days(run_id, 10)
     with database.read() as session:
         (c,) = Store(session).list_checkins(run_id)
-    assert c.reason == "charter_drift" and len(results) == 4
+    assert c.reason == "charter_drift"
+    assert len(results) == 4
 
 
 def test_a_stable_charter_raises_no_charter_alarm(database):
     run_id = make_run(database, spec_with(every_days=1000, charter_drift_window=2))
     loop, _ = loop_with(database)
-    assert len(loop.run_days(run_id, 8)) == 8 and loop.opened_checkin is None
+    assert len(loop.run_days(run_id, 8)) == 8
+    assert loop.opened_checkin is None
 
 
 def test_retests_measure_the_humans_own_consistency(database):
@@ -550,7 +565,8 @@ def test_decisions_while_another_process_steps_see_no_lock_errors(sqlite_url):
             decided += 1
         loop.run_days(waiting, 2)
     worker.join()
-    assert errors == [] and decided >= 3
+    assert errors == []
+    assert decided >= 3
     with stepping_db.read() as session:
         assert Store(session).count_days(busy) == 60
 
@@ -624,10 +640,14 @@ def test_a_judge_rates_what_the_human_did_not_and_its_verdict_is_kept(database):
     assert outcome.drift.score == 0.5
     with database.read() as session:
         stored = [pair for pair, _ in Store(session).pairs(checkin_id)]
-    assert stored[0].judge_rating == 1 and stored[0].judge_reason == "Opposite view."
+    assert stored[0].judge_rating == 1
+    assert stored[0].judge_reason == "Opposite view."
     (call,) = stored[0].judge_calls
-    assert call["role"] == "judge" and call["accepted"] and BEES in call["messages"][1]["content"]
-    assert stored[1].judge_rating is None and stored[1].judge_calls is None
+    assert call["role"] == "judge"
+    assert call["accepted"]
+    assert BEES in call["messages"][1]["content"]
+    assert stored[1].judge_rating is None
+    assert stored[1].judge_calls is None
 
 
 def test_a_spec_judge_must_name_a_model():

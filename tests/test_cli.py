@@ -57,7 +57,8 @@ def run_id(cli, tmp_path):
 def last_error(result) -> str:
     """After progress lines, the error is still exactly one line, and the last."""
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "Traceback" not in result.output
+    assert last.startswith("error: ")
+    assert "Traceback" not in result.output
     return last
 
 
@@ -70,7 +71,7 @@ def one_line_error(result) -> str:
 
 
 @pytest.mark.parametrize(
-    "edit,field",
+    ("edit", "field"),
     [
         (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
         (("anchor = 2025-06-02", "anchor = 2025-02-30"), "time.anchor: invalid TOML"),
@@ -91,7 +92,8 @@ def test_bad_spec_is_one_line_exit_2_and_writes_nothing(cli, sqlite_url, tmp_pat
 
 def test_missing_spec_file_is_named(cli, tmp_path):
     result = cli("run", "create", str(tmp_path / "nope.toml"))
-    assert result.exit_code == 2 and "no such file" in one_line_error(result)
+    assert result.exit_code == 2
+    assert "no such file" in one_line_error(result)
 
 
 def test_missing_database_names_the_command_and_is_not_created(cli_factory, tmp_path):
@@ -122,26 +124,31 @@ def test_corrupt_database_is_refused_and_left_untouched(cli_factory, sqlite_url,
 def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
     assert len(run_id) == 26
     listed = json.loads(cli("run", "list", "--json").stdout)
-    assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "created"
+    assert [r["id"] for r in listed] == [run_id]
+    assert listed[0]["status"] == "created"
 
     stepped = cli("run", "step", run_id[:8], "--days", "2")
     assert stepped.exit_code == 0, stepped.output
     assert "day 2  2025-06-02  committed  2 entries" in stepped.stderr
 
     shown = json.loads(cli("run", "show", run_id, "--json").stdout)
-    assert shown["days_committed"] == 2 and shown["next_day"] == 3
-    assert shown["status"] == "running" and shown["spec"]["persona"]["name"] == "Dr. Test"
+    assert shown["days_committed"] == 2
+    assert shown["next_day"] == 3
+    assert shown["status"] == "running"
+    assert shown["spec"]["persona"]["name"] == "Dr. Test"
 
     verified = cli("record", "verify", run_id)
-    assert (
-        verified.exit_code == 0 and "ok: run" in verified.stdout and "4 entries" in verified.stdout
-    )
+    assert verified.exit_code == 0
+    assert "ok: run" in verified.stdout
+    assert "4 entries" in verified.stdout
 
     record = cli("record", "show", run_id, "--day", "2").stdout
-    assert "day 2  2025-06-02" in record and "day 1" not in record
+    assert "day 2  2025-06-02" in record
+    assert "day 1" not in record
 
     md = cli("export", run_id, "--format", "md").stdout
-    assert "## Day 1: 2025-06-02" in md and "## Day 2: 2025-06-02" in md
+    assert "## Day 1: 2025-06-02" in md
+    assert "## Day 2: 2025-06-02" in md
     assert len(re.findall(r"### #\d+ note: Observations for 2025", md)) == 2
 
     out = tmp_path / "log.jsonl"
@@ -169,9 +176,11 @@ def test_failed_days_exit_non_zero_then_fail_the_run_and_resume_continues(
     bad, _ = scripted_factory(['{"entries": []}'])
     cli = cli_factory(sqlite_url, bad, max_failed_days=2)
     result = cli("run", "step", run_id, "--days", "3")
-    assert result.exit_code == 1 and "run step" in last_error(result)
+    assert result.exit_code == 1
+    assert "run step" in last_error(result)
     result = cli("run", "step", run_id, "--days", "3")
-    assert result.exit_code == 1 and "run resume" in last_error(result)
+    assert result.exit_code == 1
+    assert "run resume" in last_error(result)
     good, _ = scripted_factory()
     cli = cli_factory(sqlite_url, good)
     assert cli("run", "step", run_id).exit_code == 1  # failed: refused
@@ -214,19 +223,23 @@ def test_record_show_strips_terminal_escapes(cli_factory, sqlite_url, run_id):
     with sqlite3.connect(sqlite_url) as conn:
         conn.execute("UPDATE entries SET body = 'clear \x1b[2J\x1b]0;pwned\x07 screen'")
     out = cli("record", "show", run_id).stdout
-    assert "\x1b" not in out and "\x07" not in out and "clear  screen" in out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "clear  screen" in out
 
 
 def test_bad_flags_are_usage_errors(cli, run_id):
     assert cli("run", "step", run_id, "--days", "0").exit_code == 2
     assert cli("export", run_id, "--format", "pdf").exit_code == 2
     missing = cli("run", "show", "zzzzzzzz")
-    assert missing.exit_code == 1 and "no run 'zzzzzzzz'" in one_line_error(missing)
+    assert missing.exit_code == 1
+    assert "no run 'zzzzzzzz'" in one_line_error(missing)
 
 
 def test_export_to_a_missing_folder_writes_nothing(cli, run_id, tmp_path):
     result = cli("export", run_id, "-o", str(tmp_path / "no" / "such" / "log.md"))
-    assert result.exit_code == 2 and "does not exist" in one_line_error(result)
+    assert result.exit_code == 2
+    assert "does not exist" in one_line_error(result)
 
 
 def test_bad_environment_setting_is_one_line(monkeypatch, tmp_path):
@@ -273,9 +286,11 @@ def test_public_api_is_sorted_and_importable():
 
 def test_downgrade_refuses_until_upgrade_then_data_is_intact(cli, run_id, sqlite_url):
     down = cli("db", "downgrade", "0001")
-    assert down.exit_code == 0 and "backup:" in down.stderr
+    assert down.exit_code == 0
+    assert "backup:" in down.stderr
     refused = cli("run", "show", run_id)
-    assert refused.exit_code == 1 and "`loopsim db upgrade`" in one_line_error(refused)
+    assert refused.exit_code == 1
+    assert "`loopsim db upgrade`" in one_line_error(refused)
     assert cli("db", "upgrade").exit_code == 0
     assert json.loads(cli("run", "show", run_id, "--json").stdout)["id"] == run_id
     assert cli("db", "downgrade", "nonsense").exit_code == 2
@@ -286,7 +301,7 @@ def test_run_list_never_truncates_ids(cli, run_id):
 
 
 @pytest.mark.parametrize(
-    "args,line",
+    ("args", "line"),
     [
         (
             ["run", "list", "--db", "x.db"],
@@ -376,7 +391,8 @@ def test_a_pipe_closed_after_one_line_exits_0_without_a_word(big_record, command
         cwd=Path(__file__).parent.parent,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr == ""
+    assert len(proc.stdout.splitlines()) == 1
 
 
 def test_run_list_fits_80_columns_with_each_run_on_one_line(cli, tmp_path, monkeypatch):
@@ -387,8 +403,10 @@ def test_run_list_fits_80_columns_with_each_run_on_one_line(cli, tmp_path, monke
     assert all(len(line) <= 80 for line in lines), lines
     assert len(lines) == 3, lines  # the header and one line per run: nothing folded
     for run_id, line in zip(run_ids, lines[1:], strict=True):
-        assert line.startswith(run_id) and "llamacpp:gemma3-270m" in line, line
-        assert "created" in line and "…" in line  # the long name gave way
+        assert line.startswith(run_id), line
+        assert "llamacpp:gemma3-270m" in line, line
+        assert "created" in line
+        assert "…" in line
 
 
 def test_one_entry_reads_as_one_entry(cli_factory, sqlite_url, run_id):
@@ -396,6 +414,7 @@ def test_one_entry_reads_as_one_entry(cli_factory, sqlite_url, run_id):
     cli = cli_factory(sqlite_url, factory)
     stepped = cli("run", "step", run_id)
     assert stepped.exit_code == 0, stepped.output
-    assert "committed  1 entry  " in stepped.stderr and "1 entries" not in stepped.stderr
+    assert "committed  1 entry  " in stepped.stderr
+    assert "1 entries" not in stepped.stderr
     verified = cli("record", "verify", run_id).stdout
     assert f"ok: run {run_id}, 1 entry, head" in verified

@@ -44,7 +44,8 @@ def open_checkin(cli, tmp_path):
     stepped = cli("run", "step", run_id, "--days", "5")
     # Exit 3: stopped at a check-in, so a script can tell it from five days done.
     assert stepped.exit_code == 3, stepped.output
-    assert "check-in 1 is open" in stepped.stderr and "checkin review 1" in stepped.stderr
+    assert "check-in 1 is open" in stepped.stderr
+    assert "checkin review 1" in stepped.stderr
     return run_id
 
 
@@ -64,22 +65,25 @@ def test_list_pending_then_decide_with_an_answers_file(cli, open_checkin, tmp_pa
         (1, "scheduled", 1, 2)
     ]
     refused = cli("run", "step", open_checkin)
-    assert refused.exit_code == 1 and "awaiting_checkin" in refused.stderr
+    assert refused.exit_code == 1
+    assert "awaiting_checkin" in refused.stderr
     with sqlite3.connect(cli.url) as conn:
         probe_id = conn.execute("SELECT id FROM probes").fetchone()[0]
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps({str(probe_id): {"answer": BEES, "rating": 5}}))
     decided = cli("checkin", "decide", "1", "--approve", "--answers", str(answers))
-    assert decided.exit_code == 0 and "drift 0.00" in decided.stderr
+    assert decided.exit_code == 0
+    assert "drift 0.00" in decided.stderr
     assert json.loads(cli("checkin", "list", "--pending", "--json").stdout) == []
     again = cli("checkin", "decide", "1", "--halt")
-    assert again.exit_code == 1 and len(again.stderr.strip().splitlines()) == 1
+    assert again.exit_code == 1
+    assert len(again.stderr.strip().splitlines()) == 1
     assert "already decided" in again.stderr
     assert json.loads(cli("run", "show", open_checkin, "--json").stdout)["status"] == "running"
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    ("args", "message"),
     [
         (["--approve", "--halt"], "exactly one of"),
         (["--amend"], "--amend needs --note"),
@@ -87,14 +91,16 @@ def test_list_pending_then_decide_with_an_answers_file(cli, open_checkin, tmp_pa
 )
 def test_bad_decide_flags_are_one_line(cli, open_checkin, args, message):
     result = cli("checkin", "decide", "1", *args)
-    assert result.exit_code == 2 and message in result.stderr
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
 def test_bad_answers_file_is_named(cli, open_checkin, tmp_path):
     bad = tmp_path / "a.json"
     bad.write_text('{"1": {"answer": "", "rating": 9}}')
     result = cli("checkin", "decide", "1", "--approve", "--answers", str(bad))
-    assert result.exit_code == 2 and "answer must be non-empty" in result.stderr
+    assert result.exit_code == 2
+    assert "answer must be non-empty" in result.stderr
 
 
 def test_review_stores_the_answer_before_showing_the_prediction(cli, open_checkin):
@@ -110,7 +116,9 @@ def test_review_stores_the_answer_before_showing_the_prediction(cli, open_checki
             "SELECT answered_at, revealed_at, rating, human_answer FROM probe_pairs"
         ).fetchone()
         correction = conn.execute("SELECT body FROM entries WHERE kind = 'correction'").fetchone()
-    assert answered <= revealed and rating == 4 and answer == "My own view of foraging."
+    assert answered <= revealed
+    assert rating == 4
+    assert answer == "My own view of foraging."
     assert correction == ("Mark the foragers.",)
 
 
@@ -124,7 +132,8 @@ def test_researcher_questions_are_proposed_probes_a_human_must_accept(cli, tmp_p
     assert [p["source"] for p in accepted] == ["spec"]  # proposals are never asked as-is
     assert cli("probe", "accept", str(proposed[0]["id"])).exit_code == 0
     again = cli("probe", "accept", str(proposed[0]["id"]))
-    assert again.exit_code == 1 and "not proposed" in again.stderr
+    assert again.exit_code == 1
+    assert "not proposed" in again.stderr
     added = cli("probe", "add", run_id, "What would change your mind?")
     assert added.exit_code == 0
     accepted = json.loads(cli("probe", "list", run_id, "--status", "accepted", "--json").stdout)
@@ -146,7 +155,8 @@ def test_review_shows_the_flagged_ideas_first(cli_factory, sqlite_url, tmp_path)
             "WHERE i.flagged AND c.kind = 'critique' ORDER BY i.seq"
         ).fetchall()
         ideas = conn.execute("SELECT count(*) FROM entries WHERE kind = 'idea'").fetchone()[0]
-    assert len(by_day) == 4 and ideas == 6  # two of three ideas a day, two days
+    assert len(by_day) == 4
+    assert ideas == 6
     # Best score first (ties oldest first). The scripted critic's scores are not in the
     # order the ideas were written, so listing them by day would fail here.
     flagged = [title for title, _ in sorted(by_day, key=lambda row: -row[1])]
@@ -205,11 +215,12 @@ def answers_file(tmp_path, keys):
 
 
 def test_answers_keyed_by_position_reach_their_probes(cli, three_probes, tmp_path):
-    run_id, checkin_id = three_probes
+    _run_id, checkin_id = three_probes
     path = answers_file(tmp_path, ["1", "2", "3"])
     decided = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
     assert decided.exit_code == 0, decided.output
-    assert "drift n/a" not in decided.stderr and "drift 0." in decided.stderr
+    assert "drift n/a" not in decided.stderr
+    assert "drift 0." in decided.stderr
     assert stored_pairs(cli) == [
         (7, f"{BEES} (1)", 4),
         (8, f"{BEES} (2)", 4),
@@ -218,7 +229,7 @@ def test_answers_keyed_by_position_reach_their_probes(cli, three_probes, tmp_pat
 
 
 def test_answers_keyed_by_probe_id_reach_their_probes(cli, three_probes, tmp_path):
-    run_id, checkin_id = three_probes
+    _run_id, checkin_id = three_probes
     path = answers_file(tmp_path, ["#9", "8", "#7"])  # a bare 8 can only be probe id 8
     decided = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
     assert decided.exit_code == 0, decided.output
@@ -242,9 +253,11 @@ def test_answers_that_match_no_probe_are_refused_and_change_nothing(
     refused = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
     assert refused.exit_code == 2
     (line,) = refused.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "nothing changed" in line
+    assert line.startswith("error: ")
+    assert "nothing changed" in line
     if keys != ["1", "#7", "3"]:
-        assert '"1" to "3"' in line and '"#7", "#8", "#9"' in line
+        assert '"1" to "3"' in line
+        assert '"#7", "#8", "#9"' in line
     assert checkin_decision(cli, checkin_id) == (None,)
     assert stored_pairs(cli) == [(7, None, None), (8, None, None), (9, None, None)]
     assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "awaiting_checkin"
@@ -271,7 +284,8 @@ def test_approving_with_unanswered_probes_needs_skip_probes(cli, three_probes, t
     refused = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
     assert refused.exit_code == 2
     (line,) = refused.stderr.strip().splitlines()
-    assert "probes 1, 3 of 3 have no answer" in line and "--skip-probes" in line
+    assert "probes 1, 3 of 3 have no answer" in line
+    assert "--skip-probes" in line
     assert checkin_decision(cli, checkin_id) == (None,)
     assert stored_pairs(cli)[1] == (8, None, None)  # the given answer was not kept either
     done = cli(
@@ -280,7 +294,8 @@ def test_approving_with_unanswered_probes_needs_skip_probes(cli, three_probes, t
     assert done.exit_code == 0, done.output
     assert stored_pairs(cli) == [(7, None, None), (8, f"{BEES} (2)", 4), (9, None, None)]
     (record,) = json.loads(cli("checkin", "list", "--json").stdout)
-    assert record["decided_without_answers"] is True and record["unanswered"] == 2
+    assert record["decided_without_answers"] is True
+    assert record["unanswered"] == 2
     md = cli("export", run_id, "--format", "md").stdout
     assert "approve without answers (2 of 3 probes unanswered)" in md
     jsonl = [json.loads(x) for x in cli("export", run_id, "--format", "jsonl").stdout.splitlines()]
@@ -296,7 +311,8 @@ def test_reject_and_halt_need_no_answers(cli, three_probes):
 def test_a_review_stopped_by_end_of_input_resumes_without_overwriting(cli, three_probes):
     _, checkin_id = three_probes
     first = cli("checkin", "review", str(checkin_id), input="First view.\n4\nSecond view.\n")
-    assert first.exit_code == 1 and "Traceback" not in first.output
+    assert first.exit_code == 1
+    assert "Traceback" not in first.output
     (line,) = first.stderr.strip().splitlines()
     assert f"Resume with: loopsim checkin review {checkin_id}" in line
     assert stored_pairs(cli) == [(7, "First view.", 4), (8, "Second view.", None), (9, None, None)]
@@ -304,7 +320,8 @@ def test_a_review_stopped_by_end_of_input_resumes_without_overwriting(cli, three
     assert again.exit_code == 0, again.output
     out = again.stdout
     assert "2 of 3 answers and 1 ratings are stored" in out
-    assert "your stored answer: First view." in out and "your stored rating: 4" in out
+    assert "your stored answer: First view." in out
+    assert "your stored rating: 4" in out
     assert "your stored answer: Second view." in out
     assert out.count("your answer (the prediction") == 1  # only probe 3 is asked
     assert out.count("agreement, 1 (none)") == 2  # probes 2 and 3
@@ -319,7 +336,8 @@ def test_a_review_stopped_by_end_of_input_resumes_without_overwriting(cli, three
 def test_reject_and_halt_ask_for_confirmation(cli, open_checkin):
     result = cli("checkin", "review", "1", input="My view.\n3\nreject\nn\nhalt\n\napprove\n")
     assert result.exit_code == 0, result.output
-    assert "reject reverts days 1-2" in result.stdout and "halt stops run" in result.stdout
+    assert "reject reverts days 1-2" in result.stdout
+    assert "halt stops run" in result.stdout
     assert result.stdout.count("not decided; choose again.") == 2
     assert checkin_decision(cli, 1) == ("approve",)
 
@@ -337,8 +355,12 @@ def test_show_prints_one_checkin_and_never_an_unanswered_prediction(cli, three_p
     shown = cli("checkin", "show", str(checkin_id))
     assert shown.exit_code == 0, shown.output
     out = shown.stdout
-    assert "scheduled" in out and "1-2" in out and "pending" in out
-    assert "probe 1 of 3 (#7)" in out and "First view." in out and "rating:     4" in out
+    assert "scheduled" in out
+    assert "1-2" in out
+    assert "pending" in out
+    assert "probe 1 of 3 (#7)" in out
+    assert "First view." in out
+    assert "rating:     4" in out
     assert out.count(BEES) == 1  # the answered probe's prediction, and no other
     assert out.count("(hidden until the blind answer is stored)") == 2
     assert "your answer" not in out  # no review started
@@ -347,7 +369,8 @@ def test_show_prints_one_checkin_and_never_an_unanswered_prediction(cli, three_p
     assert [p["human_answer"] for p in record["pairs"]] == ["First view.", None, None]
     assert stored_pairs(cli) == [(7, "First view.", 4), (8, None, None), (9, None, None)]
     missing = cli("checkin", "show", "99")
-    assert missing.exit_code != 0 and missing.stderr.startswith("error: ")
+    assert missing.exit_code != 0
+    assert missing.stderr.startswith("error: ")
 
 
 def test_the_example_spec_walkthrough_shows_a_drift_score(cli):
@@ -366,8 +389,10 @@ def test_the_example_spec_walkthrough_shows_a_drift_score(cli):
         input="Distance.\n3\nDance timing.\n4\nA far patch wins.\n2\napprove\n",
     )
     assert review.exit_code == 0, review.output
-    assert "probe 3 of 3" in review.stdout and "\ndrift " in review.stdout
-    assert "check-in 1: approve" in review.stderr and "drift n/a" not in review.stderr
+    assert "probe 3 of 3" in review.stdout
+    assert "\ndrift " in review.stdout
+    assert "check-in 1: approve" in review.stderr
+    assert "drift n/a" not in review.stderr
 
 
 def test_decide_says_when_the_adaptive_interval_changes(cli, open_checkin, tmp_path):

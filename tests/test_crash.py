@@ -66,12 +66,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_url, spec
         proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, sqlite_url, run_id], stdout=subprocess.PIPE, text=True
         )
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         counts.append(check(database, run_id))
     assert counts == sorted(counts)
     # The runs made progress between kills (how much depends on the machine's load).
-    assert counts[-1] > 0 and len(set(counts)) > 1
+    assert counts[-1] > 0
+    assert len(set(counts)) > 1
     database.dispose()

@@ -145,7 +145,8 @@ def test_each_record_is_a_chat_whose_reply_is_what_was_accepted(database):
                 CallRecord.attempt == 1,
             )
         ).one()
-    assert len(retried) == 1 and len(retried[0].messages) == 4  # the repair conversation
+    assert len(retried) == 1
+    assert len(retried[0].messages) == 4
     assert first["messages"][:-1] == first_attempt.messages
 
 
@@ -159,7 +160,8 @@ def test_filters_by_day_kind_and_reverted(database):
     window = dataset(database, run_id, since_day=2, until_day=2)
     assert {r["metadata"]["day_index"] for r in window} == {2}
     only = dataset(database, run_id, kinds=frozenset({CallRole.CRITIC}))
-    assert only and {r["metadata"]["kind"] for r in only} == {"critic"}
+    assert only
+    assert {r["metadata"]["kind"] for r in only} == {"critic"}
     assert {r["metadata"]["day_index"] for r in only} == {1, 2, 3}
     everything = dataset(database, run_id, include_reverted=True)
     assert {r["metadata"]["day_index"] for r in everything} == {1, 2, 3, 4, 5, 6}
@@ -183,11 +185,15 @@ def test_cli_writes_the_dataset_and_refuses_filters_elsewhere(database, cli_fact
     # The count goes to stderr, with the committed day 4 that no check-in approved yet.
     assert "3 examples from 3 days; 1 committed day awaits an approving check-in" in (result.stderr)
     piped = cli("export", run_id, "--format", "dataset", "--until-day", "2")
-    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) > 2
-    assert "from 2 days" in piped.stderr and "await" not in piped.stderr
+    assert piped.exit_code == 0
+    assert len(piped.stdout.splitlines()) > 2
+    assert "from 2 days" in piped.stderr
+    assert "await" not in piped.stderr
     bad = cli("export", run_id, "--format", "jsonl", "--since-day", "2")
-    assert bad.exit_code == 2 and "--since-day: only for --format dataset" in bad.output
+    assert bad.exit_code == 2
+    assert "--since-day: only for --format dataset" in bad.output
     backwards = cli("export", run_id, "--format", "dataset", "--since-day", "3", "--until-day", "2")
-    assert backwards.exit_code == 2 and "after --until-day" in backwards.output
+    assert backwards.exit_code == 2
+    assert "after --until-day" in backwards.output
     unknown = cli("export", run_id, "--format", "dataset", "--kind", "dream")
     assert unknown.exit_code == 2

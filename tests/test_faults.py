@@ -58,7 +58,9 @@ def test_every_transient_fault_is_retried_and_the_day_commits(database, spec):
     assert result.status == DayStatus.COMMITTED, result.error
     assert stub.served == {**dict.fromkeys(faults, 1), "ok": 1}
     day = only_day(database)
-    assert day.tokens_in and day.tokens_out and day.latency_ms >= 2000  # both stalls timed out
+    assert day.tokens_in
+    assert day.tokens_out
+    assert day.latency_ms >= 2000
 
 
 def test_retry_after_is_honoured(database, spec):
@@ -78,7 +80,8 @@ def test_a_client_error_is_not_retried(database, spec):
         run_id = make_run(database, spec, model=MODEL)
         (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
     assert result.status == DayStatus.FAILED
-    assert "HTTP 400" in result.error and "attempts" not in result.error
+    assert "HTTP 400" in result.error
+    assert "attempts" not in result.error
     assert sum(stub.served.values()) == 1
 
 
@@ -94,7 +97,8 @@ def test_retries_are_bounded_and_the_reason_is_recorded(database, spec):
         + (result.error.split("HTTP 503: ", 1)[1])
     )
     day = only_day(database)
-    assert day.status == DayStatus.FAILED and day.error == result.error
+    assert day.status == DayStatus.FAILED
+    assert day.error == result.error
 
 
 @pytest.mark.parametrize("fault_every", [3])
@@ -132,7 +136,8 @@ def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every):
     with any_db.read() as session:
         days = session.scalars(select(Day)).all()
         assert {r.status for r in session.scalars(select(Run))} == {RunStatus.COMPLETED}
-    assert len(days) == 12 and {d.status for d in days} == {DayStatus.COMMITTED}
+    assert len(days) == 12
+    assert {d.status for d in days} == {DayStatus.COMMITTED}
     faults = sum(v for k, v in stub.served.items() if k != "ok")
     assert faults >= 4
     metrics = service.metrics.render().decode()

@@ -288,16 +288,20 @@ def test_unstorable_replies_fail_the_day_and_are_kept_safely(any_db, spec, case)
         assert [d.status for d in days] == ["committed", "failed", "committed"]
         assert [i for _, i, _ in store.list_entries(run_id)] == [1, 3]
         verified = store.verify_chain(run_id)
-        assert verified.ok and verified.checked == 2
+        assert verified.ok
+        assert verified.checked == 2
         run = store.get_run(run_id)
     day = days[1]
     raw = day.raw_output or ""
     raw.encode("utf-8")  # storable, and stored: it came back from the database
-    assert "\x00" not in raw and "\x00" not in (day.error or "")
-    assert len(raw) <= 1000 and raw.startswith('{"entries"')
+    assert "\x00" not in raw
+    assert "\x00" not in (day.error or "")
+    assert len(raw) <= 1000
+    assert raw.startswith('{"entries"')
     assert run.status == RunStatus.RUNNING  # one failed day is not a failed run
     if case == "oversized":
-        assert "over the cap of 1000" in result.error and len(model.calls) == 1
+        assert "over the cap of 1000" in result.error
+        assert len(model.calls) == 1
 
 
 @pytest.mark.parametrize(
@@ -326,7 +330,8 @@ def test_an_endpoint_error_that_is_not_text_fails_the_day_cleanly(any_db, spec, 
     with any_db.read() as session:
         (day,) = Store(session).list_days(run_id)
     assert day.error.startswith("model scripted:test failed: ConnectionError: refused")
-    assert day.error.endswith("by peer") and "\x00" not in day.error
+    assert day.error.endswith("by peer")
+    assert "\x00" not in day.error
     day.error.encode("utf-8")
 
 
@@ -348,7 +353,8 @@ def test_a_probe_prediction_that_is_not_text_is_stored_safely(any_db):
         ((pair, _),) = Store(session).pairs(loop.opened_checkin)
     assert pair.prediction is not None
     pair.prediction.encode("utf-8")
-    assert "\x00" not in pair.prediction and "less far for pollen" in pair.prediction
+    assert "\x00" not in pair.prediction
+    assert "less far for pollen" in pair.prediction
 
 
 # ======================================================== 3. terminal escapes on screen
@@ -418,8 +424,10 @@ def test_record_search_strips_every_escape(escapes, as_json):
     cli, run_id = escapes
     result = cli("record", "search", run_id, "nectar", *(["--json"] if as_json else []))
     _assert_clean(result)
-    assert "Clear title" in result.stdout and "Nectar dances" in result.stdout
-    assert "pwned" not in result.stdout and "31m" not in result.stdout
+    assert "Clear title" in result.stdout
+    assert "Nectar dances" in result.stdout
+    assert "pwned" not in result.stdout
+    assert "31m" not in result.stdout
 
 
 def test_markdown_export_strips_every_escape(escapes):
@@ -466,7 +474,8 @@ def test_checkin_review_strips_every_escape(cli_factory, sqlite_url, tmp_path):
     listed = cli("checkin", "list", "--json")
     _assert_clean(listed)
     ((pair,),) = [c["pairs"] for c in json.loads(listed.stdout)]
-    assert pair["prediction"] == prediction and pair["question"].startswith("How far \x1b[2J")
+    assert pair["prediction"] == prediction
+    assert pair["question"].startswith("How far \x1b[2J")
     _assert_clean(cli("probe", "list", run_id, "--json"))
 
 
@@ -478,19 +487,23 @@ def test_printed_paths_and_names_are_not_markup(cli_factory, tmp_path, monkeypat
     url = str(folder / ":bee:[bold]x.db")
     cli = cli_factory(url)
     upgraded = cli("db", "upgrade")
-    assert upgraded.exit_code == 0 and url in upgraded.stderr, upgraded.output
+    assert upgraded.exit_code == 0, upgraded.output
+    assert url in upgraded.stderr, upgraded.output
     status = cli("db", "status")
-    assert status.exit_code == 0 and status.stdout.startswith(url), status.output
+    assert status.exit_code == 0, status.output
+    assert status.stdout.startswith(url), status.output
     spec = write_spec(
         tmp_path / "spec.toml", _SPEC_TOML + '\n[model]\nname = "openai:[/red] :bee:"\n'
     )
     run_id = cli("run", "create", str(spec), "--name", "[/] :smile:").stdout.strip()
     listed = cli("run", "list")
     assert listed.exit_code == 0, listed.output
-    assert "[/] :smile:" in listed.stdout and "openai:[/red] :bee:" in listed.stdout
+    assert "[/] :smile:" in listed.stdout
+    assert "openai:[/red] :bee:" in listed.stdout
     out = folder / "report.md"
     exported = cli("export", run_id, "-o", str(out))
-    assert exported.exit_code == 0 and str(out) in exported.stderr, exported.output
+    assert exported.exit_code == 0, exported.output
+    assert str(out) in exported.stderr, exported.output
 
 
 # ================================================================ 4. CLI fuzzing
@@ -628,7 +641,7 @@ FOUND_BY_FUZZING = [
 ]
 
 
-@pytest.mark.parametrize("argv,why", FOUND_BY_FUZZING, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize(("argv", "why"), FOUND_BY_FUZZING, ids=lambda v: repr(v)[:40])
 def test_command_lines_found_by_fuzzing(cli_factory, any_url, spec, tmp_path, argv, why):
     database = Database.open(any_url)
     run_id = make_run(database, spec)
@@ -642,14 +655,15 @@ def test_command_lines_found_by_fuzzing(cli_factory, any_url, spec, tmp_path, ar
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     last = result.stderr.strip().splitlines()[-1]
-    assert last.lower().startswith("error: ") and why in last, result.stderr
+    assert last.lower().startswith("error: "), result.stderr
+    assert why in last, result.stderr
     assert list(scratch.iterdir()) == []
     if sqlite:  # the main file; a pooled connection may still hold its WAL open
         assert file_state(sqlite)[""] == before
 
 
 @pytest.mark.parametrize(
-    "answers,why",
+    ("answers", "why"),
     [
         ('{"1": {"answer": "Far \\u0000 for sugar."}}', "holds a NUL"),
         ('{"1": {"answer": "Far \\ud800 for sugar."}}', "half a surrogate pair"),
@@ -674,9 +688,11 @@ def test_answers_that_cannot_be_stored_are_refused(cli_factory, any_url, tmp_pat
     else:
         path.write_text(answers, encoding="utf-8")
     result = cli("checkin", "decide", "1", "--approve", "--answers", str(path))
-    assert result.exit_code == 2 and why in one_line_error(result)
+    assert result.exit_code == 2
+    assert why in one_line_error(result)
     (pending,) = json.loads(cli("checkin", "list", "--pending", "--json").stdout)
-    assert pending["decision"] is None and pending["pairs"][0]["human_answer"] is None
+    assert pending["decision"] is None
+    assert pending["pairs"][0]["human_answer"] is None
 
 
 def check_outcome(result, argv: list[str]) -> None:
@@ -693,7 +709,8 @@ def check_outcome(result, argv: list[str]) -> None:
         if lines[-1] == "Aborted!":  # a prompt met the end of input
             return
         errors = [line for line in lines if line.startswith(("error: ", "Error: "))]
-        assert len(errors) == 1 and lines[-1] == errors[0], (where, result.stderr[-800:])
+        assert len(errors) == 1, (where, result.stderr[-800:])
+        assert lines[-1] == errors[0], (where, result.stderr[-800:])
 
 
 FUZZ_SPEC = """
@@ -744,7 +761,7 @@ def fuzz_world(tmp_path_factory) -> dict[str, Any]:
     assert cli("run", "step", stepped, "--days", "2").exit_code == 3  # at a check-in
     with dbmod.Database.open(str(template)).read() as session:
         (checkin,) = session.scalars(select(CheckIn)).all()
-        ((pair, probe),) = Store(session).pairs(checkin.id)
+        ((_pair, probe),) = Store(session).pairs(checkin.id)
     files = {
         "answers.json": json.dumps({str(probe.id): {"answer": "Far, for sugar.", "rating": 3}}),
         "answers-nul.json": json.dumps({str(probe.id): {"answer": "Far \u0000 for sugar."}}),
@@ -918,7 +935,8 @@ def test_a_damaged_database_is_refused_by_every_command_and_left_as_it_was(
         assert result.exit_code != 0, (command, result.output)
         if command == ("db", "check") and kind in ("random bytes", "truncated"):
             # Its job is to list what is wrong: one line each on stdout, exit 1.
-            assert result.exit_code == 1 and result.stdout.strip(), result.output
+            assert result.exit_code == 1, result.output
+            assert result.stdout.strip(), result.output
             assert "Traceback" not in result.output
             assert_untouched(path, before, command)
             continue
@@ -948,7 +966,8 @@ def test_serve_refuses_a_damaged_database(damaged, tmp_path):
         env={**os.environ, "LOOPSIM_MODEL": "openai:none"},
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().startswith("error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert "is not a readable loopsim database" in proc.stderr
     assert_untouched(path, before)
 
@@ -1041,7 +1060,8 @@ def test_an_api_key_is_never_written_logged_or_exported(
 
         by_cli = cli("run", "create", str(spec_path)).stdout.strip()
         first = cli("run", "step", by_cli, "--days", "3")
-        assert first.exit_code == 1 and "day 2 failed" in first.stderr  # the 401
+        assert first.exit_code == 1
+        assert "day 2 failed" in first.stderr
         assert cli("run", "step", by_cli, "--days", "2").exit_code == 0
 
         by_service = cli("run", "create", str(spec_path)).stdout.strip()
@@ -1075,7 +1095,8 @@ def test_an_api_key_is_never_written_logged_or_exported(
     # The key really went over the wire, and the 401 with it in its message came back.
     assert any(f"Bearer {KEY}".encode() in head for head in HEADS)
     failed = [d for d in days if d.status == DayStatus.FAILED]
-    assert len(failed) == 2 and all("Incorrect API key provided" in d.error for d in failed)
+    assert len(failed) == 2
+    assert all("Incorrect API key provided" in d.error for d in failed)
     assert statuses[by_service] == RunStatus.COMPLETED
 
     exported = tmp_path / "log.jsonl"
@@ -1089,7 +1110,8 @@ def test_an_api_key_is_never_written_logged_or_exported(
     captured = capsys.readouterr()
     logged = json_logs.getvalue()
     events = [json.loads(line)["event"] for line in logged.splitlines()]
-    assert "day.failed" in events and "model.retry" in events  # JSON logs, debug and up
+    assert "day.failed" in events
+    assert "model.retry" in events
     database_bytes = b"".join(
         p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("keys.db")
     )
@@ -1143,7 +1165,8 @@ def test_damage_to_any_one_page_is_one_line_and_leaves_the_file_as_it_was(
     # traceback (record search once raised on the full-text pages), and change nothing.
     valid, run_id = small_record
     original = valid.read_bytes()
-    assert len(original) % PAGE == 0 and len(original) // PAGE > 20
+    assert len(original) % PAGE == 0
+    assert len(original) // PAGE > 20
     path = tmp_path / "damaged.db"
     out = tmp_path / "out.md"
     cli = cli_factory(str(path))
@@ -1176,7 +1199,7 @@ def test_damage_to_any_one_page_is_one_line_and_leaves_the_file_as_it_was(
 
 
 @pytest.mark.parametrize(
-    "url,says",
+    ("url", "says"),
     [
         ("", "the database is empty"),
         ("   ", "the database is empty"),
@@ -1214,7 +1237,8 @@ def test_a_migration_that_fails_says_so_and_changes_nothing(tmp_path, spec):
     result = CliRunner().invoke(app, ["--db", str(path), "db", "upgrade"])
     assert result.exit_code == 1
     line = one_line_error(result)
-    assert "migrating" in line and "failed and changed nothing" in line
+    assert "migrating" in line
+    assert "failed and changed nothing" in line
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
@@ -1235,7 +1259,8 @@ def test_a_read_only_database_is_named_as_such(tmp_path):
     from sqlalchemy.exc import OperationalError
 
     mapped = translate(OperationalError("INSERT", {}, raised.value), "x.db")
-    assert mapped is not None and mapped.message == "x.db is read-only here; nothing was written"
+    assert mapped is not None
+    assert mapped.message == "x.db is read-only here; nothing was written"
 
 
 # ========================================================= 5c. where output goes
@@ -1250,7 +1275,8 @@ def test_export_to_a_place_it_cannot_write_is_one_line_and_leaves_nothing(
     folder.mkdir()
     result = cli("export", run_id, "-o", str(folder / ("a" * 300 + ".md")))
     assert result.exit_code == 1
-    assert "cannot write" in one_line_error(result) and "too long" in result.stderr
+    assert "cannot write" in one_line_error(result)
+    assert "too long" in result.stderr
     assert list(folder.iterdir()) == []
 
 
@@ -1266,7 +1292,8 @@ def test_export_writes_through_a_symlink_and_keeps_the_file_mode(
     link = tmp_path / "log.md"
     link.symlink_to(target)
     assert cli("export", run_id, "-o", str(link)).exit_code == 0
-    assert link.is_symlink() and target.read_text().startswith("# ")
+    assert link.is_symlink()
+    assert target.read_text().startswith("# ")
     assert oct(target.stat().st_mode & 0o777) == oct(0o640)
     fresh = tmp_path / "fresh.md"
     assert cli("export", run_id, "-o", str(fresh)).exit_code == 0
@@ -1299,7 +1326,8 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(small_record):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     assert proc.stdout.read(100)
     proc.stdout.close()
     err = proc.stderr.read().decode()

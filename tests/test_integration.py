@@ -18,18 +18,18 @@ from sqlalchemy import select
 
 pytest.importorskip("llama_cpp")
 
-from loopsim.chat.handle import build_chat  # noqa: E402
-from loopsim.config import Settings  # noqa: E402
-from loopsim.loop import Loop  # noqa: E402
-from loopsim.record.db import Database  # noqa: E402
-from loopsim.record.store import Store  # noqa: E402
-from loopsim.record.tables import CallRecord  # noqa: E402
-from loopsim.schemas import (  # noqa: E402
+from loopsim.chat.handle import build_chat
+from loopsim.config import Settings
+from loopsim.loop import Loop
+from loopsim.record.db import Database
+from loopsim.record.store import Store
+from loopsim.record.tables import CallRecord
+from loopsim.schemas import (
     DayStatus,
     RunStatus,
-    load_spec,  # noqa: E402
+    load_spec,
 )
-from tests.conftest import make_run  # noqa: E402
+from tests.conftest import make_run
 
 pytestmark = pytest.mark.integration
 MODEL = "llamacpp:gemma3-270m"
@@ -64,15 +64,20 @@ def test_two_real_days_on_the_embedded_model(database, spec):
         days = store.list_days(run_id)
         assert store.verify_chain(run_id).ok
         for day in days:
-            assert "gemma-3-270m" in day.model_version and "llama-cpp-python" in day.model_version
+            assert "gemma-3-270m" in day.model_version
+            assert "llama-cpp-python" in day.model_version
             # Without the persona and framing a first day is ~120 tokens; with them ~400.
             # A smaller count would mean the chat template dropped the system prompt.
-            assert day.tokens_in > 300 and day.tokens_out > 0 and day.raw_output
+            assert day.tokens_in > 300
+            assert day.tokens_out > 0
+            assert day.raw_output
             entries = store.list_entries(run_id, day_index=day.index)
             if day.status == DayStatus.COMMITTED:
-                assert entries and all(e.prompt_hash == day.prompt_hash for e, _, _ in entries)
+                assert entries
+                assert all(e.prompt_hash == day.prompt_hash for e, _, _ in entries)
             else:
-                assert entries == [] and day.error
+                assert entries == []
+                assert day.error
 
 
 def test_an_amplified_day_on_the_embedded_model(database, spec):
@@ -137,7 +142,8 @@ def test_demo_leaves_three_verified_original_days_and_a_report(tmp_path):
     assert info["days_committed"] == 3
     md = cli(db, "export", run_id, "--format", "md").stdout
     assert md == report.read_text()
-    assert md.count(": 2025-06-02") >= 3 and "### " in md
+    assert md.count(": 2025-06-02") >= 3
+    assert "### " in md
     database = Database.open(str(db))
     try:
         with database.read() as session:
@@ -219,7 +225,8 @@ def test_ctrl_c_finishes_the_day_in_flight_then_stops(tmp_path, spec):
             _out, err = proc.communicate(timeout=300)
             break
         proc.communicate()
-    assert "stopping after this day" in err and "Traceback" not in err
+    assert "stopping after this day" in err
+    assert "Traceback" not in err
     with database.read() as session:
         store = Store(session)
         days = store.list_days(run_id)
@@ -264,7 +271,8 @@ def test_serve_sigterm_abandons_an_embedded_generation_within_the_bound(tmp_path
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     took = time.monotonic() - began
-    assert proc.returncode == 0 and "Traceback" not in err
+    assert proc.returncode == 0
+    assert "Traceback" not in err
     assert took < 0.5 + 5, f"took {took:.1f} s"
     with database.read() as session:
         store = Store(session)

@@ -16,14 +16,14 @@ from sqlalchemy import select
 
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
 
-from loopsim.chat.handle import build_chat  # noqa: E402
-from loopsim.chat.llamacpp import resolve_gguf  # noqa: E402
-from loopsim.config import Settings  # noqa: E402
-from loopsim.record.store import Store  # noqa: E402
-from loopsim.record.tables import Day, Run  # noqa: E402
-from loopsim.schemas import DayStatus, RunStatus  # noqa: E402
-from loopsim.service.worker import Service, ServiceConfig  # noqa: E402
-from tests.conftest import make_run  # noqa: E402
+from loopsim.chat.handle import build_chat
+from loopsim.chat.llamacpp import resolve_gguf
+from loopsim.config import Settings
+from loopsim.record.store import Store
+from loopsim.record.tables import Day, Run
+from loopsim.schemas import DayStatus, RunStatus
+from loopsim.service.worker import Service, ServiceConfig
+from tests.conftest import make_run
 
 pytestmark = pytest.mark.integration
 
@@ -116,13 +116,19 @@ def test_the_service_runs_real_days_through_llama_cpp_server(database, spec, lla
         run = session.get(Run, run_id)
         entries = Store(session).list_entries(run_id)
         assert Store(session).verify_chain(run_id).ok
-    assert days and [d.index for d in days] == list(range(1, len(days) + 1))
+    assert days
+    assert [d.index for d in days] == list(range(1, len(days) + 1))
     for day in days:
-        assert day.worker == "w" and day.latency_ms > 0
-        assert day.tokens_in > 100 and day.tokens_out > 0  # the server's own usage counts
+        assert day.worker == "w"
+        assert day.latency_ms > 0
+        assert day.tokens_in > 100
+        assert day.tokens_out > 0
         assert day.model_version.startswith("gemma")  # as the server names its model
         assert not (day.error or "").startswith("model "), day.error  # no endpoint failure
     if run.status == RunStatus.COMPLETED:
-        assert days[-1].status == DayStatus.COMMITTED and entries
+        assert days[-1].status == DayStatus.COMMITTED
+        assert entries
     else:
-        assert run.status == RunStatus.FAILED and len(days) == 2 and not entries
+        assert run.status == RunStatus.FAILED
+        assert len(days) == 2
+        assert not entries

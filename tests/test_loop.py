@@ -53,8 +53,10 @@ def test_days_commit_in_order_with_their_entries(any_db, spec):
     days = days_of(any_db, run_id)
     assert [d.index for d in days] == [1, 2, 3]
     assert all(d.external_date.isoformat() == "2025-06-02" for d in days)
-    assert days[0].model_id == "scripted:test" and days[0].model_version == "scripted-1"
-    assert days[0].tokens_in > 0 and days[0].tokens_out > 0
+    assert days[0].model_id == "scripted:test"
+    assert days[0].model_version == "scripted-1"
+    assert days[0].tokens_in > 0
+    assert days[0].tokens_out > 0
     with any_db.read() as session:
         store = Store(session)
         assert store.verify_chain(run_id).checked == 6
@@ -68,7 +70,8 @@ def test_each_day_sees_what_earlier_days_wrote(database, spec):
     loop.run_days(run_id, 2)
     first, second = (call[-1].text for call in model.calls)
     assert "this is the first day" in first
-    assert "Observations for 2025-06-02" in second and "first day" not in second
+    assert "Observations for 2025-06-02" in second
+    assert "first day" not in second
 
 
 def test_equal_records_give_byte_equal_prompts_in_or_out_of_one_process(database, spec):
@@ -94,7 +97,8 @@ def test_invalid_reply_is_retried_with_the_error_fed_back(database, spec):
     assert result.status == DayStatus.COMMITTED
     assert days_of(database, run_id)[0].attempts == 3
     retry_prompt = model.calls[1][-1].text
-    assert "not valid" in retry_prompt and "Invalid JSON" in retry_prompt
+    assert "not valid" in retry_prompt
+    assert "Invalid JSON" in retry_prompt
     assert "digits" in model.calls[2][-1].text
     assert model.calls[1][0].text == model.calls[0][0].text  # same system prompt
 
@@ -103,9 +107,11 @@ def test_still_invalid_records_a_failed_day_and_fails_the_run_after_n(database, 
     run_id = make_run(database, spec)
     loop, model = loop_for(database, ['{"entries": []}'])
     (result,) = loop.run_days(run_id, 3)
-    assert result.status == DayStatus.FAILED and len(model.calls) == 3
+    assert result.status == DayStatus.FAILED
+    assert len(model.calls) == 3
     (day,) = days_of(database, run_id)
-    assert day.status == DayStatus.FAILED and day.raw_output == '{"entries": []}'
+    assert day.status == DayStatus.FAILED
+    assert day.raw_output == '{"entries": []}'
     assert "at least 1 item" in day.error
     with database.read() as session:
         store = Store(session)
@@ -128,7 +134,8 @@ def test_oversized_reply_fails_the_day_without_retrying(database, spec):
     huge = report_json(("note", "Long", "word " * 5000))
     loop, model = loop_for(database, [huge], max_output_chars=1000)
     (result,) = loop.run_days(run_id, 1)
-    assert result.status == DayStatus.FAILED and "over the cap of 1000" in result.error
+    assert result.status == DayStatus.FAILED
+    assert "over the cap of 1000" in result.error
     assert len(model.calls) == 1
     assert len(days_of(database, run_id)[0].raw_output) == 1000
 
@@ -165,7 +172,9 @@ def test_dead_endpoint_records_a_failed_day_with_no_entries(database, spec):
     assert result.status == DayStatus.FAILED
     assert result.error == "model scripted:test failed: ConnectionError: connection refused"
     (day,) = days_of(database, run_id)
-    assert day.status == DayStatus.FAILED and day.raw_output == "" and day.worker == "cli"
+    assert day.status == DayStatus.FAILED
+    assert day.raw_output == ""
+    assert day.worker == "cli"
     with database.read() as session:
         assert Store(session).list_entries(run_id) == []
 
@@ -199,7 +208,8 @@ def test_should_stop_stops_at_a_day_boundary(database, spec):
     loop, _ = loop_for(database)
     seen = []
     results = loop.run_days(run_id, 5, on_day=seen.append, should_stop=lambda: len(seen) >= 2)
-    assert len(results) == 2 and [d.index for d in days_of(database, run_id)] == [1, 2]
+    assert len(results) == 2
+    assert [d.index for d in days_of(database, run_id)] == [1, 2]
 
 
 def test_a_reply_that_copies_the_instructions_is_retried_with_the_reason(database, spec):
@@ -218,7 +228,8 @@ def test_a_reply_that_copies_the_instructions_is_retried_with_the_reason(databas
     with database.read() as session:
         (day,) = Store(session).list_days(run_id)
         entries = [e for e, _, _ in Store(session).list_entries(run_id)]
-    assert day.attempts == 2 and [e.title for e in entries] == ["Dance floor survey"]
+    assert day.attempts == 2
+    assert [e.title for e in entries] == ["Dance floor survey"]
 
 
 def test_a_day_that_only_copies_fails_and_writes_nothing(database, spec):
@@ -228,7 +239,8 @@ def test_a_day_that_only_copies_fails_and_writes_nothing(database, spec):
     run_id = make_run(database, spec, model="openai:some-model")
     loop, _ = loop_for(database, [copy])
     (result,) = loop.run_days(run_id, 1)
-    assert result.status == DayStatus.FAILED and "copies the instructions" in result.error
+    assert result.status == DayStatus.FAILED
+    assert "copies the instructions" in result.error
     with database.read() as session:
         assert Store(session).list_entries(run_id) == []
 
@@ -244,7 +256,8 @@ def test_the_embedded_path_prompt_has_no_example_and_stays_byte_equal(database, 
     for run_id in (*embedded, hosted):
         loop.run_days(run_id, 1)
     first, second, shown = (call[0].text for call in model.calls)
-    assert EXAMPLE_ENTRY["title"] not in first and "For example" not in first
+    assert EXAMPLE_ENTRY["title"] not in first
+    assert "For example" not in first
     assert first == second
     assert EXAMPLE_ENTRY["title"] in shown
     with database.read() as session:
@@ -268,13 +281,18 @@ def test_a_day_whose_endpoint_dies_on_a_retry_keeps_what_it_cost(database, spec)
     script = ['{"entries": []}', ConnectionError("connection reset by peer")]
     factory, _ = scripted_factory(script, delay=0.05)
     (result,) = Loop(database, Settings(), factory).run_days(run_id, 1)
-    assert result.status == DayStatus.FAILED and "connection reset" in result.error
+    assert result.status == DayStatus.FAILED
+    assert "connection reset" in result.error
     (day,) = days_of(database, run_id)
-    assert day.attempts == 2 and day.raw_output == '{"entries": []}'
-    assert day.latency_ms >= 100 and result.latency_ms == day.latency_ms
+    assert day.attempts == 2
+    assert day.raw_output == '{"entries": []}'
+    assert day.latency_ms >= 100
+    assert result.latency_ms == day.latency_ms
     (first, second) = calls_of(database, run_id, 1)
-    assert first[:4] == (0, "day", 1, False) and "at least 1 item" in first[5]
-    assert second[:5] == (0, "day", 2, False, "") and "connection reset" in second[5]
+    assert first[:4] == (0, "day", 1, False)
+    assert "at least 1 item" in first[5]
+    assert second[:5] == (0, "day", 2, False, "")
+    assert "connection reset" in second[5]
     assert first[6] + second[6] == day.latency_ms
 
 
@@ -282,9 +300,11 @@ def test_a_day_that_never_validates_records_every_attempt_and_its_time(database,
     run_id = make_run(database, spec)
     factory, model = scripted_factory(['{"entries": []}'], delay=0.05)
     (result,) = Loop(database, Settings(max_retries=2), factory).run_days(run_id, 1)
-    assert result.status == DayStatus.FAILED and len(model.calls) == 3
+    assert result.status == DayStatus.FAILED
+    assert len(model.calls) == 3
     (day,) = days_of(database, run_id)
-    assert day.attempts == 3 and day.latency_ms >= 150
+    assert day.attempts == 3
+    assert day.latency_ms >= 150
     assert sum(c[6] for c in calls_of(database, run_id, 1)) == day.latency_ms
 
 
@@ -301,6 +321,7 @@ def test_attempts_count_the_requests_an_endpoint_retry_took(database, spec):
     (result,) = Loop(database, Settings(), factory).run_days(run_id, 1)
     assert result.status == DayStatus.COMMITTED
     (day,) = days_of(database, run_id)
-    assert day.attempts == 3 and day.latency_ms >= 75  # two backoff waits of 25 ms or more
+    assert day.attempts == 3
+    assert day.latency_ms >= 75
     ((task, role, attempt, accepted, _, _, latency),) = calls_of(database, run_id, 1)
     assert (task, role, attempt, accepted, latency) == (0, "day", 1, True, day.latency_ms)

@@ -108,7 +108,8 @@ def test_a_database_one_migration_behind_is_refused_then_upgraded_with_data(sqli
     assert "0001" in str(info.value)
     result = dbmod.upgrade(sqlite_url)
     assert (result.before, result.after) == ("0001", dbmod.head_revision())
-    assert result.backup is not None and result.backup.exists()
+    assert result.backup is not None
+    assert result.backup.exists()
     backup_rev = (
         sqlite3.connect(result.backup)
         .execute("SELECT version_num FROM alembic_version")
@@ -128,7 +129,7 @@ def test_missing_database_is_named_and_not_created(tmp_path):
     assert not path.exists()
     # In a folder that is not there, `db upgrade` would fail too: name the folder instead.
     nested = tmp_path / "no" / "such" / "x.db"
-    with pytest.raises(DatabaseMissing, match="folder .*such does not exist") as raised:
+    with pytest.raises(DatabaseMissing, match=r"folder .*such does not exist") as raised:
         dbmod.Database.open(str(nested))
     assert "db upgrade" not in raised.value.message
     assert not (tmp_path / "no").exists()

@@ -64,8 +64,18 @@ def test_the_demo_next_line_works_as_printed(tmp_path):
     with StubOpenAI() as stub:
         env["LOOPSIM_MODEL_BASE_URL"] = stub.base_url
         demo = subprocess.run(
-            [sys.executable, "-m", "loopsim", "--db", str(database), "demo", "--days", "2"]
-            + ["--report", str(tmp_path / "demo-report.md")],
+            [
+                sys.executable,
+                "-m",
+                "loopsim",
+                "--db",
+                str(database),
+                "demo",
+                "--days",
+                "2",
+                "--report",
+                str(tmp_path / "demo-report.md"),
+            ],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -77,4 +87,5 @@ def test_the_demo_next_line_works_as_printed(tmp_path):
     command = shlex.split(line.removeprefix("next: "))
     shown = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, (line, shown.stderr)
-    assert "day 1" in shown.stdout and "day 2" in shown.stdout
+    assert "day 1" in shown.stdout
+    assert "day 2" in shown.stdout

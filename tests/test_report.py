@@ -288,7 +288,8 @@ def test_hostile_text_never_becomes_markup(seeded):
     assert [t for t, _ in dom.tags].count("title") == 2 + 6  # page, chart, 6 points
     for tag, attrs in dom.tags:
         assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
-        assert "srcdoc" not in attrs and "src" not in attrs
+        assert "srcdoc" not in attrs
+        assert "src" not in attrs
         if "href" in attrs:
             assert attrs["href"].startswith("#"), attrs
     for hostile in PAYLOADS:
@@ -297,8 +298,10 @@ def test_hostile_text_never_becomes_markup(seeded):
     visible = dom.root.all_text()
     for hostile in PAYLOADS:
         assert hostile in visible
-    assert "\x1b" not in page and "\x07" not in page
-    assert "red" in visible and "and a bell stay out" in visible
+    assert "\x1b" not in page
+    assert "\x07" not in page
+    assert "red" in visible
+    assert "and a bell stay out" in visible
 
 
 def test_the_page_is_self_contained_with_a_strict_policy(seeded):
@@ -317,8 +320,11 @@ def test_the_page_is_self_contained_with_a_strict_policy(seeded):
     assert set(urls) == {"http://www.w3.org"}, urls  # only the SVG namespace name
     assert not {"script", "link", "img", "iframe", "object", "embed"} & {t for t, _ in dom.tags}
     css = dom.root.find("style")[0].all_text()
-    assert "overflow-wrap: anywhere" in css and "@media print" in css
-    assert "break-inside: avoid" in css and "url(" not in css and "@import" not in css
+    assert "overflow-wrap: anywhere" in css
+    assert "@media print" in css
+    assert "break-inside: avoid" in css
+    assert "url(" not in css
+    assert "@import" not in css
 
 
 def test_header_shows_the_run_and_its_verified_chain(seeded):
@@ -332,8 +338,11 @@ def test_header_shows_the_run_and_its_verified_chain(seeded):
     words = " ".join(chain.all_text().split())
     assert f"Hash chain verified: {result.checked} entries, head {result.head[:16]}" in words
     header = " ".join(dom.root.find("header")[0].all_text().split())
-    assert run_id in header and "awaiting_checkin" in header and "scripted:test" in header
-    assert "Hostile " + payload(6) in header and "Dr. " + payload(0) in header
+    assert run_id in header
+    assert "awaiting_checkin" in header
+    assert "scripted:test" in header
+    assert "Hostile " + payload(6) in header
+    assert "Dr. " + payload(0) in header
     assert payload(2) in dom.root.by_id("charter").all_text()
 
 
@@ -345,7 +354,8 @@ def test_a_broken_chain_is_named_in_the_header(seeded):
     chain = dom.root.by_id("chain")
     words = " ".join(chain.all_text().split())
     assert "chain-broken" in chain.classes
-    assert "Hash chain broken at day 2, seq 7" in words and "edited after commit" in words
+    assert "Hash chain broken at day 2, seq 7" in words
+    assert "edited after commit" in words
     assert "The 6 entries before it verify" in words
 
 
@@ -361,7 +371,8 @@ def test_every_day_has_a_section_and_a_timeline_row(seeded):
         date = (START + dt.timedelta(days=index - 1)).isoformat()
         assert date in row.all_text()
     failed = " ".join(rows[FAILED_DAY - 1].all_text().split())
-    assert "failed" in failed and "reply failed validation: " + payload(FAILED_DAY) in failed
+    assert "failed" in failed
+    assert "reply failed validation: " + payload(FAILED_DAY) in failed
     section = dom.root.by_id(f"day-{FAILED_DAY}")
     assert LONG_WORD in section.all_text()  # the whole error, beyond the timeline's preview
 
@@ -380,7 +391,8 @@ def test_reverted_days_are_struck_through_and_say_so(seeded):
             assert ("reverted" in heading) is struck
             titles = section.find(tag="span", **{"class": "title"})
             if struck and not include:
-                assert not titles and "left out" in section.all_text()
+                assert not titles
+                assert "left out" in section.all_text()
             elif index != FAILED_DAY:
                 assert f"Question {index}" in [t.all_text() for t in titles]
     css = dom.root.find("style")[0].all_text()
@@ -401,8 +413,10 @@ def test_entries_group_by_kind_and_replies_nest_under_their_parent(seeded):
     question = by_title["Question 2"]
     answer_items = [a for a in answer.ancestors() if a.tag == "li"]
     # answer's <li> sits in sub-question's <li>, which sits in the question's <li>
-    assert answer_items[1] is sub.parent and answer_items[2] is question.parent
-    assert "kind-subquestion" in sub.classes and "kind-answer" in answer.classes
+    assert answer_items[1] is sub.parent
+    assert answer_items[2] is question.parent
+    assert "kind-subquestion" in sub.classes
+    assert "kind-answer" in answer.classes
 
 
 def test_deep_reply_chains_are_drawn_at_a_bounded_depth(database):
@@ -437,14 +451,16 @@ def test_checkins_show_decisions_notes_scores_and_blind_pairs(seeded):
     heads = [" ".join(c.find("h3")[0].all_text().split()) for c in cards]
     decisions = ["approve", "amend", "reject", "approve", "approve", "approve", "pending"]
     assert [h.split()[2] for h in heads] == decisions
-    assert all("drift" in h for h in heads[:6]) and "drift" not in heads[6]
+    assert all("drift" in h for h in heads[:6])
+    assert "drift" not in heads[6]
     assert "days 7–9" in " ".join(cards[2].all_text().split())
     amend = cards[1].all_text()
     assert "Count marked foragers only. " + payload(5) in amend
     assert "Dance length " + payload(1) in amend  # the human's answer
     assert "rating 3/5" in " ".join(amend.split())
     pending = " ".join(cards[6].all_text().split())
-    assert "opened by hand" in pending and "not answered yet" in pending
+    assert "opened by hand" in pending
+    assert "not answered yet" in pending
     assert SHOWN in pending  # answered blind, so its prediction may be shown
     assert SECRET not in page  # never before the human's blind answer
     assert HIDDEN in pending
@@ -466,8 +482,10 @@ def test_drift_chart_plots_every_score_with_labelled_thresholds(seeded):
     }
     assert set(lines) == {"warn", "alarm"}
     labels = [t.all_text() for t in chart.find("text")]
-    assert f"warn {WARN:.2f}" in labels and f"alarm {ALARM:.2f}" in labels
-    assert "drift score" in labels and "last day covered by the check-in" in labels
+    assert f"warn {WARN:.2f}" in labels
+    assert f"alarm {ALARM:.2f}" in labels
+    assert "drift score" in labels
+    assert "last day covered by the check-in" in labels
     # The y axis runs 0 (bottom) to 1 (top): alarm above warn, each where it belongs.
     y = {name: float(line.attrs["y1"]) for name, line in lines.items()}
     ys = [float(g.attrs["y1"]) for g in chart.find("line") if "grid" in g.classes]
@@ -494,7 +512,8 @@ def test_no_scores_gives_an_empty_state_not_a_chart(database):
     dom = Dom(render(database, run_id))
     assert not dom.root.find("svg")
     empty = dom.root.by_id("drift-chart-empty")
-    assert "No drift scores yet" in empty.all_text() and "warn 0.30, alarm 0.60" in empty.all_text()
+    assert "No drift scores yet" in empty.all_text()
+    assert "warn 0.30, alarm 0.60" in empty.all_text()
     assert "No check-ins yet" in dom.root.by_id("checkins").all_text()
     assert payload(0) in dom.root.by_id("outside").all_text()
 
@@ -509,15 +528,18 @@ def test_cli_writes_the_report_atomically_and_to_stdout(seeded, cli_factory, sql
     assert written.exit_code == 0, written.output
     assert [p.name for p in out.iterdir()] == ["report.html"]  # no temporary file left
     page = target.read_text(encoding="utf-8")
-    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert page.startswith("<!doctype html>")
+    assert page.rstrip().endswith("</html>")
     printed = cli("export", run_id, "--format", "html", "-o", "-")
     assert printed.exit_code == 0
     assert printed.stdout == page == render(database, run_id)
     assert cli("export", run_id, "-f", "html").stdout == page
     both = cli("export", run_id, "-f", "html", "--include-reverted")
-    assert "Question 8" in both.stdout and "Question 8" not in page
+    assert "Question 8" in both.stdout
+    assert "Question 8" not in page
     missing = cli("export", run_id, "-f", "html", "-o", str(tmp_path / "nope" / "r.html"))
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.output
 
 
 def test_report_of_the_seeded_run_stays_small(seeded):
@@ -551,9 +573,11 @@ def test_an_amplified_day_draws_its_trees_scores_flags_and_digests(database):
         assert articles[seq].parent.parent.parent is parent_item, (entry.kind, seq)
         nested += 1
     kinds = {e.kind for e in rows.values() if e.parent_id is not None}
-    assert nested >= 10 and {"subquestion", "answer", "critique"} <= kinds
+    assert nested >= 10
+    assert {"subquestion", "answer", "critique"} <= kinds
     flagged = {s for s, a in articles.items() if "flagged" in a.classes}
-    assert flagged == {s for s, e in rows.items() if e.flagged} and len(flagged) == 3  # 1 a day
+    assert flagged == {s for s, e in rows.items() if e.flagged}
+    assert len(flagged) == 3
     assert all("flagged" in articles[s].all_text() for s in flagged)
     critique = next(s for s, e in rows.items() if e.kind == "critique")
     assert f"score {rows[critique].score}/10" in articles[critique].all_text()

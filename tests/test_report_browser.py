@@ -272,10 +272,12 @@ def test_report_renders_inert_and_offline_in_chromium(browser, database, tmp_pat
     page = browser.evaluate(PROBE)
     assert page["title"] == f"{name} · loopsim report"
     assert page["days"] == [f"day-{i}" for i in range(1, DAYS + 1)]
-    assert page["chart"] > 300 and page["points"] == 6
+    assert page["chart"] > 300
+    assert page["points"] == 6
     assert sorted(t.split(":")[0] for t in page["thresholds"]) == ["alarm", "warn"]
     assert all(float(t.split(":")[1]) > 100 for t in page["thresholds"])  # drawn across
-    assert "warn 0.30" in page["labels"] and "alarm 0.60" in page["labels"]
+    assert "warn 0.30" in page["labels"]
+    assert "alarm 0.60" in page["labels"]
     assert page["checkins"] == 7
     assert page["struck"] == "line-through"
     assert (page["active"], page["handlers"], page["links"], page["svgs"]) == (0, 0, [], 1)
@@ -314,5 +316,5 @@ def test_report_renders_inert_and_offline_in_chromium(browser, database, tmp_pat
     assert bare["xss"] == "undefined"
     assert (bare["active"], bare["handlers"], bare["links"]) == (0, 0, [])
     assert _complaints(browser.events[mark:]) == []
-    for shot in shots:
-        print(f"screenshot: {shot}")
+    for _shot in shots:
+        pass

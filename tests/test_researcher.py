@@ -27,7 +27,8 @@ def prompt_for(database, spec, run_id, date=DATE):
 def test_prompt_holds_persona_framing_view_and_date_last(database, spec):
     prompt = prompt_for(database, spec, make_run(database, spec))
     system, user = prompt.as_dicts()
-    assert system["role"] == "system" and "You are Dr. Test Person." in system["content"]
+    assert system["role"] == "system"
+    assert "You are Dr. Test Person." in system["content"]
     assert "no memory of earlier days" in system["content"]
     assert user["content"].endswith("Today's date is 2025-06-02. Write today's work.")
     assert "2025-06-02" not in system["content"]
@@ -42,12 +43,13 @@ def test_prompt_never_mentions_checks_or_their_schedule(database, spec):
 def test_two_runs_with_equal_records_get_byte_equal_prompts(database, spec):
     first = prompt_for(database, spec, make_run(database, spec))
     second = prompt_for(database, spec, make_run(database, spec))
-    assert first.as_dicts() == second.as_dicts() and first.hash == second.hash
+    assert first.as_dicts() == second.as_dicts()
+    assert first.hash == second.hash
     moved = prompt_for(database, spec, make_run(database, spec), DATE + dt.timedelta(days=1))
     assert moved.hash != first.hash
 
 
-@pytest.mark.parametrize("subquestions,ideas", [(0, 0), (2, 0), (0, 2), (2, 2)])
+@pytest.mark.parametrize(("subquestions", "ideas"), [(0, 0), (2, 0), (0, 2), (2, 2)])
 def test_the_example_is_a_valid_reply_that_uses_what_the_day_may_pose(
     database, spec, subquestions, ideas
 ):
@@ -68,12 +70,13 @@ def test_the_example_is_a_valid_reply_that_uses_what_the_day_may_pose(
 
 def test_grammar_schema_is_tighter_than_validation():
     schema = json.dumps(grammar_schema())
-    assert '"maxLength": 1500' not in schema and '"maxLength": 320' in schema
+    assert '"maxLength": 1500' not in schema
+    assert '"maxLength": 320' in schema
     assert '"maxItems": 3' in schema
 
 
 @pytest.mark.parametrize(
-    "text,why",
+    ("text", "why"),
     [
         ("1234567890 1234567890 12345", "digits"),
         ("aaaaaaaaaaaaaaaaaaaaaa", "repeats one character"),
@@ -146,12 +149,14 @@ def test_grammar_constrained_prompts_show_the_shape_and_no_example(database, spe
             spec.persona, view, DATE, subquestions=subquestions, ideas=ideas, example=False
         )
         system = bare.as_dicts()[0]["content"]
-        assert EXAMPLE_ENTRY["title"] not in system and "For example" not in system
+        assert EXAMPLE_ENTRY["title"] not in system
+        assert "For example" not in system
         assert '{"entries": [{"kind": ..., "title": ..., "body": ...}]}' in system
         again = build_prompt(
             spec.persona, view, DATE, subquestions=subquestions, ideas=ideas, example=False
         )
-        assert again.as_dicts() == bare.as_dicts() and again.hash == bare.hash
+        assert again.as_dicts() == bare.as_dicts()
+        assert again.hash == bare.hash
 
 
 def _fixed_view(spec):

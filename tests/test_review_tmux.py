@@ -51,14 +51,16 @@ def test_review_in_a_terminal_is_blind(sqlite_url):
     tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", command + "; sleep 5")
     try:
         screen = wait_for(session, "your answer")
-        assert BEES not in screen and "predicted" not in screen
+        assert BEES not in screen
+        assert "predicted" not in screen
         with sqlite3.connect(sqlite_url) as conn:
             assert conn.execute("SELECT answered_at FROM probe_pairs").fetchone() == (None,)
         tmux("send-keys", "-t", session, "Dances encode distance.", "Enter")
         screen = wait_for(session, "the simulation predicted")
         with sqlite3.connect(sqlite_url) as conn:
             answered = conn.execute("SELECT human_answer, answered_at FROM probe_pairs").fetchone()
-        assert answered[0] == "Dances encode distance." and answered[1] is not None
+        assert answered[0] == "Dances encode distance."
+        assert answered[1] is not None
         assert screen.index("saved.") < screen.index("the simulation predicted")
         tmux("send-keys", "-t", session, "2", "Enter")
         wait_for(session, "decision")
@@ -117,25 +119,32 @@ def test_an_interrupted_review_resumes_where_it_stopped(sqlite_url):
         wait_count(first, "your answer", 2)
         tmux("send-keys", "-t", first, "C-c")
         screen = wait_for(first, "exit=")
-        assert resume in screen and "exit=130" in screen and "Traceback" not in screen
+        assert resume in screen
+        assert "exit=130" in screen
+        assert "Traceback" not in screen
         assert pairs_now(sqlite_url) == [("First view.", 4), (None, None)]
 
         # 2. Resumed: probe 1 is shown as stored, not asked; answer probe 2, then Ctrl-D.
         second = review()
         screen = wait_for(second, "your answer")
-        assert "your stored answer: First view." in screen and "your stored rating: 4" in screen
-        assert screen.count("agreement, 1") == 0 and screen.count("your answer (") == 1
+        assert "your stored answer: First view." in screen
+        assert "your stored rating: 4" in screen
+        assert screen.count("agreement, 1") == 0
+        assert screen.count("your answer (") == 1
         tmux("send-keys", "-t", second, "Second view.", "Enter")
         wait_for(second, "agreement, 1")
         tmux("send-keys", "-t", second, "C-d")
         screen = wait_for(second, "exit=")
-        assert resume in screen and "exit=1" in screen and "Traceback" not in screen
+        assert resume in screen
+        assert "exit=1" in screen
+        assert "Traceback" not in screen
         assert pairs_now(sqlite_url) == [("First view.", 4), ("Second view.", None)]
 
         # 3. Resumed at probe 2's rating: both answers shown, one rating asked; decide.
         third = review()
         screen = wait_for(third, "agreement, 1")
-        assert "your stored answer: Second view." in screen and "your answer (" not in screen
+        assert "your stored answer: Second view." in screen
+        assert "your answer (" not in screen
         assert screen.index("your stored answer: Second view.") < screen.index(
             BEES, screen.index("probe 2 of 2")
         )
@@ -147,7 +156,8 @@ def test_an_interrupted_review_resumes_where_it_stopped(sqlite_url):
         wait_for(third, "not decided; choose again.")
         tmux("send-keys", "-t", third, "approve", "Enter")
         screen = wait_for(third, "exit=")
-        assert f"check-in {checkin_id}: approve" in screen and "exit=0" in screen
+        assert f"check-in {checkin_id}: approve" in screen
+        assert "exit=0" in screen
     finally:
         for session in sessions:
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

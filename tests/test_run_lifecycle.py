@@ -44,7 +44,7 @@ def cli(cli_factory, sqlite_url):
 
 
 @pytest.mark.parametrize(
-    "model,said",
+    ("model", "said"),
     [
         ("notaprovider:foo", "unknown provider 'notaprovider'"),
         ("llamacpp:gemma9-999b", "neither a model loopsim ships (llamacpp:gemma3-270m)"),
@@ -59,11 +59,12 @@ def test_run_create_refuses_a_model_id_no_provider_could_build(
     result = cli("run", "create", str(spec))
     assert result.exit_code == 2
     line = one_line_error(result)
-    assert said in line and f"[model] name '{model}'" in line
+    assert said in line
+    assert f"[model] name '{model}'" in line
     assert digest(Path(sqlite_url)) == before
 
 
-def test_run_create_names_LOOPSIM_MODEL_when_the_setting_is_wrong(  # noqa: N802
+def test_run_create_names_LOOPSIM_MODEL_when_the_setting_is_wrong(
     cli_factory, sqlite_url, tmp_path
 ):
     factory, _ = scripted_factory()
@@ -130,7 +131,8 @@ def test_run_delete_refuses_committed_days_without_force_and_changes_nothing(
     result = cli("run", "delete", doomed)
     assert result.exit_code == 1
     line = one_line_error(result)
-    assert "has 2 committed days" in line and f"loopsim run delete {doomed} --force" in line
+    assert "has 2 committed days" in line
+    assert f"loopsim run delete {doomed} --force" in line
     assert digest(Path(sqlite_url)) == before
 
 
@@ -147,7 +149,8 @@ def test_run_delete_force_removes_only_that_runs_rows_and_the_other_still_verifi
     assert not any(_counts(sqlite_url, doomed).values())
     assert _counts(sqlite_url, kept) == kept_before
     verified = cli("record", "verify", kept)
-    assert verified.exit_code == 0 and "4 entries" in verified.stdout
+    assert verified.exit_code == 0
+    assert "4 entries" in verified.stdout
     assert cli("db", "check").exit_code == 0
     # The full-text index forgot the deleted rows and still finds the kept run's.
     with sqlite3.connect(sqlite_url) as conn:
@@ -157,7 +160,8 @@ def test_run_delete_force_removes_only_that_runs_rows_and_the_other_still_verifi
     assert len(found) == 2
     assert [r["id"] for r in json.loads(cli("run", "list", "--json").stdout)] == [kept]
     gone = cli("run", "show", doomed)
-    assert gone.exit_code == 1 and f"no run '{doomed}'" in one_line_error(gone)
+    assert gone.exit_code == 1
+    assert f"no run '{doomed}'" in one_line_error(gone)
 
 
 def test_run_delete_of_a_run_with_no_days_needs_no_force(cli, tmp_path):
@@ -186,5 +190,6 @@ def test_store_delete_run_on_every_backend_leaves_the_other_run_whole(any_db, sp
         store = Store(session)
         assert [r.id for r in store.list_runs()] == [kept]
         result = store.verify_chain(kept)
-        assert result.ok and result.checked == 4
+        assert result.ok
+        assert result.checked == 4
         assert len(store.search(kept, "observations")) == 2

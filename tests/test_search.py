@@ -106,10 +106,12 @@ def test_hits_are_ranked_and_shown_with_day_date_kind_and_seq(cli, database, spe
         heads.index("day 1  2025-06-02  note  #1  Morning at the hive")
     )
     assert "day -  2025-06-04  correction  #4  Mind the nectar" in heads
-    assert len(heads) == 3 and not any("Tomorrow" in line for line in lines)
+    assert len(heads) == 3
+    assert not any("Tomorrow" in line for line in lines)
     # Each hit is followed by an indented snippet of its body.
     after = lines[lines.index("day 1  2025-06-02  note  #1  Morning at the hive") + 1]
-    assert after.startswith("    ") and "pollen rather than carrying **nectar**." in after
+    assert after.startswith("    ")
+    assert "pollen rather than carrying **nectar**." in after
 
 
 def test_reverted_days_are_searched_and_marked(cli, database, spec):
@@ -159,8 +161,10 @@ def test_entries_of_another_run_are_never_returned(cli, database, spec):
     assert [(h["seq"], h["title"]) for h in hits(cli, mine, "lavender")] == [(1, "Lavender")]
     assert len(hits(cli, other, "lavender")) == 5
     result = search(cli, mine, "thyme")
-    assert result.exit_code == 0 and result.stdout == ""
-    assert "no matches" in result.stderr and "thyme" in result.stderr
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "no matches" in result.stderr
+    assert "thyme" in result.stderr
     assert hits(cli, mine, "thyme") == []
 
 
@@ -175,7 +179,8 @@ def test_runs_written_in_turn_into_one_database_stay_apart(cli, database, spec):
                 add_day(Store(session), run_id, index, items, date=JUNE_2)
     assert len(hits(cli, a, "lavender", "--limit", "50")) == 12
     assert len(hits(cli, b, "thyme", "--limit", "50")) == 12
-    assert hits(cli, a, "thyme") == [] and hits(cli, b, "lavender") == []
+    assert hits(cli, a, "thyme") == []
+    assert hits(cli, b, "lavender") == []
 
 
 def test_json_has_the_documented_fields(cli, database, spec):
@@ -223,10 +228,12 @@ def test_a_long_query_says_what_it_searched_and_echoes_it_short(cli, database, s
     result = search(cli, run_id, " ".join([*words, "beeswax"]))
     # Only the first 24 words are searched (beeswax is the 31st): say so, not just "none".
     assert "searching the first 24 of the query's 31 words" in result.stderr
-    assert "no matches for" in result.stderr and result.exit_code == 0
+    assert "no matches for" in result.stderr
+    assert result.exit_code == 0
     huge = search(cli, run_id, "z" * 100_000)
     (line,) = huge.stderr.strip().splitlines()
-    assert line.startswith("no matches for " + "z" * 39 + "…") and len(line) < 300
+    assert line.startswith("no matches for " + "z" * 39 + "…")
+    assert len(line) < 300
 
 
 @pytest.mark.parametrize(
@@ -263,14 +270,16 @@ def test_terminal_escapes_in_entries_never_reach_the_output(cli, database, spec)
         raw = result.stdout_bytes + result.stderr_bytes
         for bad in ("\x1b", "\x07", "\x08", "\x7f", "\x9b", "\x9c", "\x9d", "\x90"):
             assert bad.encode() not in raw, bad
-        assert b"\\u001b" not in raw and b"\\u0007" not in raw
+        assert b"\\u001b" not in raw
+        assert b"\\u0007" not in raw
     assert (
         "The waggle dance encodes distance and direction to the **pollen** source." in text.stdout
     )
     assert "evil.example" not in text.stdout
     (hit,) = json.loads(as_json.stdout)
     assert hit["title"] == "Dances red"
-    assert "dance encodes distance" in hit["snippet"] and "pwned" not in hit["snippet"]
+    assert "dance encodes distance" in hit["snippet"]
+    assert "pwned" not in hit["snippet"]
 
 
 def test_snippet_centres_on_the_first_match():
@@ -278,7 +287,9 @@ def test_snippet_centres_on_the_first_match():
     body = f"{filler}until one scout found forage on the ridge; {filler}"
     got = snippet(body, ["foraging"])  # stemmed: 'foraging' matched 'forage'
     assert "found forage on the ridge" in got
-    assert got.startswith("…") and got.endswith("…") and len(got) <= 162
+    assert got.startswith("…")
+    assert got.endswith("…")
+    assert len(got) <= 162
     assert snippet("Short\x1b[1m body\n\twith  spaces.", ["body"]) == "Short body with spaces."
     assert snippet(body, ["absent"]).startswith("the colony went about")
 
@@ -337,5 +348,6 @@ def test_matched_words_are_marked_bold_on_a_terminal_and_with_stars_in_a_pipe(
     result = CliRunner().invoke(app, ["record", "search", run_id, "forage MLP"], obj=obj)
     assert result.exit_code == 0, result.output
     shown = screen.getvalue()
-    assert "\x1b[1mforaging\x1b[0m" in shown and "\x1b[1mMLP\x1b[0m" in shown
+    assert "\x1b[1mforaging\x1b[0m" in shown
+    assert "\x1b[1mMLP\x1b[0m" in shown
     assert "**" not in shown

@@ -182,7 +182,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(any_url, stub, t
         wait_for(lambda w=worker: w.logged("serve.start"), 120, f"trial {trial}'s start")
         time.sleep(rng.uniform(0.2, 2.5))
         worker.kill()
-        days, runs = snapshot(any_url)
+        days, _runs = snapshot(any_url)
         assert_whole(days)
         total = sum(len(v) for v in days.values())
         assert total >= seen, f"trial {trial}: days went missing"
@@ -287,7 +287,8 @@ def test_cli_decisions_and_pause_reach_a_running_service(any_url, tmp_path):
         time.sleep(2.0)
         assert committed(any_url) == frozen  # paused at a day boundary: nothing more
         shown = json.loads(cli("run", "list", "--json").stdout)
-        assert shown[0]["worker"] is None and shown[0]["status"] == "paused"
+        assert shown[0]["worker"] is None
+        assert shown[0]["status"] == "paused"
         assert cli("run", "resume", run_id).returncode == 0
         wait_for(lambda: committed(any_url) > frozen, 120, "the resumed run")
         shown = json.loads(cli("run", "list", "--json").stdout)

@@ -251,7 +251,8 @@ def test_a_check_in_posts_a_webhook_and_the_run_waits(any_db):
         service = Service(any_db, settings, factory, config())
         asyncio.run(serve_until([service], lambda: len(sink.received) == 1))
     (payload,) = sink.received
-    assert payload["event"] == "checkin.opened" and payload["run_id"] == run_id
+    assert payload["event"] == "checkin.opened"
+    assert payload["run_id"] == run_id
     assert payload["review"] == f"loopsim checkin review {payload['checkin_id']}"
     assert sink.attempts == 2  # the first POST got a 503 and was retried
     assert statuses(any_db)[run_id] == RunStatus.AWAITING_CHECKIN
@@ -275,7 +276,8 @@ def test_healthz_and_metrics_over_http(any_db):
         return True
 
     asyncio.run(serve_until([service], done))
-    assert seen["health"]["status"] == "ok" and seen["health"]["worker"] == "w1"
+    assert seen["health"]["status"] == "ok"
+    assert seen["health"]["worker"] == "w1"
     assert 'loopsim_days_total{status="committed"} 2.0' in seen["metrics"]
     assert "loopsim_day_seconds_bucket" in seen["metrics"]
     assert seen["missing"] == 404

@@ -111,7 +111,8 @@ def test_version_is_answered_without_the_cli_and_says_what_the_cli_says():
         text=True,
     )
     assert done.returncode == 0
-    assert "typer" not in done.stderr and "sqlalchemy" not in done.stderr
+    assert "typer" not in done.stderr
+    assert "sqlalchemy" not in done.stderr
     in_process = CliRunner().invoke(app, ["--version"])
     assert in_process.exit_code == 0
     assert done.stdout == in_process.output == f"loopsim {__version__}\n"

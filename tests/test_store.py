@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 from sqlalchemy import text
@@ -48,13 +49,15 @@ def test_chain_links_every_entry_and_verifies(any_db, spec):
         result = store.verify_chain(run_id)
     assert [e.seq for e, _, _ in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0][0].prev_hash == GENESIS
-    for (before, _, _), (after, _, _) in zip(rows, rows[1:], strict=False):
+    for (before, _, _), (after, _, _) in itertools.pairwise(rows):
         assert after.prev_hash == before.hash
-    assert result.ok and result.checked == 6 and result.head == rows[-1][0].hash
+    assert result.ok
+    assert result.checked == 6
+    assert result.head == rows[-1][0].hash
 
 
 @pytest.mark.parametrize(
-    "column,value",
+    ("column", "value"),
     [
         ("body", "'tampered'"),
         ("title", "'x'"),
@@ -70,7 +73,8 @@ def test_editing_any_field_by_hand_names_that_entry(any_db, spec, column, value)
     with any_db.read() as session:
         result = Store(session).verify_chain(run_id)
     assert not result.ok
-    assert result.broken.seq == 4 and result.broken.day_index == 2
+    assert result.broken.seq == 4
+    assert result.broken.day_index == 2
     assert result.checked == 3
     assert "day 2, seq 4" in result.broken.describe()
 
@@ -94,7 +98,8 @@ def test_runs_have_separate_chains(any_db, spec):
         store = Store(session)
         assert store.verify_chain(first).checked == 2
         assert store.verify_chain(second).checked == 4
-        assert store.next_day_index(first) == 2 and store.next_day_index(second) == 3
+        assert store.next_day_index(first) == 2
+        assert store.next_day_index(second) == 3
 
 
 def test_get_run_by_prefix_and_errors(any_db, spec):

@@ -17,8 +17,16 @@ SECONDS = float(os.environ.get("LOOPSIM_STRESS_SECONDS", "60"))
 @pytest.mark.stress
 def test_many_processes_on_one_sqlite_file_never_damage_it(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "loopsim.testing.stress", "--db", str(tmp_path / "stress.db")]
-        + ["--seconds", str(SECONDS), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "loopsim.testing.stress",
+            "--db",
+            str(tmp_path / "stress.db"),
+            "--seconds",
+            str(SECONDS),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=SECONDS + 900,

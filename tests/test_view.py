@@ -26,7 +26,8 @@ def test_first_day_view_has_the_charter_and_says_the_log_is_empty(database, spec
     run_id = make_run(database, spec)
     text = view_of(database, run_id, spec).render()
     assert text.startswith("# Charter\nUnderstand how honeybee colonies")
-    assert "How do colonies weigh distance" in text and "first day" in text
+    assert "How do colonies weigh distance" in text
+    assert "first day" in text
 
 
 def test_view_stays_within_budget_and_keeps_the_newest_entries(database, spec):
@@ -75,7 +76,8 @@ def test_reverted_failed_and_future_entries_are_never_shown(database, spec):
         add_day(store, run_id, 3, [note("From the future")], date=DATE + dt.timedelta(days=1))
     text = view_of(database, run_id, spec).render()
     assert "Kept entry" in text
-    assert "Rejected by a human" not in text and "From the future" not in text
+    assert "Rejected by a human" not in text
+    assert "From the future" not in text
 
 
 def test_old_entries_matching_open_questions_come_back_by_full_text(database, spec):

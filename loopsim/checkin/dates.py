@@ -65,7 +65,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["later_date", "dates_in"]
+__all__ = ["dates_in", "later_date"]
 
 _MONTHS = {
     "January": 1,

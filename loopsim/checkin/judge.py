@@ -19,12 +19,12 @@ from loopsim.errors import ModelUnavailable
 from loopsim.researcher.conversation import (
     Asked,
     Logged,
-    Prompt,
     ask,
     drive,
     parse_json_reply,
     reply_schema,
 )
+from loopsim.researcher.prompts import Prompt
 
 JUDGE_SYSTEM = (
     "You compare two answers to the same question and rate how far they hold the same "

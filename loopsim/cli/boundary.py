@@ -48,7 +48,7 @@ class LoopsimGroup(TyperGroup):
                 ctx.exit(2)
         ctx.meta["loopsim.argv"] = list(args)
         try:
-            return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+            return super().parse_args(ctx, args)
         except UsageError as exc:
             if isinstance(exc, NoArgsIsHelpError):
                 raise  # bare `loopsim`: the help screen

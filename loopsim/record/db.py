@@ -128,7 +128,7 @@ def migrations_dir() -> str:
     spec = importlib.util.find_spec("loopsim._migrations")
     if spec is None or not spec.submodule_search_locations:
         raise DatabaseError("loopsim's migrations are missing from this install")
-    return str(list(spec.submodule_search_locations)[0])
+    return str(next(iter(spec.submodule_search_locations)))
 
 
 def alembic_config(url: URL | None = None) -> Config:

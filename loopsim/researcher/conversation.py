@@ -20,7 +20,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
@@ -85,13 +85,13 @@ def grammar_schema(subquestions: int = 0, ideas: int = 0) -> dict[str, Any]:
     must not modify it.
     """
 
-    return _tighten(_report_schema(subquestions, ideas))
+    return cast("dict[str, Any]", _tighten(_report_schema(subquestions, ideas)))
 
 
 @functools.cache
 def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
     """Any other reply model's schema, tightened the same way (see :func:`grammar_schema`)."""
-    return _tighten(model.model_json_schema())
+    return cast("dict[str, Any]", _tighten(model.model_json_schema()))
 
 
 _FENCE = re.compile(r"\A\s*```(?:json)?\s*\n(.*)\n```\s*\Z", re.DOTALL)

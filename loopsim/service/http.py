@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.service = service
         super().__init__(*args)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path == "/metrics":
             self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
         elif self.path in ("/healthz", "/health"):
