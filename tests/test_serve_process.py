@@ -238,7 +238,13 @@ def test_two_workers_share_runs_and_never_step_one_at_once(any_url, stub, tmp_pa
         for name in ("one", "two")
     ]
     try:
-        wait_for(lambda: committed(any_url) == 36, 120, "all 36 days")
+        # A run is marked completed when a worker next plans it and finds its budget
+        # spent, a moment after its last day commits: wait for that, not the 36th day.
+        wait_for(
+            lambda: {r.status for r in snapshot(any_url)[1].values()} == {RunStatus.COMPLETED},
+            180,
+            "all 6 runs completed",
+        )
     finally:
         for w in workers:
             w.signal(signal.SIGTERM)
@@ -246,6 +252,7 @@ def test_two_workers_share_runs_and_never_step_one_at_once(any_url, stub, tmp_pa
             assert w.wait(timeout=15) == 0
     days, runs = snapshot(any_url)
     assert_whole(days)
+    assert committed(any_url) == 36
     assert {r.status for r in runs.values()} == {RunStatus.COMPLETED}
     assert {d.worker for run in days.values() for d in run} == {"one", "two"}
     assert set(stub.max_in_flight_per_key.values()) == {1}, stub.max_in_flight_per_key
