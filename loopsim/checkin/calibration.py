@@ -1,9 +1,10 @@
 """Calibrated agreement: a raw similarity mapped onto [0, 1] between chance and the ceiling.
 
-A raw cosine means nothing on its own. The word-count cosine gives a faithful paraphrase
-about 0.2 and an off-topic answer about 0.02; a sentence embedder gives the same pair 0.6
-and 0.1. So each raw similarity ``s`` of a prediction to the human's answer is read
-against two levels measured with the same similarity:
+A raw cosine means nothing on its own. On the labelled set the word-count cosine gives a
+faithful paraphrase about 0.34 and another persona's answer to the same question about
+0.11; the offline MiniLM embedder gives the same pairs 0.62 and 0.33. So each raw
+similarity ``s`` of a prediction to the human's answer is read against two levels
+measured with the same similarity:
 
 - the **null** level: how similar the human's answers to *different* probes of the run
   are to each other (chance: the right register, the wrong question);
@@ -47,9 +48,11 @@ class Levels:
         return max(0.0, min(1.0, (similarity - self.null) / gap))
 
 
-# Priors by similarity kind, measured on the labelled set (benchmarks/calibrate_bench.py):
-# null is the mean similarity of an answer to a different question's answer in the same
-# domain; ceiling is the median similarity of an answer to its faithful paraphrase.
+# Priors by similarity kind, measured on the 66 probes of the labelled set
+# (benchmarks/calibrate_bench.py, table in benchmarks/README.md): null is the mean
+# similarity of an answer to the answers of the other questions of its domain (1,386
+# pairs); ceiling is the median similarity of an answer to its four faithful paraphrases
+# (264 pairs).
 PRIORS: dict[str, Levels] = {
     "lexical": Levels(null=0.11, ceiling=0.33),
     "minilm": Levels(null=0.29, ceiling=0.63),
