@@ -458,6 +458,20 @@ def test_checkins_show_decisions_notes_scores_and_blind_pairs(seeded):
     assert "Count marked foragers only. " + payload(5) in amend
     assert "Dance length " + payload(1) in amend  # the human's answer
     assert "rating 3/5" in " ".join(amend.split())
+    # Each scored pair shows its calibrated agreement and the levels it was read with,
+    # and the card the check-in's figures, as stored by the decision.
+    with database.read() as session:
+        store = Store(session)
+        second = store.list_checkins(run_id)[1]
+        (pair, _probe), *_ = store.pairs(second.id)
+    assert pair.agreement is not None
+    assert pair.null_level is not None
+    shown = " ".join(amend.split())
+    assert (
+        f"calibrated {pair.agreement:.2f} (chance {pair.null_level:.2f}, "
+        f"ceiling {pair.ceiling:.2f})" in shown
+    )
+    assert f"agreement {second.agreement:.2f} · drift trend {second.trend:.2f}" in shown
     pending = " ".join(cards[6].all_text().split())
     assert "opened by hand" in pending
     assert "not answered yet" in pending

@@ -113,6 +113,10 @@ class PairView:
     rating: int | None
     similarity: str | None
     is_retest: bool
+    calibrated: str | None = None  # the similarity between chance and ceiling
+    chance: str | None = None
+    ceiling: str | None = None
+    judge: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class CheckinView:
     drift_score: str | None
     level: str
     pairs: list[PairView]
+    trend: str | None = None
+    agreement: str | None = None
+    retest_ceiling: str | None = None  # the human's own mean retest similarity
 
 
 def _node(entry: Entry) -> EntryNode:
@@ -232,6 +239,9 @@ def _checkin_views(
                 drift_score=None if score is None else f"{score:.2f}",
                 level=_level(score, warn, alarm),
                 pairs=[_pair_view(p) for p in record["pairs"]],
+                trend=_figure(record["drift_trend"]),
+                agreement=_figure(record["agreement"]),
+                retest_ceiling=_figure(record["ceiling"]),
             )
         )
     return views, points
@@ -251,7 +261,15 @@ def _pair_view(pair: dict[str, Any]) -> PairView:
         rating=pair["rating"],
         similarity=None if similarity is None else f"{similarity:.2f}",
         is_retest=bool(pair["is_retest"]),
+        calibrated=_figure(pair["agreement"]),
+        chance=_figure(pair["null_level"]),
+        ceiling=_figure(pair["ceiling"]),
+        judge=pair["judge_rating"],
     )
+
+
+def _figure(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
 
 
 # ------------------------------------------------------------------------- drift chart
