@@ -190,3 +190,21 @@ def test_a_key_long_enough_to_be_a_secret_is_blanked_out():
     with pytest.raises(ModelUnavailable) as caught:
         _failing_handle("exceeds the context").complete([HumanMessage("hi")], None)
     assert "max_tokens *** of this model" in caught.value.message
+
+
+def test_run_step_says_each_retry_of_a_dead_endpoint_as_it_happens(database, spec, sqlite_url):
+    """Issue 14 item 6: a dead base URL showed nothing but a still progress bar until its
+    retries were spent. Each retry now prints a line with the model and the wait."""
+    cli = Cli(
+        sqlite_url,
+        model_base_url=f"http://127.0.0.1:{free_port()}/v1",
+        model_retries=2,
+        retry_initial_seconds=0.05,
+    )
+    run_id = make_run(database, spec, model="openai:nothing-here")
+    result = cli("run", "step", run_id)
+    assert result.exit_code == 1
+    retries = [line for line in result.stderr.splitlines() if "retrying in" in line]
+    assert len(retries) == 2
+    assert all(line.strip().startswith("model openai:nothing-here: ") for line in retries)
+    assert "failed after 3 attempts" in result.stderr.strip().splitlines()[-1]

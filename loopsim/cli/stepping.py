@@ -29,7 +29,9 @@ from loopsim.text import plural
 
 if TYPE_CHECKING:
     # The loop imports the chat seam (langchain); only the commands that step import it.
+    from loopsim.chat.handle import ChatHandle
     from loopsim.loop import DayResult
+    from loopsim.schemas import ModelSpec
 
 
 @contextlib.contextmanager
@@ -56,7 +58,19 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
     from loopsim.loop import Loop
 
     database = a.open_db()
-    loop = Loop(database, a.settings, a.chats(), a.similarity())
+    chats = a.chats()
+    say: list[Console] = [a.err]
+
+    def factory(model_id: str, spec: ModelSpec, max_tokens: int) -> ChatHandle:
+        """The handles say each endpoint retry as it happens: a dead server is seen at
+        once, not after minutes of a silent progress bar."""
+        handle = chats(model_id, spec, max_tokens)
+        handle.on_retry = lambda exc, wait: say[0].print(
+            retry_line(model_id, exc, wait), soft_wrap=True, markup=False, highlight=False
+        )
+        return handle
+
+    loop = Loop(database, a.settings, factory, a.similarity())
     results: list[DayResult] = []
     columns = (
         SpinnerColumn(),
@@ -70,6 +84,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         Progress(*columns, console=a.err, transient=False) as progress,
     ):
         task = progress.add_task("stepping", total=days)
+        say[0] = progress.console
 
         def on_day(result: DayResult) -> None:
             results.append(result)
@@ -95,6 +110,16 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         )
         raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
     return results
+
+
+def retry_line(model_id: str, exc: BaseException, wait: float) -> str:
+    """One line for one endpoint retry: which model, what went wrong, when it tries again."""
+    from loopsim.chat.handle import status_of
+
+    status = status_of(exc)
+    what = f"HTTP {status}" if status is not None else type(exc).__name__
+    detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return f"  model {model_id}: {what}{': ' + detail if detail else ''}; retrying in {wait:.1f} s"
 
 
 def set_status(
