@@ -146,3 +146,20 @@ def _settings():
     from loopsim.config import Settings
 
     return Settings()
+
+
+def test_a_released_run_queues_behind_the_runs_that_waited_longer(any_db, spec):
+    """Issue 18: claims rotate. A release stamps the run, so the next claim takes a run
+    that has been waiting instead of the one just given back."""
+    ids = make_running(any_db, spec, 3)
+    first = lease.claim(any_db, "w", TTL, 2)
+    assert [x.run_id for x in first] == ids[:2]
+    lease.release(any_db, first[:1])  # ids[0] yields its slot
+    (nxt,) = lease.claim(any_db, "w", TTL, 1, exclude=[first[1].run_id])
+    assert nxt.run_id == ids[2]
+    with any_db.read() as session:
+        store = Store(session)
+        now = store.db_now()
+        assert store.waiting_runs("w", now, exclude=[ids[1], ids[2]]) == 1
+        assert store.waiting_runs("w", now, exclude=ids) == 0
+        assert store.waiting_runs("other", now) == 1  # only the released one is free

@@ -111,16 +111,20 @@ def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Leas
 
 
 def release(db: Database, leases: Iterable[Lease]) -> None:
-    """Give leases back so another worker may claim the runs at once."""
+    """Give leases back so another worker may claim the runs at once. Each run released
+    is stamped ``updated_at`` by the database's clock, so it queues for a new claim
+    behind the runs that have waited longer
+    (:meth:`loopsim.record.runs.RunQueries.claimable_runs`)."""
     leases = list(leases)
     if not leases:
         return
     with db.write() as session:
+        now = Store(session).db_now()
         for lease in leases:
             session.execute(
                 update(Run)
                 .where(*_mine(lease))  # type: ignore[arg-type]
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
 
 

@@ -8,6 +8,9 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
 - each claimed run gets a task that steps days until the run stops being steppable
   (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
   service stops; status changes made by a human take effect at the next day boundary;
+- a run held for ``yield_after_days`` days **yields** its slot at the next day boundary
+  if other runs are waiting for one, and a claim takes the run that waited longest
+  first, so runs beyond ``concurrency`` take turns instead of starving;
 - a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
   cancels its task, and the fence refuses anything that task still tries to write;
 - model calls run on the event loop (``ainvoke``); database work runs on a small thread
@@ -70,6 +73,7 @@ class ServiceConfig:
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     grace_seconds: float = 10.0
+    yield_after_days: int = 2  # 0: never yield a run while it can go on
     http_host: str = "127.0.0.1"
     http_port: int | None = 9464  # None: no HTTP endpoint
 
@@ -353,9 +357,18 @@ class Service:
         fence = leases.fence(lease)
         run_id = lease.run_id
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
+        days = 0
         try:
             while not self._stopping.is_set():
                 self._still_mine(lease)
+                if await self._should_yield(days):
+                    log.info(
+                        "run %s yields its slot after %d days: other runs are waiting",
+                        run_id,
+                        days,
+                        extra={**ctx, "event": "run.yielded"},
+                    )
+                    return
                 began = time.perf_counter()
                 try:
                     planned = await self._db(self.loop.plan, run_id)
@@ -397,6 +410,7 @@ class Service:
                     generation=lease.generation,
                 )
                 self._account(result, time.perf_counter() - began, ctx)
+                days += 1
                 if result.run_failed:
                     self.metrics.runs_failed.inc()
                     return
@@ -412,6 +426,19 @@ class Service:
             log.warning("%s", exc.message, extra={**ctx, "event": "day.conflict"})
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
+
+    async def _should_yield(self, days: int) -> bool:
+        """Whether a run held for ``days`` days should give its slot up now: it has had
+        its turn and some run no worker holds is waiting for one."""
+        turn = self.config.yield_after_days
+        if turn <= 0 or days < turn:
+            return False
+        return await self._db(self._waiting, list(self._tasks)) > 0
+
+    def _waiting(self, exclude: list[str]) -> int:
+        with self.db.read() as session:
+            store = Store(session)
+            return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
 
     def _account(self, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
         self.metrics.days.labels(status=result.status).inc()
