@@ -163,3 +163,15 @@ def test_a_released_run_queues_behind_the_runs_that_waited_longer(any_db, spec):
         assert store.waiting_runs("w", now, exclude=[ids[1], ids[2]]) == 1
         assert store.waiting_runs("w", now, exclude=ids) == 0
         assert store.waiting_runs("other", now) == 1  # only the released one is free
+
+
+def test_check_reads_the_lease_off_the_database_before_a_model_call(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (held,) = lease.claim(any_db, "w", TTL, 1)
+    lease.check(any_db, held)  # live and ours: no error
+    expire(any_db, run_id)
+    with pytest.raises(LeaseLost, match="expired"):
+        lease.check(any_db, held)
+    lease.claim(any_db, "other", TTL, 1)
+    with pytest.raises(LeaseLost, match="held by other"):
+        lease.check(any_db, held)

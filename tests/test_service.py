@@ -306,3 +306,29 @@ def test_lost_lease_cancels_the_day_and_writes_nothing(any_db, reply):
     assert "loopsim_leases_lost_total 1.0" in service.metrics.render().decode()
     with any_db.read() as session:
         assert session.get(Run, run_id).lease_owner == "usurper"
+
+
+def test_no_model_call_after_the_lease_is_taken_over_mid_day(any_db):
+    """Issue 18: a worker woken from a freeze must not call the model for a run another
+    worker took over. The lease is checked against the database before every call of a
+    day's conversation, not only before planning and after the reply."""
+    (run_id,) = start_runs(any_db, 1)
+
+    def taken_over_meanwhile(messages) -> str:
+        # While this call is out, another worker takes the run over (as if this one had
+        # been frozen past its lease); the reply is invalid, so the day would ask again.
+        with any_db.write() as session:
+            run = session.get(Run, run_id)
+            run.lease_owner, run.lease_generation = "usurper", run.lease_generation + 1
+        return '{"entries": []}'
+
+    script = [taken_over_meanwhile, '{"entries": []}', '{"entries": []}', default_reply]
+    factory, model = scripted_factory(script)
+    # A long lease: the heartbeat (every 10 s) must not be what notices.
+    service = Service(any_db, Settings(), factory, config(lease_seconds=30.0))
+    lost = lambda: "loopsim_leases_lost_total 1.0" in service.metrics.render().decode()  # noqa: E731
+    asyncio.run(serve_until([service], lost, timeout=60))
+    assert len(model.calls) == 1  # the retry of the invalid reply never reached the model
+    assert days_by_run(any_db) == {}
+    with any_db.read() as session:
+        assert session.get(Run, run_id).lease_owner == "usurper"

@@ -110,6 +110,15 @@ def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Leas
     return lost
 
 
+def check(db: Database, lease: Lease) -> None:
+    """Raise :class:`LeaseLost` unless the lease is still this one and live by the
+    database's clock now: one read, no lock. A worker asks before each model call, so one
+    that wakes from a freeze to find its run taken over spends no call on it."""
+    with db.read() as session:
+        store = Store(session)
+        fence(lease)(store, store.get_run(lease.run_id))
+
+
 def release(db: Database, leases: Iterable[Lease]) -> None:
     """Give leases back so another worker may claim the runs at once. Each run released
     is stamped ``updated_at`` by the database's clock, so it queues for a new claim

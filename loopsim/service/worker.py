@@ -11,6 +11,9 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
 - a run held for ``yield_after_days`` days **yields** its slot at the next day boundary
   if other runs are waiting for one, and a claim takes the run that waited longest
   first, so runs beyond ``concurrency`` take turns instead of starving;
+- before each model call of a day, the task checks its lease against the database (owner,
+  generation, expiry by the database's clock): a run taken over while this worker was
+  frozen costs no further call, and the day is dropped unwritten;
 - a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
   cancels its task, and the fence refuses anything that task still tries to write;
 - model calls run on the event loop (``ainvoke``); database work runs on a small thread
@@ -390,6 +393,8 @@ class Service:
                 chat = researcher.chat
 
                 async def complete(call: Call, chat: ChatHandle = chat) -> Reply:
+                    self._still_mine(lease)
+                    await self._db(leases.check, self.db, lease)
                     return await chat.acomplete(call.messages, call.schema, seed=call.seed)
 
                 async def read(fn: Callable[[Store], Any]) -> Any:
