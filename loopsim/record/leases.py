@@ -9,7 +9,9 @@ and that the lease has not expired. So:
   expired, or the claimant's own from before a restart);
 - a worker paused past its lease that wakes up can never write: its generation is stale,
   or its lease has expired, and :func:`fence` refuses the transaction;
-- every expiry is read off the database's clock, never a worker's.
+- every expiry is read off the database's clock, never a worker's, at the moment of the
+  check (a day's commit checks first and again as its last statement, so a freeze inside
+  the transaction cannot commit on an expired lease either).
 
 Who drives a run is one rule: ``loopsim serve`` claims only runs queued for it with
 ``loopsim run start``. ``loopsim run step`` takes the run for the CLI: it writes the owner
