@@ -292,6 +292,8 @@ class Service:
             self.metrics.checkins_pending.set(pending)
             gone = {lease.run_id for lease in lost}
             for lease in held:
+                if self.held.get(lease.run_id) is not lease:
+                    continue  # released while the heartbeat was out (a yield, an idle run)
                 if lease.run_id in gone:
                     self._lose(lease.run_id, "the heartbeat found it taken over or expired")
                 else:
