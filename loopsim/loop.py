@@ -298,6 +298,12 @@ class Loop:
                         f"{streak} failed days in a row; day {day.index}: {outcome.error}"[:1000],
                     )
             store.add_calls(day, outcome.calls, entries)
+            if fence is not None:
+                # Again as the last statement before COMMIT, by the database's clock now:
+                # a worker frozen inside this transaction must not commit on a lease that
+                # expired meanwhile (the row lock kept others out, not the clock).
+                session.flush()
+                fence(store, run)
             return DayResult(
                 planned.index,
                 status,

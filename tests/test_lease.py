@@ -146,3 +146,79 @@ def _settings():
     from loopsim.config import Settings
 
     return Settings()
+
+
+def test_a_released_run_queues_behind_the_runs_that_waited_longer(any_db, spec):
+    """Issue 18: claims rotate. A release stamps the run, so the next claim takes a run
+    that has been waiting instead of the one just given back."""
+    ids = make_running(any_db, spec, 3)
+    first = lease.claim(any_db, "w", TTL, 2)
+    assert [x.run_id for x in first] == ids[:2]
+    lease.release(any_db, first[:1])  # ids[0] yields its slot
+    (nxt,) = lease.claim(any_db, "w", TTL, 1, exclude=[first[1].run_id])
+    assert nxt.run_id == ids[2]
+    with any_db.read() as session:
+        store = Store(session)
+        now = store.db_now()
+        assert store.waiting_runs("w", now, exclude=[ids[1], ids[2]]) == 1
+        assert store.waiting_runs("w", now, exclude=ids) == 0
+        assert store.waiting_runs("other", now) == 1  # only the released one is free
+
+
+def test_check_reads_the_lease_off_the_database_before_a_model_call(any_db, spec):
+    (run_id,) = make_running(any_db, spec)
+    (held,) = lease.claim(any_db, "w", TTL, 1)
+    lease.check(any_db, held)  # live and ours: no error
+    expire(any_db, run_id)
+    with pytest.raises(LeaseLost, match="expired"):
+        lease.check(any_db, held)
+    lease.claim(any_db, "other", TTL, 1)
+    with pytest.raises(LeaseLost, match="held by other"):
+        lease.check(any_db, held)
+
+
+def _day_in_hand(database, run_id):
+    factory, _ = scripted_factory()
+    loop = Loop(database, _settings(), factory)
+    planned = loop.plan(run_id)
+    return loop, planned, loop.researcher(planned).work(planned.prompt, salt=planned.index)
+
+
+def _no_days(database) -> bool:
+    with database.read() as session:
+        return session.scalar(select(func.count()).select_from(Day)) == 0
+
+
+def test_a_commit_after_expiry_by_the_database_clock_is_refused(any_db, spec):
+    """Issue 18 item 5: the fence reads expiry off the database's clock inside the commit
+    transaction, with the run row locked; nobody need have taken the run over."""
+    (run_id,) = make_running(any_db, spec)
+    (held,) = lease.claim(any_db, "w", TTL, 1)
+    loop, planned, outcome = _day_in_hand(any_db, run_id)
+    expire(any_db, run_id)  # a DB-side timestamp one second in the past
+    with pytest.raises(LeaseLost, match="expired"):
+        loop.commit(planned, outcome, utcnow(), fence=lease.fence(held), worker="w")
+    assert _no_days(any_db)
+    with any_db.read() as session:
+        assert session.get(Run, run_id).lease_owner == "w"  # nobody took it: still refused
+
+
+def test_a_lease_that_expires_during_the_commit_transaction_is_refused(any_db, spec, monkeypatch):
+    """Issue 18 item 5: a worker frozen inside its commit transaction, after the fence
+    passed, woke and committed on a lease that had expired meanwhile. The fence is checked
+    again as the transaction's last statement, by the database's clock then."""
+    (run_id,) = make_running(any_db, spec)
+    ttl = dt.timedelta(seconds=2)
+    (held,) = lease.claim(any_db, "w", ttl, 1)
+    loop, planned, outcome = _day_in_hand(any_db, run_id)
+    lease.renew(any_db, [held], ttl)  # live when the commit begins
+    add_calls = Store.add_calls
+
+    def frozen(self, *args, **kwargs):
+        time.sleep(ttl.total_seconds() + 0.5)  # past the expiry, by any clock
+        return add_calls(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "add_calls", frozen)
+    with pytest.raises(LeaseLost, match="expired"):
+        loop.commit(planned, outcome, utcnow(), fence=lease.fence(held), worker="w")
+    assert _no_days(any_db)

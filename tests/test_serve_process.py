@@ -310,3 +310,22 @@ def test_cli_decisions_and_pause_reach_a_running_service(any_url, tmp_path):
         stub.stop()
     assert "database is locked" not in (tmp_path / "w.log").read_text()
     assert_whole(snapshot(any_url)[0])
+
+
+def test_runs_beyond_concurrency_take_turns(any_url, stub, tmp_path):
+    """Issue 18: with more running runs than slots, every run gets days, not the same
+    four forever: a run held for --yield-after-days days gives its slot up at a day
+    boundary while others wait, and the run that waited longest is claimed next."""
+    ids = create_runs(any_url, 8, days=10_000)
+    worker = Worker(any_url, stub, tmp_path / "w.log", "--concurrency", "4")
+    try:
+        wait_for(
+            lambda: set(snapshot(any_url)[0]) == set(ids), 120, "a committed day for all 8 runs"
+        )
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(timeout=15)
+    days, _ = snapshot(any_url)
+    assert_whole(days)
+    assert all(any(d.status == DayStatus.COMMITTED for d in days[i]) for i in ids)
+    assert worker.logged("run.yielded")

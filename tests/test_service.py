@@ -4,6 +4,7 @@ at the langchain seam. The HTTP, subprocess and crash tests live in test_serve_*
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -306,3 +307,76 @@ def test_lost_lease_cancels_the_day_and_writes_nothing(any_db, reply):
     assert "loopsim_leases_lost_total 1.0" in service.metrics.render().decode()
     with any_db.read() as session:
         assert session.get(Run, run_id).lease_owner == "usurper"
+
+
+def test_no_model_call_after_the_lease_is_taken_over_mid_day(any_db):
+    """Issue 18: a worker woken from a freeze must not call the model for a run another
+    worker took over. The lease is checked against the database before every call of a
+    day's conversation, not only before planning and after the reply."""
+    (run_id,) = start_runs(any_db, 1)
+
+    def taken_over_meanwhile(messages) -> str:
+        # While this call is out, another worker takes the run over (as if this one had
+        # been frozen past its lease); the reply is invalid, so the day would ask again.
+        with any_db.write() as session:
+            run = session.get(Run, run_id)
+            run.lease_owner, run.lease_generation = "usurper", run.lease_generation + 1
+        return '{"entries": []}'
+
+    script = [taken_over_meanwhile, '{"entries": []}', '{"entries": []}', default_reply]
+    factory, model = scripted_factory(script)
+    # A long lease: the heartbeat (every 10 s) must not be what notices.
+    service = Service(any_db, Settings(), factory, config(lease_seconds=30.0))
+    lost = lambda: "loopsim_leases_lost_total 1.0" in service.metrics.render().decode()  # noqa: E731
+    asyncio.run(serve_until([service], lost, timeout=60))
+    assert len(model.calls) == 1  # the retry of the invalid reply never reached the model
+    assert days_by_run(any_db) == {}
+    with any_db.read() as session:
+        assert session.get(Run, run_id).lease_owner == "usurper"
+
+
+def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch):
+    """Issue 18 item 7: a run that yields (or goes idle) is released while the heartbeat
+    is renewing; the renewal then misses it, which is no lost lease."""
+    import datetime as dt
+
+    from loopsim.record import leases
+
+    (run_id,) = start_runs(any_db, 1)
+    factory, _ = scripted_factory()
+    service = Service(any_db, Settings(), factory, config(lease_seconds=1.5))
+    (held,) = leases.claim(any_db, "w1", dt.timedelta(seconds=30), 1)
+    service.held[run_id] = held
+    real_renew, real_pending = leases.renew, service._pending_checkins
+    rounds: list[int] = []
+
+    def racing_renew(db, held_now, ttl):
+        # The run's task ended and its lease was released while the heartbeat was out.
+        leases.release(db, held_now)
+        service.held.pop(run_id, None)
+        return real_renew(db, held_now, ttl)
+
+    def counted_pending() -> int:
+        rounds.append(1)
+        return real_pending()
+
+    monkeypatch.setattr(leases, "renew", racing_renew)
+    monkeypatch.setattr(service, "_pending_checkins", counted_pending)
+
+    async def scenario() -> None:
+        beat = asyncio.ensure_future(service._heartbeat())
+        deadline = time.monotonic() + 60
+        while len(rounds) < 2:  # the second round begins after the first was handled
+            assert time.monotonic() < deadline, "the heartbeat did not beat twice"
+            await asyncio.sleep(0.05)
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service._db_pool.shutdown(wait=True)
+    assert service._lost == set()
+    assert run_id not in service._deadline
+    assert "loopsim_leases_lost_total 0.0" in service.metrics.render().decode()

@@ -53,13 +53,23 @@ def serve(
     grace_seconds: Annotated[
         float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long days in flight get.")
     ] = 10.0,
+    yield_after_days: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Days a run is stepped before it yields its slot at a day boundary to "
+            "runs waiting for one (0: never).",
+        ),
+    ] = 2,
     log_format: Annotated[str, typer.Option(help="text or json (one object per line).")] = "text",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Step every run queued with `run start`, day by day, until SIGTERM or SIGINT.
 
     Claims runs through leases, so any number of `loopsim serve` processes may share one
-    database. Check-in decisions and `run pause|resume|halt` take effect at the next day
+    database. Runs beyond --concurrency take turns: a run stepped --yield-after-days days
+    gives its slot up at a day boundary when others wait, and the one that waited longest
+    is claimed next. Check-in decisions and `run pause|resume|halt` take effect at the next day
     boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
     to commit, abandons the rest without a trace, releases its leases and exits 0."""
     # The worker imports the chat seam, prometheus and httpx: only this command needs them.
@@ -83,6 +93,7 @@ def serve(
         lease_seconds=lease_seconds,
         poll_seconds=poll_seconds,
         grace_seconds=grace_seconds,
+        yield_after_days=yield_after_days,
         http_host=host,
         http_port=port,
     )

@@ -9,7 +9,9 @@ and that the lease has not expired. So:
   expired, or the claimant's own from before a restart);
 - a worker paused past its lease that wakes up can never write: its generation is stale,
   or its lease has expired, and :func:`fence` refuses the transaction;
-- every expiry is read off the database's clock, never a worker's.
+- every expiry is read off the database's clock, never a worker's, at the moment of the
+  check (a day's commit checks first and again as its last statement, so a freeze inside
+  the transaction cannot commit on an expired lease either).
 
 Who drives a run is one rule: ``loopsim serve`` claims only runs queued for it with
 ``loopsim run start``. ``loopsim run step`` takes the run for the CLI: it writes the owner
@@ -110,17 +112,30 @@ def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Leas
     return lost
 
 
+def check(db: Database, lease: Lease) -> None:
+    """Raise :class:`LeaseLost` unless the lease is still this one and live by the
+    database's clock now: one read, no lock. A worker asks before each model call, so one
+    that wakes from a freeze to find its run taken over spends no call on it."""
+    with db.read() as session:
+        store = Store(session)
+        fence(lease)(store, store.get_run(lease.run_id))
+
+
 def release(db: Database, leases: Iterable[Lease]) -> None:
-    """Give leases back so another worker may claim the runs at once."""
+    """Give leases back so another worker may claim the runs at once. Each run released
+    is stamped ``updated_at`` by the database's clock, so it queues for a new claim
+    behind the runs that have waited longer
+    (:meth:`loopsim.record.runs.RunQueries.claimable_runs`)."""
     leases = list(leases)
     if not leases:
         return
     with db.write() as session:
+        now = Store(session).db_now()
         for lease in leases:
             session.execute(
                 update(Run)
                 .where(*_mine(lease))  # type: ignore[arg-type]
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_expires_at=None, updated_at=now)
             )
 
 

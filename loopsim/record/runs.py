@@ -11,7 +11,7 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text
 
 from loopsim import ids
 from loopsim.errors import NotFound
@@ -96,26 +96,31 @@ class RunQueries(StoreBase):
         assert isinstance(value, dt.datetime)
         return value.replace(tzinfo=dt.UTC)
 
+    def _claimable(self, owner: str, now: dt.datetime) -> ColumnElement[bool]:
+        return and_(
+            Run.status == RunStatus.RUNNING,
+            or_(
+                Run.lease_owner.is_(None),
+                and_(
+                    Run.lease_expires_at.is_not(None),
+                    or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
+                ),
+            ),
+        )
+
     def claimable_runs(
         self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
     ) -> list[Run]:
         """Running runs with no live lease (or a lease of ``owner``'s own, left by a
-        restart), oldest-touched first. A run with an owner and no expiry is one
-        ``run step`` drives (:func:`loopsim.record.leases.take_for_cli`): never claimed. PostgreSQL
-        skips rows another worker is claiming right now (``FOR UPDATE SKIP LOCKED``);
-        SQLite's single writer makes that moot."""
+        restart), the one that waited longest first: a release stamps ``updated_at``
+        (:func:`loopsim.record.leases.release`), so a run that just yielded its slot
+        queues behind the runs that were waiting for one. A run with an owner and no
+        expiry is one ``run step`` drives (:func:`loopsim.record.leases.take_for_cli`):
+        never claimed. PostgreSQL skips rows another worker is claiming right now
+        (``FOR UPDATE SKIP LOCKED``); SQLite's single writer makes that moot."""
         stmt = (
             select(Run)
-            .where(
-                Run.status == RunStatus.RUNNING,
-                or_(
-                    Run.lease_owner.is_(None),
-                    and_(
-                        Run.lease_expires_at.is_not(None),
-                        or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
-                    ),
-                ),
-            )
+            .where(self._claimable(owner, now))
             .order_by(Run.updated_at, Run.id)
             .limit(limit)
         )
@@ -124,6 +129,14 @@ class RunQueries(StoreBase):
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         return list(self.session.scalars(stmt))
+
+    def waiting_runs(self, owner: str, now: dt.datetime, exclude: Sequence[str] = ()) -> int:
+        """How many runs ``owner`` could claim now, leaving out ``exclude`` (the runs it
+        steps): the runs waiting for a slot. A plain count that locks nothing."""
+        stmt = select(func.count()).select_from(Run).where(self._claimable(owner, now))
+        if exclude:
+            stmt = stmt.where(Run.id.not_in(list(exclude)))
+        return int(self.session.scalar(stmt) or 0)
 
     def delete_run(self, run_id: str) -> dict[str, int]:
         """Delete one run and every row that belongs to it, children first, in the

@@ -8,6 +8,12 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
 - each claimed run gets a task that steps days until the run stops being steppable
   (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
   service stops; status changes made by a human take effect at the next day boundary;
+- a run held for ``yield_after_days`` days **yields** its slot at the next day boundary
+  if other runs are waiting for one, and a claim takes the run that waited longest
+  first, so runs beyond ``concurrency`` take turns instead of starving;
+- before each model call of a day, the task checks its lease against the database (owner,
+  generation, expiry by the database's clock): a run taken over while this worker was
+  frozen costs no further call, and the day is dropped unwritten;
 - a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
   cancels its task, and the fence refuses anything that task still tries to write;
 - model calls run on the event loop (``ainvoke``); database work runs on a small thread
@@ -70,6 +76,7 @@ class ServiceConfig:
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     grace_seconds: float = 10.0
+    yield_after_days: int = 2  # 0: never yield a run while it can go on
     http_host: str = "127.0.0.1"
     http_port: int | None = 9464  # None: no HTTP endpoint
 
@@ -285,6 +292,8 @@ class Service:
             self.metrics.checkins_pending.set(pending)
             gone = {lease.run_id for lease in lost}
             for lease in held:
+                if self.held.get(lease.run_id) is not lease:
+                    continue  # released while the heartbeat was out (a yield, an idle run)
                 if lease.run_id in gone:
                     self._lose(lease.run_id, "the heartbeat found it taken over or expired")
                 else:
@@ -353,9 +362,18 @@ class Service:
         fence = leases.fence(lease)
         run_id = lease.run_id
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
+        days = 0
         try:
             while not self._stopping.is_set():
                 self._still_mine(lease)
+                if await self._should_yield(days):
+                    log.info(
+                        "run %s yields its slot after %d days: other runs are waiting",
+                        run_id,
+                        days,
+                        extra={**ctx, "event": "run.yielded"},
+                    )
+                    return
                 began = time.perf_counter()
                 try:
                     planned = await self._db(self.loop.plan, run_id)
@@ -377,6 +395,8 @@ class Service:
                 chat = researcher.chat
 
                 async def complete(call: Call, chat: ChatHandle = chat) -> Reply:
+                    self._still_mine(lease)
+                    await self._db(leases.check, self.db, lease)
                     return await chat.acomplete(call.messages, call.schema, seed=call.seed)
 
                 async def read(fn: Callable[[Store], Any]) -> Any:
@@ -397,6 +417,7 @@ class Service:
                     generation=lease.generation,
                 )
                 self._account(result, time.perf_counter() - began, ctx)
+                days += 1
                 if result.run_failed:
                     self.metrics.runs_failed.inc()
                     return
@@ -412,6 +433,19 @@ class Service:
             log.warning("%s", exc.message, extra={**ctx, "event": "day.conflict"})
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
+
+    async def _should_yield(self, days: int) -> bool:
+        """Whether a run held for ``days`` days should give its slot up now: it has had
+        its turn and some run no worker holds is waiting for one."""
+        turn = self.config.yield_after_days
+        if turn <= 0 or days < turn:
+            return False
+        return await self._db(self._waiting, list(self._tasks)) > 0
+
+    def _waiting(self, exclude: list[str]) -> int:
+        with self.db.read() as session:
+            store = Store(session)
+            return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
 
     def _account(self, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
         self.metrics.days.labels(status=result.status).inc()
