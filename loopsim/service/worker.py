@@ -32,13 +32,10 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
@@ -53,6 +50,7 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
+from loopsim.service.config import ServiceConfig, default_worker_id
 from loopsim.service.http import HttpEndpoint
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
@@ -63,22 +61,6 @@ __all__ = ["Service", "ServiceConfig", "configure_logging", "default_worker_id"]
 
 log = logging.getLogger("loopsim.service.worker")
 T = TypeVar("T")
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass
-class ServiceConfig:
-    worker_id: str = field(default_factory=default_worker_id)
-    concurrency: int = 4
-    lease_seconds: float = 30.0
-    poll_seconds: float = 1.0
-    grace_seconds: float = 10.0
-    yield_after_days: int = 2  # 0: never yield a run while it can go on
-    http_host: str = "127.0.0.1"
-    http_port: int | None = 9464  # None: no HTTP endpoint
 
 
 class Service:
