@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
     )
+    chain_key: SecretStr | None = Field(
+        None,
+        description="Keys the record's hash chains: entry hashes become HMAC-SHA256 under "
+        "this secret, so only its holder can extend a run's record or recompute it after an "
+        "edit. Runs started with it set need it to be stepped and verified; never logged, "
+        "stored or exported.",
+    )
     embeddings: str | None = Field(
         None,
         description="Embeddings for probe similarity, e.g. 'openai:text-embedding-3-small' "

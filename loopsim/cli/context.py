@@ -74,8 +74,11 @@ class AppContext:
         if self._database is not None and self._database.url == dbmod.normalize_url(self.url):
             return self._database
         self.close()
+        key = self.settings.chain_key
         self._database = dbmod.Database.open(
-            self.url, busy_timeout_ms=self.settings.busy_timeout_ms
+            self.url,
+            busy_timeout_ms=self.settings.busy_timeout_ms,
+            chain_key=key.get_secret_value().encode() if key is not None else None,
         )
         return self._database
 
