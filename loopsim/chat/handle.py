@@ -14,7 +14,10 @@ validated by the caller regardless.
 Endpoint faults are retried here, with tenacity: 408, 409, 429 and 5xx replies, timeouts,
 refused or reset connections, truncated or stalled bodies and garbled JSON. Waits grow
 exponentially with jitter, and a ``Retry-After`` header is honoured (up to the cap). A
-client error such as 400 or 401 is not retried: asking again cannot help.
+client error such as 400 or 401 is not retried: asking again cannot help. Neither is a
+server that refuses the ``response_format`` it was sent (some answer 500 for it, as
+llama-cpp-python's server does for json_schema): the error says, in one line, which
+setting to use instead (:meth:`ChatHandle.format_refused`).
 """
 
 from __future__ import annotations
@@ -103,6 +106,28 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - langchain-openai depends on it
         return False
     return isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError)
+
+
+# What a server's error says when it refuses the response_format it was sent: the field's
+# name, or llama-cpp-python's "Input should be 'text' or 'json_object'".
+FORMAT_WORDS = ("response_format", "json_schema", "'json_object'")
+# The setting to try after each structured mode, as LOOPSIM_RESPONSE_FORMAT names it.
+FORMAT_FALLBACK = {
+    "openai": ("json_schema", "json_object"),
+    "openai-json-object": ("json_object", "none"),
+}
+
+
+def error_text(exc: BaseException) -> str:
+    """All an exception says, on one line: its text and, for an HTTP error, the message
+    of the server's JSON body (which the SDK may not have put in its text)."""
+    parts = [str(exc)]
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message.strip() and message.strip() not in parts[0]:
+        parts.append(message)
+    return " ".join(" ".join(parts).split())
 
 
 def retry_after(exc: BaseException) -> float | None:
@@ -206,6 +231,22 @@ class ChatHandle:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
         return kwargs
 
+    def format_refused(self, exc: BaseException) -> tuple[str, str] | None:
+        """(what was sent, what to set instead) if ``exc`` is the server refusing the
+        ``response_format`` it was sent; None for any other error."""
+        if self.structured not in FORMAT_FALLBACK:
+            return None
+        status = status_of(exc)
+        if status is None or status < 400:
+            return None
+        text = error_text(exc).lower()
+        if not any(word in text for word in FORMAT_WORDS):
+            return None
+        return FORMAT_FALLBACK[self.structured]
+
+    def _transient(self, exc: BaseException) -> bool:
+        return is_transient(exc) and self.format_refused(exc) is None
+
     def _retrying_options(self) -> dict[str, Any]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -213,7 +254,7 @@ class ChatHandle:
                 self.on_retry(exc, state.upcoming_sleep)
 
         return {
-            "retry": retry_if_exception(is_transient),
+            "retry": retry_if_exception(self._transient),
             "stop": stop_after_attempt(max(1, self.retry.attempts)),
             "wait": self.retry.wait,
             "before_sleep": before_sleep,
@@ -232,9 +273,10 @@ class ChatHandle:
         return error
 
     def _unavailable(self, exc: Exception, attempts: int) -> ModelUnavailable:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        # An endpoint's error text is stored with the failed day and logged.
-        detail = loggable(detail)
+        # All of it, on one line: a server's reason often follows a first line such as
+        # "1 validation error:". An endpoint's error text is stored with the failed day
+        # and logged.
+        detail = loggable(error_text(exc))
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
@@ -247,6 +289,15 @@ class ChatHandle:
                 f"model {self.model_id} failed{tries}: nothing answers at {self.base_url} "
                 "(connection refused); start the server there, or point "
                 "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
+            )
+        refused = self.format_refused(exc)
+        if refused is not None:
+            sent, instead = refused
+            where = f" at {self.base_url}" if self.base_url else ""
+            message = (
+                f"model {self.model_id}: the server{where} refuses response_format {sent}; "
+                f"set LOOPSIM_RESPONSE_FORMAT={instead} (or the spec's [model] "
+                f'response_format = "{instead}"). It said: {what}: {detail}'
             )
         return ModelUnavailable(self.redact(loggable(message))[:500])
 
