@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         description="How OpenAI-compatible servers are asked for JSON: json_schema (OpenAI, "
         "vLLM), json_object (llama-cpp-python's server), or none.",
     )
+    system_messages: Literal["keep", "fold"] = Field(
+        "keep",
+        description="How OpenAI-compatible and other langchain models get system text: "
+        "keep (as system messages) or fold (at the head of the first user turn, for "
+        "servers whose chat template drops system messages, such as llama-cpp-python's "
+        "with --chat_format gemma).",
+    )
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
     )

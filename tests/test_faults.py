@@ -220,3 +220,37 @@ def test_a_plain_server_error_keeps_the_servers_whole_message(database, spec):
         handle.complete([], None)
     assert raised.value.message.endswith("HTTP 400: Error code: 400 - first line: the useful part")
 
+
+def test_system_text_is_folded_into_the_first_user_turn_when_asked(database, spec):
+    with StubOpenAI() as stub:
+        run_id = make_run(database, spec, model=MODEL)
+        keep = settings_for(stub.base_url)
+        (first,) = Loop(database, keep, build_chat(keep)).run_days(run_id, 1)
+        sent = stub.requests[-1]["messages"]
+        system = [m["content"] for m in sent if m["role"] == "system"]
+        assert system, sent  # the prompt has system text, sent as it is by default
+        fold = settings_for(stub.base_url, system_messages="fold")
+        (second,) = Loop(database, fold, build_chat(fold)).run_days(run_id, 1)
+        folded = stub.requests[-1]["messages"]
+    assert first.status == second.status == DayStatus.COMMITTED
+    assert [m["role"] for m in folded if m["role"] == "system"] == []
+    users = [m["content"] for m in folded if m["role"] == "user"]
+    assert users[0].startswith("\n\n".join(system))
+    assert folded[0]["role"] == "user"
+
+
+def test_the_spec_can_fold_system_text_for_one_model():
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from loopsim.chat.handle import fold_system_text
+    from loopsim.schemas import ModelSpec
+
+    messages = [SystemMessage("persona"), HumanMessage("day"), AIMessage("a"), HumanMessage("b")]
+    assert [(m.type, m.text) for m in fold_system_text(messages)] == [
+        ("human", "persona\n\nday"),
+        ("ai", "a"),
+        ("human", "b"),
+    ]
+    factory = build_chat(Settings(model_base_url="http://127.0.0.1:9/v1"))
+    assert factory(MODEL, ModelSpec(system_messages="fold"), 100).fold_system
+    assert not factory(MODEL, ModelSpec(), 100).fold_system

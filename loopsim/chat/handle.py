@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -177,6 +177,24 @@ def _requests(retrying: Retrying | AsyncRetrying) -> int:
     return int(retrying.statistics.get("attempt_number", 1))
 
 
+def fold_system_text(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """System text moved to the head of the next user turn, as the embedded path does for
+    chat formats without a system role: for servers that would drop it silently."""
+    folded: list[BaseMessage] = []
+    pending: list[str] = []
+    for message in messages:
+        if message.type == "system":
+            pending.append(message.text)
+            continue
+        if pending and message.type == "human":
+            message = HumanMessage("\n\n".join([*pending, message.text]))
+            pending = []
+        folded.append(message)
+    if pending:
+        folded.insert(0, HumanMessage("\n\n".join(pending)))
+    return folded
+
+
 OnRetry = Callable[[BaseException, float], None]
 """Told of each retry: the error, and the seconds until the next attempt."""
 
@@ -195,8 +213,11 @@ class ChatHandle:
         secrets: Sequence[str] = (),
         base_url: str | None = None,
         send_seed: bool = False,
+        fold_system: bool = False,
     ) -> None:
         self.model_id = model_id
+        # Fold system text into the first user turn before every call (see fold_system_text).
+        self.fold_system = fold_system
         # Send the sampling seed to an API that takes one (OpenAI's and the compatible
         # servers'): each validation retry asks with another seed, so a retried day is not
         # the same failed reply again.
@@ -327,6 +348,8 @@ class ChatHandle:
         """One call, retried on endpoint faults. With ``schema``, ask for JSON in that
         shape; without, for plain text."""
         kwargs = self._kwargs(schema, seed)
+        if self.fold_system:
+            messages = fold_system_text(messages)
         started = time.perf_counter()
         retrying = Retrying(**self._retrying_options())
         try:
@@ -346,6 +369,8 @@ class ChatHandle:
     ) -> Reply:
         """:meth:`complete` without blocking the event loop."""
         kwargs = self._kwargs(schema, seed)
+        if self.fold_system:
+            messages = fold_system_text(messages)
         started = time.perf_counter()
         retrying = AsyncRetrying(**self._retrying_options())
         try:
@@ -485,4 +510,5 @@ def _init_langchain(
         secrets=secrets,
         base_url=base_url,
         send_seed=provider == "openai",
+        fold_system=(spec.system_messages or settings.system_messages) == "fold",
     )
