@@ -255,3 +255,27 @@ def test_a_loop_verifies_the_whole_chain_once_then_only_new_entries(database, sp
         session.execute(text("UPDATE entries SET body = 'edited' WHERE seq = 5"))
     with database.read() as session, pytest.raises(RecordBroken, match="seq 5"):
         loop.check_chain(Store(session), run_id)
+
+
+def test_db_check_and_backup_verify_keyed_runs_with_the_key(
+    cli_factory, keyed_db, spec, sqlite_url, tmp_path
+):
+    run_id = make_run(keyed_db, spec)
+    fill(keyed_db, run_id, days=2)
+    keyed = cli_factory(sqlite_url, chain_key=KEY.decode())
+    checked = keyed("db", "check")
+    assert checked.exit_code == 0, checked.output
+    assert "not verified" not in checked.stderr
+    plain = cli_factory(sqlite_url)
+    unkeyed = plain("db", "check")
+    assert unkeyed.exit_code == 0, unkeyed.output
+    assert "1 keyed run not verified" in unkeyed.stderr
+    assert "set LOOPSIM_CHAIN_KEY" in unkeyed.stderr
+    # A backup without the key is still a faithful copy: it is not refused.
+    backed = plain("db", "backup", str(tmp_path / "copy.db"))
+    assert backed.exit_code == 0, backed.output
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute(f"UPDATE entries SET body = 'x' WHERE run_id = '{run_id}' AND seq = 2")
+    broken = keyed("db", "check")
+    assert broken.exit_code == 1
+    assert "keyed hash" in broken.stdout
