@@ -89,6 +89,7 @@ def test_the_service_runs_real_days_through_llama_cpp_server(database, spec, lla
         max_failed_days=2,
         max_retries=1,
         response_format="json_object",  # the form llama-cpp-python's server accepts
+        system_messages="fold",  # --chat_format gemma drops system messages
     )
     run_id = make_run(database, spec, model="openai:gemma-3-270m")
     with database.write() as session:
