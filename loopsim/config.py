@@ -35,8 +35,22 @@ class Settings(BaseSettings):
         description="How OpenAI-compatible servers are asked for JSON: json_schema (OpenAI, "
         "vLLM), json_object (llama-cpp-python's server), or none.",
     )
+    system_messages: Literal["keep", "fold"] = Field(
+        "keep",
+        description="How OpenAI-compatible and other langchain models get system text: "
+        "keep (as system messages) or fold (at the head of the first user turn, for "
+        "servers whose chat template drops system messages, such as llama-cpp-python's "
+        "with --chat_format gemma).",
+    )
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
+    )
+    chain_key: SecretStr | None = Field(
+        None,
+        description="Keys the record's hash chains: entry hashes become HMAC-SHA256 under "
+        "this secret, so only its holder can extend a run's record or recompute it after an "
+        "edit. Runs started with it set need it to be stepped and verified; never logged, "
+        "stored or exported.",
     )
     embeddings: str | None = Field(
         None,

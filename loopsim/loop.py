@@ -7,6 +7,10 @@ One day, in three transactions that never overlap the model call:
 3. write (``BEGIN IMMEDIATE``): re-check the index is still free, then insert the day,
    its entries and their hash chain, all at once or not at all.
 
+Before planning a day the run's chain is verified (:meth:`Loop.check_chain`): a record
+that fails ``record verify`` is not stepped. The first day a process steps a run reads its
+whole chain; later days read only the entries written since.
+
 A process killed anywhere leaves either the whole day or nothing. A second process that
 raced to the same index gets :class:`ConcurrentWrite` and writes nothing. A service passes
 a *fence* (:mod:`loopsim.record.leases`) that every write checks with the run row locked, so a
@@ -38,7 +42,8 @@ from loopsim.checkin.opening import (
 from loopsim.checkin.schedule import approved_count, due, explain
 from loopsim.clock import external_date
 from loopsim.config import Settings
-from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable, RecordBroken
+from loopsim.record.chain import KEYED_HINT, ChainPoint
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, take_for_cli
 from loopsim.record.store import Store
@@ -104,6 +109,23 @@ class Loop:
         self.similarity = similarity
         self._handles: dict[str, ChatHandle] = {}
         self.opened_checkin: int | None = None
+        # Run id -> the head of its chain this process last verified: a run's chain is
+        # read whole once per process, then only the entries after that head.
+        self._verified: dict[str, ChainPoint] = {}
+
+    def check_chain(self, store: Store, run_id: str) -> None:
+        """Refuse to step a run whose record fails verification: its entries would go
+        into the prompt, and new ones would be chained onto a broken record."""
+        result = store.verify_chain(run_id, since=self._verified.get(run_id))
+        if result.needs_key:
+            raise RecordBroken(f"run {run_id}: {KEYED_HINT} to step it")
+        if not result.ok:
+            assert result.broken is not None
+            raise RecordBroken(
+                f"run {run_id}'s record does not verify ({result.broken.describe()}); "
+                f"not stepped: `loopsim record verify {run_id}` names the broken link"
+            )
+        self._verified[run_id] = result.point
 
     def _chat(self, model_id: str, spec: RunSpec) -> ChatHandle:
         # Reusing the loaded weights is not memory: every call gets only its own prompt.
@@ -119,6 +141,7 @@ class Loop:
             store = Store(session)
             run = store.get_run(run_ref)
             refuse_unless_steppable(run)
+            self.check_chain(store, run.id)
             spec = RunSpec.model_validate(run.spec)
             if store.committed_days_after(run.id, 0) >= spec.budget.days:
                 return None

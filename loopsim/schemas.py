@@ -128,6 +128,10 @@ class ModelSpec(_Strict):
     # "json_object" form with a "schema" key that llama-cpp-python's server and some others
     # take instead; or "none" (the reply is validated either way). None: the setting.
     response_format: Literal["json_schema", "json_object", "none"] | None = None
+    # "fold": send system text at the head of the first user turn, for servers whose chat
+    # template has no system role and drop it (llama-cpp-python's with --chat_format
+    # gemma). "keep": send system messages as they are. None: the setting.
+    system_messages: Literal["keep", "fold"] | None = None
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("name")

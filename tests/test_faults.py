@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from loopsim.chat.handle import build_chat
 from loopsim.config import Settings
+from loopsim.errors import ModelUnavailable
 from loopsim.loop import Loop
 from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
@@ -175,3 +177,80 @@ def test_each_validation_retry_sends_another_seed(database, spec):
     assert len(seeds) == 3
     assert all(isinstance(s, int) for s in seeds)
     assert len(set(seeds)) == 3
+
+
+def test_a_server_refusing_json_schema_is_named_in_one_line_without_retries(database, spec):
+    # llama-cpp-python's server answers json_schema with HTTP 500 and a validation error
+    # whose useful part is on its second line.
+    with StubOpenAI(fault_fn=lambda n, body: "llama_json_schema") as stub:
+        settings = settings_for(stub.base_url, model_retries=4)
+        run_id = make_run(database, spec, model=MODEL)
+        (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+        assert result.status == DayStatus.FAILED
+        assert stub.served == {"llama_json_schema": 1}  # not retried: it is no fault
+        assert "\n" not in result.error
+        assert "refuses response_format json_schema" in result.error
+        assert "set LOOPSIM_RESPONSE_FORMAT=json_object" in result.error
+        assert "[model] response_format" in result.error
+        assert "Input should be 'text' or 'json_object'" in result.error
+        assert "attempts" not in result.error
+        json_object = settings_for(stub.base_url, response_format="json_object")
+        (again,) = Loop(database, json_object, build_chat(json_object)).run_days(run_id, 1)
+    assert again.status == DayStatus.COMMITTED, again.error
+    assert stub.requests[-1]["response_format"]["type"] == "json_object"
+
+
+def test_a_plain_server_error_keeps_the_servers_whole_message(database, spec):
+    import openai
+
+    from loopsim.chat.handle import ChatHandle
+
+    class Failing:
+        def invoke(self, *args, **kwargs):
+            request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+            response = httpx.Response(400, request=request)
+            raise openai.BadRequestError(
+                "Error code: 400 - first line:\nthe useful part",
+                response=response,
+                body={"error": {"message": "first line:\nthe useful part"}},
+            )
+
+    handle = ChatHandle(MODEL, Failing(), structured="openai")  # type: ignore[arg-type]
+    with pytest.raises(ModelUnavailable) as raised:
+        handle.complete([], None)
+    assert raised.value.message.endswith("HTTP 400: Error code: 400 - first line: the useful part")
+
+
+def test_system_text_is_folded_into_the_first_user_turn_when_asked(database, spec):
+    with StubOpenAI() as stub:
+        run_id = make_run(database, spec, model=MODEL)
+        keep = settings_for(stub.base_url)
+        (first,) = Loop(database, keep, build_chat(keep)).run_days(run_id, 1)
+        sent = stub.requests[-1]["messages"]
+        system = [m["content"] for m in sent if m["role"] == "system"]
+        assert system, sent  # the prompt has system text, sent as it is by default
+        fold = settings_for(stub.base_url, system_messages="fold")
+        (second,) = Loop(database, fold, build_chat(fold)).run_days(run_id, 1)
+        folded = stub.requests[-1]["messages"]
+    assert first.status == second.status == DayStatus.COMMITTED
+    assert [m["role"] for m in folded if m["role"] == "system"] == []
+    users = [m["content"] for m in folded if m["role"] == "user"]
+    assert users[0].startswith("\n\n".join(system))
+    assert folded[0]["role"] == "user"
+
+
+def test_the_spec_can_fold_system_text_for_one_model():
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from loopsim.chat.handle import fold_system_text
+    from loopsim.schemas import ModelSpec
+
+    messages = [SystemMessage("persona"), HumanMessage("day"), AIMessage("a"), HumanMessage("b")]
+    assert [(m.type, m.text) for m in fold_system_text(messages)] == [
+        ("human", "persona\n\nday"),
+        ("ai", "a"),
+        ("human", "b"),
+    ]
+    factory = build_chat(Settings(model_base_url="http://127.0.0.1:9/v1"))
+    assert factory(MODEL, ModelSpec(system_messages="fold"), 100).fold_system
+    assert not factory(MODEL, ModelSpec(), 100).fold_system

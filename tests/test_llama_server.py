@@ -89,6 +89,7 @@ def test_the_service_runs_real_days_through_llama_cpp_server(database, spec, lla
         max_failed_days=2,
         max_retries=1,
         response_format="json_object",  # the form llama-cpp-python's server accepts
+        system_messages="fold",  # --chat_format gemma drops system messages
     )
     run_id = make_run(database, spec, model="openai:gemma-3-270m")
     with database.write() as session:
@@ -132,3 +133,34 @@ def test_the_service_runs_real_days_through_llama_cpp_server(database, spec, lla
         assert run.status == RunStatus.FAILED
         assert len(days) == 2
         assert not entries
+
+
+def test_the_real_server_refusing_json_schema_is_one_line_and_folding_keeps_the_persona(
+    llama_server,
+):
+    """What the howto says of llama_cpp.server: it refuses loopsim's default json_schema
+    (one line naming the setting, no retries), and with --chat_format gemma it drops
+    system text unless loopsim folds it (the prompt token counts show it)."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from loopsim.errors import ModelUnavailable
+    from loopsim.schemas import ModelSpec
+
+    def handle(**kw):
+        settings = Settings(model_base_url=llama_server, model_timeout=180, **kw)
+        return build_chat(settings)("openai:gemma-3-270m", ModelSpec(temperature=0), 8)
+
+    persona = "You are Dr. Test, an entomologist who studies how bees choose flowers. " * 4
+    day = [HumanMessage("Say hello.")]
+    with pytest.raises(ModelUnavailable) as refused:
+        handle(retry_initial_seconds=0.01).complete(day, {"type": "object"})
+    assert refused.value.attempts == 1
+    assert "\n" not in refused.value.message
+    assert "LOOPSIM_RESPONSE_FORMAT=json_object" in refused.value.message
+    alone = handle().complete(day, None).tokens_in
+    kept = handle().complete([SystemMessage(persona), *day], None).tokens_in
+    folded = handle(system_messages="fold").complete([SystemMessage(persona), *day], None)
+    assert kept == alone  # --chat_format gemma dropped the system message
+    assert folded.tokens_in is not None
+    assert alone is not None
+    assert folded.tokens_in > alone + 40  # the persona reached the model

@@ -14,23 +14,22 @@ validated by the caller regardless.
 Endpoint faults are retried here, with tenacity: 408, 409, 429 and 5xx replies, timeouts,
 refused or reset connections, truncated or stalled bodies and garbled JSON. Waits grow
 exponentially with jitter, and a ``Retry-After`` header is honoured (up to the cap). A
-client error such as 400 or 401 is not retried: asking again cannot help.
+client error such as 400 or 401 is not retried: asking again cannot help. Neither is a
+server that refuses the ``response_format`` it was sent (some answer 500 for it, as
+llama-cpp-python's server does for json_schema): the error says, in one line, which
+setting to use instead (:meth:`ChatHandle.format_refused`).
 """
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -39,6 +38,15 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from loopsim.chat.faults import (
+    FORMAT_FALLBACK,
+    FORMAT_WORDS,
+    RetryPolicy,
+    connection_refused,
+    error_text,
+    is_transient,
+    status_of,
+)
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
@@ -62,94 +70,27 @@ class Reply:
 MIN_SECRET_CHARS = 8
 
 
-def _refused(exc: BaseException) -> bool:
-    """Was the connection refused: nothing listening at the address? The provider SDKs
-    wrap the socket's error, so the whole chain of causes is looked through."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ConnectionRefusedError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-def status_of(exc: BaseException) -> int | None:
-    """The HTTP status a provider's exception carries, if any (openai, anthropic, httpx)."""
-    for candidate in (exc, getattr(exc, "response", None)):
-        code = getattr(candidate, "status_code", None)
-        if isinstance(code, int):
-            return code
-    return None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Would the same call, asked again, plausibly succeed?"""
-    status = status_of(exc)
-    if status is not None and status < 300:  # a success whose body was cut or garbled
-        return True
-    if status is not None:
-        return status in RETRY_STATUSES or status >= 500
-    if isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, json.JSONDecodeError):  # a 200 whose body was cut or garbled
-        return True
-    try:  # the openai SDK wraps transport failures in its own classes
-        import openai
-    except ImportError:  # pragma: no cover - langchain-openai depends on it
-        return False
-    return isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError)
-
-
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds a ``Retry-After`` (or ``retry-after-ms``) header asks for, if any."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    try:
-        if headers.get("retry-after-ms"):
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to retry one model call. ``attempts`` counts the first try."""
-
-    attempts: int = 5
-    initial: float = 1.0
-    max_wait: float = 60.0
-
-    def wait(self, state: RetryCallState) -> float:
-        """The backoff, or what the server's Retry-After asks for if that is longer: a
-        server that says "Retry-After: 0" under a burst of 429s must not turn the backoff
-        off (a retry storm against an overloaded endpoint)."""
-        exc = state.outcome.exception() if state.outcome else None
-        asked = retry_after(exc) if exc is not None else None
-        backoff = self.initial * 2.0 ** (state.attempt_number - 1)
-        backoff = min(self.max_wait, backoff) * random.uniform(0.5, 1.0)  # full-ish jitter
-        if asked is not None:
-            return min(max(asked, backoff), self.max_wait)
-        return backoff
-
-
 def _requests(retrying: Retrying | AsyncRetrying) -> int:
     """How many requests one call took: tenacity's count of its attempts."""
     return int(retrying.statistics.get("attempt_number", 1))
+
+
+def fold_system_text(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """System text moved to the head of the next user turn, as the embedded path does for
+    chat formats without a system role: for servers that would drop it silently."""
+    folded: list[BaseMessage] = []
+    pending: list[str] = []
+    for message in messages:
+        if message.type == "system":
+            pending.append(message.text)
+            continue
+        if pending and message.type == "human":
+            message = HumanMessage("\n\n".join([*pending, message.text]))
+            pending = []
+        folded.append(message)
+    if pending:
+        folded.insert(0, HumanMessage("\n\n".join(pending)))
+    return folded
 
 
 OnRetry = Callable[[BaseException, float], None]
@@ -170,8 +111,11 @@ class ChatHandle:
         secrets: Sequence[str] = (),
         base_url: str | None = None,
         send_seed: bool = False,
+        fold_system: bool = False,
     ) -> None:
         self.model_id = model_id
+        # Fold system text into the first user turn before every call (see fold_system_text).
+        self.fold_system = fold_system
         # Send the sampling seed to an API that takes one (OpenAI's and the compatible
         # servers'): each validation retry asks with another seed, so a retried day is not
         # the same failed reply again.
@@ -206,6 +150,22 @@ class ChatHandle:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
         return kwargs
 
+    def format_refused(self, exc: BaseException) -> tuple[str, str] | None:
+        """(what was sent, what to set instead) if ``exc`` is the server refusing the
+        ``response_format`` it was sent; None for any other error."""
+        if self.structured not in FORMAT_FALLBACK:
+            return None
+        status = status_of(exc)
+        if status is None or status < 400:
+            return None
+        text = error_text(exc).lower()
+        if not any(word in text for word in FORMAT_WORDS):
+            return None
+        return FORMAT_FALLBACK[self.structured]
+
+    def _transient(self, exc: BaseException) -> bool:
+        return is_transient(exc) and self.format_refused(exc) is None
+
     def _retrying_options(self) -> dict[str, Any]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -213,7 +173,7 @@ class ChatHandle:
                 self.on_retry(exc, state.upcoming_sleep)
 
         return {
-            "retry": retry_if_exception(is_transient),
+            "retry": retry_if_exception(self._transient),
             "stop": stop_after_attempt(max(1, self.retry.attempts)),
             "wait": self.retry.wait,
             "before_sleep": before_sleep,
@@ -232,21 +192,31 @@ class ChatHandle:
         return error
 
     def _unavailable(self, exc: Exception, attempts: int) -> ModelUnavailable:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        # An endpoint's error text is stored with the failed day and logged.
-        detail = loggable(detail)
+        # All of it, on one line: a server's reason often follows a first line such as
+        # "1 validation error:". An endpoint's error text is stored with the failed day
+        # and logged.
+        detail = loggable(error_text(exc))
         status = status_of(exc)
         what = f"HTTP {status}" if status is not None else type(exc).__name__
         if status is not None and status < 300:
             what = f"unreadable reply (HTTP {status})"
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         message = f"model {self.model_id} failed{tries}: {what}: {detail}"
-        if self.base_url and _refused(exc):
+        if self.base_url and connection_refused(exc):
             # Nothing listens there: say where, and what would fix it.
             message = (
                 f"model {self.model_id} failed{tries}: nothing answers at {self.base_url} "
                 "(connection refused); start the server there, or point "
                 "LOOPSIM_MODEL_BASE_URL (or the spec's [model] base_url) at one that runs"
+            )
+        refused = self.format_refused(exc)
+        if refused is not None:
+            sent, instead = refused
+            where = f" at {self.base_url}" if self.base_url else ""
+            message = (
+                f"model {self.model_id}: the server{where} refuses response_format {sent}; "
+                f"set LOOPSIM_RESPONSE_FORMAT={instead} (or the spec's [model] "
+                f'response_format = "{instead}"). It said: {what}: {detail}'
             )
         return ModelUnavailable(self.redact(loggable(message))[:500])
 
@@ -276,6 +246,8 @@ class ChatHandle:
         """One call, retried on endpoint faults. With ``schema``, ask for JSON in that
         shape; without, for plain text."""
         kwargs = self._kwargs(schema, seed)
+        if self.fold_system:
+            messages = fold_system_text(messages)
         started = time.perf_counter()
         retrying = Retrying(**self._retrying_options())
         try:
@@ -295,6 +267,8 @@ class ChatHandle:
     ) -> Reply:
         """:meth:`complete` without blocking the event loop."""
         kwargs = self._kwargs(schema, seed)
+        if self.fold_system:
+            messages = fold_system_text(messages)
         started = time.perf_counter()
         retrying = AsyncRetrying(**self._retrying_options())
         try:
@@ -434,4 +408,5 @@ def _init_langchain(
         secrets=secrets,
         base_url=base_url,
         send_seed=provider == "openai",
+        fold_system=(spec.system_messages or settings.system_messages) == "fold",
     )

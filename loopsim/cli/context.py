@@ -75,9 +75,15 @@ class AppContext:
             return self._database
         self.close()
         self._database = dbmod.Database.open(
-            self.url, busy_timeout_ms=self.settings.busy_timeout_ms
+            self.url, busy_timeout_ms=self.settings.busy_timeout_ms, chain_key=self.chain_key
         )
         return self._database
+
+    @property
+    def chain_key(self) -> bytes | None:
+        """LOOPSIM_CHAIN_KEY as bytes, for keyed hash chains; None if unset."""
+        key = self.settings.chain_key
+        return key.get_secret_value().encode() if key is not None else None
 
     def close(self) -> None:
         if self._database is not None:

@@ -127,7 +127,11 @@ def db_check(
             progress.update(task, completed=done, total=total)
 
         report = maintenance.check(
-            a.url, quick=quick, busy_timeout_ms=a.settings.busy_timeout_ms, on_run=on_run
+            a.url,
+            quick=quick,
+            busy_timeout_ms=a.settings.busy_timeout_ms,
+            on_run=on_run,
+            chain_key=a.chain_key,
         )
     if as_json:
         a.print_json(
@@ -145,6 +149,13 @@ def db_check(
         for problem in report.problems:
             a.out.print(Text(" ".join(safe_text(problem).split())))
     kind = "quick check" if quick else "integrity check"
+    if report.keyed_unverified:
+        count = len(report.keyed_unverified)
+        a.err.print(
+            f"{count} keyed {'run' if count == 1 else 'runs'} not verified (their chains "
+            "are keyed; set LOOPSIM_CHAIN_KEY to verify them)",
+            soft_wrap=True,
+        )
     if report.ok:
         a.err.print(
             f"{report.where}: {kind} ok, foreign keys ok, {report.runs} "
@@ -173,7 +184,11 @@ def db_backup(
     For PostgreSQL use pg_dump."""
     a = app_context(ctx)
     result = maintenance.backup(
-        a.url, path, force=force, busy_timeout_ms=a.settings.busy_timeout_ms
+        a.url,
+        path,
+        force=force,
+        busy_timeout_ms=a.settings.busy_timeout_ms,
+        chain_key=a.chain_key,
     )
     report = result.report
     if as_json:

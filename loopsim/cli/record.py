@@ -15,6 +15,7 @@ from rich.text import Text
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.exports.markdown import entry_marks, safe_text
+from loopsim.record.chain import KEYED_HINT
 from loopsim.record.store import Store, dropped_words, search_terms
 from loopsim.record.tables import Entry
 from loopsim.schemas import DayStatus
@@ -104,12 +105,16 @@ def record_amend_digest(
 
 @app.command("verify")
 def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
-    """Recompute the SHA-256 chain; name the first broken link and exit 1 if any."""
+    """Recompute the hash chain (HMAC-SHA256 under LOOPSIM_CHAIN_KEY for a keyed run);
+    name the first broken link and exit 1 if any."""
     a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
         result = store.verify_chain(run.id)
+        key_held = store.chain_key is not None
+    if result.needs_key:
+        raise RecordBroken(f"run {run.id}: {KEYED_HINT} to verify it")
     if not result.ok:
         assert result.broken is not None
         raise RecordBroken(
@@ -117,7 +122,14 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
             f"{plural(result.checked, 'entry', 'entries')} before it verify"
         )
     entries = plural(result.checked, "entry", "entries")
-    a.out.print(f"ok: run {run.id}, {entries}, head {result.head[:16]}")
+    kind = ", keyed (HMAC-SHA256)" if result.keyed else ""
+    a.out.print(f"ok: run {run.id}, {entries}, head {result.head[:16]}{kind}")
+    if key_held and not result.keyed and result.checked:
+        a.err.print(
+            f"note: run {run.id}'s chain is plain SHA-256, not keyed (it was started "
+            "without LOOPSIM_CHAIN_KEY): anyone who can write the database could rewrite it",
+            soft_wrap=True,
+        )
 
 
 SNIPPET_CHARS = 160

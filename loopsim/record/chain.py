@@ -4,11 +4,24 @@ Each entry's hash covers its canonical content and the previous entry's hash, so
 deleting or reordering any committed entry breaks every link after it, and
 :meth:`ChainQueries.verify_chain` names the first. The bytes hashed here are fixed:
 every record ever written depends on them.
+
+A *keyed* chain (``LOOPSIM_CHAIN_KEY``) hashes the same bytes with HMAC-SHA256 under the
+key instead, so only a holder of the key can extend it or recompute it after an edit. A
+run records that it is keyed in its chain itself: its first entry's ``prev_hash`` is the
+keyed genesis (:func:`chain_genesis`, an HMAC of the run id) instead of sixty-four zeros.
+So no column or migration is needed, a verifier without the key can tell a keyed run
+("set LOOPSIM_CHAIN_KEY") from a broken one, and a verifier with the wrong key is told
+so. A run is keyed or plain from its first entry on: a run started without the key stays
+plain (and says so), since its first entries were never keyed. The limit: whoever can
+write the database can still rewrite a keyed run whole as a plain one; with the key set,
+``record verify`` reports such a run as "plain, not keyed" rather than as keyed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,14 +32,26 @@ from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day, Entry
 
 GENESIS = "0" * 64
+# Where a session carries the chain key (bytes), set by loopsim.record.db.Database.
+CHAIN_KEY_INFO = "loopsim_chain_key"
+KEYED_HINT = "this run's chain is keyed; set LOOPSIM_CHAIN_KEY"
+
+
+def chain_genesis(run_id: str, key: bytes | None) -> str:
+    """The ``prev_hash`` of a run's first entry: zeros for a plain chain, an HMAC of the
+    run id for a keyed one (which also tells a verifier whether it holds the right key)."""
+    if key is None:
+        return GENESIS
+    return hmac.new(key, canonical_json({"v": 1, "genesis": run_id}), hashlib.sha256).hexdigest()
 
 
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def entry_hash(entry: Entry, day_index: int | None) -> str:
-    """The chain hash of one entry: its canonical content plus the previous hash."""
+def entry_hash(entry: Entry, day_index: int | None, key: bytes | None = None) -> str:
+    """The chain hash of one entry: its canonical content plus the previous hash, as
+    SHA-256, or as HMAC-SHA256 under ``key`` for a keyed chain."""
     payload = {
         "v": 1,
         "run_id": entry.run_id,
@@ -50,7 +75,9 @@ def entry_hash(entry: Entry, day_index: int | None) -> str:
         value = getattr(entry, name)
         if value is not None:
             payload[name] = value
-    return sha256_hex(canonical_json(payload))
+    if key is None:
+        return sha256_hex(canonical_json(payload))
+    return hmac.new(key, canonical_json(payload), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,19 +93,49 @@ class BrokenLink:
 
 
 @dataclass(frozen=True)
+class ChainPoint:
+    """A verified point of a chain: its last entry's seq and hash, and whether it is
+    keyed. Verification can go on from here without re-reading what came before."""
+
+    seq: int
+    hash: str
+    keyed: bool
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     run_id: str
     checked: int
     head: str
     broken: BrokenLink | None
+    keyed: bool = False
+    # The chain is keyed and this process holds no key: it cannot be verified here.
+    needs_key: bool = False
+    head_seq: int = 0
 
     @property
     def ok(self) -> bool:
         return self.broken is None
 
+    @property
+    def point(self) -> ChainPoint:
+        return ChainPoint(self.head_seq, self.head, self.keyed)
+
 
 class ChainQueries(StoreBase):
     """The head of a run's chain, and its verification."""
+
+    @property
+    def chain_key(self) -> bytes | None:
+        """The key of keyed chains, if this process holds one (``LOOPSIM_CHAIN_KEY``)."""
+        key = self.session.info.get(CHAIN_KEY_INFO)
+        return key if isinstance(key, bytes) and key else None
+
+    def first_prev_hash(self, run_id: str) -> str | None:
+        """The ``prev_hash`` of the run's first entry: its genesis, or None if it has none."""
+        return self.session.scalar(
+            select(Entry.prev_hash).where(Entry.run_id == run_id, Entry.seq == 1)
+        )
 
     def chain_head(self, run_id: str) -> tuple[int, str]:
         row = self.session.execute(
@@ -89,7 +146,9 @@ class ChainQueries(StoreBase):
         ).first()
         return (0, GENESIS) if row is None else (row[0], row[1])
 
-    def iter_chain(self, run_id: str, batch: int = 500) -> Iterator[tuple[Entry, int | None]]:
+    def iter_chain(
+        self, run_id: str, batch: int = 500, after_seq: int = 0
+    ) -> Iterator[tuple[Entry, int | None]]:
         stmt = (
             select(Entry, Day.index)
             .outerjoin(Day, Entry.day_id == Day.id)
@@ -97,25 +156,54 @@ class ChainQueries(StoreBase):
             .order_by(Entry.seq)
             .execution_options(yield_per=batch)
         )
+        if after_seq:
+            stmt = stmt.where(Entry.seq > after_seq)
         yield from self.session.execute(stmt)
 
-    def verify_chain(self, run_id: str) -> VerifyResult:
-        """Recompute every hash in order; stop at the first broken link."""
-        prev = GENESIS
-        expected_seq = 1
+    @staticmethod
+    def _link_fault(
+        entry: Entry,
+        day_index: int | None,
+        expected_seq: int,
+        prev: str,
+        key: bytes | None,
+        keyed: bool,
+    ) -> str | None:
+        if entry.seq != expected_seq:
+            return f"expected seq {expected_seq}; an entry is missing or out of order"
+        if entry.prev_hash != prev:
+            return "prev_hash does not match the entry before it"
+        if entry_hash(entry, day_index, key if keyed else None) != entry.hash:
+            what = "keyed hash" if keyed else "hash"
+            return f"content does not match its {what} (edited after commit)"
+        return None
+
+    def verify_chain(self, run_id: str, since: ChainPoint | None = None) -> VerifyResult:
+        """Recompute every hash in order; stop at the first broken link. From ``since``
+        (a point verified before), only the entries after it are read and checked."""
+        key = self.chain_key
+        prev, expected_seq, keyed = GENESIS, 1, False
+        if since is not None:
+            prev, expected_seq, keyed = since.hash, since.seq + 1, since.keyed
         checked = 0
-        for entry, day_index in self.iter_chain(run_id):
+        for entry, day_index in self.iter_chain(run_id, after_seq=expected_seq - 1):
             reason = None
-            if entry.seq != expected_seq:
-                reason = f"expected seq {expected_seq}; an entry is missing or out of order"
-            elif entry.prev_hash != prev:
-                reason = "prev_hash does not match the entry before it"
-            elif entry_hash(entry, day_index) != entry.hash:
-                reason = "content does not match its hash (edited after commit)"
+            if entry.seq == 1 and entry.prev_hash != GENESIS:
+                # Not the plain genesis: a keyed chain, or an edited first entry.
+                if key is None:
+                    link = BrokenLink(entry.seq, day_index, entry.id, KEYED_HINT)
+                    return VerifyResult(run_id, 0, prev, link, True, needs_key=True)
+                keyed, prev = True, chain_genesis(run_id, key)
+                if entry.prev_hash != prev:
+                    reason = (
+                        "its genesis is neither the plain one nor this LOOPSIM_CHAIN_KEY's: "
+                        "the run was keyed with another key, or its first entry was edited"
+                    )
+            reason = reason or self._link_fault(entry, day_index, expected_seq, prev, key, keyed)
             if reason:
                 link = BrokenLink(entry.seq, day_index, entry.id, reason)
-                return VerifyResult(run_id, checked, prev, link)
+                return VerifyResult(run_id, checked, prev, link, keyed, head_seq=expected_seq - 1)
             prev = entry.hash
             expected_seq += 1
             checked += 1
-        return VerifyResult(run_id, checked, prev, None)
+        return VerifyResult(run_id, checked, prev, None, keyed, head_seq=expected_seq - 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import importlib.util
 import os
 import sqlite3
@@ -45,6 +46,7 @@ from loopsim.errors import (
     SchemaTooNew,
     SpecError,
 )
+from loopsim.record.chain import CHAIN_KEY_INFO
 from loopsim.record.sqlite_file import (
     readonly,
     sqlite_revision,
@@ -224,8 +226,10 @@ class Database:
     url: URL
     engine: Engine
     write_engine: Engine
-    _key: tuple[str, int] | None = field(default=None, repr=False)
+    _key: tuple[str, int, str] | None = field(default=None, repr=False)
     _opened: int = field(default=1, repr=False)
+    # LOOPSIM_CHAIN_KEY: every session carries it, for the hash chain (record/chain.py).
+    chain_key: bytes | None = field(default=None, repr=False)
 
     @property
     def where(self) -> str:
@@ -236,8 +240,12 @@ class Database:
         return self.url.get_backend_name()
 
     @classmethod
-    def open(cls, url_or_path: str, *, busy_timeout_ms: int = 30_000) -> Database:
-        """Open an existing database at the current schema, or raise a one-line error."""
+    def open(
+        cls, url_or_path: str, *, busy_timeout_ms: int = 30_000, chain_key: bytes | None = None
+    ) -> Database:
+        """Open an existing database at the current schema, or raise a one-line error.
+        ``chain_key`` keys the hash chains written and verified through it."""
+        chain_key = chain_key or None
         url = normalize_url(url_or_path)
         where = display_url(url)
         path = sqlite_path(url)
@@ -251,18 +259,23 @@ class Database:
             engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
             if not _at_head(engine, where):
                 check_revision(_current_revision(engine, where), where)
-            return cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"))
+            write = engine.execution_options(loopsim_begin="IMMEDIATE")
+            return cls(url, engine, write, chain_key=chain_key)
         # Checked before the engine's first connection writes to it (even the switch to
         # WAL rewrites the header), and checked again on every open.
         check_revision(sqlite_revision(path, where), where)
-        key = (str(path.resolve()), int(busy_timeout_ms))
+        # Openers with different chain keys get their own Database (the key's digest
+        # tells them apart; the key itself is kept only on the Database).
+        digest = hashlib.sha256(chain_key).hexdigest() if chain_key else ""
+        key = (str(path.resolve()), int(busy_timeout_ms), digest)
         with _OPEN_LOCK:
             shared = _OPEN.get(key)
             if shared is not None:
                 shared._opened += 1
                 return shared
             engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
-            database = cls(url, engine, engine.execution_options(loopsim_begin="IMMEDIATE"), key)
+            write = engine.execution_options(loopsim_begin="IMMEDIATE")
+            database = cls(url, engine, write, key, chain_key=chain_key)
             _OPEN[key] = database
             return database
 
@@ -270,19 +283,28 @@ class Database:
     def read(self) -> Iterator[Session]:
         """A session for reading. It never commits; closing it ends the transaction and
         leaves loaded objects readable (detached, not expired)."""
-        with translated(self.where), Session(self.engine, expire_on_commit=False) as session:
+        with (
+            translated(self.where),
+            Session(self.engine, expire_on_commit=False, info=self._info()) as session,
+        ):
             yield session
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose block commits once at the end, or not at all."""
-        with translated(self.where), Session(self.write_engine, expire_on_commit=False) as s:
+        with (
+            translated(self.where),
+            Session(self.write_engine, expire_on_commit=False, info=self._info()) as s,
+        ):
             try:
                 yield s
                 s.commit()
             except BaseException:
                 s.rollback()
                 raise
+
+    def _info(self) -> dict[str, Any]:
+        return {CHAIN_KEY_INFO: self.chain_key} if self.chain_key else {}
 
     def dispose(self) -> None:
         """Close this opener's hold; the engine closes with the last one."""
@@ -297,7 +319,7 @@ class Database:
 
 
 # The process's open SQLite databases, by resolved path and busy timeout.
-_OPEN: dict[tuple[str, int], Database] = {}
+_OPEN: dict[tuple[str, int, str], Database] = {}
 _OPEN_LOCK = threading.Lock()
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
-from loopsim.record.chain import ChainQueries, entry_hash
+from loopsim.errors import RecordBroken
+from loopsim.record.chain import GENESIS, KEYED_HINT, ChainQueries, chain_genesis, entry_hash
 from loopsim.record.tables import Day, Entry, utcnow
 from loopsim.schemas import Author, EntryKind
 
@@ -57,6 +58,9 @@ class EntryQueries(ChainQueries):
         An item's ``parent`` names an earlier item of the same batch; the parent is
         flushed first so its id, which the child's hash covers, is known."""
         seq, prev = self.chain_head(run_id)
+        key = self._append_key(run_id, seq)
+        if seq == 0:
+            prev = chain_genesis(run_id, key)
         now = utcnow()
         created: list[Entry] = []
         parents = {item.parent for item in items if item.parent is not None}
@@ -89,7 +93,7 @@ class EntryQueries(ChainQueries):
                 score=item.score,
                 flagged=item.flagged,
             )
-            entry.hash = entry_hash(entry, day.index if day is not None else None)
+            entry.hash = entry_hash(entry, day.index if day is not None else None, key)
             prev = entry.hash
             self.session.add(entry)
             created.append(entry)
@@ -97,6 +101,25 @@ class EntryQueries(ChainQueries):
                 self.session.flush()
         self.session.flush()
         return created
+
+    def _append_key(self, run_id: str, head_seq: int) -> bytes | None:
+        """The key to extend the run's chain with: this process's chain key for a new or
+        keyed chain, none for a plain one. A keyed chain is never extended without its key
+        (or with another), which would break it."""
+        key = self.chain_key
+        if head_seq == 0:
+            return key
+        genesis = self.first_prev_hash(run_id)
+        if genesis is None or genesis == GENESIS:
+            return None
+        if key is None:
+            raise RecordBroken(f"run {run_id}: {KEYED_HINT} to extend it")
+        if genesis != chain_genesis(run_id, key):
+            raise RecordBroken(
+                f"run {run_id}: LOOPSIM_CHAIN_KEY is not the key this run's chain was keyed "
+                f"with; `loopsim record verify {run_id}` checks it"
+            )
+        return key
 
     def list_entries(
         self,

@@ -40,6 +40,8 @@ class CheckReport:
     entries: int = 0
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)
     recorded: bool = False
+    # Keyed runs this check could not verify: it was given no LOOPSIM_CHAIN_KEY.
+    keyed_unverified: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -82,8 +84,11 @@ def check(
     busy_timeout_ms: int = 30_000,
     on_run: Callable[[int, int], None] | None = None,
     record: bool = True,
+    chain_key: bytes | None = None,
 ) -> CheckReport:
-    """Check a database; ``on_run(done, total)`` follows the chain checks."""
+    """Check a database; ``on_run(done, total)`` follows the chain checks. Keyed chains
+    are verified with ``chain_key``; without it they are listed as not verified, which
+    is no problem found."""
     url = dbmod.normalize_url(url_or_path)
     where = dbmod.display_url(url)
     path = dbmod.sqlite_path(url)
@@ -94,7 +99,9 @@ def check(
         report.problems += sqlite_problems(path, quick=quick)
         if report.problems:
             return report  # nothing more is read from, or written to, a damaged file
-    database = dbmod.Database.open(url_or_path, busy_timeout_ms=busy_timeout_ms)
+    database = dbmod.Database.open(
+        url_or_path, busy_timeout_ms=busy_timeout_ms, chain_key=chain_key
+    )
     try:
         with database.read() as session:
             store = Store(session)
@@ -102,7 +109,9 @@ def check(
             for done, run_id in enumerate(run_ids, 1):
                 verified = store.verify_chain(run_id)
                 report.entries += verified.checked
-                if verified.broken is not None:
+                if verified.needs_key:
+                    report.keyed_unverified.append(run_id)
+                elif verified.broken is not None:
                     report.problems.append(f"run {run_id}: {verified.broken.describe()}")
                 else:
                     report.heads[run_id] = (verified.checked, verified.head)
@@ -134,7 +143,12 @@ class BackupResult:
 
 
 def backup(
-    url_or_path: str, target: Path, *, force: bool = False, busy_timeout_ms: int = 30_000
+    url_or_path: str,
+    target: Path,
+    *,
+    force: bool = False,
+    busy_timeout_ms: int = 30_000,
+    chain_key: bytes | None = None,
 ) -> BackupResult:
     """Copy a live SQLite database to ``target``, checked before it takes that name."""
     url = dbmod.normalize_url(url_or_path)
@@ -159,7 +173,7 @@ def backup(
     tmp = directory / f".{target.name}.{secrets.token_hex(4)}.partial"
     try:
         _copy(path, tmp, where)
-        report = check(str(tmp), busy_timeout_ms=busy_timeout_ms, record=False)
+        report = check(str(tmp), busy_timeout_ms=busy_timeout_ms, record=False, chain_key=chain_key)
         if not report.ok:
             raise DatabaseCorrupt(
                 f"the copy of {where} did not check out ({report.problems[0]}); nothing "

@@ -26,7 +26,21 @@ from typing import Any
 from loopsim.testing import report_json
 
 FAULTS = ("429", "400", "500", "502", "503", "stall", "stall_body", "truncate", "invalid_json")
-FAULTS_ALL = (*FAULTS, "reset")
+# Not a transient fault but a server's habit: "llama_json_schema" answers a request for
+# response_format json_schema as llama-cpp-python's server does (HTTP 500, a validation
+# error), and any other request normally.
+FAULTS_ALL = (*FAULTS, "reset", "llama_json_schema")
+# The body llama-cpp-python's server (python -m llama_cpp.server) answers json_schema with.
+LLAMA_JSON_SCHEMA_ERROR = {
+    "error": {
+        "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+        "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+        "'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}\n",
+        "type": "internal_server_error",
+        "param": None,
+        "code": None,
+    }
+}
 
 
 def default_text(body: dict[str, Any]) -> str:
@@ -204,6 +218,11 @@ class StubOpenAI:
             headers = {"Retry-After": f"{self.retry_after:g}"} if fault == "429" else {}
             await _send(writer, int(fault), json.dumps(error).encode(), headers)
             return True
+        if fault == "llama_json_schema":
+            asked = body.get("response_format")
+            if isinstance(asked, dict) and asked.get("type") == "json_schema":
+                await _send(writer, 500, json.dumps(LLAMA_JSON_SCHEMA_ERROR).encode())
+                return True
         if fault == "invalid_json":
             await _send(writer, 200, b'{"id": "x", "choices": [')
             return True
