@@ -114,7 +114,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
 
 def retry_line(model_id: str, exc: BaseException, wait: float) -> str:
     """One line for one endpoint retry: which model, what went wrong, when it tries again."""
-    from loopsim.chat.handle import status_of
+    from loopsim.chat.faults import status_of
 
     status = status_of(exc)
     what = f"HTTP {status}" if status is not None else type(exc).__name__
