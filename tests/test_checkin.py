@@ -653,3 +653,32 @@ def test_a_judge_rates_what_the_human_did_not_and_its_verdict_is_kept(database):
 def test_a_spec_judge_must_name_a_model():
     with pytest.raises(SpecError, match="judge"):
         spec_with(judge="gpt4")
+
+
+def test_charter_drift_still_fires_when_every_day_is_checked_in(database):
+    """Issue 19: with a check-in every day the last approval is always yesterday, which
+    left no window to compare, so charter drift could never fire. It now compares against
+    the last approval a whole window back."""
+    from loopsim.testing import report_json
+
+    body = "How honeybee colonies choose where to forage: distance against nectar quality."
+    on = report_json(("note", "Foraging", body))
+    off = report_json(("note", "Foraging", body + " Marked."))
+
+    def similarity(charter: str, days: str) -> float:
+        return 0.1 if "Marked." in days else 0.9
+
+    spec = spec_with(every_days=1, charter_drift_window=2, probes_per_checkin=0)
+    run_id = make_run(database, spec)
+    factory, _ = scripted_factory([on, on, on, off, off, off, off])
+    loop = Loop(database, Settings(), factory, similarity)
+    reasons = []
+    for _ in range(6):
+        loop.run_days(run_id, 1)
+        if loop.opened_checkin is None:
+            continue
+        with database.read() as session:
+            reasons.append(Store(session).get_checkin(loop.opened_checkin).reason)
+        decide(database, loop.opened_checkin, Decision.APPROVE)
+    assert "charter_drift" in reasons
+    assert reasons[:3] == ["scheduled", "scheduled", "scheduled"]

@@ -126,6 +126,16 @@ def charter_similarity(
     return sum(scores) / len(scores) if scores else 0.0
 
 
+def charter_anchor(approved: Sequence[CheckIn], latest: int, window: int) -> int:
+    """The approved day charter drift compares against: the last approval that leaves a
+    whole window of days after it. With check-ins every day the last approval is always
+    yesterday, and comparing against it would never leave a window to compare (so the
+    alarm could never fire); an earlier approval is still an approved baseline."""
+    return max(
+        (c.last_day_index for c in approved if c.last_day_index <= latest - window), default=0
+    )
+
+
 def charter_drift(
     store: Store,
     run_id: str,
@@ -167,8 +177,8 @@ def explain(
         return future_leak(store, run.id, latest)
     if reason == CheckinReason.CHARTER_DRIFT:
         approved = approving(store.list_checkins(run.id))
-        approved_day = approved[-1].last_day_index if approved else 0
-        return charter_drift(store, run.id, spec, latest, approved_day, similarity)
+        anchor = charter_anchor(approved, latest, spec.checkins.charter_drift_window)
+        return charter_drift(store, run.id, spec, latest, anchor, similarity)
     return None
 
 
@@ -198,7 +208,8 @@ def due(
     latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
-    if charter_drift(store, run.id, spec, latest, approved_day, similarity):
+    anchor = charter_anchor(approved, latest, policy.charter_drift_window)
+    if charter_drift(store, run.id, spec, latest, anchor, similarity):
         return CheckinReason.CHARTER_DRIFT
     if new_days >= interval:
         return CheckinReason.SCHEDULED
