@@ -400,6 +400,10 @@ def test_decide_says_when_the_adaptive_interval_changes(cli, open_checkin, tmp_p
     answers.write_text(json.dumps({"1": {"answer": "Tidal pools and kelp.", "rating": 1}}))
     decided = cli("checkin", "decide", "1", "--approve", "--answers", str(answers))
     assert decided.exit_code == 0, decided.output
-    said = " ".join(decided.stderr.split())  # rich wraps at the console width
-    assert "next scheduled check-in after 1 more day, shorter than 2: drift" in said
-    assert "reached the alarm 0.70" in said
+    # Each line whole, never folded at the console's 80 columns (issue 19).
+    lines = decided.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("check-in 1: approve; agreement 0.00")
+    assert lines[0].endswith("alarm)")
+    assert lines[1].startswith("next scheduled check-in after 1 more day, shorter than 2: drift")
+    assert lines[1].endswith("reached the alarm 0.70")

@@ -126,11 +126,14 @@ def _apply(
         extra += f"; agreement {outcome.agreement:.2f}"
         if outcome.ceiling is not None:
             extra += f" (your own retest similarity {outcome.ceiling:.2f} is 1.00)"
+    # One line each, whatever the width: scripts read them, and rich would fold them at 80
+    # columns when stderr is a pipe.
     a.err.print(
-        f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})"
+        f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})",
+        soft_wrap=True,
     )
     if outcome.schedule:
-        a.err.print(outcome.schedule)
+        a.err.print(outcome.schedule, soft_wrap=True)
 
 
 @app.command("decide")
