@@ -188,20 +188,3 @@ def resolve_answers(
 def unanswered(pairs: Sequence[tuple[ProbePair, Probe]]) -> list[int]:
     """Positions (1-based, as the review numbers them) of pairs with no stored answer."""
     return [n for n, (pair, _probe) in enumerate(pairs, 1) if pair.human_answer is None]
-
-
-def consistency(
-    store: Store, run_id: str, similarity: drift.Similarity = drift.lexical_similarity
-) -> float | None:
-    """Mean similarity of the human's retest answers to their first answers: how much
-    they agree with themselves, the ceiling for the simulation's agreement."""
-    first: dict[int, str] = {}
-    scores: list[float] = []
-    for c in store.list_checkins(run_id):
-        for pair, probe in store.pairs(c.id):
-            if pair.human_answer is None:
-                continue
-            if pair.is_retest and probe.id in first:
-                scores.append(similarity(first[probe.id], pair.human_answer))
-            first.setdefault(probe.id, pair.human_answer)
-    return sum(scores) / len(scores) if scores else None

@@ -1,9 +1,10 @@
 """Drift: how far the simulation's predictions sit from the real researcher's answers.
 
-Per probe pair, agreement combines the human's 1-5 rating (when given) with an automatic
-similarity between prediction and answer. A check-in's drift score is one minus the mean
-agreement of its pairs; the trend is an exponentially weighted moving average over the
-run's check-ins.
+Per probe pair, agreement is the human's 1-5 rating when given, else a judge's, else the
+similarity of prediction and answer calibrated between chance and the human's ceiling
+(:mod:`loopsim.checkin.scoring`, :mod:`loopsim.checkin.calibration`). A check-in's drift
+score is one minus the mean agreement of its pairs; the trend is an exponentially
+weighted moving average over the run's check-ins.
 
 Similarity is pluggable: pass any langchain ``Embeddings`` to :class:`EmbeddingSimilarity`.
 :func:`from_settings` picks the configured one: by default the offline sentence embedder of
@@ -217,14 +218,6 @@ def from_settings(settings: Settings | str | None) -> Similarity:
     if name.lower() in (n.lower() for n in OFFLINE_NAMES):
         return EmbeddingSimilarity(factory=_offline, name=name)
     return EmbeddingSimilarity(factory=lambda: _langchain(name, api_key, base_url), name=name)
-
-
-def agreement(similarity: float, rating: int | None) -> float:
-    """Half the human's rating (1-5 mapped to 0-1), half the similarity; or the
-    similarity alone when the human gave no rating."""
-    if rating is None:
-        return similarity
-    return 0.5 * ((rating - 1) / 4) + 0.5 * similarity
 
 
 def drift_score(agreements: Sequence[float]) -> float | None:

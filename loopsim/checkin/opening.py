@@ -19,6 +19,14 @@ from loopsim.record.store import Store
 from loopsim.record.tables import Probe, Run
 from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
 
+# Stored in place of a prediction the model never gave validly, with the reason after it.
+NO_PREDICTION = "(no valid prediction"
+
+
+def usable(prediction: str | None) -> bool:
+    """Whether a stored prediction is one the model gave, not the placeholder."""
+    return bool(prediction) and not (prediction or "").startswith(NO_PREDICTION)
+
 
 def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
     """(probe id, prediction) of the last approving check-in, for prediction drift."""
@@ -28,7 +36,7 @@ def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
     return [
         (probe.id, pair.prediction)
         for pair, probe in store.pairs(approved[-1].id)
-        if pair.prediction and not pair.prediction.startswith("(no valid prediction")
+        if pair.prediction and usable(pair.prediction)
     ]
 
 
@@ -108,7 +116,7 @@ def open_checkin(
             predictions=[
                 (
                     probe_id,
-                    text if text is not None else f"(no valid prediction: {error})",
+                    text if text is not None else f"{NO_PREDICTION}: {error})",
                     probe_id in opening.retests,
                 )
                 for probe_id, text, error in opening.predictions

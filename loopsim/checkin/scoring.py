@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loopsim.checkin import calibration, drift
+from loopsim.checkin.opening import usable
 from loopsim.record.store import Store
 from loopsim.record.tables import Probe, ProbePair
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 # The human answers to other probes a prediction is compared with, for the chance level:
 # the most recent ones, so the cost per check-in stays bounded as a run grows.
 NULL_ANSWERS = 12
-NO_PREDICTION = "(no valid prediction"
 
 
 def kind_of(similarity: drift.Similarity) -> str:
@@ -64,10 +64,6 @@ class CheckinScore:
         return drift.drift_score(values)
 
 
-def usable(prediction: str | None) -> bool:
-    return bool(prediction) and not (prediction or "").startswith(NO_PREDICTION)
-
-
 def answered(
     store: Store, run_id: str, given: Mapping[int, str] | None = None
 ) -> list[tuple[ProbePair, Probe, str]]:
@@ -84,15 +80,13 @@ def answered(
 
 
 def retest_similarities(
-    store: Store,
-    run_id: str,
-    similarity: drift.Similarity,
-    given: Mapping[int, str] | None = None,
+    answered_pairs: Sequence[tuple[ProbePair, Probe, str]], similarity: drift.Similarity
 ) -> list[float]:
-    """How similar each retest answer of the human is to their first answer."""
+    """How similar each retest answer of the human is to their first answer, from the
+    run's answered pairs (:func:`answered`), oldest first."""
     first: dict[int, str] = {}
     scores: list[float] = []
-    for pair, probe, answer in answered(store, run_id, given):
+    for pair, probe, answer in answered_pairs:
         if pair.is_retest and probe.id in first:
             scores.append(similarity(first[probe.id], answer))
         first.setdefault(probe.id, answer)
@@ -116,7 +110,9 @@ def score_checkin(
     answers = answers or {}
     ratings = ratings or {}
     given = {p.id: answers.get(p.id, p.human_answer) for p, _ in pairs}
-    history = [(probe.id, a) for _p, probe, a in answered(store, checkin.run_id, answers)]
+    # One read of every answered pair of the run serves both chance and the ceiling.
+    run_answers = answered(store, checkin.run_id, answers)
+    history = [(probe.id, a) for _p, probe, a in run_answers]
     kind = kind_of(similarity)
 
     # Chance, from the human's own answers: each answer of this check-in against the
@@ -130,7 +126,7 @@ def score_checkin(
             continue
         others = [a for pid, a in history if pid != probe.id][-NULL_ANSWERS:]
         nulls += [similarity(mine, a) for a in others]
-    retests = retest_similarities(store, checkin.run_id, similarity, answers)
+    retests = retest_similarities(run_answers, similarity)
     levels = calibration.levels(kind, nulls, retests)
 
     scored: list[PairScore] = []
