@@ -173,7 +173,10 @@ class Loop:
                 example=not grammar_constrained(run.model),
             )
             digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
-            return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests))
+            tries = store.count_days(run.id, DayStatus.FAILED, index=index)
+            return PlannedDay(
+                run.id, index, date, prompt, run.model, spec, tuple(digests), failed_tries=tries
+            )
 
     def researcher(self, planned: PlannedDay) -> Researcher:
         return Researcher(
@@ -312,7 +315,7 @@ class Loop:
                     store.set_status(run, RunStatus.RUNNING)
             else:
                 limit = self.settings.max_failed_days
-                streak = store.failed_streak(run.id, limit, after=run.resumed_after_day or 0)
+                streak = store.failed_streak(run.id, limit, after_id=run.resumed_after_day_id or 0)
                 if streak >= limit and run.status in STEPPABLE:
                     run_failed = True
                     store.set_status(

@@ -128,7 +128,7 @@ def test_a_dead_endpoint_fails_the_day_with_its_reason_and_then_the_run(database
         assert session.execute(text("SELECT count(*) FROM entries")).scalar() == 0
         status, reason = session.execute(text("SELECT status, status_reason FROM runs")).one()
     assert status == "failed"
-    assert reason.startswith("2 failed days in a row; day 2: model")
+    assert reason.startswith("2 failed days in a row; day 1: model")
 
 
 def test_a_dead_endpoint_records_its_attempts_and_time_and_run_show_sums_them(

@@ -15,7 +15,13 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.researcher.conversation import Researcher
 from loopsim.schemas import DayStatus, RunStatus
-from loopsim.testing import ScriptedChatModel, default_reply, report_json, scripted_factory
+from loopsim.testing import (
+    ScriptedChatModel,
+    add_day,
+    default_reply,
+    report_json,
+    scripted_factory,
+)
 from tests.conftest import make_run
 
 GOOD = report_json(
@@ -124,7 +130,8 @@ def test_still_invalid_records_a_failed_day_and_fails_the_run_after_n(database, 
     with database.read() as session:
         run = Store(session).get_run(run_id)
     assert run.status == RunStatus.FAILED
-    assert run.status_reason.startswith("3 failed days in a row; day 3: entries")
+    # Three tries of day 1: a failed day does not take an index.
+    assert run.status_reason.startswith("3 failed days in a row; day 1: entries")
     with pytest.raises(InvalidState, match="run resume"):
         loop.run_days(run_id, 1)
 
@@ -177,6 +184,57 @@ def test_dead_endpoint_records_a_failed_day_with_no_entries(database, spec):
     assert day.worker == "cli"
     with database.read() as session:
         assert Store(session).list_entries(run_id) == []
+
+
+def test_a_failed_day_keeps_its_index_and_the_next_try_takes_it(database, spec):
+    """Issue 14 item 6: a dead endpoint took day 1's index, so the first day the researcher
+    wrote was day 2, and every later day was numbered one past what it was."""
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database, [ConnectionError("connection refused"), GOOD])
+    (failed,) = loop.run_days(run_id, 1)
+    assert (failed.status, failed.index) == (DayStatus.FAILED, 1)
+    (done,) = loop.run_days(run_id, 1)
+    assert (done.status, done.index) == (DayStatus.COMMITTED, 1)
+    (after,) = loop.run_days(run_id, 1)
+    assert after.index == 2
+    days = [(d.index, d.status) for d in days_of(database, run_id)]
+    assert days == [(1, "failed"), (1, "committed"), (2, "committed")]
+    with database.read() as session:
+        store = Store(session)
+        assert store.get_day(run_id, 1).status == DayStatus.COMMITTED
+        assert store.committed_days_after(run_id, 0) == 2
+        assert store.next_day_index(run_id) == 3
+        (first_entry, _index, _status) = store.list_entries(run_id)[0]
+        assert first_entry.title == "Dance floor survey"
+
+
+def test_a_retried_day_samples_afresh_with_the_same_prompt(database, spec):
+    """A retry at the same index must not repeat the failure with the same seed."""
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database, ['{"entries": []}'])
+    first = loop.plan(run_id)
+    assert first is not None
+    assert first.failed_tries == 0
+    first_seed = next(loop.conversation(first)).seed
+    loop.run_days(run_id, 1)
+    retry = loop.plan(run_id)
+    assert retry is not None
+    assert (retry.index, retry.failed_tries) == (1, 1)
+    assert retry.prompt.hash == first.prompt.hash
+    assert next(loop.conversation(retry)).seed != first_seed
+
+
+def test_a_unique_index_still_refuses_two_committed_days_at_one_index(database, spec):
+    """Failed tries may share an index; the days that hold one may not."""
+    from sqlalchemy.exc import IntegrityError
+
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    loop.run_days(run_id, 1)
+    with pytest.raises(IntegrityError), database.write() as session:
+        add_day(Store(session), run_id, 1)
+    with database.write() as session:  # a failed try at a held index is allowed
+        add_day(Store(session), run_id, 1, status=DayStatus.FAILED)
 
 
 def test_a_second_writer_for_the_same_day_is_refused(database, spec):

@@ -13,6 +13,7 @@ from loopsim.errors import DatabaseCorrupt, DatabaseMissing, SchemaOutdated, Sch
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.record.tables import Base
+from loopsim.schemas import DayStatus
 from tests.conftest import make_run
 
 FTS_TABLES = {
@@ -148,4 +149,46 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_url):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    database.dispose()
+
+
+def test_0009_makes_trailing_failed_days_tries_and_keeps_the_resume_mark(any_url, spec):
+    """Before 0009 a failed day took an index. Trailing failed days become tries of the
+    next day; failed days between others stay as gaps that counting allows for; a resume
+    mark (an index) becomes the row it pointed at."""
+    import sqlalchemy as sa
+
+    from loopsim.testing import add_day
+
+    database = dbmod.Database.open(any_url)
+    run_id = make_run(database, spec)
+    statuses = ["committed", "failed", "committed", "failed", "failed"]
+    with database.write() as session:
+        store = Store(session)
+        ids = [add_day(store, run_id, n, status=s).id for n, s in enumerate(statuses, 1)]
+    database.dispose()
+    dbmod.downgrade(any_url, "0008")
+    engine = dbmod.make_engine(dbmod.normalize_url(any_url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET resumed_after_day = 4"))
+    engine.dispose()
+    dbmod.upgrade(any_url)
+    database = dbmod.Database.open(any_url)
+    with database.read() as session:
+        store = Store(session)
+        days = [(d.id, d.index, d.status) for d in store.list_days(run_id)]
+        assert days == [
+            (ids[0], 1, "committed"),
+            (ids[1], 2, "failed"),
+            (ids[2], 3, "committed"),
+            (ids[3], 4, "failed"),
+            (ids[4], 4, "failed"),
+        ]
+        assert store.next_day_index(run_id) == 4
+        assert store.committed_days_after(run_id, 0) == 2
+        assert store.committed_days_after(run_id, 1) == 1
+        assert store.count_days(run_id, DayStatus.FAILED, index=4) == 2
+        assert store.get_run(run_id).resumed_after_day_id == ids[3]
+        # Only the failed try after the resume mark counts toward failing the run.
+        assert store.failed_streak(run_id, 3, after_id=ids[3]) == 1
     database.dispose()

@@ -377,6 +377,25 @@ def test_every_day_has_a_section_and_a_timeline_row(seeded):
     assert LONG_WORD in section.all_text()  # the whole error, beyond the timeline's preview
 
 
+def test_a_failed_try_and_the_day_that_took_its_index_have_their_own_anchors(database, spec):
+    """A failed try shares its index with the day that later took it; the page must still
+    have one element per id, and ``#day-N`` must lead to the day, not the failed try."""
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        tried = add_day(store, run_id, 1, status=DayStatus.FAILED)
+        tried.error = "model down"
+        add_day(store, run_id, 1, [EntryInput("note", "Held", "The day that took index 1.")])
+        tried_id = tried.id
+    dom = Dom(render(database, run_id))
+    sections = [n.attrs["id"] for n in dom.root.find("section") if "day" in n.classes]
+    assert sections == [f"day-1-try-{tried_id}", "day-1"]
+    assert "The day that took index 1." in dom.root.by_id("day-1").all_text()
+    assert "model down" in dom.root.by_id(f"day-1-try-{tried_id}").all_text()
+    (summary,) = [p for p in dom.root.find("p") if "summary" in p.classes]
+    assert "1 day: 1 committed, 0 reverted; 1 failed try" in " ".join(summary.all_text().split())
+
+
 def test_reverted_days_are_struck_through_and_say_so(seeded):
     database, run_id = seeded
     for include in (False, True):

@@ -79,7 +79,7 @@ def statuses(database) -> dict[str, str]:
 def days_by_run(database) -> dict[str, list[Day]]:
     out: dict[str, list[Day]] = {}
     with database.read() as session:
-        for day in session.scalars(select(Day).order_by(Day.run_id, Day.index)):
+        for day in session.scalars(select(Day).order_by(Day.run_id, Day.index, Day.id)):
             out.setdefault(day.run_id, []).append(day)
     return out
 
@@ -137,7 +137,7 @@ def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
     asyncio.run(serve_until([service], done))
     with any_db.read() as session:
         run = session.get(Run, bad_id)
-    assert run.status_reason.startswith("2 failed days in a row; day 2: model scripted:broken")
+    assert run.status_reason.startswith("2 failed days in a row; day 1: model scripted:broken")
     assert [d.status for d in days_by_run(any_db)[bad_id]] == [DayStatus.FAILED] * 2
     # What the failed calls cost is kept: one request each (this handle does not retry).
     assert [d.attempts for d in days_by_run(any_db)[bad_id]] == [1, 1]

@@ -37,7 +37,9 @@ def record_show(
         run = store.get_run(run_ref)
         if day is not None:
             store.get_day(run.id, day)
-        days = {d.index: d for d in store.list_days(run.id)}
+        every = store.list_days(run.id)
+        # Failed tries share their index with the day that later held it.
+        days = {d.index: d for d in every if d.status != DayStatus.FAILED}
         rows = store.list_entries(run.id, day_index=day)
     current = object()
     depth: dict[int, int] = {}  # entry id -> depth in its day's tree
@@ -61,11 +63,10 @@ def record_show(
             )
         )
         a.out.print(Text(textwrap.indent(safe_text(entry.body), pad), style=style))
-    failed = [
-        d for d in days.values() if d.status == DayStatus.FAILED and (day is None or d.index == day)
-    ]
+    failed = [d for d in every if d.status == DayStatus.FAILED and (day is None or d.index == day)]
     for d in failed:
-        a.out.print(Text(f"\nday {d.index}  failed: {safe_text(d.error or '')}", style="red"))
+        tried = f"day {d.index}  failed after {plural(d.attempts, 'attempt')}"
+        a.out.print(Text(f"\n{tried}: {safe_text(d.error or '')}", style="red"))
     if not rows and not failed:
         a.err.print("no entries yet")
 

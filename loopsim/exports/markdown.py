@@ -6,8 +6,8 @@ Everything in an entry was written by a model and is treated as hostile:
   heading, a code fence, a raw HTML block or a link reference outside its quote.
 - JSONL: one JSON object a line, schema ``loopsim.export/1`` (see ``docs/export.md``).
 
-Reverted days are left out unless ``include_reverted`` is given; failed days are shown
-with their error in Markdown and as ``day`` records in JSONL.
+Reverted days are left out unless ``include_reverted`` is given; failed tries of a day are
+shown at the index they tried, with their error in Markdown and as ``day`` records in JSONL.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
     outside = [e for e, idx, _ in store.list_entries(run.id) if idx is None]
     seqs = store.entry_seqs(run.id)
     for day, entries in _days_and_entries(store, run, include_reverted):
-        label = "" if day.status == DayStatus.COMMITTED else f" ({day.status})"
+        label = {DayStatus.COMMITTED: "", DayStatus.FAILED: " (a failed try)"}.get(
+            DayStatus(day.status), f" ({day.status})"
+        )
         out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
         out.append(
             f"*model {md_code(day.model_version or '')}, {day.latency_ms or 0} ms, "
@@ -108,7 +110,8 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         )
         out.append("")
         if day.status == DayStatus.FAILED:
-            out += [f"Failed: {md_inline(day.error or '')}", ""]
+            tried = plural(day.attempts or 0, "attempt")
+            out += [f"Failed after {tried}: {md_inline(day.error or '')}", ""]
         for entry in entries:
             out += [_entry_heading(entry, seqs), "", md_block(entry.body), ""]
     checkins = store.list_checkins(run.id)

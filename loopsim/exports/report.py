@@ -103,6 +103,7 @@ class DayView:
     entry_count: int
     hidden: bool  # reverted, and its entries left out
     groups: list[KindGroup]
+    anchor: str  # see day_anchors
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,21 @@ def entry_tree(entries: Sequence[Entry], known: dict[int, int]) -> list[KindGrou
     return [KindGroup(kind, members) for kind, members in groups.items()]
 
 
-def _day_view(day: Day, entries: list[Entry], hidden: bool, known: dict[int, int]) -> DayView:
+def day_anchors(days: Sequence[Day]) -> list[str]:
+    """Each day's page anchor: ``day-N`` for the day that holds index N (else for the
+    first try of it), and ``day-N-try-ID`` for the other, failed, tries of it."""
+    named: dict[int, int] = {}
+    for day in days:
+        if day.status != DayStatus.FAILED or day.index not in named:
+            named[day.index] = day.id
+    return [
+        f"day-{d.index}" if named[d.index] == d.id else f"day-{d.index}-try-{d.id}" for d in days
+    ]
+
+
+def _day_view(
+    day: Day, entries: list[Entry], hidden: bool, known: dict[int, int], anchor: str
+) -> DayView:
     error = text(day.error) if day.status == DayStatus.FAILED else None
     preview = None
     if error is not None:
@@ -206,6 +221,7 @@ def _day_view(day: Day, entries: list[Entry], hidden: bool, known: dict[int, int
         entry_count=len(entries),
         hidden=hidden,
         groups=[] if hidden else entry_tree(entries, known),
+        anchor=anchor,
     )
 
 
@@ -413,14 +429,16 @@ def to_html(store: Store, run: Run, *, include_reverted: bool = False) -> str:
             outside.append(entry)
         else:
             by_day.setdefault(entry.day_id, []).append(entry)
+    listed = store.list_days(run.id)
     days = [
         _day_view(
             day,
             by_day.get(day.id, []),
             day.status == DayStatus.REVERTED and not include_reverted,
             known,
+            anchor,
         )
-        for day in store.list_days(run.id)
+        for day, anchor in zip(listed, day_anchors(listed), strict=True)
     ]
     checkins, points = _checkin_views(store, run, warn, alarm)
     closes: dict[int, list[CheckinView]] = {}

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CallRecord, Day, Entry
+from loopsim.schemas import DayStatus
 
 
 class LoggedCall(Protocol):
@@ -78,7 +79,11 @@ class CallQueries(StoreBase):
         """Add calls made after day ``day_index`` committed (a check-in's probe
         predictions) to that day, numbered on from its own calls and tasks. The caller
         holds the run locked, so no two writers number them alike."""
-        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == day_index))
+        day = self.session.scalar(
+            select(Day).where(
+                Day.run_id == run_id, Day.index == day_index, Day.status != DayStatus.FAILED
+            )
+        )
         if day is None:
             raise NotFound(f"run {run_id} has no day {day_index}")
         ordinal, task = self.session.execute(

@@ -1,8 +1,11 @@
 """Days: one per step of a run, committed, failed or reverted.
 
-Day indices are dense: each day takes the next index (:meth:`DayQueries.next_day_index`,
-under the run's unique ``(run_id, index)``) and no day is ever deleted; a human's
-rejection marks days reverted, and their entries stay.
+Day indices are dense over the days that hold one: each committed day takes the next
+index (:meth:`DayQueries.next_day_index`, unique per run among days that are not
+failed) and no day is ever deleted; a human's rejection marks days reverted, and their
+entries and indices stay. A failed day is a try that wrote nothing: it is kept, with its
+reply, error, attempts and latency, at the index it tried, and the next try of that day
+reuses the index.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import aliased
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
@@ -29,24 +33,38 @@ class DayQueries(StoreBase):
     """Adding days, finding them, and counting them by status."""
 
     def next_day_index(self, run_id: str) -> int:
-        last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run_id))
+        """The index the run's next day takes: one past its last day that holds one."""
+        last = self.session.scalar(
+            select(func.max(Day.index)).where(Day.run_id == run_id, Day.status != DayStatus.FAILED)
+        )
         return 1 if last is None else last + 1
 
-    def count_days(self, run_id: str, status: DayStatus | None = None) -> int:
+    def count_days(
+        self, run_id: str, status: DayStatus | None = None, *, index: int | None = None
+    ) -> int:
+        """The run's days (of ``status``; at ``index``: its failed tries, for one)."""
         stmt = select(func.count()).select_from(Day).where(Day.run_id == run_id)
         if status is not None:
             stmt = stmt.where(Day.status == status)
+        if index is not None:
+            stmt = stmt.where(Day.index == index)
         return int(self.session.scalar(stmt) or 0)
 
     def get_day(self, run_id: str, index: int) -> Day:
-        day = self.session.scalar(select(Day).where(Day.run_id == run_id, Day.index == index))
+        """Day ``index``: the one that holds the index, else its latest failed try."""
+        day = self.session.scalar(
+            select(Day)
+            .where(Day.run_id == run_id, Day.index == index)
+            .order_by((Day.status == DayStatus.FAILED).asc(), Day.id.desc())
+            .limit(1)
+        )
         if day is None:
             raise NotFound(f"run {run_id} has no day {index}")
         return day
 
     def list_days(self, run_id: str) -> Sequence[Day]:
         return self.session.scalars(
-            select(Day).where(Day.run_id == run_id).order_by(Day.index)
+            select(Day).where(Day.run_id == run_id).order_by(Day.index, Day.id)
         ).all()
 
     def add_day(
@@ -122,14 +140,15 @@ class DayQueries(StoreBase):
         usage = self.usage(run_id)
         return usage.tokens_in, usage.tokens_out
 
-    def failed_streak(self, run_id: str, limit: int, *, after: int = 0) -> int:
-        """How many of the run's latest days after day ``after`` (the run's
-        ``resumed_after_day``: a resume starts the streak afresh), up to ``limit``,
-        failed in a row."""
+    def failed_streak(self, run_id: str, limit: int, *, after_id: int = 0) -> int:
+        """How many of the run's latest tries after day row ``after_id`` (the run's
+        ``resumed_after_day_id``: a resume starts the streak afresh), up to ``limit``,
+        failed in a row. Tries are ordered by row: one run's days are written one at a
+        time, under its lock."""
         statuses = self.session.scalars(
             select(Day.status)
-            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED, Day.index > after)
-            .order_by(Day.index.desc())
+            .where(Day.run_id == run_id, Day.status != DayStatus.REVERTED, Day.id > after_id)
+            .order_by(Day.id.desc())
             .limit(limit)
         ).all()
         streak = 0
@@ -168,21 +187,29 @@ class DayQueries(StoreBase):
         """Committed days after day ``index``, at the cost of two index probes and the
         failed and reverted days after it, however many days the run has committed.
 
-        Day indices are dense: each day takes the next index (:meth:`next_day_index`,
-        under the run's unique ``(run_id, index)``) and no day is ever deleted, so the
-        days after ``index`` are ``last - index``, and the committed ones are those less
-        the failed and reverted ones among them.
+        Indices are dense over the days that hold one (committed and reverted; failed
+        tries hold none) and no day is ever deleted, so the days after ``index`` are
+        ``last - index``, and the committed ones are those less the reverted ones. A
+        record written before migration 0009 also has gaps: failed days that took an
+        index, which no other day holds. They are subtracted too.
         """
         last = self.next_day_index(run_id) - 1
         if last <= index:
             return 0
+        holder = aliased(Day)
+        same = (holder.run_id == Day.run_id) & (holder.index == Day.index)
+        held = select(holder.id).where(same, holder.status != DayStatus.FAILED).exists()
         others = self.session.scalar(
             select(func.count())
             .select_from(Day)
             .where(
                 Day.run_id == run_id,
-                Day.status.in_([DayStatus.FAILED, DayStatus.REVERTED]),
                 Day.index > index,
+                Day.index <= last,
+                or_(
+                    Day.status == DayStatus.REVERTED,
+                    and_(Day.status == DayStatus.FAILED, ~held),
+                ),
             )
         )
         return last - index - int(others or 0)

@@ -74,11 +74,11 @@ class RunQueries(StoreBase):
 
     def set_status(self, run: Run, status: RunStatus, reason: str | None = None) -> None:
         """Set the run's status. A run made running again (resumed, or approved at a
-        check-in) starts its failed-day streak afresh: only days after its last day now
-        count toward failing it (:meth:`DayQueries.failed_streak`)."""
+        check-in) starts its failed-day streak afresh: only tries after its last day row
+        now count toward failing it (:meth:`DayQueries.failed_streak`)."""
         if status == RunStatus.RUNNING and run.status != RunStatus.RUNNING:
-            last = self.session.scalar(select(func.max(Day.index)).where(Day.run_id == run.id))
-            run.resumed_after_day = int(last or 0)
+            last = self.session.scalar(select(func.max(Day.id)).where(Day.run_id == run.id))
+            run.resumed_after_day_id = int(last or 0)
         run.status = status
         run.status_reason = reason
         run.updated_at = utcnow()

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -78,9 +79,9 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_generation: Mapped[int] = mapped_column(Integer, default=0)
-    # The last day index when the run was last resumed (migration 0008): the failed-day
-    # streak that fails a run counts only the days after it.
-    resumed_after_day: Mapped[int | None] = mapped_column(Integer)
+    # The last day row when the run last became running again (migration 0009): the
+    # failed-day streak that fails a run counts only the tries after it.
+    resumed_after_day_id: Mapped[int | None] = mapped_column(Integer)
 
     days: Mapped[list[Day]] = relationship(back_populates="run", order_by="Day.index")
 
@@ -88,7 +89,16 @@ class Run(Base):
 class Day(Base):
     __tablename__ = "days"
     __table_args__ = (
-        UniqueConstraint("run_id", "index", name="uq_days_run_id_index"),
+        # Committed and reverted days hold one index each; failed tries of a day sit at
+        # the index they tried, which the next try reuses (migration 0009).
+        Index(
+            "uq_days_run_id_index_held",
+            "run_id",
+            "index",
+            unique=True,
+            sqlite_where=text("status != 'failed'"),
+            postgresql_where=text("status != 'failed'"),
+        ),
         Index("ix_days_run_id_status_index", "run_id", "status", "index"),
     )
 

@@ -98,6 +98,14 @@ class PlannedDay:
     model_id: str
     spec: RunSpec
     digests: tuple[DigestJob, ...] = ()
+    # Earlier tries of this day that failed: each retry of a day samples afresh.
+    failed_tries: int = 0
+
+    @property
+    def salt(self) -> int | str:
+        """The day's sampling salt: its index, and for a retry also the try's number, so
+        a retried day does not repeat the failure (a first try keeps the old seed)."""
+        return self.index if not self.failed_tries else f"{self.index}.{self.failed_tries}"
 
 
 # ------------------------------------------------------------------------- planning
@@ -247,7 +255,7 @@ class _Day:
             prompt,
             _parser(model),
             schema=schema or reply_schema(model),
-            salt=f"{self.planned.index}:{salt}",
+            salt=f"{self.planned.salt}:{salt}",
             max_retries=self.max_retries,
             max_chars=self.max_chars,
             log=self.outcome.calls,
@@ -279,7 +287,7 @@ def day_conversation(
         planned.prompt,
         original_report(planned.prompt),
         schema=grammar_schema(breadth, spec.babble.ideas),
-        salt=planned.index,
+        salt=planned.salt,
         max_retries=max_retries,
         max_chars=max_chars,
         log=outcome.calls,
