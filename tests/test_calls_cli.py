@@ -177,7 +177,7 @@ def predicting_with_judge(messages: list[BaseMessage]) -> str:
 
 
 def test_predictions_stay_hidden_until_the_blind_answers_and_judges_show_after(
-    database, sqlite_url, tmp_path
+    any_db, any_url, tmp_path
 ):
     data = json.loads(json.dumps(SPEC))
     data["checkins"] = {
@@ -187,9 +187,9 @@ def test_predictions_stay_hidden_until_the_blind_answers_and_judges_show_after(
         "judge": "run",
     }
     data["probes"] = ["What decides where a colony forages?", "What would you measure first?"]
-    run_id = make_run(database, parse_spec(data))
+    run_id = make_run(any_db, parse_spec(data))
     factory, _ = scripted_factory([predicting_with_judge])
-    cli = Cli(sqlite_url, factory)
+    cli = Cli(any_url, factory)
     assert cli("run", "step", run_id, "--days", "3").exit_code == 3  # at the check-in
 
     for args in (["--json"], [], ["--role", "probe"]):
@@ -214,7 +214,7 @@ def test_predictions_stay_hidden_until_the_blind_answers_and_judges_show_after(
     probes = [r for r in records if r["role"] == "probe"]
     assert [r["reply"] for r in probes] == [PREDICTION, PREDICTION]
     judges = [r for r in records if r["role"] == "judge"]
-    with database.read() as session:
+    with any_db.read() as session:
         store = Store(session)
         pairs = store.pairs(store.list_checkins(run_id)[0].id)
         kept = [(p.id, p.probe_id, p.judge_calls) for p, _ in pairs]
