@@ -6,7 +6,7 @@ registered for the context (``tracing_v2_enabled``, ``collect_runs``, a hook of
 the day (``bee-foraging day 3``), with the run's id and name, the day's index, its
 external date and the model as metadata and tags, and every model call of the day nested
 under it, named by its role (``day``, ``subquestion``, ``critic``, ``digest``, ``probe``).
-With nothing listening, nothing is built: no run, no ids, no cost.
+With nothing listening, no run is started and nothing is sent.
 
 Only what is listed above goes into a trace. The run's secret check-in seed is never
 handed to this module, and API keys stay inside the chat model, which langchain
@@ -182,17 +182,10 @@ def untraced() -> Iterator[None]:
 
 
 def day_trace(
-    *,
-    run_id: str,
-    run_name: str,
-    day_index: int,
-    external_date: str,
-    model_id: str,
-    what: str = "day",
+    *, run_id: str, run_name: str, day_index: int, external_date: str, model_id: str
 ) -> Trace:
-    """The trace of one day of a run (``what="probes"``: a check-in's predictions after
-    that day). Names, tags and metadata only: nothing secret is passed in."""
-    name = f"{run_name} {what} {day_index}" if what == "day" else f"{run_name} {what}"
+    """The trace of one day of a run, named ``RUN-NAME day N``. Names, tags and metadata
+    only: nothing secret is passed in."""
     metadata = {
         "loopsim_run_id": run_id,
         "loopsim_run_name": run_name,
@@ -202,4 +195,4 @@ def day_trace(
     }
     tags = ["loopsim", f"run:{run_id}", f"day:{day_index}", f"date:{external_date}"]
     inputs = {"run_id": run_id, "run_name": run_name, "day": day_index, "date": external_date}
-    return Trace(name, inputs=inputs, metadata=metadata, tags=tags)
+    return Trace(f"{run_name} day {day_index}", inputs=inputs, metadata=metadata, tags=tags)
