@@ -27,9 +27,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.chat.tracing import day_trace, traced, untraced
 from loopsim.checkin import drift
 from loopsim.checkin.opening import (
     Opening,
@@ -81,6 +82,18 @@ class DayResult:
     run_failed: bool = False
 
 
+def day_summary(outcome: DayOutcome) -> dict[str, Any]:
+    """What a day's trace ends with: no model text, which its calls already hold."""
+    return {
+        "valid": outcome.ok,
+        "entries": len(outcome.items),
+        "calls": len(outcome.calls),
+        "tokens_in": outcome.tokens_in,
+        "tokens_out": outcome.tokens_out,
+        "error": outcome.error,
+    }
+
+
 def refuse_unless_steppable(run: Run) -> None:
     if run.status in STEPPABLE:
         return
@@ -112,6 +125,7 @@ class Loop:
         # Run id -> the head of its chain this process last verified: a run's chain is
         # read whole once per process, then only the entries after that head.
         self._verified: dict[str, ChainPoint] = {}
+        self._names: dict[str, str] = {}  # run id -> name, for naming its traces
 
     def check_chain(self, store: Store, run_id: str) -> None:
         """Refuse to step a run whose record fails verification: its entries would go
@@ -142,6 +156,7 @@ class Loop:
             run = store.get_run(run_ref)
             refuse_unless_steppable(run)
             self.check_chain(store, run.id)
+            self._names[run.id] = run.name
             spec = RunSpec.model_validate(run.spec)
             if store.committed_days_after(run.id, 0) >= spec.budget.days:
                 return None
@@ -186,14 +201,23 @@ class Loop:
         )
 
     def conversation(self, planned: PlannedDay) -> Conversation[DayOutcome]:
-        """The day's whole conversation: report, ideas, sub-questions and digests."""
-        return day_conversation(
+        """The day's whole conversation: report, ideas, sub-questions and digests, traced
+        as one day when a tracer listens (loopsim/chat/tracing.py)."""
+        conversation = day_conversation(
             planned,
             version=self._chat(planned.model_id, planned.spec).version,
             max_retries=self.settings.max_retries,
             max_chars=self.settings.max_output_chars,
             digest_budget=self.settings.view_token_budget,
         )
+        trace = day_trace(
+            run_id=planned.run_id,
+            run_name=self._names.get(planned.run_id, planned.run_id),
+            day_index=planned.index,
+            external_date=planned.external_date.isoformat(),
+            model_id=planned.model_id,
+        )
+        return traced(conversation, trace, day_summary)
 
     def read(self, fn: Callable[[Store], T]) -> T:
         """Run ``fn`` over the record in a read transaction of its own."""
@@ -400,7 +424,8 @@ class Loop:
                 asking = answer_conversation(
                     prompt, salt=number, max_retries=self.settings.max_retries, log=calls, task=task
                 )
-                result = drive(asking, chat)
+                with untraced():  # a tracer would show the prediction before the answer
+                    result = drive(asking, chat)
                 predictions.append((probe_id, result.text, result.error))
         except ModelUnavailable:
             self.keep_calls(run.id, last_day, calls, fence)

@@ -901,6 +901,7 @@ def every_command(run_id: str, spec_path: Path, out: Path) -> dict[tuple[str, ..
         ("record", "verify"): [run_id],
         ("record", "search"): [run_id, "nectar"],
         ("export",): [run_id, "-o", str(out)],
+        ("calls",): [run_id, "--day", "1"],
         ("record", "amend-digest"): [run_id, "1", "--body", "A human digest of the first days."],
         ("checkin", "list"): [],
         ("checkin", "review"): ["1"],

@@ -18,6 +18,9 @@ client error such as 400 or 401 is not retried: asking again cannot help. Neithe
 server that refuses the ``response_format`` it was sent (some answer 500 for it, as
 llama-cpp-python's server does for json_schema): the error says, in one line, which
 setting to use instead (:meth:`ChatHandle.format_refused`).
+
+A call made while a conversation runs under a trace (:mod:`loopsim.chat.tracing`) is
+nested under it, named by its role; with no tracer on, calls are made as before.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from loopsim.chat.faults import (
     is_transient,
     status_of,
 )
+from loopsim.chat.tracing import call_config
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
@@ -91,6 +95,13 @@ def fold_system_text(messages: list[BaseMessage]) -> list[BaseMessage]:
     if pending:
         folded.insert(0, HumanMessage("\n\n".join(pending)))
     return folded
+
+
+def _traced(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus the ``config`` that nests the call under its conversation's trace,
+    when one is on (see :mod:`loopsim.chat.tracing`)."""
+    config = call_config()
+    return {**kwargs, "config": config} if config is not None else kwargs
 
 
 OnRetry = Callable[[BaseException, float], None]
@@ -251,7 +262,7 @@ class ChatHandle:
         started = time.perf_counter()
         retrying = Retrying(**self._retrying_options())
         try:
-            message = retrying(self.model.invoke, messages, **kwargs)
+            message = retrying(self.model.invoke, messages, **_traced(kwargs))
         except ModelUnavailable:
             raise
         except Exception as exc:  # the model seam: every foreign failure becomes ours
@@ -272,7 +283,7 @@ class ChatHandle:
         started = time.perf_counter()
         retrying = AsyncRetrying(**self._retrying_options())
         try:
-            message: Any = await retrying(self.model.ainvoke, messages, **kwargs)
+            message: Any = await retrying(self.model.ainvoke, messages, **_traced(kwargs))
         except ModelUnavailable:
             raise
         except Exception as exc:  # the model seam

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from loopsim import __version__
-from loopsim.cli import checkin, db, demo, export, probe, record, run, serve
+from loopsim.cli import calls, checkin, db, demo, export, probe, record, run, serve
 from loopsim.cli.boundary import LoopsimGroup
 from loopsim.cli.context import AppContext, load_settings
 
@@ -36,6 +36,7 @@ app = typer.Typer(
     "record, and human check-ins.",
 )
 # Commands first, then groups, each in the order --help and docs/cli.md list them.
+app.command("calls")(calls.calls)
 app.command("demo")(demo.demo)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)

@@ -7,6 +7,7 @@ Model text is data: every format escapes it (docs/export.md describes each).
 from __future__ import annotations
 
 from enum import StrEnum
+from itertools import chain
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ import typer
 
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import SpecError
+from loopsim.exports.calls import calls_jsonl
 from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
 from loopsim.record import db as dbmod
@@ -50,11 +52,17 @@ def export(
         list[CallRole] | None,
         typer.Option("--kind", help="dataset: only these calls (repeat for several)."),
     ] = None,
+    calls: Annotated[
+        bool,
+        typer.Option("--calls", help="jsonl: add every model call, as `type: call` lines."),
+    ] = False,
 ) -> None:
-    """Export a run's record as Markdown (for people), JSONL (for programs), a
-    self-contained HTML report (no scripts, no network), or a chat fine-tuning dataset of
-    the approved days (docs/export.md describes each)."""
+    """Export a run's record as Markdown (for people), JSONL (for programs; with --calls,
+    every model call too), a self-contained HTML report (no scripts, no network), or a
+    chat fine-tuning dataset of the approved days (docs/export.md describes each)."""
     a = app_context(ctx)
+    if calls and fmt != ExportFormat.JSONL:
+        raise SpecError("--calls: only for --format jsonl")
     if fmt != ExportFormat.DATASET:
         given = [
             name
@@ -81,9 +89,10 @@ def export(
 
             chunks = [to_html(store, run, include_reverted=include_reverted)]
         else:
-            chunks = [
-                line + "\n" for line in to_jsonl(store, run, include_reverted=include_reverted)
-            ]
+            lines = to_jsonl(store, run, include_reverted=include_reverted)
+            if calls:
+                lines = chain(lines, calls_jsonl(store, run, include_reverted=include_reverted))
+            chunks = [line + "\n" for line in lines]
     if output is None or str(output) == "-":
         for chunk in chunks:
             typer.echo(chunk, nl=False)

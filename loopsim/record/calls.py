@@ -4,18 +4,22 @@ A day's calls commit with the day; a check-in's probe predictions, made after it
 day committed, are added to that day later (role ``probe``). The loop hands over what the
 researcher's conversation logged (anything shaped like :class:`LoggedCall`), and the rows
 are built here, so no layer above the record builds one field by field.
+
+A judge's calls (a decision rating a prediction) are kept on their probe pair
+(``probe_pairs.judge_calls``), not here; :meth:`CallQueries.judge_calls` reads them back
+beside a run's calls, with the check-in they were made for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from sqlalchemy import func, select
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import CallRecord, Day, Entry
+from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair
 from loopsim.schemas import DayStatus
 
 
@@ -128,3 +132,62 @@ class CallQueries(StoreBase):
         return self.session.scalars(
             select(CallRecord).where(CallRecord.day_id == day_id).order_by(CallRecord.ordinal)
         ).all()
+
+    def run_calls(
+        self,
+        run_id: str,
+        *,
+        day_index: int | None = None,
+        roles: Collection[str] = (),
+        include_reverted: bool = True,
+        last: int | None = None,
+    ) -> list[tuple[CallRecord, Day]]:
+        """A run's calls with their days, in day order and, within a day, in the order
+        they were made. ``day_index`` keeps one day, ``roles`` (if any) those roles;
+        ``last`` keeps only the latest that many (still oldest first)."""
+        stmt = select(CallRecord, Day).join(Day, CallRecord.day_id == Day.id)
+        stmt = stmt.where(CallRecord.run_id == run_id, Day.run_id == run_id)
+        if day_index is not None:
+            stmt = stmt.where(Day.index == day_index)
+        if roles:
+            stmt = stmt.where(CallRecord.role.in_(sorted(roles)))
+        if not include_reverted:
+            stmt = stmt.where(Day.status != DayStatus.REVERTED)
+        if last is not None:
+            newest = stmt.order_by(Day.index.desc(), Day.id.desc(), CallRecord.ordinal.desc())
+            newest = newest.limit(last)
+            return [(call, day) for call, day in reversed(self.session.execute(newest).all())]
+        # A day's failed tries share its index and come first, in the order made.
+        ordered = stmt.order_by(Day.index, Day.id, CallRecord.ordinal)
+        return [(call, day) for call, day in self.session.execute(ordered)]
+
+    def judge_calls(
+        self, run_id: str, *, day_index: int | None = None, since_day: int | None = None
+    ) -> list[tuple[CheckIn, ProbePair, Probe]]:
+        """The probe pairs of a run's check-ins that a judge rated, with their check-in
+        and probe, by the last day the check-in covers (``day_index``: that day only;
+        ``since_day``: that day and later), in check-in and pair order."""
+        stmt = (
+            select(CheckIn, ProbePair, Probe)
+            .join(ProbePair, ProbePair.checkin_id == CheckIn.id)
+            .join(Probe, ProbePair.probe_id == Probe.id)
+            .where(CheckIn.run_id == run_id, ProbePair.judge_calls.is_not(None))
+        )
+        if day_index is not None:
+            stmt = stmt.where(CheckIn.last_day_index == day_index)
+        if since_day is not None:
+            stmt = stmt.where(CheckIn.last_day_index >= since_day)
+        rows = self.session.execute(stmt.order_by(CheckIn.id, ProbePair.id))
+        return [(checkin, pair, probe) for checkin, pair, probe in rows]
+
+    def blind_days(self, run_id: str) -> set[int]:
+        """The days whose probe predictions must stay hidden: the last day of each
+        check-in with a probe whose blind answer is not stored yet. A prediction is shown
+        only once the human has answered, in the review and in every export alike."""
+        stmt = (
+            select(CheckIn.last_day_index)
+            .join(ProbePair, ProbePair.checkin_id == CheckIn.id)
+            .where(CheckIn.run_id == run_id, ProbePair.answered_at.is_(None))
+            .distinct()
+        )
+        return {int(index) for index in self.session.scalars(stmt)}

@@ -234,6 +234,7 @@ class Call:
     messages: list[BaseMessage]
     schema: dict[str, Any] | None
     seed: int
+    role: str = "day"  # whose call it is (CallRole): a trace names the call by it
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ def ask(
     asked: Asked[T] = Asked()
     for attempt in range(max_retries + 1):
         try:
-            reply = yield Call(messages, schema, seed + attempt)
+            reply = yield Call(messages, schema, seed + attempt, role)
         except ModelUnavailable as exc:  # down through every retry: cost it, log it, stop
             asked.attempts += exc.attempts
             asked.latency_ms += exc.latency_ms
@@ -470,7 +471,7 @@ def answer_conversation(
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
         try:
-            reply = yield Call(messages, None, seed + attempt)
+            reply = yield Call(messages, None, seed + attempt, "probe")
         except ModelUnavailable as exc:
             _log(log, (task, "probe", 0, attempt + 1), messages, "", exc.message, exc)
             raise
