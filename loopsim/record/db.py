@@ -392,6 +392,8 @@ def _analyze(engine: Engine, where: str) -> None:
     """Give PostgreSQL's planner statistics for the record's tables (a no-op on SQLite),
     so plans after an upgrade, or a restore that ends with one, need not wait for
     autovacuum. The schema is already migrated and committed whatever happens here."""
+    if engine.dialect.name != "postgresql":
+        return
     try:
         with translated(where), engine.begin() as conn:
             planner_stats.analyze(conn)
