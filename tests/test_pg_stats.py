@@ -4,6 +4,7 @@ commits days). Real PostgreSQL on 127.0.0.1; no timing: plans and catalog rows."
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from loopsim.record import db as dbmod
 from loopsim.record.planner_stats import EVERY_DAYS, StatisticsKeeper
 from loopsim.record.store import EntryInput, Store
 from loopsim.researcher.view import build_view
-from loopsim.schemas import EntryKind
-from loopsim.testing import add_day
+from loopsim.schemas import EntryKind, RunStatus
+from loopsim.service.worker import Service, ServiceConfig
+from loopsim.testing import add_day, scripted_factory
 from tests.conftest import make_run
 
 DATE = dt.date(2025, 6, 2)
@@ -158,6 +160,43 @@ def test_db_upgrade_gives_a_filled_record_statistics_and_search_vectors(pg_url, 
     # words on every seventh word, and those that say nectar or quality are found.
     expected = sum(1 for n in range(5, 105) if WORDS[n % len(WORDS)] in ("nectar", "quality"))
     assert len(hits) == expected > 0
+
+
+@pytest.mark.postgres
+def test_loopsim_serve_analyses_a_record_it_finds_without_statistics(bare, spec):
+    database, _ = bare
+    url = database.url.render_as_string(hide_password=False)
+    wait_for_counts(url, "entries", 600)
+    assert column_stats(url, "entries") == 0
+    run_id = make_run(
+        database, spec.model_copy(update={"budget": spec.budget.model_copy(update={"days": 1})})
+    )
+    with database.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+    factory, _ = scripted_factory()
+    config = ServiceConfig(worker_id="w1", http_port=None, poll_seconds=0.05, grace_seconds=5.0)
+    service = Service(database, Settings(), factory, config)
+
+    async def serve_until_completed() -> None:
+        task = asyncio.ensure_future(service.serve(install_signals=False))
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                with database.read() as session:
+                    if Store(session).get_run(run_id).status == RunStatus.COMPLETED:
+                        return
+                assert time.monotonic() < deadline, "the run did not complete"
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.1)
+        finally:
+            service.request_stop()
+            await task
+
+    asyncio.run(serve_until_completed())
+    assert column_stats(url, "entries") > 0
+    assert column_stats(url, "days") > 0
 
 
 @pytest.mark.postgres
