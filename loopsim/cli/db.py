@@ -42,7 +42,9 @@ def db_upgrade(
 ) -> None:
     """Create the database if it is missing, or migrate it to the current schema.
 
-    An existing SQLite file is backed up beside itself before it is migrated."""
+    An existing SQLite file is backed up beside itself before it is migrated. On
+    PostgreSQL it ends with ANALYZE of the record's tables, migrated or not, so the
+    planner has statistics (run it after restoring a dump)."""
     from alembic.util import CommandError
 
     a = app_context(ctx)

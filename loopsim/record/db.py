@@ -14,7 +14,8 @@ What this module promises:
 - Nothing opens a SQLite file, its ``-wal`` or its ``-shm`` except SQLite itself: closing
   a plain file descriptor would drop every lock the process's connections hold on it.
   A process keeps one :class:`Database` per file.
-- :func:`upgrade` backs up an existing SQLite file before migrating it.
+- :func:`upgrade` backs up an existing SQLite file before migrating it, and on PostgreSQL
+  ends with ``ANALYZE`` of the record's tables (:mod:`loopsim.record.planner_stats`).
 
 The caller owns every transaction: :meth:`Database.write` commits once at the end of its
 block or rolls back on any exception, so a killed process never leaves half a write.
@@ -46,6 +47,7 @@ from loopsim.errors import (
     SchemaTooNew,
     SpecError,
 )
+from loopsim.record import planner_stats
 from loopsim.record.chain import CHAIN_KEY_INFO
 from loopsim.record.sqlite_file import (
     readonly,
@@ -62,7 +64,7 @@ UPGRADE_HINT = "run `loopsim db upgrade`"
 # Alembic's head revision, so that opening a database at the current schema (every
 # command) needs no Alembic import, which costs more CPU than the rest of a read command.
 # A new migration changes it; tests/test_migrations.py holds it to Alembic's real head.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 
 BACKENDS = ("sqlite", "postgresql")
@@ -386,6 +388,22 @@ def downgrade(url_or_path: str, revision: str) -> UpgradeResult:
     return _migrate(url_or_path, revision, down=True)
 
 
+def _analyze(engine: Engine, where: str) -> None:
+    """Give PostgreSQL's planner statistics for the record's tables (a no-op on SQLite),
+    so plans after an upgrade, or a restore that ends with one, need not wait for
+    autovacuum. The schema is already migrated and committed whatever happens here."""
+    if engine.dialect.name != "postgresql":
+        return
+    try:
+        with translated(where), engine.begin() as conn:
+            planner_stats.analyze(conn)
+    except exc.DBAPIError as error:
+        first = (str(error.orig).strip().splitlines() or ["unknown error"])[0]
+        raise DatabaseError(
+            f"{where} is migrated, but ANALYZE of its tables failed: {first}"
+        ) from error
+
+
 def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
     """Run Alembic in one transaction, backing up an existing SQLite file first if the
     schema will change."""
@@ -423,6 +441,8 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
             raise DatabaseError(f"migrating {where} failed and changed nothing: {first}") from error
         migrated = True
         after = _current_revision(engine, where)
+        if not down:
+            _analyze(engine, where)
     except BaseException:
         engine.dispose()
         if created and path is not None:  # a failed first upgrade leaves no empty file

@@ -1,5 +1,9 @@
 """Full-text search over a run's entries: FTS5 on SQLite, ``tsvector`` on PostgreSQL.
 
+On PostgreSQL each entry keeps its ``tsvector`` in a stored column with a GIN index, so
+no query parses an entry's text: a search costs little per row whatever plan the planner
+picks, with statistics or without (see :mod:`loopsim.record.planner_stats`).
+
 :func:`search_terms` is the one rule for which words of a query are searched, so the
 researcher's ``search`` tool and ``loopsim record search`` match the same words.
 """
@@ -8,11 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
-from sqlalchemy import Float, Integer, column, func, or_, select, text
+from sqlalchemy import Float, Integer, column, func, literal_column, or_, select, text
+from sqlalchemy.sql.elements import ColumnElement
 
 from loopsim.record.chain import ChainQueries
 from loopsim.record.tables import Day, Entry
+
+# PostgreSQL only: each entry's tsvector, generated from its title and body when it is
+# inserted (migration 0010). The ORM does not map it; SQLite has its FTS5 table instead.
+SEARCH_VECTOR: ColumnElement[Any] = literal_column("entries.search_vector")
 
 # A word is a run of letters and digits. Words of 3 or more characters are searched
 # (MLP, SAE, GPU); a 2-character word only when written in capitals (KL, RL, AI),
@@ -108,28 +118,31 @@ class SearchQueries(ChainQueries):
                 .bindparams(q=words, lo=lo, hi=hi)
                 .subquery("fts")
             )
-            score = ranked.c.score.asc()
-        else:
-            tsq = func.to_tsquery("english", " | ".join(terms))
-            doc = func.to_tsvector("english", Entry.title + " " + Entry.body)
-            ranked = (
-                select(Entry.id.label("id"), func.ts_rank(doc, tsq).label("score"))
-                .where(Entry.run_id == run_id, doc.op("@@")(tsq))
-                .subquery("fts")
+            stmt = (
+                self._entries_with_day(run_id)
+                .join(ranked, ranked.c.id == Entry.id)
+                .order_by(ranked.c.score.asc(), Entry.seq.desc())
             )
-            score = ranked.c.score.desc()
-        stmt = (
-            self._entries_with_day(run_id)
-            .join(ranked, ranked.c.id == Entry.id)
-            .order_by(score, Entry.seq.desc())
-            .limit(limit)
-        )
+        else:
+            # Matched and ranked from each entry's stored vector (migration 0010), never
+            # from its text: whichever plan the planner picks, with statistics or
+            # without, a row it looks at costs a lookup, not a parse. Without statistics
+            # it takes the run's range through uq_entries_run_id_seq; with them, it ANDs
+            # that with the GIN index.
+            tsq = func.to_tsquery("english", " | ".join(terms))
+            score = func.ts_rank(SEARCH_VECTOR, tsq)
+            stmt = (
+                self._entries_with_day(run_id)
+                .where(SEARCH_VECTOR.op("@@")(tsq))
+                .order_by(score.desc(), Entry.seq.desc())
+            )
+            if seq_range is not None:
+                stmt = stmt.where(Entry.seq.between(*seq_range))
+        stmt = stmt.limit(limit)
         if until is not None:
             stmt = stmt.where(Entry.external_date <= until)
         if before_day is not None:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index < before_day))
         if not include_reverted:
             stmt = stmt.where(self._visible())
-        if seq_range is not None and self.dialect != "sqlite":
-            stmt = stmt.where(Entry.seq.between(*seq_range))
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]

@@ -43,7 +43,7 @@ from loopsim.checkin import drift
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
 from loopsim.loop import Loop
-from loopsim.record import leases
+from loopsim.record import leases, planner_stats
 from loopsim.record.db import Database
 from loopsim.record.leases import Lease
 from loopsim.record.store import Store
@@ -80,6 +80,7 @@ class Service:
         self.config = config or ServiceConfig()
         self.metrics = Metrics()
         self.loop = Loop(db, settings, self._counted(chat_factory), similarity)
+        self.stats = planner_stats.StatisticsKeeper(db)
         self.webhook = Webhook(settings.webhook_url, self.metrics) if settings.webhook_url else None
         self.held: dict[str, Lease] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -405,6 +406,7 @@ class Service:
                     return
                 if result.status != DayStatus.COMMITTED:
                     continue
+                await self._db(self.stats.day_committed)
                 opened = await asyncio.to_thread(self.loop.open_due_checkin, run_id, fence)
                 if opened is not None:
                     self._opened(opened, run_id, planned.spec, ctx)
