@@ -91,6 +91,11 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         f"- status: {run_state(store, run)}",
         f"- model: {md_code(run.model)}",
         f"- persona: {md_inline(spec['persona']['name'])}",
+        *(
+            [f"- forked from: run {md_code(run.parent_run_id)} at day {run.fork_day}"]
+            if run.parent_run_id
+            else []
+        ),
         "",
         "## Charter",
         "",
@@ -227,6 +232,8 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "model": run.model,
             "created_at": run.created_at.isoformat(),
             "spec": spec,
+            "parent_run_id": run.parent_run_id,
+            "fork_day": run.fork_day,
         }
     )
     seqs = store.entry_seqs(run.id)
