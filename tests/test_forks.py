@@ -334,6 +334,7 @@ def test_run_list_show_and_exports_name_the_parent_and_fork_point(cli, any_url, 
     assert f"- forked from: run `{parent}` at day 2" in md
     first = json.loads(cli("export", child, "--format", "jsonl").stdout.splitlines()[0])
     assert (first["parent_run_id"], first["fork_day"]) == (parent, 2)
+    assert first["spec_hash"] == json.loads(cli("run", "show", child, "--json").stdout)["spec_hash"]
     out = tmp_path / "r.html"
     assert cli("export", child, "--format", "html", "-o", str(out)).exit_code == 0
     assert f"forked from run <code>{parent}</code> at day 2" in out.read_text()

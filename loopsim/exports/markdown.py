@@ -24,6 +24,7 @@ from typing import Any
 
 from loopsim.errors import LoopsimError, SpecError
 from loopsim.record.leases import driver
+from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
 from loopsim.record.tables import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
@@ -232,6 +233,7 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "model": run.model,
             "created_at": run.created_at.isoformat(),
             "spec": spec,
+            "spec_hash": spec_hash(spec),
             "parent_run_id": run.parent_run_id,
             "fork_day": run.fork_day,
         }
