@@ -22,7 +22,7 @@ from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run
 from loopsim.researcher.prompts import FRAMING
 from loopsim.schemas import parse_spec
-from loopsim.testing import report_json, scripted_factory
+from loopsim.testing import amplified_reply, report_json, scripted_factory
 from tests import golden_prompts
 from tests.conftest import SPEC, write_spec
 
@@ -43,16 +43,18 @@ def open_db(url: str) -> dbmod.Database:
     return dbmod.Database.open(url)
 
 
-def stepped_run(database: dbmod.Database, days: int, spec: dict[str, Any] | None = None) -> str:
+def stepped_run(
+    database: dbmod.Database, days: int, spec: dict[str, Any] | None = None, script: Any = None
+) -> str:
     spec_obj = parse_spec({**SPEC, "budget": {"days": 10}, **(spec or {})})
     with database.write() as session:
         run_id = Store(session).create_run(spec_obj, name="parent", model="scripted:test").id
-    step(database, run_id, days)
+    step(database, run_id, days, script=script)
     return run_id
 
 
-def step(database: dbmod.Database, run_id: str, days: int) -> None:
-    factory, _ = scripted_factory([thoughtful])
+def step(database: dbmod.Database, run_id: str, days: int, script: Any = None) -> None:
+    factory, _ = scripted_factory([script or thoughtful])
     Loop(database, Settings(), factory).run_days(run_id, days)
 
 
@@ -172,28 +174,43 @@ def test_a_fork_at_day_5_of_10_shares_the_prefix_and_differs_only_by_its_overrid
         database.dispose()
 
 
-def test_a_fork_of_a_fork_proves_its_prefix_against_its_own_parent(cli, any_url, tmp_path):
+def test_a_fork_of_a_fork_of_an_amplified_run_keeps_its_trees_and_proves_its_prefix(cli, any_url):
+    # Answers name their sub-questions, critiques their ideas: the copies must name the
+    # copies, and still hash as the entries they copy.
     database = open_db(any_url)
+    amplified = {"subquestions": {"depth": 1}, "babble": {"ideas": 2}, "digests": {"every_days": 2}}
     try:
-        root = stepped_run(database, 6)
+        root = stepped_run(database, 6, amplified, script=amplified_reply)
         first = fork(cli, root, 4)
-        step(database, first, 2)
+        step(database, first, 2, script=amplified_reply)
         second = fork(cli, first, 6, None, "--name", "grandchild")
         with database.read() as session:
             store = Store(session)
-            run = store.get_run(second)
+            run, middle = store.get_run(second), store.get_run(first)
             assert (run.name, run.parent_run_id, run.fork_day) == ("grandchild", first, 6)
             copies = session.scalars(
                 select(Entry).where(Entry.run_id == second).order_by(Entry.seq)
             ).all()
+            trees = {(e.seq, e.parent_id is not None) for e in copies}
             # Days 1-4 were written by the root, 5-6 by the first fork.
-            assert {e.origin_run_id for e in copies[:8]} == {root}
-            assert {e.origin_run_id for e in copies[8:]} == {first}
-        assert entry_rows(database, second, 12) == entry_rows(database, first, 12)
+            assert {e.origin_run_id for e in copies[: middle.fork_seq]} == {root}
+            assert {e.origin_run_id for e in copies[middle.fork_seq :]} == {first}
+            seqs = store.entry_seqs(second)
+            parents = {e.seq: seqs[e.parent_id] for e in copies if e.parent_id is not None}
+            theirs = store.entry_seqs(first)
+            originals = session.scalars(select(Entry).where(Entry.run_id == first)).all()
+            assert parents == {e.seq: theirs[e.parent_id] for e in originals if e.parent_id}
+        assert any(has_parent for _, has_parent in trees)
+        assert len(copies) == run.fork_seq
+        assert entry_rows(database, second, run.fork_seq) == entry_rows(
+            database, first, run.fork_seq
+        )
         shown = cli("record", "verify", second)
         assert shown.exit_code == 0, shown.output
-        assert f"fork of run {first} at day 6: its first 12 entries equal" in shown.stdout
-        step(database, second, 1)
+        assert f"fork of run {first} at day 6: its first {run.fork_seq} entries equal" in (
+            shown.stdout
+        )
+        step(database, second, 1, script=amplified_reply)
         assert cli("record", "verify", second).exit_code == 0
     finally:
         database.dispose()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from loopsim import ids
 from loopsim.errors import InvalidState, SpecError
@@ -163,6 +163,10 @@ def _copy(row: Any, columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
     return {**{name: getattr(row, name) for name in columns}, **values}
 
 
+def _copy_row(row: Mapping[str, Any], columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
+    return {**{name: row[name] for name in columns}, **values}
+
+
 class ForkQueries(ChainQueries):
     """Forking a run, finding a run's forks, and proving a fork's prefix."""
 
@@ -230,38 +234,68 @@ class ForkQueries(ChainQueries):
         return ForkCopy(run, len(day_ids), len(entry_ids), len(probe_ids), checkins)
 
     def _copy_days(self, parent_id: str, run_id: str, at_day: int) -> dict[int, int]:
-        days = self.session.scalars(
-            select(Day).where(Day.run_id == parent_id, Day.index <= at_day).order_by(Day.index)
-        ).all()
-        copies = [Day(**_copy(day, _DAY_COLUMNS, run_id=run_id)) for day in days]
-        self.session.add_all(copies)
-        self.session.flush()
-        return {day.id: copy.id for day, copy in zip(days, copies, strict=True)}
+        # Core statements, not ORM objects: a prefix can hold thousands of rows.
+        rows = (
+            self.session.execute(
+                select(Day.id, *[getattr(Day, name) for name in _DAY_COLUMNS])
+                .where(Day.run_id == parent_id, Day.index <= at_day)
+                .order_by(Day.index)
+            )
+            .mappings()
+            .all()
+        )
+        if rows:
+            self.session.execute(
+                insert(Day), [_copy_row(row, _DAY_COLUMNS, run_id=run_id) for row in rows]
+            )
+        copies = self.session.execute(select(Day.index, Day.id).where(Day.run_id == run_id))
+        by_index = {index: day_id for index, day_id in copies}
+        return {row["id"]: by_index[row["index"]] for row in rows}
 
     def _copy_entries(
         self, parent_id: str, run_id: str, seq: int, day_ids: dict[int, int]
     ) -> dict[int, int]:
-        entries = self.session.scalars(
-            select(Entry).where(Entry.run_id == parent_id, Entry.seq <= seq).order_by(Entry.seq)
-        ).all()
-        parents = {e.parent_id for e in entries if e.parent_id is not None}
-        copies: dict[int, Entry] = {}
-        for entry in entries:
-            copied = entry.origin_run_id is not None
-            copy = Entry(
-                **_copy(entry, _ENTRY_COLUMNS),
-                run_id=run_id,
-                day_id=day_ids[entry.day_id] if entry.day_id is not None else None,
-                parent_id=copies[entry.parent_id].id if entry.parent_id is not None else None,
-                origin_run_id=entry.origin_run_id if copied else entry.run_id,
-                origin_parent_id=entry.origin_parent_id if copied else entry.parent_id,
+        extra = (Entry.id, Entry.day_id, Entry.parent_id, Entry.origin_run_id)
+        rows = (
+            self.session.execute(
+                select(*extra, Entry.origin_parent_id, *[getattr(Entry, n) for n in _ENTRY_COLUMNS])
+                .where(Entry.run_id == parent_id, Entry.seq <= seq)
+                .order_by(Entry.seq)
             )
-            self.session.add(copy)
-            copies[entry.id] = copy
-            if entry.id in parents:  # a later copy names its id
-                self.session.flush()
-        self.session.flush()
-        return {entry_id: copy.id for entry_id, copy in copies.items()}
+            .mappings()
+            .all()
+        )
+        # A copy names its parent's copy by id, so parents go in first: one batch per
+        # depth of the entry trees (a question, its answer, a deeper question...).
+        depth: dict[int, int] = {}
+        for row in rows:
+            parent = row["parent_id"]
+            depth[row["id"]] = 0 if parent is None else depth[parent] + 1
+        mapped: dict[int, int] = {}
+        for level in range(max(depth.values(), default=-1) + 1):
+            batch = [row for row in rows if depth[row["id"]] == level]
+            self.session.execute(
+                insert(Entry),
+                [
+                    _copy_row(
+                        row,
+                        _ENTRY_COLUMNS,
+                        run_id=run_id,
+                        day_id=None if row["day_id"] is None else day_ids[row["day_id"]],
+                        parent_id=None if row["parent_id"] is None else mapped[row["parent_id"]],
+                        # Hashed as where it was first written (a copy of a copy included).
+                        origin_run_id=row["origin_run_id"] or parent_id,
+                        origin_parent_id=(
+                            row["origin_parent_id"] if row["origin_run_id"] else row["parent_id"]
+                        ),
+                    )
+                    for row in batch
+                ],
+            )
+            copies = self.session.execute(select(Entry.seq, Entry.id).where(Entry.run_id == run_id))
+            by_seq = {entry_seq: entry_id for entry_seq, entry_id in copies}
+            mapped.update({row["id"]: by_seq[row["seq"]] for row in batch})
+        return mapped
 
     def _copy_probes(
         self, parent_id: str, run_id: str, entry_ids: dict[int, int]
