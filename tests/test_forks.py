@@ -387,3 +387,46 @@ def test_the_conditional_reaches_every_researcher_and_the_spec_hash(tmp_path):
         assert FRAMING in system, theirs["role"]
         assert ours["messages"][0]["content"] == system.replace(FRAMING, NOISY)
         assert ours["messages"][1:] == theirs["messages"][1:]
+
+
+def test_a_fork_of_a_keyed_run_stays_keyed_and_needs_the_key(cli_factory, sqlite_url):
+    key = "fork-chain-key"
+    factory, _ = scripted_factory([thoughtful])
+    keyed = cli_factory(sqlite_url, factory, chain_key=key)
+    database = dbmod.Database.open(sqlite_url, chain_key=key.encode())
+    try:
+        parent = stepped_run(database, 3)
+        child = fork(keyed, parent, 2)
+        step(database, child, 2)  # appending needs the key of the chain it copied
+    finally:
+        database.dispose()
+    verified = keyed("record", "verify", child)
+    assert verified.exit_code == 0, verified.output
+    assert "keyed (HMAC-SHA256)" in verified.stdout
+    assert "its first 4 entries equal the parent's" in verified.stdout
+    unkeyed = cli_factory(sqlite_url, factory)("record", "verify", child)
+    assert unkeyed.exit_code == 1
+    assert "this run's chain is keyed; set LOOPSIM_CHAIN_KEY" in unkeyed.stderr
+
+
+def test_overrides_merge_into_the_parents_spec_table_by_table(cli, any_url, tmp_path):
+    database = open_db(any_url)
+    try:
+        parent = stepped_run(database, 2)
+    finally:
+        database.dispose()
+    overrides = write_spec(
+        tmp_path / "o.toml",
+        '[persona]\nname = "Dr. Other"\n\n[model]\nname = "openai:gpt-4o-mini"\n\n'
+        '[time]\npolicy = "wall_clock"\nanchor = 2025-07-01\nrate = 2.0\n',
+    )
+    child = fork(cli, parent, 2, overrides)
+    shown = json.loads(cli("run", "show", child, "--json").stdout)
+    before = json.loads(cli("run", "show", parent, "--json").stdout)
+    assert shown["model"] == "openai:gpt-4o-mini"
+    assert shown["spec"]["persona"] == {**before["spec"]["persona"], "name": "Dr. Other"}
+    assert shown["spec"]["time"] == {"policy": "wall_clock", "anchor": "2025-07-01", "rate": 2.0}
+    assert shown["spec"]["charter"] == before["spec"]["charter"]
+    assert shown["spec_hash"] != before["spec_hash"]
+    assert before["forks"] == [child]
+    assert cli("db", "check").exit_code == 0
