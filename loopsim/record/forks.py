@@ -163,7 +163,7 @@ def _copy(row: Any, columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
     return {**{name: getattr(row, name) for name in columns}, **values}
 
 
-def _copy_row(row: Mapping[str, Any], columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
+def _copy_row(row: Mapping[Any, Any], columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
     return {**{name: row[name] for name in columns}, **values}
 
 
