@@ -29,6 +29,7 @@ from sqlalchemy import func, insert, select
 
 from loopsim import ids
 from loopsim.errors import InvalidState, SpecError
+from loopsim.record.base import StoreBase
 from loopsim.record.chain import GENESIS, ChainQueries
 from loopsim.record.tables import CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import RunSpec, RunStatus, parse_spec
@@ -37,74 +38,19 @@ from loopsim.schemas import RunSpec, RunStatus, parse_spec
 # prefix the fork shares with its parent, so a fork keeps them.
 OVERRIDABLE = ("conditional", "persona", "charter", "model", "time", "checkins", "budget")
 
-_DAY_COLUMNS = (
-    "index",
-    "external_date",
-    "status",
-    "model_id",
-    "model_version",
-    "prompt_hash",
-    "prompt",
-    "raw_output",
-    "error",
-    "attempts",
-    "tokens_in",
-    "tokens_out",
-    "latency_ms",
-    "started_at",
-    "finished_at",
-    "worker",
-    "lease_generation",
+
+def _columns(table: Any, *skip: str) -> tuple[str, ...]:
+    """Every column a copy takes as it is: all but ids and what the copy sets itself.
+    Read from the table, so a column added later is copied too."""
+    return tuple(c.key for c in table.__table__.columns if c.key not in ("id", *skip))
+
+
+_DAY_COLUMNS = _columns(Day, "run_id")
+_ENTRY_COLUMNS = _columns(
+    Entry, "run_id", "day_id", "parent_id", "origin_run_id", "origin_parent_id"
 )
-_ENTRY_COLUMNS = (
-    "seq",
-    "kind",
-    "title",
-    "body",
-    "author",
-    "model_id",
-    "model_version",
-    "prompt_hash",
-    "external_date",
-    "created_at",
-    "prev_hash",
-    "hash",
-    "level",
-    "first_day",
-    "last_day",
-    "score",
-    "flagged",
-)
-_CHECKIN_COLUMNS = (
-    "reason",
-    "detail",
-    "first_day_index",
-    "last_day_index",
-    "decision",
-    "note",
-    "drift_score",
-    "agreement",
-    "ceiling",
-    "trend",
-    "similarity",
-    "opened_at",
-    "decided_at",
-)
-_PAIR_COLUMNS = (
-    "prediction",
-    "human_answer",
-    "answered_at",
-    "revealed_at",
-    "rating",
-    "similarity",
-    "is_retest",
-    "agreement",
-    "null_level",
-    "ceiling",
-    "judge_rating",
-    "judge_reason",
-    "judge_calls",
-)
+_CHECKIN_COLUMNS = _columns(CheckIn, "run_id")
+_PAIR_COLUMNS = _columns(ProbePair, "checkin_id", "probe_id")
 
 
 def merge_overrides(
@@ -167,71 +113,9 @@ def _copy_row(row: Mapping[Any, Any], columns: tuple[str, ...], **values: Any) -
     return {**{name: row[name] for name in columns}, **values}
 
 
-class ForkQueries(ChainQueries):
-    """Forking a run, finding a run's forks, and proving a fork's prefix."""
-
-    def forks_of(self, run_id: str) -> list[Run]:
-        return list(
-            self.session.scalars(select(Run).where(Run.parent_run_id == run_id).order_by(Run.id))
-        )
-
-    def _prefix_seq(self, parent_id: str, at_day: int) -> int:
-        """How many entries of the parent's chain come before the first entry of a day
-        after ``at_day``: the entries its day ``at_day + 1`` could have seen."""
-        later = self.session.scalar(
-            select(func.min(Entry.seq))
-            .join(Day, Entry.day_id == Day.id)
-            .where(Entry.run_id == parent_id, Day.index > at_day)
-        )
-        if later is not None:
-            return int(later) - 1
-        return self.chain_head(parent_id)[0]
-
-    def fork_run(
-        self, parent: Run, at_day: int, spec: RunSpec, *, name: str, model: str
-    ) -> ForkCopy:
-        """Create a run whose record is ``parent``'s up to day ``at_day`` and which goes on
-        under ``spec``. Refuses a day outside 1 .. the parent's last committed day."""
-        last = self.session.scalar(
-            select(func.max(Day.index)).where(Day.run_id == parent.id, Day.status == "committed")
-        )
-        if at_day < 1 or last is None or at_day > last:
-            have = f"committed days up to day {last}" if last else "no committed day"
-            raise InvalidState(f"run {parent.id} has {have}; cannot fork it at day {at_day}")
-        seq = self._prefix_seq(parent.id, at_day)
-        head = GENESIS
-        if seq:
-            head = str(
-                self.session.scalar(
-                    select(Entry.hash).where(Entry.run_id == parent.id, Entry.seq == seq)
-                )
-            )
-        now = utcnow()
-        run = Run(
-            id=ids.new_id(),
-            name=name,
-            status=RunStatus.CREATED,
-            spec=spec.model_dump(mode="json"),
-            model=model,
-            secret_seed=secrets.token_hex(32),
-            # The clock a wall-clock time policy reads starts where the parent's did.
-            created_at=parent.created_at,
-            updated_at=now,
-            lease_generation=0,
-            # Failed days of the prefix do not count toward failing the fork.
-            resumed_after_day=at_day,
-            parent_run_id=parent.id,
-            fork_day=at_day,
-            fork_seq=seq,
-            fork_head=head,
-        )
-        self.session.add(run)
-        self.session.flush()
-        day_ids = self._copy_days(parent.id, run.id, at_day)
-        entry_ids = self._copy_entries(parent.id, run.id, seq, day_ids)
-        probe_ids = self._copy_probes(parent.id, run.id, entry_ids)
-        checkins = self._copy_checkins(parent.id, run.id, at_day, probe_ids)
-        return ForkCopy(run, len(day_ids), len(entry_ids), len(probe_ids), checkins)
+class PrefixCopy(StoreBase):
+    """The rows of a parent's prefix, copied into a fork: one noun's rows at a time, each
+    returning the map from the parent's ids to the copies' ids that the next one needs."""
 
     def _copy_days(self, parent_id: str, run_id: str, at_day: int) -> dict[int, int]:
         # Core statements, not ORM objects: a prefix can hold thousands of rows.
@@ -358,6 +242,73 @@ class ForkQueries(ChainQueries):
             )
         self.session.flush()
         return len(checkins)
+
+
+class ForkQueries(PrefixCopy, ChainQueries):
+    """Forking a run, finding a run's forks, and proving a fork's prefix."""
+
+    def forks_of(self, run_id: str) -> list[Run]:
+        return list(
+            self.session.scalars(select(Run).where(Run.parent_run_id == run_id).order_by(Run.id))
+        )
+
+    def _prefix_seq(self, parent_id: str, at_day: int) -> int:
+        """How many entries of the parent's chain come before the first entry of a day
+        after ``at_day``: the entries its day ``at_day + 1`` could have seen."""
+        later = self.session.scalar(
+            select(func.min(Entry.seq))
+            .join(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == parent_id, Day.index > at_day)
+        )
+        if later is not None:
+            return int(later) - 1
+        return self.chain_head(parent_id)[0]
+
+    def fork_run(
+        self, parent: Run, at_day: int, spec: RunSpec, *, name: str, model: str
+    ) -> ForkCopy:
+        """Create a run whose record is ``parent``'s up to day ``at_day`` and which goes on
+        under ``spec``. Refuses a day outside 1 .. the parent's last committed day."""
+        last = self.session.scalar(
+            select(func.max(Day.index)).where(Day.run_id == parent.id, Day.status == "committed")
+        )
+        if at_day < 1 or last is None or at_day > last:
+            have = f"committed days up to day {last}" if last else "no committed day"
+            raise InvalidState(f"run {parent.id} has {have}; cannot fork it at day {at_day}")
+        seq = self._prefix_seq(parent.id, at_day)
+        head = GENESIS
+        if seq:
+            head = str(
+                self.session.scalar(
+                    select(Entry.hash).where(Entry.run_id == parent.id, Entry.seq == seq)
+                )
+            )
+        now = utcnow()
+        run = Run(
+            id=ids.new_id(),
+            name=name,
+            status=RunStatus.CREATED,
+            spec=spec.model_dump(mode="json"),
+            model=model,
+            secret_seed=secrets.token_hex(32),
+            # The clock a wall-clock time policy reads starts where the parent's did.
+            created_at=parent.created_at,
+            updated_at=now,
+            lease_generation=0,
+            # Failed days of the prefix do not count toward failing the fork.
+            resumed_after_day=at_day,
+            parent_run_id=parent.id,
+            fork_day=at_day,
+            fork_seq=seq,
+            fork_head=head,
+        )
+        self.session.add(run)
+        self.session.flush()
+        day_ids = self._copy_days(parent.id, run.id, at_day)
+        entry_ids = self._copy_entries(parent.id, run.id, seq, day_ids)
+        probe_ids = self._copy_probes(parent.id, run.id, entry_ids)
+        checkins = self._copy_checkins(parent.id, run.id, at_day, probe_ids)
+        return ForkCopy(run, len(day_ids), len(entry_ids), len(probe_ids), checkins)
 
     def prove_prefix(self, fork: Run) -> PrefixProof | None:
         """For a fork, whether its parent's chain, verified up to the fork point, ends in
