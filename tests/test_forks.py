@@ -430,3 +430,22 @@ def test_overrides_merge_into_the_parents_spec_table_by_table(cli, any_url, tmp_
     assert shown["spec_hash"] != before["spec_hash"]
     assert before["forks"] == [child]
     assert cli("db", "check").exit_code == 0
+
+
+def test_entries_copied_from_another_run_do_not_verify_outside_a_fork_prefix(cli, any_url):
+    # Copies of a run's entries, passed off as another run's own record, keep their
+    # hashes; only the fork prefix the run was created with may hold them.
+    database = open_db(any_url)
+    try:
+        source = stepped_run(database, 2)
+        child = fork(cli, source, 2)
+        with database.write() as session:
+            session.execute(
+                text("UPDATE runs SET parent_run_id = NULL, fork_seq = NULL WHERE id = :r"),
+                {"r": child},
+            )
+        result = cli("record", "verify", child)
+        assert result.exit_code == 1
+        assert "a copy of another run's entry outside the prefix" in result.stderr
+    finally:
+        database.dispose()

@@ -160,6 +160,20 @@ class ChainQueries(StoreBase):
             return None
         return int(row[0]), str(row[1])
 
+    @staticmethod
+    def _fork_fault(entry: Entry, fork: tuple[int, str] | None) -> str | None:
+        """A copied entry is only where a fork's prefix is, and the prefix must end in
+        the head recorded at the fork: copies cannot be passed off as a run's own work."""
+        prefix = fork[0] if fork is not None else 0
+        if entry.origin_run_id is not None and entry.seq > prefix:
+            return "a copy of another run's entry outside the prefix this run was forked with"
+        if fork is not None and entry.seq == fork[0] and entry.hash != fork[1]:
+            return (
+                "the last entry copied from the parent does not hash to the parent's head "
+                "recorded when the run was forked"
+            )
+        return None
+
     def chain_head(self, run_id: str) -> tuple[int, str]:
         row = self.session.execute(
             select(Entry.seq, Entry.hash)
@@ -230,11 +244,7 @@ class ChainQueries(StoreBase):
                         "the run was keyed with another key, or its first entry was edited"
                     )
             reason = reason or self._link_fault(entry, day_index, expected_seq, prev, key, keyed)
-            if not reason and fork is not None and entry.seq == fork[0] and entry.hash != fork[1]:
-                reason = (
-                    "the last entry copied from the parent does not hash to the parent's "
-                    "head recorded when the run was forked"
-                )
+            reason = reason or self._fork_fault(entry, fork)
             if reason:
                 link = BrokenLink(entry.seq, day_index, entry.id, reason)
                 return VerifyResult(run_id, checked, prev, link, keyed, head_seq=expected_seq - 1)
