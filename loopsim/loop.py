@@ -186,6 +186,7 @@ class Loop:
                 subquestions=breadth,
                 ideas=spec.babble.ideas,
                 example=not grammar_constrained(run.model),
+                conditional=spec.conditional,
             )
             digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
             tries = store.count_days(run.id, DayStatus.FAILED, index=index)
@@ -413,7 +414,8 @@ class Loop:
             )
             view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
             prompts = [
-                (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in chosen
+                (p.id, build_probe_prompt(spec.persona, view, date, p.question, spec.conditional))
+                for p in chosen
             ]
             model_id = run.model
         predictions = []

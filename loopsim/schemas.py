@@ -142,6 +142,20 @@ class ModelSpec(_Strict):
         return value
 
 
+DEFAULT_FRAMING = (
+    "You work in a calm, stable, well-resourced research environment: no deadlines, no "
+    "distractions, and all the time you need to think. Each morning you wake with no memory "
+    "of earlier days. Your only memory is the research log that your earlier selves wrote. "
+    "Whatever you write today is added to it, for the you of tomorrow."
+)
+
+
+class Conditional(_Strict):
+    """The world the researcher is told it works in; the default is the old framing."""
+
+    framing: str = Field(DEFAULT_FRAMING, max_length=8000)
+
+
 class Budget(_Strict):
     days: int = Field(default=30, ge=1, le=1_000_000)
     output_tokens_per_day: int = Field(default=600, ge=32, le=100_000)
@@ -264,6 +278,7 @@ class RunSpec(_Strict):
     persona: Persona
     charter: Charter
     time: TimePolicy
+    conditional: Conditional = Field(default_factory=lambda: Conditional())
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     budget: Budget = Field(default_factory=lambda: Budget())
     checkins: CheckinPolicy = Field(default_factory=lambda: CheckinPolicy())
@@ -335,6 +350,11 @@ def _field_at(text: str, message: str) -> str:
 
 def load_spec(path: Path) -> RunSpec:
     """Read and validate a TOML run spec, or raise :class:`SpecError` with one line."""
+    return parse_spec(read_toml(path), source=str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file (a spec, or a fork's overrides), or raise :class:`SpecError`."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -348,7 +368,7 @@ def load_spec(path: Path) -> RunSpec:
     except tomllib.TOMLDecodeError as exc:
         field = _field_at(raw.decode("utf-8"), str(exc))
         raise SpecError(f"{path}: {field}invalid TOML: {exc}") from None
-    return parse_spec(data, source=str(path))
+    return data
 
 
 # A parameter named like a credential ("api_key", "openai_api_key", "access-token",

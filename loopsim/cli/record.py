@@ -114,6 +114,7 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
         run = store.get_run(run_ref)
         result = store.verify_chain(run.id)
         key_held = store.chain_key is not None
+        proof = store.prove_prefix(run) if result.ok else None
     if result.needs_key:
         raise RecordBroken(f"run {run.id}: {KEYED_HINT} to verify it")
     if not result.ok:
@@ -124,7 +125,24 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
         )
     entries = plural(result.checked, "entry", "entries")
     kind = ", keyed (HMAC-SHA256)" if result.keyed else ""
+    if proof is not None and not proof.ok:
+        raise RecordBroken(
+            f"run {run.id}: its prefix is not run {proof.parent_id}'s through day "
+            f"{proof.fork_day}: {proof.reason}"
+        )
     a.out.print(f"ok: run {run.id}, {entries}, head {result.head[:16]}{kind}")
+    if proof is not None:
+        copied = plural(proof.entries, "entry", "entries")
+        a.out.print(
+            f"fork of run {proof.parent_id} at day {proof.fork_day}: its first {copied} "
+            + (
+                f"equal the parent's, head {proof.head[:16]}"
+                if proof.parent_found
+                else f"end in the head recorded at the fork, {proof.head[:16]} "
+                "(the parent was deleted)"
+            ),
+            soft_wrap=True,
+        )
     if key_held and not result.keyed and result.checked:
         a.err.print(
             f"note: run {run.id}'s chain is plain SHA-256, not keyed (it was started "

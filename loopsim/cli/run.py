@@ -12,16 +12,18 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.cli.context import JsonOpt, RunArg, app_context
+from loopsim.cli.fork import run_fork
 from loopsim.cli.stepping import set_status, step_days
 from loopsim.errors import EXIT_AT_CHECKIN, InvalidState
 from loopsim.exports.markdown import safe_text
 from loopsim.record.leases import driver, live_holder, queue_for_service
+from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
 from loopsim.record.tables import Run
 from loopsim.schemas import DayStatus, RunStatus, load_spec
 from loopsim.text import plural
 
-app = typer.Typer(no_args_is_help=True, help="Create, list, step and control runs.")
+app = typer.Typer(no_args_is_help=True, help="Create, list, step, fork and control runs.")
 
 
 def _run_summary(store: Store, run: Run) -> dict[str, Any]:
@@ -41,6 +43,8 @@ def _run_summary(store: Store, run: Run) -> dict[str, Any]:
         "latency_ms": latency_ms,
         "worker": live_holder(store, run),
         "driver": driver(store, run),
+        "parent": run.parent_run_id,
+        "fork_day": run.fork_day,
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
     }
@@ -67,6 +71,9 @@ def run_create(
         run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
         run_id = run.id
     a.out.print(run_id)
+
+
+app.command("fork")(run_fork)
 
 
 @app.command("delete")
@@ -96,10 +103,19 @@ def run_delete(
                 f"`loopsim run delete {run.id} --force` deletes it with its record"
             )
         run_id = run.id
+        forks = len(store.forks_of(run_id))
         counts = store.delete_run(run_id)
     a.err.print(
         f"deleted run {run_id}: {plural(counts['days'], 'day')}, "
         f"{plural(counts['entries'], 'entry', 'entries')}"
+        + (
+            f"; {plural(forks, 'fork')} of it "
+            + ("keeps its" if forks == 1 else "keep their")
+            + " own copy of the prefix"
+            if forks
+            else ""
+        ),
+        soft_wrap=True,
     )
 
 
@@ -117,6 +133,9 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     # Fits the terminal (80 columns included): no edge padding, the driver column only
     # when something drives a run, and the name gives way (ellipsis) before anything else.
     drivers = any(row["driver"] for row in rows)
+    # A fork names its parent by the first 8 characters of its id, and the fork day.
+    fork_of = [f"{r['parent'][:8]}@{r['fork_day']}" if r["parent"] else "-" for r in rows]
+    forks = any(row["parent"] for row in rows)
     status_w = max((len(row["status"]) for row in rows), default=6)
     days_w = max((len(str(row["days_committed"])) for row in rows), default=4)
     model_w = min(max((len(row["model"]) for row in rows), default=5), 24)
@@ -124,6 +143,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     gaps = 2 * (5 if drivers else 4)
     room = a.out.width - 26 - max(status_w, 6) - max(days_w, 4) - model_w - gaps
     room -= max(driver_w, 6) if drivers else 0
+    room -= max(max(map(len, fork_of)), 7) + 2 if forks else 0
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=26)
     table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(4, min(24, room)))
@@ -132,7 +152,9 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table.add_column("model", overflow="fold")
     if drivers:
         table.add_column("driver", overflow="fold")
-    for row in rows:
+    if forks:
+        table.add_column("fork of", no_wrap=True)
+    for row, parent in zip(rows, fork_of, strict=True):
         cells = [
             row["id"],
             Text(safe_text(row["name"])),
@@ -140,7 +162,11 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             str(row["days_committed"]),
             Text(safe_text(row["model"])),
         ]
-        table.add_row(*cells, *([row["driver"] or "-"] if drivers else []))
+        if drivers:
+            cells.append(row["driver"] or "-")
+        if forks:
+            cells.append(parent)
+        table.add_row(*cells)
     a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
 
 
@@ -153,8 +179,10 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
         run = store.get_run(run_ref)
         info = _run_summary(store, run)
         info["chain_head"] = store.chain_head(run.id)[1]
+        info["forks"] = [fork.id for fork in store.forks_of(run.id)]
         spec = dict(run.spec)
     info["spec"] = spec
+    info["spec_hash"] = spec_hash(spec)
     if as_json:
         a.print_json(info)
         return
@@ -175,9 +203,14 @@ def run_show(ctx: typer.Context, run_ref: RunArg, as_json: JsonOpt = False) -> N
         "worker",
         "created_at",
         "chain_head",
+        "spec_hash",
     ):
         if info[key] is not None:
             a.out.print(Text(f"{key:15} {safe_text(str(info[key]))}"))
+    if info["parent"] is not None:
+        a.out.print(Text(f"{'forked from':15} {info['parent']} at day {info['fork_day']}"))
+    if info["forks"]:
+        a.out.print(Text(f"{'forks':15} {', '.join(info['forks'])}"))
     a.out.print(Text(f"{'persona':15} {safe_text(spec['persona']['name'])}"))
     a.out.print(Text(f"{'time':15} {json.dumps(spec['time'])}"))
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from loopsim.errors import LoopsimError, SpecError
 from loopsim.record.leases import driver
+from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
 from loopsim.record.tables import CheckIn, Day, Entry, ProbePair, Run
 from loopsim.schemas import DayStatus
@@ -91,6 +92,11 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         f"- status: {run_state(store, run)}",
         f"- model: {md_code(run.model)}",
         f"- persona: {md_inline(spec['persona']['name'])}",
+        *(
+            [f"- forked from: run {md_code(run.parent_run_id)} at day {run.fork_day}"]
+            if run.parent_run_id
+            else []
+        ),
         "",
         "## Charter",
         "",
@@ -230,6 +236,9 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "model": run.model,
             "created_at": run.created_at.isoformat(),
             "spec": spec,
+            "spec_hash": spec_hash(spec),
+            "parent_run_id": run.parent_run_id,
+            "fork_day": run.fork_day,
         }
     )
     seqs = store.entry_seqs(run.id)

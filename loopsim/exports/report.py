@@ -454,6 +454,8 @@ def to_html(store: Store, run: Run, *, include_reverted: bool = False) -> str:
             "status_reason": text(run.status_reason) if run.status_reason else None,
             "model": text(run.model),
             "created_at": run.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "parent": run.parent_run_id,
+            "fork_day": run.fork_day,
         },
         "persona": {
             "name": text(spec.persona.name),

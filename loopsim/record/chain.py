@@ -15,6 +15,12 @@ so. A run is keyed or plain from its first entry on: a run started without the k
 plain (and says so), since its first entries were never keyed. The limit: whoever can
 write the database can still rewrite a keyed run whole as a plain one; with the key set,
 ``record verify`` reports such a run as "plain, not keyed" rather than as keyed.
+
+A *fork* (:mod:`loopsim.record.forks`) starts with copies of its parent's entries. A copy
+is hashed with the run id and parent entry id of the run that first wrote it
+(``origin_run_id``, ``origin_parent_id``), so it keeps its original hash, and its chain
+starts from that run's genesis. Verification also checks that the fork's chain, at the
+last copied entry, still hashes to the parent's head recorded when it was forked.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from sqlalchemy import select
 
 from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.base import StoreBase
-from loopsim.record.tables import Day, Entry
+from loopsim.record.tables import Day, Entry, Run
 
 GENESIS = "0" * 64
 # Where a session carries the chain key (bytes), set by loopsim.record.db.Database.
@@ -52,12 +58,13 @@ def _iso(moment: dt.datetime) -> str:
 def entry_hash(entry: Entry, day_index: int | None, key: bytes | None = None) -> str:
     """The chain hash of one entry: its canonical content plus the previous hash, as
     SHA-256, or as HMAC-SHA256 under ``key`` for a keyed chain."""
+    copied = entry.origin_run_id is not None  # a fork's copy hashes as where it was written
     payload = {
         "v": 1,
-        "run_id": entry.run_id,
+        "run_id": entry.origin_run_id if copied else entry.run_id,
         "seq": entry.seq,
         "day_index": day_index,
-        "parent_id": entry.parent_id,
+        "parent_id": entry.origin_parent_id if copied else entry.parent_id,
         "kind": entry.kind,
         "title": entry.title,
         "body": entry.body,
@@ -137,6 +144,36 @@ class ChainQueries(StoreBase):
             select(Entry.prev_hash).where(Entry.run_id == run_id, Entry.seq == 1)
         )
 
+    def genesis_run_id(self, run_id: str) -> str:
+        """The run whose genesis the chain starts from: the run itself, or, for a fork, the
+        run that wrote the first entry it copied."""
+        origin = self.session.scalar(
+            select(Entry.origin_run_id).where(Entry.run_id == run_id, Entry.seq == 1)
+        )
+        return origin or run_id
+
+    def _fork_point(self, run_id: str) -> tuple[int, str] | None:
+        row = self.session.execute(
+            select(Run.fork_seq, Run.fork_head).where(Run.id == run_id)
+        ).first()
+        if row is None or not row[0] or row[1] is None:
+            return None
+        return int(row[0]), str(row[1])
+
+    @staticmethod
+    def _fork_fault(entry: Entry, fork: tuple[int, str] | None) -> str | None:
+        """A copied entry is only where a fork's prefix is, and the prefix must end in
+        the head recorded at the fork: copies cannot be passed off as a run's own work."""
+        prefix = fork[0] if fork is not None else 0
+        if entry.origin_run_id is not None and entry.seq > prefix:
+            return "a copy of another run's entry outside the prefix this run was forked with"
+        if fork is not None and entry.seq == fork[0] and entry.hash != fork[1]:
+            return (
+                "the last entry copied from the parent does not hash to the parent's head "
+                "recorded when the run was forked"
+            )
+        return None
+
     def chain_head(self, run_id: str) -> tuple[int, str]:
         row = self.session.execute(
             select(Entry.seq, Entry.hash)
@@ -147,7 +184,7 @@ class ChainQueries(StoreBase):
         return (0, GENESIS) if row is None else (row[0], row[1])
 
     def iter_chain(
-        self, run_id: str, batch: int = 500, after_seq: int = 0
+        self, run_id: str, batch: int = 500, after_seq: int = 0, until_seq: int | None = None
     ) -> Iterator[tuple[Entry, int | None]]:
         stmt = (
             select(Entry, Day.index)
@@ -158,6 +195,8 @@ class ChainQueries(StoreBase):
         )
         if after_seq:
             stmt = stmt.where(Entry.seq > after_seq)
+        if until_seq is not None:
+            stmt = stmt.where(Entry.seq <= until_seq)
         yield from self.session.execute(stmt)
 
     @staticmethod
@@ -178,28 +217,34 @@ class ChainQueries(StoreBase):
             return f"content does not match its {what} (edited after commit)"
         return None
 
-    def verify_chain(self, run_id: str, since: ChainPoint | None = None) -> VerifyResult:
+    def verify_chain(
+        self, run_id: str, since: ChainPoint | None = None, until_seq: int | None = None
+    ) -> VerifyResult:
         """Recompute every hash in order; stop at the first broken link. From ``since``
-        (a point verified before), only the entries after it are read and checked."""
+        (a point verified before), only the entries after it are read and checked; with
+        ``until_seq``, none after that one (a fork's prefix in its parent)."""
         key = self.chain_key
         prev, expected_seq, keyed = GENESIS, 1, False
         if since is not None:
             prev, expected_seq, keyed = since.hash, since.seq + 1, since.keyed
         checked = 0
-        for entry, day_index in self.iter_chain(run_id, after_seq=expected_seq - 1):
+        fork = self._fork_point(run_id)
+        chain = self.iter_chain(run_id, after_seq=expected_seq - 1, until_seq=until_seq)
+        for entry, day_index in chain:
             reason = None
             if entry.seq == 1 and entry.prev_hash != GENESIS:
                 # Not the plain genesis: a keyed chain, or an edited first entry.
                 if key is None:
                     link = BrokenLink(entry.seq, day_index, entry.id, KEYED_HINT)
                     return VerifyResult(run_id, 0, prev, link, True, needs_key=True)
-                keyed, prev = True, chain_genesis(run_id, key)
+                keyed, prev = True, chain_genesis(entry.origin_run_id or run_id, key)
                 if entry.prev_hash != prev:
                     reason = (
                         "its genesis is neither the plain one nor this LOOPSIM_CHAIN_KEY's: "
                         "the run was keyed with another key, or its first entry was edited"
                     )
             reason = reason or self._link_fault(entry, day_index, expected_seq, prev, key, keyed)
+            reason = reason or self._fork_fault(entry, fork)
             if reason:
                 link = BrokenLink(entry.seq, day_index, entry.id, reason)
                 return VerifyResult(run_id, checked, prev, link, keyed, head_seq=expected_seq - 1)

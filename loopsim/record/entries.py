@@ -114,7 +114,7 @@ class EntryQueries(ChainQueries):
             return None
         if key is None:
             raise RecordBroken(f"run {run_id}: {KEYED_HINT} to extend it")
-        if genesis != chain_genesis(run_id, key):
+        if genesis != chain_genesis(self.genesis_run_id(run_id), key):
             raise RecordBroken(
                 f"run {run_id}: LOOPSIM_CHAIN_KEY is not the key this run's chain was keyed "
                 f"with; `loopsim record verify {run_id}` checks it"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text
 
@@ -18,6 +19,15 @@ from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import RunSpec, RunStatus
+
+
+def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
+    """SHA-256 of a run spec's canonical JSON, every default filled in: a spec stored
+    before a section existed (``[conditional]``, say) hashes as the spec its run really
+    runs under, and a run's conditional is always part of its hash."""
+    if isinstance(spec, dict):
+        spec = RunSpec.model_validate(spec)
+    return ids.sha256_hex(ids.canonical_json(spec.model_dump(mode="json")))
 
 
 class RunQueries(StoreBase):

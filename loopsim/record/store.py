@@ -5,11 +5,12 @@ owns the transaction through :meth:`loopsim.record.db.Database.write`.
 Each noun's queries live in their own module, over
 :class:`~loopsim.record.base.StoreBase` (one session): runs and their leases
 (:mod:`~loopsim.record.runs`), days (:mod:`~loopsim.record.days`) and their model calls
-(:mod:`~loopsim.record.calls`), entries (:mod:`~loopsim.record.entries`), digests
-(:mod:`~loopsim.record.digests`), search (:mod:`~loopsim.record.search`), probes and
-check-ins (:mod:`~loopsim.record.checkins`), the hash chain (:mod:`~loopsim.record.chain`)
-and integrity checks (:mod:`~loopsim.record.integrity`). Callers keep one door,
-``Store(session)``, and import the record's value types from here.
+(:mod:`~loopsim.record.calls`), entries (:mod:`~loopsim.record.entries`), forks
+(:mod:`~loopsim.record.forks`), digests (:mod:`~loopsim.record.digests`), search
+(:mod:`~loopsim.record.search`), probes and check-ins (:mod:`~loopsim.record.checkins`),
+the hash chain (:mod:`~loopsim.record.chain`) and integrity checks
+(:mod:`~loopsim.record.integrity`). Callers keep one door, ``Store(session)``, and import
+the record's value types from here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from loopsim.record.checkins import CheckinQueries, ProbeQueries
 from loopsim.record.days import DayQueries
 from loopsim.record.digests import DigestQueries, DigestState
 from loopsim.record.entries import EntryInput, EntryQueries
+from loopsim.record.forks import ForkQueries
 from loopsim.record.integrity import IntegrityQueries
 from loopsim.record.runs import RunQueries
 from loopsim.record.search import SearchQueries, dropped_words, search_terms
@@ -46,6 +48,7 @@ class Store(
     CallQueries,
     DigestQueries,
     EntryQueries,
+    ForkQueries,
     SearchQueries,
     ChainQueries,
     ProbeQueries,

@@ -82,6 +82,13 @@ class Run(Base):
     # The last day row when the run last became running again (migration 0009): the
     # failed-day streak that fails a run counts only the tries after it.
     resumed_after_day_id: Mapped[int | None] = mapped_column(Integer)
+    # A fork (migration 0011, loopsim.record.forks): the run it was forked from, the last
+    # day index and the number of entries it took, and the parent's chain hash there. No
+    # foreign key: a fork keeps its own copy of the prefix and outlives its parent.
+    parent_run_id: Mapped[str | None] = mapped_column(String(26), index=True)
+    fork_day: Mapped[int | None] = mapped_column(Integer)
+    fork_seq: Mapped[int | None] = mapped_column(Integer)
+    fork_head: Mapped[str | None] = mapped_column(String(64))
 
     days: Mapped[list[Day]] = relationship(back_populates="run", order_by="Day.index")
 
@@ -162,6 +169,10 @@ class Entry(Base):
     last_day: Mapped[int | None] = mapped_column(Integer)
     score: Mapped[int | None] = mapped_column(Integer)
     flagged: Mapped[bool | None] = mapped_column(Boolean)
+    # A fork's copy of a parent's entry (migration 0011): the run and parent entry id its
+    # hash covers, from where it was first written. None on an entry a run wrote itself.
+    origin_run_id: Mapped[str | None] = mapped_column(String(26))
+    origin_parent_id: Mapped[int | None] = mapped_column(Integer)
 
     day: Mapped[Day | None] = relationship(back_populates="entries")
 

@@ -163,7 +163,9 @@ def plan_digests(
 
 
 def _system(planned: PlannedDay, instructions: str) -> str:
-    return "\n\n".join([*persona_text(planned.spec.persona), instructions])
+    return "\n\n".join(
+        [*persona_text(planned.spec.persona, planned.spec.conditional), instructions]
+    )
 
 
 def _dated(text: str, date: dt.date) -> str:

@@ -1,7 +1,8 @@
 """What a fresh researcher is shown: the prompt text, and the builders that assemble it.
 
-A prompt is a pure function of the persona, the external date and the view (and, for a
-probe, the question). Equal inputs give byte-equal prompts, hence equal prompt hashes in
+A prompt is a pure function of the persona, the conditional (the spec's ``[conditional]``:
+the environment the researcher is told it works in), the external date and the view (and,
+for a probe, the question). Equal inputs give byte-equal prompts, hence equal prompt hashes in
 the record: change a word here and every later day's prompt hash changes with it.
 
 This module never imports check-in, drift or schedule code.
@@ -18,14 +19,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from loopsim.record.store import canonical_json, sha256_hex
 from loopsim.researcher.view import View
-from loopsim.schemas import Persona
+from loopsim.schemas import DEFAULT_FRAMING, Conditional, Persona
 
-FRAMING = (
-    "You work in a calm, stable, well-resourced research environment: no deadlines, no "
-    "distractions, and all the time you need to think. Each morning you wake with no memory "
-    "of earlier days. Your only memory is the research log that your earlier selves wrote. "
-    "Whatever you write today is added to it, for the you of tomorrow."
-)
+# The framing of a spec with no [conditional] section: every run before it was configurable.
+FRAMING = DEFAULT_FRAMING
+DEFAULT_CONDITIONAL = Conditional()
 
 # The example is about method, not any topic, so it biases no charter. Only models whose
 # decoding is not held to the schema see it (see :func:`grammar_constrained`): the embedded
@@ -101,13 +99,16 @@ class Prompt:
         return [kinds[role](content=content) for role, content in self.messages]
 
 
-def persona_text(persona: Persona) -> list[str]:
+def persona_text(persona: Persona, conditional: Conditional = DEFAULT_CONDITIONAL) -> list[str]:
+    """Who the researcher is, then the world it is told it works in. An empty framing
+    adds no paragraph at all."""
     system = [f"You are {persona.name}. {persona.background.strip()}"]
     if persona.style.strip():
         system.append(f"Your style: {persona.style.strip()}")
     if persona.writing_sample:
         system.append(f'A sample of your writing:\n"""\n{persona.writing_sample.strip()}\n"""')
-    system.append(FRAMING)
+    if conditional.framing:
+        system.append(conditional.framing)
     return system
 
 
@@ -119,12 +120,13 @@ def build_prompt(
     subquestions: int = 0,
     ideas: int = 0,
     example: bool = True,
+    conditional: Conditional = DEFAULT_CONDITIONAL,
 ) -> Prompt:
     """The whole input of one day. Stable parts first, the date last, for cache reuse.
     ``subquestions`` and ``ideas`` are how many of each the day may pose (0: none);
     ``example`` shows an example reply (for models not held to the schema) rather than
     only its shape."""
-    system = persona_text(persona)
+    system = persona_text(persona, conditional)
     shown = f"For example:\n{example_reply(subquestions, ideas)}" if example else SHAPE
     instructions = [INSTRUCTIONS.format(example=shown)]
     if subquestions:
@@ -143,10 +145,15 @@ PROBE_INSTRUCTIONS = (
 
 
 def build_probe_prompt(
-    persona: Persona, view: View, external_date: dt.date, question: str
+    persona: Persona,
+    view: View,
+    external_date: dt.date,
+    question: str,
+    conditional: Conditional = DEFAULT_CONDITIONAL,
 ) -> Prompt:
-    """A fresh researcher, same persona, date and view as a day, asked one question."""
-    system = "\n\n".join([*persona_text(persona), PROBE_INSTRUCTIONS])
+    """A fresh researcher, same persona, conditional, date and view as a day, asked one
+    question."""
+    system = "\n\n".join([*persona_text(persona, conditional), PROBE_INSTRUCTIONS])
     user = (
         f"{view.render()}\n\nToday's date is {external_date.isoformat()}.\n\nQuestion: {question}"
     )
