@@ -436,7 +436,8 @@ class Service:
                     return
                 if result.status != DayStatus.COMMITTED:
                     continue
-                opened = await asyncio.to_thread(self.loop.open_due_checkin, run_id, fence)
+                # Its predictions are model calls: on a thread of its own, not the writer's.
+                opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
                 if opened is not None:
                     self._opened(opened, run_id, planned.spec, ctx)
                     return

@@ -12,12 +12,14 @@
   again, after a short pause, until it goes through or its task is cancelled: a worker
   blocked by a frozen writer fails no run and drops no day; it goes on when the lock
   is free. Only a caller that can do without the write (a release: leases expire on
-  their own) asks for no retry.
+  their own) asks for no retry. Opening a check-in, whose predictions are model calls,
+  runs on a thread of its own (:meth:`Writer.apart`) and is waited out the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Callable
@@ -50,12 +52,25 @@ class Writer:
     async def __call__(
         self, fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any
     ) -> T:
-        loop = asyncio.get_running_loop()
         call = functools.partial(self._watched, functools.partial(fn, *args, **kwargs))
+        return await self._retried(call, self._pool, getattr(fn, "__name__", "write"), retry)
+
+    async def apart(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn``, which writes but also waits on other things (a check-in's
+        predictions are model calls), on a thread of its own rather than the writer's, and
+        wait out a locked database the same way: a run whose check-in came due must not
+        be let go for a busy database and re-claimed past it."""
+        return await self._retried(functools.partial(fn, *args), None, fn.__name__, True)
+
+    async def _retried(
+        self, call: Callable[[], T], pool: ThreadPoolExecutor | None, what: str, retry: bool
+    ) -> T:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
-            try:
-                return await loop.run_in_executor(self._pool, call)
+            try:  # in the caller's context: the lease guard of a run's task goes along
+                context = contextvars.copy_context()
+                return await loop.run_in_executor(pool, context.run, call)
             except DatabaseBusy as exc:
                 if not retry:
                     raise
@@ -63,7 +78,7 @@ class Writer:
                 attempt += 1
                 log.warning(
                     "%s: %s; writing again in %.2f s",
-                    getattr(fn, "__name__", "write"),
+                    what,
                     reason(exc),
                     pause,
                     extra={"event": "db.busy", "wait_s": pause},
