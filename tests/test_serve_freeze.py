@@ -153,10 +153,10 @@ def freeze(url: str, frozen: Named, awake: Named, key: dict[str, str]) -> bool:
     its runs over; False if the freeze held a transaction open, so nobody could."""
     held = {r: gen for r, (owner, gen) in owners(url).items() if owner == frozen.name}
     assert held, "the worker to freeze holds no run"
-    # Freeze it across its model calls, as the issue's workers were: while every run it
-    # holds has a request out at the model server. (A freeze landing in the moment
-    # between a request's lease check and its send lets that one request out on waking;
-    # no check can be atomic with a send. docs/service.md says so.)
+    # Freeze it across its model calls, where a worker spends most of its time: while
+    # every run it holds has a request out at the model server. (A freeze landing in
+    # the moment between a request's lease check and its send lets that one request out
+    # on waking; no check can be atomic with a send. docs/service.md says so.)
     wait_for(lambda: all(frozen.stub.in_flight(key[r]) for r in held), 60, "calls in flight")
     frozen.signal(signal.SIGSTOP)
     stopped = time.monotonic()
@@ -189,6 +189,8 @@ def freeze(url: str, frozen: Named, awake: Named, key: dict[str, str]) -> bool:
     wait_for(lambda: frozen.count("lease.lost") >= lost + len(held), 120, "the woken worker")
     time.sleep(1.0)  # anything it would still send has had time to arrive
     after, days_after = frozen.calls(), days_of(url, frozen.name)
+    # For the failure message: what it sent after the stop (run, seconds after the stop,
+    # whether it repeats a request sent before: an endpoint retry).
     extra = [
         (
             agenda_key(frozen.stub.requests[i]),
