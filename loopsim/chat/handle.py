@@ -52,7 +52,7 @@ from loopsim.chat.faults import (
 )
 from loopsim.chat.tracing import call_config
 from loopsim.config import Settings
-from loopsim.errors import ModelUnavailable, SpecError
+from loopsim.errors import LoopsimError, ModelUnavailable, SpecError
 from loopsim.schemas import ModelSpec
 from loopsim.text import loggable
 
@@ -263,7 +263,7 @@ class ChatHandle:
         retrying = Retrying(**self._retrying_options())
         try:
             message = retrying(self.model.invoke, messages, **_traced(kwargs))
-        except ModelUnavailable:
+        except LoopsimError:  # ours: a lease found lost before a retry (loopsim serve)
             raise
         except Exception as exc:  # the model seam: every foreign failure becomes ours
             raise self._failed(exc, _requests(retrying), started) from exc
@@ -284,7 +284,7 @@ class ChatHandle:
         retrying = AsyncRetrying(**self._retrying_options())
         try:
             message: Any = await retrying(self.model.ainvoke, messages, **_traced(kwargs))
-        except ModelUnavailable:
+        except LoopsimError:  # ours: a lease found lost before a retry (loopsim serve)
             raise
         except Exception as exc:  # the model seam
             raise self._failed(exc, _requests(retrying), started) from exc

@@ -11,7 +11,13 @@ and that the lease has not expired. So:
   or its lease has expired, and :func:`fence` refuses the transaction;
 - every expiry is read off the database's clock, never a worker's, at the moment of the
   check (a day's commit checks first and again as its last statement, so a freeze inside
-  the transaction cannot commit on an expired lease either).
+  the transaction cannot commit on an expired lease either);
+- a lease that expired while nobody claimed the run (its owner and generation unchanged)
+  may be renewed by its holder: no other worker can have called the model for the run or
+  written to it in between, since either needs a claim, and a claim bumps the generation.
+  On SQLite this is what lets a worker keep its runs after another process held the
+  write lock for longer than a lease (a frozen writer): nobody could renew, and nobody
+  could take over either.
 
 Who drives a run is one rule: ``loopsim serve`` claims only runs queued for it with
 ``loopsim run start``. ``loopsim run step`` takes the run for the CLI: it writes the owner
@@ -70,13 +76,23 @@ def fence(lease: Lease) -> Fence:
 def claim(
     db: Database, owner: str, ttl: dt.timedelta, limit: int, exclude: Iterable[str] = ()
 ) -> list[Lease]:
-    """Claim up to ``limit`` running runs that no live lease holds."""
+    """Claim up to ``limit`` running runs that no live lease holds.
+
+    A read looks first, and only when it finds a run to claim does a write transaction
+    begin: a worker with free slots polls every second or so, and on SQLite every write
+    transaction takes the one write lock (a process frozen while holding it stalls every
+    writer, so the fewer and shorter the better)."""
     if limit <= 0:
         return []
+    skip = tuple(exclude)
+    with db.read() as session:
+        store = Store(session)
+        if not store.waiting_runs(owner, store.db_now(), skip):
+            return []
     with db.write() as session:
         store = Store(session)
         now = store.db_now()
-        runs = store.claimable_runs(owner, now, limit, tuple(exclude))
+        runs = store.claimable_runs(owner, now, limit, skip)
         leases = []
         for run in runs:
             run.lease_owner = owner
@@ -96,7 +112,9 @@ def _mine(lease: Lease) -> list[object]:
 
 
 def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Lease]:
-    """Extend live leases; return the ones that were lost (taken over or expired)."""
+    """Extend leases still this worker's; return the ones that were lost: taken over
+    (another generation or owner) or released. A lease that merely expired, with no claim
+    since, is renewed: nobody else can have touched the run (see the module docstring)."""
     lost = []
     with db.write() as session:
         store = Store(session)
@@ -104,7 +122,7 @@ def renew(db: Database, leases: Iterable[Lease], ttl: dt.timedelta) -> list[Leas
         for lease in leases:
             result = session.execute(
                 update(Run)
-                .where(*_mine(lease), Run.lease_expires_at > now)  # type: ignore[arg-type]
+                .where(*_mine(lease), Run.lease_expires_at.is_not(None))  # type: ignore[arg-type]
                 .values(lease_expires_at=now + ttl)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]

@@ -15,9 +15,15 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
   generation, expiry by the database's clock): a run taken over while this worker was
   frozen costs no further call, and the day is dropped unwritten;
 - a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
-  cancels its task, and the fence refuses anything that task still tries to write;
+  (taken over or released) cancels its task, and the fence refuses anything that task
+  still tries to write. A lease that only expired, because this worker could not renew it
+  in time (it was frozen, or another process held SQLite's write lock), is renewed when it
+  can be, as nobody claimed it meanwhile, and the run goes on;
 - model calls run on the event loop (``ainvoke``); database work runs on a small thread
-  pool of its own, so a slow model can never starve the heartbeat.
+  pool of its own, so a slow model can never starve the heartbeat; writes go through
+  :class:`~loopsim.service.writes.Writer` (one at a time on SQLite, asked again while
+  the database stays locked), and ``/healthz`` says ``degraded`` while they are blocked
+  (:mod:`loopsim.service.health`).
 
 Shutdown (SIGTERM or SIGINT): stop claiming, give the days in flight ``grace_seconds`` to
 commit, cancel the rest (a cancelled day leaves no trace: a day is one transaction, and
@@ -51,10 +57,13 @@ from loopsim.record.tables import utcnow
 from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service.config import ServiceConfig, default_worker_id
+from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted
+from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
 from loopsim.service.webhook import Webhook
+from loopsim.service.writes import Writer
 
 # ``loopsim serve`` imports configure_logging from here.
 __all__ = ["Service", "ServiceConfig", "configure_logging", "default_worker_id"]
@@ -79,7 +88,7 @@ class Service:
         self.settings = settings
         self.config = config or ServiceConfig()
         self.metrics = Metrics()
-        self.loop = Loop(db, settings, self._counted(chat_factory), similarity)
+        self.loop = Loop(db, settings, counted(chat_factory, self.metrics), similarity)
         self.stats = planner_stats.StatisticsKeeper(db)
         self.webhook = Webhook(settings.webhook_url, self.metrics) if settings.webhook_url else None
         self.held: dict[str, Lease] = {}
@@ -96,31 +105,14 @@ class Service:
             max_workers=max(2, min(8, self.config.concurrency + 1)),
             thread_name_prefix="loopsim-db",
         )
+        stall = max(1.0, self.config.lease_seconds / 3)
+        self._write = Writer(self._db_pool, WriteHealth(stall), serial=db.dialect == "sqlite")
 
     @property
     def worker(self) -> str:
         return self.config.worker_id
 
     # ------------------------------------------------------------------ plumbing
-
-    def _counted(self, factory: ChatFactory) -> ChatFactory:
-        def build(model_id: str, spec: Any, max_tokens: int) -> ChatHandle:
-            handle = factory(model_id, spec, max_tokens)
-
-            def on_retry(exc: BaseException, wait: float) -> None:
-                self.metrics.retries.inc()
-                log.info(
-                    "model %s: %s; retrying in %.1f s",
-                    model_id,
-                    type(exc).__name__,
-                    wait,
-                    extra={"event": "model.retry", "model": model_id, "wait_s": round(wait, 2)},
-                )
-
-            handle.on_retry = on_retry
-            return handle
-
-        return build
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -132,17 +124,15 @@ class Service:
         task.add_done_callback(self._background.discard)
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "stopping"
-            if self._stopping.is_set()
-            else "ok"
-            if self._ready
-            else "starting",
-            "worker": self.config.worker_id,
-            "leases": len(self.held),
-            "concurrency": self.config.concurrency,
-            "uptime_s": round(time.monotonic() - self._started, 1),
-        }
+        return report(
+            self._write.health,
+            stopping=self._stopping.is_set(),
+            ready=self._ready,
+            worker=self.config.worker_id,
+            leases=len(self.held),
+            concurrency=self.config.concurrency,
+            uptime_s=round(time.monotonic() - self._started, 1),
+        )
 
     def request_stop(self) -> None:
         """First call: stop claiming and let days in flight finish. Second: abandon them."""
@@ -199,13 +189,14 @@ class Service:
                 free = self.config.concurrency - len(self._tasks)
                 if free > 0:
                     try:
-                        claimed = await self._db(
+                        claimed = await self._write(
                             leases.claim,
                             self.db,
                             self.config.worker_id,
                             ttl,
                             free,
                             list(self._tasks),
+                            retry=False,  # claimed again at the next poll
                         )
                     except LoopsimError as exc:
                         log.warning("claim failed: %s", exc.message, extra={"event": "claim.error"})
@@ -251,7 +242,7 @@ class Service:
     async def _release(self, held: list[Lease]) -> None:
         mine = [lease for lease in held if lease.run_id not in self._lost]
         try:
-            await self._db(leases.release, self.db, mine)
+            await self._write(leases.release, self.db, mine, retry=False)
         except LoopsimError as exc:  # they expire on their own
             log.warning("release failed: %s", exc.message, extra={"event": "lease.error"})
         for lease in held:
@@ -267,7 +258,7 @@ class Service:
             held = [lease for run_id, lease in self.held.items() if run_id not in self._lost]
             asked = time.monotonic()
             try:
-                lost = await self._db(leases.renew, self.db, held, ttl) if held else []
+                lost = await self._write(leases.renew, self.db, held, ttl) if held else []
                 pending = await self._db(self._pending_checkins)
             except LoopsimError as exc:
                 log.warning("heartbeat failed: %s", exc.message, extra={"event": "lease.error"})
@@ -332,23 +323,74 @@ class Service:
         if self.http is not None:
             self.http.stop()
         self._db_pool.shutdown(wait=True)
+        self._write.shutdown()
         log.info("stopped; all leases released", extra={"event": "serve.stop"})
 
     # ---------------------------------------------------------------- one run
 
-    def _still_mine(self, lease: Lease) -> None:
-        if lease.run_id in self._lost or time.monotonic() >= self._deadline.get(lease.run_id, 0):
-            raise LeaseLost(f"run {lease.run_id}: lease not renewed in time")
+    async def _hold(self, lease: Lease) -> None:
+        """Return while the lease is this worker's. Past the time the heartbeat should
+        have renewed it by (this process was frozen, or another held the write lock),
+        renew it here, waiting as long as the database stays locked; raise LeaseLost if
+        it was taken over or released meanwhile."""
+        run_id = lease.run_id
+        if run_id not in self._lost and time.monotonic() < self._deadline.get(run_id, 0):
+            return
+        if run_id not in self._lost:
+            asked, ttl = time.monotonic(), dt.timedelta(seconds=self.config.lease_seconds)
+            if not await self._write(leases.renew, self.db, [lease], ttl):
+                if self.held.get(run_id) is lease:
+                    self._deadline[run_id] = asked + self.config.lease_seconds
+                return
+        raise LeaseLost(f"run {run_id}: lease {lease.generation} was taken over or released")
+
+    async def _checked(self, lease: Lease) -> None:
+        """Before each request to the model (:data:`GUARD`): the lease read back by the
+        database's clock; one that reads as expired or taken is renewed if it is still
+        this worker's."""
+        await self._hold(lease)
+        try:
+            await self._db(leases.check, self.db, lease)
+        except LeaseLost:
+            self._deadline[lease.run_id] = 0.0
+            await self._hold(lease)
+
+    async def _commit(self, lease: Lease, fence: leases.Fence, *args: Any) -> Any:
+        """Commit a day. A commit refused for a lease that expired while it waited for
+        the write lock, with no claim since, renews the lease and is asked again."""
+        tries = 3
+        while True:
+            await self._hold(lease)
+            try:
+                return await self._write(
+                    self.loop.commit,
+                    *args,
+                    fence=fence,
+                    worker=self.config.worker_id,
+                    generation=lease.generation,
+                )
+            except LeaseLost:
+                tries -= 1
+                if not tries:
+                    raise
+                self._deadline[lease.run_id] = 0.0
 
     async def _drive(self, lease: Lease) -> None:
         """Step one run until it stops being steppable, its lease is lost, or we stop."""
         fence = leases.fence(lease)
         run_id = lease.run_id
+        # Before every request to the model, retries included (this task's context only).
+        GUARD.set(
+            Guard(
+                functools.partial(self._checked, lease),
+                functools.partial(leases.check, self.db, lease),
+            )
+        )
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
             while not self._stopping.is_set():
-                self._still_mine(lease)
+                await self._hold(lease)
                 if await self._should_yield(days):
                     log.info(
                         "run %s yields its slot after %d days: other runs are waiting",
@@ -366,20 +408,18 @@ class Service:
                     )
                     return
                 if planned is None:
-                    await self._db(self.loop.complete, run_id, fence)
+                    await self._write(self.loop.complete, run_id, fence)
                     log.info("run %s completed", run_id, extra={**ctx, "event": "run.completed"})
                     return
                 started = utcnow()
                 try:
                     researcher = self.loop.researcher(planned)
                 except ModelUnavailable as exc:  # cannot even build it: a person must look
-                    await self._db(self._fail_run, run_id, fence, exc.message)
+                    await self._write(self._fail_run, run_id, fence, exc.message)
                     return
                 chat = researcher.chat
 
                 async def complete(call: Call, chat: ChatHandle = chat) -> Reply:
-                    self._still_mine(lease)
-                    await self._db(leases.check, self.db, lease)
                     return await chat.acomplete(call.messages, call.schema, seed=call.seed)
 
                 async def read(fn: Callable[[Store], Any]) -> Any:
@@ -389,17 +429,8 @@ class Service:
                     outcome = await adrive(self.loop.conversation(planned), complete, read)
                 except ModelUnavailable as exc:
                     outcome = Loop.unreachable(exc, chat.version)
-                self._still_mine(lease)
-                result = await self._db(
-                    self.loop.commit,
-                    planned,
-                    outcome,
-                    started,
-                    fence=fence,
-                    worker=self.config.worker_id,
-                    generation=lease.generation,
-                )
-                self._account(result, time.perf_counter() - began, ctx)
+                result = await self._commit(lease, fence, planned, outcome, started)
+                account(self.metrics, result, time.perf_counter() - began, ctx)
                 days += 1
                 if result.run_failed:
                     self.metrics.runs_failed.inc()
@@ -407,7 +438,8 @@ class Service:
                 if result.status != DayStatus.COMMITTED:
                     continue
                 await self._db(self.stats.day_committed)
-                opened = await asyncio.to_thread(self.loop.open_due_checkin, run_id, fence)
+                # Its predictions are model calls: on a thread of its own, not the writer's.
+                opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
                 if opened is not None:
                     self._opened(opened, run_id, planned.spec, ctx)
                     return
@@ -431,29 +463,6 @@ class Service:
             store = Store(session)
             return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
 
-    def _account(self, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
-        self.metrics.days.labels(status=result.status).inc()
-        self.metrics.day_seconds.observe(seconds)
-        self.metrics.tokens.labels(direction="in").inc(result.tokens_in)
-        self.metrics.tokens.labels(direction="out").inc(result.tokens_out)
-        extra = {
-            **ctx,
-            "event": f"day.{result.status}",
-            "day": result.index,
-            "latency_ms": result.latency_ms,
-            "entries": result.entries,
-        }
-        if result.status == DayStatus.COMMITTED:
-            log.info("run %s day %d committed", ctx["run_id"], result.index, extra=extra)
-        else:
-            log.warning(
-                "run %s day %d failed: %s",
-                ctx["run_id"],
-                result.index,
-                result.error,
-                extra={**extra, "error": result.error},
-            )
-
     def _fail_run(self, run_id: str, fence: leases.Fence, reason: str) -> None:
         from loopsim.schemas import RunStatus
 
@@ -476,22 +485,5 @@ class Service:
             extra={**ctx, "event": "checkin.opened", "checkin_id": checkin_id},
         )
         if self.webhook is not None:
-            self._spawn(self.webhook.send(self._checkin_payload(checkin_id, run_id)))
-
-    def _checkin_payload(self, checkin_id: int, run_id: str) -> dict[str, Any]:
-        with self.db.read() as session:
-            store = Store(session)
-            checkin = store.get_checkin(checkin_id)
-            run = store.get_run(run_id)
-            return {
-                "event": "checkin.opened",
-                "checkin_id": checkin.id,
-                "run_id": run.id,
-                "run_name": run.name,
-                "reason": checkin.reason,
-                "first_day": checkin.first_day_index,
-                "last_day": checkin.last_day_index,
-                "opened_at": checkin.opened_at.isoformat(),
-                "worker": self.config.worker_id,
-                "review": f"loopsim checkin review {checkin.id}",
-            }
+            payload = checkin_payload(self.db, checkin_id, run_id, self.worker)
+            self._spawn(self.webhook.send(payload))

@@ -146,6 +146,11 @@ class StubOpenAI:
 
     # ---------------------------------------------------------------- serving
 
+    def in_flight(self, key: str = "") -> int:
+        """Requests with this ``key_fn`` key being answered right now."""
+        with self._lock:
+            return self._per_key.get(key, 0)
+
     def _next_fault(self, number: int, body: dict[str, Any]) -> str:
         with self._lock:
             if self._faults:

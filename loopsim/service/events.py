@@ -1,0 +1,126 @@
+"""What the worker tells about its work and asks before each request to a model: the
+metrics and log lines of each day and each model retry, the webhook payload of a
+check-in it opened, and the lease guard.
+
+The guard: every request a run's task sends to a model, endpoint retries included,
+first checks that the run's lease is still this worker's (:data:`GUARD`, set by the
+task). A worker frozen during a call wakes to find the call timed out; the retry that
+would follow is the one request a check before each *call* would miss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, cast
+
+from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.record.db import Database
+from loopsim.record.store import Store
+from loopsim.schemas import DayStatus
+from loopsim.service.metrics import Metrics
+
+# The worker's own logger: these lines are the worker's, wherever the code lives.
+log = logging.getLogger("loopsim.service.worker")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Raise :class:`~loopsim.errors.LeaseLost` unless the run's lease is still held:
+    ``check`` on the event loop, ``check_sync`` on a thread (check-in predictions)."""
+
+    check: Callable[[], Awaitable[None]]
+    check_sync: Callable[[], None]
+
+
+GUARD: ContextVar[Guard | None] = ContextVar("loopsim_lease_guard", default=None)
+"""The guard of the run the current task steps; None outside a run's task."""
+
+
+class _Guarded:
+    """A chat model whose every request is preceded by the current task's guard."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        guard = GUARD.get()
+        if guard is not None:
+            guard.check_sync()
+        return self._model.invoke(*args, **kwargs)
+
+    async def ainvoke(self, *args: Any, **kwargs: Any) -> Any:
+        guard = GUARD.get()
+        if guard is not None:
+            await guard.check()
+        return await self._model.ainvoke(*args, **kwargs)
+
+
+def counted(factory: ChatFactory, metrics: Metrics) -> ChatFactory:
+    """The factory, with every model retry counted and logged, and every request guarded."""
+
+    def build(model_id: str, spec: Any, max_tokens: int) -> ChatHandle:
+        handle = factory(model_id, spec, max_tokens)
+        handle.model = cast(Any, _Guarded(handle.model))
+
+        def on_retry(exc: BaseException, wait: float) -> None:
+            metrics.retries.inc()
+            log.info(
+                "model %s: %s; retrying in %.1f s",
+                model_id,
+                type(exc).__name__,
+                wait,
+                extra={"event": "model.retry", "model": model_id, "wait_s": round(wait, 2)},
+            )
+
+        handle.on_retry = on_retry
+        return handle
+
+    return build
+
+
+def account(metrics: Metrics, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
+    """Count a day written (committed or failed) and log it."""
+    metrics.days.labels(status=result.status).inc()
+    metrics.day_seconds.observe(seconds)
+    metrics.tokens.labels(direction="in").inc(result.tokens_in)
+    metrics.tokens.labels(direction="out").inc(result.tokens_out)
+    extra = {
+        **ctx,
+        "event": f"day.{result.status}",
+        "day": result.index,
+        "latency_ms": result.latency_ms,
+        "entries": result.entries,
+    }
+    if result.status == DayStatus.COMMITTED:
+        log.info("run %s day %d committed", ctx["run_id"], result.index, extra=extra)
+    else:
+        log.warning(
+            "run %s day %d failed: %s",
+            ctx["run_id"],
+            result.index,
+            result.error,
+            extra={**extra, "error": result.error},
+        )
+
+
+def checkin_payload(db: Database, checkin_id: int, run_id: str, worker: str) -> dict[str, Any]:
+    """The webhook's body for a check-in this worker opened."""
+    with db.read() as session:
+        store = Store(session)
+        checkin = store.get_checkin(checkin_id)
+        run = store.get_run(run_id)
+        return {
+            "event": "checkin.opened",
+            "checkin_id": checkin.id,
+            "run_id": run.id,
+            "run_name": run.name,
+            "reason": checkin.reason,
+            "first_day": checkin.first_day_index,
+            "last_day": checkin.last_day_index,
+            "opened_at": checkin.opened_at.isoformat(),
+            "worker": worker,
+            "review": f"loopsim checkin review {checkin.id}",
+        }
