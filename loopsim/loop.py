@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.chat.tokens import counter_for, prompt_limit
 from loopsim.checkin import drift
 from loopsim.checkin.opening import (
     Opening,
@@ -60,6 +61,8 @@ from loopsim.researcher.conversation import (
     grammar_constrained,
 )
 from loopsim.researcher.day import PlannedDay, day_conversation, plan_digests
+from loopsim.researcher.fit import fit_prompt
+from loopsim.researcher.prompts import Prompt
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 
@@ -135,6 +138,10 @@ class Loop:
             )
         return self._handles[model_id]
 
+    def _prompt_limit(self, model_id: str, spec: RunSpec) -> int | None:
+        """The most tokens one prompt to this model may take, where its context is known."""
+        return prompt_limit(model_id, self.settings.llama_ctx, spec.budget.output_tokens_per_day)
+
     def plan(self, run_ref: str, now: dt.datetime | None = None) -> PlannedDay | None:
         """Read-only: the next day's index, date and prompt, or None if the budget is spent."""
         with self.db.read() as session:
@@ -154,26 +161,25 @@ class Loop:
             )
             # One read of the digests serves both the view and the digests due today.
             state = store.digest_state(run.id, date)
-            view = build_view(
-                store,
-                run.id,
-                spec.charter,
-                date,
-                self.settings.view_token_budget,
-                digests_now=state,
-            )
+            counter = counter_for(run.model)
             breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
             # The run's model is fixed, so equal records still give byte-equal prompts.
-            prompt = build_prompt(
-                spec.persona,
-                view,
-                date,
-                subquestions=breadth,
-                ideas=spec.babble.ideas,
-                example=not grammar_constrained(run.model),
-            )
+
+            def day_prompt(budget: int) -> tuple[Prompt, int]:
+                view = build_view(
+                    store, run.id, spec.charter, date, budget, digests_now=state, counter=counter
+                )
+                example = not grammar_constrained(run.model)
+                ideas = spec.babble.ideas
+                made = build_prompt(
+                    spec.persona, view, date, subquestions=breadth, ideas=ideas, example=example
+                )
+                return made, view.tokens
+
+            limit = self._prompt_limit(run.model, spec)
+            prompt = fit_prompt(day_prompt, counter, self.settings.view_token_budget, limit)
             digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
-            return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests))
+            return PlannedDay(run.id, index, date, prompt, run.model, spec, tuple(digests), limit)
 
     def researcher(self, planned: PlannedDay) -> Researcher:
         return Researcher(
@@ -384,9 +390,19 @@ class Loop:
                 now=utcnow(),
                 approved_checkins=approved_count(store, run.id),
             )
-            view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
+            counter = counter_for(run.model)
+
+            def probe_prompt(question: str) -> Callable[[int], tuple[Prompt, int]]:
+                def build(budget: int) -> tuple[Prompt, int]:
+                    view = build_view(store, run.id, spec.charter, date, budget, counter=counter)
+                    return build_probe_prompt(spec.persona, view, date, question), view.tokens
+
+                return build
+
+            limit = self._prompt_limit(run.model, spec)
+            budget = self.settings.view_token_budget
             prompts = [
-                (p.id, build_probe_prompt(spec.persona, view, date, p.question)) for p in chosen
+                (p.id, fit_prompt(probe_prompt(p.question), counter, budget, limit)) for p in chosen
             ]
             model_id = run.model
         predictions = []
