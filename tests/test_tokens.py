@@ -24,8 +24,10 @@ from loopsim.chat.tokens import (
 from loopsim.config import Settings
 from loopsim.loop import Loop
 from loopsim.record.store import EntryInput, Store
+from loopsim.researcher.fit import fit_prompt
+from loopsim.researcher.prompts import build_prompt
 from loopsim.researcher.view import build_view
-from loopsim.testing import report_json, scripted_factory
+from loopsim.testing import add_day, report_json, scripted_factory
 from loopsim.testing.texts import KINDS, sample
 from tests.conftest import make_run
 from tests.test_view import DATE
@@ -51,8 +53,6 @@ def fill_hard_record(database, run_id: str, days: int = 40) -> None:
     """Days of entries whose bodies are code, JSON, tables, LaTeX, numbers and hashes."""
     with database.write() as session:
         store = Store(session)
-        from loopsim.testing import add_day
-
         for index in range(1, days + 1):
             kinds = [HARD[(index + k) % len(HARD)] for k in range(3)]
             add_day(
@@ -151,6 +151,23 @@ def test_the_embedded_prompt_fits_the_context_less_the_reply(database, spec, gem
     assert "day 40," in planned.prompt.messages[1][1]
 
 
+def test_a_prompt_fitted_by_the_estimate_fits_by_gemmas_count(database, spec, gemma):
+    """An embedded model whose tokenizer is not at hand is fitted with the estimate:
+    its prompt, template included, still fits by the real count."""
+    run_id = make_run(database, spec)
+    fill_hard_record(database, run_id)
+
+    def build(budget: int):
+        with database.read() as session:
+            view = build_view(Store(session), run_id, spec.charter, DATE, budget)
+        return build_prompt(spec.persona, view, DATE, example=False), view.tokens
+
+    for limit in (1200, 2400, 3495):
+        prompt = fit_prompt(build, ESTIMATE, 3000, limit)
+        assert "day 40," in prompt.messages[1][1]
+        assert gemma.count_prompt(prompt.messages) <= limit
+
+
 def test_hosted_models_keep_the_whole_view_budget(database, spec):
     """No context is known for a hosted model: only the view's budget bounds the view, so
     the fit takes nothing away from it."""
@@ -208,7 +225,9 @@ def test_a_real_day_on_a_record_of_code_and_numbers_fits_a_small_context(databas
     from loopsim.chat.handle import build_chat
     from loopsim.record.tables import CallRecord
 
-    spec = with_budget(spec, 400)
+    # The record's dates and off-charter text would open a check-in before the day.
+    quiet = spec.checkins.model_copy(update={"future_leak": False, "charter_drift_drop": None})
+    spec = with_budget(spec, 400).model_copy(update={"checkins": quiet})
     run_id = make_run(database, spec, model=EMBEDDED)
     fill_hard_record(database, run_id)
     settings = Settings(view_token_budget=3000, llama_ctx=2048, max_retries=0)
