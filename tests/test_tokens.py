@@ -240,3 +240,36 @@ def test_a_real_day_on_a_record_of_code_and_numbers_fits_a_small_context(databas
         for call in calls:
             assert call.tokens_in is not None, call.error
             assert call.tokens_in + 400 < 2048, call.error
+
+
+class _Frame(TokenCounter):
+    """A prompt costs its frame (persona, instructions, template) plus one token per
+    character of its view."""
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+
+    def count_prompt(self, messages) -> int:
+        return self.frame + len(messages[1][1])
+
+
+def test_the_fitted_budget_stays_put_when_the_frame_moves_by_a_few_tokens():
+    """The rest of a day's prompt changes by a token or two from day to day (where
+    tokens merge at its seams): the view's fitted budget must not, or the view would
+    change shape daily and the prompt lose its cacheable prefix. (It moves by a step of
+    64 tokens only when the frame crosses a step.)"""
+    from loopsim.researcher.prompts import Prompt
+
+    fitted = set()
+    for frame in (497, 499, 502):
+        asked: list[int] = []
+
+        def build(budget: int, asked: list[int] = asked):
+            asked.append(budget)
+            used = min(budget, 2900)
+            return Prompt((("system", "persona"), ("user", "x" * used))), used
+
+        prompt = fit_prompt(build, _Frame(frame), 3000, 3000)
+        assert frame + len(prompt.messages[1][1]) <= 3000
+        fitted.add(asked[-1])
+    assert len(fitted) == 1
