@@ -33,6 +33,7 @@ from loopsim.errors import LoopsimError
 # separators) and a few for the reply's opening.
 MESSAGE_OVERHEAD = 8
 REPLY_OVERHEAD = 8
+CACHED_TEXTS = 4096
 
 # Pieces, as Gemma's tokenizer splits what a byte count misses: every digit, and a space
 # before one (a token of its own); every ASCII symbol; every other non-ASCII character
@@ -93,13 +94,19 @@ class LlamaVocabCounter(TokenCounter):
         self.chat_format = chat_format
         self._llama: Any = Llama(model_path=model_path, vocab_only=True, verbose=False)
         self._lock = threading.Lock()
+        # The same entries are counted day after day (and again when a view is rebuilt),
+        # and llama.cpp takes about a millisecond a KB: remember the recent ones.
+        self._count = functools.lru_cache(maxsize=CACHED_TEXTS)(self._count_text)
 
     def _tokens(self, text: str, *, bos: bool, special: bool) -> int:
         with self._lock:
             return len(self._llama.tokenize(text.encode("utf-8"), add_bos=bos, special=special))
 
-    def count(self, text: str) -> int:
+    def _count_text(self, text: str) -> int:
         return self._tokens(text, bos=False, special=False) if text else 0
+
+    def count(self, text: str) -> int:
+        return int(self._count(text))
 
     def count_prompt(self, messages: Sequence[tuple[str, str]]) -> int:
         """The prompt exactly as :class:`~loopsim.chat.llamacpp.LlamaCppChat` sends it:
