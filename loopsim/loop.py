@@ -27,9 +27,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
+from loopsim.chat.tokens import counter_for, prompt_limit
 from loopsim.chat.tracing import day_trace, traced, untraced
 from loopsim.checkin import drift
 from loopsim.checkin.opening import (
@@ -60,7 +61,9 @@ from loopsim.researcher.conversation import (
     drive,
     grammar_constrained,
 )
-from loopsim.researcher.day import PlannedDay, day_conversation, plan_digests
+from loopsim.researcher.day import PlannedDay, day_conversation, day_summary, plan_digests
+from loopsim.researcher.fit import fit_prompt
+from loopsim.researcher.prompts import Prompt
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 
@@ -80,18 +83,6 @@ class DayResult:
     tokens_in: int = 0
     tokens_out: int = 0
     run_failed: bool = False
-
-
-def day_summary(outcome: DayOutcome) -> dict[str, Any]:
-    """What a day's trace ends with: no model text, which its calls already hold."""
-    return {
-        "valid": outcome.ok,
-        "entries": len(outcome.items),
-        "calls": len(outcome.calls),
-        "tokens_in": outcome.tokens_in,
-        "tokens_out": outcome.tokens_out,
-        "error": outcome.error,
-    }
 
 
 def refuse_unless_steppable(run: Run) -> None:
@@ -149,6 +140,10 @@ class Loop:
             )
         return self._handles[model_id]
 
+    def _prompt_limit(self, model_id: str, spec: RunSpec) -> int | None:
+        """The most tokens one prompt to this model may take, where its context is known."""
+        return prompt_limit(model_id, self.settings.llama_ctx, spec.budget.output_tokens_per_day)
+
     def plan(self, run_ref: str, now: dt.datetime | None = None) -> PlannedDay | None:
         """Read-only: the next day's index, date and prompt, or None if the budget is spent."""
         with self.db.read() as session:
@@ -169,29 +164,31 @@ class Loop:
             )
             # One read of the digests serves both the view and the digests due today.
             state = store.digest_state(run.id, date)
-            view = build_view(
-                store,
-                run.id,
-                spec.charter,
-                date,
-                self.settings.view_token_budget,
-                digests_now=state,
-            )
+            counter = counter_for(run.model)
             breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
             # The run's model is fixed, so equal records still give byte-equal prompts.
-            prompt = build_prompt(
-                spec.persona,
-                view,
-                date,
-                subquestions=breadth,
-                ideas=spec.babble.ideas,
-                example=not grammar_constrained(run.model),
-                conditional=spec.conditional,
-            )
+
+            def day_prompt(budget: int) -> tuple[Prompt, int]:
+                view = build_view(
+                    store, run.id, spec.charter, date, budget, digests_now=state, counter=counter
+                )
+                made = build_prompt(
+                    spec.persona,
+                    view,
+                    date,
+                    subquestions=breadth,
+                    ideas=spec.babble.ideas,
+                    example=not grammar_constrained(run.model),
+                    conditional=spec.conditional,
+                )
+                return made, view.tokens
+
+            limit = self._prompt_limit(run.model, spec)
+            prompt = fit_prompt(day_prompt, counter, self.settings.view_token_budget, limit)
             digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
             tries = store.count_days(run.id, DayStatus.FAILED, index=index)
             return PlannedDay(
-                run.id, index, date, prompt, run.model, spec, tuple(digests), failed_tries=tries
+                run.id, index, date, prompt, run.model, spec, tuple(digests), limit, tries
             )
 
     def researcher(self, planned: PlannedDay) -> Researcher:
@@ -412,10 +409,20 @@ class Loop:
                 now=utcnow(),
                 approved_checkins=approved_count(store, run.id),
             )
-            view = build_view(store, run.id, spec.charter, date, self.settings.view_token_budget)
+            counter = counter_for(run.model)
+
+            def probe_prompt(question: str) -> Callable[[int], tuple[Prompt, int]]:
+                def build(budget: int) -> tuple[Prompt, int]:
+                    view = build_view(store, run.id, spec.charter, date, budget, counter=counter)
+                    made = build_probe_prompt(spec.persona, view, date, question, spec.conditional)
+                    return made, view.tokens
+
+                return build
+
+            limit = self._prompt_limit(run.model, spec)
+            budget = self.settings.view_token_budget
             prompts = [
-                (p.id, build_probe_prompt(spec.persona, view, date, p.question, spec.conditional))
-                for p in chosen
+                (p.id, fit_prompt(probe_prompt(p.question), counter, budget, limit)) for p in chosen
             ]
             model_id = run.model
         predictions = []

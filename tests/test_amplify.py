@@ -205,7 +205,7 @@ def test_digests_are_hierarchical_and_the_pinned_part_stays_bounded(database):
     with database.read() as session:
         store = Store(session)
         pinned = store.pinned_digests(run_id, dt.date(2025, 6, 2))
-        view = build_view(store, run_id, spec.charter, dt.date(2025, 6, 2), 700)
+        view = build_view(store, run_id, spec.charter, dt.date(2025, 6, 2), 800)
         start = view.recent[0].day_index
         before = store.pinned_digests(
             run_id, dt.date(2025, 6, 2), before_day=start, written_by=start

