@@ -54,4 +54,4 @@ docs: setup
 	$(BIN)/python -m loopsim.cli.doc > docs/cli.md
 
 clean:
-	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm demo-report.md
+	rm -rf $(VENV) build/__editable__.* demo.db demo.db-wal demo.db-shm demo-report.md
