@@ -5,12 +5,25 @@ BIN := $(VENV)/bin
 # Portable llama.cpp build: the native default has crashed at first eval on some CPUs.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup demo test test-loaded test-fast test-stress lint docs clean
+.PHONY: setup demo test test-loaded test-fast test-stress lint docs clean FORCE
+FORCE:
 
-$(BIN)/.installed: pyproject.toml
+# editable_mode=strict links each file of the package into build/ and puts that folder on
+# the path: no import hook runs each time Python starts, where a Ctrl-C in the first
+# tenth of a second would end in "Fatal Python error" and a traceback. Edits show at once;
+# a file added or removed relinks at the next `make` (the list is kept in .venv/.files).
+PIP_FLAGS ?=
+FILES := $(sort $(wildcard loopsim/*.* loopsim/*/*.* migrations/*.* migrations/versions/*.py))
+
+$(VENV)/.files: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(FILES)' | cmp -s - $@ || echo '$(FILES)' > $@
+
+$(BIN)/.installed: pyproject.toml $(VENV)/.files
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,server,dev,embed]'
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) --config-settings editable_mode=strict \
+		-e '.[local,server,dev,embed]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -51,4 +64,4 @@ docs: setup
 	$(BIN)/python -m loopsim.cli.doc > docs/cli.md
 
 clean:
-	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm demo-report.md
+	rm -rf $(VENV) build/__editable__.* demo.db demo.db-wal demo.db-shm demo-report.md

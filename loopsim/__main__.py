@@ -9,7 +9,10 @@ handles Ctrl-C the same way; ``run step`` first finishes the day in flight.)
 
 from __future__ import annotations
 
-import signal
+# The signal module's C core, built into the interpreter: importing it takes no time, where
+# ``import signal`` pulls in enum and functools, long enough for a Ctrl-C to land before
+# main() can catch it. Nothing else is imported before main()'s ``try``.
+import _signal
 import sys
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
@@ -18,7 +21,7 @@ INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C sto
 def _interrupted() -> None:
     # A second Ctrl-C while the interpreter shuts down kills it outright, without a
     # traceback; the shell still sees 130.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     try:
         sys.stderr.write("\ninterrupted\n")
         sys.stderr.flush()

@@ -426,7 +426,7 @@ def test_record_search_strips_every_escape(escapes, as_json):
     result = cli("record", "search", run_id, "nectar", *(["--json"] if as_json else []))
     _assert_clean(result)
     assert "Clear title" in result.stdout
-    assert "Nectar dances" in result.stdout
+    assert ("Nectar dances" if as_json else "**Nectar** dances") in result.stdout
     assert "pwned" not in result.stdout
     assert "31m" not in result.stdout
 

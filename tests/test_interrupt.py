@@ -132,3 +132,24 @@ def test_ctrl_c_while_a_real_command_waits_exits_130(tmp_path, sqlite_url):
     assert "KeyboardInterrupt" not in err, err
     assert proc.returncode == 130
     assert err.strip() == "interrupted"
+
+
+def test_the_entry_point_imports_nothing_before_it_can_catch_ctrl_c():
+    # Between the console script's `from loopsim.__main__ import main` and main()'s `try`,
+    # a Ctrl-C is a KeyboardInterrupt traceback: that import must load loopsim's two small
+    # modules and nothing that takes time (built-in modules are already in the binary).
+    # -S: the same start, whatever the install's import hooks have loaded already.
+    probe = (
+        "import sys; before = set(sys.modules); import loopsim.__main__; "
+        "print(' '.join(sorted(set(sys.modules) - before - set(sys.builtin_module_names))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout.split()
+    # __future__ is a few lines every module's `from __future__ import annotations` loads.
+    assert set(out) <= {"__future__", "loopsim", "loopsim.__main__"}, out

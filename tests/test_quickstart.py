@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from loopsim.cli.demo import own_command
 from loopsim.testing.stubserver import StubOpenAI
@@ -89,3 +92,62 @@ def test_the_demo_next_line_works_as_printed(tmp_path):
     assert shown.returncode == 0, (line, shown.stderr)
     assert "day 1" in shown.stdout
     assert "day 2" in shown.stdout
+
+
+@pytest.mark.integration
+def test_the_quickstart_install_runs_no_import_hook_at_start_up(tmp_path):
+    """`make setup`'s install adds no code to Python's start-up: a hook run from a .pth
+    file (setuptools' default editable finder) takes long enough that a Ctrl-C in the
+    first tenth of a second ends in "Fatal Python error" and a traceback, before loopsim
+    can catch it. A module added later is still found, after the next `make`."""
+    tree = tmp_path / "clone"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        target = tree / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+
+    def make_setup() -> None:
+        done = subprocess.run(
+            ["make", "setup", "PIP_FLAGS=--no-deps", f"PYTHON={sys.executable}"],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    make_setup()
+    python = tree / ".venv" / "bin" / "python"
+    start = subprocess.run(
+        [str(python), "-X", "importtime", "-c", "pass"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    hooks = [ln for ln in start.stderr.splitlines() if "loopsim" in ln]
+    assert hooks == [], hooks
+    version = subprocess.run(
+        [str(tree / ".venv" / "bin" / "loopsim"), "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert version.stdout.startswith("loopsim "), version.stderr
+    (tree / "loopsim" / "added_later.py").write_text('"""A module added after setup."""\n')
+    make_setup()
+    added = subprocess.run(
+        [str(python), "-c", "import loopsim.added_later"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert added.returncode == 0, added.stderr

@@ -616,3 +616,23 @@ def test_an_amplified_day_draws_its_trees_scores_flags_and_digests(database):
     assert f"score {rows[critique].score}/10" in articles[critique].all_text()
     digest = next(s for s, e in rows.items() if e.kind == "digest")
     assert "level 1 · days 1–2" in " ".join(articles[digest].all_text().split())
+
+
+def test_a_checkin_decided_without_answers_says_so(database):
+    # `checkin decide --approve --skip-probes`: the Markdown and JSONL exports said
+    # "approve without answers"; the HTML report showed a plain "approve" badge over
+    # probes "not answered yet", as if the human could still answer them.
+    run_id = seed_run(database)
+    with database.write() as session:
+        skipped = _open(session, run_id, 21, 22, ["Guess one.", "Guess two."])
+    decide(database, skipped, Decision.APPROVE, require_answers=False)
+    dom = Dom(render(database, run_id))
+    cards = [n for n in dom.root.by_id("checkins").find("article") if "checkin" in n.classes]
+    card = next(c for c in cards if c.attrs.get("id") == f"checkin-{skipped}")
+    head = " ".join(card.find("h3")[0].all_text().split())
+    assert head == f"Check-in {skipped} approve without answers"
+    shown = " ".join(card.all_text().split())
+    assert "not answered yet" not in shown
+    assert shown.count("not answered") == 2
+    answered = next(c for c in cards if c.attrs.get("id") != f"checkin-{skipped}")
+    assert "without answers" not in answered.all_text()

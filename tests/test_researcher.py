@@ -195,3 +195,21 @@ def test_prompts_stay_byte_identical(spec):
         "probe": build_probe_prompt(spec.persona, view, DATE, "What have you found so far?"),
     }
     assert {name: prompt.hash for name, prompt in prompts.items()} == PINNED_PROMPTS
+
+
+def test_copying_the_closing_instruction_of_the_user_message_is_refused(database, spec):
+    # Seen in the README walkthrough on the 270M model: a committed note whose body was
+    # "Today's date is 2025-06-02. Write today's work.", the user message's last line.
+    from loopsim.researcher.conversation import refuse_copies
+    from loopsim.testing import report_json
+
+    prompt = prompt_for(database, spec, make_run(database, spec))
+    user = next(content for role, content in prompt.messages if role == "user")
+    closing = user.rsplit("\n\n", 1)[-1]
+    assert closing.startswith("Today's date is ")
+    copied = parse_report(report_json(("note", "Date of Work", closing)))
+    with pytest.raises(ValueError, match=r"entry 1 body copies the instructions word for word"):
+        refuse_copies(copied, prompt)
+    # The record before it may still be quoted: the charter is the human's, not an order.
+    quoted = parse_report(report_json(("note", "Agenda", spec.charter.agenda)))
+    assert refuse_copies(quoted, prompt) is quoted

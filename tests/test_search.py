@@ -102,10 +102,9 @@ def test_hits_are_ranked_and_shown_with_day_date_kind_and_seq(cli, database, spe
     heads = [line for line in lines if line.startswith("day ")]
     # The entry about nectar ranks above the one that mentions it in passing; the plan,
     # which never mentions it, is not a hit.
-    assert heads.index("day 2  2025-06-03  hypothesis  #3  Nectar quality drives recruitment") < (
-        heads.index("day 1  2025-06-02  note  #1  Morning at the hive")
-    )
-    assert "day -  2025-06-04  correction  #4  Mind the nectar" in heads
+    nectar = "day 2  2025-06-03  hypothesis  #3  **Nectar** quality drives recruitment"
+    assert heads.index(nectar) < heads.index("day 1  2025-06-02  note  #1  Morning at the hive")
+    assert "day -  2025-06-04  correction  #4  Mind the **nectar**" in heads
     assert len(heads) == 3
     assert not any("Tomorrow" in line for line in lines)
     # Each hit is followed by an indented snippet of its body.
@@ -130,8 +129,8 @@ def test_reverted_days_are_searched_and_marked(cli, database, spec):
     assert found["Clover kept"]["reverted"] is False
     assert found["Clover kept"]["day_status"] == DayStatus.COMMITTED
     text = search(cli, run_id, "clover").stdout.splitlines()
-    assert "day 2  2025-06-02  note  #2  Clover undone  [reverted]" in text
-    assert "day 1  2025-06-02  note  #1  Clover kept" in text
+    assert "day 2  2025-06-02  note  #2  **Clover** undone  [reverted]" in text
+    assert "day 1  2025-06-02  note  #1  **Clover** kept" in text
 
 
 def test_entries_of_another_run_are_never_returned(cli, database, spec):
@@ -351,3 +350,14 @@ def test_matched_words_are_marked_bold_on_a_terminal_and_with_stars_in_a_pipe(
     assert "\x1b[1mforaging\x1b[0m" in shown
     assert "\x1b[1mMLP\x1b[0m" in shown
     assert "**" not in shown
+
+
+def test_a_match_in_the_title_is_marked_too(cli, database, spec):
+    # A hit found only by its title showed an unmarked snippet: nothing on screen said
+    # why it matched.
+    items = [EntryInput("question", "Why do worker bees dance?", "Nothing else is said.")]
+    run_id = seed(database, spec, [(1, JUNE_2, DayStatus.COMMITTED, items)])
+    result = search(cli, run_id, "bee")
+    assert result.exit_code == 0, result.output
+    assert "Why do worker **bees** dance?" in result.stdout
+    assert "Nothing else is said." in result.stdout

@@ -269,9 +269,11 @@ def record_search(
         return
     for row in rows:
         day = "-" if row["day"] is None else row["day"]
-        head = f"day {day}  {row['external_date']}  {row['kind']}  #{row['seq']}  {row['title']}"
+        head = f"day {day}  {row['external_date']}  {row['kind']}  #{row['seq']}  "
         style = "strike" if row["reverted"] else ""
         line = Text(head, style=style + " cyan")
+        # The title is marked too: a hit found by its title alone shows why it matched.
+        line.append_text(marked(row["title"], terms, bold=a.out.is_terminal, style=style + " cyan"))
         if row["reverted"]:
             line.append("  [reverted]", style="yellow")
         a.out.print(line)

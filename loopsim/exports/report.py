@@ -137,6 +137,7 @@ class CheckinView:
     trend: str | None = None
     agreement: str | None = None
     retest_ceiling: str | None = None  # the human's own mean retest similarity
+    without_answers: bool = False  # decided with probes unanswered (--skip-probes)
 
 
 def _node(entry: Entry) -> EntryNode:
@@ -258,6 +259,7 @@ def _checkin_views(
                 trend=_figure(record["drift_trend"]),
                 agreement=_figure(record["agreement"]),
                 retest_ceiling=_figure(record["ceiling"]),
+                without_answers=bool(record["decided_without_answers"]),
             )
         )
     return views, points

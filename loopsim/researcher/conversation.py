@@ -138,9 +138,10 @@ def copied_run(
 
 
 def instructions_of(prompt: Prompt) -> str:
-    """The instructions of a day's prompt: its system message (persona, framing, what to
-    write, and any example). The user message is the record, which a day may quote."""
-    return "\n".join(content for role, content in prompt.messages if role == "system")
+    """A day's instructions: its system message and the user message's closing line ("Today's
+    date is ... Write today's work."); the record between them is a day's to quote."""
+    said = [c if r == "system" else c.rsplit("\n\n", 1)[-1] for r, c in prompt.messages]
+    return "\n".join(said[:2])
 
 
 def refuse_copies(report: DayReport, prompt: Prompt) -> DayReport:
