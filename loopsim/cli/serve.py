@@ -106,7 +106,11 @@ def serve(
     gives its slot up at a day boundary when others wait, and the one that waited longest
     is claimed next. Check-in decisions and `run pause|resume|halt` take effect at the next day
     boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
-    to commit, abandons the rest without a trace, releases its leases and exits 0."""
+    to commit, abandons the rest without a trace, releases its leases and exits 0.
+
+    With --processes N it starts N such workers on the same database and supervises them:
+    a signal is passed on to each once, and a worker that dies is started again after a
+    backoff; the parent exits 1 if one keeps dying."""
     # The worker imports the chat seam, prometheus and httpx: only this command needs them.
     from loopsim.service.worker import (
         Service,
