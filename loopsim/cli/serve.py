@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import threading
 from typing import Annotated
 
 import typer
 
-from loopsim.cli.context import app_context
+from loopsim.cli.context import AppContext, app_context
 from loopsim.errors import SpecError
 
 
@@ -22,6 +23,29 @@ def _parse_http(value: str) -> tuple[str, int | None]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise SpecError(f"--http wants HOST:PORT or 'off', not {value!r}")
     return host or "127.0.0.1", int(port)
+
+
+def _supervise(
+    a: AppContext, n: int, worker_id: str | None, host: str, port: int | None, args: list[str]
+) -> None:
+    """Start ``n`` child workers and keep them until SIGTERM/SIGINT (service/processes.py)."""
+    from loopsim.service.processes import Supervisor, child_command
+
+    if port is not None and port and port + n - 1 > 65535:
+        raise SpecError(f"--http port {port} leaves no room for {n} workers (PORT+{n - 1})")
+    a.open_db()  # one clear line for a missing or outdated database, before any child
+    a.close()
+    base = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    commands = []
+    for i in range(1, n + 1):
+        where = "off" if port is None else f"{host}:{port + i - 1 if port else 0}"
+        name = f"{base}-{i}"
+        commands.append(
+            (name, child_command(["serve", "--worker-id", name, "--http", where, *args]))
+        )
+    # The children find the database the parent was given, --db included.
+    env = {**os.environ, "LOOPSIM_DATABASE_URL": a.url}
+    Supervisor(commands, env=env).run()
 
 
 def serve(
@@ -63,6 +87,17 @@ def serve(
     ] = 2,
     log_format: Annotated[str, typer.Option(help="text or json (one object per line).")] = "text",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            help="Worker processes to start on this database, each a full worker with "
+            "--concurrency slots, worker id ID-1..ID-N and /metrics on PORT+i-1. The parent "
+            "passes SIGTERM/SIGINT on and restarts a worker that dies.",
+        ),
+    ] = 1,
 ) -> None:
     """Step every run queued with `run start`, day by day, until SIGTERM or SIGINT.
 
@@ -71,7 +106,11 @@ def serve(
     gives its slot up at a day boundary when others wait, and the one that waited longest
     is claimed next. Check-in decisions and `run pause|resume|halt` take effect at the next day
     boundary. On SIGTERM or SIGINT it stops claiming, gives days in flight --grace-seconds
-    to commit, abandons the rest without a trace, releases its leases and exits 0."""
+    to commit, abandons the rest without a trace, releases its leases and exits 0.
+
+    With --processes N it starts N such workers on the same database and supervises them:
+    a signal is passed on to each once, and a worker that dies is started again after a
+    backoff; the parent exits 1 if one keeps dying."""
     # The worker imports the chat seam, prometheus and httpx: only this command needs them.
     from loopsim.service.worker import (
         Service,
@@ -87,6 +126,18 @@ def serve(
         raise SpecError(f"--log-level is debug, info, warning or error, not {log_level!r}")
     host, port = _parse_http(http)
     configure_logging(log_format, log_level)
+    if processes > 1:
+        args = [
+            "--concurrency", str(concurrency),
+            "--lease-seconds", str(lease_seconds),
+            "--poll-seconds", str(poll_seconds),
+            "--grace-seconds", str(grace_seconds),
+            "--yield-after-days", str(yield_after_days),
+            "--log-format", log_format,
+            "--log-level", log_level,
+        ]  # fmt: skip
+        _supervise(a, processes, worker_id, host, port, args)
+        return
     config = ServiceConfig(
         worker_id=worker_id or default_worker_id(),
         concurrency=concurrency,
