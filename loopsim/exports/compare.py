@@ -327,3 +327,12 @@ def compare(store: Store, a: Run, b: Run, similarity: drift.Similarity) -> Compa
         checkins_b=_checkins(store, b, prefix.days),
         probes=_probe_rows(store, a, b),
     )
+
+
+def parent_comparison(store: Store, run: Run, similarity: drift.Similarity) -> Comparison | None:
+    """A fork compared with its parent (A the parent, B the fork); None for a run that
+    is not a fork, or whose parent was deleted."""
+    if run.parent_run_id is None:
+        return None
+    parent = store.session.get(Run, run.parent_run_id)
+    return None if parent is None else compare(store, parent, run, similarity)
