@@ -196,3 +196,61 @@ def test_compare_of_two_forks_stepped_against_an_openai_compatible_server(
     assert all(value is not None and value > 0 for value in per_day.values()), per_day
     # The same-spec fork's day 2 is its parent's.
     assert divergences(compared(cli, parent, b))[2] == 0.0
+
+
+def test_checkin_drift_and_shared_probe_predictions_side_by_side_stay_blind(any_url, cli_factory):
+    import loopsim
+    from loopsim.config import Settings
+
+    factory, _ = scripted_factory([thoughtful])
+    spec = {
+        **SPEC,
+        "budget": {"days": 10},
+        "probes": ["How far do foragers fly?"],
+        "checkins": {"every_days": 2, "spot_check_probability": 0.0},
+    }
+    with loopsim.open(
+        any_url, settings=Settings(embeddings="lexical"), chat_factory=factory
+    ) as lab:
+        parent = lab.create_run(spec, name="parent", model="s:1")
+        lab.step(parent, days=2)
+        (first,) = lab.checkins(parent)
+        with cli_db_for(any_url) as session:
+            pairs = Store(session).pairs(first.id)
+            probe_id = pairs[0][1].id
+            predicted = pairs[0][0].prediction
+        lab.decide(first.id, "approve", answers={probe_id: {"answer": "About a kilometre."}})
+        a = lab.fork(parent, 2, {"conditional": {"framing": NOISY}})
+        b = lab.fork(parent, 2)
+        for run in (a, b):
+            lab.step(run, days=2)  # stops at each fork's own check-in
+        result = lab.compare(a, b).to_dict()
+    # The schedule may shorten the interval after an approval; the fork's own check-in
+    # comes after the prefix, wherever it falls.
+    own = result["checkins_a"][1]["last_day"]
+    assert own > 2
+    assert [(c["last_day"], c["in_prefix"], c["decision"]) for c in result["checkins_a"]] == [
+        (2, True, "approve"),
+        (own, False, None),
+    ]
+    assert result["checkins_a"][0]["drift_score"] is not None
+    shared = {row["question"]: row for row in result["probes"]}
+    row = shared["How far do foragers fly?"]
+    for side in (row["a"], row["b"]):
+        # The copied check-in's prediction was answered blind and shows; the fork's own
+        # new prediction stays hidden until its human answer is stored.
+        assert [(p["last_day"], p["prediction"], p["hidden"]) for p in side] == [
+            (2, predicted, False),
+            (own, None, True),
+        ]
+    text = ok(cli_factory(any_url, factory, embeddings="lexical"), "run", "compare", a, b).stdout
+    assert "? How far do foragers fly?" in text
+    assert f"  A  #{result['checkins_a'][1]['id']} days 3-{own} scheduled: pending" in text
+    assert "(hidden until the human's blind answer is stored)" in text
+
+
+class cli_db_for(cli_db):
+    def __init__(self, url: str) -> None:
+        from loopsim.record import db as dbmod
+
+        self.database = dbmod.Database.open(url)
