@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 from loopsim.record.store import Store
 from loopsim.schemas import parse_spec
 from loopsim.testing import report_json, scripted_factory
-from loopsim.testing.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI, conditioned_text
 from tests.conftest import SPEC, write_spec
 
 NOISY = "You work in a noisy, underfunded lab with a grant report due on Friday."
@@ -166,20 +166,10 @@ def test_compare_of_an_unknown_run_is_one_line(cli):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def framed_reply(body: dict[str, Any]) -> str:
-    """An endpoint whose days depend on the whole conversation, as a real model's do."""
-    text = "".join(str(m.get("content") or "") for m in body.get("messages", []))
-    words = _words(text)
-    return report_json(
-        ("note", f"Notes {words[:12]}", f"From the log I noted {words} today."),
-        ("question", "What to measure first", "Which measurement separates the explanations?"),
-    )
-
-
 def test_compare_of_two_forks_stepped_against_an_openai_compatible_server(
     cli_factory, sqlite_url, tmp_path
 ):
-    with StubOpenAI(reply=framed_reply) as stub:
+    with StubOpenAI(reply=conditioned_text) as stub:
         cli = cli_factory(sqlite_url, None, model_base_url=stub.base_url, embeddings="lexical")
         parent = created(cli, {**SPEC, "budget": {"days": 10}}, model="openai:stub-model")
         ok(cli, "run", "step", parent, "--days", "2")

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.cli.context import app_context
-from loopsim.exports.compare import CheckinRow, Comparison, DaySide, compare
+from loopsim.exports.compare import CheckinRow, Comparison, DaySide, compare, days_span
 from loopsim.record.store import Store
 from loopsim.text import safe_text
 
@@ -75,7 +75,7 @@ def _print(out: Console, result: Comparison) -> None:
     out.print(Text(f"relation: {prefix.relation}"))
     if prefix.days:
         date = f" ({prefix.external_date})" if prefix.external_date else ""
-        out.print(Text(f"common prefix: days 1-{prefix.days}{date}"))
+        out.print(Text(f"common prefix: {days_span(prefix.days)}{date}"))
     else:
         out.print(Text("common prefix: none"))
     out.print(Text(f"spec differs in: {', '.join(result.spec_differs) or 'nothing'}"))

@@ -153,6 +153,10 @@ def lineage(store: Store, run: Run) -> list[tuple[str, int | None]]:
     return chain
 
 
+def days_span(days: int) -> str:
+    return "day 1" if days == 1 else f"days 1-{days}"
+
+
 def common_prefix(store: Store, a: Run, b: Run) -> Prefix:
     """The last day index two runs share, through their nearest common ancestor."""
     theirs = dict(lineage(store, b))
@@ -168,9 +172,9 @@ def common_prefix(store: Store, a: Run, b: Run) -> Prefix:
         elif ancestor == b.id:
             relation = f"A descends from B, forked at day {days}"
         elif a.parent_run_id == b.parent_run_id == ancestor:
-            relation = f"both are forks of run {ancestor}; they share its days 1-{days}"
+            relation = f"both are forks of run {ancestor}; they share its {days_span(days)}"
         else:
-            relation = f"both descend from run {ancestor}; they share its days 1-{days}"
+            relation = f"both descend from run {ancestor}; they share its {days_span(days)}"
         return Prefix(ancestor, days, relation)
     return Prefix(None, 0, "unrelated runs: no common prefix")
 
