@@ -3,7 +3,8 @@
 A loop wakes a fresh, memoryless researcher day after day at a fixed external time. Its
 only memory is a hash-chained written record in SQL; humans check in now and then.
 
-The public names below are imported on first use, not with the package: the ``loopsim``
+``loopsim.open(url)`` is the Python API (:mod:`loopsim.api`, docs/python-api.md). The public
+names below are imported on first use, not with the package: the ``loopsim``
 command imports this package before it can handle Ctrl-C, so importing it must take no
 time (see ``loopsim.__main__``).
 """
@@ -18,37 +19,49 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from loopsim.api import CheckinInfo, Loopsim, RunInfo, open
     from loopsim.config import Settings
     from loopsim.errors import LoopsimError
+    from loopsim.exports.compare import Comparison
     from loopsim.loop import DayResult, Loop
     from loopsim.record.db import Database, upgrade
     from loopsim.record.store import Store
     from loopsim.schemas import DayReport, RunSpec, load_spec
 
 _HOME = {
+    "CheckinInfo": "loopsim.api",
+    "Comparison": "loopsim.exports.compare",
     "Database": "loopsim.record.db",
     "DayReport": "loopsim.schemas",
     "DayResult": "loopsim.loop",
     "Loop": "loopsim.loop",
+    "Loopsim": "loopsim.api",
     "LoopsimError": "loopsim.errors",
+    "RunInfo": "loopsim.api",
     "RunSpec": "loopsim.schemas",
     "Settings": "loopsim.config",
     "Store": "loopsim.record.store",
     "load_spec": "loopsim.schemas",
+    "open": "loopsim.api",
     "upgrade": "loopsim.record.db",
 }
 
 __all__ = [
+    "CheckinInfo",
+    "Comparison",
     "Database",
     "DayReport",
     "DayResult",
     "Loop",
+    "Loopsim",
     "LoopsimError",
+    "RunInfo",
     "RunSpec",
     "Settings",
     "Store",
     "__version__",
     "load_spec",
+    "open",
     "upgrade",
 ]
 

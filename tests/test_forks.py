@@ -356,7 +356,10 @@ def test_run_list_show_and_exports_name_the_parent_and_fork_point(cli, any_url, 
     assert first["spec_hash"] == json.loads(cli("run", "show", child, "--json").stdout)["spec_hash"]
     out = tmp_path / "r.html"
     assert cli("export", child, "--format", "html", "-o", str(out)).exit_code == 0
-    assert f"forked from run <code>{parent}</code> at day 2" in out.read_text()
+    assert (
+        f'forked from run <a href="{parent}.html"><code>{parent}</code></a> at day 2'
+        in out.read_text()
+    )
 
 
 # ---------------------------------------------------------------------- the conditional

@@ -900,6 +900,7 @@ def every_command(run_id: str, spec_path: Path, out: Path) -> dict[tuple[str, ..
         ("run", "halt"): [run_id],
         ("run", "delete"): [run_id, "--force"],
         ("run", "fork"): [run_id, "--at-day", "1"],
+        ("run", "compare"): [run_id, run_id],
         ("record", "show"): [run_id],
         ("record", "verify"): [run_id],
         ("record", "search"): [run_id, "nectar"],

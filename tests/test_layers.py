@@ -31,6 +31,7 @@ RANKS = {
             ("checkin",),
             ("loop",),
             ("exports",),
+            ("api",),
             ("service",),
             ("cli",),
             ("__main__", "testing"),

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from loopsim import __version__
-from loopsim.cli import calls, checkin, db, demo, export, probe, record, run, serve
+from loopsim.cli import calls, checkin, compare, db, demo, export, probe, record, run, serve
 from loopsim.cli.boundary import LoopsimGroup
 from loopsim.cli.context import AppContext, load_settings
 
@@ -43,6 +43,7 @@ app.command("serve")(serve.serve)
 app.add_typer(db.app, name="db")
 app.add_typer(checkin.app, name="checkin")
 app.add_typer(probe.app, name="probe")
+run.app.command("compare")(compare.run_compare)
 app.add_typer(run.app, name="run")
 app.add_typer(record.app, name="record")
 

@@ -16,6 +16,7 @@ import typer
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.calls import calls_jsonl
+from loopsim.exports.compare import parent_comparison
 from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
 from loopsim.record import db as dbmod
@@ -56,6 +57,13 @@ def export(
         bool,
         typer.Option("--calls", help="jsonl: add every model call, as `type: call` lines."),
     ] = False,
+    compare_parent: Annotated[
+        bool,
+        typer.Option(
+            "--compare-parent",
+            help="html: add a fork's comparison with its parent (`run compare PARENT FORK`).",
+        ),
+    ] = False,
 ) -> None:
     """Export a run's record as Markdown (for people), JSONL (for programs; with --calls,
     every model call too), a self-contained HTML report (no scripts, no network), or a
@@ -63,6 +71,9 @@ def export(
     a = app_context(ctx)
     if calls and fmt != ExportFormat.JSONL:
         raise SpecError("--calls: only for --format jsonl")
+    if compare_parent and fmt != ExportFormat.HTML:
+        raise SpecError("--compare-parent: only for --format html")
+    similarity = a.similarity() if compare_parent else None
     if fmt != ExportFormat.DATASET:
         given = [
             name
@@ -87,7 +98,14 @@ def export(
         elif fmt == ExportFormat.HTML:
             from loopsim.exports.report import to_html  # jinja2: only for this format
 
-            chunks = [to_html(store, run, include_reverted=include_reverted)]
+            comparison = None
+            if similarity is not None:
+                comparison = parent_comparison(store, run, similarity)
+                if comparison is None:
+                    raise SpecError(
+                        f"--compare-parent: run {run.id} is not a fork of a run in this database"
+                    )
+            chunks = [to_html(store, run, include_reverted=include_reverted, comparison=comparison)]
         else:
             lines = to_jsonl(store, run, include_reverted=include_reverted)
             if calls:

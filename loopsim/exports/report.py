@@ -26,6 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from loopsim.checkin import drift
+from loopsim.exports.compare import Comparison
 from loopsim.exports.markdown import HIDDEN, checkin_record, entry_marks, safe_text
 from loopsim.record.store import Store, VerifyResult
 from loopsim.record.tables import Day, Entry, Run
@@ -417,9 +418,12 @@ def _chain(result: VerifyResult) -> dict[str, Any]:
     }
 
 
-def to_html(store: Store, run: Run, *, include_reverted: bool = False) -> str:
+def to_html(
+    store: Store, run: Run, *, include_reverted: bool = False, comparison: Comparison | None = None
+) -> str:
     """The run as one self-contained HTML page. Reverted days always appear in the
-    timeline, struck through; their entries only with ``include_reverted``."""
+    timeline, struck through; their entries only with ``include_reverted``. A
+    ``comparison`` (a fork's with its parent) is drawn as a section of its own."""
     spec = RunSpec.model_validate(run.spec)
     warn, alarm = spec.checkins.drift_warn, spec.checkins.drift_alarm
     rows = store.list_entries(run.id)
@@ -483,5 +487,6 @@ def to_html(store: Store, run: Run, *, include_reverted: bool = False) -> str:
         "warn": f"{warn:.2f}",
         "alarm": f"{alarm:.2f}",
         "hidden_prediction": HIDDEN,
+        "comparison": comparison.to_dict() if comparison is not None else None,
     }
     return environment().get_template("report.html.j2").render(context)

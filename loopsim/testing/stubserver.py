@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import signal
@@ -55,6 +56,21 @@ def default_text(body: dict[str, Any]) -> str:
     date = last.rsplit("Today's date is ", 1)[-1][:10] if "Today's date is " in last else "today"
     return report_json(
         ("note", f"Observations for {date}", f"On {date} I read the log and noted what to try."),
+        ("question", "What to measure first", "Which measurement separates the explanations?"),
+    )
+
+
+def conditioned_text(body: dict[str, Any]) -> str:
+    """Like :func:`default_text`, but a day's words depend on the whole conversation, as a
+    real model's do: two forks under different conditionals write different days, and
+    equal prompts still get equal replies (``--conditioned``)."""
+    if "response_format" not in body:
+        return default_text(body)
+    text = "".join(str(m.get("content") or "") for m in body.get("messages") or [])
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    words = " ".join(f"idea{digest[i : i + 2]}" for i in range(0, 12, 2))
+    return report_json(
+        ("note", f"Notes on {words[:14]}", f"From the log I noted {words} today."),
         ("question", "What to measure first", "Which measurement separates the explanations?"),
     )
 
@@ -312,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faults", default="", help="comma-separated faults, served first")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--conditioned",
+        action="store_true",
+        help="day replies whose words depend on the whole prompt (for run compare)",
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
 
@@ -322,7 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     faults = [f for f in args.faults.split(",") if f]
     stub = StubOpenAI(
-        latency=args.latency, faults=faults, fault_fn=fault_fn, retry_after=0.2, port=args.port
+        reply=conditioned_text if args.conditioned else None,
+        latency=args.latency,
+        faults=faults,
+        fault_fn=fault_fn,
+        retry_after=0.2,
+        port=args.port,
     )
     print(stub.start(), flush=True)
     stopped = threading.Event()

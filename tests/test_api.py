@@ -1,0 +1,96 @@
+"""The Python API (``loopsim.open``) and the example that uses it, against real SQLite
+and PostgreSQL with the scripted model at the network seam."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import loopsim
+from loopsim.config import Settings
+from loopsim.errors import InvalidState, SpecError
+from loopsim.testing import scripted_factory
+from tests.conftest import SPEC
+from tests.test_compare import NOISY, thoughtful
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_notebook_creates_steps_forks_compares_and_exports(any_url):
+    factory, _ = scripted_factory([thoughtful])
+    settings = Settings(embeddings="lexical")
+    with loopsim.open(any_url, settings=settings, chat_factory=factory) as lab:
+        parent = lab.create_run({**SPEC, "budget": {"days": 10}}, name="parent", model="s:1")
+        assert [r.status for r in lab.step(parent, days=3)] == ["committed"] * 3
+        noisy = lab.fork(parent, 2, {"conditional": {"framing": NOISY}}, name="noisy")
+        calm = lab.fork(parent, 2)
+        lab.step(noisy, days=2)
+        lab.step(calm, days=2)
+
+        listed = {run.id: run for run in lab.runs()}
+        assert (listed[noisy].parent_run_id, listed[noisy].fork_day) == (parent, 2)
+        assert listed[noisy].last_day == 4
+
+        result = lab.compare(calm, noisy)
+        assert result.prefix.days == 2
+        assert [index for index, _ in result.divergence] == [3, 4]
+        assert all(value > 0 for _, value in result.divergence)
+        assert result.to_dict()["spec_differs"] == ["conditional"]
+        assert lab.compare(parent, calm).divergence == [(3, 0.0)]
+
+        html = lab.export(noisy, "html", compare_parent=True)
+        assert 'id="compare"' in html
+        assert f'href="{parent}.html"' in html
+        assert "Compared with its parent" not in lab.export(noisy, "html")
+        assert lab.export(noisy, "md").startswith("#")
+        assert lab.checkins(noisy) == []
+
+        with pytest.raises(SpecError, match="give one of approve"):
+            lab.decide(1, "maybe")
+        with pytest.raises(InvalidState, match="cannot fork it at day 9"):
+            lab.fork(parent, 9)
+        with pytest.raises(SpecError, match="cannot be overridden"):
+            lab.fork(parent, 1, {"probes": ["What?"]})
+
+
+def test_export_compare_parent_in_the_cli_draws_the_comparison(cli_factory, sqlite_url, tmp_path):
+    factory, _ = scripted_factory([thoughtful])
+    with loopsim.open(sqlite_url, chat_factory=factory) as lab:
+        parent = lab.create_run({**SPEC, "budget": {"days": 10}}, name="parent", model="s:1")
+        lab.step(parent, days=2)
+        child = lab.fork(parent, 1, {"conditional": {"framing": NOISY}})
+        lab.step(child, days=1)
+    cli = cli_factory(sqlite_url, factory, embeddings="lexical")
+    out = tmp_path / "child.html"
+    result = cli("export", child, "--format", "html", "--compare-parent", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert 'id="compare"' in page
+    assert re.search(r"<td>2</td>.*?<td>0\.\d{3}</td>", page, re.S)
+    refused = cli("export", parent, "--format", "html", "--compare-parent")
+    assert refused.exit_code != 0
+    assert "is not a fork" in refused.stderr
+    refused = cli("export", child, "--compare-parent")
+    assert "only for --format html" in refused.stderr
+
+
+def test_the_example_runs_against_the_scripted_model_without_matplotlib(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOOPSIM_EMBEDDINGS": "lexical"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "forks.py"), "--db", str(tmp_path / "f.db")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "they share its days 1-2; spec differs in: conditional" in done.stdout
+    rows = re.findall(r"^\s+(\d+)\s.*\s(\d\.\d{3})$", done.stdout, re.M)
+    assert [int(day) for day, _ in rows] == [3, 4, 5]
+    assert all(float(value) > 0 for _, value in rows)
+    assert "mean divergence: 0." in done.stdout
