@@ -106,9 +106,9 @@ class Loop:
         settings: Settings,
         chat_factory: ChatFactory,
         similarity: drift.Similarity = drift.lexical_similarity,
-        on_predict: Callable[[int, int, int, str | None], None] = lambda *_: None,
+        on_predict: Callable[[int, int, str | None], None] = lambda *_: None,
     ) -> None:
-        self.on_predict = on_predict  # (check-in number, probes done, of, error): progress
+        self.on_predict = on_predict  # (probes predicted, of, the last one's error): progress
         self.db = db
         self.settings = settings
         self.chat_factory = chat_factory
@@ -430,7 +430,7 @@ class Loop:
         predictions = []
         calls: list[Logged] = []  # every prediction call, kept with the span's last day
         try:
-            self.on_predict(number, 0, len(prompts), None)
+            self.on_predict(0, len(prompts), None)
             for task, (probe_id, prompt) in enumerate(prompts, 1):
                 chat = self._chat(model_id, spec)  # built once, and only if there is a probe
                 asking = answer_conversation(
@@ -439,7 +439,7 @@ class Loop:
                 with untraced():  # a tracer would show the prediction before the answer
                     result = drive(asking, chat)
                 predictions.append((probe_id, result.text, result.error))
-                self.on_predict(number, task, len(prompts), result.error)
+                self.on_predict(task, len(prompts), result.error)
         except ModelUnavailable:
             self.keep_calls(run.id, last_day, calls, fence)
             raise

@@ -416,7 +416,7 @@ def test_run_step_says_it_is_predicting_each_probe(cli, tmp_path):
     stepped = cli("run", "step", run_id, "--days", "2")
     assert stepped.exit_code == 3, stepped.output
     lines = stepped.stderr.splitlines()
-    start = lines.index("predicting answers to 3 probes for check-in 1 (a model call each)...")
+    start = lines.index("predicting answers to 3 probes for a check-in (a model call each)...")
     assert [line.split(" predicted in ")[0] for line in lines[start + 1 : start + 4]] == [
         "  probe 1 of 3",
         "  probe 2 of 3",
@@ -495,3 +495,29 @@ def test_decide_with_skip_probes_says_without_answers(cli, three_probes):
     assert done.exit_code == 0, done.output
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"check-in {checkin_id}: approve without answers (3 of 3 probes ")
+
+
+def test_a_failed_day_exits_1_and_the_same_command_tries_it_again(
+    cli_factory, sqlite_url, tmp_path
+):
+    # The README walkthrough: with a small model a day may fail on the way to the check-in.
+    from loopsim.testing import default_reply
+
+    broken = [True]
+
+    def reply(messages):
+        return "not a day report" if broken[0] else default_reply(messages)
+
+    factory, _ = scripted_factory([reply])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
+    failed = cli("run", "step", run_id, "--days", "2")
+    assert failed.exit_code == 1, failed.output
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: day 1 failed: ")
+    assert line.endswith(f"`loopsim run step {run_id}` tries day 1 again")
+    broken[0] = False
+    again = cli("run", "step", run_id, "--days", "2")
+    assert again.exit_code == 3, again.output  # days 1 and 2, then the check-in
+    assert [x.split()[1] for x in again.stderr.splitlines() if x.startswith("day ")] == ["1", "2"]
+    assert "check-in 1 is open" in again.stderr

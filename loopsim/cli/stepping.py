@@ -110,7 +110,8 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         then = (
             f"the run is now failed; `loopsim run resume {run_ref}` puts it back"
             if day.run_failed
-            else f"`loopsim run step {run_ref}` tries the next day"
+            # A failed day keeps its index: the next try is the same day, freshly sampled.
+            else f"`loopsim run step {run_ref}` tries day {day.index} again"
         )
         raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
     return results
@@ -125,14 +126,15 @@ class Predicting:
         self.say = say
         self.since = time.monotonic()
 
-    def __call__(self, number: int, done: int, total: int, error: str | None) -> None:
+    def __call__(self, done: int, total: int, error: str | None) -> None:
         now, took = time.monotonic(), time.monotonic() - self.since
         self.since = now
         if total == 0:
             return
         if done == 0:
+            # No check-in id yet: it is given when the check-in is written, after these.
             self.say(
-                f"predicting answers to {plural(total, 'probe')} for check-in {number} "
+                f"predicting answers to {plural(total, 'probe')} for a check-in "
                 "(a model call each)..."
             )
         elif error:
