@@ -244,7 +244,8 @@ class _Step:
 @app.command("review")
 def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     """Review a check-in: read the days, answer each probe blind, see the prediction and
-    rate it, then decide.
+    rate it, then decide. A probe the model gave no valid prediction for asks no rating
+    and does not count toward drift.
 
     Ctrl-C or Ctrl-D stops the review; what was entered is stored, and running the same
     command again resumes at the first step not stored yet. Stored answers and ratings are
