@@ -521,3 +521,15 @@ def test_a_failed_day_exits_1_and_the_same_command_tries_it_again(
     assert again.exit_code == 3, again.output  # days 1 and 2, then the check-in
     assert [x.split()[1] for x in again.stderr.splitlines() if x.startswith("day ")] == ["1", "2"]
     assert "check-in 1 is open" in again.stderr
+
+
+def test_demo_says_it_is_predicting_when_it_reaches_a_check_in(cli, tmp_path):
+    # The built-in demo checks in after day 5; its predictions ran in silence too.
+    report = tmp_path / "demo-report.md"
+    result = cli("demo", "--days", "5", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    start = lines.index("predicting answers to 2 probes for a check-in (a model call each)...")
+    assert lines[start + 1].startswith("  probe 1 of 2 predicted in ")
+    assert lines[start + 2].startswith("  probe 2 of 2 predicted in ")
+    assert any("check-in 1 opened" in line for line in lines[start + 3 :])
