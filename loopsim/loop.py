@@ -106,7 +106,9 @@ class Loop:
         settings: Settings,
         chat_factory: ChatFactory,
         similarity: drift.Similarity = drift.lexical_similarity,
+        on_predict: Callable[[int, int, str | None], None] = lambda *_: None,
     ) -> None:
+        self.on_predict = on_predict  # (probes predicted, of, the last one's error): progress
         self.db = db
         self.settings = settings
         self.chat_factory = chat_factory
@@ -428,6 +430,7 @@ class Loop:
         predictions = []
         calls: list[Logged] = []  # every prediction call, kept with the span's last day
         try:
+            self.on_predict(0, len(prompts), None)
             for task, (probe_id, prompt) in enumerate(prompts, 1):
                 chat = self._chat(model_id, spec)  # built once, and only if there is a probe
                 asking = answer_conversation(
@@ -436,6 +439,7 @@ class Loop:
                 with untraced():  # a tracer would show the prediction before the answer
                     result = drive(asking, chat)
                 predictions.append((probe_id, result.text, result.error))
+                self.on_predict(task, len(prompts), result.error)
         except ModelUnavailable:
             self.keep_calls(run.id, last_day, calls, fence)
             raise

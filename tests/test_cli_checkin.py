@@ -407,3 +407,129 @@ def test_decide_says_when_the_adaptive_interval_changes(cli, open_checkin, tmp_p
     assert lines[0].endswith("alarm)")
     assert lines[1].startswith("next scheduled check-in after 1 more day, shorter than 2: drift")
     assert lines[1].endswith("reached the alarm 0.70")
+
+
+def test_run_step_says_it_is_predicting_each_probe(cli, tmp_path):
+    # After the day that opens a check-in, the predictions (minutes each on the embedded
+    # model) used to run in silence, which reads as a hang.
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
+    stepped = cli("run", "step", run_id, "--days", "2")
+    assert stepped.exit_code == 3, stepped.output
+    lines = stepped.stderr.splitlines()
+    start = lines.index("predicting answers to 3 probes for a check-in (a model call each)...")
+    assert [line.split(" predicted in ")[0] for line in lines[start + 1 : start + 4]] == [
+        "  probe 1 of 3",
+        "  probe 2 of 3",
+        "  probe 3 of 3",
+    ]
+    day_2 = next(n for n, line in enumerate(lines) if line.startswith("day 2 "))
+    opened = next(n for n, line in enumerate(lines) if "check-in 1 is open" in line)
+    assert day_2 < start < opened
+
+
+def no_predictions(messages):
+    """A model whose days are valid and whose every probe prediction is empty."""
+    from loopsim.testing import default_reply
+
+    return "" if any("Question:" in m.text for m in messages) else default_reply(messages)
+
+
+@pytest.fixture
+def unpredicted(cli_factory, sqlite_url, tmp_path):
+    """A check-in whose 3 probes all have no valid prediction."""
+    factory, _ = scripted_factory([no_predictions])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
+    stepped = cli("run", "step", run_id, "--days", "2")
+    assert stepped.exit_code == 3, stepped.output
+    assert stepped.stderr.count(": no valid prediction (") == 3, stepped.stderr
+    return cli
+
+
+def test_review_asks_no_rating_where_there_is_no_prediction(unpredicted):
+    cli = unpredicted
+    first = cli("checkin", "review", "1", input="First view.\n")  # then end of input
+    assert first.exit_code == 1
+    assert "no prediction to compare" in first.stdout
+    assert "agreement, 1 (none)" not in first.stdout
+    assert "the simulation predicted" not in first.stdout
+    again = cli("checkin", "review", "1", input="Second view.\nThird view.\napprove\n")
+    assert again.exit_code == 0, again.output
+    out = again.stdout
+    assert "your stored answer: First view." in out
+    assert out.count("no prediction to compare: the model gave") == 3  # resumed probe 1 too
+    assert "agreement, 1 (none)" not in out
+    assert out.count("probe 3: no prediction to compare, not counted") == 1
+    assert stored_pairs(cli) == [
+        (1, "First view.", None),
+        (2, "Second view.", None),
+        (3, "Third view.", None),
+    ]
+    # Nothing was compared, so there is no drift to report: not a drift of 1.00.
+    assert "check-in 1: approve; drift n/a" in again.stderr
+    (record,) = json.loads(cli("checkin", "list", "--json").stdout)
+    assert record["drift_score"] is None
+
+
+def test_drift_counts_only_the_probes_with_a_prediction(cli_factory, sqlite_url, tmp_path):
+    from loopsim.testing import default_reply
+
+    def first_probe_unpredicted(messages):
+        text = "\n".join(m.text for m in messages)
+        if "Question:" not in text:
+            return default_reply(messages)
+        return "" if "colony forages" in text else BEES
+
+    factory, _ = scripted_factory([first_probe_unpredicted])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", THREE))).stdout.strip()
+    assert cli("run", "step", run_id, "--days", "2").exit_code == 3
+    review = cli("checkin", "review", "1", input=f"Mine.\n{BEES}\n5\n{BEES}\n5\napprove\n")
+    assert review.exit_code == 0, review.output
+    assert "check-in 1: approve; agreement 1.00; drift 0.00" in review.stderr
+
+
+def test_decide_with_skip_probes_says_without_answers(cli, three_probes):
+    _, checkin_id = three_probes
+    done = cli("checkin", "decide", str(checkin_id), "--approve", "--skip-probes")
+    assert done.exit_code == 0, done.output
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"check-in {checkin_id}: approve without answers (3 of 3 probes ")
+
+
+def test_a_failed_day_exits_1_and_the_same_command_tries_it_again(
+    cli_factory, sqlite_url, tmp_path
+):
+    # The README walkthrough: with a small model a day may fail on the way to the check-in.
+    from loopsim.testing import default_reply
+
+    broken = [True]
+
+    def reply(messages):
+        return "not a day report" if broken[0] else default_reply(messages)
+
+    factory, _ = scripted_factory([reply])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
+    failed = cli("run", "step", run_id, "--days", "2")
+    assert failed.exit_code == 1, failed.output
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: day 1 failed: ")
+    assert line.endswith(f"`loopsim run step {run_id}` tries day 1 again")
+    broken[0] = False
+    again = cli("run", "step", run_id, "--days", "2")
+    assert again.exit_code == 3, again.output  # days 1 and 2, then the check-in
+    assert [x.split()[1] for x in again.stderr.splitlines() if x.startswith("day ")] == ["1", "2"]
+    assert "check-in 1 is open" in again.stderr
+
+
+def test_demo_says_it_is_predicting_when_it_reaches_a_check_in(cli, tmp_path):
+    # The built-in demo checks in after day 5; its predictions ran in silence too.
+    report = tmp_path / "demo-report.md"
+    result = cli("demo", "--days", "5", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    start = lines.index("predicting answers to 2 probes for a check-in (a model call each)...")
+    assert lines[start + 1].startswith("  probe 1 of 2 predicted in ")
+    assert lines[start + 2].startswith("  probe 2 of 2 predicted in ")
+    assert any("check-in 1 opened" in line for line in lines[start + 3 :])

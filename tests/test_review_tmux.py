@@ -3,6 +3,7 @@ prediction is never on screen before the answer is stored."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from loopsim.config import Settings
 from loopsim.loop import Loop
 from loopsim.record.db import Database
-from loopsim.testing import scripted_factory
+from loopsim.testing import default_reply, scripted_factory
 from tests.conftest import make_run
 from tests.test_checkin import BEES, persona_switching_model, spec_with
 
@@ -26,7 +27,14 @@ def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
 
 
-def wait_for(session: str, text: str, timeout: float = 30) -> str:
+def own_env() -> list[str]:
+    """The test's PYTHONPATH for a new tmux session: a tmux server already running (another
+    terminal's) would otherwise start the review with its own environment and code."""
+    path = os.environ.get("PYTHONPATH")
+    return ["-e", f"PYTHONPATH={path}"] if path else []
+
+
+def wait_for(session: str, text: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
@@ -48,7 +56,18 @@ def test_review_in_a_terminal_is_blind(sqlite_url):
 
     session = f"loopsim-{uuid.uuid4().hex[:8]}"
     command = f"{sys.executable} -m loopsim --db {sqlite_url} checkin review {checkin_id}"
-    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", command + "; sleep 5")
+    tmux(
+        "new-session",
+        *own_env(),
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "160",
+        "-y",
+        "50",
+        command + "; sleep 5",
+    )
     try:
         screen = wait_for(session, "your answer")
         assert BEES not in screen
@@ -72,7 +91,7 @@ def test_review_in_a_terminal_is_blind(sqlite_url):
         assert conn.execute("SELECT decision FROM checkins").fetchone() == ("approve",)
 
 
-def wait_count(session: str, text: str, count: int, timeout: float = 30) -> str:
+def wait_count(session: str, text: str, count: int, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
@@ -103,7 +122,7 @@ def test_an_interrupted_review_resumes_where_it_stopped(sqlite_url):
         session = f"loopsim-{uuid.uuid4().hex[:8]}"
         sessions.append(session)
         tmux(
-            "new-session", "-d", "-s", session, "-x", "200", "-y", "50",
+            "new-session", *own_env(), "-d", "-s", session, "-x", "200", "-y", "50",
             f"{command}; echo exit=$?; sleep 60",
         )  # fmt: skip
         return session
@@ -164,3 +183,43 @@ def test_an_interrupted_review_resumes_where_it_stopped(sqlite_url):
     assert pairs_now(sqlite_url) == [("First view.", 4), ("Second view.", 2)]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("SELECT decision FROM checkins").fetchone() == ("approve",)
+
+
+def test_a_probe_without_a_prediction_asks_no_rating(sqlite_url):
+    def no_prediction(messages):
+        asked = any("Question:" in m.text for m in messages)
+        return "" if asked else default_reply(messages)
+
+    database = Database.open(sqlite_url)
+    run_id = make_run(database, spec_with(probes_per_checkin=1))
+    factory, _ = scripted_factory([no_prediction])
+    loop = Loop(database, Settings(), factory)
+    loop.run_days(run_id, 5)
+    checkin_id = loop.opened_checkin
+    database.dispose()
+    session = f"loopsim-{uuid.uuid4().hex[:8]}"
+    command = f"{sys.executable} -m loopsim --db {sqlite_url} checkin review {checkin_id}"
+    tmux(
+        "new-session",
+        *own_env(),
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        command + "; sleep 60",
+    )
+    try:
+        wait_for(session, "your answer")
+        tmux("send-keys", "-t", session, "Dances encode distance.", "Enter")
+        screen = wait_for(session, "decision (")
+        assert "no prediction to compare: the model gave no valid prediction" in screen
+        assert "agreement, 1" not in screen  # nothing to rate
+        tmux("send-keys", "-t", session, "approve", "Enter")
+        screen = wait_for(session, f"check-in {checkin_id}: approve")
+        assert "drift n/a" in screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert pairs_now(sqlite_url) == [("Dances encode distance.", None)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loopsim.checkin import drift
+from loopsim.checkin.opening import usable
 from loopsim.errors import InvalidState, SpecError
 from loopsim.record.db import Database
 from loopsim.record.store import Store
@@ -52,9 +53,13 @@ def reveal(
         if pair.answered_at is None:
             raise InvalidState("answer the probe before its prediction is shown")
         if pair.revealed_at is None:
-            store.reveal_pair(
-                pair, similarity(pair.prediction or "", pair.human_answer or ""), utcnow()
+            # No similarity to a placeholder: there is no prediction to be similar to.
+            score = (
+                similarity(pair.prediction or "", pair.human_answer or "")
+                if usable(pair.prediction)
+                else None
             )
+            store.reveal_pair(pair, score, utcnow())
         return pair.prediction or ""
 
 

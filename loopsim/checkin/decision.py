@@ -115,7 +115,7 @@ def decide(
             given = resolved.get(pair.id)
             if given:
                 store.answer_pair(pair, given["answer"], now)
-                store.reveal_pair(pair, by_pair[pair.id].similarity or 0.0, now)
+                store.reveal_pair(pair, by_pair[pair.id].similarity, now)
                 store.rate_pair(pair, given.get("rating"))
             scored = by_pair[pair.id]
             if scored.similarity is not None:

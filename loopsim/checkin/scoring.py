@@ -44,6 +44,7 @@ class PairScore:
     judge: int | None  # the judge's, when one was asked and no human rating was given
     agreement: float | None  # what counts: rating, else judge, else calibrated
     judged: Judged | None = None  # the judge's verdict and calls, when asked now
+    predicted: bool = True  # False: the model gave no valid prediction to compare
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,16 @@ def score_checkin(
         if answer is None:
             scored.append(PairScore(pair.id, probe.id, None, None, rating, None, None))
             continue
-        prediction = pair.prediction if usable(pair.prediction) else ""
-        raw = similarity(prediction or "", answer) if prediction else 0.0
+        if not usable(pair.prediction):
+            # Nothing to compare: the model gave no valid prediction. That is a failed
+            # call, not evidence of drift; only a rating the human gave anyway counts.
+            agreement = calibration.pair_agreement(None, rating, None)
+            scored.append(
+                PairScore(pair.id, probe.id, None, None, rating, None, agreement, predicted=False)
+            )
+            continue
+        prediction = pair.prediction or ""
+        raw = similarity(prediction, answer)
         calibrated = levels.calibrate(raw)
         verdict, judged = pair.judge_rating, None
         if rating is None and verdict is None and judge is not None and prediction:

@@ -18,6 +18,7 @@ from rich.text import Text
 from loopsim.checkin import drift
 from loopsim.checkin.answers import Answers, load_answers, rate, record_answer, require_open, reveal
 from loopsim.checkin.decision import decide
+from loopsim.checkin.opening import NO_PREDICTION, usable
 from loopsim.checkin.schedule import last_approved_day
 from loopsim.checkin.scoring import CheckinScore, score_checkin
 from loopsim.cli.context import ID_MAX, AppContext, app_context
@@ -118,6 +119,14 @@ def _apply(
         source=source,
         judge=_judge_for(a, checkin_id),
     )
+    with a.open_db().read() as session:
+        store = Store(session)
+        record = checkin_record(store, store.get_checkin(checkin_id))
+    said = str(decision)
+    if record["decided_without_answers"]:  # as every export and `checkin show` say it
+        said += (
+            f" without answers ({record['unanswered']} of {len(record['pairs'])} probes unanswered)"
+        )
     level = outcome.drift
     score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
@@ -129,7 +138,7 @@ def _apply(
     # One line each, whatever the width: scripts read them, and rich would fold them at 80
     # columns when stderr is a pipe.
     a.err.print(
-        f"check-in {checkin_id}: {decision}{extra}; drift {score} (trend {trend}, {level.level})",
+        f"check-in {checkin_id}: {said}{extra}; drift {score} (trend {trend}, {level.level})",
         soft_wrap=True,
     )
     if outcome.schedule:
@@ -235,7 +244,8 @@ class _Step:
 @app.command("review")
 def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     """Review a check-in: read the days, answer each probe blind, see the prediction and
-    rate it, then decide.
+    rate it, then decide. A probe the model gave no valid prediction for asks no rating
+    and does not count toward drift.
 
     Ctrl-C or Ctrl-D stops the review; what was entered is stored, and running the same
     command again resumes at the first step not stored yet. Stored answers and ratings are
@@ -331,6 +341,10 @@ def _review(a: AppContext, checkin_id: int) -> None:
         else:
             out.print(Text(f"your stored answer: {safe_text(step.answer)}"))
         prediction = reveal(database, step.pair_id, similarity)
+        if not usable(prediction):
+            # Nothing to rate: a rating of the placeholder would be a rating of nothing.
+            out.print(Text(f"no prediction to compare: {_why_none(prediction)}", style="magenta"))
+            continue
         out.print(Text(f"the simulation predicted: {safe_text(prediction)}", style="magenta"))
         if step.rating is None:
             rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
@@ -371,6 +385,16 @@ def _review(a: AppContext, checkin_id: int) -> None:
     _apply(a, checkin_id, choice, note, None)
 
 
+def _why_none(placeholder: str) -> str:
+    """Why a probe has no prediction, from the placeholder stored in its place."""
+    reason = placeholder.removeprefix(NO_PREDICTION).strip(" :)")
+    said = f" ({safe_text(reason)})" if reason else ""
+    return (
+        f"the model gave no valid prediction{said}; no rating is asked, and this probe "
+        "does not count toward drift"
+    )
+
+
 def show_scores(out: Console, scored: CheckinScore) -> None:
     """Per probe, the figures drift is made of: what counted, and what it came from."""
     levels = scored.levels
@@ -383,8 +407,16 @@ def show_scores(out: Console, scored: CheckinScore) -> None:
         )
     )
     for number, pair in enumerate(scored.pairs, 1):
+        if not pair.predicted and pair.agreement is None:
+            out.print(Text(f"  probe {number}: no prediction to compare, not counted"))
+            continue
         if pair.agreement is None:
             out.print(Text(f"  probe {number}: not answered"))
+            continue
+        if not pair.predicted:
+            out.print(
+                Text(f"  probe {number}: no prediction; your rating {pair.rating} counts anyway")
+            )
             continue
         parts = [f"similarity {pair.similarity:.2f}, calibrated {pair.calibrated:.2f}"]
         if pair.judge is not None:
@@ -419,7 +451,9 @@ def checkin_show(
     out = a.out
     decision = record["decision"] or "pending"
     if record["decided_without_answers"]:
-        decision += f" without answers ({record['unanswered']} probes unanswered)"
+        decision += (
+            f" without answers ({record['unanswered']} of {len(record['pairs'])} probes unanswered)"
+        )
     score = "-" if record["drift_score"] is None else f"{record['drift_score']:.2f}"
     rows = [
         ("check-in", str(record["id"])),

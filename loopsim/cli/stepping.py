@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -70,7 +71,10 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         )
         return handle
 
-    loop = Loop(database, a.settings, factory, a.similarity())
+    predicting = Predicting(
+        lambda line: say[0].print(line, soft_wrap=True, markup=False, highlight=False)
+    )
+    loop = Loop(database, a.settings, factory, a.similarity(), on_predict=predicting)
     results: list[DayResult] = []
     columns = (
         SpinnerColumn(),
@@ -106,10 +110,38 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         then = (
             f"the run is now failed; `loopsim run resume {run_ref}` puts it back"
             if day.run_failed
-            else f"`loopsim run step {run_ref}` tries the next day"
+            # A failed day keeps its index: the next try is the same day, freshly sampled.
+            else f"`loopsim run step {run_ref}` tries day {day.index} again"
         )
         raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
     return results
+
+
+class Predicting:
+    """Says what the model does after a day opens a check-in: one line when predictions
+    start, then one per probe. Each prediction is a model call (minutes on the embedded
+    model), and minutes of silence read as a hang."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.since = time.monotonic()
+
+    def __call__(self, done: int, total: int, error: str | None) -> None:
+        now, took = time.monotonic(), time.monotonic() - self.since
+        self.since = now
+        if total == 0:
+            return
+        if done == 0:
+            # No check-in id yet: it is given when the check-in is written, after these.
+            self.say(
+                f"predicting answers to {plural(total, 'probe')} for a check-in "
+                "(a model call each)..."
+            )
+        elif error:
+            reason = error.strip().splitlines()[0][:120] if error.strip() else "no reason given"
+            self.say(f"  probe {done} of {total}: no valid prediction ({reason}); {took:.1f} s")
+        else:
+            self.say(f"  probe {done} of {total} predicted in {took:.1f} s")
 
 
 def retry_line(model_id: str, exc: BaseException, wait: float) -> str:

@@ -146,7 +146,7 @@ class CheckinQueries(StoreBase):
         pair.human_answer, pair.answered_at = answer, at
 
     @staticmethod
-    def reveal_pair(pair: ProbePair, similarity: float, at: dt.datetime) -> None:
+    def reveal_pair(pair: ProbePair, similarity: float | None, at: dt.datetime) -> None:
         pair.revealed_at, pair.similarity = at, similarity
 
     @staticmethod
