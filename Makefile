@@ -56,8 +56,8 @@ test-stress: setup
 	LOOPSIM_STRESS_SECONDS=600 $(BIN)/python -m pytest -q -m stress
 
 lint: setup
-	$(BIN)/ruff check loopsim tests migrations benchmarks
-	$(BIN)/ruff format --check loopsim tests migrations benchmarks
+	$(BIN)/ruff check loopsim tests migrations benchmarks examples
+	$(BIN)/ruff format --check loopsim tests migrations benchmarks examples
 	$(BIN)/mypy
 
 docs: setup
