@@ -15,11 +15,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loopsim.checkin import drift
-from loopsim.checkin.answers import Answers, load_answers, rate, record_answer, require_open, reveal
-from loopsim.checkin.decision import decide
-from loopsim.checkin.schedule import last_approved_day
-from loopsim.checkin.scoring import CheckinScore, score_checkin
 from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
@@ -27,10 +22,15 @@ from loopsim.record.store import Store
 from loopsim.schemas import Decision, ModelSpec, RunSpec
 from loopsim.text import plural
 
+# The check-in logic (decision, scoring, the schedule and its date parsing, drift) is
+# imported by the commands that use it, so that `checkin list` and every other command
+# start without it.
 if TYPE_CHECKING:
     from loopsim.chat.handle import ChatHandle
+    from loopsim.checkin.answers import Answers
     from loopsim.checkin.decision import Judge
     from loopsim.checkin.judge import Judged
+    from loopsim.checkin.scoring import CheckinScore
     from loopsim.record.tables import Probe
 
 app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
@@ -107,6 +107,8 @@ def _apply(
     skip_probes: bool = False,
     source: str = "answers",
 ) -> None:
+    from loopsim.checkin.decision import decide
+
     outcome = decide(
         a.open_db(),
         checkin_id,
@@ -182,6 +184,8 @@ def checkin_decide(
     ]
     if len(chosen) != 1:
         raise SpecError("give exactly one of --approve, --amend, --reject, --halt")
+    from loopsim.checkin.answers import load_answers
+
     a = app_context(ctx)
     given = load_answers(answers) if answers else None
     _apply(a, checkin_id, chosen[0], note, given, skip_probes=skip_probes, source=str(answers))
@@ -254,6 +258,11 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
 
 
 def _review(a: AppContext, checkin_id: int) -> None:
+    from loopsim.checkin import drift
+    from loopsim.checkin.answers import rate, record_answer, require_open, reveal
+    from loopsim.checkin.schedule import last_approved_day
+    from loopsim.checkin.scoring import score_checkin
+
     database = a.open_db()
     with database.read() as session:
         store = Store(session)
