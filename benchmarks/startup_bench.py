@@ -24,6 +24,10 @@ no day commits in between).
 when an ``llm`` command is found beside this Python or on PATH, or given with ``--llm``.
 
     python benchmarks/startup_bench.py [--rounds 5] [--serve-rounds 5] [--llm PATH]
+        [--against CHECKOUT]
+
+``--against`` times the reading commands of another checkout too (an earlier commit, say),
+interleaved with this one's, so that a change is measured in one run.
 """
 
 from __future__ import annotations
@@ -152,6 +156,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="runs of each command")
     parser.add_argument("--serve-rounds", type=int, default=5, help="starts of serve (0: none)")
     parser.add_argument("--llm", help="the `llm` command, if not found by itself")
+    parser.add_argument(
+        "--against", help="another loopsim checkout, to time its reading commands beside"
+    )
     args = parser.parse_args()
 
     python = sys.executable
@@ -187,6 +194,15 @@ def main() -> None:
             ("loopsim record show RUN", [*loopsim, "record", "show", run_id], env),
             ("loopsim checkin list", [*loopsim, "checkin", "list"], env),
         ]
+        if args.against:
+            # The same reading commands, run by another checkout's loopsim (its package
+            # first on the path), interleaved with this one's: a before/after in one run.
+            other = {**env, "PYTHONPATH": str(Path(args.against).resolve())}
+            commands += [
+                (f"{name} (--against)", argv, other)
+                for name, argv, _ in commands
+                if name.startswith("loopsim ") and name != "loopsim --version"
+            ]
         llm = find_llm(args.llm)
         if llm is not None:
             llm_env = {**env, "LLM_USER_PATH": str(where / "llm")}
