@@ -12,22 +12,37 @@ A third baseline imports only the libraries every command that reads the record 
 (SQLAlchemy's ORM, Typer, rich, pydantic-settings): the floor no such command can go
 under.
 
+A second table times ``loopsim serve`` from its start to its first claim: a SQLite file
+holds one run queued with ``run start`` whose model is the OpenAI-compatible stub server
+on 127.0.0.1 (``loopsim.testing.stubserver``); each round starts ``serve --http off
+--log-format json``, waits for the ``lease.claimed`` event on stderr and reads the wall
+time and the process's CPU seconds at that moment, then stops it with SIGTERM (which
+releases the lease, so the next round claims the same run; the stub answers slowly, so
+no day commits in between).
+
 ``llm logs list -n 1`` (simonw/llm, a CLI that logs LLM work to SQLite) is measured too
 when an ``llm`` command is found beside this Python or on PATH, or given with ``--llm``.
 
-    python benchmarks/startup_bench.py [--rounds 5] [--llm PATH]
+    python benchmarks/startup_bench.py [--rounds 5] [--serve-rounds 5] [--llm PATH]
+        [--against CHECKOUT]
+
+``--against`` times the reading commands of another checkout too (an earlier commit, say),
+interleaved with this one's, so that a change is measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 FLOOR = "sqlalchemy.orm, typer, rich.table, pydantic_settings"
@@ -65,10 +80,85 @@ def make_llm_logs(llm: str, path: Path) -> None:
     subprocess.run([str(python), "-c", make, str(path)], check=True)
 
 
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queue_one_run(url: str) -> None:
+    """One run of the example spec on the stub's model, queued as `run start` does."""
+    from loopsim.record import db as dbmod
+    from loopsim.record.store import Store
+    from loopsim.schemas import RunStatus, load_spec
+
+    database = dbmod.Database.open(url)
+    try:
+        with database.write() as session:
+            store = Store(session)
+            run = store.create_run(load_spec(EXAMPLE), name="serve", model="openai:stub-model")
+            store.set_status(run, RunStatus.RUNNING)
+    finally:
+        database.dispose()
+
+
+def serve_to_first_claim(env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds from starting `loopsim serve` to its first `lease.claimed`."""
+    argv = [sys.executable, "-m", "loopsim", "serve", "--http", "off", "--log-format", "json"]
+    argv += ["--grace-seconds", "0"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if line.startswith("{") and json.loads(line).get("event") == "lease.claimed":
+                return time.monotonic() - started, cpu_of(proc.pid)
+        sys.exit(f"serve exited {proc.wait()} before its first claim")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def measure_serve(rounds: int, where: Path, env: dict[str, str]) -> None:
+    from loopsim.testing.stubserver import StubOpenAI
+
+    # The stub answers after a minute, so no day commits before the SIGTERM (grace 0)
+    # abandons it: the run stays queued at its first day for every round.
+    with StubOpenAI(latency=60) as stub:
+        url = str(where / "serve.db")
+        serve_env = {**env, "LOOPSIM_DATABASE_URL": url, "LOOPSIM_MODEL_BASE_URL": stub.base_url}
+        subprocess.run(
+            [sys.executable, "-m", "loopsim", "db", "upgrade"],
+            env=serve_env,
+            cwd=where,
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        queue_one_run(url)
+        serve_to_first_claim(serve_env, where)  # untimed: writes the bytecode caches
+        figures = [serve_to_first_claim(serve_env, where) for _ in range(rounds)]
+    walls = [wall for wall, _ in figures]
+    cpus = [cpu for _, cpu in figures]
+    print(f"\n| `loopsim serve`, start to first claim | median of {rounds} | min | max |")
+    print("|---|---:|---:|---:|")
+    print(f"| wall s | {statistics.median(walls):.3f} | {min(walls):.3f} | {max(walls):.3f} |")
+    print(f"| CPU s | {statistics.median(cpus):.3f} | {min(cpus):.3f} | {max(cpus):.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs of each command")
+    parser.add_argument("--serve-rounds", type=int, default=5, help="starts of serve (0: none)")
     parser.add_argument("--llm", help="the `llm` command, if not found by itself")
+    parser.add_argument(
+        "--against", help="another loopsim checkout, to time its reading commands beside"
+    )
     args = parser.parse_args()
 
     python = sys.executable
@@ -104,6 +194,15 @@ def main() -> None:
             ("loopsim record show RUN", [*loopsim, "record", "show", run_id], env),
             ("loopsim checkin list", [*loopsim, "checkin", "list"], env),
         ]
+        if args.against:
+            # The same reading commands, run by another checkout's loopsim (its package
+            # first on the path), interleaved with this one's: a before/after in one run.
+            other = {**env, "PYTHONPATH": str(Path(args.against).resolve())}
+            commands += [
+                (f"{name} (--against)", argv, other)
+                for name, argv, _ in commands
+                if name.startswith("loopsim ") and name != "loopsim --version"
+            ]
         llm = find_llm(args.llm)
         if llm is not None:
             llm_env = {**env, "LLM_USER_PATH": str(where / "llm")}
@@ -125,6 +224,9 @@ def main() -> None:
         print(f"| `{name}` | {median:.3f} | {median / base:.2f}x |")
     if llm is None:
         print("\n`llm` (simonw/llm) is not installed here: `llm logs list -n 1` not measured.")
+    if args.serve_rounds:
+        with tempfile.TemporaryDirectory() as tmp:
+            measure_serve(args.serve_rounds, Path(tmp), env)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loopsim.checkin import drift
-from loopsim.checkin.answers import Answers, load_answers, rate, record_answer, require_open, reveal
-from loopsim.checkin.decision import decide
-from loopsim.checkin.opening import NO_PREDICTION, usable
-from loopsim.checkin.schedule import last_approved_day
-from loopsim.checkin.scoring import CheckinScore, score_checkin
+from loopsim.cli.asking import Interrupted, ask, ask_text
 from loopsim.cli.context import ID_MAX, AppContext, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
@@ -28,10 +23,15 @@ from loopsim.record.store import Store
 from loopsim.schemas import Decision, ModelSpec, RunSpec
 from loopsim.text import plural
 
+# The check-in logic (decision, scoring, the schedule and its date parsing, drift) is
+# imported by the commands that use it, so that `checkin list` and every other command
+# start without it.
 if TYPE_CHECKING:
     from loopsim.chat.handle import ChatHandle
+    from loopsim.checkin.answers import Answers
     from loopsim.checkin.decision import Judge
     from loopsim.checkin.judge import Judged
+    from loopsim.checkin.scoring import CheckinScore
     from loopsim.record.tables import Probe
 
 app = typer.Typer(no_args_is_help=True, help="Review and decide human check-ins.")
@@ -108,6 +108,8 @@ def _apply(
     skip_probes: bool = False,
     source: str = "answers",
 ) -> None:
+    from loopsim.checkin.decision import decide
+
     outcome = decide(
         a.open_db(),
         checkin_id,
@@ -191,45 +193,11 @@ def checkin_decide(
     ]
     if len(chosen) != 1:
         raise SpecError("give exactly one of --approve, --amend, --reject, --halt")
+    from loopsim.checkin.answers import load_answers
+
     a = app_context(ctx)
     given = load_answers(answers) if answers else None
     _apply(a, checkin_id, chosen[0], note, given, skip_probes=skip_probes, source=str(answers))
-
-
-class _Interrupted(Exception):
-    """Ctrl-C or end of input during a review: what is stored stays stored."""
-
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-def _line(question: str) -> str:
-    """One line from the human. Ctrl-C and Ctrl-D stop the review, cleanly."""
-    try:
-        return input(f"{question}: ").strip()
-    except EOFError:
-        typer.echo("", err=True)
-        raise _Interrupted(1) from None
-    except KeyboardInterrupt:
-        typer.echo("", err=True)
-        raise _Interrupted(130) from None
-
-
-def _text(question: str) -> str:
-    while True:
-        reply = _line(question)
-        if reply:
-            return reply
-        typer.echo("please type something (Ctrl-D stops; the review can be resumed)", err=True)
-
-
-def _ask(question: str, choices: list[str]) -> str:
-    """Prompt until the reply is one of ``choices``."""
-    while True:
-        reply = _line(question).lower()
-        if reply in choices:
-            return reply
-        typer.echo(f"please answer one of: {', '.join(c for c in choices if c)}", err=True)
 
 
 @dataclass
@@ -253,8 +221,8 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
     a = app_context(ctx)
     try:
         _review(a, checkin_id)
-    except (_Interrupted, KeyboardInterrupt) as exc:
-        code = exc.code if isinstance(exc, _Interrupted) else 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = exc.code if isinstance(exc, Interrupted) else 130
         a.err.print(
             f"review of check-in {checkin_id} stopped; what you entered is stored. "
             f"Resume with: loopsim checkin review {checkin_id}",
@@ -264,6 +232,12 @@ def checkin_review(ctx: typer.Context, checkin_id: IdArg) -> None:
 
 
 def _review(a: AppContext, checkin_id: int) -> None:
+    from loopsim.checkin import drift
+    from loopsim.checkin.answers import rate, record_answer, require_open, reveal
+    from loopsim.checkin.opening import usable
+    from loopsim.checkin.schedule import last_approved_day
+    from loopsim.checkin.scoring import score_checkin
+
     database = a.open_db()
     with database.read() as session:
         store = Store(session)
@@ -335,7 +309,7 @@ def _review(a: AppContext, checkin_id: int) -> None:
             )
         )
         if step.answer is None:
-            answer = _text("your answer (the prediction is shown after it is saved)")
+            answer = ask_text("your answer (the prediction is shown after it is saved)")
             record_answer(database, step.pair_id, answer)
             out.print("saved.")
         else:
@@ -347,7 +321,7 @@ def _review(a: AppContext, checkin_id: int) -> None:
             continue
         out.print(Text(f"the simulation predicted: {safe_text(prediction)}", style="magenta"))
         if step.rating is None:
-            rating = int(_ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
+            rating = int(ask("agreement, 1 (none) to 5 (same view)", ["1", "2", "3", "4", "5"]))
             rate(database, step.pair_id, rating)
         else:
             out.print(Text(f"your stored rating: {step.rating}"))
@@ -371,22 +345,24 @@ def _review(a: AppContext, checkin_id: int) -> None:
     }
     while True:
         choice = Decision(
-            _ask("decision (approve, amend, reject, halt)", [d.value for d in Decision])
+            ask("decision (approve, amend, reject, halt)", [d.value for d in Decision])
         )
         if choice not in consequences:
             break
-        sure = _ask(f"{consequences[choice]}; sure? y/N", ["y", "yes", "n", "no", ""])
+        sure = ask(f"{consequences[choice]}; sure? y/N", ["y", "yes", "n", "no", ""])
         if sure in ("y", "yes"):
             break
         out.print("not decided; choose again.")
     note = None
     if choice == Decision.AMEND:
-        note = _text("correction (pinned in every later day)")
+        note = ask_text("correction (pinned in every later day)")
     _apply(a, checkin_id, choice, note, None)
 
 
 def _why_none(placeholder: str) -> str:
     """Why a probe has no prediction, from the placeholder stored in its place."""
+    from loopsim.checkin.opening import NO_PREDICTION
+
     reason = placeholder.removeprefix(NO_PREDICTION).strip(" :)")
     said = f" ({safe_text(reason)})" if reason else ""
     return (

@@ -15,9 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.cli.context import app_context
-from loopsim.exports.compare import CheckinRow, Comparison, DaySide, compare, days_span
 from loopsim.record.store import Store
 from loopsim.text import safe_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the comparison (and drift's similarity) load only when a command runs
+    from loopsim.exports.compare import CheckinRow, Comparison, DaySide
 
 
 def run_compare(
@@ -35,6 +38,8 @@ def run_compare(
     """Compare two runs from their common prefix: the days after it side by side with
     the divergence of their records (1 - similarity of each day's text), the drift of
     each run's check-ins, and both runs' predictions for the probes they share."""
+    from loopsim.exports.compare import compare
+
     a = app_context(ctx)
     similarity = a.similarity()
     with a.open_db().read() as session:
@@ -75,6 +80,8 @@ def _print(out: Console, result: Comparison) -> None:
     out.print(Text(f"relation: {prefix.relation}"))
     if prefix.days:
         date = f" ({prefix.external_date})" if prefix.external_date else ""
+        from loopsim.exports.compare import days_span
+
         out.print(Text(f"common prefix: {days_span(prefix.days)}{date}"))
     else:
         out.print(Text("common prefix: none"))

@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from loopsim.checkin import drift
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import inert_json
 from loopsim.record import db as dbmod
@@ -25,6 +24,7 @@ from loopsim.record import db as dbmod
 if TYPE_CHECKING:
     # The chat seam imports langchain; only the commands that call a model import it.
     from loopsim.chat.handle import ChatFactory
+    from loopsim.checkin import drift
     from loopsim.config import Settings
 
 RunArg = Annotated[
@@ -98,6 +98,9 @@ class AppContext:
         return build_chat(self.settings)
 
     def similarity(self) -> drift.Similarity:
+        # Imported here: only the commands that score answers need drift.
+        from loopsim.checkin import drift
+
         return self.similarity_fn or drift.from_settings(self.settings)
 
     def print_json(self, data: Any) -> None:

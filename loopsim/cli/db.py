@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 from loopsim.cli.context import JsonOpt, app_context
@@ -118,6 +117,9 @@ def db_check(
 
     A damaged file is only read, never written; a sound one records when it was checked,
     which `db status` shows."""
+    # Imported here: only this command draws a progress bar.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     a = app_context(ctx)
     columns = (TextColumn("verifying chains"), BarColumn(), MofNCompleteColumn())
     with Progress(

@@ -16,8 +16,6 @@ import typer
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.calls import calls_jsonl
-from loopsim.exports.compare import parent_comparison
-from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
 from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
@@ -68,6 +66,10 @@ def export(
     """Export a run's record as Markdown (for people), JSONL (for programs; with --calls,
     every model call too), a self-contained HTML report (no scripts, no network), or a
     chat fine-tuning dataset of the approved days (docs/export.md describes each)."""
+    # Imported here: the dataset's filters bring the check-in schedule and its date
+    # parsing, which no other command needs at start-up.
+    from loopsim.exports.dataset import DatasetFilter, Tally, to_dataset
+
     a = app_context(ctx)
     if calls and fmt != ExportFormat.JSONL:
         raise SpecError("--calls: only for --format jsonl")
@@ -100,6 +102,8 @@ def export(
 
             comparison = None
             if similarity is not None:
+                from loopsim.exports.compare import parent_comparison
+
                 comparison = parent_comparison(store, run, similarity)
                 if comparison is None:
                     raise SpecError(

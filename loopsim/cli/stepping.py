@@ -13,14 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from loopsim.cli.context import AppContext
 from loopsim.errors import InvalidState, ModelOutputInvalid
@@ -56,6 +48,16 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
 def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
     """Step up to ``days`` days of a run, one progress line each. A failed day raises
     unless ``fail`` is false; a check-in opened on the way is left in ``a.opened_checkin``."""
+    # Imported here, as the loop is: only the commands that step days draw this bar.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from loopsim.loop import Loop
 
     database = a.open_db()

@@ -54,6 +54,7 @@ from loopsim.record.sqlite_file import (
     sqlite_revision,
     translated,
 )
+from loopsim.record.tables import add_postgresql_options
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -190,6 +191,8 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
+    if url.get_backend_name() == "postgresql":
+        add_postgresql_options()
     try:
         return create_engine(url, pool_pre_ping=True)
     except (exc.NoSuchModuleError, ImportError) as error:

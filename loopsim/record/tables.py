@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -104,7 +105,7 @@ class Day(Base):
             "index",
             unique=True,
             sqlite_where=text("status != 'failed'"),
-            postgresql_where=text("status != 'failed'"),
+            # postgresql_where too: added by add_postgresql_options() below.
         ),
         Index("ix_days_run_id_status_index", "run_id", "status", "index"),
     )
@@ -288,3 +289,16 @@ class IntegrityCheck(Base):
     runs: Mapped[int] = mapped_column(Integer)
     entries: Mapped[int] = mapped_column(Integer)
     loopsim_version: Mapped[str] = mapped_column(String(32))
+
+
+def add_postgresql_options() -> None:
+    """Give the tables their PostgreSQL-only options: the ``WHERE`` of the partial unique
+    index on days. Naming a ``postgresql_*`` option makes SQLAlchemy import its whole
+    PostgreSQL dialect to check it, which every command on SQLite would pay at start-up;
+    so :func:`loopsim.record.db.make_engine` adds it before it builds a PostgreSQL engine,
+    ahead of any DDL or schema comparison that reads it. Calling it again changes nothing.
+    """
+    table = Day.__table__
+    assert isinstance(table, Table)
+    (index,) = (each for each in table.indexes if each.name == "uq_days_run_id_index_held")
+    index.dialect_kwargs["postgresql_where"] = text("status != 'failed'")
