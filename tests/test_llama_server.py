@@ -113,12 +113,15 @@ def test_the_service_runs_real_days_through_llama_cpp_server(database, spec, lla
 
     asyncio.run(go())
     with database.read() as session:
-        days = session.scalars(select(Day).order_by(Day.index)).all()
+        days = session.scalars(select(Day).order_by(Day.index, Day.id)).all()
         run = session.get(Run, run_id)
         entries = Store(session).list_entries(run_id)
         assert Store(session).verify_chain(run_id).ok
     assert days
-    assert [d.index for d in days] == list(range(1, len(days) + 1))
+    # Days that hold an index are numbered densely; a failed try sits at the index it tried.
+    held = [d.index for d in days if d.status != DayStatus.FAILED]
+    assert held == list(range(1, len(held) + 1))
+    assert all(d.index <= len(held) + 1 for d in days)
     for day in days:
         assert day.worker == "w"
         assert day.latency_ms > 0
