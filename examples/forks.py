@@ -103,6 +103,7 @@ def plot(result: loopsim.Comparison, path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         print("matplotlib is not installed: pip install 'loopsim[plot]'; no plot written")
         return
@@ -114,6 +115,7 @@ def plot(result: loopsim.Comparison, path: Path) -> None:
         if scored:
             ax.plot(*zip(*scored, strict=True), marker="s", label=f"drift ({name})")
     ax.set_xlabel("day")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # days are whole
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
