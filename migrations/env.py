@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from alembic import context
 
-from loopsim.record.tables import Base
+from loopsim.record.tables import Base, add_postgresql_options
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    if connection.dialect.name == "postgresql":
+        add_postgresql_options()  # the partial index's WHERE, for autogenerate to compare
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
