@@ -194,3 +194,21 @@ def test_0009_makes_trailing_failed_days_tries_and_keeps_the_resume_mark(any_url
         # Only the failed try after the resume mark counts toward failing the run.
         assert store.failed_streak(run_id, 3, after_id=ids[3]) == 1
     database.dispose()
+
+
+def test_a_checkout_imported_from_its_root_finds_the_migrations_beside_it(monkeypatch):
+    """With the strict editable install, ``python -m loopsim`` or pytest run at the
+    checkout's root import its ``loopsim/`` folder, which has no ``_migrations``: every
+    database command failed with "migrations are missing from this install"."""
+    import importlib.util
+    from pathlib import Path
+
+    real = importlib.util.find_spec
+
+    def no_installed_migrations(name, *args):  # type: ignore[no-untyped-def]
+        return None if name == "loopsim._migrations" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_installed_migrations)
+    found = Path(dbmod.migrations_dir())
+    assert (found / "env.py").is_file()
+    assert found == Path(__file__).resolve().parents[1] / "migrations"

@@ -130,10 +130,18 @@ def refuse_database_target(target: Path, url_or_path: str, option: str) -> None:
 
 
 def migrations_dir() -> str:
+    """Where the Alembic scripts are: the ``loopsim._migrations`` package of an install,
+    else the ``migrations`` folder beside the package in a source checkout. The second
+    is what a checkout imported from its own root finds (``python -m loopsim`` or pytest
+    there, with the strict editable install ``make setup`` makes), since the checkout's
+    ``loopsim/`` folder then comes first and has no ``_migrations``."""
     spec = importlib.util.find_spec("loopsim._migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatabaseError("loopsim's migrations are missing from this install")
-    return str(next(iter(spec.submodule_search_locations)))
+    if spec is not None and spec.submodule_search_locations:
+        return str(next(iter(spec.submodule_search_locations)))
+    beside = Path(__file__).resolve().parents[2] / "migrations"
+    if (beside / "env.py").is_file() and (beside / "versions").is_dir():
+        return str(beside)
+    raise DatabaseError("loopsim's migrations are missing from this install")
 
 
 def alembic_config(url: URL | None = None) -> Config:
