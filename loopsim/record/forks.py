@@ -20,19 +20,18 @@ Nothing here changes a row of the parent. Like the rest of the store, it never c
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from loopsim import ids
 from loopsim.errors import InvalidState, SpecError
 from loopsim.record.base import StoreBase
 from loopsim.record.chain import GENESIS, ChainQueries
-from loopsim.record.tables import CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
-from loopsim.schemas import DayStatus, RunSpec, RunStatus, parse_spec
+from loopsim.record.runs import new_run
+from loopsim.record.tables import CheckIn, Day, Entry, Probe, ProbePair, Run
+from loopsim.schemas import DayStatus, RunSpec, parse_spec
 
 # What a fork may change. The rest (probes, digests, sub-questions, babble) shaped the
 # prefix the fork shares with its parent, so a fork keeps them.
@@ -288,18 +287,12 @@ class ForkQueries(PrefixCopy, ChainQueries):
                     select(Entry.hash).where(Entry.run_id == parent.id, Entry.seq == seq)
                 )
             )
-        now = utcnow()
-        run = Run(
-            id=ids.new_id(),
+        run = new_run(
+            spec,
             name=name,
-            status=RunStatus.CREATED,
-            spec=spec.model_dump(mode="json"),
             model=model,
-            secret_seed=secrets.token_hex(32),
             # The clock a wall-clock time policy reads starts where the parent's did.
             created_at=parent.created_at,
-            updated_at=now,
-            lease_generation=0,
             parent_run_id=parent.id,
             fork_day=at_day,
             fork_seq=seq,

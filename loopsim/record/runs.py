@@ -30,22 +30,32 @@ def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
     return ids.sha256_hex(ids.canonical_json(spec.model_dump(mode="json")))
 
 
+def new_run(
+    spec: RunSpec, *, name: str, model: str, created_at: dt.datetime | None = None, **fork: Any
+) -> Run:
+    """A new run row, not yet added: its own id and secret seed, status ``created``.
+    ``created_at`` (a fork keeps its parent's) and ``fork`` (the fork columns) if given."""
+    now = utcnow()
+    return Run(
+        id=ids.new_id(),
+        name=name,
+        status=RunStatus.CREATED,
+        spec=spec.model_dump(mode="json"),
+        model=model,
+        secret_seed=secrets.token_hex(32),
+        created_at=created_at or now,
+        updated_at=now,
+        lease_generation=0,
+        **fork,
+    )
+
+
 class RunQueries(StoreBase):
     """One run at a time, by id or prefix; claimable runs; deleting a run whole."""
 
     def create_run(self, spec: RunSpec, *, name: str, model: str) -> Run:
-        now = utcnow()
-        run = Run(
-            id=ids.new_id(),
-            name=name,
-            status=RunStatus.CREATED,
-            spec=spec.model_dump(mode="json"),
-            model=model,
-            secret_seed=secrets.token_hex(32),
-            created_at=now,
-            updated_at=now,
-            lease_generation=0,
-        )
+        run = new_run(spec, name=name, model=model)
+        now = run.created_at
         self.session.add(run)
         self.session.flush()
         for question in spec.probes:
