@@ -14,13 +14,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.record.db import Database
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus
 from loopsim.service.metrics import Metrics
+
+if TYPE_CHECKING:  # the chat seam imports langchain, at the first day a worker plans
+    from loopsim.chat.handle import ChatFactory, ChatHandle
 
 # The worker's own logger: these lines are the worker's, wherever the code lives.
 log = logging.getLogger("loopsim.service.worker")

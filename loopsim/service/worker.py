@@ -39,22 +39,20 @@ import datetime as dt
 import functools
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
 from loopsim.checkin import drift
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
-from loopsim.loop import Loop
 from loopsim.record import leases, planner_stats
 from loopsim.record.db import Database
 from loopsim.record.leases import Lease
 from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
-from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service.config import ServiceConfig, default_worker_id
 from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted
@@ -62,8 +60,15 @@ from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
-from loopsim.service.webhook import Webhook
 from loopsim.service.writes import Writer
+
+if TYPE_CHECKING:
+    # The chat seam and the day loop import langchain (about a second of CPU): a worker
+    # imports them at the first day it plans, not before its first claim (Service.loop).
+    from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
+    from loopsim.loop import Loop
+    from loopsim.researcher.conversation import Call
+    from loopsim.service.webhook import Webhook
 
 # ``loopsim serve`` imports configure_logging from here.
 __all__ = ["Service", "ServiceConfig", "configure_logging", "default_worker_id"]
@@ -83,14 +88,26 @@ class Service:
         config: ServiceConfig | None = None,
         *,
         similarity: drift.Similarity = drift.lexical_similarity,
+        similarity_from: Callable[[], drift.Similarity] | None = None,
     ) -> None:
+        """``similarity_from``, if given, builds the similarity instead when the loop is
+        built (``loopsim serve`` passes LOOPSIM_EMBEDDINGS's, whose embedders import
+        langchain)."""
         self.db = db
         self.settings = settings
         self.config = config or ServiceConfig()
         self.metrics = Metrics()
-        self.loop = Loop(db, settings, counted(chat_factory, self.metrics), similarity)
+        self._chat_factory = counted(chat_factory, self.metrics)
+        self._similarity = similarity
+        self._similarity_from = similarity_from
+        self._loop: Loop | None = None
+        self._loop_lock = threading.Lock()
         self.stats = planner_stats.StatisticsKeeper(db)
-        self.webhook = Webhook(settings.webhook_url, self.metrics) if settings.webhook_url else None
+        self.webhook: Webhook | None = None
+        if settings.webhook_url:
+            from loopsim.service.webhook import Webhook  # httpx, only when there is one
+
+            self.webhook = Webhook(settings.webhook_url, self.metrics)
         self.held: dict[str, Lease] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()
@@ -111,6 +128,19 @@ class Service:
     @property
     def worker(self) -> str:
         return self.config.worker_id
+
+    @property
+    def loop(self) -> Loop:
+        """The loop that plans, steps and commits days, built at first use: it imports
+        the chat seam and langchain, which a worker does not need until it plans a day,
+        so a worker claims its first run without them."""
+        with self._loop_lock:  # the first tasks may ask from two threads at once
+            if self._loop is None:
+                from loopsim.loop import Loop
+
+                similarity = self._similarity_from() if self._similarity_from else self._similarity
+                self._loop = Loop(self.db, self.settings, self._chat_factory, similarity)
+            return self._loop
 
     # ------------------------------------------------------------------ plumbing
 
@@ -389,6 +419,12 @@ class Service:
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
+            # The first task builds the loop, importing langchain, on a thread of the pool:
+            # the event loop goes on renewing leases meanwhile.
+            await self._db(lambda: self.loop)
+            from loopsim.loop import Loop
+            from loopsim.researcher.conversation import adrive
+
             while not self._stopping.is_set():
                 await self._hold(lease)
                 if await self._should_yield(days):
