@@ -39,7 +39,6 @@ import datetime as dt
 import functools
 import logging
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,16 +54,16 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service.config import ServiceConfig, default_worker_id
-from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted
+from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
 from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
+from loopsim.service.lazy import LazyLoop
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
 from loopsim.service.writes import Writer
 
 if TYPE_CHECKING:
-    # The chat seam and the day loop import langchain (about a second of CPU): a worker
-    # imports them at the first day it plans, not before its first claim (Service.loop).
+    # The chat seam and the day loop import langchain: at the first day planned (lazy.py).
     from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
     from loopsim.loop import Loop
     from loopsim.researcher.conversation import Call
@@ -90,18 +89,13 @@ class Service:
         similarity: drift.Similarity = drift.lexical_similarity,
         similarity_from: Callable[[], drift.Similarity] | None = None,
     ) -> None:
-        """``similarity_from``, if given, builds the similarity instead when the loop is
-        built (``loopsim serve`` passes LOOPSIM_EMBEDDINGS's, whose embedders import
-        langchain)."""
+        # similarity_from builds the similarity with the loop (service/lazy.py).
         self.db = db
         self.settings = settings
         self.config = config or ServiceConfig()
         self.metrics = Metrics()
-        self._chat_factory = counted(chat_factory, self.metrics)
-        self._similarity = similarity
-        self._similarity_from = similarity_from
-        self._loop: Loop | None = None
-        self._loop_lock = threading.Lock()
+        chats = counted(chat_factory, self.metrics)
+        self._loop = LazyLoop(db, settings, chats, similarity_from or (lambda: similarity))
         self.stats = planner_stats.StatisticsKeeper(db)
         self.webhook: Webhook | None = None
         if settings.webhook_url:
@@ -131,16 +125,8 @@ class Service:
 
     @property
     def loop(self) -> Loop:
-        """The loop that plans, steps and commits days, built at first use: it imports
-        the chat seam and langchain, which a worker does not need until it plans a day,
-        so a worker claims its first run without them."""
-        with self._loop_lock:  # the first tasks may ask from two threads at once
-            if self._loop is None:
-                from loopsim.loop import Loop
-
-                similarity = self._similarity_from() if self._similarity_from else self._similarity
-                self._loop = Loop(self.db, self.settings, self._chat_factory, similarity)
-            return self._loop
+        """The loop that plans and commits days, built at first use (service/lazy.py)."""
+        return self._loop.get()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -419,9 +405,7 @@ class Service:
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
-            # The first task builds the loop, importing langchain, on a thread of the pool:
-            # the event loop goes on renewing leases meanwhile.
-            await self._db(lambda: self.loop)
+            await self._db(self._loop.get)  # langchain comes in here, on a thread
             from loopsim.loop import Loop
             from loopsim.researcher.conversation import adrive
 
@@ -451,7 +435,7 @@ class Service:
                 try:
                     researcher = self.loop.researcher(planned)
                 except ModelUnavailable as exc:  # cannot even build it: a person must look
-                    await self._write(self._fail_run, run_id, fence, exc.message)
+                    await self._write(fail_run, self.db, self.metrics, run_id, fence, exc.message)
                     return
                 chat = researcher.chat
 
@@ -498,19 +482,6 @@ class Service:
         with self.db.read() as session:
             store = Store(session)
             return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
-
-    def _fail_run(self, run_id: str, fence: leases.Fence, reason: str) -> None:
-        from loopsim.schemas import RunStatus
-
-        with self.db.write() as session:
-            store = Store(session)
-            run = store.get_run(run_id, lock=True)
-            fence(store, run)
-            store.set_status(run, RunStatus.FAILED, reason[:1000])
-        self.metrics.runs_failed.inc()
-        log.error(
-            "run %s failed: %s", run_id, reason, extra={"event": "run.failed", "run_id": run_id}
-        )
 
     def _opened(self, checkin_id: int, run_id: str, spec: RunSpec, ctx: dict[str, Any]) -> None:
         self.metrics.checkins_opened.inc()
