@@ -44,7 +44,19 @@ HEAVY = frozenset(
 # SQLAlchemy's PostgreSQL dialect and its drivers' modules (a postgresql_where once loaded
 # them all), the check-in logic (scoring, decisions, the schedule's date parsing), and
 # rich's progress bars (drawn only by commands that step days or check the database).
-NOT_FOR_READING = ("sqlalchemy.dialects.postgresql", "loopsim.checkin", "rich.progress")
+# Nor the command modules of other commands: the root imports a command's module when the
+# command is looked up (loopsim/cli/__init__.py).
+NOT_FOR_READING = (
+    "sqlalchemy.dialects.postgresql",
+    "loopsim.checkin",
+    "rich.progress",
+    "loopsim.cli.calls",
+    "loopsim.cli.db",
+    "loopsim.cli.demo",
+    "loopsim.cli.export",
+    "loopsim.cli.probe",
+    "loopsim.cli.serve",
+)
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
