@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
+from typing import Any
 
 import pytest
 
 from loopsim import __version__
 from loopsim.record import db as dbmod
+from loopsim.record.store import Store
+from loopsim.schemas import RunStatus
+from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import make_run
 
 HEAVY = frozenset(
@@ -36,7 +44,19 @@ HEAVY = frozenset(
 # SQLAlchemy's PostgreSQL dialect and its drivers' modules (a postgresql_where once loaded
 # them all), the check-in logic (scoring, decisions, the schedule's date parsing), and
 # rich's progress bars (drawn only by commands that step days or check the database).
-NOT_FOR_READING = ("sqlalchemy.dialects.postgresql", "loopsim.checkin", "rich.progress")
+# Nor the command modules of other commands: the root imports a command's module when the
+# command is looked up (loopsim/cli/__init__.py).
+NOT_FOR_READING = (
+    "sqlalchemy.dialects.postgresql",
+    "loopsim.checkin",
+    "rich.progress",
+    "loopsim.cli.calls",
+    "loopsim.cli.db",
+    "loopsim.cli.demo",
+    "loopsim.cli.export",
+    "loopsim.cli.probe",
+    "loopsim.cli.serve",
+)
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -145,3 +165,83 @@ def test_version_is_answered_without_the_cli_and_says_what_the_cli_says():
     in_process = CliRunner().invoke(app, ["--version"])
     assert in_process.exit_code == 0
     assert done.stdout == in_process.output == f"loopsim {__version__}\n"
+
+
+def _lines(stream: Any) -> queue.Queue[str | None]:
+    """The lines of ``stream`` as they come, read on a thread; None at its end."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _import_name(line: str) -> str | None:
+    if line.startswith("import time:") and line.count("|") == 2:
+        return line.rsplit("|", 1)[1].strip()
+    return None
+
+
+def test_serve_claims_its_first_run_before_importing_langchain(sqlite_url, spec, tmp_path):
+    """`serve` imports the chat seam (langchain) when it plans its first day, not before
+    its first claim. The same probe then sees langchain-core come in as the day is
+    planned: it is not blind to the import it checks for."""
+    database = dbmod.Database.open(sqlite_url)
+    try:
+        run_id = make_run(database, spec, model="openai:stub-model")
+        with database.write() as session:
+            store = Store(session)
+            store.set_status(store.get_run(run_id), RunStatus.RUNNING)  # as `run start`
+    finally:
+        database.dispose()
+    # The stub answers after a minute: the day is in flight when the test stops serve.
+    with StubOpenAI(latency=60) as stub:
+        env = {
+            **ENV,
+            "LOOPSIM_DATABASE_URL": sqlite_url,
+            "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+            "LOOPSIM_EMBEDDINGS": "",  # the default, which builds the offline embedder
+        }
+        argv = [sys.executable, "-X", "importtime", "-m", "loopsim", "serve", "--http", "off"]
+        argv += ["--log-format", "json", "--grace-seconds", "0", "--poll-seconds", "0.1"]
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stderr is not None
+        lines = _lines(proc.stderr)
+        before: set[str] = set()  # imported before the claim
+        after: set[str] = set()  # imported from the claim on
+        claimed = False
+        deadline = time.monotonic() + 120
+        try:
+            while "langchain_core" not in after and time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if line is None:
+                    break
+                if line.startswith("{") and json.loads(line).get("event") == "lease.claimed":
+                    claimed = True
+                name = _import_name(line)
+                if name is not None:
+                    (after if claimed else before).add(name.split(".")[0])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert claimed, "serve never claimed the queued run"
+    assert sorted(before & (HEAVY | {"langsmith"})) == ["prometheus_client"]
+    assert "langchain_core" in after

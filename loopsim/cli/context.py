@@ -23,9 +23,10 @@ from loopsim.record import db as dbmod
 
 if TYPE_CHECKING:
     # The chat seam imports langchain; only the commands that call a model import it.
-    from loopsim.chat.handle import ChatFactory
+    from loopsim.chat.handle import ChatFactory, ChatHandle
     from loopsim.checkin import drift
     from loopsim.config import Settings
+    from loopsim.schemas import ModelSpec
 
 RunArg = Annotated[
     str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (4+ characters).")
@@ -93,9 +94,16 @@ class AppContext:
     def chats(self) -> ChatFactory:
         if self.chat_factory:
             return self.chat_factory
-        from loopsim.chat.handle import build_chat
+        settings = self.settings
 
-        return build_chat(self.settings)
+        def build(model_id: str, spec: ModelSpec, max_tokens: int) -> ChatHandle:
+            # The chat seam imports langchain: at the first model built, so that `serve`
+            # claims its first run without it.
+            from loopsim.chat.handle import build_chat
+
+            return build_chat(settings)(model_id, spec, max_tokens)
+
+        return build
 
     def similarity(self) -> drift.Similarity:
         # Imported here: only the commands that score answers need drift.

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from loopsim.cli.compare import run_compare
 from loopsim.cli.context import JsonOpt, RunArg, app_context
 from loopsim.cli.fork import run_fork
 from loopsim.cli.stepping import set_status, step_days
@@ -284,3 +285,7 @@ def run_start(ctx: typer.Context, run_ref: RunArg) -> None:
     a = app_context(ctx)
     run_id, status = queue_for_service(a.open_db(), run_ref)
     a.err.print(f"run {run_id} is {status}; `loopsim serve` steps it")
+
+
+# Registered last, so that `run --help` lists it after the commands above.
+app.command("compare")(run_compare)

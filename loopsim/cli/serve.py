@@ -111,7 +111,7 @@ def serve(
     With --processes N it starts N such workers on the same database and supervises them:
     a signal is passed on to each once, and a worker that dies is started again after a
     backoff; the parent exits 1 if one keeps dying."""
-    # The worker imports the chat seam, prometheus and httpx: only this command needs them.
+    # The worker imports prometheus: only this command needs it.
     from loopsim.service.worker import (
         Service,
         ServiceConfig,
@@ -148,7 +148,9 @@ def serve(
         http_host=host,
         http_port=port,
     )
-    service = Service(a.open_db(), a.settings, a.chats(), config, similarity=a.similarity())
+    # The chat seam and the embedder are built at the first day planned, not before the
+    # first claim: they import langchain.
+    service = Service(a.open_db(), a.settings, a.chats(), config, similarity_from=a.similarity)
     # Not asyncio.run: it would wait for every executor thread, and a call into the
     # embedded model on a thread cannot be interrupted. Its day is already abandoned and
     # its lease released, so the process exits without waiting for it.

@@ -1,6 +1,6 @@
 """What the worker tells about its work and asks before each request to a model: the
 metrics and log lines of each day and each model retry, the webhook payload of a
-check-in it opened, and the lease guard.
+check-in it opened, the run it marks failed, and the lease guard.
 
 The guard: every request a run's task sends to a model, endpoint retries included,
 first checks that the run's lease is still this worker's (:data:`GUARD`, set by the
@@ -14,13 +14,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.record.db import Database
+from loopsim.record.leases import Fence
 from loopsim.record.store import Store
-from loopsim.schemas import DayStatus
+from loopsim.schemas import DayStatus, RunStatus
 from loopsim.service.metrics import Metrics
+
+if TYPE_CHECKING:  # the chat seam imports langchain, at the first day a worker plans
+    from loopsim.chat.handle import ChatFactory, ChatHandle
 
 # The worker's own logger: these lines are the worker's, wherever the code lives.
 log = logging.getLogger("loopsim.service.worker")
@@ -124,3 +127,14 @@ def checkin_payload(db: Database, checkin_id: int, run_id: str, worker: str) -> 
             "worker": worker,
             "review": f"loopsim checkin review {checkin.id}",
         }
+
+
+def fail_run(db: Database, metrics: Metrics, run_id: str, fence: Fence, reason: str) -> None:
+    """Mark a run failed whose model cannot even be built: a person must look."""
+    with db.write() as session:
+        store = Store(session)
+        run = store.get_run(run_id, lock=True)
+        fence(store, run)
+        store.set_status(run, RunStatus.FAILED, reason[:1000])
+    metrics.runs_failed.inc()
+    log.error("run %s failed: %s", run_id, reason, extra={"event": "run.failed", "run_id": run_id})

@@ -42,28 +42,32 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
 from loopsim.checkin import drift
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
-from loopsim.loop import Loop
 from loopsim.record import leases, planner_stats
 from loopsim.record.db import Database
 from loopsim.record.leases import Lease
 from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
-from loopsim.researcher.conversation import Call, adrive
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service.config import ServiceConfig, default_worker_id
-from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted
+from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
 from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
+from loopsim.service.lazy import LazyLoop
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
-from loopsim.service.webhook import Webhook
 from loopsim.service.writes import Writer
+
+if TYPE_CHECKING:
+    # The chat seam and the day loop import langchain: at the first day planned (lazy.py).
+    from loopsim.chat.handle import ChatFactory, ChatHandle, Reply
+    from loopsim.loop import Loop
+    from loopsim.researcher.conversation import Call
+    from loopsim.service.webhook import Webhook
 
 # ``loopsim serve`` imports configure_logging from here.
 __all__ = ["Service", "ServiceConfig", "configure_logging", "default_worker_id"]
@@ -83,14 +87,21 @@ class Service:
         config: ServiceConfig | None = None,
         *,
         similarity: drift.Similarity = drift.lexical_similarity,
+        similarity_from: Callable[[], drift.Similarity] | None = None,
     ) -> None:
+        # similarity_from builds the similarity with the loop (service/lazy.py).
         self.db = db
         self.settings = settings
         self.config = config or ServiceConfig()
         self.metrics = Metrics()
-        self.loop = Loop(db, settings, counted(chat_factory, self.metrics), similarity)
+        chats = counted(chat_factory, self.metrics)
+        self._loop = LazyLoop(db, settings, chats, similarity_from or (lambda: similarity))
         self.stats = planner_stats.StatisticsKeeper(db)
-        self.webhook = Webhook(settings.webhook_url, self.metrics) if settings.webhook_url else None
+        self.webhook: Webhook | None = None
+        if settings.webhook_url:
+            from loopsim.service.webhook import Webhook  # httpx, only when there is one
+
+            self.webhook = Webhook(settings.webhook_url, self.metrics)
         self.held: dict[str, Lease] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()
@@ -111,6 +122,11 @@ class Service:
     @property
     def worker(self) -> str:
         return self.config.worker_id
+
+    @property
+    def loop(self) -> Loop:
+        """The loop that plans and commits days, built at first use (service/lazy.py)."""
+        return self._loop.get()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -389,6 +405,10 @@ class Service:
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
+            await self._db(self._loop.get)  # langchain comes in here, on a thread
+            from loopsim.loop import Loop
+            from loopsim.researcher.conversation import adrive
+
             while not self._stopping.is_set():
                 await self._hold(lease)
                 if await self._should_yield(days):
@@ -415,7 +435,7 @@ class Service:
                 try:
                     researcher = self.loop.researcher(planned)
                 except ModelUnavailable as exc:  # cannot even build it: a person must look
-                    await self._write(self._fail_run, run_id, fence, exc.message)
+                    await self._write(fail_run, self.db, self.metrics, run_id, fence, exc.message)
                     return
                 chat = researcher.chat
 
@@ -462,19 +482,6 @@ class Service:
         with self.db.read() as session:
             store = Store(session)
             return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
-
-    def _fail_run(self, run_id: str, fence: leases.Fence, reason: str) -> None:
-        from loopsim.schemas import RunStatus
-
-        with self.db.write() as session:
-            store = Store(session)
-            run = store.get_run(run_id, lock=True)
-            fence(store, run)
-            store.set_status(run, RunStatus.FAILED, reason[:1000])
-        self.metrics.runs_failed.inc()
-        log.error(
-            "run %s failed: %s", run_id, reason, extra={"event": "run.failed", "run_id": run_id}
-        )
 
     def _opened(self, checkin_id: int, run_id: str, spec: RunSpec, ctx: dict[str, Any]) -> None:
         self.metrics.checkins_opened.inc()
