@@ -41,7 +41,7 @@ def approving(checkins: Sequence[CheckIn]) -> list[CheckIn]:
 
 
 def approved_count(store: Store, run_id: str) -> int:
-    return len(approving(store.list_checkins(run_id)))
+    return store.count_checkins(run_id, [d.value for d in APPROVING])
 
 
 def last_approved_day(store: Store, run_id: str) -> int:
