@@ -10,6 +10,7 @@
    (needs the `bench` extra).
 
     python benchmarks/service_bench.py [--window 8] [--skip-pg] [--skip-langgraph]
+        [--only-overhead] [--rounds N] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -179,23 +181,41 @@ def workers_on_pg(n_workers: int, runs: int, concurrency: int, latency: float, w
 # ---------------------------------------------------------------- 3. overhead
 
 
-def overhead(entries: int, days: int = 20) -> float:
-    """Milliseconds per day with an instant model, on a record of ``entries`` entries."""
+def seed_overhead(url: str, entries: int) -> str:
+    """A record of ``entries`` note entries (five a day) in a fresh database at ``url``;
+    its run id."""
+    dbmod.upgrade(url)
+    database = dbmod.Database.open(url)
+    with database.write() as session:
+        store = Store(session)
+        run = store.create_run(parse_spec(SPEC), name="overhead", model="scripted:instant")
+        run_id = run.id
+        for index in range(1, entries // 5 + 1):
+            items = [
+                EntryInput("note", f"Note {index}.{k}", f"Forager count {index} {k} at patch.")
+                for k in range(5)
+            ]
+            add_day(store, run_id, index, items)
+    database.dispose()
+    return run_id
+
+
+def overhead(entries: int, days: int = 20, cache: Path | None = None) -> float:
+    """Milliseconds per day with an instant model, on a record of ``entries`` entries.
+    With ``cache``, the seeded record is kept there and copied for later calls."""
     with tempfile.TemporaryDirectory() as tmp:
         url = str(Path(tmp) / "overhead.db")
-        dbmod.upgrade(url)
+        seed = cache / f"overhead-{entries}.db" if cache else None
+        if seed is not None and seed.exists():
+            shutil.copyfile(seed, url)
+        else:
+            seed_overhead(url, entries)
+            if seed is not None:
+                seed.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(url, seed)
         database = dbmod.Database.open(url)
-        spec = parse_spec(SPEC)
-        with database.write() as session:
-            store = Store(session)
-            run = store.create_run(spec, name="overhead", model="scripted:instant")
-            run_id = run.id
-            for index in range(1, entries // 5 + 1):
-                items = [
-                    EntryInput("note", f"Note {index}.{k}", f"Forager count {index} {k} at patch.")
-                    for k in range(5)
-                ]
-                add_day(store, run_id, index, items)
+        with database.read() as session:
+            run_id = Store(session).list_runs()[0].id
         factory, _ = scripted_factory()
         loop = Loop(database, Settings(), factory)
         loop.start(run_id)
@@ -263,8 +283,18 @@ def main() -> None:
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument("--skip-langgraph", action="store_true")
     parser.add_argument("--skip-1024", action="store_true")
+    parser.add_argument(
+        "--only-overhead", action="store_true", help="only the overhead rows (3 and 4)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="overhead rounds, medians kept")
+    parser.add_argument("--cache", type=Path, help="keep the overhead rows' seeded records here")
     args = parser.parse_args()
+    if not args.only_overhead:
+        throughput_rows(args)
+    overhead_rows(args)
 
+
+def throughput_rows(args: argparse.Namespace) -> None:
     print("### Days per second, one worker, SQLite, loopback stub\n")
     print("| C | latency | days/s | ideal C/latency | of ideal |")
     print("|---:|---:|---:|---:|---:|")
@@ -287,14 +317,26 @@ def main() -> None:
             print(f"| {n} | {64 // n} | {rate:.1f} |")
             sys.stdout.flush()
 
+
+def overhead_rows(args: argparse.Namespace) -> None:
+    """Each round measures both sides at each size in turn; the median round is shown."""
     print("\n### Orchestrator overhead per day, instant model, SQLite\n")
-    print("| entries in record | loopsim ms/day | LangGraph + SqliteSaver ms/day |")
-    print("|---:|---:|---:|")
+    print("| entries in record | loopsim ms/day | LangGraph + SqliteSaver ms/day | ratio |")
+    print("|---:|---:|---:|---:|")
     for size in (100, 100_000):
-        ours = overhead(size)
-        theirs = None if args.skip_langgraph else langgraph_overhead(size)
-        shown = "not installed" if theirs is None else f"{theirs:.1f}"
-        print(f"| {size:,} | {ours:.1f} | {shown} |")
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(overhead(size, cache=args.cache))
+            found = None if args.skip_langgraph else langgraph_overhead(size)
+            if found is not None:
+                theirs.append(found)
+        mine = statistics.median(ours)
+        if theirs:
+            other = statistics.median(theirs)
+            shown, ratio = f"{other:.1f}", f"{mine / other:.2f}x"
+        else:
+            shown, ratio = "not installed", ""
+        print(f"| {size:,} | {mine:.1f} | {shown} | {ratio} |")
         sys.stdout.flush()
 
 

@@ -7,9 +7,8 @@ One day, in three transactions that never overlap the model call:
 3. write (``BEGIN IMMEDIATE``): re-check the index is still free, then insert the day,
    its entries and their hash chain, all at once or not at all.
 
-Before planning a day the run's chain is verified (:meth:`Loop.check_chain`): a record
-that fails ``record verify`` is not stepped. The first day a process steps a run reads its
-whole chain; later days read only the entries written since.
+Before planning a day the run's chain is verified (:meth:`Loop.check_chain`), whole once
+per process, then only the entries written since: a record failing verification is not stepped.
 
 A process killed anywhere leaves either the whole day or nothing. A second process that
 raced to the same index gets :class:`ConcurrentWrite` and writes nothing. A service passes
@@ -41,7 +40,7 @@ from loopsim.checkin.opening import (
     pick_retest,
     select_probes,
 )
-from loopsim.checkin.schedule import approved_count, due, explain
+from loopsim.checkin.schedule import approved_count, approving, due, explain
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable, RecordBroken
@@ -66,6 +65,7 @@ from loopsim.researcher.fit import fit_prompt
 from loopsim.researcher.prompts import Prompt
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
+from loopsim.specs import SpecCache
 
 T = TypeVar("T")
 STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}
@@ -119,6 +119,7 @@ class Loop:
         # read whole once per process, then only the entries after that head.
         self._verified: dict[str, ChainPoint] = {}
         self._names: dict[str, str] = {}  # run id -> name, for naming its traces
+        self.spec_of = SpecCache()  # a run's spec, validated again only once it changes
 
     def check_chain(self, store: Store, run_id: str) -> None:
         """Refuse to step a run whose record fails verification: its entries would go
@@ -154,7 +155,7 @@ class Loop:
             refuse_unless_steppable(run)
             self.check_chain(store, run.id)
             self._names[run.id] = run.name
-            spec = RunSpec.model_validate(run.spec)
+            spec = self.spec_of(run)
             if store.committed_days_after(run.id, 0) >= spec.budget.days:
                 return None
             index = store.next_day_index(run.id)
@@ -374,19 +375,20 @@ class Loop:
             run = store.get_run(run_ref)
             if run.status != RunStatus.RUNNING:
                 return None
-            spec = RunSpec.model_validate(run.spec)
-            reason = due(store, run, spec, similarity=self.similarity)
+            spec = self.spec_of(run)
+            checkins = store.list_checkins(run.id)  # read once: due and the rest share it
+            reason = due(store, run, spec, similarity=self.similarity, checkins=checkins)
             detail = explain(store, run, spec, reason, self.similarity) if reason else None
-            last = store.last_checkin(run.id)
+            last = checkins[-1] if checkins else None
             first_day = (last.last_day_index if last else 0) + 1
             last_day = store.last_committed_day(run.id)
-            number = len(store.list_checkins(run.id)) + 1
+            number = len(checkins) + 1
             every = spec.checkins.prediction_drift_every
             recheck: list[tuple[int, str]] = []
             undecided = last is not None and last.decision is None
-            fresh = store.committed_days_after(run.id, first_day - 1) > 0
-            if reason is None and every and fresh and not undecided and last_day % every == 0:
-                recheck = approved_predictions(store, run.id)
+            if reason is None and every and not undecided and last_day % every == 0:
+                fresh = store.committed_days_after(run.id, first_day - 1) > 0
+                recheck = approved_predictions(store, run.id) if fresh else []
             if reason is None and not recheck:
                 return None
             probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
@@ -409,7 +411,7 @@ class Loop:
                 spec.time,
                 run_started=run.created_at,
                 now=utcnow(),
-                approved_checkins=approved_count(store, run.id),
+                approved_checkins=len(approving(checkins)),
             )
             counter = counter_for(run.model)
 

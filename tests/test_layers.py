@@ -25,7 +25,7 @@ RANKS = {
             ("errors", "text", "ids"),
             ("schemas",),
             ("clock", "config"),
-            ("record",),
+            ("record", "specs"),
             ("chat",),
             ("researcher",),
             ("checkin",),

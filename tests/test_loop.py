@@ -383,3 +383,35 @@ def test_attempts_count_the_requests_an_endpoint_retry_took(database, spec):
     assert day.latency_ms >= 75
     ((task, role, attempt, accepted, _, _, latency),) = calls_of(database, run_id, 1)
     assert (task, role, attempt, accepted, latency) == (0, "day", 1, True, day.latency_ms)
+
+
+def test_a_changed_spec_reaches_the_next_day_of_the_same_loop(any_db, spec):
+    """The loop keeps each run's parsed spec between days; a spec changed on the run's row
+    (a human editing it, as step_bench does) must reach the very next day's prompt and
+    budget, never the copy parsed before. A cache keyed by run id alone fails here."""
+    run_id = make_run(any_db, spec)
+    loop, model = loop_for(any_db)
+    loop.run_days(run_id, 2)
+    assert "Dr. Test Person" in model.calls[-1][0].text
+    with any_db.write() as session:
+        run = Store(session).get_run(run_id)
+        persona = {**run.spec["persona"], "name": "Dr. Other Person"}
+        run.spec = {**run.spec, "persona": persona, "budget": {**run.spec["budget"], "days": 3}}
+    assert loop.step(run_id) is not None
+    system = model.calls[-1][0].text
+    assert "Dr. Other Person" in system
+    assert "Dr. Test Person" not in system
+    assert loop.step(run_id) is None  # the new budget of 3 days is spent
+
+
+def test_two_runs_in_one_loop_each_step_with_their_own_spec(any_db, spec):
+    """Two runs in one loop keep apart: each day is planned with its own run's spec."""
+    persona = spec.persona.model_copy(update={"name": "Dr. Fork Person"})
+    other = spec.model_copy(update={"persona": persona})
+    first, second = make_run(any_db, spec), make_run(any_db, other)
+    loop, model = loop_for(any_db)
+    for _ in range(2):
+        for run_id, name in ((first, "Dr. Test Person"), (second, "Dr. Fork Person")):
+            loop.start(run_id)
+            loop.step(run_id)
+            assert name in model.calls[-1][0].text

@@ -41,7 +41,7 @@ def approving(checkins: Sequence[CheckIn]) -> list[CheckIn]:
 
 
 def approved_count(store: Store, run_id: str) -> int:
-    return len(approving(store.list_checkins(run_id)))
+    return store.count_checkins(run_id, [d.value for d in APPROVING])
 
 
 def last_approved_day(store: Store, run_id: str) -> int:
@@ -101,7 +101,7 @@ def mentions_later_date(text: str, external: dt.date) -> str | None:
 
 def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
     """Why the day's entries look like they know the future, or None."""
-    for entry, _idx, _status in store.list_entries(run_id, day_index=day_index):
+    for entry in store.entry_texts(run_id, (day_index, day_index)):
         found = mentions_later_date(f"{entry.title} {entry.body}", entry.external_date)
         if found:
             return f"entry #{entry.seq} mentions {found}, after {entry.external_date}"
@@ -119,9 +119,9 @@ def charter_similarity(
     """Mean similarity to the charter of committed days ``first..last``' entries."""
     charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
     by_day: dict[int, list[str]] = {}
-    for e, index, status in store.list_entries(run_id, day_range=(first, last)):
-        if status == "committed" and index is not None:
-            by_day.setdefault(index, []).append(f"{e.title} {e.body}")
+    for e in store.entry_texts(run_id, (first, last)):
+        if e.status == "committed" and e.day_index is not None:
+            by_day.setdefault(e.day_index, []).append(f"{e.title} {e.body}")
     scores = [similarity(charter, " ".join(texts)) for texts in by_day.values()]
     return sum(scores) / len(scores) if scores else 0.0
 
@@ -188,12 +188,15 @@ def due(
     spec: RunSpec,
     now: dt.datetime | None = None,
     similarity: drift.Similarity = drift.lexical_similarity,
+    checkins: Sequence[CheckIn] | None = None,
 ) -> CheckinReason | None:
     """The reason a check-in is due now, or None. Pure in the run's stored state (and the
     wall clock, for a ``wall_clock`` time budget). ``similarity`` measures charter drift;
     an embedder caches its vectors, so asking twice (before and inside the write that
-    opens the check-in) embeds once."""
-    checkins = store.list_checkins(run.id)
+    opens the check-in) embeds once. ``checkins``: the run's check-ins in order, if the
+    caller has read them in this transaction."""
+    if checkins is None:
+        checkins = store.list_checkins(run.id)
     last = checkins[-1] if checkins else None
     if last is not None and last.decision is None:
         return None  # one is already open

@@ -76,6 +76,13 @@ class CheckinQueries(StoreBase):
             stmt = stmt.where(CheckIn.decision.is_(None))
         return self.session.scalars(stmt).all()
 
+    def count_checkins(self, run_id: str, decisions: Sequence[str]) -> int:
+        """How many of the run's check-ins were decided one of ``decisions``: a count,
+        where a day needs no check-in row itself."""
+        stmt = select(func.count()).select_from(CheckIn)
+        stmt = stmt.where(CheckIn.run_id == run_id, CheckIn.decision.in_(list(decisions)))
+        return int(self.session.scalar(stmt) or 0)
+
     def pending_checkins(self) -> int:
         return int(
             self.session.scalar(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Integer, String, and_, bindparam, func, or_, select
 from sqlalchemy.orm import aliased
 
 from loopsim.errors import NotFound
@@ -29,15 +29,44 @@ class Usage(NamedTuple):
     latency_ms: int
 
 
+def _others_statement() -> Any:
+    """Reverted days, and failed days whose index no other day holds, in
+    (``after``, ``last``]: what :meth:`DayQueries.committed_days_after` subtracts. Built
+    once (the alias and its correlated subquery cost more to build than to run)."""
+    holder = aliased(Day)
+    same = (holder.run_id == Day.run_id) & (holder.index == Day.index)
+    held = select(holder.id).where(same, holder.status != DayStatus.FAILED).exists()
+    return (
+        select(func.count())
+        .select_from(Day)
+        .where(
+            Day.run_id == bindparam("run_id", type_=String),
+            Day.index > bindparam("after", type_=Integer),
+            Day.index <= bindparam("last", type_=Integer),
+            or_(
+                Day.status == DayStatus.REVERTED.value,
+                and_(Day.status == DayStatus.FAILED.value, ~held),
+            ),
+        )
+    )
+
+
+_OTHERS = _others_statement()
+_LAST_HELD = select(func.max(Day.index)).where(
+    Day.run_id == bindparam("run_id", type_=String), Day.status != DayStatus.FAILED.value
+)
+_LAST_COMMITTED = select(func.max(Day.index)).where(
+    Day.run_id == bindparam("run_id", type_=String), Day.status == DayStatus.COMMITTED.value
+)
+
+
 class DayQueries(StoreBase):
     """Adding days, finding them, and counting them by status."""
 
     def next_day_index(self, run_id: str) -> int:
         """The index the run's next day takes: one past its last day that holds one."""
-        last = self.session.scalar(
-            select(func.max(Day.index)).where(Day.run_id == run_id, Day.status != DayStatus.FAILED)
-        )
-        return 1 if last is None else last + 1
+        last = self.session.scalar(_LAST_HELD, {"run_id": run_id})
+        return 1 if last is None else int(last) + 1
 
     def count_days(
         self, run_id: str, status: DayStatus | None = None, *, index: int | None = None
@@ -159,12 +188,7 @@ class DayQueries(StoreBase):
         return streak
 
     def last_committed_day(self, run_id: str) -> int:
-        last = self.session.scalar(
-            select(func.max(Day.index)).where(
-                Day.run_id == run_id, Day.status == DayStatus.COMMITTED
-            )
-        )
-        return int(last or 0)
+        return int(self.session.scalar(_LAST_COMMITTED, {"run_id": run_id}) or 0)
 
     def committed_day_indexes(
         self, run_id: str, *, after: int, before: int, limit: int
@@ -196,22 +220,7 @@ class DayQueries(StoreBase):
         last = self.next_day_index(run_id) - 1
         if last <= index:
             return 0
-        holder = aliased(Day)
-        same = (holder.run_id == Day.run_id) & (holder.index == Day.index)
-        held = select(holder.id).where(same, holder.status != DayStatus.FAILED).exists()
-        others = self.session.scalar(
-            select(func.count())
-            .select_from(Day)
-            .where(
-                Day.run_id == run_id,
-                Day.index > index,
-                Day.index <= last,
-                or_(
-                    Day.status == DayStatus.REVERTED,
-                    and_(Day.status == DayStatus.FAILED, ~held),
-                ),
-            )
-        )
+        others = self.session.scalar(_OTHERS, {"run_id": run_id, "after": index, "last": last})
         return last - index - int(others or 0)
 
     def revert_days(self, run_id: str, after: int, through: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import or_, select
 
@@ -32,6 +33,31 @@ class EntryInput:
     last_day: int | None = None
     score: int | None = None
     flagged: bool | None = None
+
+
+class EntryText(NamedTuple):
+    """What the check-in tests read of an entry, as a plain row (no ORM object)."""
+
+    seq: int
+    title: str
+    body: str
+    external_date: dt.date
+    day_index: int | None
+    status: str | None
+
+
+# What a view shows of an entry, in :class:`loopsim.researcher.view.ViewEntry`'s order.
+VIEW_COLUMNS = (
+    Entry.seq,
+    Day.index,
+    Entry.external_date,
+    Entry.kind,
+    Entry.author,
+    Entry.title,
+    Entry.body,
+    Entry.first_day,
+    Entry.last_day,
+)
 
 
 class EntryQueries(ChainQueries):
@@ -148,6 +174,18 @@ class EntryQueries(ChainQueries):
             stmt = stmt.where(self._visible())
         return [(e, idx, status) for e, idx, status in self.session.execute(stmt)]
 
+    def entry_texts(self, run_id: str, day_range: tuple[int, int]) -> list[EntryText]:
+        """:meth:`list_entries` over ``day_range`` (reverted days included), as plain rows
+        of the few columns the check-in tests read: the days' entries are many, and
+        loading each as an ORM object cost more than the query."""
+        stmt = (
+            select(Entry.seq, Entry.title, Entry.body, Entry.external_date, Day.index, Day.status)
+            .join(Day, Entry.day_id == Day.id)
+            .where(Day.run_id == run_id, Day.index.between(*day_range))
+            .order_by(Entry.seq)
+        )
+        return [EntryText(*row) for row in self.session.execute(stmt)]
+
     def pinned_corrections(self, run_id: str, until: dt.date, limit: int = 50) -> list[Entry]:
         """Human corrections, oldest first: every view includes them."""
         stmt = (
@@ -167,11 +205,15 @@ class EntryQueries(ChainQueries):
         before_seq: int | None = None,
         limit: int = 50,
         after_day: int = 0,
-    ) -> list[tuple[Entry, int | None]]:
+    ) -> list[tuple[Any, ...]]:
         """Newest visible research entries first, one page at a time; only days after
-        ``after_day`` (and entries outside any day)."""
+        ``after_day`` (and entries outside any day). Plain rows of :data:`VIEW_COLUMNS`
+        (seq, day index, ...): a view reads pages of them every day, and ORM objects
+        cost more to load than the query to run."""
         stmt = (
-            self._entries_with_day(run_id)
+            select(*VIEW_COLUMNS)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == run_id)
             .where(Entry.kind.not_in([EntryKind.DIGEST, EntryKind.CORRECTION]))
             .where(self._visible(), Entry.external_date <= until)
             .order_by(Entry.seq.desc())
@@ -181,4 +223,4 @@ class EntryQueries(ChainQueries):
             stmt = stmt.where(Entry.seq < before_seq)
         if after_day:
             stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
-        return [(e, idx) for e, idx, _status in self.session.execute(stmt)]
+        return cast("list[tuple[Any, ...]]", list(self.session.execute(stmt)))

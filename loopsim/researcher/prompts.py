@@ -11,6 +11,7 @@ This module never imports check-in, drift or schedule code.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,11 @@ def example_reply(subquestions: int = 0, ideas: int = 0) -> str:
 class Prompt:
     messages: tuple[tuple[str, str], ...]
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """SHA-256 of the messages' canonical JSON: computed once, as the messages of a
+        frozen prompt never change (a day asks for it for its seed, its day row and every
+        entry)."""
         return sha256_hex(canonical_json(self.as_dicts()))
 
     def as_dicts(self) -> list[dict[str, str]]:

@@ -308,8 +308,8 @@ def _window(
         page = store.recent_entries(
             run_id, until, before_seq=before, limit=PAGE, after_day=max(0, oldest_allowed - 1)
         )
-        for entry, day_index in page:
-            item = ViewEntry.of(entry, day_index)
+        for seq, day_index, date, kind, author, title, body, first_day, last_day in page:
+            item = ViewEntry(seq, day_index, date, kind, author, title, body, first_day, last_day)
             if used + _cost(item) > limit:
                 full = True
                 break
@@ -317,7 +317,7 @@ def _window(
             used += _cost(item)
         if len(page) < PAGE:
             break
-        before = page[-1][0].seq
+        before = page[-1][0]  # its seq
     if not full:
         start = oldest_allowed if boundaries else 1
     else:
