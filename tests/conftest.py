@@ -1,10 +1,16 @@
 """Shared fixtures. Every database here is real: SQLite files migrated by Alembic, and,
-where a test asks for ``any_db``, a fresh PostgreSQL database on 127.0.0.1:5432 too."""
+where a test asks for ``any_db``, a fresh PostgreSQL database on 127.0.0.1:5432 too.
+
+Alembic runs once per session and database kind, into a template: each test gets its own
+copy of the migrated SQLite file, or a PostgreSQL database created from the migrated
+template database. Running every migration for each of several hundred tests took minutes
+of the suite; tests of migrating itself call ``dbmod.upgrade`` on databases of their own."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,11 +53,26 @@ def spec() -> RunSpec:
     return parse_spec(SPEC)
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    path = tmp_path / "loopsim.db"
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; never opened by a test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
     dbmod.upgrade(str(path))
+    # The last connection closed checkpointed the WAL: the file alone is the database.
+    leftovers = [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    assert not leftovers, f"the migrated template left {leftovers} behind"
+    return path
+
+
+def migrated_sqlite(template: Path, path: Path) -> str:
+    """A fresh migrated database at ``path``: a copy of the closed template file."""
+    shutil.copyfile(template, path)
     return str(path)
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    return migrated_sqlite(sqlite_template, tmp_path / "loopsim.db")
 
 
 def _pg_available() -> bool:
@@ -76,16 +97,35 @@ def pg_server() -> str:
     return PG_ADMIN
 
 
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per session, the template of each
+    test's database. Nothing stays connected to it: CREATE DATABASE ... TEMPLATE needs
+    that. Its name is this session's own, so suites running at once never share it."""
+    import sqlalchemy as sa
+
+    name = f"loopsim_template_{secrets.token_hex(4)}"
+    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        dbmod.upgrade(pg_server.rsplit("/", 1)[0] + f"/{name}")
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
+def pg_url(pg_server: str, pg_template: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"loopsim_test_{secrets.token_hex(4)}"
     admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     url = pg_server.rsplit("/", 1)[0] + f"/{name}"
-    dbmod.upgrade(url)
     try:
         yield url
     finally:
@@ -97,9 +137,8 @@ def pg_url(pg_server: str) -> Iterator[str]:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        path = tmp_path / "any.db"
-        dbmod.upgrade(str(path))
-        return str(path)
+        template = request.getfixturevalue("sqlite_template")
+        return migrated_sqlite(template, tmp_path / "any.db")
     return str(request.getfixturevalue("pg_url"))
 
 

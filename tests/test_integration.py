@@ -247,6 +247,7 @@ def test_serve_sigterm_abandons_an_embedded_generation_within_the_bound(tmp_path
     with database.write() as session:
         store = Store(session)
         store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+    log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -263,17 +264,33 @@ def test_serve_sigterm_abandons_an_embedded_generation_within_the_bound(tmp_path
             "json",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log.open("ab"),
     )
-    time.sleep(6)  # the model is loaded and generating
+
+    def events() -> list[str]:
+        lines = log.read_text().splitlines()
+        return [json.loads(line).get("event") for line in lines if line.startswith("{")]
+
+    def claimed() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return "lease.claimed" in events()
+
+    # Once the run is claimed, its day is under way: loading the model, then generating
+    # (a day of the 270M model takes far longer than this test's bound), both on a
+    # thread nothing can interrupt.
+    deadline = time.monotonic() + 300
+    while not claimed():
+        assert time.monotonic() < deadline, "the run was never claimed"
+        time.sleep(0.1)
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     took = time.monotonic() - began
+    err = log.read_text()
     assert proc.returncode == 0
     assert "Traceback" not in err
     assert took < 0.5 + 5, f"took {took:.1f} s"
+    assert "stop.abandoned" in events()  # a day was in flight, and it was given up
     with database.read() as session:
         store = Store(session)
         run = store.get_run(run_id)

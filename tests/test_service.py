@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +55,7 @@ def config(worker: str = "w1", **kw: Any) -> ServiceConfig:
 
 
 async def serve_until(
-    services: list[Service], done: Callable[[], bool], timeout: float = 30.0
+    services: list[Service], done: Callable[[], bool], timeout: float = 120.0
 ) -> None:
     tasks = [asyncio.ensure_future(s.serve(install_signals=False)) for s in services]
     deadline = time.monotonic() + timeout
@@ -242,6 +244,22 @@ def test_stop_abandons_a_day_in_flight_without_a_trace(any_db):
     assert (run.status, run.lease_owner) == (RunStatus.RUNNING, None)
 
 
+def test_a_cancelled_day_imports_nothing_on_the_event_loop():
+    """Cancelling a day at stop passes its CancelledError through the retry predicate.
+    That predicate imported the openai SDK when no model had: seconds of the event loop
+    on a busy machine, spent inside the stop's grace period."""
+    code = (
+        "import asyncio, sys\n"
+        "from loopsim.chat.faults import is_transient\n"
+        "assert 'openai' not in sys.modules\n"
+        "print(is_transient(asyncio.CancelledError()), 'openai' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.split() == ["False", "False"]
+
+
 def test_a_check_in_posts_a_webhook_and_the_run_waits(any_db):
     from tests.test_serve_http import WebhookSink
 
@@ -298,7 +316,12 @@ def test_lost_lease_cancels_the_day_and_writes_nothing(any_db, reply):
         with any_db.write() as session:  # another worker takes the run over
             run = session.get(Run, run_id)
             run.lease_owner, run.lease_generation = "usurper", run.lease_generation + 1
-        await asyncio.sleep(2.5)  # the heartbeat (every 1 s) notices; the day is dropped
+        # The heartbeat (every 1 s) notices and drops the day: wait for that, however
+        # long a busy machine makes it take.
+        deadline = time.monotonic() + 120
+        while "loopsim_leases_lost_total 1.0" not in service.metrics.render().decode():
+            assert time.monotonic() < deadline, "the lost lease was never noticed"
+            await asyncio.sleep(0.05)
         service.request_stop()
         await task
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -55,11 +56,20 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, json.JSONDecodeError):  # a 200 whose body was cut or garbled
         return True
-    try:  # the openai SDK wraps transport failures in its own classes
-        import openai
-    except ImportError:  # pragma: no cover - langchain-openai depends on it
-        return False
-    return isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError)
+    # The openai SDK wraps transport failures in its own classes. Only an SDK already
+    # imported can have raised one: importing it here, on the event loop of `loopsim
+    # serve`, held the loop for seconds on a busy machine (a day cancelled at stop asks
+    # this of its CancelledError), well past the stop's grace period.
+    openai = sys.modules.get("openai")
+    kinds = tuple(
+        kind
+        for kind in (
+            getattr(openai, "APIConnectionError", None),
+            getattr(openai, "APIResponseValidationError", None),
+        )
+        if isinstance(kind, type)
+    )
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 # What a server's error says when it refuses the response_format it was sent: the field's
