@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from typing import Any
 
@@ -28,6 +29,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr, SecretStr
+
+# Connection pools per event loop (see OpenAICompatible.aclient).
+SHARDS = 16
 
 # Message types as the chat-completions API names their roles.
 ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
@@ -146,9 +150,10 @@ class OpenAICompatible(BaseChatModel):
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     _client: httpx.Client | None = PrivateAttr(default=None)
-    _aclients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = PrivateAttr(
+    _aclients: dict[int, tuple[asyncio.AbstractEventLoop, list[httpx.AsyncClient]]] = PrivateAttr(
         default_factory=dict
     )
+    _tls: ssl.SSLContext | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
@@ -174,11 +179,15 @@ class OpenAICompatible(BaseChatModel):
             headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
         return headers
 
-    def _limits(self) -> dict[str, Any]:
+    def _options(self) -> dict[str, Any]:
+        if self._tls is None and self.base_url.startswith("https:"):
+            self._tls = httpx.create_ssl_context()  # once: loading the CAs is slow
         return {
             "timeout": httpx.Timeout(self.timeout),
             "limits": httpx.Limits(max_connections=None, max_keepalive_connections=None),
             "headers": self._headers(),
+            # Plain HTTP needs no certificates: no context that loads them for nothing.
+            "verify": self._tls if self._tls is not None else False,
         }
 
     def body(
@@ -206,23 +215,30 @@ class OpenAICompatible(BaseChatModel):
     def client(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(**self._limits())
+                self._client = httpx.Client(**self._options())
             return self._client
 
     def aclient(self) -> httpx.AsyncClient:
-        """This event loop's client: an async client's connections belong to the loop
-        that opened them, and a process may run several loops one after the other."""
+        """The calling task's client on this event loop.
+
+        An async client's connections belong to the loop that opened them, and a process
+        may run several loops one after the other: each loop has its own clients. And
+        httpcore looks over every connection of its pool for each request (for one that
+        expired or that the server closed, a system call each), which costs O(C) per call
+        with C calls in flight: the loop's connections are split over :data:`SHARDS`
+        pools, a task keeping to one, so each pool holds about C / SHARDS of them."""
         loop = asyncio.get_running_loop()
         held = self._aclients.get(id(loop))
-        if held is not None and held[0] is loop:
-            return held[1]
-        # Loops gone since: their clients' connections died with them.
-        for key, (old, _) in list(self._aclients.items()):
-            if old.is_closed():
-                del self._aclients[key]
-        client = httpx.AsyncClient(**self._limits())
-        self._aclients[id(loop)] = (loop, client)
-        return client
+        if held is None or held[0] is not loop:
+            # Loops gone since: their clients' connections died with them.
+            for key, (old, _) in list(self._aclients.items()):
+                if old.is_closed():
+                    del self._aclients[key]
+            options = self._options()
+            held = (loop, [httpx.AsyncClient(**options) for _ in range(SHARDS)])
+            self._aclients[id(loop)] = held
+        task = asyncio.current_task()
+        return held[1][hash(task) % SHARDS]
 
     def _generate(
         self,
