@@ -54,6 +54,29 @@ async def calls(
     return done, time.perf_counter() - began, time.process_time() - cpu
 
 
+async def table(base_url: str, args: argparse.Namespace) -> None:
+    # One event loop for every row: langchain-openai keeps one httpx client per base URL
+    # for the whole process, whose connections cannot outlive their loop.
+    print(f"### Model calls per second, one process, stub at {args.latency * 1000:.0f} ms\n")
+    print("| C | client | calls/s | ideal | CPU ms per call | load avg (1 min) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for c in args.concurrency:
+        rates: dict[str, list[float]] = {"light": [], "langchain": []}
+        costs: dict[str, list[float]] = {"light": [], "langchain": []}
+        for _ in range(args.repeats):
+            for client in rates:
+                done, wall, cpu = await calls(base_url, client, c, args.seconds)
+                rates[client].append(done / wall)
+                costs[client].append(cpu / max(1, done) * 1000)
+        for client in rates:
+            print(
+                f"| {c} | {client} | {statistics.median(rates[client]):.0f} | "
+                f"{c / args.latency:.0f} | {statistics.median(costs[client]):.2f} | "
+                f"{os.getloadavg()[0]:.1f} |"
+            )
+            sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -68,25 +91,7 @@ def main() -> None:
     )
     try:
         assert stub.stdout is not None
-        base_url = stub.stdout.readline().strip()
-        print(f"### Model calls per second, one process, stub at {args.latency * 1000:.0f} ms\n")
-        print("| C | client | calls/s | ideal | CPU ms per call | load avg (1 min) |")
-        print("|---:|---|---:|---:|---:|---:|")
-        for c in args.concurrency:
-            rates: dict[str, list[float]] = {"light": [], "langchain": []}
-            costs: dict[str, list[float]] = {"light": [], "langchain": []}
-            for _ in range(args.repeats):
-                for client in rates:
-                    done, wall, cpu = asyncio.run(calls(base_url, client, c, args.seconds))
-                    rates[client].append(done / wall)
-                    costs[client].append(cpu / max(1, done) * 1000)
-            for client in rates:
-                print(
-                    f"| {c} | {client} | {statistics.median(rates[client]):.0f} | "
-                    f"{c / args.latency:.0f} | {statistics.median(costs[client]):.2f} | "
-                    f"{os.getloadavg()[0]:.1f} |"
-                )
-                sys.stdout.flush()
+        asyncio.run(table(stub.stdout.readline().strip(), args))
     finally:
         stub.terminate()
         stub.wait(10)
