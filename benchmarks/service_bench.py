@@ -1,8 +1,9 @@
 """Throughput and overhead of `loopsim serve`, printed as Markdown tables.
 
 1. Days per second for C concurrent runs against a loopback OpenAI-compatible stub
-   (loopsim.testing.stubserver) with a fixed latency, through the real langchain-openai client,
-   against the ideal C / latency.
+   (loopsim.testing.stubserver, in this process) with a fixed latency, through the client
+   loopsim picks for such a server (its light one; LOOPSIM_OPENAI_CLIENT=langchain for
+   langchain-openai), against the ideal C / latency.
 2. One `loopsim serve` process against two, on one PostgreSQL database.
 3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
    in-process model, at 10^2 and 10^5 entries in the record.

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         "servers whose chat template drops system messages, such as llama-cpp-python's "
         "with --chat_format gemma).",
     )
+    openai_client: Literal["light", "langchain"] = Field(
+        "light",
+        description="Client for 'openai:' models on an OpenAI-compatible server (a base URL "
+        "set): light (loopsim's own, one pooled httpx request per call, several times less "
+        "CPU per call) or langchain (langchain-openai and the openai SDK). OpenAI's own "
+        "API, with no base URL, always goes through langchain-openai.",
+    )
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
     )

@@ -1,5 +1,6 @@
-"""Hosted and OpenAI-compatible models through the real langchain-openai client, against
-an OpenAI-shaped server on 127.0.0.1. Only the network peer is fake."""
+"""Hosted and OpenAI-compatible models through both real clients (loopsim's light one and
+langchain-openai), against an OpenAI-shaped server on 127.0.0.1. Only the network peer is
+fake."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ from tests.conftest import Cli, make_run
 
 REPLY = report_json(("note", "From the server", "A reply that came over real HTTP today."))
 SECRET = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True, params=["light", "langchain"])
+def client(request, monkeypatch) -> str:
+    """Every test here runs against both clients of OpenAI-compatible servers: loopsim's
+    light one and langchain-openai (LOOPSIM_OPENAI_CLIENT, read by every Settings)."""
+    monkeypatch.setenv("LOOPSIM_OPENAI_CLIENT", request.param)
+    return str(request.param)
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):

@@ -1,5 +1,6 @@
-"""Endpoint faults, through the real langchain-openai client, against a fault-injecting
-OpenAI-compatible server on 127.0.0.1 (loopsim.testing.stubserver). Only the peer is fake."""
+"""Endpoint faults, through both real clients of OpenAI-compatible servers (loopsim's light
+one and langchain-openai), against a fault-injecting server on 127.0.0.1
+(loopsim.testing.stubserver). Only the peer is fake."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ from loopsim.testing.stubserver import StubOpenAI, default_text
 from tests.conftest import make_run
 
 MODEL = "openai:stub-model"
+
+
+@pytest.fixture(autouse=True, params=["light", "langchain"])
+def client(request, monkeypatch) -> str:
+    """Every test here runs against both clients of OpenAI-compatible servers: loopsim's
+    light one and langchain-openai (LOOPSIM_OPENAI_CLIENT, read by every Settings)."""
+    monkeypatch.setenv("LOOPSIM_OPENAI_CLIENT", request.param)
+    return str(request.param)
 
 
 def settings_for(url: str, **kw) -> Settings:

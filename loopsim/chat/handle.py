@@ -5,7 +5,9 @@ A model id is ``provider:name``:
 - ``llamacpp:gemma3-270m`` (the offline default) or ``llamacpp:/path/to/model.gguf``;
 - anything langchain's ``init_chat_model`` resolves: ``openai:gpt-4o-mini``,
   ``anthropic:claude-...``, ``ollama:llama3``; with a base URL, ``openai:NAME`` talks to
-  any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama's ``/v1``).
+  any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama's ``/v1``), through
+  loopsim's light client (:mod:`loopsim.chat.compat`) unless
+  ``LOOPSIM_OPENAI_CLIENT=langchain``.
 
 :class:`ChatHandle` hides how each provider is asked for JSON: llama.cpp decodes against
 the JSON schema, OpenAI-compatible servers get ``response_format``, and every reply is
@@ -33,6 +35,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
+from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -366,38 +369,10 @@ def build_chat(settings: Settings) -> ChatFactory:
 def _init_langchain(
     model_id: str, provider: str, spec: ModelSpec, max_tokens: int, settings: Settings
 ) -> ChatHandle:
-    from langchain.chat_models import init_chat_model
-
-    kwargs: dict[str, Any] = {
-        "temperature": spec.temperature,
-        "max_tokens": max_tokens,
-        "timeout": settings.model_timeout,
-        # loopsim retries (tenacity, below); the provider SDK's own retries would multiply.
-        "max_retries": 0,
-    }
-    kwargs.update(spec.params)
     base_url = spec.base_url or settings.model_base_url
-    if base_url:
-        kwargs["base_url"] = base_url
-    if settings.api_key is not None:
-        kwargs["api_key"] = settings.api_key.get_secret_value()
-    elif base_url and provider == "openai":
-        # Local OpenAI-compatible servers want some key, and never check it.
-        kwargs["api_key"] = "not-needed"
-    if base_url and provider == "openai" and "extra_body" not in kwargs:
-        # langchain-openai sends the cap as max_completion_tokens, which some compatible
-        # servers (llama-cpp-python's among them) ignore: send the older name as well.
-        kwargs["extra_body"] = {"max_tokens": max_tokens}
-    try:
-        model = init_chat_model(model_id, **kwargs)
-    except ImportError as exc:
-        raise ModelUnavailable(
-            f"provider {provider!r} needs its langchain package ({exc.name or exc}); "
-            f"pip install langchain-{provider}"
-        ) from None
-    except Exception as exc:  # the model seam
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailable(f"cannot build model {model_id}: {first}"[:500]) from None
+    model = _compatible(model_id, provider, spec, max_tokens, settings, base_url)
+    if model is None:
+        model = _langchain_model(model_id, provider, spec, max_tokens, settings, base_url)
     structured = "none"
     if provider == "openai":
         form = spec.response_format or settings.response_format
@@ -421,3 +396,77 @@ def _init_langchain(
         send_seed=provider == "openai",
         fold_system=(spec.system_messages or settings.system_messages) == "fold",
     )
+
+
+def _compatible(
+    model_id: str,
+    provider: str,
+    spec: ModelSpec,
+    max_tokens: int,
+    settings: Settings,
+    base_url: str | None,
+) -> BaseChatModel | None:
+    """The light client for an ``openai:`` model on a compatible server (a base URL), or
+    None where langchain-openai serves it: no base URL (OpenAI's own API), the setting
+    says so, or the spec's params configure langchain-openai's client."""
+    from loopsim.chat.compat import CLIENT_PARAMS, OpenAICompatible
+
+    if provider != "openai" or not base_url or settings.openai_client != "light":
+        return None
+    params: dict[str, Any] = dict(spec.params)
+    if CLIENT_PARAMS & params.keys():
+        return None
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
+    temperature = params.pop("temperature", spec.temperature)
+    cap = params.pop("max_completion_tokens", params.pop("max_tokens", max_tokens))
+    return OpenAICompatible(
+        model_name=model_id.partition(":")[2],
+        base_url=base_url,
+        api_key=SecretStr(key),
+        temperature=float(temperature),
+        max_tokens=int(cap),
+        timeout=settings.model_timeout,
+        extra_body=params,
+    )
+
+
+def _langchain_model(
+    model_id: str,
+    provider: str,
+    spec: ModelSpec,
+    max_tokens: int,
+    settings: Settings,
+    base_url: str | None,
+) -> BaseChatModel:
+    from langchain.chat_models import init_chat_model
+
+    kwargs: dict[str, Any] = {
+        "temperature": spec.temperature,
+        "max_tokens": max_tokens,
+        "timeout": settings.model_timeout,
+        # loopsim retries (tenacity, below); the provider SDK's own retries would multiply.
+        "max_retries": 0,
+    }
+    kwargs.update(spec.params)
+    if base_url:
+        kwargs["base_url"] = base_url
+    if settings.api_key is not None:
+        kwargs["api_key"] = settings.api_key.get_secret_value()
+    elif base_url and provider == "openai":
+        # Local OpenAI-compatible servers want some key, and never check it.
+        kwargs["api_key"] = "not-needed"
+    if base_url and provider == "openai" and "extra_body" not in kwargs:
+        # langchain-openai sends the cap as max_completion_tokens, which some compatible
+        # servers (llama-cpp-python's among them) ignore: send the older name as well.
+        kwargs["extra_body"] = {"max_tokens": max_tokens}
+    try:
+        model: BaseChatModel = init_chat_model(model_id, **kwargs)
+    except ImportError as exc:
+        raise ModelUnavailable(
+            f"provider {provider!r} needs its langchain package ({exc.name or exc}); "
+            f"pip install langchain-{provider}"
+        ) from None
+    except Exception as exc:  # the model seam
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot build model {model_id}: {first}"[:500]) from None
+    return model

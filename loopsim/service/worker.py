@@ -457,7 +457,10 @@ class Service:
                     return
                 if result.status != DayStatus.COMMITTED:
                     continue
-                await self._db(self.stats.day_committed)
+                if self.db.dialect == "postgresql":  # it may ANALYZE: on a thread
+                    await self._db(self.stats.day_committed)
+                else:  # only counts: no thread hop for it
+                    self.stats.day_committed()
                 # Its predictions are model calls: on a thread of its own, not the writer's.
                 opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
                 if opened is not None:

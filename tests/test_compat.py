@@ -1,0 +1,152 @@
+"""loopsim's light client for OpenAI-compatible servers (loopsim/chat/compat.py), against
+the stub server on 127.0.0.1: what it sends beside langchain-openai, when it is used, and
+its asynchronous path's faults. tests/test_faults.py and tests/test_chat.py run every
+fault and reply test against both clients; only the network peer is fake."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.tracers.context import collect_runs
+
+from loopsim.chat.compat import OpenAICompatible
+from loopsim.chat.handle import build_chat
+from loopsim.chat.tracing import Trace, traced
+from loopsim.config import Settings
+from loopsim.errors import ModelUnavailable
+from loopsim.loop import Loop
+from loopsim.schemas import DayStatus, ModelSpec
+from loopsim.testing.stubserver import StubOpenAI
+from tests.conftest import make_run
+
+MODEL = "openai:stub-model"
+KEY = "sk-compat-test-4b1d9e2f7a"
+
+
+def settings_for(url: str, client: str = "light", **kw) -> Settings:
+    base = {
+        "model_base_url": url,
+        "openai_client": client,
+        "model_timeout": 1.0,
+        "model_retries": 8,
+        "retry_initial_seconds": 0.01,
+        "retry_max_seconds": 5.0,
+    }
+    return Settings(**{**base, **kw})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_light_client_serves_compatible_servers_and_langchain_the_rest():
+    url = "http://127.0.0.1:9/v1"
+    light = build_chat(settings_for(url))(MODEL, ModelSpec(), 100)
+    assert isinstance(light.model, OpenAICompatible)
+    chosen = build_chat(settings_for(url, client="langchain"))(MODEL, ModelSpec(), 100)
+    assert type(chosen.model).__name__ == "ChatOpenAI"
+    # OpenAI's own API (no base URL) keeps langchain-openai.
+    hosted = build_chat(Settings(api_key="sk-x" * 4))(MODEL, ModelSpec(), 100)
+    assert type(hosted.model).__name__ == "ChatOpenAI"
+    # A param that configures langchain-openai's client, not the request.
+    client_param = ModelSpec(params={"max_retries": 3})
+    assert type(build_chat(settings_for(url))(MODEL, client_param, 100).model).__name__ == (
+        "ChatOpenAI"
+    )
+
+
+def test_the_light_client_sends_what_langchain_openai_sends(database, spec):
+    """One day with each client: the same messages, model, cap, temperature, seed and
+    response_format, and the spec's params in the body."""
+    spec = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"params": {"top_p": 0.5}})}
+    )
+    bodies = {}
+    for client in ("light", "langchain"):
+        with StubOpenAI() as stub:
+            settings = settings_for(stub.base_url, client, api_key=KEY)
+            run_id = make_run(database, spec, model=MODEL)
+            (result,) = Loop(database, settings, build_chat(settings)).run_days(run_id, 1)
+            assert result.status == DayStatus.COMMITTED, result.error
+            (bodies[client],) = stub.requests
+    light, langchain = bodies["light"], bodies["langchain"]
+    for key in ("model", "messages", "temperature", "response_format", "top_p"):
+        assert light[key] == langchain[key], key
+    assert light["max_tokens"] == light["max_completion_tokens"] == 400
+    assert langchain.get("max_completion_tokens", langchain.get("max_tokens")) == 400
+    assert isinstance(light["seed"], int)
+    assert isinstance(langchain["seed"], int)
+    assert set(light) - set(langchain) <= {"max_tokens", "max_completion_tokens", "stream"}
+
+
+def test_async_faults_are_retried_and_the_reply_read(monkeypatch):
+    """The event-loop path (``loopsim serve``) rides out every transient fault, and reads
+    the text, token usage and served model's name with its fingerprint."""
+    faults = ["429", "500", "503", "truncate", "invalid_json", "reset", "stall", "stall_body"]
+    with StubOpenAI(faults=faults, retry_after=0.05, stall_seconds=3) as stub:
+        handle = build_chat(settings_for(stub.base_url, model_retries=len(faults)))(
+            MODEL, ModelSpec(), 100
+        )
+        retried: list[str] = []
+        handle.on_retry = lambda exc, wait: retried.append(type(exc).__name__)
+        messages = [SystemMessage("Be brief."), HumanMessage("Hello.")]
+        reply = asyncio.run(handle.acomplete(messages, None, seed=7))
+    assert stub.served == {**dict.fromkeys(faults, 1), "ok": 1}
+    assert len(retried) == len(faults)
+    assert reply.requests == len(faults) + 1
+    assert reply.text.startswith("From what the log records")
+    assert reply.tokens_in is not None
+    assert reply.tokens_in > 0
+    assert reply.model_version == "stub-model (stub)"
+    assert stub.requests[-1]["seed"] == 7
+
+
+def test_async_refused_connection_says_where_nothing_answers():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    handle = build_chat(settings_for(url, model_retries=1))(MODEL, ModelSpec(), 100)
+    with pytest.raises(ModelUnavailable) as raised:
+        asyncio.run(handle.acomplete([HumanMessage("Hello.")], None))
+    assert f"nothing answers at {url} (connection refused)" in raised.value.message
+    assert "after 2 attempts" in raised.value.message
+
+
+def test_one_handle_serves_event_loops_one_after_another():
+    """An async client's connections belong to its event loop: a second loop must not
+    reuse the first one's (``Event loop is closed``)."""
+    with StubOpenAI() as stub:
+        handle = build_chat(settings_for(stub.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
+        for _ in range(3):
+            reply = asyncio.run(handle.acomplete([HumanMessage("Hello.")], None))
+            assert reply.text
+        assert handle.complete([HumanMessage("Hello.")], None).text
+    assert stub.served == {"ok": 4}
+
+
+def test_a_call_is_traced_under_its_day_without_the_key():
+    with StubOpenAI(faults=["400"]) as stub:
+        handle = build_chat(settings_for(stub.base_url, api_key=KEY))(MODEL, ModelSpec(), 100)
+        with pytest.raises(ModelUnavailable) as raised:
+            handle.complete([HumanMessage("Hello.")], None)
+        assert "HTTP 400" in raised.value.message
+        trace = Trace("t day 1", inputs={}, metadata={}, tags=[])
+
+        def conversation():
+            return (yield "call")
+
+        with collect_runs() as collector:
+            calls = traced(conversation(), trace)
+            next(calls)
+            reply = handle.complete([HumanMessage("Hello.")], None)
+            with pytest.raises(StopIteration):
+                calls.send(reply)
+    (root,) = collector.traced_runs
+    (child,) = root.child_runs
+    assert child.run_type == "llm"
+    assert child.outputs is not None
+    assert KEY not in repr(root.model_dump())
+    assert reply.text
