@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from loopsim.cli import AppContext, app
 from loopsim.config import Settings
 from loopsim.record import db as dbmod
+from loopsim.record import planner_stats
 from loopsim.record.store import Store
 from loopsim.schemas import RunSpec, parse_spec
 from loopsim.testing import ScriptedChatModel, scripted_factory
@@ -126,6 +127,14 @@ def pg_url(pg_server: str, pg_template: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     url = pg_server.rsplit("/", 1)[0] + f"/{name}"
+    # A copy carries no planner statistics (they live in the server's statistics, not in
+    # the template), where `db upgrade` ends with ANALYZE: give the copy the same state.
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            planner_stats.analyze(conn)
+    finally:
+        engine.dispose()
     try:
         yield url
     finally:
