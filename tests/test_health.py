@@ -105,6 +105,22 @@ def test_write_health_names_a_blocked_write_and_clears_when_one_commits():
     assert report(health, stopping=False, ready=True, worker="w") == {"status": "ok", "worker": "w"}
 
 
+def test_a_call_that_wrote_nothing_does_not_say_writes_get_through():
+    # A worker with free slots polls for runs to claim; finding none, the claim reads only
+    # and takes no write lock. It used to clear "blocked", so /healthz flapped to "ok"
+    # between two polls while every real write was still locked out.
+    now = [100.0]
+    health = WriteHealth(stall_seconds=5, clock=lambda: now[0])
+    health.ended(health.began(), DatabaseBusy("x: the database stayed locked"))
+    now[0] += 7
+    health.ended(health.began(), wrote=False)
+    assert health.problem() == (
+        "writes blocked for 7 s: database is locked (another process holds its write lock)"
+    )
+    health.ended(health.began())
+    assert health.problem() is None
+
+
 def test_a_worker_locked_out_by_a_frozen_writer_says_so_and_keeps_its_runs(impatient, sqlite_url):
     ids = start_runs(impatient, 2, days=10_000)
     factory, _ = scripted_factory(delay=0.05)
@@ -144,8 +160,17 @@ def test_a_worker_locked_out_by_a_frozen_writer_says_so_and_keeps_its_runs(impat
             before = generations()
             with write_lock(sqlite_url):
                 locked_at = time.monotonic()
-                await until(lambda: healthz()["status"] == "degraded", "/healthz to say so")
-                seen["degraded"] = await asyncio.to_thread(healthz)
+
+                # Keep the very reply that said so: a write that gets through between two
+                # lock waits can make the next reply "ok" for a moment.
+                def degraded() -> bool:
+                    reply = healthz()
+                    if reply["status"] != "degraded":
+                        return False
+                    seen["degraded"] = reply
+                    return True
+
+                await until(degraded, "/healthz to say so")
                 # Locked out for three leases: nobody could renew, nor take anything over.
                 await asyncio.sleep(max(0.0, locked_at + 3 * lease_seconds - time.monotonic()))
                 frozen = committed()

@@ -54,13 +54,16 @@ class WriteHealth:
             self._waiting[token] = self._clock()
             return token
 
-    def ended(self, token: int, error: DatabaseError | None = None) -> None:
+    def ended(self, token: int, error: DatabaseError | None = None, *, wrote: bool = True) -> None:
         """The write is over: committed or answered (``error`` None), or it could not
-        reach the database's write lock or the database at all."""
+        reach the database's write lock or the database at all. A call that ended
+        without writing (``wrote`` False: a claim that found nothing to claim reads only)
+        says nothing about whether writes get through, so it clears nothing."""
         with self._lock:
             started = self._waiting.pop(token, self._clock())
             if error is None:
-                self._failing_since = None
+                if wrote:
+                    self._failing_since = None
             else:
                 if self._failing_since is None:
                     self._failing_since = started

@@ -213,6 +213,7 @@ class Service:
                             free,
                             list(self._tasks),
                             retry=False,  # claimed again at the next poll
+                            wrote=bool,  # finding nothing to claim takes no write lock
                         )
                     except LoopsimError as exc:
                         log.warning("claim failed: %s", exc.message, extra={"event": "claim.error"})

@@ -50,9 +50,16 @@ class Writer:
         )
 
     async def __call__(
-        self, fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: bool = True,
+        wrote: Callable[[T], bool] | None = None,
+        **kwargs: Any,
     ) -> T:
-        call = functools.partial(self._watched, functools.partial(fn, *args, **kwargs))
+        """Run ``fn`` as a watched write. ``wrote``, if given, says from its result whether
+        it wrote at all (a claim that found nothing took no write lock)."""
+        call = functools.partial(self._watched, functools.partial(fn, *args, **kwargs), wrote)
         return await self._retried(call, self._pool, getattr(fn, "__name__", "write"), retry)
 
     async def apart(self, fn: Callable[..., T], *args: Any) -> T:
@@ -85,7 +92,7 @@ class Writer:
                 )
                 await asyncio.sleep(pause)
 
-    def _watched(self, call: Callable[[], T]) -> T:
+    def _watched(self, call: Callable[[], T], wrote: Callable[[T], bool] | None = None) -> T:
         # In the writing thread, so a write still waiting after its task was cancelled
         # still counts as waiting.
         token = self.health.began()
@@ -97,7 +104,7 @@ class Writer:
         except BaseException:
             self.health.ended(token)  # the database answered (a lost lease, a conflict)
             raise
-        self.health.ended(token)
+        self.health.ended(token, wrote=True if wrote is None else wrote(result))
         return result
 
     def shutdown(self) -> None:
