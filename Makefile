@@ -33,7 +33,7 @@ demo: setup
 
 # Says how long the suite took on this machine (the bound: 10 minutes on an idle one).
 test: setup
-	@start=$$(date +%s); status=0; $(BIN)/python -m pytest -q || status=$$?; \
+	@start=$$(date +%s); status=0; $(BIN)/python -m pytest -q --durations=15 || status=$$?; \
 	took=$$(( $$(date +%s) - start )); \
 	echo "make test took $$((took / 60)) min $$((took % 60)) s on this machine"; \
 	exit $$status
