@@ -31,9 +31,15 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/loopsim --db demo.db demo --days 3 --report demo-report.md
 
+# The test files are spread over one pytest-xdist worker per core (a file stays on one
+# worker, so its module fixtures start once): most tests spend their time waiting on
+# processes they started. TEST_JOBS=0 runs everything in this one process.
+TEST_JOBS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
 # Says how long the suite took on this machine (the bound: 10 minutes on an idle one).
 test: setup
-	@start=$$(date +%s); status=0; $(BIN)/python -m pytest -q --durations=15 || status=$$?; \
+	@start=$$(date +%s); status=0; $(PYTEST) --durations=15 || status=$$?; \
 	took=$$(( $$(date +%s) - start )); \
 	echo "make test took $$((took / 60)) min $$((took % 60)) s on this machine"; \
 	exit $$status
@@ -43,13 +49,13 @@ test: setup
 test-loaded: setup
 	@pids=""; for i in $$(seq $$(nproc)); do yes > /dev/null & pids="$$pids $$!"; done; \
 	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
-	start=$$(date +%s); status=0; $(BIN)/python -m pytest -q || status=$$?; \
+	start=$$(date +%s); status=0; $(PYTEST) --durations=15 || status=$$?; \
 	took=$$(( $$(date +%s) - start )); \
 	echo "make test-loaded took $$((took / 60)) min $$((took % 60)) s with $$(nproc) busy cores"; \
 	exit $$status
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not integration and not stress"
+	$(PYTEST) -m "not integration and not stress"
 
 # The stress tier for 10 minutes: many real processes on one SQLite file.
 test-stress: setup
