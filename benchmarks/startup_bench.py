@@ -188,6 +188,11 @@ def main() -> None:
             # What every command that reads the record cannot do without: the ORM, the
             # CLI's libraries and the settings. No read command can cost less.
             (f"python -c 'import {FLOOR}'", [python, "-c", f"import {FLOOR}"], env),
+            # The floor's parts one by one, to see which of them the 1.5x target rules out.
+            *(
+                (f"python -c 'import {part}'", [python, "-c", f"import {part}"], env)
+                for part in FLOOR.split(", ")
+            ),
             ("loopsim --version", [*loopsim, "--version"], env),
             ("loopsim run list", [*loopsim, "run", "list"], env),
             ("loopsim run show RUN", [*loopsim, "run", "show", run_id], env),

@@ -12,10 +12,10 @@ beside a run's calls, with the check-in they were made for.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Protocol
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
@@ -58,12 +58,10 @@ class LoggedCall(Protocol):
 class CallQueries(StoreBase):
     """Writing a day's calls, and reading them back in order."""
 
-    def add_calls(
-        self, day: Day, calls: Sequence[LoggedCall], entries: Sequence[Entry]
-    ) -> list[CallRecord]:
+    def add_calls(self, day: Day, calls: Sequence[LoggedCall], entries: Sequence[Entry]) -> None:
         """Add the day's calls, numbered from 1 in the order they were made; a call whose
         reply became an entry names it by the seq of ``entries[call.item]``."""
-        records = [
+        self._insert(
             self._row(
                 day,
                 ordinal,
@@ -72,14 +70,9 @@ class CallQueries(StoreBase):
                 entries[call.item].seq if call.item is not None and entries else None,
             )
             for ordinal, call in enumerate(calls, 1)
-        ]
-        self.session.add_all(records)
-        self.session.flush()
-        return records
+        )
 
-    def add_later_calls(
-        self, run_id: str, day_index: int, calls: Sequence[LoggedCall]
-    ) -> list[CallRecord]:
+    def add_later_calls(self, run_id: str, day_index: int, calls: Sequence[LoggedCall]) -> None:
         """Add calls made after day ``day_index`` committed (a check-in's probe
         predictions) to that day, numbered on from its own calls and tasks. The caller
         holds the run locked, so no two writers number them alike."""
@@ -96,19 +89,25 @@ class CallQueries(StoreBase):
                 func.coalesce(func.max(CallRecord.task), 0),
             ).where(CallRecord.day_id == day.id)
         ).one()
-        records = [
+        self._insert(
             self._row(day, int(ordinal) + n, call, int(task) + call.task, None)
             for n, call in enumerate(calls, 1)
-        ]
-        self.session.add_all(records)
-        self.session.flush()
-        return records
+        )
+
+    def _insert(self, rows: Iterable[dict[str, Any]]) -> None:
+        """One executemany for all the rows: nothing reads a call's id back, so no
+        RETURNING, where the ORM's flush sent one INSERT ... RETURNING a call. A Core
+        insert of the table: the ORM's bulk insert would split the rows by which of
+        their values are None."""
+        rows = list(rows)
+        if rows:
+            self.session.execute(insert(cast(Table, CallRecord.__table__)), rows)
 
     @staticmethod
     def _row(
         day: Day, ordinal: int, call: LoggedCall, task: int, entry_seq: int | None
-    ) -> CallRecord:
-        return CallRecord(
+    ) -> dict[str, Any]:
+        return dict(
             run_id=day.run_id,
             day_id=day.id,
             ordinal=ordinal,
