@@ -39,21 +39,13 @@ import threading
 import time
 from pathlib import Path
 
-import service_bench  # its PostgreSQL helpers: run as a script, this folder is on the path
+import service_bench  # its spec and PostgreSQL helpers; as a script, this folder is on the path
 import sqlalchemy as sa
 
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import RunStatus, parse_spec
 from loopsim.testing.stubserver import StubOpenAI
-
-SPEC = {
-    "persona": {"name": "Storm", "background": "A benchmark persona."},
-    "charter": {"agenda": "How do colonies weigh nectar quality against distance?"},
-    "time": {"policy": "fixed", "anchor": "2025-06-02"},
-    "budget": {"days": 1_000_000},
-    "checkins": {"every_days": 100_000, "spot_check_probability": 0.0},
-}
 
 
 def queue_runs(url: str, runs: int) -> list[str]:
@@ -65,7 +57,8 @@ def queue_runs(url: str, runs: int) -> list[str]:
             store = Store(session)
             ids = []
             for n in range(runs):
-                run = store.create_run(parse_spec(SPEC), name=f"storm-{n}", model="openai:stub")
+                spec = parse_spec(service_bench.SPEC)
+                run = store.create_run(spec, name=f"storm-{n}", model="openai:stub")
                 store.set_status(run, RunStatus.RUNNING)
                 ids.append(run.id)
             return ids
