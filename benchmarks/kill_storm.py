@@ -80,7 +80,8 @@ def committed(url: str) -> int:
 
 
 class Start:
-    """One ``loopsim serve``; notes when its first ``lease.claimed`` event arrives."""
+    """One ``loopsim serve``; notes when its first claim and its first committed day are
+    logged (``lease.claimed``, ``day.committed``)."""
 
     def __init__(self, env: dict[str, str], cwd: Path, worker_id: str) -> None:
         self.started = time.monotonic()
@@ -146,44 +147,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, StubOpenAI(latency=args.latency) as stub:
         where = Path(tmp)
         url = service_bench.pg_database() if args.pg else str(where / "storm.db")
-        env = {
-            **os.environ,
-            "LOOPSIM_DATABASE_URL": url,
-            "LOOPSIM_MODEL_BASE_URL": stub.base_url,
-        }
-        subprocess.run(
-            [sys.executable, "-m", "loopsim", "db", "upgrade"],
-            env=env,
-            cwd=where,
-            check=True,
-            stderr=subprocess.DEVNULL,
-        )
-        ids = queue_runs(url, args.runs)
-        per_interval: list[int] = []
-        claims: list[float] = []
-        firsts: list[float] = []
-        unclaimed = 0
-        before = committed(url)
-        for _ in range(args.kills):
-            start = Start(env, where, args.worker_id)
-            time.sleep(rng.uniform(args.min, args.max))
-            start.kill()
-            if start.first_claim is None:
-                unclaimed += 1
-            else:
-                claims.append(start.first_claim)
-            if start.first_day is not None:
-                firsts.append(start.first_day)
-            now = committed(url)
-            per_interval.append(now - before)
-            before = now
-        verified = next(
-            (v for v in (check(["record", "verify", i], env, where) for i in ids) if v != "ok"),
-            "ok",
-        )
-        checked = check(["db", "check"], env, where)
-        if args.pg:
-            service_bench.drop_pg(url)
+        try:
+            env = {
+                **os.environ,
+                "LOOPSIM_DATABASE_URL": url,
+                "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+            }
+            subprocess.run(
+                [sys.executable, "-m", "loopsim", "db", "upgrade"],
+                env=env,
+                cwd=where,
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
+            ids = queue_runs(url, args.runs)
+            per_interval: list[int] = []
+            claims: list[float] = []
+            firsts: list[float] = []
+            unclaimed = 0
+            before = committed(url)
+            for _ in range(args.kills):
+                start = Start(env, where, args.worker_id)
+                try:
+                    time.sleep(rng.uniform(args.min, args.max))
+                finally:
+                    start.kill()
+                if start.first_claim is None:
+                    unclaimed += 1
+                else:
+                    claims.append(start.first_claim)
+                if start.first_day is not None:
+                    firsts.append(start.first_day)
+                now = committed(url)
+                per_interval.append(now - before)
+                before = now
+            verified = next(
+                (v for v in (check(["record", "verify", i], env, where) for i in ids) if v != "ok"),
+                "ok",
+            )
+            checked = check(["db", "check"], env, where)
+        finally:
+            if args.pg:
+                service_bench.drop_pg(url)
 
     kind = "PostgreSQL" if args.pg else "SQLite"
     productive = sum(1 for n in per_interval if n > 0)
