@@ -59,6 +59,21 @@ def test_a_claimed_run_is_not_claimed_again_until_released(any_db, spec):
     assert (b.owner, b.generation) == ("worker-b", 2)
 
 
+def test_held_elsewhere_names_the_live_leases_of_other_workers(any_db, spec):
+    mine, gone_a, gone_b, stale, stepped = make_running(any_db, spec, 5)
+    lease.claim(any_db, "me", TTL, 1, exclude=[gone_a, gone_b, stale, stepped])
+    lease.claim(any_db, "gone", TTL, 2, exclude=[mine, stale, stepped])
+    lease.claim(any_db, "stale", TTL, 1, exclude=[mine, gone_a, gone_b, stepped])
+    expire(any_db, stale)  # an expired lease is claimable now: nothing to wait for
+    with any_db.write() as session:
+        lease.take_for_cli(Store(session).get_run(stepped))  # run step's mark: no expiry
+        now = Store(session).db_now()
+    held = lease.held_elsewhere(any_db, "me")
+    assert [(owner, runs) for owner, runs, _ in held] == [("gone", 2)]
+    assert held[0][2] > now
+    assert [owner for owner, _, _ in lease.held_elsewhere(any_db, "gone")] == ["me"]
+
+
 def test_only_running_runs_are_claimed(any_db, spec):
     make_run(any_db, spec)  # created, not started
     (paused,) = make_running(any_db, spec)

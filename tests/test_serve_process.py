@@ -204,6 +204,32 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(any_url, stub, t
     assert set(days) <= set(ids)
 
 
+def test_a_worker_restarted_under_a_new_id_says_whose_leases_it_waits_for(any_url, stub, tmp_path):
+    create_runs(any_url, 2, days=10_000)
+    first = Worker(any_url, stub, tmp_path / "first.log", "--worker-id", "first")
+    try:
+        wait_for(lambda: committed(any_url) > 0, 120, "the first worker's first day")
+    finally:
+        first.kill()  # SIGKILL: its 30 s leases stay behind
+    second = Worker(any_url, stub, tmp_path / "second.log", "--worker-id", "second")
+    try:
+        wait_for(lambda: second.logged("serve.start"), 120, "the second worker's start")
+        waiting = [e for e in second.events() if e["event"] == "lease.waiting"]
+        assert [(e["owner"], e["runs"]) for e in waiting] == [("first", 2)]
+        assert "--worker-id" in waiting[0]["msg"]
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    # The advice holds: the same id takes its runs back at once, not in 30 s.
+    again = Worker(any_url, stub, tmp_path / "again.log", "--worker-id", "first")
+    try:
+        wait_for(lambda: again.logged("lease.claimed"), 120, "the first id's runs back")
+        assert not again.logged("lease.waiting")
+    finally:
+        again.signal(signal.SIGTERM)
+        again.wait(timeout=60)
+
+
 def test_a_worker_frozen_past_its_lease_never_writes(any_url, stub, tmp_path):
     ids = create_runs(any_url, 2, days=10_000)
     a = Worker(any_url, stub, tmp_path / "a.log", "--worker-id", "a", "--lease-seconds", "2")

@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sys
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from loopsim.cli.context import AppContext, app_context
 from loopsim.errors import SpecError
+
+if TYPE_CHECKING:
+    from loopsim.record.db import Database
+
+log = logging.getLogger("loopsim.service.worker")
 
 
 def _parse_http(value: str) -> tuple[str, int | None]:
@@ -151,6 +157,7 @@ def serve(
     # The chat seam and the embedder are built at the first day planned, not before the
     # first claim: they import langchain.
     service = Service(a.open_db(), a.settings, a.chats(), config, similarity_from=a.similarity)
+    _say_what_others_hold(service.db, config.worker_id)
     # Not asyncio.run: it would wait for every executor thread, and a call into the
     # embedded model on a thread cannot be interrupted. Its day is already abandoned and
     # its lease released, so the process exits without waiting for it.
@@ -164,3 +171,19 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _say_what_others_hold(db: Database, worker_id: str) -> None:
+    """One line per other worker holding live leases: after a crash, a worker restarted
+    under a new id waits for them to end, and should say why it is idle."""
+    from loopsim.record.leases import held_elsewhere
+
+    for owner, runs, until in held_elsewhere(db, worker_id):
+        log.info(
+            "%d run(s) leased to worker %s until %s UTC: claimable when that lease ends "
+            "(a worker restarted with its own --worker-id takes its runs back at once)",
+            runs,
+            owner,
+            until.strftime("%H:%M:%S"),
+            extra={"event": "lease.waiting", "owner": owner, "runs": runs},
+        )

@@ -31,7 +31,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from loopsim.errors import InvalidState, LeaseLost
 from loopsim.record.db import Database
@@ -162,6 +162,27 @@ def live_holder(store: Store, run: Run) -> str | None:
     if run.lease_owner is None or run.lease_expires_at is None:
         return None
     return run.lease_owner if run.lease_expires_at > store.db_now() else None
+
+
+def held_elsewhere(db: Database, owner: str) -> list[tuple[str, int, dt.datetime]]:
+    """The running runs other workers hold live leases on, as (worker, runs, the last
+    expiry), by worker: what a worker starting as ``owner`` cannot claim until those
+    leases end (a worker that died keeps its runs until then)."""
+    with db.read() as session:
+        store = Store(session)
+        now = store.db_now()
+        rows = session.execute(
+            select(Run.lease_owner, func.count(), func.max(Run.lease_expires_at))
+            .where(
+                Run.status == RunStatus.RUNNING,
+                Run.lease_owner.is_not(None),
+                Run.lease_owner != owner,
+                Run.lease_expires_at > now,
+            )
+            .group_by(Run.lease_owner)
+            .order_by(Run.lease_owner)
+        )
+        return [(str(who), int(n), until) for who, n, until in rows if until is not None]
 
 
 def stepped_by_cli(run: Run) -> bool:

@@ -24,6 +24,8 @@ _FIELDS = (
     "model",
     "wait_s",
     "address",
+    "owner",
+    "runs",
 )
 
 
