@@ -206,11 +206,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(any_url, stub, t
 
 def test_a_worker_restarted_under_a_new_id_says_whose_leases_it_waits_for(any_url, stub, tmp_path):
     create_runs(any_url, 2, days=10_000)
-    first = Worker(any_url, stub, tmp_path / "first.log", "--worker-id", "first")
+    # Long leases, so that they outlive the next worker's start on a busy machine.
+    first = Worker(
+        any_url, stub, tmp_path / "first.log", "--worker-id", "first", "--lease-seconds", "300"
+    )
     try:
         wait_for(lambda: committed(any_url) > 0, 120, "the first worker's first day")
     finally:
-        first.kill()  # SIGKILL: its 30 s leases stay behind
+        first.kill()  # SIGKILL: its leases stay behind
     second = Worker(any_url, stub, tmp_path / "second.log", "--worker-id", "second")
     try:
         wait_for(lambda: second.logged("serve.start"), 120, "the second worker's start")
