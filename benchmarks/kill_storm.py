@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import service_bench  # its spec and PostgreSQL helpers; as a script, this folder is on the path
-import sqlalchemy as sa
 
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
@@ -67,16 +66,11 @@ def queue_runs(url: str, runs: int) -> list[str]:
 
 
 def committed(url: str) -> int:
-    engine = sa.create_engine(dbmod.normalize_url(url))
+    database = dbmod.Database.open(url)
     try:
-        with engine.connect() as conn:
-            return int(
-                conn.exec_driver_sql(
-                    "SELECT count(*) FROM days WHERE status = 'committed'"
-                ).scalar_one()
-            )
+        return service_bench.committed(database)
     finally:
-        engine.dispose()
+        database.dispose()
 
 
 class Start:
@@ -153,13 +147,7 @@ def main() -> None:
                 "LOOPSIM_DATABASE_URL": url,
                 "LOOPSIM_MODEL_BASE_URL": stub.base_url,
             }
-            subprocess.run(
-                [sys.executable, "-m", "loopsim", "db", "upgrade"],
-                env=env,
-                cwd=where,
-                check=True,
-                stderr=subprocess.DEVNULL,
-            )
+            dbmod.upgrade(url)
             ids = queue_runs(url, args.runs)
             per_interval: list[int] = []
             claims: list[float] = []
