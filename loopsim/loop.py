@@ -156,9 +156,9 @@ class Loop:
             self.check_chain(store, run.id)
             self._names[run.id] = run.name
             spec = self.spec_of(run)
-            if store.committed_days_after(run.id, 0) >= spec.budget.days:
-                return None
             index = store.next_day_index(run.id)
+            if store.committed_days_after(run.id, 0, next_index=index) >= spec.budget.days:
+                return None
             date = external_date(
                 spec.time,
                 run_started=run.created_at,
@@ -376,12 +376,15 @@ class Loop:
             if run.status != RunStatus.RUNNING:
                 return None
             spec = self.spec_of(run)
-            checkins = store.list_checkins(run.id)  # read once: due and the rest share it
-            reason = due(store, run, spec, similarity=self.similarity, checkins=checkins)
+            # Read once: due and the rest share them.
+            checkins = store.list_checkins(run.id)
+            last_day = store.last_committed_day(run.id)
+            reason = due(
+                store, run, spec, similarity=self.similarity, checkins=checkins, latest=last_day
+            )
             detail = explain(store, run, spec, reason, self.similarity) if reason else None
             last = checkins[-1] if checkins else None
             first_day = (last.last_day_index if last else 0) + 1
-            last_day = store.last_committed_day(run.id)
             number = len(checkins) + 1
             every = spec.checkins.prediction_drift_every
             recheck: list[tuple[int, str]] = []

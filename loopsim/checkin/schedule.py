@@ -189,12 +189,14 @@ def due(
     now: dt.datetime | None = None,
     similarity: drift.Similarity = drift.lexical_similarity,
     checkins: Sequence[CheckIn] | None = None,
+    latest: int | None = None,
 ) -> CheckinReason | None:
     """The reason a check-in is due now, or None. Pure in the run's stored state (and the
     wall clock, for a ``wall_clock`` time budget). ``similarity`` measures charter drift;
     an embedder caches its vectors, so asking twice (before and inside the write that
     opens the check-in) embeds once. ``checkins``: the run's check-ins in order, if the
-    caller has read them in this transaction."""
+    caller has read them in this transaction; ``latest``, the run's last committed day,
+    likewise."""
     if checkins is None:
         checkins = store.list_checkins(run.id)
     last = checkins[-1] if checkins else None
@@ -208,7 +210,8 @@ def due(
     new_days = store.committed_days_after(run.id, since)
     if new_days == 0:
         return None
-    latest = store.last_committed_day(run.id)
+    if latest is None:
+        latest = store.last_committed_day(run.id)
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
     anchor = charter_anchor(approved, latest, policy.charter_drift_window)

@@ -31,7 +31,7 @@ import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Integer, String, bindparam, select
 
 from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.base import StoreBase
@@ -41,6 +41,21 @@ GENESIS = "0" * 64
 # Where a session carries the chain key (bytes), set by loopsim.record.db.Database.
 CHAIN_KEY_INFO = "loopsim_chain_key"
 KEYED_HINT = "this run's chain is keyed; set LOOPSIM_CHAIN_KEY"
+
+_RUN_ID = bindparam("run_id", type_=String)
+_FIRST = select(Entry.prev_hash, Entry.origin_run_id).where(Entry.run_id == _RUN_ID, Entry.seq == 1)
+_FORK_POINT = select(Run.fork_seq, Run.fork_head).where(Run.id == _RUN_ID)
+_HEAD = (
+    select(Entry.seq, Entry.hash).where(Entry.run_id == _RUN_ID).order_by(Entry.seq.desc()).limit(1)
+)
+_CHAIN_AFTER = (
+    select(Entry, Day.index)
+    .outerjoin(Day, Entry.day_id == Day.id)
+    .where(Entry.run_id == _RUN_ID, Entry.seq > bindparam("after_seq", type_=Integer))
+    .where(Entry.seq <= bindparam("until_seq", type_=Integer))
+    .order_by(Entry.seq)
+)
+_NO_SEQ_LIMIT = 2**31 - 1  # seq is an INTEGER column
 
 
 def chain_genesis(run_id: str, key: bytes | None) -> str:
@@ -140,22 +155,17 @@ class ChainQueries(StoreBase):
 
     def first_prev_hash(self, run_id: str) -> str | None:
         """The ``prev_hash`` of the run's first entry: its genesis, or None if it has none."""
-        return self.session.scalar(
-            select(Entry.prev_hash).where(Entry.run_id == run_id, Entry.seq == 1)
-        )
+        row = self._core().execute(_FIRST, {"run_id": run_id}).first()
+        return None if row is None else row[0]
 
     def genesis_run_id(self, run_id: str) -> str:
         """The run whose genesis the chain starts from: the run itself, or, for a fork, the
         run that wrote the first entry it copied."""
-        origin = self.session.scalar(
-            select(Entry.origin_run_id).where(Entry.run_id == run_id, Entry.seq == 1)
-        )
-        return origin or run_id
+        row = self._core().execute(_FIRST, {"run_id": run_id}).first()
+        return (row[1] if row is not None else None) or run_id
 
     def _fork_point(self, run_id: str) -> tuple[int, str] | None:
-        row = self.session.execute(
-            select(Run.fork_seq, Run.fork_head).where(Run.id == run_id)
-        ).first()
+        row = self._core().execute(_FORK_POINT, {"run_id": run_id}).first()
         if row is None or not row[0] or row[1] is None:
             return None
         return int(row[0]), str(row[1])
@@ -175,29 +185,20 @@ class ChainQueries(StoreBase):
         return None
 
     def chain_head(self, run_id: str) -> tuple[int, str]:
-        row = self.session.execute(
-            select(Entry.seq, Entry.hash)
-            .where(Entry.run_id == run_id)
-            .order_by(Entry.seq.desc())
-            .limit(1)
-        ).first()
+        row = self._core().execute(_HEAD, {"run_id": run_id}).first()
         return (0, GENESIS) if row is None else (row[0], row[1])
 
     def iter_chain(
         self, run_id: str, batch: int = 500, after_seq: int = 0, until_seq: int | None = None
     ) -> Iterator[tuple[Entry, int | None]]:
-        stmt = (
-            select(Entry, Day.index)
-            .outerjoin(Day, Entry.day_id == Day.id)
-            .where(Entry.run_id == run_id)
-            .order_by(Entry.seq)
-            .execution_options(yield_per=batch)
+        params = {
+            "run_id": run_id,
+            "after_seq": after_seq,
+            "until_seq": _NO_SEQ_LIMIT if until_seq is None else until_seq,
+        }
+        yield from self.session.execute(
+            _CHAIN_AFTER, params, execution_options={"yield_per": batch}
         )
-        if after_seq:
-            stmt = stmt.where(Entry.seq > after_seq)
-        if until_seq is not None:
-            stmt = stmt.where(Entry.seq <= until_seq)
-        yield from self.session.execute(stmt)
 
     @staticmethod
     def _link_fault(

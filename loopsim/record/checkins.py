@@ -11,12 +11,21 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, bindparam, func, select, update
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
 from loopsim.schemas import Author, EntryKind
+
+_COUNT_DECIDED = (
+    select(func.count())
+    .select_from(CheckIn)
+    .where(
+        CheckIn.run_id == bindparam("run_id", type_=String),
+        CheckIn.decision.in_(bindparam("decisions", expanding=True)),
+    )
+)
 
 
 class ProbeQueries(StoreBase):
@@ -79,9 +88,8 @@ class CheckinQueries(StoreBase):
     def count_checkins(self, run_id: str, decisions: Sequence[str]) -> int:
         """How many of the run's check-ins were decided one of ``decisions``: a count,
         where a day needs no check-in row itself."""
-        stmt = select(func.count()).select_from(CheckIn)
-        stmt = stmt.where(CheckIn.run_id == run_id, CheckIn.decision.in_(list(decisions)))
-        return int(self.session.scalar(stmt) or 0)
+        params = {"run_id": run_id, "decisions": list(decisions)}
+        return int(self._scalar(_COUNT_DECIDED, params) or 0)
 
     def pending_checkins(self) -> int:
         return int(

@@ -11,6 +11,7 @@ reuses the index.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -58,6 +59,27 @@ _LAST_HELD = select(func.max(Day.index)).where(
 _LAST_COMMITTED = select(func.max(Day.index)).where(
     Day.run_id == bindparam("run_id", type_=String), Day.status == DayStatus.COMMITTED.value
 )
+_COMMITTED_INDEXES = (
+    select(Day.index)
+    .where(
+        Day.run_id == bindparam("run_id", type_=String),
+        Day.status == DayStatus.COMMITTED.value,
+        Day.index > bindparam("after", type_=Integer),
+        Day.index < bindparam("before", type_=Integer),
+    )
+    .order_by(Day.index)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
+@functools.cache
+def _count_statement(by_status: bool, by_index: bool) -> Any:
+    stmt = select(func.count()).select_from(Day).where(Day.run_id == bindparam("run_id", String))
+    if by_status:
+        stmt = stmt.where(Day.status == bindparam("status", type_=String))
+    if by_index:
+        stmt = stmt.where(Day.index == bindparam("index", type_=Integer))
+    return stmt
 
 
 class DayQueries(StoreBase):
@@ -65,19 +87,16 @@ class DayQueries(StoreBase):
 
     def next_day_index(self, run_id: str) -> int:
         """The index the run's next day takes: one past its last day that holds one."""
-        last = self.session.scalar(_LAST_HELD, {"run_id": run_id})
+        last = self._scalar(_LAST_HELD, {"run_id": run_id})
         return 1 if last is None else int(last) + 1
 
     def count_days(
         self, run_id: str, status: DayStatus | None = None, *, index: int | None = None
     ) -> int:
         """The run's days (of ``status``; at ``index``: its failed tries, for one)."""
-        stmt = select(func.count()).select_from(Day).where(Day.run_id == run_id)
-        if status is not None:
-            stmt = stmt.where(Day.status == status)
-        if index is not None:
-            stmt = stmt.where(Day.index == index)
-        return int(self.session.scalar(stmt) or 0)
+        stmt = _count_statement(status is not None, index is not None)
+        params = {"run_id": run_id, "status": status, "index": index}
+        return int(self._scalar(stmt, params) or 0)
 
     def get_day(self, run_id: str, index: int) -> Day:
         """Day ``index``: the one that holds the index, else its latest failed try."""
@@ -188,26 +207,17 @@ class DayQueries(StoreBase):
         return streak
 
     def last_committed_day(self, run_id: str) -> int:
-        return int(self.session.scalar(_LAST_COMMITTED, {"run_id": run_id}) or 0)
+        return int(self._scalar(_LAST_COMMITTED, {"run_id": run_id}) or 0)
 
     def committed_day_indexes(
         self, run_id: str, *, after: int, before: int, limit: int
     ) -> list[int]:
-        return list(
-            self.session.scalars(
-                select(Day.index)
-                .where(
-                    Day.run_id == run_id,
-                    Day.status == DayStatus.COMMITTED,
-                    Day.index > after,
-                    Day.index < before,
-                )
-                .order_by(Day.index)
-                .limit(limit)
-            )
-        )
+        params = {"run_id": run_id, "after": after, "before": before, "limit": limit}
+        return [row[0] for row in self._rows(_COMMITTED_INDEXES, params)]
 
-    def committed_days_after(self, run_id: str, index: int) -> int:
+    def committed_days_after(
+        self, run_id: str, index: int, *, next_index: int | None = None
+    ) -> int:
         """Committed days after day ``index``, at the cost of two index probes and the
         failed and reverted days after it, however many days the run has committed.
 
@@ -215,12 +225,13 @@ class DayQueries(StoreBase):
         tries hold none) and no day is ever deleted, so the days after ``index`` are
         ``last - index``, and the committed ones are those less the reverted ones. A
         record written before migration 0009 also has gaps: failed days that took an
-        index, which no other day holds. They are subtracted too.
+        index, which no other day holds. They are subtracted too. ``next_index``: the
+        run's :meth:`next_day_index`, if the caller read it in this transaction.
         """
-        last = self.next_day_index(run_id) - 1
+        last = (next_index or self.next_day_index(run_id)) - 1
         if last <= index:
             return 0
-        others = self.session.scalar(_OTHERS, {"run_id": run_id, "after": index, "last": last})
+        others = self._scalar(_OTHERS, {"run_id": run_id, "after": index, "last": last})
         return last - index - int(others or 0)
 
     def revert_days(self, run_id: str, after: int, through: int) -> int:

@@ -35,19 +35,22 @@ _NO_DAY_LIMIT = 2**31 - 1
 
 
 def _levels() -> Any:
-    """Levels 1..``top`` as rows."""
-    levels = select(literal(1, Integer).label("level")).cte("levels", recursive=True)
-    return levels.union_all(
-        select((levels.c.level + 1).label("level")).where(
-            levels.c.level < bindparam("top", type_=Integer)
-        )
+    """Levels 1 to the run's highest digest level, as rows (level 1 alone if the run
+    has no digest): the top is an indexed probe inside the same statement."""
+    top = (
+        select(func.max(Entry.level))
+        .where(Entry.run_id == bindparam("run_id", type_=String), Entry.level.is_not(None))
+        .scalar_subquery()
     )
+    levels = select(literal(1, Integer).label("level")).cte("levels", recursive=True)
+    return levels.union_all(select((levels.c.level + 1).label("level")).where(levels.c.level < top))
 
 
 def _level_ends_statement() -> Any:
-    """For levels 1..``top``: the last day the newest visible digest of that level covers
-    (written on or before day ``written_by``). Built once: only the parameters change, so
-    no day pays for building it, and each level is one indexed probe."""
+    """For each level the run has: the last day the newest visible digest of that level
+    covers (written on or before day ``written_by``), None where none is visible. Built
+    once: only the parameters change, so no day pays for building it, and each level is
+    one indexed probe."""
     levels = _levels()
     end = (
         select(Entry.last_day)
@@ -69,6 +72,22 @@ def _level_ends_statement() -> Any:
 
 
 _LEVEL_ENDS = _level_ends_statement()
+
+
+_BOUNDARIES = (
+    select(Entry.last_day)
+    .distinct()
+    .outerjoin(Day, Entry.day_id == Day.id)
+    .where(
+        Entry.run_id == bindparam("run_id", type_=String),
+        Entry.kind == EntryKind.DIGEST.value,
+        Entry.level == 1,
+        or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED.value),
+        Entry.external_date <= bindparam("until", type_=Date),
+    )
+    .order_by(Entry.last_day.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -142,16 +161,10 @@ class DigestQueries(EntryQueries):
     def _level_ends(self, run_id: str, until: dt.date, written_by: int | None) -> dict[int, int]:
         """The last day each level's visible digests reach: one prepared statement, one
         indexed probe per level (newest range first), however many digests there are."""
-        top = self.session.scalar(
-            select(func.max(Entry.level)).where(Entry.run_id == run_id, Entry.level.is_not(None))
-        )
-        if not top:
-            return {}
-        rows = self.session.execute(
+        rows = self._rows(
             _LEVEL_ENDS,
             {
                 "run_id": run_id,
-                "top": int(top),
                 "until": until,
                 "written_by": _NO_DAY_LIMIT if written_by is None else written_by,
             },
@@ -235,15 +248,8 @@ class DigestQueries(EntryQueries):
     def digest_boundaries(self, run_id: str, until: dt.date, limit: int = 64) -> list[int]:
         """Days just after a visible level-1 digest ends, newest first: where the view's
         raw window may start so that digests tile every day before it."""
-        stmt = (
-            self._digest_rows(run_id, until)
-            .where(Entry.level == 1)
-            .with_only_columns(Entry.last_day)
-            .distinct()
-            .order_by(Entry.last_day.desc())
-            .limit(limit)
-        )
-        return [int(day) + 1 for day in self.session.scalars(stmt)]
+        params = {"run_id": run_id, "until": until, "limit": limit}
+        return [int(row[0]) + 1 for row in self._rows(_BOUNDARIES, params)]
 
     def amend_digest(self, run_id: str, seq: int, body: str) -> Entry:
         """A human's version of a digest: a new entry of the same level and range, in the

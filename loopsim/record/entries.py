@@ -7,16 +7,17 @@ one's ``seq``, ``prev_hash`` and hash (:func:`loopsim.record.chain.entry_hash`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import or_, select
+from sqlalchemy import Date, Integer, String, bindparam, or_, select
 
 from loopsim.errors import RecordBroken
 from loopsim.record.chain import GENESIS, KEYED_HINT, ChainQueries, chain_genesis, entry_hash
 from loopsim.record.tables import Day, Entry, utcnow
-from loopsim.schemas import Author, EntryKind
+from loopsim.schemas import Author, DayStatus, EntryKind
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,59 @@ VIEW_COLUMNS = (
     Entry.first_day,
     Entry.last_day,
 )
+
+
+_RUN = Entry.run_id == bindparam("run_id", type_=String)
+_VISIBLE = or_(Entry.day_id.is_(None), Day.status == DayStatus.COMMITTED.value)
+_UNTIL = Entry.external_date <= bindparam("until", type_=Date)
+
+# The statements a day runs, built once (building one costs about as much as running it).
+_ENTRY_TEXTS = (
+    select(Entry.seq, Entry.title, Entry.body, Entry.external_date, Day.index, Day.status)
+    .join(Day, Entry.day_id == Day.id)
+    .where(
+        Day.run_id == bindparam("run_id", type_=String),
+        Day.index.between(bindparam("first", type_=Integer), bindparam("last", type_=Integer)),
+    )
+    .order_by(Entry.seq)
+)
+_COMMITTED_VIEW_ROWS = (
+    select(*VIEW_COLUMNS)
+    .join(Day, Entry.day_id == Day.id)
+    .where(
+        Day.run_id == bindparam("run_id", type_=String),
+        Day.index.between(bindparam("first", type_=Integer), bindparam("last", type_=Integer)),
+        Day.status == DayStatus.COMMITTED.value,
+    )
+    .order_by(Entry.seq)
+)
+_CORRECTIONS = (
+    select(*VIEW_COLUMNS)
+    .outerjoin(Day, Entry.day_id == Day.id)
+    .where(_RUN, _VISIBLE, _UNTIL)
+    .where(Entry.kind == EntryKind.CORRECTION.value, Entry.author == Author.HUMAN.value)
+    .order_by(Entry.seq.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
+@functools.cache
+def _recent_statement(before_seq: bool, after_day: bool) -> Any:
+    stmt = (
+        select(*VIEW_COLUMNS)
+        .outerjoin(Day, Entry.day_id == Day.id)
+        .where(_RUN, _VISIBLE, _UNTIL)
+        .where(Entry.kind.not_in([EntryKind.DIGEST.value, EntryKind.CORRECTION.value]))
+        .order_by(Entry.seq.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if before_seq:
+        stmt = stmt.where(Entry.seq < bindparam("before_seq", type_=Integer))
+    if after_day:
+        stmt = stmt.where(
+            or_(Entry.day_id.is_(None), Day.index > bindparam("after_day", type_=Integer))
+        )
+    return stmt
 
 
 class EntryQueries(ChainQueries):
@@ -178,24 +232,23 @@ class EntryQueries(ChainQueries):
         """:meth:`list_entries` over ``day_range`` (reverted days included), as plain rows
         of the few columns the check-in tests read: the days' entries are many, and
         loading each as an ORM object cost more than the query."""
-        stmt = (
-            select(Entry.seq, Entry.title, Entry.body, Entry.external_date, Day.index, Day.status)
-            .join(Day, Entry.day_id == Day.id)
-            .where(Day.run_id == run_id, Day.index.between(*day_range))
-            .order_by(Entry.seq)
-        )
-        return [EntryText(*row) for row in self.session.execute(stmt)]
+        first, last = day_range
+        rows = self._rows(_ENTRY_TEXTS, {"run_id": run_id, "first": first, "last": last})
+        return [EntryText(*row) for row in rows]
 
-    def pinned_corrections(self, run_id: str, until: dt.date, limit: int = 50) -> list[Entry]:
-        """Human corrections, oldest first: every view includes them."""
-        stmt = (
-            self._entries_with_day(run_id)
-            .where(Entry.kind == EntryKind.CORRECTION, Entry.author == Author.HUMAN)
-            .where(self._visible(), Entry.external_date <= until)
-            .order_by(Entry.seq.desc())
-            .limit(limit)
+    def committed_view_rows(self, run_id: str, day_range: tuple[int, int]) -> list[Any]:
+        """The entries of the committed days in ``day_range``, oldest first, as plain
+        rows of :data:`VIEW_COLUMNS`: what a digest of those days compresses."""
+        first, last = day_range
+        return list(
+            self._rows(_COMMITTED_VIEW_ROWS, {"run_id": run_id, "first": first, "last": last})
         )
-        return [row[0] for row in reversed(self.session.execute(stmt).all())]
+
+    def pinned_corrections(self, run_id: str, until: dt.date, limit: int = 50) -> list[Any]:
+        """Human corrections, oldest first, as plain rows of :data:`VIEW_COLUMNS`: every
+        view includes them."""
+        params = {"run_id": run_id, "until": until, "limit": limit}
+        return list(reversed(self._rows(_CORRECTIONS, params)))
 
     def recent_entries(
         self,
@@ -210,17 +263,12 @@ class EntryQueries(ChainQueries):
         ``after_day`` (and entries outside any day). Plain rows of :data:`VIEW_COLUMNS`
         (seq, day index, ...): a view reads pages of them every day, and ORM objects
         cost more to load than the query to run."""
-        stmt = (
-            select(*VIEW_COLUMNS)
-            .outerjoin(Day, Entry.day_id == Day.id)
-            .where(Entry.run_id == run_id)
-            .where(Entry.kind.not_in([EntryKind.DIGEST, EntryKind.CORRECTION]))
-            .where(self._visible(), Entry.external_date <= until)
-            .order_by(Entry.seq.desc())
-            .limit(limit)
-        )
-        if before_seq is not None:
-            stmt = stmt.where(Entry.seq < before_seq)
-        if after_day:
-            stmt = stmt.where(or_(Entry.day_id.is_(None), Day.index > after_day))
-        return cast("list[tuple[Any, ...]]", list(self.session.execute(stmt)))
+        stmt = _recent_statement(before_seq is not None, bool(after_day))
+        params = {
+            "run_id": run_id,
+            "until": until,
+            "limit": limit,
+            "before_seq": before_seq,
+            "after_day": after_day,
+        }
+        return list(self._rows(stmt, params))

@@ -12,13 +12,16 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text
+from sqlalchemy import ColumnElement, String, and_, bindparam, delete, func, or_, select, text
 
 from loopsim import ids
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import RunSpec, RunStatus
+
+_RUN = select(Run).where(Run.id == bindparam("id", type_=String))  # built once: every day reads it
+_RUN_LOCKED = _RUN.with_for_update()
 
 
 def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
@@ -77,12 +80,13 @@ class RunQueries(StoreBase):
         if len(ref) < 4:
             raise NotFound(f"run id {ref!r} is too short; give at least 4 characters")
         if len(ref) == ids.LENGTH:  # a whole id: the primary key, not a LIKE scan
-            stmt = select(Run).where(Run.id == ref)
+            locking = lock and self.dialect == "postgresql"
+            found = list(self.session.scalars(_RUN_LOCKED if locking else _RUN, {"id": ref}))
         else:
             stmt = select(Run).where(Run.id.startswith(ref, autoescape=True)).limit(2)
-        if lock and self.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        found = list(self.session.scalars(stmt))
+            if lock and self.dialect == "postgresql":
+                stmt = stmt.with_for_update()
+            found = list(self.session.scalars(stmt))
         if not found:
             raise NotFound(f"no run {ref!r}; `loopsim run list` shows the runs")
         if len(found) > 1:

@@ -152,11 +152,9 @@ def plan_digests(
     if len(days) >= every:
         first, last = days[0], days[every - 1]
         material = tuple(
-            ViewEntry.of(entry, day_index)
-            for entry, day_index, _status in store.list_entries(
-                run_id, day_range=(first, last), include_reverted=False
-            )
-            if entry.kind not in (EntryKind.DIGEST, EntryKind.CORRECTION)
+            ViewEntry(*row)
+            for row in store.committed_view_rows(run_id, (first, last))
+            if row[3] not in (EntryKind.DIGEST, EntryKind.CORRECTION)  # its kind
         )
         if material:
             jobs.append(DigestJob(1, first, last, material))

@@ -210,7 +210,9 @@ def _build(
     counter = _cost.counter
     used = counter.count("\n".join(charter_lines(charter))) + counter.count(HEADINGS)
     corrections = tuple(
-        ViewEntry.of(e, None) for e in store.pinned_corrections(run_id, external_date)
+        # Shown as notes from outside the days, whichever day wrote them.
+        ViewEntry(row[0], None, *row[2:])
+        for row in store.pinned_corrections(run_id, external_date)
     )
     used += sum(_cost(e) for e in corrections)
 
