@@ -43,8 +43,8 @@ from loopsim.checkin.opening import (
 from loopsim.checkin.schedule import approved_count, approving, due, explain
 from loopsim.clock import external_date
 from loopsim.config import Settings
-from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable, RecordBroken
-from loopsim.record.chain import KEYED_HINT, ChainPoint
+from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.record.chain import VerifiedHeads
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, take_for_cli
 from loopsim.record.store import Store
@@ -115,25 +115,15 @@ class Loop:
         self.similarity = similarity
         self._handles: dict[str, ChatHandle] = {}
         self.opened_checkin: int | None = None
-        # Run id -> the head of its chain this process last verified: a run's chain is
-        # read whole once per process, then only the entries after that head.
-        self._verified: dict[str, ChainPoint] = {}
+        # A run's chain is read whole once per process, then only what came after.
+        self.chains = VerifiedHeads()
         self._names: dict[str, str] = {}  # run id -> name, for naming its traces
         self.spec_of = SpecCache()  # a run's spec, validated again only once it changes
 
     def check_chain(self, store: Store, run_id: str) -> None:
         """Refuse to step a run whose record fails verification: its entries would go
         into the prompt, and new ones would be chained onto a broken record."""
-        result = store.verify_chain(run_id, since=self._verified.get(run_id))
-        if result.needs_key:
-            raise RecordBroken(f"run {run_id}: {KEYED_HINT} to step it")
-        if not result.ok:
-            assert result.broken is not None
-            raise RecordBroken(
-                f"run {run_id}'s record does not verify ({result.broken.describe()}); "
-                f"not stepped: `loopsim record verify {run_id}` names the broken link"
-            )
-        self._verified[run_id] = result.point
+        self.chains.check(store, run_id)
 
     def _chat(self, model_id: str, spec: RunSpec) -> ChatHandle:
         # Reusing the loaded weights is not memory: every call gets only its own prompt.
@@ -355,17 +345,18 @@ class Loop:
                 # expired meanwhile (the row lock kept others out, not the clock).
                 session.flush()
                 fence(store, run)
-            return DayResult(
-                planned.index,
-                status,
-                planned.external_date,
-                written,
-                outcome.latency_ms,
-                outcome.error,
-                outcome.tokens_in,
-                outcome.tokens_out,
-                run_failed,
-            )
+        self.chains.extend(planned.run_id, entries)  # committed: ours, chained on
+        return DayResult(
+            planned.index,
+            status,
+            planned.external_date,
+            written,
+            outcome.latency_ms,
+            outcome.error,
+            outcome.tokens_in,
+            outcome.tokens_out,
+            run_failed,
+        )
 
     def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any

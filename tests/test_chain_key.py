@@ -249,12 +249,34 @@ def test_a_loop_verifies_the_whole_chain_once_then_only_new_entries(database, sp
     loop = Loop(database, Settings(database_url="x.db"), factory)
     with database.read() as session:
         loop.check_chain(Store(session), run_id)
-    assert loop._verified[run_id].seq == 4
+    assert loop.chains.points[run_id].seq == 4
     append_one(database, run_id)
     with database.write() as session:
         session.execute(text("UPDATE entries SET body = 'edited' WHERE seq = 5"))
     with database.read() as session, pytest.raises(RecordBroken, match="seq 5"):
         loop.check_chain(Store(session), run_id)
+
+
+def test_a_loop_skips_rereading_only_the_entries_it_chained_itself(database, spec):
+    from loopsim.loop import Loop
+
+    run_id = make_run(database, spec)
+    factory, _ = scripted_factory()
+    loop = Loop(database, Settings(database_url="x.db"), factory)
+    loop.start(run_id)
+    assert loop.step(run_id) is not None
+    with database.read() as session:
+        head = Store(session).chain_head(run_id)
+    assert (loop.chains.points[run_id].seq, loop.chains.points[run_id].hash) == head
+    # An entry another process chained on after the loop's day is read and verified: an
+    # edit to it stops the next day.
+    append_one(database, run_id)
+    with database.write() as session:
+        session.execute(
+            text("UPDATE entries SET body = 'edited' WHERE seq = :seq"), {"seq": head[0] + 1}
+        )
+    with pytest.raises(RecordBroken, match=f"seq {head[0] + 1}"):
+        loop.step(run_id)
 
 
 def test_db_check_and_backup_verify_keyed_runs_with_the_key(

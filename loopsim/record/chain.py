@@ -28,11 +28,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Integer, String, bindparam, select
 
+from loopsim.errors import RecordBroken
 from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day, Entry, Run
@@ -253,3 +254,35 @@ class ChainQueries(StoreBase):
             expected_seq += 1
             checked += 1
         return VerifyResult(run_id, checked, prev, None, keyed, head_seq=expected_seq - 1)
+
+
+class VerifiedHeads:
+    """The head of each run's chain that this process has verified, so a long-lived
+    loop reads a run's chain whole once and then only the entries written since."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, ChainPoint] = {}
+
+    def check(self, store: ChainQueries, run_id: str) -> None:
+        """Verify what is new in the run's chain; raise :class:`RecordBroken` if a link
+        fails, naming the command that shows it."""
+        result = store.verify_chain(run_id, since=self.points.get(run_id))
+        if result.needs_key:
+            raise RecordBroken(f"run {run_id}: {KEYED_HINT} to step it")
+        if not result.ok:
+            assert result.broken is not None
+            raise RecordBroken(
+                f"run {run_id}'s record does not verify ({result.broken.describe()}); "
+                f"not stepped: `loopsim record verify {run_id}` names the broken link"
+            )
+        self.points[run_id] = result.point
+
+    def extend(self, run_id: str, entries: Sequence[Entry]) -> None:
+        """Once they are committed: ``entries`` this process chained right onto the
+        head it verified need not be read back. Anything else (entries another process
+        wrote in between) is left to the next :meth:`check`."""
+        point = self.points.get(run_id)
+        if point is None or not entries:
+            return
+        if entries[0].seq == point.seq + 1 and entries[0].prev_hash == point.hash:
+            self.points[run_id] = ChainPoint(entries[-1].seq, entries[-1].hash, point.keyed)
