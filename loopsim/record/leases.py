@@ -35,6 +35,7 @@ from sqlalchemy import func, select, update
 
 from loopsim.errors import InvalidState, LeaseLost
 from loopsim.record.db import Database
+from loopsim.record.runs import LeaseState
 from loopsim.record.store import Store
 from loopsim.record.tables import Run, utcnow
 from loopsim.schemas import RunStatus
@@ -58,19 +59,26 @@ def fence(lease: Lease) -> Fence:
     """A check that the lease is still live and still this one."""
 
     def check(store: Store, run: Run) -> None:
-        now = store.db_now()
-        if run.lease_owner != lease.owner or run.lease_generation != lease.generation:
-            holder = run.lease_owner or "nobody"
-            raise LeaseLost(
-                f"run {run.id}: lease {lease.generation} of {lease.owner} was lost "
-                f"(now generation {run.lease_generation}, held by {holder}); nothing written"
-            )
-        if run.lease_expires_at is None or run.lease_expires_at <= now:
-            raise LeaseLost(
-                f"run {run.id}: lease {lease.generation} of {lease.owner} expired; nothing written"
-            )
+        state = LeaseState(
+            run.id, run.lease_owner, run.lease_generation, run.lease_expires_at, store.db_now()
+        )
+        _refuse_unless_live(lease, state)
 
     return check
+
+
+def _refuse_unless_live(lease: Lease, state: LeaseState) -> None:
+    if state.owner != lease.owner or state.generation != lease.generation:
+        raise LeaseLost(
+            f"run {state.run_id}: lease {lease.generation} of {lease.owner} was lost "
+            f"(now generation {state.generation}, held by {state.owner or 'nobody'}); "
+            "nothing written"
+        )
+    if state.expires_at is None or state.expires_at <= state.now:
+        raise LeaseLost(
+            f"run {state.run_id}: lease {lease.generation} of {lease.owner} expired; "
+            "nothing written"
+        )
 
 
 def claim(
@@ -136,7 +144,11 @@ def check(db: Database, lease: Lease) -> None:
     that wakes from a freeze to find its run taken over spends no call on it."""
     with db.read() as session:
         store = Store(session)
-        fence(lease)(store, store.get_run(lease.run_id))
+        state = store.lease_state(lease.run_id)
+        if state is None:
+            store.get_run(lease.run_id)  # raises NotFound, as for any command
+            return
+    _refuse_unless_live(lease, state)
 
 
 def release(db: Database, leases: Iterable[Lease]) -> None:

@@ -8,11 +8,23 @@ queries here only find the runs a worker may claim, by the database's clock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, String, and_, bindparam, delete, func, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 
 from loopsim import ids
 from loopsim.errors import NotFound
@@ -22,6 +34,58 @@ from loopsim.schemas import RunSpec, RunStatus
 
 _RUN = select(Run).where(Run.id == bindparam("id", type_=String))  # built once: every day reads it
 _RUN_LOCKED = _RUN.with_for_update()
+
+
+class LeaseState(NamedTuple):
+    run_id: str
+    owner: str | None
+    generation: int | None
+    expires_at: dt.datetime | None
+    now: dt.datetime  # by the database's clock
+
+
+def _now(dialect: str) -> Any:
+    """The database's clock as a column: PostgreSQL's wall clock now (not the
+    transaction's start), SQLite's with milliseconds."""
+    if dialect == "postgresql":
+        return literal_column("clock_timestamp() AT TIME ZONE 'UTC'")
+    return literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    """A clock read by :func:`_now` (SQLite gives text) as an aware UTC datetime."""
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=dt.UTC)
+
+
+def _claimable(owner: Any, now: Any) -> ColumnElement[bool]:
+    return and_(
+        Run.status == RunStatus.RUNNING,
+        or_(
+            Run.lease_owner.is_(None),
+            and_(
+                Run.lease_expires_at.is_not(None),
+                or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
+            ),
+        ),
+    )
+
+
+# How many runs a worker could claim, but those it steps: asked once a day by a run
+# that has had its turn. Built once.
+_WAITING = (
+    select(func.count())
+    .select_from(Run)
+    .where(_claimable(bindparam("owner"), bindparam("now")))
+    .where(Run.id.not_in(bindparam("exclude", expanding=True)))
+)
+
+
+@functools.cache
+def _lease_statement(dialect: str) -> Any:
+    return select(Run.lease_owner, Run.lease_generation, Run.lease_expires_at, _now(dialect)).where(
+        Run.id == bindparam("id", type_=String)
+    )
 
 
 def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
@@ -111,26 +175,19 @@ class RunQueries(StoreBase):
     def db_now(self) -> dt.datetime:
         """The database server's clock, in UTC. Leases expire by this clock alone, so
         workers on machines whose clocks disagree still agree on who holds a run."""
-        if self.dialect == "postgresql":
-            value = self.session.scalar(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'"))
-        else:
-            value = dt.datetime.fromisoformat(
-                str(self.session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")))
-            )
-        assert isinstance(value, dt.datetime)
-        return value.replace(tzinfo=dt.UTC)
+        return _as_utc(self._scalar(select(_now(self.dialect)), {}))
+
+    def lease_state(self, run_id: str) -> LeaseState | None:
+        """The run's lease and the database's clock, in one read of one row: what a
+        worker checks before each model call. None if there is no such run."""
+        row = self._core().execute(_lease_statement(self.dialect), {"id": run_id}).first()
+        if row is None:
+            return None
+        owner, generation, expires_at, now = row
+        return LeaseState(run_id, owner, generation, expires_at, _as_utc(now))
 
     def _claimable(self, owner: str, now: dt.datetime) -> ColumnElement[bool]:
-        return and_(
-            Run.status == RunStatus.RUNNING,
-            or_(
-                Run.lease_owner.is_(None),
-                and_(
-                    Run.lease_expires_at.is_not(None),
-                    or_(Run.lease_expires_at <= now, Run.lease_owner == owner),
-                ),
-            ),
-        )
+        return _claimable(owner, now)
 
     def claimable_runs(
         self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
@@ -157,10 +214,8 @@ class RunQueries(StoreBase):
     def waiting_runs(self, owner: str, now: dt.datetime, exclude: Sequence[str] = ()) -> int:
         """How many runs ``owner`` could claim now, leaving out ``exclude`` (the runs it
         steps): the runs waiting for a slot. A plain count that locks nothing."""
-        stmt = select(func.count()).select_from(Run).where(self._claimable(owner, now))
-        if exclude:
-            stmt = stmt.where(Run.id.not_in(list(exclude)))
-        return int(self.session.scalar(stmt) or 0)
+        params = {"owner": owner, "now": now, "exclude": list(exclude)}
+        return int(self._scalar(_WAITING, params) or 0)
 
     def delete_run(self, run_id: str) -> dict[str, int]:
         """Delete one run and every row that belongs to it, children first, in the
