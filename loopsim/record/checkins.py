@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import String, Table, bindparam, func, insert, select, update
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
@@ -33,22 +33,21 @@ class ProbeQueries(StoreBase):
 
     def propose_probes(self, entries: Sequence[Entry]) -> int:
         """Offer each researcher question as a probe; a human must accept it first."""
-        count = 0
-        for entry in entries:
-            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER:
-                self.session.add(
-                    Probe(
-                        run_id=entry.run_id,
-                        question=entry.body[:500],
-                        source="researcher",
-                        status="proposed",
-                        proposed_in_entry_id=entry.id,
-                        created_at=entry.created_at,
-                    )
-                )
-                count += 1
-        self.session.flush()
-        return count
+        rows = [
+            dict(
+                run_id=entry.run_id,
+                question=entry.body[:500],
+                source="researcher",
+                status="proposed",
+                proposed_in_entry_id=entry.id,
+                created_at=entry.created_at,
+            )
+            for entry in entries
+            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER
+        ]
+        if rows:  # one executemany on Core: nothing reads the new probes back here
+            self._core().execute(insert(cast(Table, Probe.__table__)), rows)
+        return len(rows)
 
     def list_probes(self, run_id: str, status: str | None = None) -> Sequence[Probe]:
         stmt = select(Probe).where(Probe.run_id == run_id).order_by(Probe.id)
