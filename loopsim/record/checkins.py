@@ -8,6 +8,7 @@ decides, and when one is due, is :mod:`loopsim.checkin`'s business; these are it
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -17,6 +18,19 @@ from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
 from loopsim.schemas import Author, EntryKind
+
+
+@functools.cache
+def _checkins_statement(of_run: bool, pending: bool) -> Any:
+    """Check-ins in order, of one run or all, pending only or not: built once each, as
+    every day's check-in test reads its run's."""
+    stmt = select(CheckIn).order_by(CheckIn.id)
+    if of_run:
+        stmt = stmt.where(CheckIn.run_id == bindparam("run_id", type_=String))
+    if pending:
+        stmt = stmt.where(CheckIn.decision.is_(None))
+    return stmt
+
 
 _COUNT_DECIDED = (
     select(func.count())
@@ -77,12 +91,8 @@ class CheckinQueries(StoreBase):
     def list_checkins(
         self, run_id: str | None = None, *, pending: bool = False
     ) -> Sequence[CheckIn]:
-        stmt = select(CheckIn).order_by(CheckIn.id)
-        if run_id is not None:
-            stmt = stmt.where(CheckIn.run_id == run_id)
-        if pending:
-            stmt = stmt.where(CheckIn.decision.is_(None))
-        return self.session.scalars(stmt).all()
+        stmt = _checkins_statement(run_id is not None, pending)
+        return self.session.scalars(stmt, {"run_id": run_id}).all()
 
     def count_checkins(self, run_id: str, decisions: Sequence[str]) -> int:
         """How many of the run's check-ins were decided one of ``decisions``: a count,
