@@ -155,13 +155,13 @@ class LlamaCppChat(BaseChatModel):
     def _load(self) -> Any:
         if self._llama is None:
             try:
-                from llama_cpp import Llama
+                from loopsim.chat.sampling import fast_llama_class
             except ImportError:
                 raise ModelUnavailable(
                     "the embedded model needs the 'local' extra: pip install 'loopsim[local]'"
                 ) from None
             silence_native_logs()
-            self._llama = Llama(
+            self._llama = fast_llama_class()(
                 model_path=self.model_path,
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
