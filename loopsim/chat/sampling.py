@@ -132,6 +132,11 @@ def fast_llama_class() -> type:
                 or settings.get("mirostat_mode", 0)
                 or temp < 0
                 or len(args) > 6
+                # The private parts used here, as llama-cpp-python 0.3 has them; another
+                # version without them keeps its own chain.
+                or not hasattr(grammar, "_grammar")
+                or not hasattr(grammar, "_root")
+                or not hasattr(self._model, "vocab")
             ):
                 return super()._init_sampler(*args, **kwargs)
             top_k = settings.get("top_k", 40)
