@@ -116,22 +116,18 @@ def fast_llama_class() -> type:
 
     class FastGrammarLlama(llama_cpp.Llama):
         def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
-            settings = dict(
-                zip(
-                    ("top_k", "top_p", "min_p", "typical_p", "temp", "repeat_penalty"),
-                    args,
-                    strict=False,
-                ),
-                **kwargs,
-            )
+            # llama-cpp-python passes its settings by name.
+            settings = kwargs
             grammar = settings.get("grammar")
             temp = settings.get("temp", 0.80)
+            top_k = settings.get("top_k", 40)
             if (
-                grammar is None
+                args
+                or grammar is None
                 or settings.get("logits_processor") is not None
                 or settings.get("mirostat_mode", 0)
                 or temp < 0
-                or len(args) > 6
+                or (temp > 0 and top_k <= 0)  # no top_k: every allowed token counts
                 # The private parts used here, as llama-cpp-python 0.3 has them; another
                 # version without them keeps its own chain.
                 or not hasattr(grammar, "_grammar")
@@ -139,7 +135,6 @@ def fast_llama_class() -> type:
                 or not hasattr(self._model, "vocab")
             ):
                 return super()._init_sampler(*args, **kwargs)
-            top_k = settings.get("top_k", 40)
             chain: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
             chain.add_penalties(
                 n_vocab=self._n_vocab,

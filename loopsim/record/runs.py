@@ -82,6 +82,11 @@ _WAITING = (
 
 
 @functools.cache
+def _clock_statement(dialect: str) -> Any:
+    return select(_now(dialect))
+
+
+@functools.cache
 def _lease_statement(dialect: str) -> Any:
     return select(Run.lease_owner, Run.lease_generation, Run.lease_expires_at, _now(dialect)).where(
         Run.id == bindparam("id", type_=String)
@@ -175,7 +180,7 @@ class RunQueries(StoreBase):
     def db_now(self) -> dt.datetime:
         """The database server's clock, in UTC. Leases expire by this clock alone, so
         workers on machines whose clocks disagree still agree on who holds a run."""
-        return _as_utc(self._scalar(select(_now(self.dialect)), {}))
+        return _as_utc(self._scalar(_clock_statement(self.dialect), {}))
 
     def lease_state(self, run_id: str) -> LeaseState | None:
         """The run's lease and the database's clock, in one read of one row: what a
@@ -185,9 +190,6 @@ class RunQueries(StoreBase):
             return None
         owner, generation, expires_at, now = row
         return LeaseState(run_id, owner, generation, expires_at, _as_utc(now))
-
-    def _claimable(self, owner: str, now: dt.datetime) -> ColumnElement[bool]:
-        return _claimable(owner, now)
 
     def claimable_runs(
         self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()
@@ -200,10 +202,7 @@ class RunQueries(StoreBase):
         never claimed. PostgreSQL skips rows another worker is claiming right now
         (``FOR UPDATE SKIP LOCKED``); SQLite's single writer makes that moot."""
         stmt = (
-            select(Run)
-            .where(self._claimable(owner, now))
-            .order_by(Run.updated_at, Run.id)
-            .limit(limit)
+            select(Run).where(_claimable(owner, now)).order_by(Run.updated_at, Run.id).limit(limit)
         )
         if exclude:
             stmt = stmt.where(Run.id.not_in(list(exclude)))

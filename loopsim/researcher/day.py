@@ -151,10 +151,11 @@ def plan_digests(
     days = store.committed_day_indexes(run_id, after=covered, before=index, limit=every)
     if len(days) >= every:
         first, last = days[0], days[every - 1]
+        rows = store.committed_view_rows(run_id, (first, last))
         material = tuple(
-            ViewEntry(*row)
-            for row in store.committed_view_rows(run_id, (first, last))
-            if row[3] not in (EntryKind.DIGEST, EntryKind.CORRECTION)  # its kind
+            entry
+            for entry in (ViewEntry(*row) for row in rows)
+            if entry.kind not in (EntryKind.DIGEST, EntryKind.CORRECTION)
         )
         if material:
             jobs.append(DigestJob(1, first, last, material))
