@@ -6,12 +6,18 @@ fault and reply test against both clients; only the network peer is fake."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.tracers.context import collect_runs
 
+from loopsim.chat import transport
 from loopsim.chat.compat import OpenAICompatible
 from loopsim.chat.handle import build_chat
 from loopsim.chat.tracing import Trace, traced
@@ -24,6 +30,7 @@ from tests.conftest import make_run
 
 MODEL = "openai:stub-model"
 KEY = "sk-compat-test-4b1d9e2f7a"
+T = TypeVar("T")
 
 
 def settings_for(url: str, client: str = "light", **kw) -> Settings:
@@ -84,7 +91,22 @@ def test_the_light_client_sends_what_langchain_openai_sends(database, spec):
     assert set(light) - set(langchain) <= {"max_tokens", "max_completion_tokens", "stream"}
 
 
-def test_async_faults_are_retried_and_the_reply_read(monkeypatch):
+def on_event_loop(make: Callable[[], Awaitable[T]], path: str) -> T:
+    """Await ``make()`` on a fresh event loop: through httpx, or inside the aiohttp scope
+    ``loopsim serve`` opens (loopsim/chat/transport.py)."""
+
+    async def main() -> T:
+        if path == "httpx":
+            return await make()
+        async with transport.scope() as sessions:
+            assert sessions is not None, "aiohttp is a dependency of loopsim"
+            return await make()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["httpx", "aiohttp"])
+def test_async_faults_are_retried_and_the_reply_read(path):
     """The event-loop path (``loopsim serve``) rides out every transient fault, and reads
     the text, token usage and served model's name with its fingerprint."""
     faults = ["429", "500", "503", "truncate", "invalid_json", "reset", "stall", "stall_body"]
@@ -95,7 +117,8 @@ def test_async_faults_are_retried_and_the_reply_read(monkeypatch):
         retried: list[str] = []
         handle.on_retry = lambda exc, wait: retried.append(type(exc).__name__)
         messages = [SystemMessage("Be brief."), HumanMessage("Hello.")]
-        reply = asyncio.run(handle.acomplete(messages, None, seed=7))
+        reply = on_event_loop(lambda: handle.acomplete(messages, None, seed=7), path)
+    assert all(path in agent for agent in stub.user_agents()), stub.user_agents()
     assert stub.served == {**dict.fromkeys(faults, 1), "ok": 1}
     assert len(retried) == len(faults)
     assert reply.requests == len(faults) + 1
@@ -106,11 +129,12 @@ def test_async_faults_are_retried_and_the_reply_read(monkeypatch):
     assert stub.requests[-1]["seed"] == 7
 
 
-def test_async_refused_connection_says_where_nothing_answers():
+@pytest.mark.parametrize("path", ["httpx", "aiohttp"])
+def test_async_refused_connection_says_where_nothing_answers(path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     handle = build_chat(settings_for(url, model_retries=1))(MODEL, ModelSpec(), 100)
     with pytest.raises(ModelUnavailable) as raised:
-        asyncio.run(handle.acomplete([HumanMessage("Hello.")], None))
+        on_event_loop(lambda: handle.acomplete([HumanMessage("Hello.")], None), path)
     assert f"nothing answers at {url} (connection refused)" in raised.value.message
     assert "after 2 attempts" in raised.value.message
 
@@ -125,6 +149,38 @@ def test_one_handle_serves_event_loops_one_after_another():
             assert reply.text
         assert handle.complete([HumanMessage("Hello.")], None).text
     assert stub.served == {"ok": 4}
+
+
+def test_the_aiohttp_scope_closes_its_connections_when_it_ends(caplog):
+    """An aiohttp session left open says "Unclosed client session" on stderr when it is
+    collected: the scope ``loopsim serve`` opens closes every one it opened, and a call
+    after it goes through httpx again."""
+    with StubOpenAI() as stub:
+        handle = build_chat(settings_for(stub.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
+
+        async def main() -> transport.Sessions:
+            async with transport.scope() as sessions:
+                assert sessions is not None
+                await asyncio.gather(
+                    *(handle.acomplete([HumanMessage(f"Hello {i}.")], None) for i in range(4))
+                )
+            with pytest.raises(httpx.ConnectError, match="closed its connections"):
+                await sessions.post(handle.model.url, b"{}", headers={}, timeout=1.0)
+            await handle.acomplete([HumanMessage("After.")], None)
+            return sessions
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sessions = asyncio.run(main())
+            del sessions
+            gc.collect()
+    agents = stub.user_agents()
+    assert len(agents) == 5
+    assert all("aiohttp" in agent for agent in agents[:4]), agents
+    assert "httpx" in agents[4]
+    # aiohttp's words for a session or connector collected open.
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "Unclosed client session" in m or "Unclosed connector" in m] == []
 
 
 def test_a_call_is_traced_under_its_day_without_the_key():

@@ -113,7 +113,7 @@ def test_retries_are_bounded_and_the_reason_is_recorded(database, spec):
 
 
 @pytest.mark.parametrize("fault_every", [3])
-def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every):
+def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every, client):
     ids = [make_run(any_db, spec, model=MODEL) for _ in range(4)]
     with any_db.write() as session:
         store = Store(session)
@@ -153,6 +153,8 @@ def test_the_service_rides_out_faults_on_many_runs(any_db, spec, fault_every):
     assert faults >= 4
     metrics = service.metrics.render().decode()
     assert f"loopsim_model_retries_total {float(faults)}" in metrics
+    if client == "light":  # the service's own calls went through aiohttp (chat/transport.py)
+        assert sum("aiohttp" in agent for agent in stub.user_agents()) >= len(days)
 
 
 def test_retry_after_zero_does_not_turn_the_backoff_off(database, spec):

@@ -982,27 +982,6 @@ def test_serve_refuses_a_damaged_database(damaged, tmp_path):
 
 KEY = "sk-test-SECRET123-" + "q7Zx" * 8
 SPEC_KEY = "sk-spec-SECRET456-abcdefabcdef"
-HEADS: list[bytes] = []
-
-
-async def _read_request_keeping_headers(reader: asyncio.StreamReader):
-    """The stub's request reader, also keeping the raw request head for the test."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    HEADS.append(head)
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-    body = await reader.readexactly(length) if length else b""
-    return method, path, body
-
-
 class EchoingStub(StubOpenAI):
     """Answers the fault "401echo" the way some proxies do: the whole key in the message."""
 
@@ -1038,8 +1017,6 @@ def json_logs(caplog):
 def test_an_api_key_is_never_written_logged_or_exported(
     monkeypatch, tmp_path, capsys, caplog, json_logs
 ):
-    monkeypatch.setattr(stubserver, "_read_request", _read_request_keeping_headers)
-    HEADS.clear()
     path = tmp_path / "keys.db"
     dbmod.upgrade(str(path))
     spec_path = write_spec(tmp_path / "spec.toml", KEY_SPEC)
@@ -1099,7 +1076,7 @@ def test_an_api_key_is_never_written_logged_or_exported(
         database.dispose()
 
     # The key really went over the wire, and the 401 with it in its message came back.
-    assert any(f"Bearer {KEY}".encode() in head for head in HEADS)
+    assert any(f"Bearer {KEY}".encode() in head for head in stub.heads)
     failed = [d for d in days if d.status == DayStatus.FAILED]
     assert len(failed) == 2
     assert all("Incorrect API key provided" in d.error for d in failed)

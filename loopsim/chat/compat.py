@@ -30,6 +30,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr, SecretStr
 
+from loopsim.chat import transport
+
 # Connection pools per event loop (see OpenAICompatible.aclient).
 SHARDS = 16
 
@@ -179,15 +181,21 @@ class OpenAICompatible(BaseChatModel):
             headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
         return headers
 
-    def _options(self) -> dict[str, Any]:
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """Certificates for an https server, loaded once (it is slow); None for plain HTTP,
+        which needs none."""
         if self._tls is None and self.base_url.startswith("https:"):
-            self._tls = httpx.create_ssl_context()  # once: loading the CAs is slow
+            self._tls = httpx.create_ssl_context()
+        return self._tls
+
+    def _options(self) -> dict[str, Any]:
+        tls = self._tls_context()
         return {
             "timeout": httpx.Timeout(self.timeout),
             "limits": httpx.Limits(max_connections=None, max_keepalive_connections=None),
             "headers": self._headers(),
             # Plain HTTP needs no certificates: no context that loads them for nothing.
-            "verify": self._tls if self._tls is not None else False,
+            "verify": tls if tls is not None else False,
         }
 
     def body(
@@ -258,5 +266,15 @@ class OpenAICompatible(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         content = self.body(messages, stop, kwargs)
-        response = await self.aclient().post(self.url, content=content)
+        sessions = transport.current()
+        if sessions is not None:  # inside `loopsim serve`: aiohttp (chat/transport.py)
+            response = await sessions.post(
+                self.url,
+                content,
+                headers=self._headers(),
+                timeout=self.timeout,
+                tls=self._tls_context(),
+            )
+        else:
+            response = await self.aclient().post(self.url, content=content)
         return parse_completion(response)

@@ -10,8 +10,11 @@ would follow is the one request a check before each *call* would miss.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -138,3 +141,17 @@ def fail_run(db: Database, metrics: Metrics, run_id: str, fence: Fence, reason: 
         store.set_status(run, RunStatus.FAILED, reason[:1000])
     metrics.runs_failed.inc()
     log.error("run %s failed: %s", run_id, reason, extra={"event": "run.failed", "run_id": run_id})
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None], install: bool = True) -> Iterator[None]:
+    """Call ``stop`` on SIGTERM or SIGINT while the block runs on this event loop."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -38,12 +38,12 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from loopsim.chat import transport
 from loopsim.checkin import drift
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
@@ -53,6 +53,7 @@ from loopsim.record.leases import Lease
 from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.schemas import DayStatus, RunSpec
+from loopsim.service import events
 from loopsim.service.config import ServiceConfig, default_worker_id
 from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
 from loopsim.service.health import WriteHealth, report
@@ -167,34 +168,30 @@ class Service:
 
     async def serve(self, *, install_signals: bool = True) -> None:
         """Run until :meth:`request_stop` (or SIGTERM/SIGINT)."""
-        loop = asyncio.get_running_loop()
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-        if self.config.http_port is not None:
-            self.http = HttpEndpoint(self, self.config.http_host, self.config.http_port)
-            self.http.start()
+        with events.stop_on_signals(self.request_stop, install_signals):
+            if self.config.http_port is not None:
+                self.http = HttpEndpoint(self, self.config.http_host, self.config.http_port)
+                self.http.start()
+                log.info(
+                    "metrics and health on %s",
+                    self.http.address,
+                    extra={"event": "http.listening", "address": self.http.address},
+                )
+            heartbeat = asyncio.ensure_future(self._heartbeat())
             log.info(
-                "metrics and health on %s",
-                self.http.address,
-                extra={"event": "http.listening", "address": self.http.address},
+                "worker %s serving %s with concurrency %d",
+                self.config.worker_id,
+                self.db.where,
+                self.config.concurrency,
+                extra={"event": "serve.start", "worker": self.config.worker_id},
             )
-        heartbeat = asyncio.ensure_future(self._heartbeat())
-        log.info(
-            "worker %s serving %s with concurrency %d",
-            self.config.worker_id,
-            self.db.where,
-            self.config.concurrency,
-            extra={"event": "serve.start", "worker": self.config.worker_id},
-        )
-        self._ready = True
-        try:
-            await self._supervise()
-        finally:
-            await self._shutdown(heartbeat)
-            if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+            self._ready = True
+            # Model calls through aiohttp, its connections closed after the last day.
+            async with transport.scope():
+                try:
+                    await self._supervise()
+                finally:
+                    await self._shutdown(heartbeat)
 
     async def _supervise(self) -> None:
         ttl = dt.timedelta(seconds=self.config.lease_seconds)

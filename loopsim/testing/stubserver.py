@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import signal
 import socket
 import struct
@@ -103,6 +104,7 @@ class StubOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request, in order
         self.served: Counter[str] = Counter()
+        self.heads: list[bytes] = []  # each request's line and headers, as received
         self.max_in_flight = 0
         self.max_in_flight_per_key: dict[str, int] = {}
         self._faults = list(faults)
@@ -162,6 +164,14 @@ class StubOpenAI:
 
     # ---------------------------------------------------------------- serving
 
+    def user_agents(self) -> list[str]:
+        """The User-Agent of each request, in order: which client library sent it."""
+        agents = []
+        for head in self.heads:
+            found = re.search(rb"(?im)^user-agent:[ \t]*(.*?)\r?$", head)
+            agents.append(found.group(1).decode("latin-1") if found else "")
+        return agents
+
     def in_flight(self, key: str = "") -> int:
         """Requests with this ``key_fn`` key being answered right now."""
         with self._lock:
@@ -182,7 +192,8 @@ class StubOpenAI:
                 request = await _read_request(reader)
                 if request is None:
                     break
-                method, path, body = request
+                method, path, body, head = request
+                self.heads.append(head)
                 if not await self._respond(method, path, body, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -286,7 +297,7 @@ class StubOpenAI:
         ).encode()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes, bytes] | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
@@ -299,7 +310,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] 
         if name.strip().lower() == "content-length":
             length = int(value.strip())
     body = await reader.readexactly(length) if length else b""
-    return method, path, body
+    return method, path, body, head
 
 
 async def _send(
