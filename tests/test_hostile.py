@@ -982,6 +982,8 @@ def test_serve_refuses_a_damaged_database(damaged, tmp_path):
 
 KEY = "sk-test-SECRET123-" + "q7Zx" * 8
 SPEC_KEY = "sk-spec-SECRET456-abcdefabcdef"
+
+
 class EchoingStub(StubOpenAI):
     """Answers the fault "401echo" the way some proxies do: the whole key in the message."""
 
