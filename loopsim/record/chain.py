@@ -26,6 +26,7 @@ last copied entry, still hashes to the parent's head recorded when it was forked
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterator, Sequence
@@ -230,7 +231,9 @@ class ChainQueries(StoreBase):
         if since is not None:
             prev, expected_seq, keyed = since.hash, since.seq + 1, since.keyed
         checked = 0
-        fork = self._fork_point(run_id)
+        # Read at the first entry to check: a loop's check of a chain it extended itself
+        # usually finds none, and then needs no fork point.
+        fork = functools.cache(lambda: self._fork_point(run_id))
         chain = self.iter_chain(run_id, after_seq=expected_seq - 1, until_seq=until_seq)
         for entry, day_index in chain:
             reason = None
@@ -246,7 +249,7 @@ class ChainQueries(StoreBase):
                         "the run was keyed with another key, or its first entry was edited"
                     )
             reason = reason or self._link_fault(entry, day_index, expected_seq, prev, key, keyed)
-            reason = reason or self._fork_fault(entry, fork)
+            reason = reason or self._fork_fault(entry, fork())
             if reason:
                 link = BrokenLink(entry.seq, day_index, entry.id, reason)
                 return VerifyResult(run_id, checked, prev, link, keyed, head_seq=expected_seq - 1)
