@@ -381,7 +381,7 @@ class Loop:
             recheck: list[tuple[int, str]] = []
             undecided = last is not None and last.decision is None
             if reason is None and every and not undecided and last_day % every == 0:
-                fresh = store.committed_days_after(run.id, first_day - 1) > 0
+                fresh = last_day >= first_day  # a committed day since the last check-in
                 recheck = approved_predictions(store, run.id) if fresh else []
             if reason is None and not recheck:
                 return None

@@ -207,11 +207,12 @@ def due(
     since = last.last_day_index if last is not None else 0
     policy = spec.checkins
     interval = adaptive_interval([c.drift_score for c in checkins], policy)
-    new_days = store.committed_days_after(run.id, since)
-    if new_days == 0:
-        return None
     if latest is None:
         latest = store.last_committed_day(run.id)
+    # No committed day sits past the last one: it bounds the count as the next index would.
+    new_days = store.committed_days_after(run.id, since, next_index=latest + 1)
+    if new_days == 0:
+        return None
     if policy.future_leak and future_leak(store, run.id, latest):
         return CheckinReason.FUTURE_LEAK
     anchor = charter_anchor(approved, latest, policy.charter_drift_window)
@@ -220,7 +221,7 @@ def due(
     if new_days >= interval:
         return CheckinReason.SCHEDULED
     if policy.max_unsupervised_days is not None:
-        unsupervised = store.committed_days_after(run.id, approved_day)
+        unsupervised = store.committed_days_after(run.id, approved_day, next_index=latest + 1)
         if unsupervised >= policy.max_unsupervised_days:
             return CheckinReason.BUDGET
     if policy.max_external_drift_days is not None:
