@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from loopsim.errors import DatabaseBusy
 from loopsim.record.db import Database
@@ -57,3 +58,36 @@ def test_a_lock_held_past_the_timeout_is_a_one_line_busy_error(sqlite_url, spec)
     with database.read() as session:  # readers are never blocked by a writer under WAL
         assert Store(session).get_run(run_id).id == run_id
     database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_service_worth_of_threads_reuses_its_postgresql_connections(pg_url):
+    """`loopsim serve` runs up to 9 transactions at once (its database threads and the
+    event loop). A connection past the pool's size is closed when given back, and
+    PostgreSQL starts a new backend process for the next one: the pool must hold them
+    all, so that rounds of 9 at once keep meeting the same backends."""
+    database = Database.open(pg_url)
+    threads = 9
+    seen: set[int] = set()
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads, timeout=120)
+
+    def hold_one() -> None:
+        with database.read() as session:
+            pid = int(session.scalar(sa.text("SELECT pg_backend_pid()")))
+            barrier.wait()  # all 9 hold a connection at the same moment
+        with lock:
+            seen.add(pid)
+
+    try:
+        for _ in range(10):
+            workers = [threading.Thread(target=hold_one) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+    finally:
+        database.dispose()
+    # Ten rounds of 9 connections at once: 9 backends if the pool keeps them all; a pool
+    # of 5 would have started 4 new ones a round (41 or more).
+    assert len(seen) <= threads, len(seen)

@@ -202,7 +202,11 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
     if url.get_backend_name() == "postgresql":
         add_postgresql_options()
     try:
-        return create_engine(url, pool_pre_ping=True)
+        # Room for every thread of `loopsim serve` at once (its database pool holds 8): a
+        # connection beyond the pool is closed when given back, and PostgreSQL starts a
+        # backend process for each new one, which at the default size of 5 a worker did
+        # several times a second (benchmarks/README.md, "PostgreSQL's share").
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     except (exc.NoSuchModuleError, ImportError) as error:
         raise DatabaseError(
             f"cannot use {url.drivername}: its driver is not installed ({error}); "
