@@ -5,7 +5,8 @@ Every row runs real `loopsim serve` processes against a loopback OpenAI-compatib
 and C runs queued per worker, and prints a Markdown table: days/s, the ideal
 (workers x C / latency), the speed-up over one worker, the CPU each worker used (a core
 is 100%), days per CPU-second the workers used (flat across rows: the cores are the
-limit, not the database) and the CPU of this process (the stub). Rows:
+limit, not the database), the CPU of this process (the stub) and that of every PostgreSQL
+process on the machine (a core is 100%). Rows:
 
 - ``1 pinned``: one `loopsim serve`, pinned to core 0 with taskset when it exists;
 - ``2 pinned``: two `loopsim serve` processes, pinned to cores 0 and 1;
@@ -62,6 +63,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process on this machine (the server and its
+    backends), by pid: the share of the cores the database took from the workers."""
+    found = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "postgres":
+                found[int(comm.parent.name)] = cpu_seconds(int(comm.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 def committed(database: dbmod.Database) -> int:
     with database.read() as session:
         return int(
@@ -100,7 +114,8 @@ def drop_pg(url: str) -> None:
 
 
 def measure(mode: str, workers: int, c: int, latency: float, warmup: float, window: float):
-    """(days/s, CPU % per worker, CPU % of this process, load average) for one row."""
+    """(days/s, CPU % per worker, CPU % of this process, CPU % of PostgreSQL, load
+    average) for one row."""
     url = fresh_pg(workers * c)
     serve = ["-m", "loopsim", "serve", "--http", "off", "--concurrency", str(c)]
     serve += ["--poll-seconds", "0.2", "--log-level", "warning"]
@@ -126,10 +141,11 @@ def measure(mode: str, workers: int, c: int, latency: float, warmup: float, wind
                 pids = [p.pid for p in procs]
                 if mode != "pinned":
                     pids = children(procs[0].pid)
-                before, cpu0, own0 = (
+                before, cpu0, own0, pg0 = (
                     committed(database),
                     sum(map(cpu_seconds, pids)),
                     time.process_time(),
+                    postgres_cpu(),
                 )
                 began = time.perf_counter()
                 time.sleep(window)
@@ -137,6 +153,7 @@ def measure(mode: str, workers: int, c: int, latency: float, warmup: float, wind
                 rate = (committed(database) - before) / took
                 cpu = (sum(map(cpu_seconds, pids)) - cpu0) / took / max(1, len(pids))
                 own = (time.process_time() - own0) / took
+                pg = sum(t - pg0.get(pid, 0.0) for pid, t in postgres_cpu().items()) / took
                 load = os.getloadavg()[0]
             finally:
                 for proc in procs:
@@ -144,7 +161,7 @@ def measure(mode: str, workers: int, c: int, latency: float, warmup: float, wind
                 for proc in procs:
                     proc.wait(timeout=60)
                 database.dispose()
-        return rate, cpu, own, load
+        return rate, cpu, own, pg, load
     finally:
         drop_pg(url)
 
@@ -160,19 +177,19 @@ def main() -> None:
     print(f"taskset: {'yes' if shutil.which('taskset') else 'no'}; cores: {os.cpu_count()}\n")
     print(
         "| workers | how | C each | days/s | ideal | of ideal | vs 1 | CPU per worker "
-        "| days per worker CPU-second | stub + bench CPU | load avg (1 min) |"
+        "| days per worker CPU-second | stub + bench CPU | PostgreSQL CPU | load avg (1 min) |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     one = None
     for workers, mode in ((1, "pinned"), (2, "pinned"), (2, "processes")):
-        rate, cpu, own, load = measure(mode, workers, c, latency, args.warmup, args.window)
+        rate, cpu, own, pg, load = measure(mode, workers, c, latency, args.warmup, args.window)
         one = rate if one is None else one
         ideal = workers * c / latency
         how = "taskset, own core" if mode == "pinned" else "`--processes 2`, unpinned"
         print(
             f"| {workers} | {how} | {c} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.0%} | "
             f"{rate / one:.2f}x | {cpu:.0%} | {rate / max(cpu * workers, 1e-9):.1f} | {own:.0%} "
-            f"| {load:.1f} |"
+            f"| {pg:.0%} | {load:.1f} |"
         )
         sys.stdout.flush()
 
