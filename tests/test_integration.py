@@ -275,13 +275,22 @@ def test_serve_sigterm_abandons_an_embedded_generation_within_the_bound(tmp_path
         assert proc.poll() is None, log.read_text()
         return "lease.claimed" in events()
 
-    # Once the run is claimed, its day is under way: loading the model, then generating
-    # (a day of the 270M model takes far longer than this test's bound), both on a
-    # thread nothing can interrupt.
+    def model_mapped() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return ".gguf" in Path(f"/proc/{proc.pid}/maps").read_text()
+
+    # A claim is not yet a day under way: the worker first builds its loop (importing
+    # langchain), and a stop that lands before that is done ends the task cleanly, with
+    # nothing to abandon. Once llama.cpp has mapped the model file, the day is loading
+    # or generating (a day of the 270M model takes far longer than this test's bound),
+    # on a thread nothing can interrupt.
     deadline = time.monotonic() + 300
     while not claimed():
         assert time.monotonic() < deadline, "the run was never claimed"
         time.sleep(0.1)
+    while not model_mapped():
+        assert time.monotonic() < deadline, "the day never loaded the model"
+        time.sleep(0.05)
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
