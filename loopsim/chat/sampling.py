@@ -11,7 +11,7 @@ then eight times as many, and so on), and stops as soon as ``keep`` of them pass
 ``keep`` is what the next stage keeps (``top_k``, or 1 for greedy decoding). The
 ``keep`` best tokens the grammar allows are then all in the list, so ``top_k`` and what
 follows it see exactly what they saw before: with the same seed the reply is the same,
-token for token (``tests/test_llamacpp.py`` checks it on the real model). Where fewer
+token for token (``tests/test_sampling.py`` checks it on the real model). Where fewer
 pass, it checks the whole vocabulary, as before.
 
 Only :func:`fast_llama_class` is public; it imports llama.cpp, so this module is imported
