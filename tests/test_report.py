@@ -140,9 +140,8 @@ def seed_run(database: Database) -> str:
         for index in range(1, DAYS + 1):
             if index == FAILED_DAY:
                 date = START + dt.timedelta(days=index - 1)
-                day = add_day(store, run_id, index, status=DayStatus.FAILED, date=date)
-                day.error = "reply failed validation: " + payload(index) + " " + LONG_WORD
-                session.flush()
+                error = "reply failed validation: " + payload(index) + " " + LONG_WORD
+                add_day(store, run_id, index, status=DayStatus.FAILED, date=date, error=error)
             else:
                 _day_entries(store, run_id, index)
         probes = [p.id for p in store.list_probes(run_id)]
@@ -383,8 +382,7 @@ def test_a_failed_try_and_the_day_that_took_its_index_have_their_own_anchors(dat
     run_id = make_run(database, spec)
     with database.write() as session:
         store = Store(session)
-        tried = add_day(store, run_id, 1, status=DayStatus.FAILED)
-        tried.error = "model down"
+        tried = add_day(store, run_id, 1, status=DayStatus.FAILED, error="model down")
         add_day(store, run_id, 1, [EntryInput("note", "Held", "The day that took index 1.")])
         tried_id = tried.id
     dom = Dom(render(database, run_id))

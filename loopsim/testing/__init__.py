@@ -208,9 +208,10 @@ def add_day(
     *,
     status: str = DayStatus.COMMITTED,
     date: dt.date = dt.date(2025, 6, 2),
+    error: str | None = None,
 ) -> Day:
     """A day with entries written straight through the store, for seeding records in
-    tests and benchmarks without a model."""
+    tests and benchmarks without a model. The day returned is not in the session."""
     now = utcnow()
     day = store.add_day(
         run_id,
@@ -221,6 +222,7 @@ def add_day(
         model_version="seed",
         prompt_hash="0" * 64,
         prompt=[],
+        error=error,
         attempts=1,
         started_at=now,
         finished_at=now,
