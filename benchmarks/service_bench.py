@@ -1,9 +1,11 @@
 """Throughput and overhead of `loopsim serve`, printed as Markdown tables.
 
 1. Days per second for C concurrent runs against a loopback OpenAI-compatible stub
-   (loopsim.testing.stubserver, in this process) with a fixed latency, through the client
-   loopsim picks for such a server (its light one; LOOPSIM_OPENAI_CLIENT=langchain for
-   langchain-openai), against the ideal C / latency.
+   (loopsim.testing.stubserver, a process of its own, as a real server is; with
+   --stub-in-process, a thread of this one, as before 2026-12-06) with a fixed latency,
+   through the client loopsim picks for such a server (its light one;
+   LOOPSIM_OPENAI_CLIENT=langchain for langchain-openai), against the ideal
+   C / (latency x calls a day).
 2. One `loopsim serve` process against two, on one PostgreSQL database.
 3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
    in-process model, at 10^2 and 10^5 entries in the record.
@@ -11,13 +13,14 @@
    (needs the `bench` extra).
 
     python benchmarks/service_bench.py [--window 8] [--skip-pg] [--skip-langgraph]
-        [--only-overhead] [--rounds N] [--cache DIR]
+        [--only-overhead] [--rounds N] [--cache DIR] [--stub-in-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,34 @@ def committed(database: dbmod.Database) -> int:
         )
 
 
+def calls_made(database: dbmod.Database) -> int:
+    """Model calls the record holds: one row per request made, retries included."""
+    with database.read() as session:
+        return int(session.scalar(sa.text("SELECT count(*) FROM calls")) or 0)
+
+
+@contextlib.contextmanager
+def stub_server(latency: float, in_process: bool = False) -> Iterator[str]:
+    """The stub's base URL. By default the stub is a process of its own, so its CPU is
+    not the measured worker's (a real model server never is); ``in_process`` runs it as
+    a thread of this process instead."""
+    if in_process:
+        with StubOpenAI(latency=latency) as stub:
+            yield stub.base_url
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsim.testing.stubserver", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def seed_runs(database: dbmod.Database, n: int) -> None:
     spec = parse_spec(SPEC)
     with database.write() as session:
@@ -77,15 +109,15 @@ def seed_runs(database: dbmod.Database, n: int) -> None:
 
 
 async def _measure(
-    service: Service, database: dbmod.Database, stub: StubOpenAI, warmup: float, window: float
+    service: Service, database: dbmod.Database, warmup: float, window: float
 ) -> tuple[float, float]:
     """Days a second over the window, and model calls a day over the same window."""
     task = asyncio.ensure_future(service.serve(install_signals=False))
     await asyncio.sleep(warmup)
-    before, calls, began = committed(database), len(stub.requests), time.perf_counter()
+    before, calls, began = committed(database), calls_made(database), time.perf_counter()
     await asyncio.sleep(window)
     after, took = committed(database), time.perf_counter() - began
-    calls = len(stub.requests) - calls
+    calls = calls_made(database) - calls
     service.request_stop()
     await task
     days = after - before
@@ -93,7 +125,11 @@ async def _measure(
 
 
 def throughput(
-    concurrency: int, latency: float, window: float, url: str | None = None
+    concurrency: int,
+    latency: float,
+    window: float,
+    url: str | None = None,
+    stub_in_process: bool = False,
 ) -> tuple[float, float]:
     """Days a second of one worker over ``window`` seconds after a warm-up, and the model
     calls a day made meanwhile (a day of this spec makes more than one: the report, and
@@ -103,8 +139,8 @@ def throughput(
         dbmod.upgrade(url)
         database = dbmod.Database.open(url)
         seed_runs(database, concurrency)
-        with StubOpenAI(latency=latency) as stub:
-            settings = Settings(model_base_url=stub.base_url, model_timeout=60)
+        with stub_server(latency, stub_in_process) as base_url:
+            settings = Settings(model_base_url=base_url, model_timeout=60)
             config = ServiceConfig(
                 worker_id="bench",
                 concurrency=concurrency,
@@ -114,7 +150,7 @@ def throughput(
             )
             service = Service(database, settings, build_chat(settings), config)
             warmup = max(2.0, 2 * latency)
-            measured = asyncio.run(_measure(service, database, stub, warmup, window))
+            measured = asyncio.run(_measure(service, database, warmup, window))
         database.dispose()
         return measured
 
@@ -145,11 +181,11 @@ def workers_on_pg(n_workers: int, runs: int, concurrency: int, latency: float, w
         dbmod.upgrade(url)
         database = dbmod.Database.open(url)
         seed_runs(database, runs)
-        with StubOpenAI(latency=latency) as stub:
+        with stub_server(latency) as base_url:
             env = {
                 **os.environ,
                 "LOOPSIM_DATABASE_URL": url,
-                "LOOPSIM_MODEL_BASE_URL": stub.base_url,
+                "LOOPSIM_MODEL_BASE_URL": base_url,
             }
             procs = [
                 subprocess.Popen(
@@ -299,6 +335,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="overhead rounds, medians kept")
     parser.add_argument("--cache", type=Path, help="keep the overhead rows' seeded records here")
+    parser.add_argument(
+        "--stub-in-process",
+        action="store_true",
+        help="run the throughput rows' stub as a thread of this process (the old rows)",
+    )
     args = parser.parse_args()
     if not args.only_overhead:
         throughput_rows(args)
@@ -318,7 +359,7 @@ def throughput_rows(args: argparse.Namespace) -> None:
         cases.append((1024, 2.0))
     for c, latency in cases:
         window = max(args.window, 3 * latency)
-        rate, per_day = throughput(c, latency, window)
+        rate, per_day = throughput(c, latency, window, stub_in_process=args.stub_in_process)
         ideal = c / (latency * per_day) if per_day == per_day else float("nan")
         print(
             f"| {c} | {latency * 1000:.0f} ms | {rate:.1f} | {per_day:.2f} | {ideal:.0f} |"
