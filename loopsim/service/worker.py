@@ -61,6 +61,7 @@ from loopsim.service.http import HttpEndpoint
 from loopsim.service.lazy import LazyLoop
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
+from loopsim.service.turns import WaitingRuns
 from loopsim.service.writes import Writer
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ class Service:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()
         self._deadline: dict[str, float] = {}
+        self._turns = WaitingRuns(
+            lambda: self._db(self._waiting, list(self._tasks)), self.config.poll_seconds
+        )
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._abandon = asyncio.Event()
@@ -472,12 +476,11 @@ class Service:
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
 
     async def _should_yield(self, days: int) -> bool:
-        """Whether a run held for ``days`` days should give its slot up now: it has had
-        its turn and some run no worker holds is waiting for one."""
+        """Whether a run held ``days`` days yields its slot to a waiting run (turns.py)."""
         turn = self.config.yield_after_days
         if turn <= 0 or days < turn:
             return False
-        return await self._db(self._waiting, list(self._tasks)) > 0
+        return await self._turns.take()
 
     def _waiting(self, exclude: list[str]) -> int:
         with self.db.read() as session:
