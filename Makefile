@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml $(VENV)/.files
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) --config-settings editable_mode=strict \
-		-e '.[local,server,dev,embed]'
+		-e '.[local,server,dev,embed,uvloop]'
 	touch $@
 
 setup: $(BIN)/.installed

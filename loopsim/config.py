@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         "CPU per call) or langchain (langchain-openai and the openai SDK). OpenAI's own "
         "API, with no base URL, always goes through langchain-openai.",
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="The event loop of `loopsim serve`: auto (uvloop when the uvloop extra "
+        "is installed, else asyncio's), asyncio or uvloop. uvloop leaves one worker more "
+        "of its core for days at high concurrency (benchmarks/README.md).",
+    )
     api_key: SecretStr | None = Field(
         None, description="API key for the model endpoint; never logged or stored."
     )

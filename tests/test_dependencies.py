@@ -24,6 +24,7 @@ EXTRAS = {
     "onnxruntime": "embed",
     "tokenizers": "embed",
     "numpy": "embed",
+    "uvloop": "uvloop",  # and without it, serve runs on asyncio's own loop
 }
 # The testing helpers may use what the dev extra brings; nothing above them imports them.
 DEV_ONLY_DIRS = {"testing"}

@@ -5,6 +5,7 @@ langchain-openai."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -168,6 +169,9 @@ def test_sigterm_finishes_or_abandons_and_exits_zero_within_the_bound(any_url, s
     assert all(r.lease_owner is None and r.status == RunStatus.RUNNING for r in runs.values())
     events = {e["event"] for e in worker.events()}
     assert {"serve.start", "lease.claimed", "day.committed", "stop", "serve.stop"} <= events
+    # On uvloop's event loop wherever the extra is installed (`make setup` installs it).
+    (start,) = [e for e in worker.events() if e["event"] == "serve.start"]
+    assert start["loop"] == ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(any_url, stub, tmp_path):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -15,6 +14,7 @@ import typer
 
 from loopsim.cli.context import AppContext, app_context
 from loopsim.errors import SpecError
+from loopsim.service.eventloop import new_event_loop
 
 if TYPE_CHECKING:
     from loopsim.record.db import Database
@@ -161,7 +161,7 @@ def serve(
     # Not asyncio.run: it would wait for every executor thread, and a call into the
     # embedded model on a thread cannot be interrupted. Its day is already abandoned and
     # its lease released, so the process exits without waiting for it.
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(a.settings.event_loop)
     try:
         loop.run_until_complete(service.serve())
     finally:

@@ -26,6 +26,7 @@ _FIELDS = (
     "address",
     "owner",
     "runs",
+    "loop",
 )
 
 

@@ -55,6 +55,7 @@ from loopsim.record.tables import utcnow
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service import events
 from loopsim.service.config import ServiceConfig, default_worker_id
+from loopsim.service.eventloop import loop_kind
 from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
 from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
@@ -182,12 +183,11 @@ class Service:
                     extra={"event": "http.listening", "address": self.http.address},
                 )
             heartbeat = asyncio.ensure_future(self._heartbeat())
+            kind = loop_kind(asyncio.get_running_loop())
             log.info(
-                "worker %s serving %s with concurrency %d",
-                self.config.worker_id,
-                self.db.where,
-                self.config.concurrency,
-                extra={"event": "serve.start", "worker": self.config.worker_id},
+                "worker %s serving %s with concurrency %d on %s",
+                *(self.config.worker_id, self.db.where, self.config.concurrency, kind),
+                extra={"event": "serve.start", "worker": self.config.worker_id, "loop": kind},
             )
             self._ready = True
             # Model calls through aiohttp, its connections closed after the last day.
