@@ -2,9 +2,10 @@
 
 1. Days per second for C concurrent runs against a loopback OpenAI-compatible stub
    (loopsim.testing.stubserver, a process of its own, as a real server is; with
-   --stub-in-process, a thread of this one, as before 2026-12-06) with a fixed latency,
+   --stub-in-process, a thread of this one, as in the earlier tables) with a fixed latency,
    through the client loopsim picks for such a server (its light one;
-   LOOPSIM_OPENAI_CLIENT=langchain for langchain-openai), against the ideal
+   LOOPSIM_OPENAI_CLIENT=langchain for langchain-openai), on the event loop `loopsim
+   serve` picks (LOOPSIM_EVENT_LOOP=asyncio for asyncio's), against the ideal
    C / (latency x calls a day).
 2. One `loopsim serve` process against two, on one PostgreSQL database.
 3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
@@ -42,6 +43,7 @@ from loopsim.loop import Loop
 from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.service.eventloop import new_event_loop
 from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import add_day, scripted_factory
 from loopsim.testing.stubserver import StubOpenAI
@@ -150,7 +152,9 @@ def throughput(
             )
             service = Service(database, settings, build_chat(settings), config)
             warmup = max(2.0, 2 * latency)
-            measured = asyncio.run(_measure(service, database, warmup, window))
+            # The event loop `loopsim serve` would run on (LOOPSIM_EVENT_LOOP, default auto).
+            with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as run:
+                measured = run.run(_measure(service, database, warmup, window))
         database.dispose()
         return measured
 
