@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -26,6 +25,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from loopsim.chat.handle import build_chat
 from loopsim.config import Settings
 from loopsim.schemas import DayReport, ModelSpec
+from loopsim.testing.stubserver import spawned
 
 SCHEMA = DayReport.model_json_schema()
 MESSAGES = [
@@ -84,17 +84,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 64, 256])
     args = parser.parse_args()
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "loopsim.testing.stubserver", "--latency", str(args.latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert stub.stdout is not None
-        asyncio.run(table(stub.stdout.readline().strip(), args))
-    finally:
-        stub.terminate()
-        stub.wait(10)
+    with spawned(args.latency) as base_url:
+        asyncio.run(table(base_url, args))
 
 
 if __name__ == "__main__":

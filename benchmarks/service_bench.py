@@ -46,7 +46,7 @@ from loopsim.schemas import DayStatus, RunStatus, parse_spec
 from loopsim.service.eventloop import new_event_loop
 from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import add_day, scripted_factory
-from loopsim.testing.stubserver import StubOpenAI
+from loopsim.testing.stubserver import StubOpenAI, spawned
 
 PG_ADMIN = os.environ.get(
     "LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -85,17 +85,8 @@ def stub_server(latency: float, in_process: bool = False) -> Iterator[str]:
         with StubOpenAI(latency=latency) as stub:
             yield stub.base_url
         return
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loopsim.testing.stubserver", "--latency", str(latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with spawned(latency) as base_url:
+        yield base_url
 
 
 def seed_runs(database: dbmod.Database, n: int) -> None:

@@ -19,10 +19,12 @@ import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from loopsim.testing import report_json
@@ -330,6 +332,23 @@ async def _send(
     ]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body[:cut])
     await writer.drain()
+
+
+@contextlib.contextmanager
+def spawned(latency: float = 0.0) -> Iterator[str]:
+    """A stub in a process of its own (:func:`main`), for as long as the block runs; its
+    base URL. Benchmarks use it so the stub's CPU is not counted as the measured one's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsim.testing.stubserver", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
