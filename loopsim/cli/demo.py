@@ -14,7 +14,7 @@ import typer
 from loopsim.cli.context import app_context
 from loopsim.cli.stepping import set_status, step_days
 from loopsim.errors import LoopsimError
-from loopsim.exports.markdown import to_markdown, write_atomically
+from loopsim.exports.markdown import markdown_chunks, write_atomically
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
@@ -98,7 +98,7 @@ def demo(
     with database.read() as session:
         store = Store(session)
         verified = store.verify_chain(run_id)
-        write_atomically(report, [to_markdown(store, store.get_run(run_id))])
+        write_atomically(report, markdown_chunks(store, store.get_run(run_id)))
     if not verified.ok:
         assert verified.broken is not None
         raise LoopsimError(f"demo record does not verify: {verified.broken.describe()}")

@@ -6,6 +6,7 @@ Model text is data: every format escapes it (docs/export.md describes each).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from itertools import chain
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import SpecError
 from loopsim.exports.calls import calls_jsonl
-from loopsim.exports.markdown import to_jsonl, to_markdown, write_atomically
+from loopsim.exports.markdown import batched_text, markdown_chunks, to_jsonl, write_atomically
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import CallRole
@@ -88,15 +89,18 @@ def export(
         raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
     if output is not None and str(output) != "-":
         dbmod.refuse_database_target(output, a.url, "-o")
+    # Written as read, inside one read transaction: the output is one snapshot of the
+    # record, and memory stays flat however long the record is.
+    tally = Tally()
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
+        chunks: Iterable[str]
         if fmt == ExportFormat.DATASET:
             filt = DatasetFilter(since_day, until_day, frozenset(kind or ()), include_reverted)
-            tally = Tally()
-            chunks = [line + "\n" for line in to_dataset(store, run, filt, tally)]
+            chunks = (line + "\n" for line in to_dataset(store, run, filt, tally))
         elif fmt == ExportFormat.MD:
-            chunks = [to_markdown(store, run, include_reverted=include_reverted)]
+            chunks = markdown_chunks(store, run, include_reverted=include_reverted)
         elif fmt == ExportFormat.HTML:
             from loopsim.exports.report import to_html  # jinja2: only for this format
 
@@ -114,12 +118,13 @@ def export(
             lines = to_jsonl(store, run, include_reverted=include_reverted)
             if calls:
                 lines = chain(lines, calls_jsonl(store, run, include_reverted=include_reverted))
-            chunks = [line + "\n" for line in lines]
-    if output is None or str(output) == "-":
-        for chunk in chunks:
-            typer.echo(chunk, nl=False)
-    else:
-        write_atomically(output, chunks)
+            chunks = (line + "\n" for line in lines)
+        if output is None or str(output) == "-":
+            for block in batched_text(chunks):
+                typer.echo(block, nl=False)
+        else:
+            write_atomically(output, chunks)
+    if output is not None and str(output) != "-":
         a.err.print(f"wrote {output}")
     if fmt == ExportFormat.DATASET:
         a.err.print(tally.describe())

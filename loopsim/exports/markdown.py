@@ -20,13 +20,14 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loopsim.errors import LoopsimError, SpecError
 from loopsim.record.leases import driver
 from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
-from loopsim.record.tables import CheckIn, Day, Entry, ProbePair, Run
+from loopsim.record.streams import EntryRow
+from loopsim.record.tables import CheckIn, ProbePair, Run
 from loopsim.schemas import DayStatus
 from loopsim.text import inert_json as inert_json  # re-exported: the CLI imports it here
 from loopsim.text import plural
@@ -71,21 +72,20 @@ def md_block(text: str) -> str:
     return "\n".join("> " + re.sub(r"([\\`*_{}\[\]#+!|~-])", r"\\\1", line) for line in lines)
 
 
-def _days_and_entries(
-    store: Store, run: Run, include_reverted: bool
-) -> Iterator[tuple[Day, list[Entry]]]:
-    by_day: dict[int | None, list[Entry]] = {}
-    for entry, _idx, _status in store.list_entries(run.id, include_reverted=include_reverted):
-        by_day.setdefault(entry.day_id, []).append(entry)
-    for day in store.list_days(run.id):
-        if day.status == DayStatus.REVERTED and not include_reverted:
-            continue
-        yield day, by_day.get(day.id, [])
-
-
 def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> str:
+    """The run's record as one Markdown document (:func:`markdown_chunks`, joined)."""
+    return "".join(markdown_chunks(store, run, include_reverted=include_reverted))
+
+
+def markdown_chunks(store: Store, run: Run, *, include_reverted: bool = False) -> Iterator[str]:
+    """The Markdown document in pieces, a day at a time, read as it is written: memory
+    stays flat however long the record (:mod:`loopsim.record.streams`)."""
+    return _rstripped(_markdown_parts(store, run, include_reverted))
+
+
+def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[str]:
     spec = run.spec
-    out = [
+    head = [
         f"# loopsim run {md_inline(run.name)}: {md_inline(spec['persona']['name'])}",
         "",
         f"- run: {md_code(run.id)}",
@@ -103,13 +103,12 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
         md_block(spec["charter"]["agenda"]),
         "",
     ]
-    outside = [e for e, idx, _ in store.list_entries(run.id) if idx is None]
-    seqs = store.entry_seqs(run.id)
-    for day, entries in _days_and_entries(store, run, include_reverted):
+    yield _lines(head)
+    for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
         label = {DayStatus.COMMITTED: "", DayStatus.FAILED: " (a failed try)"}.get(
             DayStatus(day.status), f" ({day.status})"
         )
-        out += [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
+        out = [f"## Day {day.index}: {day.external_date.isoformat()}{label}", ""]
         out.append(
             f"*model {md_code(day.model_version or '')}, {day.latency_ms or 0} ms, "
             f"{day.tokens_in or 0} tokens in, {day.tokens_out or 0} out*"
@@ -119,27 +118,63 @@ def to_markdown(store: Store, run: Run, *, include_reverted: bool = False) -> st
             tried = plural(day.attempts or 0, "attempt")
             out += [f"Failed after {tried}: {md_inline(day.error or '')}", ""]
         for entry in entries:
-            out += [_entry_heading(entry, seqs), "", md_block(entry.body), ""]
+            out += [_entry_heading(entry), "", md_block(entry.body), ""]
+        yield _lines(out)
     checkins = store.list_checkins(run.id)
     if checkins:
-        out += ["## Check-ins", ""]
+        yield _lines(["## Check-ins", ""])
         for c in checkins:
-            for line in _checkin_md(store, c):
-                out.append(line)
+            yield _lines(_checkin_md(store, c))
+    outside = store.outside_entries(run.id)
     if outside:
-        out += ["## Entries outside any day", ""]
+        yield _lines(["## Entries outside any day", ""])
         for entry in outside:
-            out += [
-                f"### {entry.kind} by {entry.author}, {entry.external_date.isoformat()}: "
-                f"{md_inline(entry.title)}",
-                "",
-                md_block(entry.body),
-                "",
-            ]
-    return "\n".join(out).rstrip() + "\n"
+            yield _lines(
+                [
+                    f"### {entry.kind} by {entry.author}, {entry.external_date.isoformat()}: "
+                    f"{md_inline(entry.title)}",
+                    "",
+                    md_block(entry.body),
+                    "",
+                ]
+            )
 
 
-def entry_marks(entry: Entry, *, typeset: bool = False) -> list[str]:
+def _lines(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def _rstripped(chunks: Iterable[str]) -> Iterator[str]:
+    """The chunks' text with its trailing whitespace replaced by one newline, as
+    ``text.rstrip() + "\\n"`` would give, without holding more than the whitespace that
+    might be the end."""
+    held = ""
+    for chunk in chunks:
+        body = chunk.rstrip()
+        if body:
+            yield held + body
+            held = chunk[len(body) :]
+        else:
+            held += chunk
+    yield "\n"
+
+
+class Marked(Protocol):
+    """What :func:`entry_marks` reads of an entry (an ORM row or a streamed one)."""
+
+    @property
+    def level(self) -> int | None: ...
+    @property
+    def first_day(self) -> int | None: ...
+    @property
+    def last_day(self) -> int | None: ...
+    @property
+    def score(self) -> int | None: ...
+    @property
+    def flagged(self) -> bool | None: ...
+
+
+def entry_marks(entry: Marked, *, typeset: bool = False) -> list[str]:
     """What an amplification entry carries: a digest's level and days, a critic's score,
     an idea's flag. Every rendering of an entry takes its marks from here.
 
@@ -162,11 +197,11 @@ def entry_marks(entry: Entry, *, typeset: bool = False) -> list[str]:
     return marks
 
 
-def _entry_heading(entry: Entry, seqs: dict[int, int]) -> str:
+def _entry_heading(entry: EntryRow) -> str:
     """``### #seq kind: title``, then what places the entry in its day's tree."""
     marks = []
-    if entry.parent_id is not None and entry.parent_id in seqs:
-        marks.append(f"re #{seqs[entry.parent_id]}")
+    if entry.parent_seq is not None:
+        marks.append(f"re #{entry.parent_seq}")
     marks += entry_marks(entry)
     tail = f" ({'; '.join(marks)})" if marks else ""
     return f"### #{entry.seq} {entry.kind}: {md_inline(entry.title)}{tail}"
@@ -241,8 +276,7 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "fork_day": run.fork_day,
         }
     )
-    seqs = store.entry_seqs(run.id)
-    for day, entries in _days_and_entries(store, run, include_reverted):
+    for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
         yield _jsonl(
             {
                 "type": "day",
@@ -261,10 +295,9 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             }
         )
         for entry in entries:
-            yield _entry_record(entry, day.index, day.status, seqs)
-    for entry, idx, _ in store.list_entries(run.id):
-        if idx is None:
-            yield _entry_record(entry, None, None, seqs)
+            yield _entry_record(entry, day.index, day.status)
+    for entry in store.outside_entries(run.id):
+        yield _entry_record(entry, None, None)
     for c in store.list_checkins(run.id):
         yield _jsonl({"type": "checkin", **checkin_record(store, c)})
 
@@ -316,9 +349,7 @@ def checkin_record(store: Store, c: CheckIn) -> dict[str, Any]:
     }
 
 
-def _entry_record(
-    entry: Entry, day_index: int | None, day_status: str | None, seqs: dict[int, int]
-) -> str:
+def _entry_record(entry: EntryRow, day_index: int | None, day_status: str | None) -> str:
     return _jsonl(
         {
             "type": "entry",
@@ -338,7 +369,7 @@ def _entry_record(
             "hash": entry.hash,
             "prev_hash": entry.prev_hash,
             "parent_id": entry.parent_id,
-            "parent_seq": seqs.get(entry.parent_id) if entry.parent_id is not None else None,
+            "parent_seq": entry.parent_seq,
             "level": entry.level,
             "first_day": entry.first_day,
             "last_day": entry.last_day,
@@ -346,6 +377,20 @@ def _entry_record(
             "flagged": entry.flagged,
         }
     )
+
+
+def batched_text(chunks: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
+    """The chunks joined into blocks of about ``size`` characters: one write each."""
+    block: list[str] = []
+    held = 0
+    for chunk in chunks:
+        block.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield "".join(block)
+            block, held = [], 0
+    if block:
+        yield "".join(block)
 
 
 def write_atomically(path: Path, chunks: Iterable[str]) -> None:
@@ -368,7 +413,7 @@ def write_atomically(path: Path, chunks: Iterable[str]) -> None:
         raise LoopsimError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for chunk in chunks:
+            for chunk in batched_text(chunks):
                 handle.write(chunk)
             handle.flush()
             os.fchmod(handle.fileno(), mode)

@@ -7,7 +7,8 @@ Each noun's queries live in their own module, over
 (:mod:`~loopsim.record.runs`), days (:mod:`~loopsim.record.days`) and their model calls
 (:mod:`~loopsim.record.calls`), entries (:mod:`~loopsim.record.entries`), forks
 (:mod:`~loopsim.record.forks`), digests (:mod:`~loopsim.record.digests`), search
-(:mod:`~loopsim.record.search`), probes and check-ins (:mod:`~loopsim.record.checkins`),
+(:mod:`~loopsim.record.search`), whole records read in batches
+(:mod:`~loopsim.record.streams`), probes and check-ins (:mod:`~loopsim.record.checkins`),
 the hash chain (:mod:`~loopsim.record.chain`) and integrity checks
 (:mod:`~loopsim.record.integrity`). Callers keep one door, ``Store(session)``, and import
 the record's value types from here.
@@ -26,6 +27,7 @@ from loopsim.record.forks import ForkQueries
 from loopsim.record.integrity import IntegrityQueries
 from loopsim.record.runs import RunQueries
 from loopsim.record.search import SearchQueries, dropped_words, search_terms
+from loopsim.record.streams import StreamQueries
 
 __all__ = [
     "GENESIS",
@@ -48,6 +50,7 @@ class Store(
     CallQueries,
     DigestQueries,
     EntryQueries,
+    StreamQueries,
     ForkQueries,
     SearchQueries,
     ChainQueries,

@@ -1,0 +1,160 @@
+"""Reading a whole record in batches (loopsim/record/streams.py): exports and `record show`
+hold a batch of the record at a time, never all of it, and give what one whole read gives,
+on SQLite and on PostgreSQL (whose batches come from a server-side cursor)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from loopsim.exports.markdown import markdown_chunks, to_jsonl
+from loopsim.record import db as dbmod
+from loopsim.record.store import EntryInput, Store
+from loopsim.record.streams import BATCH
+from loopsim.schemas import Author, DayStatus, EntryKind
+from loopsim.testing import add_day
+from tests.conftest import make_run
+
+DATE = dt.date(2025, 6, 2)
+
+
+def seed(database: dbmod.Database, spec: Any, days: int, per_day: int = 7) -> str:
+    """A record of ``days`` days of ``per_day`` entries: a note with the rest answering
+    it, so each day is a tree. Day 3 has two failed tries before it, days 5 and 6 are
+    reverted, and a human correction stands outside any day."""
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        for index in range(1, days + 1):
+            if index == 3:
+                for attempt in range(2):
+                    add_day(store, run_id, 3, status=DayStatus.FAILED, error=f"bad {attempt}")
+            items = [EntryInput("note", f"Note {index}", f"Day {index} began.")] + [
+                EntryInput("answer", f"Answer {index}.{k}", f"Reply {k}.", parent=0)
+                for k in range(1, per_day)
+            ]
+            status = DayStatus.REVERTED if index in (5, 6) else DayStatus.COMMITTED
+            add_day(store, run_id, index, items, status=status)
+        store.append_entries(
+            run_id,
+            [EntryInput(EntryKind.CORRECTION, "Correction", "Bees dance.", author=Author.HUMAN)],
+            day=None,
+            external_date=DATE,
+        )
+    return run_id
+
+
+def whole_read(store: Store, run_id: str, include_reverted: bool) -> list[tuple[Any, ...]]:
+    """What the exports read before they streamed: every day as an ORM object, each with
+    its entries grouped from one list of all of them."""
+    by_day: dict[int | None, list[Any]] = {}
+    for entry, _index, _status in store.list_entries(run_id, include_reverted=include_reverted):
+        by_day.setdefault(entry.day_id, []).append(entry)
+    seqs = store.entry_seqs(run_id)
+    out = []
+    for day in store.list_days(run_id):
+        if day.status == DayStatus.REVERTED and not include_reverted:
+            continue
+        entries = [
+            (e.seq, e.kind, e.title, e.hash, seqs.get(e.parent_id)) for e in by_day.get(day.id, [])
+        ]
+        out.append((day.id, day.index, day.status, day.error, entries))
+    return out
+
+
+@pytest.mark.parametrize("include_reverted", [False, True])
+def test_days_with_entries_gives_what_a_whole_read_gives(any_db, spec, include_reverted):
+    run_id = seed(any_db, spec, days=BATCH // 7 + 20)  # more rows than one batch
+    with any_db.read() as session:
+        store = Store(session)
+        expected = whole_read(store, run_id, include_reverted)
+        streamed = [
+            (
+                day.id,
+                day.index,
+                day.status,
+                day.error,
+                [(e.seq, e.kind, e.title, e.hash, e.parent_seq) for e in entries],
+            )
+            for day, entries in store.days_with_entries(run_id, include_reverted=include_reverted)
+        ]
+        outside = store.outside_entries(run_id)
+    assert streamed == expected
+    assert sum(len(d[4]) for d in streamed) > BATCH
+    assert [d[1] for d in streamed if d[2] == DayStatus.FAILED] == [3, 3]
+    assert any(d[2] == DayStatus.REVERTED for d in streamed) == include_reverted
+    assert [(e.kind, e.day_id) for e in outside] == [(EntryKind.CORRECTION, None)]
+
+
+def test_entry_pages_walk_the_record_in_seq_order(any_db, spec):
+    run_id = seed(any_db, spec, days=BATCH // 7 + 20)
+    with any_db.read() as session:
+        store = Store(session)
+        expected = [(e.seq, index, status) for e, index, status in store.list_entries(run_id)]
+        day_9 = [e.seq for e, _, _ in store.list_entries(run_id, day_index=9)]
+        walked: list[tuple[int, int | None, str | None]] = []
+        after = 0
+        while page := store.entry_page(run_id, after, limit=97):
+            walked += [(p.entry.seq, p.day_index, p.day_status) for p in page]
+            after = page[-1].entry.seq
+        one_day = [p.entry.seq for p in store.entry_page(run_id, 0, day_index=9)]
+    assert walked == expected
+    assert one_day == day_9
+    assert len(day_9) == 7
+
+
+def _peak(fn: Any) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _consume(database: dbmod.Database, run_id: str) -> None:
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        for _chunk in markdown_chunks(store, run, include_reverted=True):
+            pass
+        for _line in to_jsonl(store, run, include_reverted=True):
+            pass
+
+
+def test_exports_hold_a_batch_not_the_record(tmp_path, sqlite_template, spec):
+    """Peak Python memory of an export on a record of 2 batches and on one of 10: flat,
+    where reading the whole record made it grow fivefold."""
+    from tests.conftest import migrated_sqlite
+
+    peaks: dict[str, list[int]] = {"export": []}
+    for days in (2 * BATCH // 7, 10 * BATCH // 7):
+        url = migrated_sqlite(sqlite_template, tmp_path / f"{days}.db")
+        database = dbmod.Database.open(url)
+        run_id = seed(database, spec, days=days)
+        _consume(database, run_id)  # warm: first-use caches are not the record
+        peaks["export"].append(_peak(lambda: _consume(database, run_id)))  # noqa: B023
+        database.dispose()
+    for name, (small, large) in peaks.items():
+        assert large < 2 * small, f"{name}: {small} bytes at 2 batches, {large} at 10"
+
+
+def test_export_to_a_file_is_whole_and_atomic(cli_factory, sqlite_url, spec, tmp_path):
+    """Written as read: the file appears whole, with every entry, or not at all."""
+    database = dbmod.Database.open(sqlite_url)
+    run_id = seed(database, spec, days=BATCH // 7 + 20)
+    database.dispose()
+    cli = cli_factory(sqlite_url)
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "record.jsonl"
+    result = cli("export", run_id, "-f", "jsonl", "--include-reverted", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    entries = [r["seq"] for r in records if r["type"] == "entry"]
+    assert entries == sorted(entries)
+    assert len(entries) == (BATCH // 7 + 20) * 7 + 1
+    assert [p.name for p in target.parent.iterdir()] == ["record.jsonl"]  # no temporary left
