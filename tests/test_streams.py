@@ -4,13 +4,24 @@ on SQLite and on PostgreSQL (whose batches come from a server-side cursor)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 
+from loopsim.cli import app
+from loopsim.cli.context import AppContext
+from loopsim.config import Settings
 from loopsim.exports.markdown import markdown_chunks, to_jsonl
 from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
@@ -126,12 +137,18 @@ def _consume(database: dbmod.Database, run_id: str) -> None:
             pass
 
 
-def test_exports_hold_a_batch_not_the_record(tmp_path, sqlite_template, spec):
-    """Peak Python memory of an export on a record of 2 batches and on one of 10: flat,
-    where reading the whole record made it grow fivefold."""
+def _show(url: str, run_id: str) -> None:
+    obj = AppContext(Settings(database_url=url))
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        typer.main.get_command(app).main(["record", "show", run_id], obj=obj, standalone_mode=False)
+
+
+def test_exports_and_record_show_hold_a_batch_not_the_record(tmp_path, sqlite_template, spec):
+    """Peak Python memory of an export and of `record show` on a record of 2 batches and
+    on one of 10: flat, where reading the whole record made it grow fivefold."""
     from tests.conftest import migrated_sqlite
 
-    peaks: dict[str, list[int]] = {"export": []}
+    peaks: dict[str, list[int]] = {"export": [], "show": []}
     for days in (2 * BATCH // 7, 10 * BATCH // 7):
         url = migrated_sqlite(sqlite_template, tmp_path / f"{days}.db")
         database = dbmod.Database.open(url)
@@ -139,8 +156,51 @@ def test_exports_hold_a_batch_not_the_record(tmp_path, sqlite_template, spec):
         _consume(database, run_id)  # warm: first-use caches are not the record
         peaks["export"].append(_peak(lambda: _consume(database, run_id)))  # noqa: B023
         database.dispose()
+        _show(url, run_id)
+        peaks["show"].append(_peak(lambda: _show(url, run_id)))  # noqa: B023
     for name, (small, large) in peaks.items():
         assert large < 2 * small, f"{name}: {small} bytes at 2 batches, {large} at 10"
+
+
+def test_record_show_holds_no_snapshot_while_its_reader_waits(sqlite_url, spec):
+    """`record show | less`, left open: the command blocks writing to the pipe, and while
+    it waits it must not hold a read transaction, or SQLite's WAL could never be
+    checkpointed past it and would grow for as long as the pager stays open."""
+    database = dbmod.Database.open(sqlite_url)
+    run_id = seed(database, spec, days=4 * BATCH // 7)  # far more than a pipe holds
+    database.dispose()
+    env = {**os.environ, "LOOPSIM_DATABASE_URL": sqlite_url}
+    show = subprocess.Popen(
+        [sys.executable, "-m", "loopsim", "record", "show", run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        assert show.stdout is not None
+        first = show.stdout.readline()  # it has read a page and printed it; now we stall
+        assert first
+        writer = sqlite3.connect(sqlite_url, timeout=30)
+        deadline = time.monotonic() + 120
+        while True:
+            writer.execute("UPDATE runs SET name = name")
+            writer.commit()
+            busy, log, moved = writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy == 0 and log == moved:
+                break
+            assert time.monotonic() < deadline, "a reader held its snapshot for 120 s"
+            time.sleep(0.2)
+        assert Path(f"{sqlite_url}-wal").stat().st_size == 0  # truncated: no reader pinned it
+        assert show.poll() is None  # still blocked on the pipe, not finished
+        writer.close()
+        rest = show.stdout.read()
+        assert show.wait(timeout=120) == 0
+        headings = [line for line in (first + rest).splitlines() if " \u00b7 ".encode() in line]
+        assert len(headings) == (4 * BATCH // 7) * 7 + 1  # every entry, the correction too
+    finally:
+        if show.poll() is None:
+            show.kill()
+            show.wait()
 
 
 def test_export_to_a_file_is_whole_and_atomic(cli_factory, sqlite_url, spec, tmp_path):

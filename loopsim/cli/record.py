@@ -17,8 +17,8 @@ from loopsim.errors import RecordBroken, SpecError
 from loopsim.exports.markdown import entry_marks, safe_text
 from loopsim.record.chain import KEYED_HINT
 from loopsim.record.store import Store, dropped_words, search_terms
-from loopsim.record.tables import Entry
-from loopsim.schemas import DayStatus
+from loopsim.record.streams import BATCH, EntryRow
+from loopsim.schemas import DayStatus, EntryKind
 from loopsim.text import plural
 
 app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
@@ -32,46 +32,61 @@ def record_show(
 ) -> None:
     """Print the record. Terminal escapes in model text are stripped."""
     a = app_context(ctx)
-    with a.open_db().read() as session:
+    database = a.open_db()
+    with database.read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
         if day is not None:
             store.get_day(run.id, day)
-        every = store.list_days(run.id)
-        # Failed tries share their index with the day that later held it.
-        days = {d.index: d for d in every if d.status != DayStatus.FAILED}
-        rows = store.list_entries(run.id, day_index=day)
-    current = object()
-    depth: dict[int, int] = {}  # entry id -> depth in its day's tree
-    for entry, day_index, status in rows:
-        if day_index != current:
-            current = day_index
-            if day_index is None:
-                a.out.print(Text("\noutside any day", style="bold"))
-            else:
-                d = days[day_index]
-                mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
-                a.out.print(Text(f"\nday {day_index}  {d.external_date}{mark}", style="bold"))
-        style = "strike" if status == DayStatus.REVERTED else ""
-        level = depth.get(entry.parent_id, -1) + 1 if entry.parent_id is not None else 0
-        depth[entry.id] = level
-        pad = "  " * level
-        a.out.print(
-            Text(
-                f"{pad}#{entry.seq} {entry.kind}{_marks(entry)} · {safe_text(entry.title)}",
-                style=style + " cyan",
-            )
-        )
-        a.out.print(Text(textwrap.indent(safe_text(entry.body), pad), style=style))
-    failed = [d for d in every if d.status == DayStatus.FAILED and (day is None or d.index == day)]
-    for d in failed:
-        tried = f"day {d.index}  failed after {plural(d.attempts, 'attempt')}"
-        a.out.print(Text(f"\n{tried}: {safe_text(d.error or '')}", style="red"))
-    if not rows and not failed:
+        failed = [
+            (d.index, d.attempts, d.error)
+            for d in store.failed_days(run.id)
+            if day is None or d.index == day
+        ]
+    # A page of entries at a time, each read in a transaction of its own: memory stays
+    # flat however long the record, and a pager left open holds no snapshot of it.
+    current: object = object()
+    depth: dict[int, int] = {}  # entry id -> depth in its day's tree, for the day shown
+    digests: dict[int, int] = {}  # the same for digests, which a later amendment answers
+    after, shown = 0, 0
+    while True:
+        with database.read() as session:
+            page = Store(session).entry_page(run.id, after, day_index=day)
+        # One print a page: rich's cost is mostly per call (a third of it, batched).
+        parts: list[tuple[str, str]] = []
+        for entry, day_index, status, date in page:
+            if day_index != current:
+                current, depth = day_index, {}
+                if day_index is None:
+                    parts.append(("\noutside any day\n", "bold"))
+                else:
+                    mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
+                    parts.append((f"\nday {day_index}  {date}{mark}\n", "bold"))
+            style = "strike" if status == DayStatus.REVERTED else ""
+            level = 0
+            if entry.parent_id is not None:
+                level = depth.get(entry.parent_id, digests.get(entry.parent_id, -1)) + 1
+            depth[entry.id] = level
+            if entry.kind == EntryKind.DIGEST:
+                digests[entry.id] = level
+            pad = "  " * level
+            title = f"{pad}#{entry.seq} {entry.kind}{_marks(entry)} · {safe_text(entry.title)}"
+            parts.append((title + "\n", style + " cyan"))
+            parts.append((textwrap.indent(safe_text(entry.body), pad) + "\n", style))
+        if parts:
+            a.out.print(Text.assemble(*parts), end="")
+        shown += len(page)
+        if len(page) < BATCH:
+            break
+        after = page[-1].entry.seq
+    for index, attempts, error in failed:
+        tried = f"day {index}  failed after {plural(attempts, 'attempt')}"
+        a.out.print(Text(f"\n{tried}: {safe_text(error or '')}", style="red"))
+    if not shown and not failed:
         a.err.print("no entries yet")
 
 
-def _marks(entry: Entry) -> str:
+def _marks(entry: EntryRow) -> str:
     """What an amplification entry carries, and who wrote it if not the researcher."""
     marks = entry_marks(entry)
     if entry.author != "researcher":

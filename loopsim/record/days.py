@@ -118,6 +118,14 @@ class DayQueries(StoreBase):
             select(Day).where(Day.run_id == run_id).order_by(Day.index, Day.id)
         ).all()
 
+    def failed_days(self, run_id: str) -> Sequence[Day]:
+        """The run's failed tries, by index, then in the order tried."""
+        return self.session.scalars(
+            select(Day)
+            .where(Day.run_id == run_id, Day.status == DayStatus.FAILED)
+            .order_by(Day.index, Day.id)
+        ).all()
+
     def add_day(
         self,
         run_id: str,
