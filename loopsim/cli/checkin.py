@@ -246,10 +246,13 @@ def _review(a: AppContext, checkin_id: int) -> None:
         run = store.get_run(c.run_id)
         spec = RunSpec.model_validate(run.spec)
         since = last_approved_day(store, run.id)
+        # Only the days since the last approval: not the whole record, however long.
         entries = [
             (e, i)
-            for e, i, status in store.list_entries(run.id, include_reverted=False)
-            if i is not None and i > since
+            for e, i, _status in store.list_entries(
+                run.id, day_range=(since + 1, ID_MAX), include_reverted=False
+            )
+            if i is not None
         ]
         steps = [
             _Step(p.id, probe.question, p.human_answer, p.rating, p.is_retest)
