@@ -23,6 +23,7 @@ from loopsim.cli import app
 from loopsim.cli.context import AppContext
 from loopsim.config import Settings
 from loopsim.exports.markdown import markdown_chunks, to_jsonl
+from loopsim.exports.report import html_chunks
 from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
 from loopsim.record.streams import BATCH
@@ -94,7 +95,10 @@ def test_days_with_entries_gives_what_a_whole_read_gives(any_db, spec, include_r
             for day, entries in store.days_with_entries(run_id, include_reverted=include_reverted)
         ]
         outside = store.outside_entries(run_id)
+        every = whole_read(store, run_id, include_reverted=True)
+        counted = [(day.id, count) for day, count in store.days_with_counts(run_id)]
     assert streamed == expected
+    assert counted == [(d[0], len(d[4])) for d in every]
     assert sum(len(d[4]) for d in streamed) > BATCH
     assert [d[1] for d in streamed if d[2] == DayStatus.FAILED] == [3, 3]
     assert any(d[2] == DayStatus.REVERTED for d in streamed) == include_reverted
@@ -137,6 +141,13 @@ def _consume(database: dbmod.Database, run_id: str) -> None:
             pass
 
 
+def _html(database: dbmod.Database, run_id: str) -> None:
+    with database.read() as session:
+        store = Store(session)
+        for _chunk in html_chunks(store, store.get_run(run_id), include_reverted=True):
+            pass
+
+
 def _show(url: str, run_id: str) -> None:
     obj = AppContext(Settings(database_url=url))
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -144,17 +155,20 @@ def _show(url: str, run_id: str) -> None:
 
 
 def test_exports_and_record_show_hold_a_batch_not_the_record(tmp_path, sqlite_template, spec):
-    """Peak Python memory of an export and of `record show` on a record of 2 batches and
-    on one of 10: flat, where reading the whole record made it grow fivefold."""
+    """Peak Python memory of the exports and of `record show` on a record of 2 batches
+    and on one of 10: flat (the HTML report keeps a timeline line a day), where reading
+    the whole record made it grow fivefold."""
     from tests.conftest import migrated_sqlite
 
-    peaks: dict[str, list[int]] = {"export": [], "show": []}
+    peaks: dict[str, list[int]] = {"export": [], "html": [], "show": []}
     for days in (2 * BATCH // 7, 10 * BATCH // 7):
         url = migrated_sqlite(sqlite_template, tmp_path / f"{days}.db")
         database = dbmod.Database.open(url)
         run_id = seed(database, spec, days=days)
         _consume(database, run_id)  # warm: first-use caches are not the record
         peaks["export"].append(_peak(lambda: _consume(database, run_id)))  # noqa: B023
+        _html(database, run_id)
+        peaks["html"].append(_peak(lambda: _html(database, run_id)))  # noqa: B023
         database.dispose()
         _show(url, run_id)
         peaks["show"].append(_peak(lambda: _show(url, run_id)))  # noqa: B023

@@ -102,7 +102,7 @@ def export(
         elif fmt == ExportFormat.MD:
             chunks = markdown_chunks(store, run, include_reverted=include_reverted)
         elif fmt == ExportFormat.HTML:
-            from loopsim.exports.report import to_html  # jinja2: only for this format
+            from loopsim.exports.report import html_chunks  # jinja2: only for this format
 
             comparison = None
             if similarity is not None:
@@ -113,7 +113,9 @@ def export(
                     raise SpecError(
                         f"--compare-parent: run {run.id} is not a fork of a run in this database"
                     )
-            chunks = [to_html(store, run, include_reverted=include_reverted, comparison=comparison)]
+            chunks = html_chunks(
+                store, run, include_reverted=include_reverted, comparison=comparison
+            )
         else:
             lines = to_jsonl(store, run, include_reverted=include_reverted)
             if calls:

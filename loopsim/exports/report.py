@@ -15,10 +15,11 @@ Predictions stay hidden until the human's blind answer is stored, as in every ex
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,8 @@ from loopsim.checkin import drift
 from loopsim.exports.compare import Comparison
 from loopsim.exports.markdown import HIDDEN, checkin_record, entry_marks, safe_text
 from loopsim.record.store import Store, VerifyResult
-from loopsim.record.tables import Day, Entry, Run
+from loopsim.record.streams import DayRow, EntryRow
+from loopsim.record.tables import Run
 from loopsim.schemas import DayStatus, RunSpec
 
 # Deeper replies are drawn at this depth, each naming the entry it answers, so a hostile
@@ -141,7 +143,7 @@ class CheckinView:
     without_answers: bool = False  # decided with probes unanswered (--skip-probes)
 
 
-def _node(entry: Entry) -> EntryNode:
+def _node(entry: EntryRow) -> EntryNode:
     kind = text(entry.kind)
     return EntryNode(
         seq=entry.seq,
@@ -156,10 +158,10 @@ def _node(entry: Entry) -> EntryNode:
     )
 
 
-def entry_tree(entries: Sequence[Entry], known: dict[int, int]) -> list[KindGroup]:
+def entry_tree(entries: Sequence[EntryRow]) -> list[KindGroup]:
     """Entries (in chain order) as trees by ``parent_id``, roots grouped by kind in the
     order each kind first appears. A reply whose parent is not among ``entries`` is a
-    root that names its parent's seq (from ``known``, entry id to seq)."""
+    root that names its parent's seq."""
     nodes: dict[int, EntryNode] = {}
     depth: dict[int, int] = {}
     parent_of: dict[int, int] = {}
@@ -180,7 +182,7 @@ def entry_tree(entries: Sequence[Entry], known: dict[int, int]) -> list[KindGrou
             depth[entry.id] = depth[host] + 1
         else:
             if parent is not None:
-                node.reply_to = known.get(parent)
+                node.reply_to = entry.parent_seq
             roots.append(node)
             depth[entry.id] = 0
     groups: dict[str, list[EntryNode]] = {}
@@ -189,7 +191,7 @@ def entry_tree(entries: Sequence[Entry], known: dict[int, int]) -> list[KindGrou
     return [KindGroup(kind, members) for kind, members in groups.items()]
 
 
-def day_anchors(days: Sequence[Day]) -> list[str]:
+def day_anchors(days: Sequence[DayRow]) -> list[str]:
     """Each day's page anchor: ``day-N`` for the day that holds index N (else for the
     first try of it), and ``day-N-try-ID`` for the other, failed, tries of it."""
     named: dict[int, int] = {}
@@ -201,9 +203,8 @@ def day_anchors(days: Sequence[Day]) -> list[str]:
     ]
 
 
-def _day_view(
-    day: Day, entries: list[Entry], hidden: bool, known: dict[int, int], anchor: str
-) -> DayView:
+def _day_view(day: DayRow, entry_count: int, hidden: bool, anchor: str) -> DayView:
+    """A day's line in the timeline; its card adds the entries (:func:`html_chunks`)."""
     error = text(day.error) if day.status == DayStatus.FAILED else None
     preview = None
     if error is not None:
@@ -220,9 +221,9 @@ def _day_view(
         tokens_in=day.tokens_in or 0,
         tokens_out=day.tokens_out or 0,
         latency_ms=day.latency_ms or 0,
-        entry_count=len(entries),
+        entry_count=entry_count,
         hidden=hidden,
-        groups=[] if hidden else entry_tree(entries, known),
+        groups=[],
         anchor=anchor,
     )
 
@@ -421,31 +422,35 @@ def _chain(result: VerifyResult) -> dict[str, Any]:
 def to_html(
     store: Store, run: Run, *, include_reverted: bool = False, comparison: Comparison | None = None
 ) -> str:
-    """The run as one self-contained HTML page. Reverted days always appear in the
-    timeline, struck through; their entries only with ``include_reverted``. A
-    ``comparison`` (a fork's with its parent) is drawn as a section of its own."""
+    """The run as one self-contained HTML page (:func:`html_chunks`, joined)."""
+    return "".join(
+        html_chunks(store, run, include_reverted=include_reverted, comparison=comparison)
+    )
+
+
+def html_chunks(
+    store: Store, run: Run, *, include_reverted: bool = False, comparison: Comparison | None = None
+) -> Iterator[str]:
+    """The run as one self-contained HTML page, rendered as the days' entries are read.
+    Reverted days always appear in the timeline, struck through; their entries only with
+    ``include_reverted``. A ``comparison`` (a fork's with its parent) is drawn as a
+    section of its own. The timeline holds a line a day; the entries are read a batch at
+    a time as the days' cards are written (:mod:`loopsim.record.streams`)."""
     spec = RunSpec.model_validate(run.spec)
     warn, alarm = spec.checkins.drift_warn, spec.checkins.drift_alarm
-    rows = store.list_entries(run.id)
-    known = {entry.id: entry.seq for entry, _idx, _status in rows}
-    by_day: dict[int, list[Entry]] = {}
-    outside: list[Entry] = []
-    for entry, idx, _status in rows:
-        if entry.day_id is None or idx is None:
-            outside.append(entry)
-        else:
-            by_day.setdefault(entry.day_id, []).append(entry)
-    listed = store.list_days(run.id)
+    counted = store.days_with_counts(run.id)
+    listed = [day for day, _count in counted]
     days = [
-        _day_view(
-            day,
-            by_day.get(day.id, []),
-            day.status == DayStatus.REVERTED and not include_reverted,
-            known,
-            anchor,
-        )
-        for day, anchor in zip(listed, day_anchors(listed), strict=True)
+        _day_view(day, count, day.status == DayStatus.REVERTED and not include_reverted, anchor)
+        for (day, count), anchor in zip(counted, day_anchors(listed), strict=True)
     ]
+    outside = store.outside_entries(run.id)
+
+    def cards() -> Iterator[DayView]:
+        streamed = store.days_with_entries(run.id, include_reverted=True)
+        for view, (_day, entries) in zip(days, streamed, strict=True):
+            yield view if view.hidden else dataclasses.replace(view, groups=entry_tree(entries))
+
     checkins, points = _checkin_views(store, run, warn, alarm)
     closes: dict[int, list[CheckinView]] = {}
     for view in checkins:
@@ -473,12 +478,13 @@ def to_html(
         },
         "chain": _chain(store.verify_chain(run.id)),
         "days": days,
+        "cards": cards(),
         "counts": counts,
-        "entry_total": len(rows),
+        "entry_total": sum(count for _day, count in counted) + len(outside),
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
         "include_reverted": include_reverted,
-        "outside": entry_tree(outside, known),
+        "outside": entry_tree(outside),
         "checkins": checkins,
         "closes": closes,
         "chart": (
@@ -489,4 +495,4 @@ def to_html(
         "hidden_prediction": HIDDEN,
         "comparison": comparison.to_dict() if comparison is not None else None,
     }
-    return environment().get_template("report.html.j2").render(context)
+    return environment().get_template("report.html.j2").generate(context)

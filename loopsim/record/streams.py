@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Integer, String, Table, and_, bindparam, select
+from sqlalchemy import Integer, String, Table, and_, bindparam, func, select
 
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day, Entry
@@ -118,6 +118,14 @@ def _days_with_entries(include_reverted: bool) -> Any:
 
 
 _DAYS_WITH_ENTRIES = {flag: _days_with_entries(flag) for flag in (False, True)}
+# Grouped by the day's key alone: its other columns depend on it (PostgreSQL allows that).
+_DAYS_WITH_COUNTS = (
+    select(*_DAY_COLUMNS, func.count(_E.c.id))
+    .select_from(_D.outerjoin(_E, _E.c.day_id == _D.c.id))
+    .where(_D.c.run_id == _RUN_ID)
+    .group_by(_D.c.id)
+    .order_by(_D.c.index, _D.c.id)
+)
 _OUTSIDE = (
     select(*_ENTRY_COLUMNS)
     .select_from(_WITH_PARENT)
@@ -168,6 +176,12 @@ class StreamQueries(StoreBase):
                 entries.append(EntryRow(*row[_N_DAY:]))
         if day is not None:
             yield day, entries
+
+    def days_with_counts(self, run_id: str) -> list[tuple[DayRow, int]]:
+        """Each of the run's days in the order of :meth:`days_with_entries` (reverted
+        ones included), with how many entries it holds."""
+        rows = self._rows(_DAYS_WITH_COUNTS, {"run_id": run_id})
+        return [(DayRow(*row[:_N_DAY]), row[_N_DAY]) for row in rows]
 
     def outside_entries(self, run_id: str) -> list[EntryRow]:
         """Entries outside any day (a human's correction written at a check-in), by seq."""
