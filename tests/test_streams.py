@@ -232,3 +232,75 @@ def test_export_to_a_file_is_whole_and_atomic(cli_factory, sqlite_url, spec, tmp
     assert entries == sorted(entries)
     assert len(entries) == (BATCH // 7 + 20) * 7 + 1
     assert [p.name for p in target.parent.iterdir()] == ["record.jsonl"]  # no temporary left
+
+
+def seed_calls(database: dbmod.Database, spec: Any, days: int) -> str:
+    """A record of ``days`` approved days, each with a report call (a failed attempt fed
+    back, then an accepted one) carrying a prompt of about 2 KB, as a real day's do."""
+    from loopsim.record.tables import CheckIn, utcnow
+    from loopsim.researcher.conversation import Logged
+
+    run_id = make_run(database, spec)
+    prompt = [{"role": "user", "content": "Read the log and write today's report. " * 50}]
+    with database.write() as session:
+        store = Store(session)
+        for index in range(1, days + 1):
+            day = add_day(store, run_id, index)
+            calls = [
+                Logged(
+                    1,
+                    "day",
+                    0,
+                    attempt,
+                    prompt,
+                    f"reply {index}.{attempt}",
+                    attempt == 2,
+                    None if attempt == 2 else "not JSON",
+                    "seed",
+                    900,
+                    40,
+                    5,
+                )
+                for attempt in (1, 2)
+            ]
+            store.add_calls(day, calls, [])
+        now = utcnow()
+        session.add(
+            CheckIn(
+                run_id=run_id,
+                reason="scheduled",
+                first_day_index=1,
+                last_day_index=days,
+                decision="approve",
+                opened_at=now,
+                decided_at=now,
+            )
+        )
+    return run_id
+
+
+def _distil(database: dbmod.Database, run_id: str) -> int:
+    from loopsim.exports.calls import calls_jsonl
+    from loopsim.exports.dataset import to_dataset
+
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        written = sum(1 for _ in to_dataset(store, run))
+        return written + sum(1 for _ in calls_jsonl(store, run))
+
+
+def test_dataset_and_calls_exports_hold_a_batch_not_the_run(any_url, spec):
+    """A run's calls carry every prompt it sent: the dataset and `--calls` read them a
+    batch at a time (a server-side cursor on PostgreSQL, beside a query a day), so peak
+    memory stays flat from 2 batches of calls to 10."""
+    database = dbmod.Database.open(any_url)
+    small = seed_calls(database, spec, days=BATCH)  # 2 batches of calls
+    large = seed_calls(database, spec, days=5 * BATCH)
+    assert _distil(database, small) == BATCH * 3  # one example and two call lines a day
+    found = {}
+    for name, run_id in (("small", small), ("large", large)):
+        _distil(database, run_id)
+        found[name] = _peak(lambda: _distil(database, run_id))  # noqa: B023
+    database.dispose()
+    assert found["large"] < 2 * found["small"], found

@@ -14,6 +14,8 @@ attempt quoted in the messages replaced by null), as every other export hides th
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +45,9 @@ def call_records(store: Store, run: Run, query: CallQuery | None = None) -> list
     """The calls ``query`` selects, as records in day order: each day's own calls in the
     order they were made, then the judge calls of the check-ins that day ends."""
     query = query or CallQuery()
-    wants_table = not query.roles or bool(query.roles - {JUDGE})
-    wants_judge = not query.roles or JUDGE in query.roles
+    if query.last is None:
+        return list(iter_call_records(store, run, query))
+    wants_table, wants_judge = _wants(query)
     rows = (
         store.run_calls(
             run.id,
@@ -56,19 +59,56 @@ def call_records(store: Store, run: Run, query: CallQuery | None = None) -> list
         if wants_table
         else []
     )
-    blind = store.blind_days(run.id)
-    records = _table_records(rows, blind)
+    records = _table_records(rows, store.blind_days(run.id))
     if wants_judge:
-        # With --limit, judge calls older than the oldest call kept cannot be among the
-        # latest ones, unless there were no table calls to compare with.
-        since = rows[0][1].index if rows and query.last is not None else None
-        days = {d.index: d for d in store.list_days(run.id) if d.status != DayStatus.FAILED}
-        judged = store.judge_calls(run.id, day_index=query.day_index, since_day=since)
-        extra = list(_judge_records(judged, days, query.include_reverted))
-        records = sorted([*records, *extra], key=_position)
-    if query.last is not None:
-        records = records[-query.last :]
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+        # Judge calls older than the oldest call kept cannot be among the latest ones,
+        # unless there were no table calls to compare with.
+        since = rows[0][1].index if rows else None
+        records = sorted([*records, *_judges(store, run, query, since)], key=_position)
+    return [_public(r) for r in records[-query.last :]]
+
+
+def iter_call_records(
+    store: Store, run: Run, query: CallQuery | None = None
+) -> Iterator[dict[str, Any]]:
+    """:func:`call_records` without ``last``, a day at a time: the calls are read in
+    batches, and each day index's own calls are followed by its judges' calls."""
+    query = query or CallQuery()
+    wants_table, wants_judge = _wants(query)
+    blind = store.blind_days(run.id)
+    judges = deque(_judges(store, run, query, None) if wants_judge else [])
+    rows = (
+        store.iter_run_calls(
+            run.id,
+            day_index=query.day_index,
+            roles=query.roles - {JUDGE},
+            include_reverted=query.include_reverted,
+        )
+        if wants_table
+        else iter(())
+    )
+    for index, group in itertools.groupby(rows, key=lambda row: row[1].index):
+        while judges and judges[0]["day_index"] < index:
+            yield _public(judges.popleft())
+        for record in _table_records(list(group), blind):
+            yield _public(record)
+        while judges and judges[0]["day_index"] == index:
+            yield _public(judges.popleft())
+    while judges:
+        yield _public(judges.popleft())
+
+
+def _wants(query: CallQuery) -> tuple[bool, bool]:
+    """Whether the query wants the calls table's rows, and the judges' calls."""
+    return not query.roles or bool(query.roles - {JUDGE}), not query.roles or JUDGE in query.roles
+
+
+def _judges(store: Store, run: Run, query: CallQuery, since: int | None) -> list[dict[str, Any]]:
+    """The judge records the query selects, in the order :func:`_position` gives them."""
+    judged = store.judge_calls(run.id, day_index=query.day_index, since_day=since)
+    days = store.held_days(run.id, {checkin.last_day_index for checkin, _, _ in judged})
+    found = _judge_records(judged, days, query.include_reverted)
+    return sorted(found, key=_position)
 
 
 def _position(record: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -76,6 +116,10 @@ def _position(record: dict[str, Any]) -> tuple[int, int, int, int]:
     if record["source"] == JUDGE:
         return (record["day_index"], 1, record["checkin_id"], record["_order"])
     return (record["day_index"], 0, record["_order"], 0)
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
 def _table_records(rows: list[tuple[CallRecord, Day]], blind: set[int]) -> list[dict[str, Any]]:
@@ -176,5 +220,5 @@ def _judge_records(
 def calls_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Iterator[str]:
     """The lines ``export --format jsonl --calls`` adds after the check-ins: one
     ``type: "call"`` line per call, in the same ``loopsim.export/1`` schema."""
-    for record in call_records(store, run, CallQuery(include_reverted=include_reverted)):
+    for record in iter_call_records(store, run, CallQuery(include_reverted=include_reverted)):
         yield inert_json({"schema": SCHEMA, "type": "call", **record}, sort_keys=True)

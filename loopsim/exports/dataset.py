@@ -119,7 +119,7 @@ def to_dataset(
     filt = filt or DatasetFilter()
     tally = tally if tally is not None else Tally()
     approved_through = last_approved_day(store, run.id)
-    for day in store.list_days(run.id):
+    for day in store.iter_days(run.id):  # in batches: a run may hold 10^4 days
         if not filt.wants_day(day, approved_through):
             # A committed day the filter would take, were it approved.
             if day.status == DayStatus.COMMITTED and filt.wants_day(day, day.index):

@@ -12,13 +12,15 @@ beside a run's calls, with the check-in they were made for.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, func, insert, select
+from sqlalchemy.orm import defer
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
+from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair
 from loopsim.schemas import DayStatus
 
@@ -53,6 +55,20 @@ class LoggedCall(Protocol):
     def latency_ms(self) -> int: ...
     @property
     def item(self) -> int | None: ...
+
+
+def _calls_statement(
+    run_id: str, day_index: int | None, roles: Collection[str], include_reverted: bool
+) -> Any:
+    stmt = select(CallRecord, Day).join(Day, CallRecord.day_id == Day.id)
+    stmt = stmt.where(CallRecord.run_id == run_id, Day.run_id == run_id)
+    if day_index is not None:
+        stmt = stmt.where(Day.index == day_index)
+    if roles:
+        stmt = stmt.where(CallRecord.role.in_(sorted(roles)))
+    if not include_reverted:
+        stmt = stmt.where(Day.status != DayStatus.REVERTED)
+    return stmt
 
 
 class CallQueries(StoreBase):
@@ -144,21 +160,36 @@ class CallQueries(StoreBase):
         """A run's calls with their days, in day order and, within a day, in the order
         they were made. ``day_index`` keeps one day, ``roles`` (if any) those roles;
         ``last`` keeps only the latest that many (still oldest first)."""
-        stmt = select(CallRecord, Day).join(Day, CallRecord.day_id == Day.id)
-        stmt = stmt.where(CallRecord.run_id == run_id, Day.run_id == run_id)
-        if day_index is not None:
-            stmt = stmt.where(Day.index == day_index)
-        if roles:
-            stmt = stmt.where(CallRecord.role.in_(sorted(roles)))
-        if not include_reverted:
-            stmt = stmt.where(Day.status != DayStatus.REVERTED)
+        stmt = _calls_statement(run_id, day_index, roles, include_reverted)
         if last is not None:
             newest = stmt.order_by(Day.index.desc(), Day.id.desc(), CallRecord.ordinal.desc())
             newest = newest.limit(last)
             return [(call, day) for call, day in reversed(self.session.execute(newest).all())]
+        return list(
+            self.iter_run_calls(
+                run_id, day_index=day_index, roles=roles, include_reverted=include_reverted
+            )
+        )
+
+    def iter_run_calls(
+        self,
+        run_id: str,
+        *,
+        day_index: int | None = None,
+        roles: Collection[str] = (),
+        include_reverted: bool = True,
+    ) -> Iterator[tuple[CallRecord, Day]]:
+        """:meth:`run_calls` without ``last``, read :data:`BATCH` rows at a time: a
+        run's calls carry every prompt it sent, far more than its entries. The days come
+        without their prompt and raw reply, which no caller of this reads."""
         # A day's failed tries share its index and come first, in the order made.
-        ordered = stmt.order_by(Day.index, Day.id, CallRecord.ordinal)
-        return [(call, day) for call, day in self.session.execute(ordered)]
+        stmt = (
+            _calls_statement(run_id, day_index, roles, include_reverted)
+            .order_by(Day.index, Day.id, CallRecord.ordinal)
+            .options(defer(Day.prompt), defer(Day.raw_output))
+            .execution_options(yield_per=BATCH)
+        )
+        yield from ((call, day) for call, day in self.session.execute(stmt))
 
     def judge_calls(
         self, run_id: str, *, day_index: int | None = None, since_day: int | None = None

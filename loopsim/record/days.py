@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Integer, String, Table, and_, bindparam, func, insert, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, defer
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
+from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, Day
 from loopsim.schemas import CallRole, DayStatus
 
@@ -117,6 +118,33 @@ class DayQueries(StoreBase):
         return self.session.scalars(
             select(Day).where(Day.run_id == run_id).order_by(Day.index, Day.id)
         ).all()
+
+    def iter_days(self, run_id: str) -> Iterator[Day]:
+        """:meth:`list_days`, read :data:`BATCH` at a time; a day's prompt and raw reply
+        are loaded only if read (each is as long as a prompt)."""
+        stmt = (
+            select(Day)
+            .where(Day.run_id == run_id)
+            .order_by(Day.index, Day.id)
+            .options(defer(Day.prompt), defer(Day.raw_output))
+            .execution_options(yield_per=BATCH)
+        )
+        yield from self.session.scalars(stmt)
+
+    def held_days(self, run_id: str, indexes: Collection[int]) -> dict[int, Day]:
+        """The days that hold these indexes (not failed tries), by index."""
+        if not indexes:
+            return {}
+        stmt = (
+            select(Day)
+            .where(
+                Day.run_id == run_id,
+                Day.index.in_(sorted(indexes)),
+                Day.status != DayStatus.FAILED,
+            )
+            .options(defer(Day.prompt), defer(Day.raw_output))
+        )
+        return {day.index: day for day in self.session.scalars(stmt.order_by(Day.id))}
 
     def failed_days(self, run_id: str) -> Sequence[Day]:
         """The run's failed tries, by index, then in the order tried."""
