@@ -181,7 +181,7 @@ def test_record_show_holds_no_snapshot_while_its_reader_waits(sqlite_url, spec):
     it waits it must not hold a read transaction, or SQLite's WAL could never be
     checkpointed past it and would grow for as long as the pager stays open."""
     database = dbmod.Database.open(sqlite_url)
-    run_id = seed(database, spec, days=4 * BATCH // 7)  # far more than a pipe holds
+    run_id = seed(database, spec, days=6 * BATCH // 7)  # 160 KB: twice a pipe and a buffer
     database.dispose()
     env = {**os.environ, "LOOPSIM_DATABASE_URL": sqlite_url}
     show = subprocess.Popen(
@@ -210,7 +210,7 @@ def test_record_show_holds_no_snapshot_while_its_reader_waits(sqlite_url, spec):
         rest = show.stdout.read()
         assert show.wait(timeout=120) == 0
         headings = [line for line in (first + rest).splitlines() if " \u00b7 ".encode() in line]
-        assert len(headings) == (4 * BATCH // 7) * 7 + 1  # every entry, the correction too
+        assert len(headings) == (6 * BATCH // 7) * 7 + 1  # every entry, the correction too
     finally:
         if show.poll() is None:
             show.kill()
