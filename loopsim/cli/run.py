@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from loopsim.errors import EXIT_AT_CHECKIN, InvalidState
 from loopsim.exports.markdown import safe_text
 from loopsim.record.leases import driver, live_holder, queue_for_service
 from loopsim.record.runs import spec_hash
-from loopsim.record.store import Store
+from loopsim.record.store import RunTally, Store
 from loopsim.record.tables import Run
 from loopsim.schemas import DayStatus, RunStatus, load_spec
 from loopsim.text import plural
@@ -27,23 +28,29 @@ from loopsim.text import plural
 app = typer.Typer(no_args_is_help=True, help="Create, list, step, fork and control runs.")
 
 
-def _run_summary(store: Store, run: Run) -> dict[str, Any]:
-    tokens_in, tokens_out, latency_ms = store.usage(run.id)
+def _run_summary(
+    store: Store, run: Run, tally: RunTally | None = None, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """What `run list` and `run show` say of a run. `run list` passes every run's tally
+    and the database's clock, each read once for all of them."""
+    if tally is None:
+        tally = store.tallies([run.id]).get(run.id, RunTally())
+    now = now or store.db_now()
     return {
         "id": run.id,
         "name": run.name,
         "status": run.status,
         "status_reason": run.status_reason,
         "model": run.model,
-        "days_committed": store.count_days(run.id, DayStatus.COMMITTED),
-        "days_failed": store.count_days(run.id, DayStatus.FAILED),
-        "days_reverted": store.count_days(run.id, DayStatus.REVERTED),
-        "next_day": store.next_day_index(run.id),
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "latency_ms": latency_ms,
-        "worker": live_holder(store, run),
-        "driver": driver(store, run),
+        "days_committed": tally.committed,
+        "days_failed": tally.failed,
+        "days_reverted": tally.reverted,
+        "next_day": tally.next_day,
+        "tokens_in": tally.usage.tokens_in,
+        "tokens_out": tally.usage.tokens_out,
+        "latency_ms": tally.usage.latency_ms,
+        "worker": live_holder(store, run, now),
+        "driver": driver(store, run, now),
         "parent": run.parent_run_id,
         "fork_day": run.fork_day,
         "created_at": run.created_at.isoformat(),
@@ -127,7 +134,11 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
-        rows = [_run_summary(store, run) for run in store.list_runs()]
+        tallies, now = store.tallies(), store.db_now()
+        rows = [
+            _run_summary(store, run, tallies.get(run.id, RunTally()), now)
+            for run in store.list_runs()
+        ]
     if as_json:
         a.print_json(rows)
         return

@@ -169,11 +169,12 @@ def release(db: Database, leases: Iterable[Lease]) -> None:
             )
 
 
-def live_holder(store: Store, run: Run) -> str | None:
-    """The worker holding a live lease on the run, if any."""
+def live_holder(store: Store, run: Run, now: dt.datetime | None = None) -> str | None:
+    """The worker holding a live lease on the run, if any, by the database's clock
+    (read now, unless the caller read it once for many runs)."""
     if run.lease_owner is None or run.lease_expires_at is None:
         return None
-    return run.lease_owner if run.lease_expires_at > store.db_now() else None
+    return run.lease_owner if run.lease_expires_at > (now or store.db_now()) else None
 
 
 def held_elsewhere(db: Database, owner: str) -> list[tuple[str, int, dt.datetime]]:
@@ -208,7 +209,7 @@ def take_for_cli(run: Run) -> None:
     run.lease_owner, run.lease_expires_at = STEP_OWNER, None
 
 
-def driver(store: Store, run: Run) -> str | None:
+def driver(store: Store, run: Run, now: dt.datetime | None = None) -> str | None:
     """What steps the run, or will when it can go on: ``run step``, ``serve`` (queued,
     no worker holds it now) or ``serve WORKER``; None for a run nothing drives (created,
     completed, halted)."""
@@ -216,7 +217,7 @@ def driver(store: Store, run: Run) -> str | None:
         return None
     if stepped_by_cli(run):
         return STEP_OWNER
-    holder = live_holder(store, run)
+    holder = live_holder(store, run, now)
     return f"serve {holder}" if holder else "serve"
 
 

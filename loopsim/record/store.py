@@ -20,7 +20,7 @@ from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.calls import CallQueries
 from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult, entry_hash
 from loopsim.record.checkins import CheckinQueries, ProbeQueries
-from loopsim.record.days import DayQueries
+from loopsim.record.days import DayQueries, RunTally
 from loopsim.record.digests import DigestQueries, DigestState
 from loopsim.record.entries import EntryInput, EntryQueries
 from loopsim.record.forks import ForkQueries
@@ -34,6 +34,7 @@ __all__ = [
     "BrokenLink",
     "DigestState",
     "EntryInput",
+    "RunTally",
     "Store",
     "VerifyResult",
     "canonical_json",
