@@ -120,6 +120,7 @@ class PrefixCopy(StoreBase):
     # The days and the entries are copied by the database itself (INSERT ... SELECT): a
     # prefix can hold 10^5 entries and as many prompts, none of which need to pass
     # through Python (a copy that did held them all at once: 490 MB for 10^5 entries).
+    # One statement cannot see its own rows, so a reply's parent is set after.
 
     def _copy_days(self, parent_id: str, run_id: str, at_day: int) -> int:
         """The parent's days up to ``at_day``, failed tries included as history, in their
@@ -144,6 +145,7 @@ class PrefixCopy(StoreBase):
             select(
                 literal(run_id, String),
                 new_day.id,
+                Entry.parent_id,  # the parent's own id for now: see the UPDATE below
                 # Hashed as where it was first written (a copy of a copy included).
                 func.coalesce(Entry.origin_run_id, parent_id),
                 case(
@@ -165,20 +167,23 @@ class PrefixCopy(StoreBase):
             .where(Entry.run_id == parent_id, Entry.seq <= seq)
             .order_by(Entry.seq)
         )
-        names = ["run_id", "day_id", "origin_run_id", "origin_parent_id", *_ENTRY_COLUMNS]
+        names = ["run_id", "day_id", "parent_id", "origin_run_id", "origin_parent_id"]
+        names += _ENTRY_COLUMNS
         self.session.execute(insert(Entry).from_select(names, source))
-        old, old_parent, new_parent = aliased(Entry), aliased(Entry), aliased(Entry)
+        # A copied reply names the parent's entry (a row that exists, as the foreign key
+        # wants, and an id the same size as its copy's, so the row is rewritten in place);
+        # now name the copy of it: the fork's entry with that entry's seq.
+        named, copy = aliased(Entry), aliased(Entry)
         parent_copy = (
-            select(new_parent.id)
-            .select_from(old)
-            .join(old_parent, old_parent.id == old.parent_id)
-            .join(new_parent, and_(new_parent.run_id == run_id, new_parent.seq == old_parent.seq))
-            .where(old.run_id == parent_id, old.seq == Entry.seq)
+            select(copy.id)
+            .select_from(named)
+            .join(copy, and_(copy.run_id == run_id, copy.seq == named.seq))
+            .where(named.id == Entry.parent_id)
             .scalar_subquery()
         )
         self.session.execute(
             update(Entry)
-            .where(Entry.run_id == run_id, Entry.origin_parent_id.is_not(None))
+            .where(Entry.run_id == run_id, Entry.parent_id.is_not(None))
             .values(parent_id=parent_copy)
         )
         return int(self.session.scalar(select(func.count()).where(Entry.run_id == run_id)) or 0)
