@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -31,7 +31,6 @@ from sqlalchemy.orm import aliased, defer
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
-from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, Day
 from loopsim.schemas import CallRole, DayStatus
 
@@ -167,18 +166,6 @@ class DayQueries(StoreBase):
             select(Day).where(Day.run_id == run_id).order_by(Day.index, Day.id)
         ).all()
 
-    def iter_days(self, run_id: str) -> Iterator[Day]:
-        """:meth:`list_days`, read :data:`BATCH` at a time; a day's prompt and raw reply
-        are loaded only if read (each is as long as a prompt)."""
-        stmt = (
-            select(Day)
-            .where(Day.run_id == run_id)
-            .order_by(Day.index, Day.id)
-            .options(defer(Day.prompt), defer(Day.raw_output))
-            .execution_options(yield_per=BATCH)
-        )
-        yield from self.session.scalars(stmt)
-
     def held_days(self, run_id: str, indexes: Collection[int]) -> dict[int, Day]:
         """The days that hold these indexes (not failed tries), by index."""
         if not indexes:
@@ -275,39 +262,6 @@ class DayQueries(StoreBase):
             total = Usage(*(a + int(b or 0) for a, b in zip(total, row, strict=True)))
         return total
 
-    def tallies(self, run_ids: Collection[str] | None = None) -> dict[str, RunTally]:
-        """:class:`RunTally` of these runs (all runs: None) in two grouped reads, where
-        asking run by run took six statements each: what `run list` shows of every run.
-        A run with no days is missing; its tally is ``RunTally()``."""
-        days, probes = _TALLY_DAYS, _TALLY_PROBES
-        if run_ids is not None:
-            days = days.where(Day.run_id.in_(sorted(run_ids)))
-            probes = probes.where(CallRecord.run_id.in_(sorted(run_ids)))
-        spent = {
-            run_id: Usage(*(int(x or 0) for x in rest))
-            for run_id, *rest in self.session.execute(probes)
-        }
-        found = {}
-        for (
-            run_id,
-            committed,
-            failed,
-            reverted,
-            last,
-            tokens_in,
-            tokens_out,
-            ms,
-        ) in self.session.execute(days):
-            extra = spent.get(run_id, Usage(0, 0, 0))
-            usage = Usage(
-                int(tokens_in) + extra.tokens_in,
-                int(tokens_out) + extra.tokens_out,
-                int(ms) + extra.latency_ms,
-            )
-            held = 1 if last is None else int(last) + 1
-            found[run_id] = RunTally(int(committed), int(failed), int(reverted), held, usage)
-        return found
-
     def token_totals(self, run_id: str) -> tuple[int, int]:
         usage = self.usage(run_id)
         return usage.tokens_in, usage.tokens_out
@@ -372,3 +326,40 @@ class DayQueries(StoreBase):
             day.status = DayStatus.REVERTED
         self.session.flush()
         return len(days)
+
+
+class TallyQueries(StoreBase):
+    """Every run's days and usage counted at once, for listing many runs."""
+
+    def tallies(self, run_ids: Collection[str] | None = None) -> dict[str, RunTally]:
+        """:class:`RunTally` of these runs (all runs: None) in two grouped reads, where
+        asking run by run took six statements each: what `run list` shows of every run.
+        A run with no days is missing; its tally is ``RunTally()``."""
+        days, probes = _TALLY_DAYS, _TALLY_PROBES
+        if run_ids is not None:
+            days = days.where(Day.run_id.in_(sorted(run_ids)))
+            probes = probes.where(CallRecord.run_id.in_(sorted(run_ids)))
+        spent = {
+            run_id: Usage(*(int(x or 0) for x in rest))
+            for run_id, *rest in self.session.execute(probes)
+        }
+        found = {}
+        for (
+            run_id,
+            committed,
+            failed,
+            reverted,
+            last,
+            tokens_in,
+            tokens_out,
+            ms,
+        ) in self.session.execute(days):
+            extra = spent.get(run_id, Usage(0, 0, 0))
+            usage = Usage(
+                int(tokens_in) + extra.tokens_in,
+                int(tokens_out) + extra.tokens_out,
+                int(ms) + extra.latency_ms,
+            )
+            held = 1 if last is None else int(last) + 1
+            found[run_id] = RunTally(int(committed), int(failed), int(reverted), held, usage)
+        return found

@@ -20,7 +20,7 @@ from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.calls import CallQueries
 from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult, entry_hash
 from loopsim.record.checkins import CheckinQueries, ProbeQueries
-from loopsim.record.days import DayQueries, RunTally
+from loopsim.record.days import DayQueries, RunTally, TallyQueries
 from loopsim.record.digests import DigestQueries, DigestState
 from loopsim.record.entries import EntryInput, EntryQueries
 from loopsim.record.forks import ForkQueries
@@ -48,6 +48,7 @@ __all__ = [
 class Store(
     RunQueries,
     DayQueries,
+    TallyQueries,
     CallQueries,
     DigestQueries,
     EntryQueries,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Integer, String, Table, and_, bindparam, func, select
+from sqlalchemy.orm import defer
 
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day, Entry
@@ -195,3 +196,16 @@ class StreamQueries(StoreBase):
         params = {"run_id": run_id, "after": after_seq, "limit": limit, "day_index": day_index}
         rows = self._rows(_PAGE[day_index is not None], params)
         return [PagedEntry(EntryRow(*row[:-3]), *row[-3:]) for row in rows]
+
+    def iter_days(self, run_id: str) -> Iterator[Day]:
+        """:meth:`~loopsim.record.days.DayQueries.list_days`, read :data:`BATCH` at a
+        time; a day's prompt and raw reply are loaded only if read (each is as long as
+        a prompt). What the dataset export walks."""
+        stmt = (
+            select(Day)
+            .where(Day.run_id == run_id)
+            .order_by(Day.index, Day.id)
+            .options(defer(Day.prompt), defer(Day.raw_output))
+            .execution_options(yield_per=BATCH)
+        )
+        yield from self.session.scalars(stmt)
