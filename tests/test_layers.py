@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,9 @@ RANKS = {
 }
 
 
-def unit(path: Path) -> str:
+def unit(path: Path, root: Path = PACKAGE) -> str:
     """The layer a file of the package belongs to: its package, or its module name."""
-    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+    return path.relative_to(root).with_suffix("").parts[0]
 
 
 def imports(path: Path) -> set[str]:
@@ -62,9 +63,18 @@ def layers_imported(path: Path) -> set[str]:
     return {m.split(".")[1] for m in imports(path) if m.startswith("loopsim.")}
 
 
-def package_files() -> list[Path]:
-    root_init = PACKAGE / "__init__.py"
-    return sorted(p for p in PACKAGE.rglob("*.py") if p != root_init)
+def package_files(root: Path = PACKAGE) -> list[Path]:
+    root_init = root / "__init__.py"
+    return sorted(p for p in root.rglob("*.py") if p != root_init)
+
+
+def package_copy(tmp_path: Path) -> Path:
+    """A copy of the package's source to plant a bad file in: the real tree is never
+    written, so a test stopped midway leaves nothing behind, and tests reading the tree
+    on another worker meanwhile never see the plant."""
+    copy = tmp_path / "loopsim"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
 
 
 def test_every_layer_has_a_rank():
@@ -97,13 +107,11 @@ def test_nothing_in_the_package_imports_the_testing_helpers():
 
 def test_the_layer_rule_catches_an_upward_import(tmp_path):
     """The checks above would pass on nothing; this one proves they can fail."""
-    planted = PACKAGE / "researcher" / "_planted_for_test.py"
+    root = package_copy(tmp_path)
+    planted = root / "researcher" / "_planted_for_test.py"
     planted.write_text("from loopsim.checkin import schedule\n")
-    try:
-        assert "checkin" in layers_imported(planted)
-        assert RANKS["checkin"] > RANKS[unit(planted)]
-    finally:
-        planted.unlink()
+    assert "checkin" in layers_imported(planted)
+    assert RANKS["checkin"] > RANKS[unit(planted, root)]
 
 
 def test_cli_command_modules_never_import_the_cli_root(tmp_path):
@@ -169,12 +177,12 @@ def test_cli_command_modules_never_import_the_cli_root(tmp_path):
         assert bool(root_imports(planted / "leaf.py")) is caught, source
 
 
-def sqlalchemy_outside_record(paths: list[Path]) -> list[Path]:
+def sqlalchemy_outside_record(paths: list[Path], root: Path = PACKAGE) -> list[Path]:
     """The files, outside ``loopsim/record/``, that import sqlalchemy (a Session included)."""
     return [
         path
         for path in paths
-        if unit(path) != "record"
+        if unit(path, root) != "record"
         and any(m == "sqlalchemy" or m.startswith("sqlalchemy.") for m in imports(path))
     ]
 
@@ -184,14 +192,13 @@ def test_only_the_record_imports_sqlalchemy():
     assert not sqlalchemy_outside_record(package_files())
 
 
-def test_the_record_rule_catches_a_sqlalchemy_import():
+def test_the_record_rule_catches_a_sqlalchemy_import(tmp_path):
     """The check above would pass on nothing; this one proves it can fail."""
-    planted = PACKAGE / "checkin" / "_planted_for_test.py"
+    root = package_copy(tmp_path)
+    assert sqlalchemy_outside_record(package_files(root), root) == []
+    planted = root / "checkin" / "_planted_for_test.py"
     planted.write_text("from sqlalchemy.orm import Session\n")
-    try:
-        assert sqlalchemy_outside_record(package_files()) == [planted]
-    finally:
-        planted.unlink()
+    assert sqlalchemy_outside_record(package_files(root), root) == [planted]
 
 
 def test_the_store_is_composed_of_small_query_classes():
