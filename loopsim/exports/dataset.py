@@ -119,14 +119,26 @@ def to_dataset(
     filt = filt or DatasetFilter()
     tally = tally if tally is not None else Tally()
     approved_through = last_approved_day(store, run.id)
+    # The calls of every day the filter can take, in one batched read beside the days'
+    # (both in day order), instead of a query a day.
+    last = filt.until_day
+    if not filt.include_reverted:
+        last = approved_through if last is None else min(last, approved_through)
+    calls = store.iter_run_calls(run.id, day_range=(filt.since_day or 1, last))
+    pending = next(calls, None)
     for day in store.iter_days(run.id):  # in batches: a run may hold 10^4 days
+        own: list[CallRecord] = []
+        while pending is not None and (pending[1].index, pending[1].id) <= (day.index, day.id):
+            if pending[1].id == day.id:
+                own.append(pending[0])
+            pending = next(calls, None)
         if not filt.wants_day(day, approved_through):
             # A committed day the filter would take, were it approved.
             if day.status == DayStatus.COMMITTED and filt.wants_day(day, day.index):
                 tally.awaiting += 1
             continue
         wrote = tally.examples
-        for example in day_examples(day, list(store.day_calls(day.id))):
+        for example in day_examples(day, own):
             if not filt.wants_role(example.role):
                 continue
             tally.examples += 1

@@ -178,10 +178,12 @@ class CallQueries(StoreBase):
         day_index: int | None = None,
         roles: Collection[str] = (),
         include_reverted: bool = True,
+        day_range: tuple[int, int | None] | None = None,
     ) -> Iterator[tuple[CallRecord, Day]]:
         """:meth:`run_calls` without ``last``, read :data:`BATCH` rows at a time: a
-        run's calls carry every prompt it sent, far more than its entries. The days come
-        without their prompt and raw reply, which no caller of this reads."""
+        run's calls carry every prompt it sent, far more than its entries. ``day_range``
+        keeps the days from its first index through its last (None: no end). The days
+        come without their prompt and raw reply, which no caller of this reads."""
         # A day's failed tries share its index and come first, in the order made.
         stmt = (
             _calls_statement(run_id, day_index, roles, include_reverted)
@@ -189,6 +191,11 @@ class CallQueries(StoreBase):
             .options(defer(Day.prompt), defer(Day.raw_output))
             .execution_options(yield_per=BATCH)
         )
+        if day_range is not None:
+            first, last = day_range
+            stmt = stmt.where(Day.index >= first)
+            if last is not None:
+                stmt = stmt.where(Day.index <= last)
         yield from ((call, day) for call, day in self.session.execute(stmt))
 
     def judge_calls(
