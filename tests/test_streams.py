@@ -304,3 +304,16 @@ def test_dataset_and_calls_exports_hold_a_batch_not_the_run(any_url, spec):
         found[name] = _peak(lambda: _distil(database, run_id))  # noqa: B023
     database.dispose()
     assert found["large"] < 2 * found["small"], found
+
+
+def test_a_streamed_read_leaves_the_transaction_as_it_found_it(any_db, spec):
+    """Batching is an option of the streamed statement alone: the statements after it in
+    the same transaction (the check-ins an export writes next, say) read as usual."""
+    run_id = seed(any_db, spec, days=3)
+    with any_db.read() as session:
+        store = Store(session)
+        before = dict(session.connection().get_execution_options())
+        days = list(store.days_with_entries(run_id))
+        assert dict(session.connection().get_execution_options()) == before
+        assert "yield_per" not in before
+    assert [day.index for day, _entries in days] == [1, 2, 3, 3, 3]  # two failed tries of 3

@@ -161,10 +161,12 @@ class StreamQueries(StoreBase):
         """Each of the run's days in order (index, then id: failed tries first), with its
         entries by seq; reverted days and their entries only with ``include_reverted``.
         Rows are read :data:`BATCH` at a time: the caller holds one day's entries."""
-        rows = (
-            self._core()
-            .execution_options(yield_per=BATCH)
-            .execute(_DAYS_WITH_ENTRIES[include_reverted], {"run_id": run_id})
+        # The option goes with this statement: set on the connection, it would stay for
+        # every later statement of the transaction.
+        rows = self._core().execute(
+            _DAYS_WITH_ENTRIES[include_reverted],
+            {"run_id": run_id},
+            execution_options={"yield_per": BATCH},
         )
         day: DayRow | None = None
         entries: list[EntryRow] = []
