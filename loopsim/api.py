@@ -270,7 +270,7 @@ class Loopsim:
         if compare_parent and format != "html":
             raise SpecError("compare_parent: only for the html format")
         similarity = self.similarity() if compare_parent else None
-        with self.db.read() as session:
+        with self.db.read(snapshot=True) as session:
             store = Store(session)
             found = store.get_run(run)
             if format == "md":

@@ -95,7 +95,7 @@ def demo(
                 set_status(a, run_id, {RunStatus.FAILED}, RunStatus.RUNNING, None)
         elif not results:
             break
-    with database.read() as session:
+    with database.read(snapshot=True) as session:
         store = Store(session)
         verified = store.verify_chain(run_id)
         write_atomically(report, markdown_chunks(store, store.get_run(run_id)))

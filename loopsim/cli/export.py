@@ -92,7 +92,7 @@ def export(
     # Written as read, inside one read transaction: the output is one snapshot of the
     # record, and memory stays flat however long the record is.
     tally = Tally()
-    with a.open_db().read() as session:
+    with a.open_db().read(snapshot=True) as session:
         store = Store(session)
         run = store.get_run(run_ref)
         chunks: Iterable[str]

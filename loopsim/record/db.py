@@ -297,12 +297,21 @@ class Database:
             return database
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Session]:
+    def read(self, *, snapshot: bool = False) -> Iterator[Session]:
         """A session for reading. It never commits; closing it ends the transaction and
-        leaves loaded objects readable (detached, not expired)."""
+        leaves loaded objects readable (detached, not expired).
+
+        With ``snapshot``, every statement of it sees the record as of its first one, as
+        an export of many statements needs: SQLite's read transactions always do, and on
+        PostgreSQL it runs at REPEATABLE READ (read-only, so it never fails to serialize)
+        rather than READ COMMITTED, where each statement sees what was committed before it.
+        """
+        bind = self.engine
+        if snapshot and self.dialect == "postgresql":
+            bind = self.engine.execution_options(isolation_level="REPEATABLE READ")
         with (
             translated(self.where),
-            Session(self.engine, expire_on_commit=False, info=self._info()) as session,
+            Session(bind, expire_on_commit=False, info=self._info()) as session,
         ):
             yield session
 
