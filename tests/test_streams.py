@@ -339,3 +339,29 @@ def test_an_export_is_one_snapshot_while_a_day_commits(any_db, spec):
     with any_db.read(snapshot=True) as session:
         store = Store(session)
         assert late in "".join(html_chunks(store, store.get_run(run_id)))
+
+
+def test_a_day_written_before_calls_were_recorded_still_gives_its_example(any_db, spec):
+    """Such a day has no calls: its example comes from its own prompt and raw reply,
+    which the streamed days leave unloaded until read, a query issued while the days'
+    and the calls' batched reads are both open (two server-side cursors on PostgreSQL)."""
+    from sqlalchemy import update
+
+    from loopsim.exports.dataset import to_dataset
+    from loopsim.record.tables import CheckIn, Day
+
+    run_id = seed_calls(any_db, spec, days=3)
+    prompt = [{"role": "user", "content": "An old day's prompt."}]
+    with any_db.write() as session:
+        store = Store(session)
+        old = add_day(store, run_id, 4)
+        session.execute(
+            update(Day).where(Day.id == old.id).values(prompt=prompt, raw_output="Old reply.")
+        )
+        session.execute(update(CheckIn).where(CheckIn.run_id == run_id).values(last_day_index=4))
+    with any_db.read(snapshot=True) as session:
+        store = Store(session)
+        records = [json.loads(line) for line in to_dataset(store, store.get_run(run_id))]
+    assert [r["metadata"]["day_index"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["messages"] == [*prompt, {"role": "assistant", "content": "Old reply."}]
+    assert records[0]["messages"][-1]["content"] == "reply 1.2"  # the accepted attempt
