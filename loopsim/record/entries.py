@@ -123,7 +123,8 @@ class EntryQueries(ChainQueries):
     """Appending entries, and listing them by day, page or kind."""
 
     def entry_seqs(self, run_id: str) -> dict[int, int]:
-        """Entry id -> seq for a run: how exports name an entry's parent."""
+        """Entry id -> seq for a run, held whole in memory: for a few entries (the
+        exports join each parent's seq in instead, see :mod:`loopsim.record.streams`)."""
         rows = self.session.execute(select(Entry.id, Entry.seq).where(Entry.run_id == run_id))
         return {entry_id: seq for entry_id, seq in rows}
 
