@@ -6,8 +6,8 @@ objects, then grouping them in dicts, cost about 3 KB and 50 µs an entry (330 M
 
 - :meth:`StreamQueries.days_with_entries` walks the run's days in order, each with its
   entries, through one query whose cursor is read in batches (a server-side cursor on
-  PostgreSQL). An export writes as it reads, inside one read transaction, so the file
-  is one consistent snapshot of the record.
+  PostgreSQL). An export writes as it reads, inside one read transaction opened with
+  ``Database.read(snapshot=True)``, so the file is one consistent snapshot of the record.
 - :meth:`StreamQueries.entry_page` reads entries by ``seq`` after a given one: a reader
   that shows the record to a person takes each page in a read transaction of its own, so
   a pager left open holds no snapshot (SQLite's WAL could not be checkpointed past it).
