@@ -252,7 +252,6 @@ def _review(a: AppContext, checkin_id: int) -> None:
             for e, i, _status in store.list_entries(
                 run.id, day_range=(since + 1, ID_MAX), include_reverted=False
             )
-            if i is not None
         ]
         steps = [
             _Step(p.id, probe.question, p.human_answer, p.rating, p.is_retest)

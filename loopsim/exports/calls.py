@@ -48,17 +48,7 @@ def call_records(store: Store, run: Run, query: CallQuery | None = None) -> list
     if query.last is None:
         return list(iter_call_records(store, run, query))
     wants_table, wants_judge = _wants(query)
-    rows = (
-        store.run_calls(
-            run.id,
-            day_index=query.day_index,
-            roles=query.roles - {JUDGE},
-            include_reverted=query.include_reverted,
-            last=query.last,
-        )
-        if wants_table
-        else []
-    )
+    rows = store.run_calls(run.id, **_selection(query), last=query.last) if wants_table else []
     records = _table_records(rows, store.blind_days(run.id))
     if wants_judge:
         # Judge calls older than the oldest call kept cannot be among the latest ones,
@@ -77,16 +67,7 @@ def iter_call_records(
     wants_table, wants_judge = _wants(query)
     blind = store.blind_days(run.id)
     judges = deque(_judges(store, run, query, None) if wants_judge else [])
-    rows = (
-        store.iter_run_calls(
-            run.id,
-            day_index=query.day_index,
-            roles=query.roles - {JUDGE},
-            include_reverted=query.include_reverted,
-        )
-        if wants_table
-        else iter(())
-    )
+    rows = store.iter_run_calls(run.id, **_selection(query)) if wants_table else iter(())
     for index, group in itertools.groupby(rows, key=lambda row: row[1].index):
         while judges and judges[0]["day_index"] < index:
             yield _public(judges.popleft())
@@ -101,6 +82,15 @@ def iter_call_records(
 def _wants(query: CallQuery) -> tuple[bool, bool]:
     """Whether the query wants the calls table's rows, and the judges' calls."""
     return not query.roles or bool(query.roles - {JUDGE}), not query.roles or JUDGE in query.roles
+
+
+def _selection(query: CallQuery) -> dict[str, Any]:
+    """Which of the calls table's rows the query keeps, as the store's arguments."""
+    return {
+        "day_index": query.day_index,
+        "roles": query.roles - {JUDGE},
+        "include_reverted": query.include_reverted,
+    }
 
 
 def _judges(store: Store, run: Run, query: CallQuery, since: int | None) -> list[dict[str, Any]]:

@@ -109,10 +109,6 @@ def _copy(row: Any, columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
     return {**{name: getattr(row, name) for name in columns}, **values}
 
 
-def _copy_row(row: Mapping[Any, Any], columns: tuple[str, ...], **values: Any) -> dict[str, Any]:
-    return {**{name: row[name] for name in columns}, **values}
-
-
 class PrefixCopy(StoreBase):
     """The rows of a parent's prefix, copied into a fork: one noun's rows at a time, each
     returning the map from the parent's ids to the copies' ids that the next one needs."""
