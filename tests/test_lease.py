@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from loopsim.errors import InvalidState, LeaseLost
+from loopsim.errors import InvalidState, LeaseLost, NotFound
 from loopsim.loop import Loop
 from loopsim.record import leases as lease
 from loopsim.record.store import Store
@@ -190,6 +190,27 @@ def test_check_reads_the_lease_off_the_database_before_a_model_call(any_db, spec
     lease.claim(any_db, "other", TTL, 1)
     with pytest.raises(LeaseLost, match="held by other"):
         lease.check(any_db, held)
+
+
+def test_check_many_answers_every_lease_from_one_read(any_db, spec):
+    live, expired, taken, gone = make_running(any_db, spec, 4)
+    held = {h.run_id: h for h in lease.claim(any_db, "w", TTL, 4)}
+    expire(any_db, expired)
+    expire(any_db, taken)
+    lease.claim(any_db, "other", TTL, 1, exclude=[expired])  # takes the other expired one
+    with any_db.write() as session:
+        Store(session).delete_run(gone)
+    refused = lease.check_many(any_db, list(held.values()))
+    assert sorted(refused) == sorted([expired, taken, gone])
+    assert isinstance(refused[expired], LeaseLost)
+    assert "expired" in refused[expired].message
+    assert isinstance(refused[taken], LeaseLost)
+    assert "held by other" in refused[taken].message
+    assert isinstance(refused[gone], NotFound)
+    with pytest.raises(NotFound):  # one lease alone asks the same way
+        lease.check(any_db, held[gone])
+    lease.check(any_db, held[live])
+    assert lease.check_many(any_db, []) == {}
 
 
 def _day_in_hand(database, run_id):

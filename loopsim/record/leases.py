@@ -28,12 +28,12 @@ an expiry), so no ``serve`` claims the run until ``run start`` hands it back.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
-from loopsim.errors import InvalidState, LeaseLost
+from loopsim.errors import InvalidState, LeaseLost, LoopsimError, NotFound
 from loopsim.record.db import Database
 from loopsim.record.runs import LeaseState
 from loopsim.record.store import Store
@@ -142,13 +142,30 @@ def check(db: Database, lease: Lease) -> None:
     """Raise :class:`LeaseLost` unless the lease is still this one and live by the
     database's clock now: one read, no lock. A worker asks before each model call, so one
     that wakes from a freeze to find its run taken over spends no call on it."""
+    refused = check_many(db, [lease])
+    if lease.run_id in refused:
+        raise refused[lease.run_id]
+
+
+def check_many(db: Database, leases: Sequence[Lease]) -> dict[str, LoopsimError]:
+    """:func:`check` for several leases in one read: the error each refused lease would
+    raise (:class:`LeaseLost`, or :class:`NotFound` for a run that is gone), by run id.
+    A worker whose runs' model calls go out together asks once for all of them."""
     with db.read() as session:
-        store = Store(session)
-        state = store.lease_state(lease.run_id)
+        states = Store(session).lease_states([lease.run_id for lease in leases])
+    refused: dict[str, LoopsimError] = {}
+    for lease in leases:
+        state = states.get(lease.run_id)
         if state is None:
-            store.get_run(lease.run_id)  # raises NotFound, as for any command
-            return
-    _refuse_unless_live(lease, state)
+            refused[lease.run_id] = NotFound(
+                f"no run {lease.run_id!r}; `loopsim run list` shows the runs"
+            )
+            continue
+        try:
+            _refuse_unless_live(lease, state)
+        except LeaseLost as exc:
+            refused[lease.run_id] = exc
+    return refused
 
 
 def release(db: Database, leases: Iterable[Lease]) -> None:

@@ -88,9 +88,9 @@ def _clock_statement(dialect: str) -> Any:
 
 @functools.cache
 def _lease_statement(dialect: str) -> Any:
-    return select(Run.lease_owner, Run.lease_generation, Run.lease_expires_at, _now(dialect)).where(
-        Run.id == bindparam("id", type_=String)
-    )
+    return select(
+        Run.id, Run.lease_owner, Run.lease_generation, Run.lease_expires_at, _now(dialect)
+    ).where(Run.id.in_(bindparam("ids", expanding=True)))
 
 
 def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
@@ -182,14 +182,15 @@ class RunQueries(StoreBase):
         workers on machines whose clocks disagree still agree on who holds a run."""
         return _as_utc(self._scalar(_clock_statement(self.dialect), {}))
 
-    def lease_state(self, run_id: str) -> LeaseState | None:
-        """The run's lease and the database's clock, in one read of one row: what a
-        worker checks before each model call. None if there is no such run."""
-        row = self._core().execute(_lease_statement(self.dialect), {"id": run_id}).first()
-        if row is None:
-            return None
-        owner, generation, expires_at, now = row
-        return LeaseState(run_id, owner, generation, expires_at, _as_utc(now))
+    def lease_states(self, run_ids: Sequence[str]) -> dict[str, LeaseState]:
+        """The runs' leases and the database's clock, in one read: what a worker checks
+        before each model call, for every run whose call is about to go out. A run that
+        does not exist is missing from the answer."""
+        rows = self._core().execute(_lease_statement(self.dialect), {"ids": list(run_ids)})
+        return {
+            run_id: LeaseState(run_id, owner, generation, expires_at, _as_utc(now))
+            for run_id, owner, generation, expires_at, now in rows
+        }
 
     def claimable_runs(
         self, owner: str, now: dt.datetime, limit: int, exclude: Sequence[str] = ()

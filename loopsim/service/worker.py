@@ -12,8 +12,9 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
   if other runs are waiting for one, and a claim takes the run that waited longest
   first, so runs beyond ``concurrency`` take turns instead of starving;
 - before each model call of a day, the task checks its lease against the database (owner,
-  generation, expiry by the database's clock): a run taken over while this worker was
-  frozen costs no further call, and the day is dropped unwritten;
+  generation, expiry by the database's clock; one read for the calls going out together,
+  :mod:`loopsim.service.checks`): a run taken over while this worker was frozen costs no
+  further call, and the day is dropped unwritten;
 - a **heartbeat** renews every held lease each ``lease_seconds / 3``; a lease found lost
   (taken over or released) cancels its task, and the fence refuses anything that task
   still tries to write. A lease that only expired, because this worker could not renew it
@@ -26,9 +27,8 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
   (:mod:`loopsim.service.health`).
 
 Shutdown (SIGTERM or SIGINT): stop claiming, give the days in flight ``grace_seconds`` to
-commit, cancel the rest (a cancelled day leaves no trace: a day is one transaction, and
-the fence refuses a write after its lease is released), release every lease, exit 0. A
-second signal skips the grace period.
+commit, cancel the rest (a day is one transaction, and the fence refuses a write after
+its lease is released), release every lease, exit 0. A second signal skips the grace.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
 from loopsim.schemas import DayStatus, RunSpec
 from loopsim.service import events
+from loopsim.service.checks import LeaseChecks
 from loopsim.service.config import ServiceConfig, default_worker_id
 from loopsim.service.eventloop import loop_kind
 from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
@@ -112,6 +113,7 @@ class Service:
         self._turns = WaitingRuns(
             lambda: self._db(self._waiting, list(self._tasks)), self.config.poll_seconds
         )
+        self._checks = LeaseChecks(lambda batch: self._db(leases.check_many, db, batch))
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._abandon = asyncio.Event()
@@ -233,12 +235,8 @@ class Service:
         self.held[lease.run_id] = lease
         self._deadline[lease.run_id] = time.monotonic() + self.config.lease_seconds
         self.metrics.leases.set(len(self.held))
-        log.info(
-            "claimed run %s (lease %d)",
-            lease.run_id,
-            lease.generation,
-            extra={"event": "lease.claimed", "run_id": lease.run_id, "lease": lease.generation},
-        )
+        ctx = {"event": "lease.claimed", "run_id": lease.run_id, "lease": lease.generation}
+        log.info("claimed run %s (lease %d)", lease.run_id, lease.generation, extra=ctx)
         self._tasks[lease.run_id] = asyncio.ensure_future(self._drive(lease))
 
     async def _reap(self) -> None:
@@ -249,12 +247,8 @@ class Service:
         for run_id in done:
             task = self._tasks.pop(run_id)
             if not task.cancelled() and task.exception() is not None:
-                log.error(
-                    "run %s task crashed",
-                    run_id,
-                    exc_info=task.exception(),
-                    extra={"event": "run.crashed", "run_id": run_id},
-                )
+                ctx = {"event": "run.crashed", "run_id": run_id}
+                log.error("run %s task crashed", run_id, exc_info=task.exception(), extra=ctx)
         await self._release([self.held[r] for r in done if r in self.held])
 
     async def _release(self, held: list[Lease]) -> None:
@@ -300,12 +294,8 @@ class Service:
             return
         self._lost.add(run_id)
         self.metrics.leases_lost.inc()
-        log.warning(
-            "lease on run %s lost: %s",
-            run_id,
-            why,
-            extra={"event": "lease.lost", "run_id": run_id},
-        )
+        ctx = {"event": "lease.lost", "run_id": run_id}
+        log.warning("lease on run %s lost: %s", run_id, why, extra=ctx)
         task = self._tasks.get(run_id)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -327,11 +317,8 @@ class Service:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if unfinished:
-                log.info(
-                    "abandoned %d days in flight; nothing of them was written",
-                    len(unfinished),
-                    extra={"event": "stop.abandoned"},
-                )
+                what = "abandoned %d days in flight; nothing of them was written"
+                log.info(what, len(unfinished), extra={"event": "stop.abandoned"})
         await self._reap()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -367,8 +354,8 @@ class Service:
         database's clock; one that reads as expired or taken is renewed if it is still
         this worker's."""
         await self._hold(lease)
-        try:
-            await self._db(leases.check, self.db, lease)
+        try:  # one read for the calls of all runs going out now
+            await self._checks.check(lease)
         except LeaseLost:
             self._deadline[lease.run_id] = 0.0
             await self._hold(lease)
