@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -403,3 +404,41 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
     assert service._lost == set()
     assert run_id not in service._deadline
     assert "loopsim_leases_lost_total 0.0" in service.metrics.render().decode()
+
+
+def test_reads_run_where_they_cannot_stall_the_loop(any_db, monkeypatch):
+    """SQLite's reads run on the event loop (in WAL mode they wait for no lock), except a
+    run's first plan after its claim, which may load a tokenizer; PostgreSQL's reads wait
+    on the network, so every one goes to the worker's pool."""
+    from loopsim.loop import Loop
+    from loopsim.record import leases
+
+    seen: dict[str, list[str]] = {"plan": [], "check": []}
+    plan, check_many = Loop.plan, leases.check_many
+
+    def plan_where(self, *args, **kwargs):
+        seen["plan"].append(threading.current_thread().name)
+        return plan(self, *args, **kwargs)
+
+    def check_where(*args, **kwargs):
+        seen["check"].append(threading.current_thread().name)
+        return check_many(*args, **kwargs)
+
+    monkeypatch.setattr(Loop, "plan", plan_where)
+    monkeypatch.setattr(leases, "check_many", check_where)
+    start_runs(any_db, 2, days=3)
+    factory, _ = scripted_factory()
+    service = Service(any_db, Settings(), factory, config(concurrency=2))
+    done = lambda: set(statuses(any_db).values()) == {RunStatus.COMPLETED}  # noqa: E731
+    asyncio.run(serve_until([service], done))
+    main = threading.main_thread().name
+    pooled = [name.startswith("loopsim-db") for name in seen["plan"]]
+    assert len(seen["plan"]) >= 8  # 3 days and the plan that finds the budget spent, each
+    assert seen["check"]
+    if any_db.dialect == "sqlite":
+        assert 2 <= sum(pooled) < len(pooled)  # a first plan per claim (one a run, here)
+        assert all(name == main for name, p in zip(seen["plan"], pooled, strict=True) if not p)
+        assert set(seen["check"]) == {main}
+    else:
+        assert all(pooled)
+        assert all(name.startswith("loopsim-db") for name in seen["check"])
