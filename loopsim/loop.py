@@ -35,12 +35,12 @@ from loopsim.checkin import drift
 from loopsim.checkin.opening import (
     Opening,
     answered_before,
-    approved_predictions,
+    due_now,
     open_checkin,
     pick_retest,
     select_probes,
 )
-from loopsim.checkin.schedule import approved_count, approving, due, explain
+from loopsim.checkin.schedule import approved_count, approving, explain
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
@@ -358,6 +358,15 @@ class Loop:
             run_failed,
         )
 
+    def checkin_due(self, run_ref: str) -> bool:
+        """Whether :meth:`open_due_checkin` has anything to do now: one read, no model call."""
+        with self.db.read() as session:
+            store = Store(session)
+            run = store.get_run(run_ref)
+            if run.status != RunStatus.RUNNING:
+                return False
+            return due_now(store, run, self.spec_of(run), self.similarity) is not None
+
     def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any
         transaction), then one write that records them and makes the run wait."""
@@ -367,24 +376,13 @@ class Loop:
             if run.status != RunStatus.RUNNING:
                 return None
             spec = self.spec_of(run)
-            # Read once: due and the rest share them.
-            checkins = store.list_checkins(run.id)
-            last_day = store.last_committed_day(run.id)
-            reason = due(
-                store, run, spec, similarity=self.similarity, checkins=checkins, latest=last_day
-            )
-            detail = explain(store, run, spec, reason, self.similarity) if reason else None
-            last = checkins[-1] if checkins else None
-            first_day = (last.last_day_index if last else 0) + 1
-            number = len(checkins) + 1
-            every = spec.checkins.prediction_drift_every
-            recheck: list[tuple[int, str]] = []
-            undecided = last is not None and last.decision is None
-            if reason is None and every and not undecided and last_day % every == 0:
-                fresh = last_day >= first_day  # a committed day since the last check-in
-                recheck = approved_predictions(store, run.id) if fresh else []
-            if reason is None and not recheck:
+            found = due_now(store, run, spec, self.similarity)
+            if found is None:
                 return None
+            checkins, last_day, reason = found.checkins, found.last_day, found.reason
+            recheck = found.recheck
+            detail = explain(store, run, spec, reason, self.similarity) if reason else None
+            first_day, number = found.first_day, len(checkins) + 1
             probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
             retests: frozenset[int] = frozenset()
             if recheck:

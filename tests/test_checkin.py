@@ -424,6 +424,58 @@ def test_prediction_drift_alarm_reasks_the_approved_probes(database):
     assert [p.prediction for p, _ in pairs] == [ROCKETS, ROCKETS]
 
 
+def _due_then_opened(loop: Loop, run_id: str, days: int) -> list[tuple[bool, int | None]]:
+    """Each day: what ``checkin_due`` said after it, and what ``open_due_checkin`` did."""
+    seen = []
+    for _ in range(days):
+        if loop.step(run_id) is None:
+            break
+        said = loop.checkin_due(run_id)
+        seen.append((said, loop.open_due_checkin(run_id)))
+        if seen[-1][1] is not None:
+            break
+    return seen
+
+
+def test_checkin_due_says_yes_whenever_a_check_in_then_opens(database):
+    """The worker asks ``checkin_due`` first and calls ``open_due_checkin`` only on a
+    yes: a no on a day that would have opened one would skip a check-in."""
+    run_id = make_run(
+        database,
+        spec_with(
+            every_days=1000,
+            spot_check_probability=0.0,
+            max_unsupervised_days=2,
+            prediction_drift_every=3,
+        ),
+    )
+    loop, _ = loop_with(database, [persona_switching_model(5)])
+    loop.start(run_id)
+    first = _due_then_opened(loop, run_id, 10)
+    assert [said for said, _ in first] == [False, True]  # the budget of 2 unsupervised days
+    decide(database, first[-1][1], Decision.APPROVE)
+    second = _due_then_opened(loop, run_id, 10)
+    # Day 3 re-asks the approved probes (a yes); their answers moved, so it opens.
+    assert [said for said, _ in second] == [True]
+    with database.read() as session:
+        assert Store(session).get_checkin(second[-1][1]).reason == "prediction_drift"
+    for said, opened in first + second:
+        assert said or opened is None
+
+
+def test_checkin_due_is_no_for_a_run_that_is_not_running(database):
+    run_id = make_run(database, spec_with(every_days=1))
+    loop, _ = loop_with(database)
+    loop.start(run_id)
+    loop.step(run_id)
+    assert loop.checkin_due(run_id)
+    with database.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.PAUSED)
+    assert not loop.checkin_due(run_id)
+    assert loop.open_due_checkin(run_id) is None
+
+
 def test_charter_drift_alarm_when_days_leave_the_charter(database):
     from loopsim.testing import report_json
 

@@ -442,3 +442,32 @@ def test_reads_run_where_they_cannot_stall_the_loop(any_db, monkeypatch):
     else:
         assert all(pooled)
         assert all(name.startswith("loopsim-db") for name in seen["check"])
+
+
+@pytest.mark.parametrize("lexical", [True, False])
+def test_the_check_in_test_leaves_the_loop_when_it_may_embed(database, monkeypatch, lexical):
+    """After each day the worker asks whether a check-in is due. With the word-count
+    cosine that is a read, made on the event loop; an embedder (a model, or a request
+    to an embeddings endpoint) must not block the loop, so the test goes to the pool."""
+    from loopsim.checkin import drift
+    from loopsim.loop import Loop
+
+    where: list[str] = []
+    checkin_due = Loop.checkin_due
+
+    def due_where(self, *args, **kwargs):
+        where.append(threading.current_thread().name)
+        return checkin_due(self, *args, **kwargs)
+
+    monkeypatch.setattr(Loop, "checkin_due", due_where)
+    start_runs(database, 1, days=3)
+    factory, _ = scripted_factory()
+    similarity = drift.lexical_similarity if lexical else (lambda a, b: 1.0)
+    service = Service(database, Settings(), factory, config(), similarity=similarity)
+    done = lambda: set(statuses(database).values()) == {RunStatus.COMPLETED}  # noqa: E731
+    asyncio.run(serve_until([service], done))
+    assert len(where) == 3
+    if lexical:
+        assert set(where) == {threading.main_thread().name}
+    else:
+        assert all(name.startswith("loopsim-db") for name in where)

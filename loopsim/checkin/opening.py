@@ -16,7 +16,7 @@ from loopsim.checkin import drift
 from loopsim.checkin.schedule import approving, due
 from loopsim.record.db import Database
 from loopsim.record.store import Store
-from loopsim.record.tables import Probe, Run
+from loopsim.record.tables import CheckIn, Probe, Run
 from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
 
 # Stored in place of a prediction the model never gave validly, with the reason after it.
@@ -38,6 +38,41 @@ def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
         for pair, probe in store.pairs(approved[-1].id)
         if pair.prediction and usable(pair.prediction)
     ]
+
+
+@dataclass(frozen=True)
+class Due:
+    """What the test after a committed day found: the reason a check-in is due, or (for
+    prediction drift) the approved predictions to ask again, and what it read on the way."""
+
+    checkins: Sequence[CheckIn]
+    last_day: int
+    reason: CheckinReason | None
+    recheck: list[tuple[int, str]]
+
+    @property
+    def first_day(self) -> int:
+        """The first day the check-in would cover: the one after the last check-in's."""
+        return (self.checkins[-1].last_day_index if self.checkins else 0) + 1
+
+
+def due_now(store: Store, run: Run, spec: RunSpec, similarity: drift.Similarity) -> Due | None:
+    """Whether a check-in is to open after the run's last committed day. Reads only,
+    calls no model: None, the answer after most days, means nothing is to be done."""
+    checkins = store.list_checkins(run.id)
+    last_day = store.last_committed_day(run.id)
+    reason = due(store, run, spec, similarity=similarity, checkins=checkins, latest=last_day)
+    if reason is not None:
+        return Due(checkins, last_day, reason, [])
+    every = spec.checkins.prediction_drift_every
+    undecided = bool(checkins) and checkins[-1].decision is None
+    if not every or undecided or last_day % every:
+        return None
+    found = Due(checkins, last_day, None, [])
+    if last_day < found.first_day:  # no committed day since the last check-in
+        return None
+    recheck = approved_predictions(store, run.id)
+    return Due(checkins, last_day, None, recheck) if recheck else None
 
 
 def answered_before(store: Store, run_id: str) -> dict[int, str]:

@@ -53,7 +53,7 @@ from loopsim.record.db import Database
 from loopsim.record.leases import Lease
 from loopsim.record.store import Store
 from loopsim.record.tables import utcnow
-from loopsim.schemas import DayStatus, RunSpec
+from loopsim.schemas import DayStatus
 from loopsim.service import events
 from loopsim.service.checks import LeaseChecks
 from loopsim.service.config import ServiceConfig, default_worker_id
@@ -462,10 +462,12 @@ class Service:
                     await self._db(self.stats.day_committed)
                 else:  # only counts: no thread hop for it
                     self.stats.day_committed()
+                if not await self._due(run_id):  # the answer after most days
+                    continue
                 # Its predictions are model calls: on a thread of its own, not the writer's.
                 opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
                 if opened is not None:
-                    self._opened(opened, run_id, planned.spec, ctx)
+                    self._opened(opened, run_id, ctx)
                     return
         except LeaseLost as exc:
             self._lose(run_id, exc.message)
@@ -474,26 +476,25 @@ class Service:
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
 
+    async def _due(self, run_id: str) -> bool:
+        """Whether a check-in may open now: a read, on the loop unless charter drift embeds."""
+        lexical = self.loop.similarity is drift.lexical_similarity
+        return await (self._db if lexical else self._pooled)(self.loop.checkin_due, run_id)
+
     async def _should_yield(self, days: int) -> bool:
         """Whether a run held ``days`` days yields its slot to a waiting run (turns.py)."""
         turn = self.config.yield_after_days
-        if turn <= 0 or days < turn:
-            return False
-        return await self._turns.take()
+        return 0 < turn <= days and await self._turns.take()
 
     def _waiting(self, exclude: list[str]) -> int:
         with self.db.read() as session:
             store = Store(session)
             return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
 
-    def _opened(self, checkin_id: int, run_id: str, spec: RunSpec, ctx: dict[str, Any]) -> None:
+    def _opened(self, checkin_id: int, run_id: str, ctx: dict[str, Any]) -> None:
         self.metrics.checkins_opened.inc()
-        log.info(
-            "run %s waits for check-in %d",
-            run_id,
-            checkin_id,
-            extra={**ctx, "event": "checkin.opened", "checkin_id": checkin_id},
-        )
+        ctx = {**ctx, "event": "checkin.opened", "checkin_id": checkin_id}
+        log.info("run %s waits for check-in %d", run_id, checkin_id, extra=ctx)
         if self.webhook is not None:
             payload = checkin_payload(self.db, checkin_id, run_id, self.worker)
             self._spawn(self.webhook.send(payload))
