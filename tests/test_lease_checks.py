@@ -163,3 +163,25 @@ def test_stopping_the_reader_leaves_no_check_waiting_forever(database, spec):
         assert all(task.cancelled() for task in done)
 
     asyncio.run(main())
+
+
+def test_a_reader_stopped_before_it_began_leaves_no_check_waiting(database, spec):
+    """On SQLite the read does not suspend, so a cancel can only reach the reader before
+    its first step, where its own cleanup never runs."""
+    (held,) = _claimed(database, spec, 1)
+
+    async def read(batch: Sequence[Lease]) -> dict[str, LoopsimError]:
+        return leases.check_many(database, batch)  # synchronous, as on SQLite
+
+    async def main() -> None:
+        checks = LeaseChecks(read)
+        asked = asyncio.ensure_future(checks.check(held))
+        await asyncio.sleep(0)  # the check is asked and its reader made, not yet run
+        assert checks._reader is not None
+        checks._reader.cancel()
+        _, pending = await asyncio.wait({asked}, timeout=60)
+        assert not pending
+        assert asked.cancelled()
+        await checks.check(held)  # a later check gets a reader of its own
+
+    asyncio.run(main())

@@ -150,7 +150,8 @@ def check(db: Database, lease: Lease) -> None:
 def check_many(db: Database, leases: Sequence[Lease]) -> dict[str, LoopsimError]:
     """:func:`check` for several leases in one read: the error each refused lease would
     raise (:class:`LeaseLost`, or :class:`NotFound` for a run that is gone), by run id.
-    A worker whose runs' model calls go out together asks once for all of them."""
+    A worker whose runs' model calls go out together asks once for all of them; it holds
+    one lease a run, so the answers are keyed by run."""
     with db.read() as session:
         states = Store(session).lease_states([lease.run_id for lease in leases])
     refused: dict[str, LoopsimError] = {}

@@ -39,7 +39,18 @@ class LeaseChecks:
         self._asked.append((lease, answer))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._answer_all())
+            self._reader.add_done_callback(self._abandoned)
         await answer
+
+    def _abandoned(self, reader: asyncio.Task[None]) -> None:
+        """A reader cancelled (even before its first step, when its own ``finally`` never
+        runs) leaves no check waiting for an answer nobody will give."""
+        if reader is not self._reader:
+            return  # a newer reader took over the checks asked since
+        if reader.cancelled() or reader.exception() is not None:
+            for _, answer in self._asked:
+                answer.cancel()
+            self._asked = []
 
     async def _answer_all(self) -> None:
         waiting: list[tuple[Lease, asyncio.Future[None]]] = []

@@ -141,10 +141,10 @@ class Service:
     # ------------------------------------------------------------------ plumbing
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A read. SQLite's run on the event loop: in WAL mode a read never waits for the
-        write lock, and a hop to a thread cost more than most reads (the GIL changed
-        hands at every statement: 30 to 45% fewer days at 64 runs). PostgreSQL's wait on
-        the network, so they go to the pool, as the slow work of ``_pooled`` does."""
+        """A read. SQLite's run on the event loop: in WAL mode a read does not wait for the
+        write lock (only for a recovery after a crash, or on a file not in WAL mode), and
+        a hop to a thread cost more than most reads (the GIL changed hands at every
+        statement). PostgreSQL's wait on the network, so they go to the pool."""
         if self._inline_reads:
             return fn(*args, **kwargs)
         return await self._pooled(fn, *args, **kwargs)

@@ -32,6 +32,9 @@ from loopsim.service.health import WriteHealth, reason
 log = logging.getLogger("loopsim.service.writes")
 T = TypeVar("T")
 
+APART = 4
+"""Check-ins opened at once (their predictions are model calls); more wait their turn."""
+
 PAUSE_SECONDS = (0.1, 0.25, 0.5, 1.0)
 """Pauses between attempts of a write the database refused as locked (the last one
 repeats). Each attempt has already waited the busy timeout inside SQLite."""
@@ -48,6 +51,11 @@ class Writer:
             if serial
             else shared
         )
+        # Bounded, not the event loop's default executor (up to 32 threads on a large
+        # machine): each holds a connection while it waits out a locked file, and the
+        # connections the worker's threads can hold must leave one for the event loop's
+        # own reads of SQLite (loopsim.service.worker.Service._db).
+        self._apart = ThreadPoolExecutor(max_workers=APART, thread_name_prefix="loopsim-apart")
 
     async def __call__(
         self,
@@ -67,10 +75,10 @@ class Writer:
         predictions are model calls), on a thread of its own rather than the writer's, and
         wait out a locked database the same way: a run whose check-in came due must not
         be let go for a busy database and re-claimed past it."""
-        return await self._retried(functools.partial(fn, *args), None, fn.__name__, True)
+        return await self._retried(functools.partial(fn, *args), self._apart, fn.__name__, True)
 
     async def _retried(
-        self, call: Callable[[], T], pool: ThreadPoolExecutor | None, what: str, retry: bool
+        self, call: Callable[[], T], pool: ThreadPoolExecutor, what: str, retry: bool
     ) -> T:
         loop = asyncio.get_running_loop()
         attempt = 0
@@ -110,3 +118,4 @@ class Writer:
     def shutdown(self) -> None:
         if self._own:
             self._pool.shutdown(wait=True)
+        self._apart.shutdown(wait=True)
