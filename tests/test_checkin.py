@@ -399,16 +399,15 @@ def test_no_schedule_change_when_adaptive_is_off():
     assert schedule_change([], [0.95], policy) is None
 
 
+def _prediction_drift_run(database: Database) -> str:
+    """A run checked in after 2 unsupervised days, whose approved predictions are asked
+    again every 3 days."""
+    policy = {"every_days": 1000, "spot_check_probability": 0.0, "max_unsupervised_days": 2}
+    return make_run(database, spec_with(**policy, prediction_drift_every=3))
+
+
 def test_prediction_drift_alarm_reasks_the_approved_probes(database):
-    run_id = make_run(
-        database,
-        spec_with(
-            every_days=1000,
-            spot_check_probability=0.0,
-            max_unsupervised_days=2,
-            prediction_drift_every=3,
-        ),
-    )
+    run_id = _prediction_drift_run(database)
     # Answers as A while the view holds 4 entries or fewer (days 1-2), then as B.
     loop, _ = loop_with(database, [persona_switching_model(5)])
     loop.run_days(run_id, 10)
@@ -440,15 +439,7 @@ def _due_then_opened(loop: Loop, run_id: str, days: int) -> list[tuple[bool, int
 def test_checkin_due_says_yes_whenever_a_check_in_then_opens(database):
     """The worker asks ``checkin_due`` first and calls ``open_due_checkin`` only on a
     yes: a no on a day that would have opened one would skip a check-in."""
-    run_id = make_run(
-        database,
-        spec_with(
-            every_days=1000,
-            spot_check_probability=0.0,
-            max_unsupervised_days=2,
-            prediction_drift_every=3,
-        ),
-    )
+    run_id = _prediction_drift_run(database)
     loop, _ = loop_with(database, [persona_switching_model(5)])
     loop.start(run_id)
     first = _due_then_opened(loop, run_id, 10)
