@@ -38,6 +38,15 @@ class Reads:
         return leases.check_many(self.database, batch)
 
 
+async def _read_in_flight(checks: LeaseChecks, reads: Reads, lease: Lease) -> asyncio.Future:
+    """Ask a check and return once its read has begun, held at the closed gate."""
+    reads.gate.clear()
+    asked = asyncio.ensure_future(checks.check(lease))
+    while not reads.batches:
+        await asyncio.sleep(0)
+    return asked
+
+
 def _claimed(database, spec, n: int) -> list[Lease]:
     make_running(database, spec, n)
     return sorted(leases.claim(database, "w", TTL, n), key=lambda lease: lease.run_id)
@@ -88,10 +97,7 @@ def test_a_check_asked_during_a_read_waits_for_a_read_begun_after_it(database, s
 
     async def main() -> None:
         checks = LeaseChecks(reads)
-        reads.gate.clear()
-        early = asyncio.ensure_future(checks.check(first))
-        while not reads.batches:  # the read of `first` is in flight
-            await asyncio.sleep(0)
+        early = await _read_in_flight(checks, reads, first)
         # The lease expires now, after that read began: the check asked next must see it.
         expire(database, second.run_id)
         late = asyncio.ensure_future(checks.check(second))
@@ -150,10 +156,7 @@ def test_stopping_the_reader_leaves_no_check_waiting_forever(database, spec):
 
     async def main() -> None:
         checks = LeaseChecks(reads)
-        reads.gate.clear()
-        in_read = asyncio.ensure_future(checks.check(first))
-        while not reads.batches:
-            await asyncio.sleep(0)
+        in_read = await _read_in_flight(checks, reads, first)
         queued = asyncio.ensure_future(checks.check(second))
         await asyncio.sleep(0)
         assert checks._reader is not None

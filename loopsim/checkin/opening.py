@@ -52,8 +52,12 @@ class Due:
 
     @property
     def first_day(self) -> int:
-        """The first day the check-in would cover: the one after the last check-in's."""
-        return (self.checkins[-1].last_day_index if self.checkins else 0) + 1
+        return _first_day(self.checkins)
+
+
+def _first_day(checkins: Sequence[CheckIn]) -> int:
+    """The first day a check-in would cover: the one after the last check-in's."""
+    return (checkins[-1].last_day_index if checkins else 0) + 1
 
 
 def due_now(store: Store, run: Run, spec: RunSpec, similarity: drift.Similarity) -> Due | None:
@@ -68,8 +72,7 @@ def due_now(store: Store, run: Run, spec: RunSpec, similarity: drift.Similarity)
     undecided = bool(checkins) and checkins[-1].decision is None
     if not every or undecided or last_day % every:
         return None
-    found = Due(checkins, last_day, None, [])
-    if last_day < found.first_day:  # no committed day since the last check-in
+    if last_day < _first_day(checkins):  # no committed day since the last check-in
         return None
     recheck = approved_predictions(store, run.id)
     return Due(checkins, last_day, None, recheck) if recheck else None
