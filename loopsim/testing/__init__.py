@@ -45,8 +45,22 @@ def report_json(
     return json.dumps(payload)
 
 
+DIGEST_ASKED = "Compress them into one digest"  # in the digest call's instructions
+
+
+def digest_json(messages: list[BaseMessage]) -> str:
+    """A valid digest of the entries a digest call hands over, named by their heading."""
+    heading = messages[-1].text.split("# Entries: ", 1)[-1].split("\n", 1)[0]
+    return json.dumps(
+        {"digest": f"Digest of {heading}: foragers were marked, dances filmed and counted."}
+    )
+
+
 def default_reply(messages: list[BaseMessage]) -> str:
-    """A plausible, valid day whose text depends only on the prompt."""
+    """A plausible, valid day whose text depends only on the prompt; a digest call gets a
+    digest, as a real model's would."""
+    if DIGEST_ASKED in messages[0].text:
+        return digest_json(messages)
     date = messages[-1].text.rsplit("Today's date is ", 1)[-1][:10]
     return report_json(
         (
@@ -85,11 +99,8 @@ def amplified_reply(messages: list[BaseMessage]) -> str:
         return json.dumps(
             {"score": score, "critique": f"The idea '{title}' is testable; its cost is the risk."}
         )
-    if "Compress them into one digest" in system:
-        heading = user.split("# Entries: ", 1)[-1].split("\n", 1)[0]
-        return json.dumps(
-            {"digest": f"Digest of {heading}: foragers were marked, dances filmed and counted."}
-        )
+    if DIGEST_ASKED in system:
+        return digest_json(messages)
     date = user.rsplit("Today's date is ", 1)[-1][:10]
     return json.dumps(
         {

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from loopsim.testing import report_json
+from loopsim.testing import DIGEST_ASKED, report_json
 
 FAULTS = ("429", "400", "500", "502", "503", "stall", "stall_body", "truncate", "invalid_json")
 # Not a transient fault but a server's habit: "llama_json_schema" answers a request for
@@ -47,8 +47,13 @@ LLAMA_JSON_SCHEMA_ERROR = {
 }
 
 
+def _asks_digest(messages: list[dict[str, Any]]) -> bool:
+    return any(DIGEST_ASKED in str(m.get("content") or "") for m in messages)
+
+
 def default_text(body: dict[str, Any]) -> str:
-    """A valid DayReport if JSON was asked for, else a short plain answer."""
+    """A valid DayReport if JSON was asked for (a digest if a digest was), else a short
+    plain answer."""
     messages = body.get("messages") or [{}]
     last = str(messages[-1].get("content") or "")
     if "response_format" not in body:
@@ -56,6 +61,9 @@ def default_text(body: dict[str, Any]) -> str:
             "From what the log records, the answer depends on the measurements still to be "
             "made. I would start with the simplest test that could prove me wrong."
         )
+    if _asks_digest(messages):
+        heading = last.split("# Entries: ", 1)[-1].split("\n", 1)[0]
+        return json.dumps({"digest": f"Digest of {heading}: what was measured, and what next."})
     date = last.rsplit("Today's date is ", 1)[-1][:10] if "Today's date is " in last else "today"
     return report_json(
         ("note", f"Observations for {date}", f"On {date} I read the log and noted what to try."),
@@ -67,7 +75,7 @@ def conditioned_text(body: dict[str, Any]) -> str:
     """Like :func:`default_text`, but a day's words depend on the whole conversation, as a
     real model's do: two forks under different conditionals write different days, and
     equal prompts still get equal replies (``--conditioned``)."""
-    if "response_format" not in body:
+    if "response_format" not in body or _asks_digest(body.get("messages") or []):
         return default_text(body)
     text = "".join(str(m.get("content") or "") for m in body.get("messages") or [])
     digest = hashlib.sha256(text.encode()).hexdigest()
