@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Date, Integer, String, bindparam, func, literal, or_, select, union_all
 
@@ -20,6 +20,37 @@ from loopsim.record.tables import Day, Entry
 from loopsim.schemas import Author, DayStatus, EntryKind
 
 
+class DigestRow(NamedTuple):
+    """A digest as the view and the planner read it: a plain row, not an ORM object
+    (a plan reads every uncovered digest, twice, and loading each as an object cost more
+    than the queries)."""
+
+    id: int
+    seq: int
+    level: int | None
+    first_day: int | None
+    last_day: int | None
+    external_date: dt.date
+    kind: str
+    author: str
+    title: str
+    body: str
+
+
+DIGEST_COLUMNS = (
+    Entry.id,
+    Entry.seq,
+    Entry.level,
+    Entry.first_day,
+    Entry.last_day,
+    Entry.external_date,
+    Entry.kind,
+    Entry.author,
+    Entry.title,
+    Entry.body,
+)
+
+
 @dataclass(frozen=True)
 class DigestState:
     """What the digests of a run cover: ``covered`` maps each level to the last day its
@@ -27,7 +58,7 @@ class DigestState:
     of the level above covers yet (one per range: a human's amendment stands)."""
 
     covered: dict[int, int]
-    uncovered: dict[int, list[Entry]]
+    uncovered: dict[int, list[DigestRow]]
     complete: bool
 
 
@@ -108,7 +139,7 @@ def _uncovered_statement(levels: int) -> Any:
         )
     )
     return (
-        select(Entry, Day.index, Day.status)
+        select(*DIGEST_COLUMNS)
         .outerjoin(Day, Entry.day_id == Day.id)
         .where(Entry.id.in_(ids), Entry.kind == EntryKind.DIGEST.value)
         .where(
@@ -126,7 +157,9 @@ class DigestQueries(EntryQueries):
 
     def _digest_rows(self, run_id: str, until: dt.date, written_by: int | None = None) -> Any:
         stmt = (
-            self._entries_with_day(run_id)
+            select(*DIGEST_COLUMNS)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .where(Entry.run_id == run_id)
             .where(Entry.kind == EntryKind.DIGEST, Entry.level.is_not(None))
             .where(self._visible(), Entry.external_date <= until)
         )
@@ -143,7 +176,7 @@ class DigestQueries(EntryQueries):
         until: dt.date,
         limit: int = 50,
         written_by: int | None = None,
-    ) -> list[Entry]:
+    ) -> list[DigestRow]:
         """Visible digests of ``level`` starting after ``after_day``, oldest range first
         (only those written on or before day ``written_by``, if given). Of several digests
         of one range (a human amended it), the newest stands."""
@@ -153,9 +186,10 @@ class DigestQueries(EntryQueries):
             .order_by(Entry.first_day, Entry.seq.desc())
             .limit(limit * 4)
         )
-        chosen: dict[tuple[int | None, int | None], Entry] = {}
-        for entry, _idx, _status in self.session.execute(stmt):
-            chosen.setdefault((entry.first_day, entry.last_day), entry)
+        chosen: dict[tuple[int | None, int | None], DigestRow] = {}
+        for row in self._rows(stmt, {}):
+            digest = DigestRow(*row)
+            chosen.setdefault((digest.first_day, digest.last_day), digest)
         return list(chosen.values())[:limit]
 
     def _level_ends(self, run_id: str, until: dt.date, written_by: int | None) -> dict[int, int]:
@@ -178,7 +212,7 @@ class DigestQueries(EntryQueries):
         two queries however many levels there are. ``complete`` is False if ``limit``
         cut the second query short."""
         covered = self._level_ends(run_id, until, written_by)
-        uncovered: dict[int, list[Entry]] = {level: [] for level in covered}
+        uncovered: dict[int, list[DigestRow]] = {level: [] for level in covered}
         if not covered:
             return DigestState(covered, uncovered, True)
         top = max(covered)
@@ -189,10 +223,12 @@ class DigestQueries(EntryQueries):
             "limit": limit + 1,
         }
         params.update({f"after_{level}": covered.get(level + 1, 0) for level in range(1, top + 1)})
-        stmt = _uncovered_statement(top).params(params)
-        found = list(self.session.execute(stmt))
+        # Parameters at execution, not ``.params()``: a copy of the statement would have
+        # its cache key computed afresh on every call.
+        found = self._rows(_uncovered_statement(top), params)
         seen: set[tuple[int | None, int | None, int | None]] = set()
-        for entry, _idx, _status in found[:limit]:
+        for row in found[:limit]:
+            entry = DigestRow(*row)
             key = (entry.level, entry.first_day, entry.last_day)
             if key not in seen:  # of several digests of one range, the newest stands
                 seen.add(key)
@@ -208,7 +244,7 @@ class DigestQueries(EntryQueries):
         written_by: int | None = None,
         per_level: int = 50,
         state: DigestState | None = None,
-    ) -> list[Entry]:
+    ) -> list[DigestRow]:
         """The digests no higher-level digest covers, oldest range first: together they
         cover every digested day (before ``before_day``, if given) once. A level holds
         fewer than ``every_days`` of them (more would have been compressed), so this
@@ -218,7 +254,7 @@ class DigestQueries(EntryQueries):
         ``digest_state`` of the same run, date and ``written_by``."""
         if state is None:  # a caller may pass the state it already read for this date
             state = self.digest_state(run_id, until, written_by)
-        pinned: list[Entry] = []
+        pinned: list[DigestRow] = []
         covered = 0
         for level in range(max(state.covered, default=0), 0, -1):
             if state.complete and covered == state.covered.get(level + 1, 0):
@@ -234,7 +270,7 @@ class DigestQueries(EntryQueries):
                     limit=per_level,
                     written_by=written_by,
                 )
-            run: list[Entry] = []
+            run: list[DigestRow] = []
             for digest in found:  # contiguous from ``covered``, stopping at the window
                 if digest.first_day != covered + 1 and (run or covered):
                     break

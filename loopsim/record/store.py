@@ -21,7 +21,7 @@ from loopsim.record.calls import CallQueries
 from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult, entry_hash
 from loopsim.record.checkins import CheckinQueries, ProbeQueries
 from loopsim.record.days import DayQueries, RunTally, TallyQueries
-from loopsim.record.digests import DigestQueries, DigestState
+from loopsim.record.digests import DigestQueries, DigestRow, DigestState
 from loopsim.record.entries import EntryInput, EntryQueries
 from loopsim.record.forks import ForkQueries
 from loopsim.record.integrity import IntegrityQueries
@@ -32,6 +32,7 @@ from loopsim.record.streams import StreamQueries
 __all__ = [
     "GENESIS",
     "BrokenLink",
+    "DigestRow",
     "DigestState",
     "EntryInput",
     "RunTally",

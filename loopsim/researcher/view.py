@@ -32,7 +32,7 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 
 from loopsim.chat.tokens import ESTIMATE, TokenCounter, estimate_tokens
-from loopsim.record.store import DigestState, Store
+from loopsim.record.store import DigestRow, DigestState, Store
 from loopsim.record.tables import Entry
 from loopsim.schemas import Charter, EntryKind
 
@@ -66,7 +66,7 @@ class ViewEntry:
     last_day: int | None = None
 
     @classmethod
-    def of(cls, entry: Entry, day_index: int | None) -> ViewEntry:
+    def of(cls, entry: Entry | DigestRow, day_index: int | None) -> ViewEntry:
         return cls(
             entry.seq,
             day_index,
@@ -241,8 +241,8 @@ def _build(
     # written later (a level compressing the one below) waits until the window moves, so
     # this section, like the window's start, stays byte-identical from day to day.
     pinned = store.pinned_digests(run_id, external_date, before_day=start, written_by=start)
-    for entry in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
-        item = ViewEntry.of(entry, None)
+    for digest in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
+        item = ViewEntry.of(digest, None)
         if used + _cost(item) > digest_limit:
             continue
         shown.append(item)
