@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
+from loopsim.loop import Loop
 from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
@@ -466,8 +467,32 @@ def test_the_check_in_test_leaves_the_loop_when_it_may_embed(database, monkeypat
     service = Service(database, Settings(), factory, config(), similarity=similarity)
     done = lambda: set(statuses(database).values()) == {RunStatus.COMPLETED}  # noqa: E731
     asyncio.run(serve_until([service], done))
-    assert len(where) == 3
+    assert len(where) == 4  # at the claim, then after each of the 3 days
     if lexical:
         assert set(where) == {threading.main_thread().name}
     else:
         assert all(name.startswith("loopsim-db") for name in where)
+
+
+def test_a_check_in_left_due_by_a_killed_worker_opens_before_the_next_day(any_db):
+    """A worker killed between committing a day and testing for a check-in leaves one due
+    with nobody to open it. The next worker to claim the run tests first: the check-in
+    covers the days that made it due, and no further day is stepped past it (a future-date
+    leak or a spot check is judged on the last day alone, so a day past it would hide it)."""
+    (run_id,) = start_runs(any_db, 1, days=20, every_days=3, spot_check_probability=0.0)
+    factory, _ = scripted_factory()
+    loop = Loop(any_db, Settings(), factory)
+    for _ in range(3):  # as the killed worker did: days committed, no check-in test after
+        assert loop.step(run_id).status == DayStatus.COMMITTED
+
+    service = Service(any_db, Settings(), factory, config())
+    asyncio.run(serve_until([service], lambda: statuses(any_db)[run_id] != RunStatus.RUNNING))
+    assert statuses(any_db)[run_id] == RunStatus.AWAITING_CHECKIN
+    assert [d.index for d in days_by_run(any_db)[run_id]] == [1, 2, 3]
+    with any_db.read() as session:
+        (checkin,) = Store(session).list_checkins(run_id)
+    assert (checkin.reason, checkin.first_day_index, checkin.last_day_index) == (
+        "scheduled",
+        1,
+        3,
+    )

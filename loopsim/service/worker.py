@@ -8,6 +8,8 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
 - each claimed run gets a task that steps days until the run stops being steppable
   (paused, awaiting a check-in, halted, failed, completed), its lease is lost, or the
   service stops; status changes made by a human take effect at the next day boundary;
+- after each day, and first after a claim (its last holder may have died before asking),
+  the task asks whether a check-in is due, and if one is, opens it and lets the run go;
 - a run held for ``yield_after_days`` days **yields** its slot at the next day boundary
   if other runs are waiting for one, and a claim takes the run that waited longest
   first, so runs beyond ``concurrency`` take turns instead of starving;
@@ -410,14 +412,15 @@ class Service:
             from loopsim.researcher.conversation import adrive
 
             while not self._stopping.is_set():
+                # After each day, and at a claim: a worker killed between a commit and this
+                # test left a check-in due, and a leak or spot check is judged on the last
+                # day alone, so a day stepped past it would hide it.
+                if await self._open_if_due(run_id, fence, ctx):
+                    return
                 await self._hold(lease)
                 if await self._should_yield(days):
-                    log.info(
-                        "run %s yields its slot after %d days: other runs are waiting",
-                        run_id,
-                        days,
-                        extra={**ctx, "event": "run.yielded"},
-                    )
+                    said = "run %s yields its slot after %d days: other runs are waiting"
+                    log.info(said, run_id, days, extra={**ctx, "event": "run.yielded"})
                     return
                 began = time.perf_counter()
                 try:
@@ -462,13 +465,6 @@ class Service:
                     await self._db(self.stats.day_committed)
                 else:  # only counts: no thread hop for it
                     self.stats.day_committed()
-                if not await self._due(run_id):  # the answer after most days
-                    continue
-                # Its predictions are model calls: on a thread of its own, not the writer's.
-                opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
-                if opened is not None:
-                    self._opened(opened, run_id, ctx)
-                    return
         except LeaseLost as exc:
             self._lose(run_id, exc.message)
         except ConcurrentWrite as exc:
@@ -476,10 +472,22 @@ class Service:
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
 
-    async def _due(self, run_id: str) -> bool:
-        """Whether a check-in may open now: a read, on the loop unless charter drift embeds."""
+    async def _open_if_due(self, run_id: str, fence: leases.Fence, ctx: dict[str, Any]) -> bool:
+        """Open the run's check-in if one is due; True if one opened and the run waits.
+        The test is a read, on the loop unless charter drift embeds; the predictions are
+        model calls, on a thread of their own (not the writer's)."""
         lexical = self.loop.similarity is drift.lexical_similarity
-        return await (self._db if lexical else self._pooled)(self.loop.checkin_due, run_id)
+        if not await (self._db if lexical else self._pooled)(self.loop.checkin_due, run_id):
+            return False  # the answer after most days
+        opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
+        if opened is None:
+            return False
+        self.metrics.checkins_opened.inc()
+        ctx = {**ctx, "event": "checkin.opened", "checkin_id": opened}
+        log.info("run %s waits for check-in %d", run_id, opened, extra=ctx)
+        if self.webhook is not None:
+            self._spawn(self.webhook.send(checkin_payload(self.db, opened, run_id, self.worker)))
+        return True
 
     async def _should_yield(self, days: int) -> bool:
         """Whether a run held ``days`` days yields its slot to a waiting run (turns.py)."""
@@ -490,11 +498,3 @@ class Service:
         with self.db.read() as session:
             store = Store(session)
             return store.waiting_runs(self.config.worker_id, store.db_now(), exclude)
-
-    def _opened(self, checkin_id: int, run_id: str, ctx: dict[str, Any]) -> None:
-        self.metrics.checkins_opened.inc()
-        ctx = {**ctx, "event": "checkin.opened", "checkin_id": checkin_id}
-        log.info("run %s waits for check-in %d", run_id, checkin_id, extra=ctx)
-        if self.webhook is not None:
-            payload = checkin_payload(self.db, checkin_id, run_id, self.worker)
-            self._spawn(self.webhook.send(payload))
