@@ -18,7 +18,7 @@ from loopsim.loop import Loop
 from loopsim.record.db import Database
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, Decision, ModelSpec, RunSpec, RunStatus
-from loopsim.testing import default_reply, scripted_factory
+from loopsim.testing import add_day, default_reply, scripted_factory
 from tests.conftest import SPEC, make_run, parse_spec
 
 BEES = "Colonies follow the longest dances, so distance and nectar quality trade off there."
@@ -725,3 +725,57 @@ def test_charter_drift_still_fires_when_every_day_is_checked_in(database):
         decide(database, loop.opened_checkin, Decision.APPROVE)
     assert "charter_drift" in reasons
     assert reasons[:3] == ["scheduled", "scheduled", "scheduled"]
+
+
+def test_the_daily_check_in_test_reads_a_long_history_as_rows(database):
+    """A supervised run's check-ins pile up (one every few days), and the test after each
+    day reads all of them for the adaptive interval. It reads them as plain rows, not ORM
+    objects, whose loading made it grow with the history; and the answer is still the
+    schedule's: 40 calm check-ins have stretched the interval to ``max_interval_days``."""
+    from sqlalchemy import event
+
+    from loopsim.record.tables import CheckIn, utcnow
+
+    spec = spec_with(every_days=2, max_interval_days=6, max_external_drift_days=10_000)
+    run_id = make_run(database, spec)
+    loop, _ = loop_with(database)
+    loop.start(run_id)
+    with database.write() as session:
+        now = utcnow()
+        for k in range(40):  # days 1-80, each pair approved with a calm drift score
+            first = 2 * k + 1
+            add_day(Store(session), run_id, first)
+            add_day(Store(session), run_id, first + 1)
+            session.add(
+                CheckIn(
+                    run_id=run_id,
+                    reason="scheduled",
+                    first_day_index=first,
+                    last_day_index=first + 1,
+                    decision="approve",
+                    drift_score=0.0,
+                    opened_at=now,
+                    decided_at=now,
+                )
+            )
+    loaded: list[object] = []
+
+    def count(target: object, context: object) -> None:
+        loaded.append(target)
+
+    event.listen(CheckIn, "load", count)
+    try:
+        said = []
+        for _ in range(6):
+            assert loop.step(run_id).status == DayStatus.COMMITTED
+            said.append(loop.checkin_due(run_id))
+    finally:
+        event.remove(CheckIn, "load", count)
+    assert said == [False] * 5 + [True]  # due after 6 days: the stretched interval
+    # At most the last approval, once a day, for its decision's date (max_external_drift_
+    # days); reading the history as objects loaded all 40 every day.
+    assert len(loaded) <= len(said)
+    assert loop.open_due_checkin(run_id) is not None
+    with database.read() as session:
+        last = Store(session).list_checkins(run_id)[-1]
+    assert (last.reason, last.first_day_index, last.last_day_index) == ("scheduled", 81, 86)

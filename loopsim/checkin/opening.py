@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from loopsim.checkin import drift
 from loopsim.checkin.schedule import approving, due
 from loopsim.record.db import Database
-from loopsim.record.store import Store
+from loopsim.record.store import CheckinRow, Store
 from loopsim.record.tables import CheckIn, Probe, Run
 from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
 
@@ -30,7 +30,7 @@ def usable(prediction: str | None) -> bool:
 
 def approved_predictions(store: Store, run_id: str) -> list[tuple[int, str]]:
     """(probe id, prediction) of the last approving check-in, for prediction drift."""
-    approved = approving(store.list_checkins(run_id))
+    approved = approving(store.checkin_rows(run_id))
     if not approved:
         return []
     return [
@@ -45,7 +45,7 @@ class Due:
     """What the test after a committed day found: the reason a check-in is due, or (for
     prediction drift) the approved predictions to ask again, and what it read on the way."""
 
-    checkins: Sequence[CheckIn]
+    checkins: Sequence[CheckinRow]
     last_day: int
     reason: CheckinReason | None
     recheck: list[tuple[int, str]]
@@ -55,7 +55,7 @@ class Due:
         return _first_day(self.checkins)
 
 
-def _first_day(checkins: Sequence[CheckIn]) -> int:
+def _first_day(checkins: Sequence[CheckIn | CheckinRow]) -> int:
     """The first day a check-in would cover: the one after the last check-in's."""
     return (checkins[-1].last_day_index if checkins else 0) + 1
 
@@ -63,7 +63,7 @@ def _first_day(checkins: Sequence[CheckIn]) -> int:
 def due_now(store: Store, run: Run, spec: RunSpec, similarity: drift.Similarity) -> Due | None:
     """Whether a check-in is to open after the run's last committed day. Reads only,
     calls no model: None, the answer after most days, means nothing is to be done."""
-    checkins = store.list_checkins(run.id)
+    checkins = store.checkin_rows(run.id)
     last_day = store.last_committed_day(run.id)
     reason = due(store, run, spec, similarity=similarity, checkins=checkins, latest=last_day)
     if reason is not None:

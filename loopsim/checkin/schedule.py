@@ -19,16 +19,19 @@ import datetime as dt
 import math
 import random
 from collections.abc import Sequence
+from typing import TypeVar
 
 from loopsim.checkin import drift
 from loopsim.checkin.dates import later_date
 from loopsim.clock import external_date
-from loopsim.record.store import Store
+from loopsim.record.store import CheckinRow, Store
 from loopsim.record.tables import CheckIn, Run, utcnow
 from loopsim.schemas import CheckinPolicy, CheckinReason, Decision, RunSpec
 from loopsim.text import plural
 
 APPROVING = (Decision.APPROVE, Decision.AMEND)
+# A check-in as an ORM object, or as the plain row the daily test reads.
+C = TypeVar("C", CheckIn, CheckinRow)
 
 
 def spot_check_fires(secret_seed: str, day_index: int, probability: float) -> bool:
@@ -36,7 +39,7 @@ def spot_check_fires(secret_seed: str, day_index: int, probability: float) -> bo
     return random.Random(f"{secret_seed}:spot:{day_index}").random() < probability
 
 
-def approving(checkins: Sequence[CheckIn]) -> list[CheckIn]:
+def approving(checkins: Sequence[C]) -> list[C]:
     return [c for c in checkins if c.decision in APPROVING]
 
 
@@ -45,7 +48,7 @@ def approved_count(store: Store, run_id: str) -> int:
 
 
 def last_approved_day(store: Store, run_id: str) -> int:
-    approved = approving(store.list_checkins(run_id))
+    approved = approving(store.checkin_rows(run_id))
     return approved[-1].last_day_index if approved else 0
 
 
@@ -126,7 +129,7 @@ def charter_similarity(
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def charter_anchor(approved: Sequence[CheckIn], latest: int, window: int) -> int:
+def charter_anchor(approved: Sequence[CheckIn | CheckinRow], latest: int, window: int) -> int:
     """The approved day charter drift compares against: the last approval that leaves a
     whole window of days after it. With check-ins every day the last approval is always
     yesterday, and comparing against it would never leave a window to compare (so the
@@ -176,7 +179,7 @@ def explain(
     if reason == CheckinReason.FUTURE_LEAK:
         return future_leak(store, run.id, latest)
     if reason == CheckinReason.CHARTER_DRIFT:
-        approved = approving(store.list_checkins(run.id))
+        approved = approving(store.checkin_rows(run.id))
         anchor = charter_anchor(approved, latest, spec.checkins.charter_drift_window)
         return charter_drift(store, run.id, spec, latest, anchor, similarity)
     return None
@@ -188,7 +191,7 @@ def due(
     spec: RunSpec,
     now: dt.datetime | None = None,
     similarity: drift.Similarity = drift.lexical_similarity,
-    checkins: Sequence[CheckIn] | None = None,
+    checkins: Sequence[CheckinRow] | None = None,
     latest: int | None = None,
 ) -> CheckinReason | None:
     """The reason a check-in is due now, or None. Pure in the run's stored state (and the
@@ -198,7 +201,7 @@ def due(
     caller has read them in this transaction; ``latest``, the run's last committed day,
     likewise."""
     if checkins is None:
-        checkins = store.list_checkins(run.id)
+        checkins = store.checkin_rows(run.id)
     last = checkins[-1] if checkins else None
     if last is not None and last.decision is None:
         return None  # one is already open
@@ -231,7 +234,7 @@ def due(
             now=now or utcnow(),
             approved_checkins=len(approved),
         )
-        at_approval = _date_at_last_approval(run, spec, approved)
+        at_approval = _date_at_last_approval(store, run, spec, approved)
         if (today - at_approval).days > policy.max_external_drift_days:
             return CheckinReason.BUDGET
     if spot_check_fires(run.secret_seed, latest, policy.spot_check_probability):
@@ -239,11 +242,13 @@ def due(
     return None
 
 
-def _date_at_last_approval(run: Run, spec: RunSpec, approved: Sequence[CheckIn]) -> dt.date:
+def _date_at_last_approval(
+    store: Store, run: Run, spec: RunSpec, approved: Sequence[CheckinRow]
+) -> dt.date:
     if not approved:
         return spec.time.anchor
-    last = approved[-1]
-    assert last.decided_at is not None
+    decided = store.get_checkin(approved[-1].id).decided_at  # the rows leave it out
+    assert decided is not None
     return external_date(
-        spec.time, run_started=run.created_at, now=last.decided_at, approved_checkins=len(approved)
+        spec.time, run_started=run.created_at, now=decided, approved_checkins=len(approved)
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import String, Table, bindparam, func, insert, select, update
 
@@ -32,6 +32,30 @@ def _checkins_statement(of_run: bool, pending: bool) -> Any:
     return stmt
 
 
+class CheckinRow(NamedTuple):
+    """What the check-in schedule reads of each of a run's check-ins, after every day: a
+    plain row. A long supervised run has thousands, and loading each as an ORM object made
+    that daily test grow with them. Only the columns it reads every day: decoding each
+    row's timestamps cost more than the rest of the row."""
+
+    id: int
+    first_day_index: int
+    last_day_index: int
+    decision: str | None
+    drift_score: float | None
+
+
+_CHECKIN_ROWS = (
+    select(
+        CheckIn.id,
+        CheckIn.first_day_index,
+        CheckIn.last_day_index,
+        CheckIn.decision,
+        CheckIn.drift_score,
+    )
+    .where(CheckIn.run_id == bindparam("run_id", type_=String))
+    .order_by(CheckIn.id)
+)
 _COUNT_DECIDED = (
     select(func.count())
     .select_from(CheckIn)
@@ -93,6 +117,10 @@ class CheckinQueries(StoreBase):
     ) -> Sequence[CheckIn]:
         stmt = _checkins_statement(run_id is not None, pending)
         return self.session.scalars(stmt, {"run_id": run_id}).all()
+
+    def checkin_rows(self, run_id: str) -> list[CheckinRow]:
+        """The run's check-ins in order, as the schedule reads them (:class:`CheckinRow`)."""
+        return [CheckinRow(*row) for row in self._rows(_CHECKIN_ROWS, {"run_id": run_id})]
 
     def count_checkins(self, run_id: str, decisions: Sequence[str]) -> int:
         """How many of the run's check-ins were decided one of ``decisions``: a count,

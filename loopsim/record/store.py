@@ -19,7 +19,7 @@ from __future__ import annotations
 from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.calls import CallQueries
 from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult, entry_hash
-from loopsim.record.checkins import CheckinQueries, ProbeQueries
+from loopsim.record.checkins import CheckinQueries, CheckinRow, ProbeQueries
 from loopsim.record.days import DayQueries, RunTally, TallyQueries
 from loopsim.record.digests import DigestQueries, DigestRow, DigestState
 from loopsim.record.entries import EntryInput, EntryQueries
@@ -32,6 +32,7 @@ from loopsim.record.streams import StreamQueries
 __all__ = [
     "GENESIS",
     "BrokenLink",
+    "CheckinRow",
     "DigestRow",
     "DigestState",
     "EntryInput",
