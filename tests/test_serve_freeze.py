@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +23,6 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from loopsim.record.db import normalize_url, sqlite_path
 from loopsim.schemas import DayStatus
@@ -34,6 +32,7 @@ from tests.test_serve_process import (
     agenda_key,
     assert_whole,
     create_runs,
+    in_transaction,
     snapshot,
     wait_for,
 )
@@ -95,36 +94,6 @@ def committed_by(url: str, worker: str) -> int:
 
 def total(url: str) -> int:
     return committed_by(url, "a") + committed_by(url, "b")
-
-
-def in_transaction(url: str) -> bool:
-    """Whether some process has sat inside a write transaction for a while: SQLite's
-    write lock stays taken through several probes, or PostgreSQL shows a session idle in
-    a transaction for over two seconds."""
-    path = sqlite_path(normalize_url(url))
-    if path is None:
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                stuck = conn.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
-                    "AND now() - state_change > interval '2 seconds'"
-                ).scalar()
-        finally:
-            engine.dispose()
-        return bool(stuck)
-    for _ in range(5):  # a live worker holds the lock for milliseconds at a time
-        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-            return False
-        except sqlite3.OperationalError:
-            time.sleep(0.3)
-        finally:
-            conn.close()
-    return True
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from loopsim.record import db as dbmod
+from loopsim.record.db import normalize_url, sqlite_path
 from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
@@ -139,12 +142,63 @@ def assert_whole(days: dict[str, list[Day]]) -> None:
         assert generations == sorted(generations), "a stale lease wrote after a newer one"
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def within(predicate, timeout: float) -> bool:
+    """Whether ``predicate`` came true within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            return False
         time.sleep(0.1)
+    return True
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    if not within(predicate, timeout):
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+def in_transaction(url: str) -> bool:
+    """Whether some process has sat inside a write transaction for a while: SQLite's
+    write lock stays taken through several probes, or PostgreSQL shows a session idle in
+    a transaction for over two seconds."""
+    path = sqlite_path(normalize_url(url))
+    if path is None:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                stuck = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
+                    "AND now() - state_change > interval '2 seconds'"
+                ).scalar()
+        finally:
+            engine.dispose()
+        return bool(stuck)
+    for _ in range(5):  # a live worker holds the lock for milliseconds at a time
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            time.sleep(0.3)
+        finally:
+            conn.close()
+    return True
+
+
+def stop_while_waiting(worker: Worker, stub: StubOpenAI, keys: list[str]) -> None:
+    """SIGSTOP ``worker`` while each of its runs has a request out at the stub, where a
+    worker spends most of its time; a reply landing between the look and the stop means
+    another try. A stop inside a day's commit would hold SQLite's one write lock, and no
+    other worker could take over until it resumed (docs/service.md, "A frozen writer")."""
+    for _ in range(50):
+        wait_for(lambda: all(stub.in_flight(k) for k in keys), 60, "every run at the model")
+        worker.signal(signal.SIGSTOP)
+        if all(stub.in_flight(k) for k in keys):
+            return
+        worker.signal(signal.SIGCONT)
+    raise AssertionError("never stopped the worker with every run waiting on the model")
 
 
 def committed(url: str) -> int:
@@ -239,17 +293,29 @@ def test_a_worker_restarted_under_a_new_id_says_whose_leases_it_waits_for(any_ur
 
 def test_a_worker_frozen_past_its_lease_never_writes(any_url, stub, tmp_path):
     ids = create_runs(any_url, 2, days=10_000)
+    keys = [f"Study number {i} of the bees." for i in range(2)]
     a = Worker(any_url, stub, tmp_path / "a.log", "--worker-id", "a", "--lease-seconds", "2")
     b = None
+
+    def b_wrote() -> bool:
+        return "b" in {d.worker for run in snapshot(any_url)[0].values() for d in run}
+
     try:
         wait_for(lambda: committed(any_url) >= 2, 60, "worker a's first days")
-        a.signal(signal.SIGSTOP)
-        b = Worker(any_url, stub, tmp_path / "b.log", "--worker-id", "b", "--lease-seconds", "2")
-        wait_for(
-            lambda: {d.worker for run in snapshot(any_url)[0].values() for d in run} >= {"b"},
-            60,
-            "worker b to take over",
-        )
+        for _ in range(5):
+            stop_while_waiting(a, stub, keys)
+            if b is None:
+                b = Worker(
+                    any_url, stub, tmp_path / "b.log", "--worker-id", "b", "--lease-seconds", "2"
+                )
+            if within(b_wrote, 60):
+                break
+            # Stopped inside a write after all (its heartbeat renews leases in one): on
+            # SQLite nobody can write until it resumes. Let it, and stop it again.
+            assert in_transaction(any_url), "worker b never took over, and no lock kept it out"
+            a.signal(signal.SIGCONT)
+        else:
+            raise AssertionError("worker b never took over")
         a.signal(signal.SIGCONT)
         # a wakes with a stale lease and possibly a finished day in hand, and finds out
         # (its heartbeat or its refused commit) and lets go.
