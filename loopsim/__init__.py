@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from loopsim.config import Settings
     from loopsim.errors import LoopsimError
     from loopsim.exports.compare import Comparison
-    from loopsim.loop import DayResult, Loop
+    from loopsim.loop import Loop
     from loopsim.record.db import Database, upgrade
     from loopsim.record.store import Store
+    from loopsim.researcher.day import DayResult
     from loopsim.schemas import DayReport, RunSpec, load_spec
 
 _HOME = {
@@ -33,7 +34,7 @@ _HOME = {
     "Comparison": "loopsim.exports.compare",
     "Database": "loopsim.record.db",
     "DayReport": "loopsim.schemas",
-    "DayResult": "loopsim.loop",
+    "DayResult": "loopsim.researcher.day",
     "Loop": "loopsim.loop",
     "Loopsim": "loopsim.api",
     "LoopsimError": "loopsim.errors",

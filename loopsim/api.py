@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from loopsim.checkin.drift import Similarity
     from loopsim.config import Settings
     from loopsim.exports.compare import Comparison
-    from loopsim.loop import DayResult
     from loopsim.record.db import Database
     from loopsim.record.tables import CheckIn, Run
+    from loopsim.researcher.day import DayResult
     from loopsim.schemas import RunSpec
 
 ExportFormat = Literal["md", "jsonl", "html"]

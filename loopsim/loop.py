@@ -24,8 +24,8 @@ started afresh: only failed days after the resume count toward failing it again.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
@@ -60,7 +60,14 @@ from loopsim.researcher.conversation import (
     drive,
     grammar_constrained,
 )
-from loopsim.researcher.day import PlannedDay, day_conversation, day_summary, plan_digests
+from loopsim.researcher.day import (
+    DayResult,
+    PlannedDay,
+    day_conversation,
+    day_summary,
+    plan_digests,
+    unreachable,
+)
 from loopsim.researcher.fit import fit_prompt
 from loopsim.researcher.prompts import Prompt
 from loopsim.researcher.view import build_view
@@ -72,17 +79,10 @@ STEPPABLE = {RunStatus.CREATED, RunStatus.RUNNING}
 CLI_WORKER = "cli"
 
 
-@dataclass(frozen=True)
-class DayResult:
-    index: int
-    status: DayStatus
-    external_date: dt.date
-    entries: int
-    latency_ms: int
-    error: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    run_failed: bool = False
+class Turn(enum.Enum):
+    """What :meth:`Loop.next_day` finds instead of a day to step."""
+
+    CHECKIN_DUE = "a check-in is due"
 
 
 def refuse_unless_steppable(run: Run) -> None:
@@ -141,48 +141,60 @@ class Loop:
         """Read-only: the next day's index, date and prompt, or None if the budget is spent."""
         with self.db.read() as session:
             store = Store(session)
+            return self._plan(store, store.get_run(run_ref), now or utcnow())
+
+    def next_day(self, run_ref: str) -> PlannedDay | Turn | None:
+        """:meth:`checkin_due`, then, if none is due, :meth:`plan`, in one read: what a
+        worker asks before each day (one session and one read of the run, not two)."""
+        with self.db.read() as session:
+            store = Store(session)
             run = store.get_run(run_ref)
-            refuse_unless_steppable(run)
-            self.check_chain(store, run.id)
-            self._names[run.id] = run.name
-            spec = self.spec_of(run)
-            index = store.next_day_index(run.id)
-            if store.committed_days_after(run.id, 0, next_index=index) >= spec.budget.days:
-                return None
-            date = external_date(
-                spec.time,
-                run_started=run.created_at,
-                now=now or utcnow(),
-                approved_checkins=approved_count(store, run.id),
-            )
-            # One read of the digests serves both the view and the digests due today.
-            state = store.digest_state(run.id, date)
-            counter = counter_for(run.model)
-            breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
-            # The run's model is fixed, so equal records still give byte-equal prompts.
+            if self._due(store, run):
+                return Turn.CHECKIN_DUE
+            return self._plan(store, run, utcnow())
 
-            def day_prompt(budget: int) -> tuple[Prompt, int]:
-                view = build_view(
-                    store, run.id, spec.charter, date, budget, digests_now=state, counter=counter
-                )
-                made = build_prompt(
-                    spec.persona,
-                    view,
-                    date,
-                    subquestions=breadth,
-                    ideas=spec.babble.ideas,
-                    example=not grammar_constrained(run.model),
-                    conditional=spec.conditional,
-                )
-                return made, view.tokens
+    def _plan(self, store: Store, run: Run, now: dt.datetime) -> PlannedDay | None:
+        refuse_unless_steppable(run)
+        self.check_chain(store, run.id)
+        self._names[run.id] = run.name
+        spec = self.spec_of(run)
+        index = store.next_day_index(run.id)
+        if store.committed_days_after(run.id, 0, next_index=index) >= spec.budget.days:
+            return None
+        date = external_date(
+            spec.time,
+            run_started=run.created_at,
+            now=now,
+            approved_checkins=approved_count(store, run.id),
+        )
+        # One read of the digests serves both the view and the digests due today.
+        state = store.digest_state(run.id, date)
+        counter = counter_for(run.model)
+        breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
+        # The run's model is fixed, so equal records still give byte-equal prompts.
 
-            limit = self._prompt_limit(run.model, spec)
-            prompt = fit_prompt(day_prompt, counter, self.settings.view_token_budget, limit)
-            digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
-            tries = store.count_days(run.id, DayStatus.FAILED, index=index)
-            return PlannedDay(
-                run.id, index, date, prompt, run.model, spec, tuple(digests), limit, tries
+        def day_prompt(budget: int) -> tuple[Prompt, int]:
+            view = build_view(
+                store, run.id, spec.charter, date, budget, digests_now=state, counter=counter
             )
+            made = build_prompt(
+                spec.persona,
+                view,
+                date,
+                subquestions=breadth,
+                ideas=spec.babble.ideas,
+                example=not grammar_constrained(run.model),
+                conditional=spec.conditional,
+            )
+            return made, view.tokens
+
+        limit = self._prompt_limit(run.model, spec)
+        prompt = fit_prompt(day_prompt, counter, self.settings.view_token_budget, limit)
+        digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
+        tries = store.count_days(run.id, DayStatus.FAILED, index=index)
+        return PlannedDay(
+            run.id, index, date, prompt, run.model, spec, tuple(digests), limit, tries
+        )
 
     def researcher(self, planned: PlannedDay) -> Researcher:
         return Researcher(
@@ -215,13 +227,7 @@ class Loop:
         with self.db.read() as session:
             return fn(Store(session))
 
-    @staticmethod
-    def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
-        """The outcome of a day whose endpoint stayed down through every retry, with
-        what the failed call cost."""
-        return DayOutcome(
-            None, "", error.message, error.attempts, version, latency_ms=error.latency_ms
-        )
+    unreachable = staticmethod(unreachable)
 
     def start(self, run_ref: str) -> Run:
         """Check the run may step and that no service holds it, mark it running, and take
@@ -362,10 +368,12 @@ class Loop:
         """Whether :meth:`open_due_checkin` has anything to do now: one read, no model call."""
         with self.db.read() as session:
             store = Store(session)
-            run = store.get_run(run_ref)
-            if run.status != RunStatus.RUNNING:
-                return False
-            return due_now(store, run, self.spec_of(run), self.similarity) is not None
+            return self._due(store, store.get_run(run_ref))
+
+    def _due(self, store: Store, run: Run) -> bool:
+        if run.status != RunStatus.RUNNING:
+            return False
+        return due_now(store, run, self.spec_of(run), self.similarity) is not None
 
     def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any

@@ -14,7 +14,7 @@ from loopsim.checkin.schedule import adaptive_interval, due, schedule_change
 from loopsim.config import Settings
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import to_markdown
-from loopsim.loop import Loop
+from loopsim.loop import Loop, Turn
 from loopsim.record.db import Database
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, Decision, ModelSpec, RunSpec, RunStatus
@@ -452,6 +452,29 @@ def test_checkin_due_says_yes_whenever_a_check_in_then_opens(database):
         assert Store(session).get_checkin(second[-1][1]).reason == "prediction_drift"
     for said, opened in first + second:
         assert said or opened is None
+
+
+def test_next_day_is_the_check_in_test_then_the_plan(database):
+    """A worker's turn reads both in one session: a check-in due wins over the day,
+    otherwise the day planned is the one :meth:`Loop.plan` plans."""
+    run_id = _prediction_drift_run(database)
+    loop, _ = loop_with(database, [persona_switching_model(5)])
+    loop.start(run_id)
+    turns = []
+    for _ in range(4):
+        turn = loop.next_day(run_id)
+        turns.append(turn)
+        assert (turn is Turn.CHECKIN_DUE) == loop.checkin_due(run_id)
+        if turn is Turn.CHECKIN_DUE:
+            assert loop.open_due_checkin(run_id) is not None
+            break
+        planned = loop.plan(run_id)
+        assert turn is not None and planned is not None
+        assert (turn.index, turn.prompt.hash) == (planned.index, planned.prompt.hash)
+        loop.step(run_id)
+    assert [getattr(t, "index", t) for t in turns] == [1, 2, Turn.CHECKIN_DUE]
+    with pytest.raises(InvalidState, match="awaiting_checkin"):
+        loop.next_day(run_id)  # as plan refuses a run that is not steppable
 
 
 def test_checkin_due_is_no_for_a_run_that_is_not_running(database):

@@ -409,23 +409,23 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
 
 def test_reads_run_where_they_cannot_stall_the_loop(any_db, monkeypatch):
     """SQLite's reads run on the event loop (in WAL mode they wait for no lock), except a
-    run's first plan after its claim, which may load a tokenizer; PostgreSQL's reads wait
-    on the network, so every one goes to the worker's pool."""
+    run's first turn after its claim, whose plan may load a tokenizer; PostgreSQL's reads
+    wait on the network, so every one goes to the worker's pool."""
     from loopsim.loop import Loop
     from loopsim.record import leases
 
-    seen: dict[str, list[str]] = {"plan": [], "check": []}
-    plan, check_many = Loop.plan, leases.check_many
+    seen: dict[str, list[str]] = {"turn": [], "check": []}
+    next_day, check_many = Loop.next_day, leases.check_many
 
-    def plan_where(self, *args, **kwargs):
-        seen["plan"].append(threading.current_thread().name)
-        return plan(self, *args, **kwargs)
+    def turn_where(self, *args, **kwargs):
+        seen["turn"].append(threading.current_thread().name)
+        return next_day(self, *args, **kwargs)
 
     def check_where(*args, **kwargs):
         seen["check"].append(threading.current_thread().name)
         return check_many(*args, **kwargs)
 
-    monkeypatch.setattr(Loop, "plan", plan_where)
+    monkeypatch.setattr(Loop, "next_day", turn_where)
     monkeypatch.setattr(leases, "check_many", check_where)
     start_runs(any_db, 2, days=3)
     factory, _ = scripted_factory()
@@ -433,12 +433,12 @@ def test_reads_run_where_they_cannot_stall_the_loop(any_db, monkeypatch):
     done = lambda: set(statuses(any_db).values()) == {RunStatus.COMPLETED}  # noqa: E731
     asyncio.run(serve_until([service], done))
     main = threading.main_thread().name
-    pooled = [name.startswith("loopsim-db") for name in seen["plan"]]
-    assert len(seen["plan"]) >= 8  # 3 days and the plan that finds the budget spent, each
+    pooled = [name.startswith("loopsim-db") for name in seen["turn"]]
+    assert len(seen["turn"]) >= 8  # 3 days and the turn that finds the budget spent, each
     assert seen["check"]
     if any_db.dialect == "sqlite":
-        assert 2 <= sum(pooled) < len(pooled)  # a first plan per claim (one a run, here)
-        assert all(name == main for name, p in zip(seen["plan"], pooled, strict=True) if not p)
+        assert 2 <= sum(pooled) < len(pooled)  # a first turn per claim (one a run, here)
+        assert all(name == main for name, p in zip(seen["turn"], pooled, strict=True) if not p)
         assert set(seen["check"]) == {main}
     else:
         assert all(pooled)
@@ -447,20 +447,22 @@ def test_reads_run_where_they_cannot_stall_the_loop(any_db, monkeypatch):
 
 @pytest.mark.parametrize("lexical", [True, False])
 def test_the_check_in_test_leaves_the_loop_when_it_may_embed(database, monkeypatch, lexical):
-    """After each day the worker asks whether a check-in is due. With the word-count
-    cosine that is a read, made on the event loop; an embedder (a model, or a request
-    to an embeddings endpoint) must not block the loop, so the test goes to the pool."""
+    """Before each day the worker asks whether a check-in is due, in the read that plans
+    the day. With the word-count cosine that is a read, made on the event loop once the
+    run's first plan (which may load a tokenizer) is done; an embedder (a model, or a
+    request to an embeddings endpoint) must not block the loop, so the test goes to the
+    pool."""
     from loopsim.checkin import drift
     from loopsim.loop import Loop
 
     where: list[str] = []
-    checkin_due = Loop.checkin_due
+    due = Loop._due
 
     def due_where(self, *args, **kwargs):
         where.append(threading.current_thread().name)
-        return checkin_due(self, *args, **kwargs)
+        return due(self, *args, **kwargs)
 
-    monkeypatch.setattr(Loop, "checkin_due", due_where)
+    monkeypatch.setattr(Loop, "_due", due_where)
     start_runs(database, 1, days=3)
     factory, _ = scripted_factory()
     similarity = drift.lexical_similarity if lexical else (lambda a, b: 1.0)
@@ -468,8 +470,9 @@ def test_the_check_in_test_leaves_the_loop_when_it_may_embed(database, monkeypat
     done = lambda: set(statuses(database).values()) == {RunStatus.COMPLETED}  # noqa: E731
     asyncio.run(serve_until([service], done))
     assert len(where) == 4  # at the claim, then after each of the 3 days
+    assert where[0].startswith("loopsim-db")  # the claim's turn plans a first day
     if lexical:
-        assert set(where) == {threading.main_thread().name}
+        assert set(where[1:]) == {threading.main_thread().name}
     else:
         assert all(name.startswith("loopsim-db") for name in where)
 

@@ -23,7 +23,7 @@ from loopsim.text import plural
 if TYPE_CHECKING:
     # The loop imports the chat seam (langchain); only the commands that step import it.
     from loopsim.chat.handle import ChatHandle
-    from loopsim.loop import DayResult
+    from loopsim.researcher.day import DayResult
     from loopsim.schemas import ModelSpec
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from loopsim.chat.tokens import counter_for, estimate_tokens
+from loopsim.errors import ModelUnavailable
 from loopsim.record.store import DigestState, EntryInput, Store
 from loopsim.researcher.conversation import (
     Asked,
@@ -51,6 +52,7 @@ from loopsim.schemas import (
     Author,
     CallRole,
     Critique,
+    DayStatus,
     DigestReply,
     EntryKind,
     RunSpec,
@@ -109,6 +111,27 @@ class PlannedDay:
         """The day's sampling salt: its index, and for a retry also the try's number, so
         a retried day does not repeat the failure (a first try keeps the old seed)."""
         return self.index if not self.failed_tries else f"{self.index}.{self.failed_tries}"
+
+
+@dataclass(frozen=True)
+class DayResult:
+    """A stepped day as written: committed or failed, and what it cost."""
+
+    index: int
+    status: DayStatus
+    external_date: dt.date
+    entries: int
+    latency_ms: int
+    error: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    run_failed: bool = False
+
+
+def unreachable(error: ModelUnavailable, version: str) -> DayOutcome:
+    """The outcome of a day whose endpoint stayed down through every retry, with what the
+    failed call cost."""
+    return DayOutcome(None, "", error.message, error.attempts, version, latency_ms=error.latency_ms)
 
 
 def day_summary(outcome: DayOutcome) -> dict[str, Any]:

@@ -408,28 +408,32 @@ class Service:
         days = 0
         try:
             await self._pooled(self._loop.get)  # langchain comes in here, on a thread
-            from loopsim.loop import Loop
+            from loopsim.loop import Loop, Turn
             from loopsim.researcher.conversation import adrive
 
             while not self._stopping.is_set():
-                # After each day, and at a claim: a worker killed between a commit and this
-                # test left a check-in due, and a leak or spot check is judged on the last
-                # day alone, so a day stepped past it would hide it.
-                if await self._open_if_due(run_id, fence, ctx):
-                    return
                 await self._hold(lease)
-                if await self._should_yield(days):
-                    said = "run %s yields its slot after %d days: other runs are waiting"
-                    log.info(said, run_id, days, extra={**ctx, "event": "run.yielded"})
-                    return
                 began = time.perf_counter()
                 try:
-                    # A run's first plan here may load its model's tokenizer: on the pool.
-                    planned = await (self._db if days else self._pooled)(self.loop.plan, run_id)
+                    # The check-in test first, at a claim too (a worker killed after a commit
+                    # left one due). On the loop unless a first plan may load a tokenizer or
+                    # charter drift may embed text.
+                    lexical = self.loop.similarity is drift.lexical_similarity
+                    planned = await (self._db if days and lexical else self._pooled)(
+                        self.loop.next_day, run_id
+                    )
+                    if planned is Turn.CHECKIN_DUE:
+                        if await self._open_due(run_id, fence, ctx):
+                            return
+                        planned = await self._pooled(self.loop.plan, run_id)  # it raced: step on
                 except InvalidState as exc:  # paused, halted, awaiting a human: let go
                     log.info(
                         "run %s let go: %s", run_id, exc.message, extra={**ctx, "event": "run.idle"}
                     )
+                    return
+                if await self._should_yield(days):
+                    said = "run %s yields its slot after %d days: other runs are waiting"
+                    log.info(said, run_id, days, extra={**ctx, "event": "run.yielded"})
                     return
                 if planned is None:
                     await self._write(self.loop.complete, run_id, fence)
@@ -472,13 +476,9 @@ class Service:
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
 
-    async def _open_if_due(self, run_id: str, fence: leases.Fence, ctx: dict[str, Any]) -> bool:
-        """Open the run's check-in if one is due; True if one opened and the run waits.
-        The test is a read, on the loop unless charter drift embeds; the predictions are
-        model calls, on a thread of their own (not the writer's)."""
-        lexical = self.loop.similarity is drift.lexical_similarity
-        if not await (self._db if lexical else self._pooled)(self.loop.checkin_due, run_id):
-            return False  # the answer after most days
+    async def _open_due(self, run_id: str, fence: leases.Fence, ctx: dict[str, Any]) -> bool:
+        """Open the check-in found due; True if it opened and the run waits. The predictions
+        are model calls, on a thread of their own (not the writer's)."""
         opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
         if opened is None:
             return False
