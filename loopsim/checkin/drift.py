@@ -14,6 +14,7 @@ the cosine of word-count vectors: crude, but it needs no model and no network.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -36,7 +37,11 @@ _WORD = re.compile(r"[^\W_]{3,}", re.UNICODE)
 EWMA_ALPHA = 0.5
 
 
+@functools.lru_cache(maxsize=256)
 def _bag(text: str) -> Counter[str]:
+    """The text's word counts, kept for the last 256 texts: the daily charter-drift test
+    compares the charter with the same few days' texts each day while its windows slide
+    by one. Shared, so never changed by a caller."""
     return Counter(w.lower() for w in _WORD.findall(text))
 
 
