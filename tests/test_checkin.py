@@ -16,7 +16,7 @@ from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import to_markdown
 from loopsim.loop import Loop, Turn
 from loopsim.record.db import Database
-from loopsim.record.store import Store
+from loopsim.record.store import EntryInput, Store
 from loopsim.schemas import DayStatus, Decision, ModelSpec, RunSpec, RunStatus
 from loopsim.testing import add_day, default_reply, scripted_factory
 from tests.conftest import SPEC, make_run, parse_spec
@@ -272,6 +272,33 @@ def test_a_day_that_mentions_a_later_date_opens_a_future_leak_checkin(database):
     assert c.last_day_index == 2
     # The check-in keeps the phrase that leaked, for the human to read.
     assert c.detail == "entry #3 mentions 2031, after 2025-06-02"
+
+
+def test_a_leak_is_judged_on_the_last_day_while_charter_drift_reads_its_window(database):
+    """The check-in test reads the last few days once, for both alarms: a later date on
+    an earlier day of the window (already judged on its own day) raises nothing, the
+    same date on the last day does."""
+    from loopsim.checkin.drift import lexical_similarity
+
+    spec = spec_with(every_days=1000, charter_drift_window=3, charter_drift_drop=0.9)
+    run_id = make_run(database, spec)
+    leak = EntryInput("note", "Looking back", "By 2031 the field had settled this question.")
+    plain = EntryInput("note", "Foraging", "Colonies weigh distance against nectar quality.")
+    with database.write() as session:
+        store = Store(session)
+        for index, entries in enumerate([[plain], [leak], [plain], [plain]], 1):
+            add_day(store, run_id, index, entries)
+
+    def reason() -> str | None:
+        with database.read() as session:
+            store = Store(session)
+            run = store.get_run(run_id)
+            return due(store, run, spec, similarity=lexical_similarity)
+
+    assert reason() is None  # day 2 leaked, but day 4 is the last: judged on day 2
+    with database.write() as session:
+        add_day(Store(session), run_id, 5, [leak])
+    assert reason() == "future_leak"
 
 
 def test_numbers_that_look_like_years_are_no_future_leak(database):

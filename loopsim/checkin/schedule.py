@@ -24,7 +24,7 @@ from typing import TypeVar
 from loopsim.checkin import drift
 from loopsim.checkin.dates import later_date
 from loopsim.clock import external_date
-from loopsim.record.store import CheckinRow, Store
+from loopsim.record.store import CheckinRow, EntryText, Store
 from loopsim.record.tables import CheckIn, Run, utcnow
 from loopsim.schemas import CheckinPolicy, CheckinReason, Decision, RunSpec
 from loopsim.text import plural
@@ -102,9 +102,14 @@ def mentions_later_date(text: str, external: dt.date) -> str | None:
     return later_date(text, external)
 
 
-def future_leak(store: Store, run_id: str, day_index: int) -> str | None:
-    """Why the day's entries look like they know the future, or None."""
-    for entry in store.entry_texts(run_id, (day_index, day_index)):
+def future_leak(
+    store: Store, run_id: str, day_index: int, texts: Sequence[EntryText] | None = None
+) -> str | None:
+    """Why the day's entries look like they know the future, or None. ``texts``: entry
+    texts of a day range that includes the day, if the caller has read them."""
+    if texts is None:
+        texts = store.entry_texts(run_id, (day_index, day_index))
+    for entry in (e for e in texts if e.day_index == day_index):
         found = mentions_later_date(f"{entry.title} {entry.body}", entry.external_date)
         if found:
             return f"entry #{entry.seq} mentions {found}, after {entry.external_date}"
@@ -118,12 +123,16 @@ def charter_similarity(
     first: int,
     last: int,
     similarity: drift.Similarity = drift.lexical_similarity,
+    texts: Sequence[EntryText] | None = None,
 ) -> float:
-    """Mean similarity to the charter of committed days ``first..last``' entries."""
+    """Mean similarity to the charter of committed days ``first..last``' entries (of
+    ``texts``, entry texts of a range that includes those days, if given)."""
     charter = " ".join([spec.charter.agenda, *spec.charter.open_questions])
     by_day: dict[int, list[str]] = {}
-    for e in store.entry_texts(run_id, (first, last)):
-        if e.status == "committed" and e.day_index is not None:
+    if texts is None:
+        texts = store.entry_texts(run_id, (first, last))
+    for e in texts:
+        if e.status == "committed" and e.day_index is not None and first <= e.day_index <= last:
             by_day.setdefault(e.day_index, []).append(f"{e.title} {e.body}")
     scores = [similarity(charter, " ".join(texts)) for texts in by_day.values()]
     return sum(scores) / len(scores) if scores else 0.0
@@ -146,10 +155,12 @@ def charter_drift(
     latest: int,
     approved_day: int,
     similarity: drift.Similarity = drift.lexical_similarity,
+    recent: Sequence[EntryText] | None = None,
 ) -> str | None:
     """Why the latest days look off-charter, or None: the mean similarity of the last
     window fell by ``charter_drift_drop`` against the window ending at ``approved_day``
-    (the last approval), or the first window."""
+    (the last approval), or the first window. ``recent``: the last window's entry texts,
+    if the caller has read them."""
     policy = spec.checkins
     if policy.charter_drift_drop is None:
         return None
@@ -160,9 +171,10 @@ def charter_drift(
     before = charter_similarity(
         store, run_id, spec, max(1, anchor - window + 1), anchor, similarity
     )
-    recent = charter_similarity(store, run_id, spec, latest - window + 1, latest, similarity)
-    if before > 0 and recent < before * (1 - policy.charter_drift_drop):
-        return f"charter similarity fell from {before:.2f} to {recent:.2f}"
+    first = latest - window + 1
+    recent_mean = charter_similarity(store, run_id, spec, first, latest, similarity, recent)
+    if before > 0 and recent_mean < before * (1 - policy.charter_drift_drop):
+        return f"charter similarity fell from {before:.2f} to {recent_mean:.2f}"
     return None
 
 
@@ -216,10 +228,15 @@ def due(
     new_days = store.committed_days_after(run.id, since, next_index=latest + 1)
     if new_days == 0:
         return None
-    if policy.future_leak and future_leak(store, run.id, latest):
+    # One read of the last days serves the leak test (the last day) and charter drift's
+    # recent window (the last window of days) alike.
+    window = policy.charter_drift_window if policy.charter_drift_drop is not None else 1
+    reads = policy.future_leak or policy.charter_drift_drop is not None
+    recent = store.entry_texts(run.id, (max(1, latest - window + 1), latest)) if reads else []
+    if policy.future_leak and future_leak(store, run.id, latest, recent):
         return CheckinReason.FUTURE_LEAK
     anchor = charter_anchor(approved, latest, policy.charter_drift_window)
-    if charter_drift(store, run.id, spec, latest, anchor, similarity):
+    if charter_drift(store, run.id, spec, latest, anchor, similarity, recent):
         return CheckinReason.CHARTER_DRIFT
     if new_days >= interval:
         return CheckinReason.SCHEDULED

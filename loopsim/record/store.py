@@ -22,7 +22,7 @@ from loopsim.record.chain import GENESIS, BrokenLink, ChainQueries, VerifyResult
 from loopsim.record.checkins import CheckinQueries, CheckinRow, ProbeQueries
 from loopsim.record.days import DayQueries, RunTally, TallyQueries
 from loopsim.record.digests import DigestQueries, DigestRow, DigestState
-from loopsim.record.entries import EntryInput, EntryQueries
+from loopsim.record.entries import EntryInput, EntryQueries, EntryText
 from loopsim.record.forks import ForkQueries
 from loopsim.record.integrity import IntegrityQueries
 from loopsim.record.runs import RunQueries
@@ -36,6 +36,7 @@ __all__ = [
     "DigestRow",
     "DigestState",
     "EntryInput",
+    "EntryText",
     "RunTally",
     "Store",
     "VerifyResult",
