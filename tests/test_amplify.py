@@ -17,7 +17,7 @@ from loopsim.record.store import DigestState, EntryInput, Store
 from loopsim.record.tables import CallRecord, Entry
 from loopsim.researcher.view import build_view
 from loopsim.schemas import Author, DayStatus, EntryKind, RunSpec, parse_spec
-from loopsim.testing import amplified_reply, scripted_factory
+from loopsim.testing import DIGEST_ASKED, amplified_reply, default_reply, scripted_factory
 from tests.conftest import SPEC, make_run
 
 
@@ -222,6 +222,38 @@ def test_digests_are_hierarchical_and_the_pinned_part_stays_bounded(database):
     assert [d.seq for d in view.digests] == sorted(
         (d.seq for d in before), key=lambda s: next(d.first_day for d in before if d.seq == s)
     )
+
+
+def test_a_digest_the_model_keeps_failing_is_asked_less_and_less_often(database):
+    """A model that cannot write a digest pays its retries on the days that ask for it,
+    not on every day: after its n-th failed day the digest waits 2^(n-1) days, at most
+    16. The days go on meanwhile, and a model that can write it later gets it written."""
+    spec = amplified(digests={"every_days": 2}, budget={"days": 40})
+    run_id = make_run(database, spec)
+    writes = {"digests": False}
+
+    def reply(messages: list[Any]) -> str:
+        if DIGEST_ASKED in messages[0].text and not writes["digests"]:
+            return "Sorry, I cannot summarise these entries."
+        return default_reply(messages)
+
+    loop, _ = loop_for(database, (reply,), max_retries=1)
+
+    def digest_calls() -> list[tuple[int, bool]]:
+        with database.read() as session:
+            found = Store(session).run_calls(run_id, roles=["digest"])
+            return [(day.index, call.accepted) for call, day in found]
+
+    assert [r.status for r in loop.run_days(run_id, 20)] == [DayStatus.COMMITTED] * 20
+    asked = digest_calls()
+    # Days 1-2 are due from day 3; a try is the call and its one retry, both rejected.
+    assert [index for index, _ in asked] == [3, 3, 4, 4, 6, 6, 10, 10, 18, 18]
+    assert not any(accepted for _, accepted in asked)
+    writes["digests"] = True
+    loop.run_days(run_id, 14)  # days 21-34: the fifth failure (day 18) waits 16 days
+    assert [index for index, _ in digest_calls()[len(asked) :]] == [34]
+    level1 = [(e.first_day, e.last_day) for e in entries(database, run_id) if e.level == 1]
+    assert level1 == [(1, 2)]
 
 
 def test_the_prompt_only_grows_while_the_window_start_stays(database):

@@ -15,14 +15,30 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Integer, String, Table, bindparam, func, insert, select
 from sqlalchemy.orm import defer
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase
 from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair
-from loopsim.schemas import DayStatus
+from loopsim.schemas import CallRole, DayStatus
+
+# The days after a digest's range that asked for a digest of its level: a failed day
+# asks for none, so committed and reverted days, read as index ranges.
+_DIGEST_TRIES = (
+    select(Day.index)
+    .join(CallRecord, CallRecord.day_id == Day.id)
+    .where(
+        Day.run_id == bindparam("run_id", type_=String),
+        Day.status.in_((DayStatus.COMMITTED.value, DayStatus.REVERTED.value)),
+        Day.index > bindparam("after", type_=Integer),
+        CallRecord.role == CallRole.DIGEST.value,
+        CallRecord.depth == bindparam("level", type_=Integer),
+    )
+    .distinct()
+    .order_by(Day.index)
+)
 
 
 class LoggedCall(Protocol):
@@ -216,6 +232,12 @@ class CallQueries(StoreBase):
             stmt = stmt.where(CheckIn.last_day_index >= since_day)
         rows = self.session.execute(stmt.order_by(CheckIn.id, ProbePair.id))
         return [(checkin, pair, probe) for checkin, pair, probe in rows]
+
+    def digest_tries(self, run_id: str, level: int, after_day: int) -> list[int]:
+        """The days after ``after_day`` that asked for a digest of ``level``, oldest
+        first: for a digest of days up to ``after_day`` still due, the days it failed."""
+        params = {"run_id": run_id, "after": after_day, "level": level}
+        return [int(index) for (index,) in self._rows(_DIGEST_TRIES, params)]
 
     def blind_days(self, run_id: str) -> set[int]:
         """The days whose probe predictions must stay hidden: the last day of each

@@ -16,7 +16,8 @@ A day is one :data:`~loopsim.researcher.Conversation` that may make many model c
 Nothing is written until the conversation ends: the loop then commits the day, every
 entry of its tree and every call it made, in one transaction. A sub-question, critic or
 digest call whose reply stays invalid, or whose endpoint stays down, leaves its node
-unanswered and the day goes on; only the day's own report can fail the day.
+unanswered and the day goes on; only the day's own report can fail the day. A digest
+left unwritten is due again on later days, less and less often while it keeps failing.
 
 This module never imports check-in, drift or schedule code.
 """
@@ -58,6 +59,9 @@ from loopsim.schemas import (
     RunSpec,
     SubAnswer,
 )
+
+# The longest a digest that keeps failing waits between days that ask for it.
+DIGEST_RETRY_DAYS = 16
 
 SUB_INSTRUCTIONS = (
     "Another copy of you, working on the same charter today, hands you the question below. "
@@ -193,7 +197,17 @@ def plan_digests(
             material = tuple(ViewEntry.of(d, None) for d in digests)
             first, last = digests[0].first_day or 0, digests[-1].last_day or 0
             jobs.append(DigestJob(level + 1, first, last, material))
-    return jobs
+    return [job for job in jobs if not _backing_off(store, run_id, job, index)]
+
+
+def _backing_off(store: Store, run_id: str, job: DigestJob, index: int) -> bool:
+    """Whether a digest that failed on earlier days waits today: after its n-th failed
+    day it is asked again 2^(n-1) days later, then every :data:`DIGEST_RETRY_DAYS` days,
+    so a model that cannot write it does not pay its retries every day."""
+    tried = store.digest_tries(run_id, job.level, after_day=job.last_day)
+    if not tried:
+        return False
+    return index < tried[-1] + min(1 << (len(tried) - 1), DIGEST_RETRY_DAYS)
 
 
 # ----------------------------------------------------------------------- prompts
