@@ -496,7 +496,8 @@ def test_next_day_is_the_check_in_test_then_the_plan(database):
             assert loop.open_due_checkin(run_id) is not None
             break
         planned = loop.plan(run_id)
-        assert turn is not None and planned is not None
+        assert turn is not None
+        assert planned is not None
         assert (turn.index, turn.prompt.hash) == (planned.index, planned.prompt.hash)
         loop.step(run_id)
     assert [getattr(t, "index", t) for t in turns] == [1, 2, Turn.CHECKIN_DUE]
