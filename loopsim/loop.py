@@ -55,10 +55,7 @@ from loopsim.researcher.conversation import (
     Logged,
     Researcher,
     answer_conversation,
-    build_probe_prompt,
-    build_prompt,
     drive,
-    grammar_constrained,
 )
 from loopsim.researcher.day import (
     DayResult,
@@ -69,7 +66,7 @@ from loopsim.researcher.day import (
     unreachable,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt
+from loopsim.researcher.prompts import Prompt, build_probe_prompt, build_prompt, grammar_constrained
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.specs import SpecCache

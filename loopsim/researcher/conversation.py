@@ -28,13 +28,7 @@ from pydantic import BaseModel, ValidationError
 from loopsim.chat.handle import ChatHandle, Reply
 from loopsim.errors import ModelUnavailable
 from loopsim.record.store import EntryInput, Store, sha256_hex
-
-# The prompt builders lived here before prompts.py; loop.py still imports these three
-# from this module (the redundant aliases mark them as re-exported).
 from loopsim.researcher.prompts import Prompt
-from loopsim.researcher.prompts import build_probe_prompt as build_probe_prompt
-from loopsim.researcher.prompts import build_prompt as build_prompt
-from loopsim.researcher.prompts import grammar_constrained as grammar_constrained
 from loopsim.schemas import DayReport
 from loopsim.text import storable
 
@@ -119,14 +113,16 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
 
 
-def shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
-    """Every run of ``n`` consecutive words in ``text``."""
+@functools.lru_cache(maxsize=256)
+def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words in ``text``. Kept for the last 256 texts: a
+    run's instructions are the same from one day to the next."""
     found = words(text)
-    return {tuple(found[i : i + n]) for i in range(len(found) - n + 1)}
+    return frozenset(tuple(found[i : i + n]) for i in range(len(found) - n + 1))
 
 
 def copied_run(
-    text: str, source: set[tuple[str, ...]], n: int = SHINGLE_WORDS
+    text: str, source: frozenset[tuple[str, ...]], n: int = SHINGLE_WORDS
 ) -> tuple[str, ...] | None:
     """The first run of ``n`` words of ``text`` that also occurs in ``source`` (the
     shingles of the instructions), or None: the text is the model's own."""
