@@ -254,6 +254,10 @@ def test_a_digest_the_model_keeps_failing_is_asked_less_and_less_often(database)
     assert [index for index, _ in digest_calls()[len(asked) :]] == [34]
     level1 = [(e.first_day, e.last_day) for e in entries(database, run_id) if e.level == 1]
     assert level1 == [(1, 2)]
+    # The digests behind it never failed: one a day, the backlog caught up as before.
+    loop.run_days(run_id, 3)
+    level1 = [(e.first_day, e.last_day) for e in entries(database, run_id) if e.level == 1]
+    assert level1 == [(1, 2), (3, 4), (5, 6), (7, 8)]
 
 
 def test_the_prompt_only_grows_while_the_window_start_stays(database):

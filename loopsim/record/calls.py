@@ -24,10 +24,10 @@ from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair
 from loopsim.schemas import CallRole, DayStatus
 
-# The days after a digest's range that asked for a digest of its level: a failed day
-# asks for none, so committed and reverted days, read as index ranges.
+# The digest calls of one level on the days after a range, with whether each was
+# accepted: a failed day asks for none, so committed and reverted days, as index ranges.
 _DIGEST_TRIES = (
-    select(Day.index)
+    select(Day.index, CallRecord.accepted)
     .join(CallRecord, CallRecord.day_id == Day.id)
     .where(
         Day.run_id == bindparam("run_id", type_=String),
@@ -36,8 +36,7 @@ _DIGEST_TRIES = (
         CallRecord.role == CallRole.DIGEST.value,
         CallRecord.depth == bindparam("level", type_=Integer),
     )
-    .distinct()
-    .order_by(Day.index)
+    .order_by(Day.index, CallRecord.ordinal)
 )
 
 
@@ -234,10 +233,19 @@ class CallQueries(StoreBase):
         return [(checkin, pair, probe) for checkin, pair, probe in rows]
 
     def digest_tries(self, run_id: str, level: int, after_day: int) -> list[int]:
-        """The days after ``after_day`` that asked for a digest of ``level``, oldest
-        first: for a digest of days up to ``after_day`` still due, the days it failed."""
+        """For a digest of ``level`` covering days up to ``after_day`` and still due: the
+        days that asked for it and failed, oldest first. Digests of a level are written
+        in order, so those are the days after ``after_day``, and after the last day that
+        wrote one of that level (an earlier digest written late, or one a rollback
+        reverted), that asked for a digest of that level."""
         params = {"run_id": run_id, "after": after_day, "level": level}
-        return [int(index) for (index,) in self._rows(_DIGEST_TRIES, params)]
+        tried: list[int] = []
+        for index, accepted in self._rows(_DIGEST_TRIES, params):
+            if accepted:
+                tried.clear()
+            elif not tried or tried[-1] != index:
+                tried.append(int(index))
+        return tried
 
     def blind_days(self, run_id: str) -> set[int]:
         """The days whose probe predictions must stay hidden: the last day of each
