@@ -134,7 +134,7 @@ def charter_similarity(
     for e in texts:
         if e.status == "committed" and e.day_index is not None and first <= e.day_index <= last:
             by_day.setdefault(e.day_index, []).append(f"{e.title} {e.body}")
-    scores = [similarity(charter, " ".join(texts)) for texts in by_day.values()]
+    scores = [similarity(charter, " ".join(day)) for day in by_day.values()]
     return sum(scores) / len(scores) if scores else 0.0
 
 

@@ -413,11 +413,14 @@ class Service:
 
             while not self._stopping.is_set():
                 await self._hold(lease)
+                if await self._should_yield(days):  # its next claim tests for a check-in
+                    said = "run %s yields its slot after %d days: other runs are waiting"
+                    log.info(said, run_id, days, extra={**ctx, "event": "run.yielded"})
+                    return
                 began = time.perf_counter()
                 try:
                     # The check-in test first, at a claim too (a worker killed after a commit
-                    # left one due). On the loop unless a first plan may load a tokenizer or
-                    # charter drift may embed text.
+                    # left one due); on the loop unless a plan may load a tokenizer or drift embed.
                     lexical = self.loop.similarity is drift.lexical_similarity
                     planned = await (self._db if days and lexical else self._pooled)(
                         self.loop.next_day, run_id
@@ -425,15 +428,12 @@ class Service:
                     if planned is Turn.CHECKIN_DUE:
                         if await self._open_due(run_id, fence, ctx):
                             return
-                        planned = await self._pooled(self.loop.plan, run_id)  # it raced: step on
+                        began = time.perf_counter()  # it raced: step on, with a day of its own
+                        planned = await self._pooled(self.loop.plan, run_id)
                 except InvalidState as exc:  # paused, halted, awaiting a human: let go
                     log.info(
                         "run %s let go: %s", run_id, exc.message, extra={**ctx, "event": "run.idle"}
                     )
-                    return
-                if await self._should_yield(days):
-                    said = "run %s yields its slot after %d days: other runs are waiting"
-                    log.info(said, run_id, days, extra={**ctx, "event": "run.yielded"})
                     return
                 if planned is None:
                     await self._write(self.loop.complete, run_id, fence)
