@@ -224,3 +224,47 @@ def test_committed_days_after_matches_a_plain_count(any_db, spec):
             run_id, DayStatus.COMMITTED
         )
         assert store.committed_days_after(make_run(any_db, spec), 0) == 0
+
+
+def test_first_answers_keep_each_probes_first_answer_across_check_ins(any_db, spec):
+    """What a check-in opening reads to pick a retest: one read for the whole run, the
+    same answers the check-in by check-in walk found, and no other run's."""
+    from loopsim.checkin.opening import answered_before
+
+    runs = [make_run(any_db, spec), make_run(any_db, spec)]
+    with any_db.write() as session:
+        store = Store(session)
+        for run_id in runs:
+            probes = [
+                store.add_probe(run_id, f"Question {k}?", source="spec", status="accepted")
+                for k in range(3)
+            ]
+            for number, answered in enumerate([(0, 1), (1, 2), ()]):
+                checkin = store.add_checkin(
+                    run_id,
+                    "scheduled",
+                    first_day=number + 1,
+                    last_day=number + 1,
+                    detail=None,
+                    predictions=[(p.id, "A prediction.", False) for p in probes],
+                )
+                for pair, probe in store.pairs(checkin.id):
+                    k = probes.index(probe)
+                    if k in answered:
+                        pair.human_answer = f"{run_id[:4]}: answer {k} at check-in {number}"
+        store.flush()
+    with any_db.read() as session:
+        store = Store(session)
+        found = store.first_answers(runs[0])
+        walked: dict[int, str] = {}
+        for checkin in store.list_checkins(runs[0]):
+            for pair, probe in store.pairs(checkin.id):
+                if pair.human_answer is not None:
+                    walked.setdefault(probe.id, pair.human_answer)
+        assert found == walked == answered_before(store, runs[0])
+    prefix = runs[0][:4]
+    assert sorted(found.values()) == [
+        f"{prefix}: answer 0 at check-in 0",
+        f"{prefix}: answer 1 at check-in 0",  # answered again at check-in 1: the first kept
+        f"{prefix}: answer 2 at check-in 1",
+    ]

@@ -66,6 +66,15 @@ _COUNT_DECIDED = (
 )
 
 
+# Every human answer of a run's check-ins, in check-in and pair order.
+_ANSWERS = (
+    select(ProbePair.probe_id, ProbePair.human_answer)
+    .join(CheckIn, ProbePair.checkin_id == CheckIn.id)
+    .where(CheckIn.run_id == bindparam("run_id", type_=String), ProbePair.human_answer.is_not(None))
+    .order_by(CheckIn.id, ProbePair.id)
+)
+
+
 class ProbeQueries(StoreBase):
     """Probes: proposed by the researcher, accepted or rejected by a human."""
 
@@ -146,6 +155,14 @@ class CheckinQueries(StoreBase):
         return self.session.scalar(
             select(CheckIn).where(CheckIn.run_id == run_id).order_by(CheckIn.id.desc()).limit(1)
         )
+
+    def first_answers(self, run_id: str) -> dict[int, str]:
+        """Probe id -> the first human answer to it in the run's check-ins: one read,
+        however many check-ins the run has had."""
+        first: dict[int, str] = {}
+        for probe_id, answer in self._rows(_ANSWERS, {"run_id": run_id}):
+            first.setdefault(probe_id, answer)
+        return first
 
     def pairs(self, checkin_id: int) -> Sequence[tuple[ProbePair, Probe]]:
         rows = self.session.execute(
