@@ -110,6 +110,33 @@ def test_serves_runs_to_completion_and_releases_its_leases(any_db):
     assert 'loopsim_tokens_total{direction="out"}' in metrics
 
 
+def test_metrics_count_the_calls_of_each_role_and_the_replies_not_used(database):
+    """A model that cannot write digests shows on /metrics, not only in `loopsim calls`:
+    each day's calls counted by role, used or not."""
+    from loopsim.testing import DIGEST_ASKED
+
+    data = {**SPEC, "budget": {"days": 6}, "digests": {"every_days": 2}}
+    run_id = make_run(database, parse_spec(data))
+    with database.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+
+    def reply(messages: list[Any]) -> str:
+        if DIGEST_ASKED in messages[0].text:
+            return "Sorry, no digest today."
+        return default_reply(messages)
+
+    factory, _ = scripted_factory([reply])
+    service = Service(database, Settings(max_retries=1), factory, config())
+    done = lambda: statuses(database)[run_id] == RunStatus.COMPLETED  # noqa: E731
+    asyncio.run(serve_until([service], done))
+    metrics = service.metrics.render().decode()
+    assert 'loopsim_model_calls_total{outcome="accepted",role="day"} 6.0' in metrics
+    # Days 1-2 are due from day 3 and fail on days 3, 4 and 6: a call and its retry each.
+    assert 'loopsim_model_calls_total{outcome="rejected",role="digest"} 6.0' in metrics
+    assert 'loopsim_model_calls_total{outcome="accepted",role="digest"} 0.0' in metrics
+
+
 def test_two_services_never_step_one_run_at_once(any_db):
     ids = start_runs(any_db, 6, days=5)
     factory, model = scripted_factory(delay=0.02, key_fn=agenda_of)

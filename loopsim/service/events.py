@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -87,12 +87,18 @@ def counted(factory: ChatFactory, metrics: Metrics) -> ChatFactory:
     return build
 
 
-def account(metrics: Metrics, result: Any, seconds: float, ctx: dict[str, Any]) -> None:
-    """Count a day written (committed or failed) and log it."""
+def account(
+    metrics: Metrics, result: Any, seconds: float, ctx: dict[str, Any], calls: Sequence[Any] = ()
+) -> None:
+    """Count a day written (committed or failed) and its model ``calls`` (each with a
+    ``role`` and whether it was ``accepted``), and log it."""
     metrics.days.labels(status=result.status).inc()
     metrics.day_seconds.observe(seconds)
     metrics.tokens.labels(direction="in").inc(result.tokens_in)
     metrics.tokens.labels(direction="out").inc(result.tokens_out)
+    for call in calls:
+        outcome = "accepted" if call.accepted else "rejected"
+        metrics.calls.labels(role=call.role, outcome=outcome).inc()
     extra = {
         **ctx,
         "event": f"day.{result.status}",

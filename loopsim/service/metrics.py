@@ -10,7 +10,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from loopsim.schemas import DayStatus
+from loopsim.schemas import CallRole, DayStatus
+
+# The roles of the calls a day makes (a probe's prediction is made when a check-in opens).
+DAY_ROLES = [role.value for role in CallRole if role != CallRole.PROBE]
 
 
 class Metrics:
@@ -32,6 +35,12 @@ class Metrics:
         self.tokens = Counter(
             "loopsim_tokens", "Model tokens, in and out.", ["direction"], registry=r
         )
+        self.calls = Counter(
+            "loopsim_model_calls",
+            "Model calls of the days written, by role, and whether the reply was used.",
+            ["role", "outcome"],
+            registry=r,
+        )
         self.leases = Gauge("loopsim_leases_held", "Runs this worker holds a lease on.", registry=r)
         self.leases_lost = Counter("loopsim_leases_lost", "Leases found lost.", registry=r)
         self.checkins_pending = Gauge(
@@ -50,6 +59,9 @@ class Metrics:
             self.days.labels(status=status)
         for direction in ("in", "out"):
             self.tokens.labels(direction=direction)
+        for role in DAY_ROLES:
+            for outcome in ("accepted", "rejected"):
+                self.calls.labels(role=role, outcome=outcome)
         for outcome in ("sent", "failed"):
             self.webhooks.labels(outcome=outcome)
 

@@ -458,7 +458,7 @@ class Service:
                 except ModelUnavailable as exc:
                     outcome = Loop.unreachable(exc, chat.version)
                 result = await self._commit(lease, fence, planned, outcome, started)
-                account(self.metrics, result, time.perf_counter() - began, ctx)
+                account(self.metrics, result, time.perf_counter() - began, ctx, outcome.calls)
                 days += 1
                 if result.run_failed:
                     self.metrics.runs_failed.inc()
