@@ -26,7 +26,6 @@ import asyncio
 import os
 import random
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import RunStatus, parse_spec
 from loopsim.service.worker import Service, ServiceConfig
+from loopsim.testing import write_locked
 from loopsim.testing.stubserver import StubOpenAI
 
 SPEC = {
@@ -150,18 +150,6 @@ def stopped(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def locked(path: str) -> bool:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError:
-        return True
-    finally:
-        conn.close()
-
-
 def storm(runs: int, freezes: int, latency: float, tree: str | None) -> None:
     rng = random.Random(18)
     with tempfile.TemporaryDirectory() as tmp, StubOpenAI(latency=latency) as stub:
@@ -191,7 +179,7 @@ def storm(runs: int, freezes: int, latency: float, tree: str | None) -> None:
                 proc.send_signal(signal.SIGSTOP)
                 while not stopped(proc.pid):
                     time.sleep(0.001)
-                inside += locked(path)
+                inside += write_locked(path)
                 proc.send_signal(signal.SIGCONT)
         finally:
             proc.send_signal(signal.SIGCONT)

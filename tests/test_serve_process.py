@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from loopsim.record.db import normalize_url, sqlite_path
 from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
 from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.testing import write_locked
 from loopsim.testing.stubserver import StubOpenAI
 from tests.conftest import SPEC
 
@@ -175,15 +175,9 @@ def in_transaction(url: str) -> bool:
             engine.dispose()
         return bool(stuck)
     for _ in range(5):  # a live worker holds the lock for milliseconds at a time
-        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+        if not write_locked(path):
             return False
-        except sqlite3.OperationalError:
-            time.sleep(0.3)
-        finally:
-            conn.close()
+        time.sleep(0.3)
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -253,3 +254,17 @@ def scripted_factory(
         return ChatHandle(model_id, model, structured="none", version="scripted-1")
 
     return factory, model
+
+
+def write_locked(path: str) -> bool:
+    """Whether some connection holds the SQLite file's write lock at this moment: a
+    ``BEGIN IMMEDIATE`` that may not wait fails."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
