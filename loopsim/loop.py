@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
@@ -47,7 +47,7 @@ from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
 from loopsim.record.chain import VerifiedHeads
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, take_for_cli
-from loopsim.record.store import Store
+from loopsim.record.store import CheckinRow, Store
 from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
     Conversation,
@@ -146,11 +146,14 @@ class Loop:
         with self.db.read() as session:
             store = Store(session)
             run = store.get_run(run_ref)
-            if self._due(store, run):
+            checkins = store.checkin_rows(run.id)  # the test's, and the approved count's
+            if self._due(store, run, checkins):
                 return Turn.CHECKIN_DUE
-            return self._plan(store, run, utcnow())
+            return self._plan(store, run, utcnow(), len(approving(checkins)))
 
-    def _plan(self, store: Store, run: Run, now: dt.datetime) -> PlannedDay | None:
+    def _plan(
+        self, store: Store, run: Run, now: dt.datetime, approved: int | None = None
+    ) -> PlannedDay | None:
         refuse_unless_steppable(run)
         self.check_chain(store, run.id)
         self._names[run.id] = run.name
@@ -162,7 +165,7 @@ class Loop:
             spec.time,
             run_started=run.created_at,
             now=now,
-            approved_checkins=approved_count(store, run.id),
+            approved_checkins=approved_count(store, run.id) if approved is None else approved,
         )
         # One read of the digests serves both the view and the digests due today.
         state = store.digest_state(run.id, date)
@@ -367,10 +370,10 @@ class Loop:
             store = Store(session)
             return self._due(store, store.get_run(run_ref))
 
-    def _due(self, store: Store, run: Run) -> bool:
+    def _due(self, store: Store, run: Run, checkins: Sequence[CheckinRow] | None = None) -> bool:
         if run.status != RunStatus.RUNNING:
             return False
-        return due_now(store, run, self.spec_of(run), self.similarity) is not None
+        return due_now(store, run, self.spec_of(run), self.similarity, checkins) is not None
 
     def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any

@@ -60,10 +60,19 @@ def _first_day(checkins: Sequence[CheckIn | CheckinRow]) -> int:
     return (checkins[-1].last_day_index if checkins else 0) + 1
 
 
-def due_now(store: Store, run: Run, spec: RunSpec, similarity: drift.Similarity) -> Due | None:
+def due_now(
+    store: Store,
+    run: Run,
+    spec: RunSpec,
+    similarity: drift.Similarity,
+    checkins: Sequence[CheckinRow] | None = None,
+) -> Due | None:
     """Whether a check-in is to open after the run's last committed day. Reads only,
-    calls no model: None, the answer after most days, means nothing is to be done."""
-    checkins = store.checkin_rows(run.id)
+    calls no model: None, the answer after most days, means nothing is to be done.
+    ``checkins``: the run's :meth:`~loopsim.record.store.Store.checkin_rows`, if the
+    caller read them in this transaction."""
+    if checkins is None:
+        checkins = store.checkin_rows(run.id)
     last_day = store.last_committed_day(run.id)
     reason = due(store, run, spec, similarity=similarity, checkins=checkins, latest=last_day)
     if reason is not None:

@@ -8,13 +8,21 @@ flushes when it needs ids, never commits: the caller owns the transaction throug
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import ColumnElement, Connection, literal, or_, select
 from sqlalchemy.orm import Session
 
 from loopsim.record.tables import Day, Entry
 from loopsim.schemas import DayStatus
+
+
+def one_of(column: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN (values)`` for a fixed list of values: one bound parameter each, in a
+    statement built once. ``in_`` of a plain list makes an "expanding" parameter, which
+    SQLAlchemy rewrites into the SQL on every execution (a fifth of a short query's
+    cost), while the database still needs the IN to read an index as a few ranges."""
+    return cast(ColumnElement[bool], column.in_([literal(value) for value in values]))
 
 
 class StoreBase:

@@ -19,7 +19,7 @@ from sqlalchemy import Integer, String, Table, bindparam, func, insert, select
 from sqlalchemy.orm import defer
 
 from loopsim.errors import NotFound
-from loopsim.record.base import StoreBase
+from loopsim.record.base import StoreBase, one_of
 from loopsim.record.streams import BATCH
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair
 from loopsim.schemas import CallRole, DayStatus
@@ -31,7 +31,7 @@ _DIGEST_TRIES = (
     .join(CallRecord, CallRecord.day_id == Day.id)
     .where(
         Day.run_id == bindparam("run_id", type_=String),
-        Day.status.in_((DayStatus.COMMITTED.value, DayStatus.REVERTED.value)),
+        one_of(Day.status, (DayStatus.COMMITTED.value, DayStatus.REVERTED.value)),
         Day.index > bindparam("after", type_=Integer),
         CallRecord.role == CallRole.DIGEST.value,
         CallRecord.depth == bindparam("level", type_=Integer),

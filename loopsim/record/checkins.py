@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import String, Table, bindparam, func, insert, select, update
 
 from loopsim.errors import NotFound
-from loopsim.record.base import StoreBase
+from loopsim.record.base import StoreBase, one_of
 from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
 from loopsim.schemas import Author, EntryKind
 
@@ -56,14 +56,19 @@ _CHECKIN_ROWS = (
     .where(CheckIn.run_id == bindparam("run_id", type_=String))
     .order_by(CheckIn.id)
 )
-_COUNT_DECIDED = (
-    select(func.count())
-    .select_from(CheckIn)
-    .where(
-        CheckIn.run_id == bindparam("run_id", type_=String),
-        CheckIn.decision.in_(bindparam("decisions", expanding=True)),
+
+
+@functools.cache
+def _count_decided(decisions: tuple[str, ...]) -> Any:
+    """Counts the run's check-ins decided one of ``decisions``: one statement a set."""
+    return (
+        select(func.count())
+        .select_from(CheckIn)
+        .where(
+            CheckIn.run_id == bindparam("run_id", type_=String),
+            one_of(CheckIn.decision, decisions),
+        )
     )
-)
 
 
 # Every human answer of a run's check-ins, in check-in and pair order.
@@ -134,8 +139,8 @@ class CheckinQueries(StoreBase):
     def count_checkins(self, run_id: str, decisions: Sequence[str]) -> int:
         """How many of the run's check-ins were decided one of ``decisions``: a count,
         where a day needs no check-in row itself."""
-        params = {"run_id": run_id, "decisions": list(decisions)}
-        return int(self._scalar(_COUNT_DECIDED, params) or 0)
+        stmt = _count_decided(tuple(sorted(decisions)))
+        return int(self._scalar(stmt, {"run_id": run_id}) or 0)
 
     def pending_checkins(self) -> int:
         return int(

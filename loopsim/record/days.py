@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased, defer
 
 from loopsim.errors import NotFound
-from loopsim.record.base import StoreBase
+from loopsim.record.base import StoreBase, one_of
 from loopsim.record.tables import CallRecord, Day
 from loopsim.schemas import CallRole, DayStatus
 
@@ -57,7 +57,7 @@ def _others_statement() -> Any:
             Day.index <= bindparam("last", type_=Integer),
             # The IN as well as the OR: with it the index on (run, status, index) gives
             # two short ranges; with the OR alone SQLite read every day of the run.
-            Day.status.in_((DayStatus.REVERTED.value, DayStatus.FAILED.value)),
+            one_of(Day.status, (DayStatus.REVERTED.value, DayStatus.FAILED.value)),
             or_(
                 Day.status == DayStatus.REVERTED.value,
                 and_(Day.status == DayStatus.FAILED.value, ~held),

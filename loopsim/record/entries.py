@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Date, Integer, String, Table, bindparam, insert, or_, select
 
 from loopsim.errors import RecordBroken
+from loopsim.record.base import one_of
 from loopsim.record.chain import GENESIS, KEYED_HINT, ChainQueries, chain_genesis, entry_hash
 from loopsim.record.tables import Day, Entry, utcnow
 from loopsim.schemas import Author, DayStatus, EntryKind
@@ -69,7 +70,7 @@ _UNTIL = Entry.external_date <= bindparam("until", type_=Date)
 # Only committed and reverted days hold entries (a failed day wrote none). Saying so lets
 # the database read a day range off the index on (run, status, index); without a status,
 # SQLite walked that index over every day of the run.
-_DAYS_WITH_ENTRIES = Day.status.in_((DayStatus.COMMITTED.value, DayStatus.REVERTED.value))
+_DAYS_WITH_ENTRIES = one_of(Day.status, (DayStatus.COMMITTED.value, DayStatus.REVERTED.value))
 _ENTRY_TEXTS = (
     select(Entry.seq, Entry.title, Entry.body, Entry.external_date, Day.index, Day.status)
     .join(Day, Entry.day_id == Day.id)
@@ -106,7 +107,7 @@ def _recent_statement(before_seq: bool, after_day: bool) -> Any:
         select(*VIEW_COLUMNS)
         .outerjoin(Day, Entry.day_id == Day.id)
         .where(_RUN, _VISIBLE, _UNTIL)
-        .where(Entry.kind.not_in([EntryKind.DIGEST.value, EntryKind.CORRECTION.value]))
+        .where(~one_of(Entry.kind, (EntryKind.DIGEST.value, EntryKind.CORRECTION.value)))
         .order_by(Entry.seq.desc())
         .limit(bindparam("limit", type_=Integer))
     )
@@ -121,7 +122,9 @@ def _recent_statement(before_seq: bool, after_day: bool) -> Any:
 
 _ENTRY_TABLE = cast(Table, Entry.__table__)
 _ENTRY_COLUMNS = [column.key for column in _ENTRY_TABLE.columns if column.key != "id"]
-_INSERT_ENTRIES = insert(_ENTRY_TABLE).returning(_ENTRY_TABLE.c.id, sort_by_parameter_order=True)
+# Each new id comes back with its seq, unique within the batch's run, to pair them: asked
+# to return rows in the batch's order instead, SQLAlchemy inserts on SQLite row by row.
+_INSERT_ENTRIES = insert(_ENTRY_TABLE).returning(_ENTRY_TABLE.c.seq, _ENTRY_TABLE.c.id)
 
 
 class EntryQueries(ChainQueries):
@@ -201,9 +204,9 @@ class EntryQueries(ChainQueries):
         if not entries:
             return
         rows = [{name: getattr(entry, name) for name in _ENTRY_COLUMNS} for entry in entries]
-        ids = self._core().execute(_INSERT_ENTRIES, rows).scalars().all()
-        for entry, entry_id in zip(entries, ids, strict=True):
-            entry.id = entry_id
+        ids = {int(seq): int(id_) for seq, id_ in self._core().execute(_INSERT_ENTRIES, rows)}
+        for entry in entries:
+            entry.id = ids[entry.seq]
         entries.clear()
 
     def _append_key(self, run_id: str, head_seq: int) -> bytes | None:

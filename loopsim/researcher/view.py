@@ -240,7 +240,12 @@ def _build(
     # The digests before the window as they stood on the window's first day: a digest
     # written later (a level compressing the one below) waits until the window moves, so
     # this section, like the window's start, stays byte-identical from day to day.
-    pinned = store.pinned_digests(run_id, external_date, before_day=start, written_by=start)
+    # None visible today means none written by the window's first day either.
+    pinned = (
+        store.pinned_digests(run_id, external_date, before_day=start, written_by=start)
+        if pinned_now
+        else []
+    )
     for digest in sorted(pinned, key=lambda d: (-(d.level or 0), d.first_day or 0)):
         item = ViewEntry.of(digest, None)
         if used + _cost(item) > digest_limit:
