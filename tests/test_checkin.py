@@ -397,6 +397,18 @@ def test_adaptive_interval(scores, expected):
     assert adaptive_interval(scores, policy) == expected
 
 
+def test_low_drift_never_brings_check_ins_closer_than_every_days():
+    """every_days above max_interval_days: low scores lengthen no further, and the cap is
+    not a reason to ask the human more often than they chose; an alarm still halves."""
+    from loopsim.schemas import CheckinPolicy
+
+    policy = CheckinPolicy(every_days=30, max_interval_days=20)
+    assert adaptive_interval([0.1, 0.1], policy) == 30
+    assert adaptive_interval([0.1, 0.1, 0.1, 0.1], policy) == 30
+    assert adaptive_interval([0.9], policy) == 15
+    assert adaptive_interval([0.9, 0.1, 0.1], policy) == 20
+
+
 @pytest.mark.parametrize(
     ("before", "after", "says"),
     [

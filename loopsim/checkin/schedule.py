@@ -72,7 +72,9 @@ def adaptive_schedule(scores: Sequence[float | None], policy: CheckinPolicy) -> 
         elif score < policy.drift_warn:
             low_run += 1
             if low_run >= 2:
-                longer = min(policy.max_interval_days, math.ceil(interval * 1.5))
+                # Up to the cap, never below the interval: with every_days above
+                # max_interval_days, good scores must not bring check-ins closer.
+                longer = max(interval, min(policy.max_interval_days, math.ceil(interval * 1.5)))
                 if longer != interval:
                     why = f"two drift scores in a row below the warning {policy.drift_warn:.2f}"
                 interval, low_run = longer, 0
