@@ -517,6 +517,33 @@ def test_next_day_is_the_check_in_test_then_the_plan(database):
         loop.next_day(run_id)  # as plan refuses a run that is not steppable
 
 
+def test_a_worker_turn_dates_the_day_by_the_approved_check_ins_it_read(database):
+    """``next_day`` counts approvals from the check-in rows its test read, not with a
+    query of its own: a per-check-in clock must still step once per approve or amend,
+    never for a reject, and agree with :meth:`Loop.plan`."""
+    import datetime as dt
+
+    data = json.loads(json.dumps(spec_with(every_days=1000).model_dump(mode="json")))
+    data["time"] = {"policy": "per_checkin", "anchor": "2025-06-02", "step_days": 7}
+    run_id = make_run(database, RunSpec.model_validate(data))
+    loop, _ = loop_with(database)
+    loop.start(run_id)
+    for number, decision in enumerate([Decision.APPROVE, Decision.REJECT, Decision.AMEND]):
+        with database.write() as session:
+            store = Store(session)
+            checkin = store.add_checkin(
+                run_id, "scheduled", first_day=number, last_day=number, detail=None, predictions=[]
+            )
+            checkin.decision = decision
+    turn = loop.next_day(run_id)
+    planned = loop.plan(run_id)
+    assert turn is not None
+    assert turn is not Turn.CHECKIN_DUE
+    assert planned is not None
+    assert turn.external_date == dt.date(2025, 6, 16)  # two approvals of 7 days each
+    assert planned.external_date == turn.external_date
+
+
 def test_checkin_due_is_no_for_a_run_that_is_not_running(database):
     run_id = make_run(database, spec_with(every_days=1))
     loop, _ = loop_with(database)
