@@ -268,3 +268,51 @@ def test_first_answers_keep_each_probes_first_answer_across_check_ins(any_db, sp
         f"{prefix}: answer 1 at check-in 0",  # answered again at check-in 1: the first kept
         f"{prefix}: answer 2 at check-in 1",
     ]
+
+
+def test_a_batch_of_entries_is_one_insert_and_each_gets_its_own_id(any_db, spec):
+    """Entries come back from one INSERT with their ids paired by seq (SQLite returns new
+    rows in no promised order), and a child still follows its parent's insert."""
+    from sqlalchemy import event
+
+    run_id = make_run(any_db, spec)
+    inserts: list[str] = []
+
+    def count(_conn, _cursor, statement, *_rest):
+        if statement.lstrip().upper().startswith("INSERT INTO ENTRIES"):
+            inserts.append(statement)
+
+    event.listen(any_db.engine, "before_cursor_execute", count)
+    try:
+        with any_db.write() as session:
+            store = Store(session)
+            day = add_day(store, run_id, 1)
+            flat = store.append_entries(
+                run_id,
+                [EntryInput("note", f"Note {k}", f"Body {k}") for k in range(6)],
+                day=day,
+                external_date=DATE,
+            )
+            assert len(inserts) == 1
+            tree = store.append_entries(
+                run_id,
+                [
+                    EntryInput("idea", "Idea", "An idea"),
+                    EntryInput("critique", "C", "No", parent=0),
+                ],
+                day=day,
+                external_date=DATE,
+            )
+            assert len(inserts) == 3  # the parent first: the child's hash covers its id
+    finally:
+        event.remove(any_db.engine, "before_cursor_execute", count)
+    with any_db.read() as session:
+        rows = session.execute(
+            text("SELECT seq, id, parent_id, title FROM entries WHERE run_id = :r"), {"r": run_id}
+        ).all()
+        assert Store(session).verify_chain(run_id).ok
+    stored = {seq: (entry_id, parent_id, title) for seq, entry_id, parent_id, title in rows}
+    for entry in [*flat, *tree]:
+        assert stored[entry.seq][0] == entry.id
+        assert stored[entry.seq][2] == entry.title
+    assert stored[tree[1].seq][1] == tree[0].id
