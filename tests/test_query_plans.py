@@ -87,3 +87,33 @@ def test_a_day_and_its_check_in_test_read_days_by_index_range(database):
         if walks_the_run(statement, detail)
     ]
     assert walks == []
+
+
+def test_a_day_runs_no_statement_sqlalchemy_must_rewrite_each_time(database):
+    """An IN over a Python list is an "expanding" parameter: SQLAlchemy splices the list
+    into the SQL string on every execution, a fifth of a short query's cost. A day, the
+    worker's turn and the check-in test bind fixed lists once (``one_of``)."""
+    spec = parse_spec({**SPEC, "budget": {**SPEC["budget"], "days": 1000}, "checkins": CHECKINS})
+    run_id = make_run(database, spec)
+    factory, _ = scripted_factory()
+    loop = Loop(database, Settings(), factory)
+    loop.start(run_id)
+    loop.step(run_id)
+    rewritten: list[str] = []
+    executed: list[str] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, *_: Any):
+        executed.append(statement)
+        compiled = getattr(context, "compiled", None)
+        if compiled is not None and compiled.post_compile_params:
+            rewritten.append(" ".join(statement.split())[:160])
+
+    event.listen(database.engine, "before_cursor_execute", grab)
+    try:
+        assert loop.step(run_id) is not None
+        assert loop.next_day(run_id) is not None
+        assert loop.open_due_checkin(run_id) is None
+    finally:
+        event.remove(database.engine, "before_cursor_execute", grab)
+    assert len(executed) >= 30  # the day, the turn and the test all ran their reads
+    assert rewritten == []

@@ -14,7 +14,18 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import Float, Integer, column, func, literal_column, or_, select, text
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    bindparam,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from loopsim.record.chain import ChainQueries
@@ -64,6 +75,15 @@ def dropped_words(query: str) -> list[str]:
     return list(seen)
 
 
+# The ids at both ends of a seq range: two probes of the (run, seq) index, in a
+# statement built once with its IN's two values bound by name (not an expanding list,
+# which SQLAlchemy would splice into the SQL on every day's search).
+_ID_ENDS = select(Entry.seq, Entry.id).where(
+    Entry.run_id == bindparam("run_id", type_=String),
+    Entry.seq.in_([bindparam("first", type_=Integer), bindparam("last", type_=Integer)]),
+)
+
+
 class SearchQueries(ChainQueries):
     """Matches for a query's words, best first."""
 
@@ -76,12 +96,8 @@ class SearchQueries(ChainQueries):
             first_seq, last_seq = 1, self.chain_head(run_id)[0]
         else:
             first_seq, last_seq = seq_range
-        rows = self.session.execute(
-            select(Entry.seq, Entry.id).where(
-                Entry.run_id == run_id, Entry.seq.in_([first_seq, last_seq])
-            )
-        )
-        ends = {seq: entry_id for seq, entry_id in rows}
+        params = {"run_id": run_id, "first": first_seq, "last": last_seq}
+        ends = {seq: entry_id for seq, entry_id in self._rows(_ID_ENDS, params)}
         return ends.get(first_seq), ends.get(last_seq)
 
     def search(
