@@ -415,3 +415,25 @@ def test_two_runs_in_one_loop_each_step_with_their_own_spec(any_db, spec):
             loop.start(run_id)
             loop.step(run_id)
             assert name in model.calls[-1][0].text
+
+
+def test_the_spec_cache_answers_the_same_row_twice_and_sees_an_amended_spec(database, spec):
+    """A turn asks twice for one loaded row's spec; a spec stored anew (a new dict,
+    equal or not) is compared by its JSON, and a changed one is parsed again."""
+    from loopsim.specs import SpecCache
+
+    run_id = make_run(database, spec)
+    cache = SpecCache()
+    with database.read() as session:
+        run = Store(session).get_run(run_id)
+        first = cache(run)
+        assert cache(run) is first
+    with database.read() as session:  # the same stored spec, loaded again: a new dict
+        assert cache(Store(session).get_run(run_id)) is first
+    with database.write() as session:
+        run = Store(session).get_run(run_id)
+        run.spec = {**run.spec, "budget": {**run.spec["budget"], "days": 7}}
+    with database.read() as session:
+        amended = cache(Store(session).get_run(run_id))
+    assert amended is not first
+    assert amended.budget.days == 7
