@@ -43,7 +43,30 @@ def _flush_or_quit() -> None:
         sys.exit(0)
 
 
+def _interrupt_soon() -> None:
+    import time
+
+    time.sleep(0.05)  # the callback that swallowed the first Ctrl-C has returned by now
+    _signal.raise_signal(_signal.SIGINT)
+
+
+def _unraisable(unraisable: object) -> None:
+    """``sys.unraisablehook``: a Ctrl-C that lands where Python cannot raise it (in a
+    weakref callback of the import machinery, say, on a slow machine) would be printed as
+    "Exception ignored" with a traceback and lost. It is sent again a moment later, from
+    a thread (sent from here it would land in this hook, as unraisable as the first), to
+    land in ordinary code, where main() turns it into exit code 130; anything else is
+    reported as usual."""
+    if isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
+        import _thread
+
+        _thread.start_new_thread(_interrupt_soon, ())
+        return
+    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+
+
 def main() -> None:
+    sys.unraisablehook = _unraisable
     try:
         if sys.argv[1:] == ["--version"]:
             # Answered before the CLI and its libraries load, as the CLI's own --version

@@ -153,3 +153,48 @@ def test_the_entry_point_imports_nothing_before_it_can_catch_ctrl_c():
     ).stdout.split()
     # __future__ is a few lines every module's `from __future__ import annotations` loads.
     assert set(out) <= {"__future__", "loopsim", "loopsim.__main__"}, out
+
+
+def test_a_ctrl_c_python_cannot_raise_where_it_lands_still_stops_the_command():
+    """On a loaded machine a Ctrl-C landed in a weakref callback of the import machinery,
+    where Python prints "Exception ignored" with a traceback and drops it: the command
+    went on. The entry point's unraisable hook sends it again, to land in ordinary code."""
+    script = """
+import sys, time, weakref
+import loopsim.__main__ as entry
+sys.unraisablehook = entry._unraisable
+class Held:
+    pass
+def callback(_ref):
+    raise KeyboardInterrupt
+held = Held()
+ref = weakref.ref(held, callback)
+try:
+    del held  # the callback runs here, where its exception cannot propagate
+    time.sleep(30)
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "interrupted"
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_entry_point_installs_the_hook_for_ctrl_c_in_callbacks():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, loopsim.__main__ as m; m.main(); "
+            "print(sys.unraisablehook is m._unraisable)",
+            "--version",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.splitlines()[-1] == "True", done.stderr
