@@ -32,15 +32,8 @@ from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.chat.tokens import counter_for, prompt_limit
 from loopsim.chat.tracing import day_trace, traced, untraced
 from loopsim.checkin import drift
-from loopsim.checkin.opening import (
-    Opening,
-    answered_before,
-    due_now,
-    open_checkin,
-    pick_retest,
-    select_probes,
-)
-from loopsim.checkin.schedule import approved_count, approving, explain
+from loopsim.checkin.opening import Opening, due_now, open_checkin, plan_predictions
+from loopsim.checkin.schedule import approved_count, approving
 from loopsim.clock import external_date
 from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
@@ -66,7 +59,7 @@ from loopsim.researcher.day import (
     unreachable,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, build_probe_prompt, build_prompt, grammar_constrained
+from loopsim.researcher.prompts import Prompt, build_prompt, grammar_constrained
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.specs import SpecCache
@@ -387,48 +380,18 @@ class Loop:
             found = due_now(store, run, spec, self.similarity)
             if found is None:
                 return None
-            checkins, last_day, reason = found.checkins, found.last_day, found.reason
-            recheck = found.recheck
-            detail = explain(store, run, spec, reason, self.similarity) if reason else None
-            first_day, number = found.first_day, len(checkins) + 1
-            probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
-            retests: frozenset[int] = frozenset()
-            if recheck:
-                chosen = [probes[pid] for pid, _ in recheck if pid in probes]
-            else:
-                chosen = select_probes(
-                    run, list(probes.values()), spec.checkins.probes_per_checkin, number
-                )
-                answered = answered_before(store, run.id)
-                if not any(p.id in answered for p in chosen):
-                    extra = pick_retest(
-                        run, spec.checkins, answered, [p.id for p in chosen], number
-                    )
-                    if extra is not None and extra in probes:
-                        chosen = [*chosen, probes[extra]]
-                retests = frozenset(p.id for p in chosen if p.id in answered)
-            date = external_date(
-                spec.time,
-                run_started=run.created_at,
-                now=utcnow(),
-                approved_checkins=len(approving(checkins)),
+            wanted = plan_predictions(
+                store,
+                run,
+                spec,
+                found,
+                self.similarity,
+                budget=self.settings.view_token_budget,
+                limit=self._prompt_limit(run.model, spec),
             )
-            counter = counter_for(run.model)
-
-            def probe_prompt(question: str) -> Callable[[int], tuple[Prompt, int]]:
-                def build(budget: int) -> tuple[Prompt, int]:
-                    view = build_view(store, run.id, spec.charter, date, budget, counter=counter)
-                    made = build_probe_prompt(spec.persona, view, date, question, spec.conditional)
-                    return made, view.tokens
-
-                return build
-
-            limit = self._prompt_limit(run.model, spec)
-            budget = self.settings.view_token_budget
-            prompts = [
-                (p.id, fit_prompt(probe_prompt(p.question), counter, budget, limit)) for p in chosen
-            ]
             model_id = run.model
+        last_day, reason, detail = found.last_day, wanted.reason, wanted.detail
+        prompts, number = wanted.prompts, wanted.number
         predictions = []
         calls: list[Logged] = []  # every prediction call, kept with the span's last day
         try:
@@ -447,7 +410,7 @@ class Loop:
             raise
         self.keep_calls(run.id, last_day, calls, fence)
         if reason is None:
-            old = dict(recheck)
+            old = dict(found.recheck)
             sims = [
                 self.similarity(old[pid], text or "") for pid, text, _ in predictions if pid in old
             ]
@@ -456,7 +419,9 @@ class Loop:
                 return None
             reason = CheckinReason.PREDICTION_DRIFT
             detail = f"re-predicted probes moved {distance:.2f} from the approved predictions"
-        opening = Opening(run.id, reason, first_day, last_day, predictions, detail, retests)
+        opening = Opening(
+            run.id, reason, found.first_day, last_day, predictions, detail, wanted.retests
+        )
         return open_checkin(self.db, opening, fence, similarity=self.similarity)
 
     def keep_calls(

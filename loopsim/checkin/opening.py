@@ -12,11 +12,16 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from loopsim.chat.tokens import counter_for
 from loopsim.checkin import drift
-from loopsim.checkin.schedule import approving, due
+from loopsim.checkin.schedule import approving, due, explain
+from loopsim.clock import external_date
 from loopsim.record.db import Database
 from loopsim.record.store import CheckinRow, Store
-from loopsim.record.tables import CheckIn, Probe, Run
+from loopsim.record.tables import CheckIn, Probe, Run, utcnow
+from loopsim.researcher.fit import fit_prompt
+from loopsim.researcher.prompts import Prompt, build_probe_prompt
+from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
 
 # Stored in place of a prediction the model never gave validly, with the reason after it.
@@ -108,6 +113,67 @@ def select_probes(run: Run, probes: Sequence[Probe], k: int, number: int) -> lis
     if k >= len(probes):
         return list(probes)
     return random.Random(f"{run.secret_seed}:probes:{number}").sample(list(probes), k)
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What a check-in found due asks the model to predict: one prompt a probe, built in
+    the read that found it due, before any model call."""
+
+    due: Due
+    reason: CheckinReason | None  # None: prediction drift, decided after the predictions
+    detail: str | None
+    number: int  # the check-in's number in the run, from 1
+    prompts: list[tuple[int, Prompt]]  # probe id, its prediction's prompt
+    retests: frozenset[int]  # probe ids asked again
+
+
+def plan_predictions(
+    store: Store,
+    run: Run,
+    spec: RunSpec,
+    found: Due,
+    similarity: drift.Similarity,
+    *,
+    budget: int,
+    limit: int | None,
+) -> Asking:
+    """The probes a check-in found due asks (drawn again for a replay, or the approved ones
+    again for a prediction-drift test) and the prompts that ask the model for its
+    predictions: ``budget`` tokens of view each, the whole prompt within ``limit``."""
+    checkins, reason = found.checkins, found.reason
+    detail = explain(store, run, spec, reason, similarity) if reason else None
+    number = len(checkins) + 1
+    probes = {p.id: p for p in store.list_probes(run.id, "accepted")}
+    retests: frozenset[int] = frozenset()
+    if found.recheck:
+        chosen = [probes[pid] for pid, _ in found.recheck if pid in probes]
+    else:
+        chosen = select_probes(run, list(probes.values()), spec.checkins.probes_per_checkin, number)
+        answered = answered_before(store, run.id)
+        if not any(p.id in answered for p in chosen):
+            extra = pick_retest(run, spec.checkins, answered, [p.id for p in chosen], number)
+            if extra is not None and extra in probes:
+                chosen = [*chosen, probes[extra]]
+        retests = frozenset(p.id for p in chosen if p.id in answered)
+    date = external_date(
+        spec.time,
+        run_started=run.created_at,
+        now=utcnow(),
+        approved_checkins=len(approving(checkins)),
+    )
+    counter = counter_for(run.model)
+
+    def probe_prompt(question: str) -> Callable[[int], tuple[Prompt, int]]:
+        def build(room: int) -> tuple[Prompt, int]:
+            view = build_view(store, run.id, spec.charter, date, room, counter=counter)
+            made = build_probe_prompt(spec.persona, view, date, question, spec.conditional)
+            return made, view.tokens
+
+        return build
+
+    prompts = [(p.id, fit_prompt(probe_prompt(p.question), counter, budget, limit)) for p in chosen]
+    return Asking(found, reason, detail, number, prompts, retests)
 
 
 @dataclass(frozen=True)
