@@ -253,7 +253,9 @@ class Loop:
 
     def step(self, run_ref: str) -> DayResult | None:
         """Run one day. None means the day budget is spent and the run is now completed."""
-        planned = self.plan(run_ref)
+        return self._step(run_ref, self.plan(run_ref))
+
+    def _step(self, run_ref: str, planned: PlannedDay | None) -> DayResult | None:
         if planned is None:
             self.complete(run_ref)
             return None
@@ -448,18 +450,32 @@ class Loop:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[DayResult]:
         """Step up to ``days`` days. Stop early on a failed day, a spent budget, a stop
-        request, or a check-in coming due (then ``self.opened_checkin`` names it)."""
+        request, or a check-in coming due (then ``self.opened_checkin`` names it).
+
+        A check-in is tested for before the first day and after every committed one. The
+        test before a day shares :meth:`next_day`'s read with the day's plan, as a
+        worker's does; only the test after the last day is a read of its own."""
         self.start(run_ref)
-        self.opened_checkin = self.open_due_checkin(run_ref)
+        self.opened_checkin = None
         results: list[DayResult] = []
-        while len(results) < days and self.opened_checkin is None and not should_stop():
-            result = self.step(run_ref)
+        test_after = True  # whether the check-in test is owed once the loop ends
+        while len(results) < days and not should_stop():
+            planned = self.next_day(run_ref)
+            if planned is Turn.CHECKIN_DUE:
+                self.opened_checkin = self.open_due_checkin(run_ref)
+                if self.opened_checkin is not None:
+                    return results
+                planned = self.plan(run_ref)  # due, yet nothing opened: the day goes on
+            result = self._step(run_ref, planned)
             if result is None:
+                test_after = False  # the budget is spent: the run is completed
                 break
             results.append(result)
             if on_day:
                 on_day(result)
             if result.status != DayStatus.COMMITTED:
+                test_after = False
                 break
+        if test_after:
             self.opened_checkin = self.open_due_checkin(run_ref)
         return results

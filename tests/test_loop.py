@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import event
 
 from loopsim.chat.handle import ChatHandle, RetryPolicy
 from loopsim.config import Settings
@@ -437,3 +438,32 @@ def test_the_spec_cache_answers_the_same_row_twice_and_sees_an_amended_spec(data
         amended = cache(Store(session).get_run(run_id))
     assert amended is not first
     assert amended.budget.days == 7
+
+
+def test_stepping_days_reads_the_check_in_history_once_a_day(database, spec):
+    """`run step --days N` tests for a check-in before each day in the read that plans the
+    day, as a worker's turn does, and once more after the last day: the check-in history
+    is read once a day, not twice, and a check-in due after the last day still opens."""
+    checkins = spec.checkins.model_copy(update={"every_days": 4, "spot_check_probability": 0})
+    run_id = make_run(database, spec.model_copy(update={"checkins": checkins}))
+    loop, _ = loop_for(database)
+    reads: list[str] = []
+
+    def grab(_conn, _cursor, statement: str, *_args) -> None:
+        words = statement.split()
+        if words[0].upper() == "SELECT" and "checkins" in words[words.index("FROM") + 1 :][:1]:
+            reads.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", grab)
+    try:
+        first = loop.run_days(run_id, 3)
+        assert loop.opened_checkin is None
+        read_in_three_days = len(reads)
+        second = loop.run_days(run_id, 5)  # a check-in is due after day 4
+    finally:
+        event.remove(database.engine, "before_cursor_execute", grab)
+    assert [r.index for r in first + second] == [1, 2, 3, 4]
+    assert loop.opened_checkin is not None
+    with database.read() as session:
+        assert Store(session).get_run(run_id).status == RunStatus.AWAITING_CHECKIN
+    assert read_in_three_days == 3 + 1
