@@ -8,8 +8,9 @@
    serve` picks (LOOPSIM_EVENT_LOOP=asyncio for asyncio's), against the ideal
    C / (latency x calls a day).
 2. One `loopsim serve` process against two, on one PostgreSQL database.
-3. Orchestrator overhead per day (plan, view, commit, check-in test) with an instant
-   in-process model, at 10^2 and 10^5 entries in the record.
+3. Orchestrator overhead per day (check-in test, plan, view, commit) with an instant
+   in-process model, at 10^2 and 10^5 entries in the record: the days of one
+   `loopsim run step --days N`.
 4. The same day loop in LangGraph with its SQLite checkpointer, measured in the same run
    (needs the `bench` extra).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -260,14 +262,12 @@ def overhead(entries: int, days: int = 20, cache: Path | None = None) -> float:
             run_id = Store(session).list_runs()[0].id
         factory, _ = scripted_factory()
         loop = Loop(database, Settings(), factory)
-        loop.start(run_id)
-        loop.step(run_id)  # warm caches
-        times = []
-        for _ in range(days):
-            began = time.perf_counter()
-            loop.step(run_id)
-            loop.open_due_checkin(run_id)
-            times.append(time.perf_counter() - began)
+        loop.run_days(run_id, 1)  # warm caches
+        # The days of one `loopsim run step --days N`: each day's check-in test, plan,
+        # model call and commit, timed from one day's end to the next's.
+        stamps = [time.perf_counter()]
+        loop.run_days(run_id, days, on_day=lambda _result: stamps.append(time.perf_counter()))
+        times = [after - before for before, after in itertools.pairwise(stamps)]
         database.dispose()
         return statistics.median(times) * 1000
 
