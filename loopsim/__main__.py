@@ -11,9 +11,15 @@ from __future__ import annotations
 
 # The signal module's C core, built into the interpreter: importing it takes no time, where
 # ``import signal`` pulls in enum and functools, long enough for a Ctrl-C to land before
-# main() can catch it. Nothing else is imported before main()'s ``try``.
+# main() can catch it. Nothing else is imported before main()'s ``try``, but for two more
+# modules built into the interpreter, imported here because the unraisable hook below
+# may run while the interpreter shuts down, when nothing can be imported any more.
 import _signal
+import _thread
 import sys
+import time
+
+_MAIN_THREAD = _thread.get_ident()
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
@@ -44,10 +50,11 @@ def _flush_or_quit() -> None:
 
 
 def _interrupt_soon() -> None:
-    import time
-
     time.sleep(0.05)  # the callback that swallowed the first Ctrl-C has returned by now
-    _signal.raise_signal(_signal.SIGINT)
+    # To the main thread itself: a process-wide signal raised here would be delivered to
+    # this thread, and a main thread blocked in a system call (a model's reply, a lock)
+    # would not see it until that call returned of itself.
+    _signal.pthread_kill(_MAIN_THREAD, _signal.SIGINT)
 
 
 def _unraisable(unraisable: object) -> None:
@@ -56,11 +63,11 @@ def _unraisable(unraisable: object) -> None:
     "Exception ignored" with a traceback and lost. It is sent again a moment later, from
     a thread (sent from here it would land in this hook, as unraisable as the first), to
     land in ordinary code, where main() turns it into exit code 130; anything else is
-    reported as usual."""
+    reported as usual. While the interpreter shuts down, the command is ending anyway,
+    and no thread can start: the Ctrl-C is dropped quietly."""
     if isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
-        import _thread
-
-        _thread.start_new_thread(_interrupt_soon, ())
+        if not sys.is_finalizing():
+            _thread.start_new_thread(_interrupt_soon, ())
         return
     sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
 

@@ -158,7 +158,9 @@ def test_the_entry_point_imports_nothing_before_it_can_catch_ctrl_c():
 def test_a_ctrl_c_python_cannot_raise_where_it_lands_still_stops_the_command():
     """On a loaded machine a Ctrl-C landed in a weakref callback of the import machinery,
     where Python prints "Exception ignored" with a traceback and drops it: the command
-    went on. The entry point's unraisable hook sends it again, to land in ordinary code."""
+    went on. The entry point's unraisable hook sends it again, to land in ordinary code:
+    in the main thread, so that a command blocked in a system call (here a sleep far
+    longer than the deadline; a model's reply, in a real command) is interrupted too."""
     script = """
 import sys, time, weakref
 import loopsim.__main__ as entry
@@ -171,7 +173,7 @@ held = Held()
 ref = weakref.ref(held, callback)
 try:
     del held  # the callback runs here, where its exception cannot propagate
-    time.sleep(30)
+    time.sleep(3600)
     print("went on")
 except KeyboardInterrupt:
     print("interrupted")
@@ -181,6 +183,27 @@ except KeyboardInterrupt:
     )
     assert done.stdout.strip() == "interrupted"
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_ctrl_c_swallowed_while_python_shuts_down_is_dropped_quietly():
+    """No thread can start once the interpreter is finalizing, and nothing can be
+    imported: the hook must neither fail with a traceback of its own nor hang."""
+    script = """
+import sys
+import loopsim.__main__ as entry
+sys.unraisablehook = entry._unraisable
+class Held:
+    def __del__(self):
+        raise KeyboardInterrupt
+held = Held()  # collected while the interpreter shuts down
+print("done")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "done"
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr
 
 
 def test_the_entry_point_installs_the_hook_for_ctrl_c_in_callbacks():
