@@ -335,7 +335,10 @@ def test_bad_fork_input_gets_one_line_and_writes_nothing(
         database.dispose()
 
 
-def test_run_list_show_and_exports_name_the_parent_and_fork_point(cli, any_url, tmp_path):
+def test_run_list_show_and_exports_name_the_parent_and_fork_point(
+    cli, any_url, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("COLUMNS", raising=False)
     database = open_db(any_url)
     try:
         parent = stepped_run(database, 3)
@@ -346,6 +349,20 @@ def test_run_list_show_and_exports_name_the_parent_and_fork_point(cli, any_url, 
     assert (listed[child]["parent"], listed[child]["fork_day"]) == (parent, 2)
     assert (listed[parent]["parent"], listed[parent]["fork_day"]) == (None, None)
     assert f"{parent[:8]}@2" in cli("run", "list").stdout
+    # Into a pipe every value is whole; in 80 columns each run still takes one line, its
+    # model cut with an ellipsis rather than folded onto the next lines.
+    name = next(r["name"] for r in listed.values() if r["id"] == child)
+    piped = [line for line in cli("run", "list").stdout.splitlines() if line.startswith(child)]
+    assert name in piped[0]
+    assert listed[child]["model"] in piped[0]
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = cli("run", "list").stdout.splitlines()
+    assert len(lines) == 1 + len(listed), lines
+    assert all(len(line) <= 80 for line in lines), lines
+    shown_ids = [line.split()[0] for line in lines[1:]]
+    assert all(
+        i in (r["id"], r["id"][:12]) for i, r in zip(shown_ids, listed.values(), strict=True)
+    )
     shown = cli("run", "show", child).stdout
     assert f"forked from     {parent} at day 2" in shown
     assert f"forks           {child}" in cli("run", "show", parent).stdout

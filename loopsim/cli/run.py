@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,7 +131,8 @@ def run_delete(
 @app.command("list")
 def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List runs, newest last, with their status and what drives each: `run step`, or
-    `serve` (with the worker holding it now, if one does)."""
+    `serve` (with the worker holding it now, if one does). On a terminal each run takes
+    one line, long names and models cut short; into a pipe every value is whole."""
     a = app_context(ctx)
     with a.open_db().read() as session:
         store = Store(session)
@@ -142,44 +144,67 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         a.print_json(rows)
         return
-    # Fits the terminal (80 columns included): no edge padding, the driver column only
-    # when something drives a run, and the name gives way (ellipsis) before anything else.
     drivers = any(row["driver"] for row in rows)
     # A fork names its parent by the first 8 characters of its id, and the fork day.
     fork_of = [f"{r['parent'][:8]}@{r['fork_day']}" if r["parent"] else "-" for r in rows]
     forks = any(row["parent"] for row in rows)
-    status_w = max((len(row["status"]) for row in rows), default=6)
-    days_w = max((len(str(row["days_committed"])) for row in rows), default=4)
-    model_w = min(max((len(row["model"]) for row in rows), default=5), 24)
-    driver_w = min(max((len(row["driver"] or "") for row in rows), default=0), 16)
-    gaps = 2 * (5 if drivers else 4)
-    room = a.out.width - 26 - max(status_w, 6) - max(days_w, 4) - model_w - gaps
-    room -= max(driver_w, 6) if drivers else 0
-    room -= max(max(map(len, fork_of)), 7) + 2 if forks else 0
     table = Table(box=None, pad_edge=False)
-    table.add_column("id", no_wrap=True, min_width=26)
-    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(4, min(24, room)))
-    table.add_column("status", no_wrap=True)
-    table.add_column("days", justify="right", no_wrap=True)
-    table.add_column("model", overflow="fold")
-    if drivers:
-        table.add_column("driver", overflow="fold")
-    if forks:
-        table.add_column("fork of", no_wrap=True)
-    for row, parent in zip(rows, fork_of, strict=True):
-        cells = [
-            row["id"],
-            Text(safe_text(row["name"])),
-            row["status"],
-            str(row["days_committed"]),
-            Text(safe_text(row["model"])),
-        ]
-        if drivers:
-            cells.append(row["driver"] or "-")
-        if forks:
-            cells.append(parent)
-        table.add_row(*cells)
-    a.out.print(table if rows else "no runs yet; `loopsim run create SPEC` makes one")
+    columns = [
+        ("id", [row["id"] for row in rows]),
+        ("name", [safe_text(row["name"]) for row in rows]),
+        ("status", [row["status"] for row in rows]),
+        ("days", [str(row["days_committed"]) for row in rows]),
+        ("model", [safe_text(row["model"]) for row in rows]),
+        *([("driver", [row["driver"] or "-" for row in rows])] if drivers else []),
+        *([("fork of", fork_of)] if forks else []),
+    ]
+    wants = {name: max(len(name), *map(len, cells)) for name, cells in columns}
+    widths = dict(wants)
+    if a.out.is_terminal or "COLUMNS" in os.environ:
+        # Each run on one line of the terminal (80 columns included): the name gives way
+        # first, then the model and the driver (cut with an ellipsis), and last the id,
+        # to a 12-character prefix that any command still takes (rather than one that
+        # looks whole). Into a pipe, with no
+        # COLUMNS set, nothing is cut: every value whole, for grep and awk.
+        room = a.out.width - 2 * (len(columns) - 1)
+        floors = {"name": 4, "model": 8, "driver": 8}
+        widths = fit_widths(room, wants, floors)
+        if sum(widths.values()) > room:  # a prefix, not an id that looks whole
+            widths = fit_widths(room, {**wants, "id": 12}, floors)
+    for name, _cells in columns:
+        table.add_column(
+            name,
+            justify="right" if name == "days" else "left",
+            no_wrap=True,
+            overflow="crop" if name == "id" else "ellipsis",
+            width=widths[name],
+        )
+    for cells in zip(*(cells for _name, cells in columns), strict=True):
+        table.add_row(*(Text(cell) for cell in cells))
+    if not rows:
+        a.out.print("no runs yet; `loopsim run create SPEC` makes one")
+        return
+    fitted = a.out.width
+    a.out.width = max(fitted, sum(widths.values()) + 2 * len(columns))  # a pipe: no cut
+    try:
+        a.out.print(table)
+    finally:
+        a.out.width = fitted
+
+
+def fit_widths(room: int, wants: dict[str, int], floors: dict[str, int]) -> dict[str, int]:
+    """Column widths within ``room``: the columns of ``floors`` give way in its order,
+    each down to its floor, until the whole fits (or every one is at its floor)."""
+    widths = dict(wants)
+    over = sum(widths.values()) - room
+    for name, floor in floors.items():
+        if over <= 0:
+            break
+        cut = min(over, widths.get(name, floor) - floor)
+        if cut > 0:
+            widths[name] -= cut
+            over -= cut
+    return widths
 
 
 @app.command("show")
