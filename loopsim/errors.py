@@ -24,7 +24,8 @@ problem where there is one. The CLI prints ``error: <message>`` on one line and 
 ``exit_code``; a traceback means a bug.
 
 Exit codes: 0 done; 1 an error; 2 a bad spec, flag or input file; 3 `run step` stopped
-at a check-in and the run waits for a human (not an error: nothing failed); 130
+at a check-in (or found the run already waiting at one) and the run waits for a human
+(not an error: nothing failed); 130
 interrupted by Ctrl-C.
 """
 

@@ -64,9 +64,12 @@ def test_list_pending_then_decide_with_an_answers_file(cli, open_checkin, tmp_pa
     assert [(c["id"], c["reason"], c["first_day"], c["last_day"]) for c in pending] == [
         (1, "scheduled", 1, 2)
     ]
-    refused = cli("run", "step", open_checkin)
-    assert refused.exit_code == 1
-    assert "awaiting_checkin" in refused.stderr
+    # Stepping a run that waits stops where it is, as a step that reached the check-in
+    # would: exit 3, the check-in named, no day written, no bar left behind.
+    waiting = cli("run", "step", open_checkin)
+    assert waiting.exit_code == 3, waiting.output
+    assert "check-in 1 is open" in waiting.stderr
+    assert "stepping" not in waiting.stderr
     with sqlite3.connect(cli.url) as conn:
         probe_id = conn.execute("SELECT id FROM probes").fetchone()[0]
     answers = tmp_path / "answers.json"

@@ -260,8 +260,8 @@ def run_step(
 ) -> None:
     """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary.
 
-    Exits 3 when it stops at a check-in (the run then waits for a human), so a script
-    can tell that from N days done (exit 0)."""
+    Exits 3 when it stops at a check-in, or finds the run already waiting at one (the
+    run waits for a human), so a script can tell that from N days done (exit 0)."""
     a = app_context(ctx)
     results = step_days(a, run_ref, days)
     if a.opened_checkin is not None:

@@ -77,6 +77,12 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         lambda line: say[0].print(line, soft_wrap=True, markup=False, highlight=False)
     )
     loop = Loop(database, a.settings, factory, a.similarity(), on_predict=predicting)
+    # A run that cannot step is refused before any bar is drawn; one already waiting
+    # at a check-in is where a step would stop anyway: it is named, as a stop would be.
+    waiting = loop.read(lambda store: open_checkin_of(store, run_ref))
+    if waiting is not None:
+        a.opened_checkin = waiting
+        return []
     results: list[DayResult] = []
     columns = (
         SpinnerColumn(),
@@ -87,7 +93,8 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
     )
     with (
         stop_on_interrupt(a.err) as stop,
-        Progress(*columns, console=a.err, transient=False) as progress,
+        # Transient: the day lines stay, and no bar is left frozen where the steps ended.
+        Progress(*columns, console=a.err, transient=True) as progress,
     ):
         task = progress.add_task("stepping", total=days)
         say[0] = progress.console
@@ -117,6 +124,20 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         )
         raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
     return results
+
+
+def open_checkin_of(store: Store, run_ref: str) -> int | None:
+    """The open check-in the run waits at; None if it does not wait. Any other state that
+    cannot step is refused here, with the reason and the command that helps."""
+    from loopsim.loop import refuse_unless_steppable
+
+    run = store.get_run(run_ref)
+    if run.status == RunStatus.AWAITING_CHECKIN:
+        last = store.last_checkin(run.id)
+        if last is not None and last.decision is None:
+            return last.id
+    refuse_unless_steppable(run)
+    return None
 
 
 class Predicting:
