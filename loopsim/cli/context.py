@@ -62,8 +62,12 @@ class AppContext:
     out: Console = field(
         default_factory=lambda: _Stdout(highlight=False, soft_wrap=True, markup=False, emoji=False)
     )
+    # Soft-wrapped, as stdout: a long path or command in a message stays one line for the
+    # terminal to wrap, not broken by a newline where a copy or a script would trip on it.
     err: Console = field(
-        default_factory=lambda: Console(stderr=True, highlight=False, markup=False, emoji=False)
+        default_factory=lambda: Console(
+            stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False
+        )
     )
 
     @property
