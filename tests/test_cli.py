@@ -419,3 +419,30 @@ def test_one_entry_reads_as_one_entry(cli_factory, sqlite_url, run_id):
     assert "1 entries" not in stepped.stderr
     verified = cli("record", "verify", run_id).stdout
     assert f"ok: run {run_id}, 1 entry, head" in verified
+
+
+def test_asking_for_the_status_a_run_has_already_changes_nothing(cli, run_id):
+    """`run pause` twice, or `run resume` of a running run, is done already: exit 0 and
+    say so, as a script retrying the command expects; a move the run cannot make is
+    still refused."""
+    assert cli("run", "pause", run_id).exit_code == 0
+    again = cli("run", "pause", run_id)
+    assert again.exit_code == 0, again.output
+    assert f"run {run_id} is already paused" in again.stderr
+    assert cli("run", "resume", run_id).exit_code == 0
+    again = cli("run", "resume", run_id)
+    assert again.exit_code == 0, again.output
+    assert "already running" in again.stderr
+    assert cli("run", "halt", run_id).exit_code == 0
+    refused = cli("run", "resume", run_id)
+    assert refused.exit_code == 1
+    assert "is halted; cannot make it running" in last_error(refused)
+
+
+def test_upgrading_an_empty_file_says_it_was_created(cli_factory, tmp_path):
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    result = cli_factory(str(path))("db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"created {path} at schema "), result.stderr
+    assert "None" not in result.stderr

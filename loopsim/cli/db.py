@@ -51,7 +51,7 @@ def db_upgrade(
         result = dbmod.upgrade(a.url, _revision(revision))
     except CommandError as exc:  # alembic's own errors name unknown revisions
         raise SpecError(f"cannot upgrade to {revision!r}: {exc}") from None
-    if result.created:
+    if result.created or result.before is None:  # a new file, or an empty one
         a.err.print(f"created {result.where} at schema {result.after}")
     elif result.before == result.after:
         a.err.print(f"{result.where} is already at schema {result.after}")

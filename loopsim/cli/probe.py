@@ -17,6 +17,7 @@ from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record.store import Store
+from loopsim.text import plural
 
 app = typer.Typer(no_args_is_help=True, help="The run's bank of probe questions.")
 
@@ -82,7 +83,7 @@ def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
             if probe.status != "proposed":
                 raise InvalidState(f"probe {probe.id} is {probe.status}, not proposed")
             probe.status = status
-    a.err.print(f"{status} {len(ids)} probe(s)")
+    a.err.print(f"{status} {plural(len(ids), 'probe')}")
 
 
 @app.command("accept")

@@ -184,6 +184,9 @@ def set_status(
     with a.open_db().write() as session:
         store = Store(session)
         run = store.get_run(run_ref, lock=True)
+        if run.status == to:  # asked twice: done already, nothing to change
+            a.err.print(f"run {run.id} is already {to}")
+            return
         if run.status not in allowed:
             raise InvalidState(f"run {run.id} is {run.status}; cannot make it {to}")
         store.set_status(run, to, reason)
