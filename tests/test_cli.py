@@ -292,7 +292,14 @@ def test_downgrade_refuses_until_upgrade_then_data_is_intact(cli, run_id, sqlite
     refused = cli("run", "show", run_id)
     assert refused.exit_code == 1
     assert "`loopsim db upgrade`" in one_line_error(refused)
+    # db status shows the schema it found, on stdout, and what to do; exit 1 all the same
+    status = cli("db", "status")
+    assert status.exit_code == 1
+    assert "is at schema 0001, behind " in status.stdout
+    assert "`loopsim db upgrade`" in status.stdout
+    assert "error" not in status.stderr
     assert cli("db", "upgrade").exit_code == 0
+    assert "(current)" in cli("db", "status").stdout
     assert json.loads(cli("run", "show", run_id, "--json").stdout)["id"] == run_id
     assert cli("db", "downgrade", "nonsense").exit_code == 2
 

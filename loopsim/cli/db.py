@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from loopsim.cli.context import JsonOpt, app_context
-from loopsim.errors import LoopsimError, SpecError
+from loopsim.errors import LoopsimError, SchemaOutdated, SchemaTooNew, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record import db as dbmod
 from loopsim.record import maintenance
@@ -85,9 +85,14 @@ def db_downgrade(
 @app.command("status")
 def db_status(ctx: typer.Context) -> None:
     """Show where the database is, whether its schema is current, and when `db check`
-    last checked it."""
+    last checked it. Exits 1 when the schema is not this loopsim's, saying which it is
+    and what to do."""
     a = app_context(ctx)
-    database = a.open_db()
+    try:
+        database = a.open_db()
+    except (SchemaOutdated, SchemaTooNew) as exc:  # a status to show, not a failure to say
+        a.out.print(Text(exc.message))
+        raise typer.Exit(1) from None
     with database.read() as session:
         store = Store(session)
         runs = len(store.list_runs())
