@@ -59,7 +59,7 @@ from loopsim.researcher.day import (
     unreachable,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, build_prompt, grammar_constrained
+from loopsim.researcher.prompts import Prompt, build_prompt, echoes, grammar_constrained
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.specs import SpecCache
@@ -401,7 +401,12 @@ class Loop:
             for task, (probe_id, prompt) in enumerate(prompts, 1):
                 chat = self._chat(model_id, spec)  # built once, and only if there is a probe
                 asking = answer_conversation(
-                    prompt, salt=number, max_retries=self.settings.max_retries, log=calls, task=task
+                    prompt,
+                    salt=number,
+                    max_retries=self.settings.max_retries,
+                    log=calls,
+                    task=task,
+                    echo=echoes(model_id),
                 )
                 with untraced():  # a tracer would show the prediction before the answer
                     result = drive(asking, chat)

@@ -130,7 +130,7 @@ def test_demo_leaves_three_verified_original_days_and_a_report(tmp_path):
     """`make demo`'s 3 days: verified, reported, and in the model's own words. The 270M
     model copied the prompt's example entry ("The simplest explanation first") in 9 of 9
     days; now no entry shares a run of 8 words with its day's instructions."""
-    from loopsim.researcher.conversation import copied_run, shingles
+    from loopsim.researcher.copies import copied_run, shingles
     from loopsim.researcher.prompts import EXAMPLE_ENTRY
 
     db, report = tmp_path / "demo.db", tmp_path / "report.md"

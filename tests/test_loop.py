@@ -467,3 +467,29 @@ def test_stepping_days_reads_the_check_in_history_once_a_day(database, spec):
     with database.read() as session:
         assert Store(session).get_run(run_id).status == RunStatus.AWAITING_CHECKIN
     assert read_in_three_days == 3 + 1
+
+
+def test_the_embedded_model_is_not_shown_its_invalid_reply_on_a_retry(database, spec):
+    """The embedded 270M model copies its context: shown its invalid reply as the last
+    assistant turn, it sent it back byte for byte on every retry. Its retry asks the first
+    prompt again with the reason added to the last turn; a hosted model still sees its
+    reply, to mend it."""
+    bad = '{"entries": [{"kind": "note", "title": "15.06.2024", "body": "Copied."}]}'
+    embedded = make_run(database, spec, model="llamacpp:gemma3-270m")
+    loop, model = loop_for(database, [bad, GOOD])
+    (result,) = loop.run_days(embedded, 1)
+    assert result.status == DayStatus.COMMITTED
+    first, retry = model.calls
+    assert len(retry) == len(first)
+    assert [m.type for m in retry] == [m.type for m in first]
+    assert "15.06.2024" not in "".join(m.text for m in retry)
+    assert retry[-1].text.startswith(first[-1].text)
+    assert "(Your last reply was not valid: " in retry[-1].text
+    assert "mostly not letters" in retry[-1].text
+
+    hosted = make_run(database, spec, model="openai:some-model")
+    loop, model = loop_for(database, [bad, GOOD])
+    loop.run_days(hosted, 1)
+    first, retry = model.calls
+    assert [m.type for m in retry] == [*(m.type for m in first), "ai", "human"]
+    assert "15.06.2024" in retry[-2].text

@@ -103,7 +103,7 @@ def test_parse_report_repairs_nothing_but_a_single_fence():
 
 
 def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec):
-    from loopsim.researcher.conversation import (
+    from loopsim.researcher.copies import (
         SHINGLE_WORDS,
         copied_run,
         instructions_of,
@@ -200,7 +200,7 @@ def test_prompts_stay_byte_identical(spec):
 def test_copying_the_closing_instruction_of_the_user_message_is_refused(database, spec):
     # Seen in the README walkthrough on the 270M model: a committed note whose body was
     # "Today's date is 2025-06-02. Write today's work.", the user message's last line.
-    from loopsim.researcher.conversation import refuse_copies
+    from loopsim.researcher.copies import refuse_copies
     from loopsim.testing import report_json
 
     prompt = prompt_for(database, spec, make_run(database, spec))
@@ -213,3 +213,23 @@ def test_copying_the_closing_instruction_of_the_user_message_is_refused(database
     # The record before it may still be quoted: the charter is the human's, not an order.
     quoted = parse_report(report_json(("note", "Agenda", spec.charter.agenda)))
     assert refuse_copies(quoted, prompt) is quoted
+
+
+def test_a_probe_retry_without_echo_asks_the_first_prompt_again(database, spec):
+    """The embedded model's probe predictions came back as the prompt copied out, over
+    2,000 characters, three times over once shown their own copy: without echo, a retry
+    is the first prompt again with the reason added, and no reply of its own in it."""
+    from loopsim.researcher.conversation import answer_conversation, drive
+    from loopsim.testing import scripted_factory
+
+    prompt = prompt_for(database, spec, make_run(database, spec))
+    answer = "Foragers weigh the distance to a patch against the sugar of its nectar."
+    factory, model = scripted_factory(["copied " * 400, answer])
+    handle = factory("llamacpp:gemma3-270m", spec.model, 200)
+    result = drive(answer_conversation(prompt, echo=False), handle)
+    assert result.text == answer
+    first, retry = model.calls
+    assert [m.type for m in retry] == [m.type for m in first]
+    assert "copied copied" not in retry[-1].text
+    assert retry[-1].text.startswith(first[-1].text)
+    assert "(Your last answer is over 2000 characters." in retry[-1].text

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from loopsim.chat.handle import ChatHandle, Reply
 from loopsim.errors import ModelUnavailable
 from loopsim.record.store import EntryInput, Store, sha256_hex
+from loopsim.researcher.copies import refuse_copies
 from loopsim.researcher.prompts import Prompt
 from loopsim.schemas import DayReport
 from loopsim.text import storable
@@ -103,61 +104,6 @@ def parse_json_reply(model: type[M], raw: str) -> M:
 
 def parse_report(raw: str) -> DayReport:
     return parse_json_reply(DayReport, raw)
-
-
-SHINGLE_WORDS = 8
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words, punctuation and JSON syntax dropped."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
-
-
-@functools.lru_cache(maxsize=256)
-def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[tuple[str, ...]]:
-    """Every run of ``n`` consecutive words in ``text``. Kept for the last 256 texts: a
-    run's instructions are the same from one day to the next."""
-    found = words(text)
-    return frozenset(tuple(found[i : i + n]) for i in range(len(found) - n + 1))
-
-
-def copied_run(
-    text: str, source: frozenset[tuple[str, ...]], n: int = SHINGLE_WORDS
-) -> tuple[str, ...] | None:
-    """The first run of ``n`` words of ``text`` that also occurs in ``source`` (the
-    shingles of the instructions), or None: the text is the model's own."""
-    found = words(text)
-    for i in range(len(found) - n + 1):
-        if tuple(found[i : i + n]) in source:
-            return tuple(found[i : i + n])
-    return None
-
-
-def instructions_of(prompt: Prompt) -> str:
-    """A day's instructions: its system message and the user message's closing line ("Today's
-    date is ... Write today's work."); the record between them is a day's to quote."""
-    said = [c if r == "system" else c.rsplit("\n\n", 1)[-1] for r, c in prompt.messages]
-    return "\n".join(said[:2])
-
-
-def refuse_copies(report: DayReport, prompt: Prompt) -> DayReport:
-    """``report`` if none of its text repeats ``SHINGLE_WORDS`` words of the prompt's
-    instructions in a row; else ValueError, whose message is fed back to the model."""
-    source = shingles(instructions_of(prompt))
-    texts: list[tuple[str, str]] = []
-    for i, entry in enumerate(report.entries, 1):
-        texts += [(f"entry {i} title", entry.title), (f"entry {i} body", entry.body)]
-    for i, idea in enumerate(report.ideas, 1):
-        texts += [(f"idea {i} title", idea.title), (f"idea {i} body", idea.body)]
-    texts += [(f"sub-question {i}", q) for i, q in enumerate(report.subquestions, 1)]
-    for where, text in texts:
-        run = copied_run(text, source)
-        if run is not None:
-            raise ValueError(
-                f'{where} copies the instructions word for word ("{" ".join(run)}"); write '
-                "today's work on the charter in your own words"
-            )
-    return report
 
 
 def original_report(prompt: Prompt) -> Callable[[str], DayReport]:
@@ -333,11 +279,13 @@ def ask(
     task: int = 0,
     role: str = "day",
     depth: int = 0,
+    echo: bool = True,
 ) -> Conversation[Asked[T]]:
     """Ask until ``parse`` accepts a reply, feeding each error back, at most
-    ``max_retries`` more times. Every attempt is appended to ``log``, one the endpoint
-    never answered too, which ends the ask with its error."""
-    messages = prompt.as_langchain()
+    ``max_retries`` more times (``echo``: see :func:`retry_messages`). Every attempt is
+    appended to ``log``, one the endpoint never answered too, which ends the ask with its
+    error."""
+    messages = first = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     asked: Asked[T] = Asked()
     for attempt in range(max_retries + 1):
@@ -371,11 +319,28 @@ def ask(
             asked.accepted_call = len(log) - 1
         if asked.value is not None or oversized:
             return asked
-        feedback = (
-            f"That reply was not valid: {asked.error}. Reply again with only the JSON object."
-        )
-        messages = [*messages, AIMessage(content=asked.raw[:4000]), HumanMessage(feedback)]
+        feedback = f"reply was not valid: {asked.error}. Reply again with only the JSON object."
+        messages = retry_messages(messages, first, asked.raw[:4000], feedback, echo)
     return asked
+
+
+def retry_messages(
+    messages: list[BaseMessage], first: list[BaseMessage], reply: str, problem: str, echo: bool
+) -> list[BaseMessage]:
+    """The messages of the next attempt after an invalid ``reply``; ``problem`` says what
+    was wrong, as "reply was not valid: ...".
+
+    With ``echo``, the reply and then the problem follow as turns of their own: a capable
+    model mends what it is shown. Without, the first prompt (``first``) is asked again,
+    with the problem added to its last turn and the reply left out: a small model that
+    copies its context (the embedded one, whose retries came back byte for byte the same
+    reply when shown it) would write it again."""
+    if echo:
+        return [*messages, AIMessage(content=reply), HumanMessage(f"That {problem}")]
+    *head, last = first
+    if not isinstance(last, HumanMessage):
+        return [*first, HumanMessage(f"Your last {problem}")]
+    return [*head, HumanMessage(f"{last.content}\n\n(Your last {problem})")]
 
 
 def _log(
@@ -459,11 +424,13 @@ def answer_conversation(
     max_retries: int = 2,
     log: list[Logged] | None = None,
     task: int = 0,
+    echo: bool = True,
 ) -> Conversation[Answer]:
-    """:func:`answer`; every attempt is logged as a ``probe`` call, an unanswered one too."""
+    """:func:`answer`; every attempt is logged as a ``probe`` call, an unanswered one too.
+    ``echo``: see :func:`retry_messages`."""
     from loopsim.schemas import degeneracy
 
-    messages = prompt.as_langchain()
+    messages = first = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     result = Answer(None, None)
     for attempt in range(max_retries + 1):
@@ -488,9 +455,6 @@ def answer_conversation(
         if problem is None:
             result.text = text
             return result
-        messages = [
-            *messages,
-            AIMessage(content=text[:2000]),
-            HumanMessage(f"That answer {problem}. Answer again in plain sentences."),
-        ]
+        retry = f"answer {problem}. Answer again in plain sentences."
+        messages = retry_messages(messages, first, text[:2000], retry, echo)
     return result

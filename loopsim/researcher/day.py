@@ -47,7 +47,7 @@ from loopsim.researcher.conversation import (
     reply_schema,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, persona_text
+from loopsim.researcher.prompts import Prompt, echoes, persona_text
 from loopsim.researcher.view import ViewEntry, build_view
 from loopsim.schemas import (
     Author,
@@ -323,6 +323,7 @@ class _Day:
             task=self.tasks,
             role=role,
             depth=depth,
+            echo=echoes(self.planned.model_id),
         )
         self.outcome.add(asked)
         return asked
@@ -352,6 +353,7 @@ def day_conversation(
         max_retries=max_retries,
         max_chars=max_chars,
         log=outcome.calls,
+        echo=echoes(planned.model_id),
     )
     outcome.add(asked)
     outcome.report, outcome.raw, outcome.error = asked.value, asked.raw, asked.error

@@ -29,7 +29,7 @@ DEFAULT_CONDITIONAL = Conditional()
 # The example is about method, not any topic, so it biases no charter. Only models whose
 # decoding is not held to the schema see it (see :func:`grammar_constrained`): the embedded
 # 270M model copied any example word for word, and its grammar already gives it the shape.
-# A reply that copies the instructions is refused either way (:func:`copied_run`).
+# A reply that copies the instructions is refused either way (researcher/copies.py).
 EXAMPLE_ENTRY = {
     "kind": "hypothesis",
     "title": "The simplest explanation first",
@@ -72,6 +72,13 @@ def grammar_constrained(model_id: str) -> bool:
     """Whether this model's decoding is held to the reply's JSON schema by a grammar (the
     embedded llama.cpp path), so that its prompt needs no example reply."""
     return model_id.partition(":")[0].strip().lower() == "llamacpp"
+
+
+def echoes(model_id: str) -> bool:
+    """Whether a retry shows this model its invalid reply (see
+    :func:`loopsim.researcher.conversation.retry_messages`): not the embedded model, which
+    copies what its context holds and sent the same invalid reply back each time."""
+    return not grammar_constrained(model_id)
 
 
 def example_reply(subquestions: int = 0, ideas: int = 0) -> str:
