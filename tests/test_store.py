@@ -316,3 +316,35 @@ def test_a_batch_of_entries_is_one_insert_and_each_gets_its_own_id(any_db, spec)
         assert stored[entry.seq][0] == entry.id
         assert stored[entry.seq][2] == entry.title
     assert stored[tree[1].seq][1] == tree[0].id
+
+
+def test_a_question_asked_again_is_not_proposed_again(any_db, spec):
+    """A memoryless researcher asks the same question day after day: it is offered as a
+    probe once (five identical proposals were seen in a first-hour walkthrough), in any
+    status, while a new question is still offered."""
+    run_id = make_run(any_db, spec)
+    same = "Do foragers prefer near patches when nectar is dilute?"
+    days = [
+        [same, same],  # twice in one day
+        [same, "How far do scouts fly on a cold morning?"],
+        [same],
+    ]
+    proposed = []
+    for index, questions in enumerate(days, 1):
+        with any_db.write() as session:
+            store = Store(session)
+            day = add_day(store, run_id, index)
+            entries = store.append_entries(
+                run_id,
+                [EntryInput("question", f"Question {k}", q) for k, q in enumerate(questions)],
+                day=day,
+                external_date=DATE,
+            )
+            proposed.append(store.propose_probes(entries))
+            if index == 1:  # a human rejects it: asked again, it stays rejected
+                (probe,) = store.list_probes(run_id, "proposed")
+                probe.status = "rejected"
+    assert proposed == [1, 1, 0]
+    with any_db.read() as session:
+        questions = [p.question for p in Store(session).list_probes(run_id)]
+    assert sorted(questions) == sorted({same, "How far do scouts fly on a cold morning?"})

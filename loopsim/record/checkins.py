@@ -84,21 +84,33 @@ class ProbeQueries(StoreBase):
     """Probes: proposed by the researcher, accepted or rejected by a human."""
 
     def propose_probes(self, entries: Sequence[Entry]) -> int:
-        """Offer each researcher question as a probe; a human must accept it first."""
-        rows = [
-            dict(
-                run_id=entry.run_id,
-                question=entry.body[:500],
-                source="researcher",
-                status="proposed",
-                proposed_in_entry_id=entry.id,
-                created_at=entry.created_at,
-            )
-            for entry in entries
-            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER
-        ]
+        """Offer each researcher question as a probe; a human must accept it first. A
+        question the run already has as a probe (in any status), word for word, is not
+        offered again: a memoryless researcher asks the same one day after day."""
+        rows: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            if entry.kind == EntryKind.QUESTION and entry.author == Author.RESEARCHER:
+                question = entry.body[:500]
+                rows.setdefault(
+                    question,
+                    dict(
+                        run_id=entry.run_id,
+                        question=question,
+                        source="researcher",
+                        status="proposed",
+                        proposed_in_entry_id=entry.id,
+                        created_at=entry.created_at,
+                    ),
+                )
+        if not rows:
+            return 0
+        run_id = next(iter(rows.values()))["run_id"]
+        for question in self._core().scalars(
+            select(Probe.question).where(Probe.run_id == run_id, one_of(Probe.question, [*rows]))
+        ):
+            rows.pop(question, None)
         if rows:  # one executemany on Core: nothing reads the new probes back here
-            self._core().execute(insert(cast(Table, Probe.__table__)), rows)
+            self._core().execute(insert(cast(Table, Probe.__table__)), list(rows.values()))
         return len(rows)
 
     def list_probes(self, run_id: str, status: str | None = None) -> Sequence[Probe]:
