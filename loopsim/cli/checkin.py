@@ -136,7 +136,8 @@ def _apply(
     if outcome.agreement is not None:
         extra += f"; agreement {outcome.agreement:.2f}"
         if outcome.ceiling is not None:
-            extra += f" (your own retest similarity {outcome.ceiling:.2f} is 1.00)"
+            # The scale's top: a prediction as close as the human's own retests were.
+            extra += f" (1.00: as close as your own retests, similarity {outcome.ceiling:.2f})"
     # One line each, whatever the width: scripts read them, and rich would fold them at 80
     # columns when stderr is a pipe.
     a.err.print(
