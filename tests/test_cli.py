@@ -143,8 +143,11 @@ def test_create_list_show_step_verify_export(cli, run_id, tmp_path):
     assert "4 entries" in verified.stdout
 
     record = cli("record", "show", run_id, "--day", "2").stdout
-    assert "day 2  2025-06-02" in record
+    assert record.startswith("day 2  2025-06-02\n")  # no blank line on top
     assert "day 1" not in record
+    whole = cli("record", "show", run_id).stdout
+    assert whole.startswith("day 1  ")
+    assert "\n\nday 2  " in whole  # days stand apart
 
     md = cli("export", run_id, "--format", "md").stdout
     assert "## Day 1: 2025-06-02" in md

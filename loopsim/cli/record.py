@@ -57,11 +57,12 @@ def record_show(
         for entry, day_index, status, date in page:
             if day_index != current:
                 current, depth = day_index, {}
+                gap = "\n" if shown or parts else ""  # a blank line between days, none on top
                 if day_index is None:
-                    parts.append(("\noutside any day\n", "bold"))
+                    parts.append((f"{gap}outside any day\n", "bold"))
                 else:
                     mark = "" if status == DayStatus.COMMITTED else f"  [{status}]"
-                    parts.append((f"\nday {day_index}  {date}{mark}\n", "bold"))
+                    parts.append((f"{gap}day {day_index}  {date}{mark}\n", "bold"))
             style = "strike" if status == DayStatus.REVERTED else ""
             level = 0
             if entry.parent_id is not None:
