@@ -119,6 +119,8 @@ def test_two_forks_with_different_conditionals_diverge_after_their_common_prefix
     assert divergences(with_parent) == {3: 0.0, 4: None}  # the parent has no day 4
 
     text = ok(cli, "run", "compare", a, b).stdout
+    assert f"A  {a}  " in text
+    assert ", last day 4)" in text  # an index, not a count: "4 days" misread as one
     assert "common prefix: days 1-2 (2025-06-02)" in text
     assert "mean divergence:" in text
     assert "spec differs in: conditional" in text

@@ -75,8 +75,11 @@ def _checkin_line(name: str, row: CheckinRow) -> Text:
 
 def _print(out: Console, result: Comparison) -> None:
     a, b, prefix = result.a, result.b, result.prefix
-    out.print(Text(f"A  {a.id}  {safe_text(a.name)}  ({a.status}, {a.last_day} days)"))
-    out.print(Text(f"B  {b.id}  {safe_text(b.name)}  ({b.status}, {b.last_day} days)"))
+    # The last committed day's index, not a count: a reverted day keeps its index, so a
+    # run can be at day 5 with 4 days committed (`run list` counts those).
+    for name, side in (("A", a), ("B", b)):
+        last = f"last day {side.last_day}" if side.last_day else "no day yet"
+        out.print(Text(f"{name}  {side.id}  {safe_text(side.name)}  ({side.status}, {last})"))
     out.print(Text(f"relation: {prefix.relation}"))
     if prefix.days:
         date = f" ({prefix.external_date})" if prefix.external_date else ""
