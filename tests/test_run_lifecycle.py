@@ -60,7 +60,7 @@ def test_run_create_refuses_a_model_id_no_provider_could_build(
     assert result.exit_code == 2
     line = one_line_error(result)
     assert said in line
-    assert f"[model] name '{model}'" in line
+    assert f"{spec}: [model] name '{model}'" in line
     assert digest(Path(sqlite_url)) == before
 
 

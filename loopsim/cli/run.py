@@ -74,7 +74,8 @@ def run_create(
     spec = load_spec(spec_path)  # validated before the database is touched
     model = spec.model.name or a.settings.model
     # Checked now, not at the first step: a typo is refused before anything is written.
-    check_model_id(model, "[model] name" if spec.model.name else "LOOPSIM_MODEL")
+    # Named as every other spec error is: the file, then the field.
+    check_model_id(model, f"{spec_path}: [model] name" if spec.model.name else "LOOPSIM_MODEL")
     database = a.open_db()
     with database.write() as session:
         run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
