@@ -1197,8 +1197,10 @@ def test_damage_to_any_one_page_is_one_line_and_leaves_the_file_as_it_was(
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("", "the database is empty"),
-        ("   ", "the database is empty"),
+        ("", "no database given: --db (or LOOPSIM_DATABASE_URL) is empty"),
+        ("   ", "no database given"),
+        (".", ". is a folder; give the database file's path, such as loopsim.db"),
+        ("sqlite:///.", "is a folder; give the database file's path"),
         ("sqlite://", "in-memory SQLite database keeps nothing"),
         ("sqlite:///:memory:", "in-memory SQLite database keeps nothing"),
         ("foo://bar", "foo: loopsim keeps records in SQLite"),

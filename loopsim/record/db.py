@@ -75,10 +75,11 @@ def normalize_url(url_or_path: str) -> URL:
     """Accept a SQLAlchemy URL or a plain file path (taken as SQLite). Refuse what would
     keep nothing or could never open: an empty value, in-memory SQLite, other backends."""
     if not url_or_path.strip():
-        raise DatabaseError("the database is empty: give --db or LOOPSIM_DATABASE_URL a value")
+        raise DatabaseError(
+            "no database given: --db (or LOOPSIM_DATABASE_URL) is empty; give a file path or URL"
+        )
     if "://" not in url_or_path:
-        path = Path(url_or_path).expanduser()
-        return URL.create("sqlite", database=str(path))
+        return _not_a_folder(URL.create("sqlite", database=str(Path(url_or_path).expanduser())))
     try:
         url = make_url(url_or_path)
     except exc.ArgumentError:
@@ -90,6 +91,17 @@ def normalize_url(url_or_path: str) -> URL:
         )
     if url.get_backend_name() == "sqlite" and sqlite_path(url) is None:
         raise DatabaseError("an in-memory SQLite database keeps nothing; give a file path")
+    return _not_a_folder(url)
+
+
+def _not_a_folder(url: URL) -> URL:
+    """``url``, unless it names a folder where a SQLite file should be (SQLite itself says
+    only "disk I/O error")."""
+    path = sqlite_path(url)
+    if path is not None and path.is_dir():
+        raise DatabaseError(
+            f"{path} is a folder; give the database file's path, such as {path / 'loopsim.db'}"
+        )
     return url
 
 
