@@ -65,6 +65,32 @@ def test_check_passes_a_sound_database_and_status_says_when(cli_factory, sqlite_
 
 
 @pytest.mark.postgres
+def test_a_file_sqlite_cannot_open_is_an_error_not_a_problem_found(
+    cli_factory, sqlite_url, spec, monkeypatch
+):
+    """In a read-only folder SQLite cannot make the -shm file, and says only "unable to
+    open database file". db check listed that as a problem of the file ("1 problem
+    found"), which reads as damage; it is an error saying why, and the file is as it was.
+    (SQLite's refusal is simulated here: a read-only folder needs a mount to make.)"""
+    from loopsim.record import maintenance
+
+    seed(sqlite_url, spec)
+
+    def cannot_open(path: Path) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(maintenance, "readonly", cannot_open)
+    before = file_state(Path(sqlite_url))
+    result = cli_factory(sqlite_url)("db", "check")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    line = one_line_error(result)
+    assert "cannot open" in line
+    assert "is the folder read-only?" in line
+    assert "problem" not in result.stderr
+    assert file_state(Path(sqlite_url)) == before
+
+
 def test_check_verifies_every_chain_on_postgresql(cli_factory, pg_url, spec):
     ids = seed(pg_url, spec)
     cli = cli_factory(pg_url)

@@ -71,6 +71,8 @@ def sqlite_problems(path: Path, *, quick: bool = False) -> list[str]:
         text = str(error).lower()
         if "file is not a database" in text:
             return ["sqlite: not a SQLite file"]
+        if "unable to open" in text or "locked" in text:  # not the file's fault: say why
+            raise translate(error, str(path)) or DatabaseError(f"cannot read {path}") from None
         return [f"sqlite: {text}"]
     except OSError as error:
         raise DatabaseError(f"cannot read {path}: {error.strerror}") from None
