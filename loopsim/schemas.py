@@ -307,9 +307,22 @@ class Decision(StrEnum):
     HALT = "halt"
 
 
+# The time policy's union puts its tag in an error's location ("time.fixed.anchor"); a
+# spec names the field "time.anchor", with the tag in time.policy.
+_TIME_TAGS = frozenset({"fixed", "wall_clock", "per_checkin"})
+
+
 def _describe(error: Any) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
+    parts = [str(part) for part in error["loc"]]
+    if len(parts) > 2 and parts[0] == "time" and parts[1] in _TIME_TAGS:
+        del parts[1]
+    loc = ".".join(parts)
     kind = error["type"]
+    if kind == "extra_forbidden" and len(parts) > 1 and parts[-1] in RunSpec.model_fields:
+        return (
+            f"{loc}: unknown field ({parts[-1]} is a top-level key: in TOML, write it "
+            "above the first [table] header)"
+        )
     if kind == "missing":
         return f"{loc}: missing"
     if kind == "union_tag_invalid":

@@ -73,7 +73,13 @@ def one_line_error(result) -> str:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.fixed.anchor"),
+        # The field as the spec names it: not time.fixed.anchor (the union's tag).
+        (("anchor = 2025-06-02", 'anchor = "2025-13-45"'), "time.anchor: input should be"),
+        # A top-level key written under a table: TOML puts it in that table.
+        (
+            ("anchor = 2025-06-02", 'anchor = 2025-06-02\nprobes = ["Why?"]'),
+            "time.probes: unknown field (probes is a top-level key: in TOML, write it above",
+        ),
         (("anchor = 2025-06-02", "anchor = 2025-02-30"), "time.anchor: invalid TOML"),
         (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
         (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
