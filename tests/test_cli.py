@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 import loopsim
@@ -462,3 +463,29 @@ def test_upgrading_an_empty_file_says_it_was_created(cli_factory, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith(f"created {path} at schema "), result.stderr
     assert "None" not in result.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_run_list_of_no_runs_says_so_and_wide_names_stay_whole_in_a_pipe(
+    cli, tmp_path, monkeypatch, columns
+):
+    """A fresh database's `run list` (a traceback once, from the column fitting), and a
+    name of CJK characters, two terminal cells each: whole into a pipe, cut to fit 80."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    empty = cli("run", "list")
+    assert empty.exit_code == 0, empty.output
+    assert empty.stdout.startswith("no runs yet")
+    name = "蜜蜂の採餌研究プロジェクト第二期の記録"
+    spec = write_spec(tmp_path / "spec.toml", GOOD_SPEC)
+    run_id = cli("run", "create", str(spec), "--name", name).stdout.strip()
+    (line,) = cli("run", "list").stdout.splitlines()[1:]
+    assert line.startswith(run_id)
+    if columns is None:
+        assert name in line
+    else:
+        assert cell_len(line.rstrip()) <= 80, line
+        assert name[:4] in line
+        assert "…" in line

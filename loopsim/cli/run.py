@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -145,6 +146,9 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         a.print_json(rows)
         return
+    if not rows:
+        a.out.print("no runs yet; `loopsim run create SPEC` makes one")
+        return
     drivers = any(row["driver"] for row in rows)
     # A fork names its parent by the first 8 characters of its id, and the fork day.
     fork_of = [f"{r['parent'][:8]}@{r['fork_day']}" if r["parent"] else "-" for r in rows]
@@ -159,14 +163,15 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         *([("driver", [row["driver"] or "-" for row in rows])] if drivers else []),
         *([("fork of", fork_of)] if forks else []),
     ]
-    wants = {name: max(len(name), *map(len, cells)) for name, cells in columns}
+    # In terminal cells, not characters: a CJK character takes two.
+    wants = {name: max(cell_len(name), *map(cell_len, cells)) for name, cells in columns}
     widths = dict(wants)
-    if a.out.is_terminal or "COLUMNS" in os.environ:
+    if a.out.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
         # Each run on one line of the terminal (80 columns included): the name gives way
         # first, then the model and the driver (cut with an ellipsis), and last the id,
         # to a 12-character prefix that any command still takes (rather than one that
-        # looks whole). Into a pipe, with no
-        # COLUMNS set, nothing is cut: every value whole, for grep and awk.
+        # looks whole). Into a pipe, with no COLUMNS set, nothing is cut: every value
+        # whole, for grep and awk.
         room = a.out.width - 2 * (len(columns) - 1)
         floors = {"name": 4, "model": 8, "driver": 8}
         widths = fit_widths(room, wants, floors)
@@ -182,9 +187,6 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
     for cells in zip(*(cells for _name, cells in columns), strict=True):
         table.add_row(*(Text(cell) for cell in cells))
-    if not rows:
-        a.out.print("no runs yet; `loopsim run create SPEC` makes one")
-        return
     fitted = a.out.width
     a.out.width = max(fitted, sum(widths.values()) + 2 * len(columns))  # a pipe: no cut
     try:
