@@ -77,9 +77,9 @@ def _print(out: Console, result: Comparison) -> None:
     a, b, prefix = result.a, result.b, result.prefix
     # The last committed day's index, not a count: a reverted day keeps its index, so a
     # run can be at day 5 with 4 days committed (`run list` counts those).
-    for name, side in (("A", a), ("B", b)):
-        last = f"last day {side.last_day}" if side.last_day else "no day yet"
-        out.print(Text(f"{name}  {side.id}  {safe_text(side.name)}  ({side.status}, {last})"))
+    for letter, run in (("A", a), ("B", b)):
+        reached = f"last day {run.last_day}" if run.last_day else "no day yet"
+        out.print(Text(f"{letter}  {run.id}  {safe_text(run.name)}  ({run.status}, {reached})"))
     out.print(Text(f"relation: {prefix.relation}"))
     if prefix.days:
         date = f" ({prefix.external_date})" if prefix.external_date else ""
