@@ -484,8 +484,16 @@ def test_the_embedded_model_is_not_shown_its_invalid_reply_on_a_retry(database, 
     assert [m.type for m in retry] == [m.type for m in first]
     assert "15.06.2024" not in "".join(m.text for m in retry)
     assert retry[-1].text.startswith(first[-1].text)
-    assert "(Your last reply was not valid: " in retry[-1].text
+    assert "(Try 2. Your last reply was not valid: " in retry[-1].text
     assert "mostly not letters" in retry[-1].text
+
+    # The same invalid reply twice: the third try is still not the second's prompt.
+    again = make_run(database, spec, model="llamacpp:gemma3-270m")
+    loop, model = loop_for(database, [bad, bad, GOOD])
+    loop.run_days(again, 1)
+    _, second, third = model.calls
+    assert second[-1].text != third[-1].text
+    assert "(Try 3. Your last reply" in third[-1].text
 
     hosted = make_run(database, spec, model="openai:some-model")
     loop, model = loop_for(database, [bad, GOOD])

@@ -232,4 +232,4 @@ def test_a_probe_retry_without_echo_asks_the_first_prompt_again(database, spec):
     assert [m.type for m in retry] == [m.type for m in first]
     assert "copied copied" not in retry[-1].text
     assert retry[-1].text.startswith(first[-1].text)
-    assert "(Your last answer is over 2000 characters." in retry[-1].text
+    assert "(Try 2. Your last answer is over 2000 characters." in retry[-1].text

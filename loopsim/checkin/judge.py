@@ -24,7 +24,7 @@ from loopsim.researcher.conversation import (
     parse_json_reply,
     reply_schema,
 )
-from loopsim.researcher.prompts import Prompt
+from loopsim.researcher.prompts import Prompt, echoes
 
 JUDGE_SYSTEM = (
     "You compare two answers to the same question and rate how far they hold the same "
@@ -86,6 +86,7 @@ def judge(
                 max_chars=4000,
                 log=log,
                 role="judge",
+                echo=echoes(chat.model_id),
             ),
             chat,
         )

@@ -320,27 +320,34 @@ def ask(
         if asked.value is not None or oversized:
             return asked
         feedback = f"reply was not valid: {asked.error}. Reply again with only the JSON object."
-        messages = retry_messages(messages, first, asked.raw[:4000], feedback, echo)
+        messages = retry_messages(messages, first, asked.raw[:4000], feedback, echo, attempt + 2)
     return asked
 
 
 def retry_messages(
-    messages: list[BaseMessage], first: list[BaseMessage], reply: str, problem: str, echo: bool
+    messages: list[BaseMessage],
+    first: list[BaseMessage],
+    reply: str,
+    problem: str,
+    echo: bool,
+    attempt: int,
 ) -> list[BaseMessage]:
-    """The messages of the next attempt after an invalid ``reply``; ``problem`` says what
-    was wrong, as "reply was not valid: ...".
+    """The messages of ``attempt`` (2 for the first retry) after an invalid ``reply``;
+    ``problem`` says what was wrong, as "reply was not valid: ...".
 
     With ``echo``, the reply and then the problem follow as turns of their own: a capable
     model mends what it is shown. Without, the first prompt (``first``) is asked again,
-    with the problem added to its last turn and the reply left out: a small model that
-    copies its context (the embedded one, whose retries came back byte for byte the same
-    reply when shown it) would write it again."""
+    with the problem and the attempt's number added to its last turn and the reply left
+    out: a small model that copies its context (the embedded one, whose retries came back
+    byte for byte the same reply when shown it) would write it again. The number keeps
+    two retries after the same invalid reply from being the same prompt."""
     if echo:
         return [*messages, AIMessage(content=reply), HumanMessage(f"That {problem}")]
+    note = f"(Try {attempt}. Your last {problem})"
     *head, last = first
     if not isinstance(last, HumanMessage):
-        return [*first, HumanMessage(f"Your last {problem}")]
-    return [*head, HumanMessage(f"{last.content}\n\n(Your last {problem})")]
+        return [*first, HumanMessage(note)]
+    return [*head, HumanMessage(f"{last.content}\n\n{note}")]
 
 
 def _log(
@@ -456,5 +463,5 @@ def answer_conversation(
             result.text = text
             return result
         retry = f"answer {problem}. Answer again in plain sentences."
-        messages = retry_messages(messages, first, text[:2000], retry, echo)
+        messages = retry_messages(messages, first, text[:2000], retry, echo, attempt + 2)
     return result
