@@ -191,6 +191,9 @@ def test_failed_days_exit_non_zero_then_fail_the_run_and_resume_continues(
     result = cli("run", "step", run_id, "--days", "3")
     assert result.exit_code == 1
     assert "run resume" in last_error(result)
+    # Only failed days so far: record show lists them, from its first line.
+    shown = cli("record", "show", run_id).stdout
+    assert shown.startswith("day 1  failed after "), shown
     good, _ = scripted_factory()
     cli = cli_factory(sqlite_url, good)
     assert cli("run", "step", run_id).exit_code == 1  # failed: refused

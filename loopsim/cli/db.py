@@ -91,7 +91,7 @@ def db_status(ctx: typer.Context) -> None:
     try:
         database = a.open_db()
     except (SchemaOutdated, SchemaTooNew) as exc:  # a status to show, not a failure to say
-        a.out.print(Text(exc.message))
+        a.out.print(Text(safe_text(exc.message)))
         raise typer.Exit(1) from None
     with database.read() as session:
         store = Store(session)

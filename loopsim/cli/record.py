@@ -82,8 +82,10 @@ def record_show(
         after = page[-1].entry.seq
     for index, attempts, error in failed:
         tried = f"day {index}  failed after {plural(attempts, 'attempt')}"
-        a.out.print(Text(f"\n{tried}: {safe_text(error or '')}", style="red"))
-    if not shown and not failed:
+        gap = "\n" if shown else ""  # apart from the entries above, if any
+        shown += 1
+        a.out.print(Text(f"{gap}{tried}: {safe_text(error or '')}", style="red"))
+    if not shown:
         a.err.print("no entries yet")
 
 
