@@ -316,3 +316,52 @@ def test_backup_while_serve_writes_is_one_moment_of_the_record(stub, tmp_path): 
             source.dispose()
     assert sizes == sorted(sizes), "the copies should grow"
     assert sizes[-1] > sizes[0], "the copies should grow"
+
+
+@contextlib.contextmanager
+def read_only_mount(source: Path, target: Path):
+    """``source`` seen read-only at ``target``: a bind mount remounted read-only, which
+    even root cannot write through. Skips where mounting is not allowed."""
+    target.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if bound.returncode != 0:
+        pytest.skip(f"a read-only bind mount needs root: {bound.stderr.decode().strip()}")
+    try:
+        made = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, check=False
+        )
+        if made.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {made.stderr.decode().strip()}")
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_record_in_a_read_only_folder_is_read_verified_and_checked(cli_factory, spec, tmp_path):
+    """An archived record on read-only media (a snapshot, a share): SQLite could open
+    nothing there, since a WAL reader must make a -shm file beside the database, so
+    every command failed, reads too. It is now read as an immutable file; writes are
+    refused in one line, and nothing is written beside it."""
+    source = tmp_path / "archive"
+    source.mkdir()
+    path = source / "record.db"
+    dbmod.upgrade(str(path))
+    (run_id, _) = seed(str(path), spec)
+    assert sorted(p.name for p in source.iterdir()) == ["record.db"]  # closed: no -wal
+    with read_only_mount(source, tmp_path / "ro") as folder:
+        cli = cli_factory(str(folder / "record.db"))
+        listed = cli("run", "list", "--json")
+        assert listed.exit_code == 0, listed.output
+        assert len(json.loads(listed.stdout)) == 2
+        verified = cli("record", "verify", run_id)
+        assert verified.exit_code == 0, verified.output
+        exported = cli("export", run_id, "--format", "jsonl")
+        assert exported.exit_code == 0, exported.output
+        assert exported.stdout.count('"type": "entry"') == 3
+        checked = cli("db", "check")
+        assert checked.exit_code == 0, checked.output
+        assert "not recorded" in checked.stderr
+        refused = cli("run", "pause", run_id)
+        assert refused.exit_code == 1
+        assert "is read-only here; nothing was written" in one_line_error(refused)
+        assert sorted(p.name for p in folder.iterdir()) == ["record.db"]

@@ -166,9 +166,11 @@ def db_check(
             soft_wrap=True,
         )
     if report.ok:
+        unrecorded = "" if report.recorded else " (read-only here: not recorded for db status)"
         a.err.print(
             f"{report.where}: {kind} ok, foreign keys ok, {report.runs} "
-            f"{'run' if report.runs == 1 else 'runs'} and {report.entries} entries verified",
+            f"{'run' if report.runs == 1 else 'runs'} and {report.entries} entries "
+            f"verified{unrecorded}",
             soft_wrap=True,
         )
         return

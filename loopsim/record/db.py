@@ -50,6 +50,8 @@ from loopsim.errors import (
 from loopsim.record import planner_stats
 from loopsim.record.chain import CHAIN_KEY_INFO
 from loopsim.record.sqlite_file import (
+    frozen,
+    read_only_uri,
     readonly,
     sqlite_revision,
     translated,
@@ -187,11 +189,17 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
             if sqlite_path(url) is not None
             else {"poolclass": NullPool}
         )
-        engine = create_engine(
-            url,
-            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
-            **pooling,
-        )
+        connect_args = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+        path = sqlite_path(url)
+        if path is not None and frozen(path):
+            # A folder nothing can be written to: read the file as it is, or not at all
+            # (a write is refused as SQLite's "readonly database", record/sqlite_file.py).
+            uri = read_only_uri(path)
+            timeout = busy_timeout_ms / 1000
+            pooling["creator"] = lambda: sqlite3.connect(
+                uri, uri=True, timeout=timeout, check_same_thread=False
+            )
+        engine = create_engine(url, connect_args=connect_args, **pooling)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:

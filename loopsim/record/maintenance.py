@@ -24,7 +24,7 @@ from pathlib import Path
 from loopsim import __version__
 from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
 from loopsim.record import db as dbmod
-from loopsim.record.sqlite_file import readonly, translate, truncation
+from loopsim.record.sqlite_file import frozen, readonly, translate, truncation
 from loopsim.record.store import Store
 
 # Problems SQLite's integrity check lists at most; past that, one more line says so.
@@ -120,7 +120,8 @@ def check(
                 if on_run is not None:
                     on_run(done, len(run_ids))
         report.runs = len(run_ids)
-        if record:
+        # A file in a folder nothing can write to is checked, and the check not recorded.
+        if record and not (path is not None and frozen(path)):
             with database.write() as session:
                 Store(session).record_integrity_check(
                     quick=quick,

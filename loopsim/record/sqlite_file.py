@@ -5,6 +5,7 @@ before anything opens it for writing (see :mod:`loopsim.record.db`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
@@ -66,8 +67,24 @@ def readonly(path: Path) -> sqlite3.Connection:
     ("How To Corrupt An SQLite Database File", section 2.2). SQLite's own connections
     share one lock table per file within a process, so opening and closing this one is
     safe."""
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=30)
+    return sqlite3.connect(read_only_uri(path), uri=True, timeout=30)
+
+
+def frozen(path: Path) -> bool:
+    """Whether ``path`` must be read as an immutable file: its folder cannot be written
+    (a read-only mount, an archive share), so SQLite cannot make the ``-shm`` file every
+    WAL reader needs and opens nothing; and nothing else has it open (no ``-shm`` file)
+    or holds changes in a ``-wal`` file that a read of the file alone would miss."""
+    if os.access(path.parent, os.W_OK):
+        return False
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    return not shm.exists() and not (wal.exists() and wal.stat().st_size > 0)
+
+
+def read_only_uri(path: Path) -> str:
+    """The URI that opens ``path`` for reading only: immutable where it is frozen."""
+    immutable = "&immutable=1" if frozen(path) else ""
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro{immutable}"
 
 
 def truncation(conn: sqlite3.Connection, path: Path) -> str | None:
