@@ -1332,3 +1332,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(small_record):
     # The reader got what it wanted: exit 0, as `cat file | head` does under pipefail.
     assert proc.wait(timeout=120) == 0
     assert err == "", err
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("postgres@{host}/loopsim_no_such_db", 'database "loopsim_no_such_db" does not exist'),
+        ("loopsim_no_such_role@{host}/postgres", 'role "loopsim_no_such_role" does not exist'),
+        ("postgres@no-such-host.invalid:5432/postgres", "no-such-host.invalid"),
+    ],
+)
+@pytest.mark.parametrize("command", [["db", "status"], ["db", "upgrade"], ["run", "list"]])
+def test_a_postgresql_server_that_will_not_have_us_is_one_line(pg_server, where, says, command):
+    """An unknown database (before CREATE DATABASE), an unknown role or a host typo ended
+    in a 60-frame traceback; only "connection refused" was one line."""
+    host = pg_server.split("@", 1)[1].split("/", 1)[0]
+    url = "postgresql+psycopg://" + where.format(host=host)
+    result = CliRunner().invoke(app, ["--db", url, *command])
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert line.startswith("error: cannot connect to postgresql+psycopg://"), line
+    assert says in line

@@ -35,9 +35,27 @@ def translate(error: Exception, where: str) -> DatabaseError | None:
             f"cannot open {where}: {text.strip().splitlines()[0]} (SQLite needs to write "
             "its -wal and -shm files beside the database: is the folder read-only?)"
         )
-    if "could not connect" in text or "connection refused" in text:
-        return DatabaseError(f"cannot connect to {where}: {text.strip().splitlines()[0]}")
+    if any(sign in text for sign in _CANNOT_CONNECT):
+        said = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        said = said.rpartition("FATAL:")[2].strip() or said  # the server's own reason
+        hint = ""
+        if "database" in said and "does not exist" in said:
+            hint = "; create it (CREATE DATABASE), then `loopsim db upgrade`"
+        return DatabaseError(f"cannot connect to {where}: {' '.join(said.split())}{hint}")
     return None
+
+
+# How a PostgreSQL driver says it never got a session: refused, unknown host, unknown
+# database or role, a password it would not take.
+_CANNOT_CONNECT = (
+    "could not connect",
+    "connection refused",
+    "connection failed",
+    "failed to resolve host",
+    "could not translate host name",
+    "password authentication failed",
+    "no password supplied",
+)
 
 
 @contextlib.contextmanager
