@@ -233,10 +233,13 @@ class Loopsim:
         *,
         note: str | None = None,
         answers: Answers | None = None,
+        skip_probes: bool = False,
     ) -> Outcome:
         """Decide a check-in once: ``approve``, ``amend`` (with ``note``), ``reject`` or
         ``halt``. ``answers`` maps a probe id to ``{"answer": ..., "rating": 1-5}``; they
-        are stored blind before any prediction is read."""
+        are stored blind before any prediction is read, and checked as `checkin decide`
+        checks an answers file. Approve and amend are refused while a probe has no answer,
+        unless ``skip_probes`` (`--skip-probes`)."""
         from loopsim.checkin.decision import decide
         from loopsim.schemas import Decision
 
@@ -246,7 +249,13 @@ class Loopsim:
             choices = ", ".join(d.value for d in Decision)
             raise SpecError(f"decision {decision!r}: give one of {choices}") from None
         return decide(
-            self.db, checkin_id, chosen, note=note, answers=answers, similarity=self.similarity()
+            self.db,
+            checkin_id,
+            chosen,
+            note=note,
+            answers=answers,
+            similarity=self.similarity(),
+            require_answers=not skip_probes,
         )
 
     # ------------------------------------------------------------------ exports

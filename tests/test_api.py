@@ -94,3 +94,36 @@ def test_the_example_runs_against_the_scripted_model_without_matplotlib(tmp_path
     assert [int(day) for day, _ in rows] == [3, 4, 5]
     assert all(float(value) > 0 for _, value in rows)
     assert "mean divergence: 0." in done.stdout
+
+
+def test_decide_checks_answers_as_the_cli_does_and_stores_nothing_bad(sqlite_url):
+    """The Python API took a rating of 9 (agreement 2.0, a drift of -1.0 stored) and
+    raised a TypeError for a rating of "high"; it approved with probes unanswered, which
+    `checkin decide` refuses without --skip-probes."""
+    factory, _ = scripted_factory([thoughtful])
+    spec = {
+        **SPEC,
+        "budget": {"days": 10},
+        "probes": ["How far do foragers fly?", "What decides a patch?"],
+        "checkins": {"every_days": 2, "spot_check_probability": 0.0},
+    }
+    with loopsim.open(
+        sqlite_url, settings=Settings(embeddings="lexical"), chat_factory=factory
+    ) as lab:
+        run = lab.create_run(spec, name="api", model="s:1")
+        lab.step(run, days=2)
+        (checkin,) = lab.checkins(run, pending=True)
+        for bad, says in [
+            ({"answer": "About a kilometre.", "rating": 9}, "rating must be a whole number"),
+            ({"answer": "About a kilometre.", "rating": "high"}, "rating must be a whole"),
+            ({"answer": "  ", "rating": 3}, "answer must be non-empty text"),
+            ("About a kilometre.", "expected {answer, rating}"),
+        ]:
+            with pytest.raises(SpecError, match=re.escape(says)):
+                lab.decide(checkin.id, "approve", answers={1: bad})
+        with pytest.raises(SpecError, match="have no answer"):
+            lab.decide(checkin.id, "approve")
+        assert lab.checkins(run, pending=True) == [checkin]  # nothing was decided
+        outcome = lab.decide(checkin.id, "approve", skip_probes=True)
+        assert outcome.drift.score is None or 0 <= outcome.drift.score <= 1
+        assert lab.checkins(run, pending=True) == []

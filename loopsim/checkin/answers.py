@@ -117,17 +117,25 @@ def load_answers(path: Path) -> dict[int | str, dict[str, Any]]:
                 f'{path}: {key!r}: expected a probe position ("1") or id ("#7") '
                 "and {answer, rating}"
             )
-        answer, rating = value.get("answer"), value.get("rating")
-        if not isinstance(answer, str) or not answer.strip():
-            raise SpecError(f"{path}: {key}: answer must be non-empty text")
-        if _NOT_TEXT.search(answer):  # JSON can spell both; no database stores them
-            raise SpecError(f"{path}: {key}: answer holds a NUL or half a surrogate pair")
-        if rating is not None and (
-            isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5
-        ):
-            raise SpecError(f"{path}: {key}: rating must be a whole number from 1 to 5")
-        out[str(key)] = {"answer": answer.strip(), "rating": rating}
+        out[str(key)] = checked_answer(value, f"{path}: {key}")
     return out
+
+
+def checked_answer(given: Any, where: str) -> dict[str, Any]:
+    """One given answer as stored, ``{"answer": text, "rating": 1 to 5 or None}``, or a
+    SpecError that starts with ``where``: from a file or from the Python API alike."""
+    if not isinstance(given, dict):
+        raise SpecError(f"{where}: expected {{answer, rating}}")
+    answer, rating = given.get("answer"), given.get("rating")
+    if not isinstance(answer, str) or not answer.strip():
+        raise SpecError(f"{where}: answer must be non-empty text")
+    if _NOT_TEXT.search(answer):  # JSON can spell both; no database stores them
+        raise SpecError(f"{where}: answer holds a NUL or half a surrogate pair")
+    if rating is not None and (
+        isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5
+    ):
+        raise SpecError(f"{where}: rating must be a whole number from 1 to 5")
+    return {"answer": answer.strip(), "rating": rating}
 
 
 def expected_keys(pairs: Sequence[tuple[ProbePair, Probe]]) -> str:
@@ -186,7 +194,7 @@ def resolve_answers(
                 f"(#{pair.probe_id}) already has a stored answer, which is never overwritten; "
                 "leave it out of the file; nothing changed"
             )
-        out[pair.id] = given
+        out[pair.id] = checked_answer(given, f'{source}: key "{shown}"')
     return out
 
 
