@@ -39,7 +39,7 @@ from loopsim.config import Settings
 from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
 from loopsim.record.chain import VerifiedHeads
 from loopsim.record.db import Database
-from loopsim.record.leases import Fence, live_holder, take_for_cli
+from loopsim.record.leases import Fence, live_holder, stepped_by_cli, take_for_cli
 from loopsim.record.store import CheckinRow, Store
 from loopsim.record.tables import Run, utcnow
 from loopsim.researcher.conversation import (
@@ -228,18 +228,26 @@ class Loop:
         with self.db.write() as session:
             store = Store(session)
             run = store.get_run(run_ref, lock=True)
-            refuse_unless_steppable(run)
             holder = live_holder(store, run)
-            if holder is not None:
-                raise InvalidState(
-                    f"run {run.id} is being stepped by worker {holder}; "
-                    f"`loopsim run pause {run.id}` stops it at the next day boundary"
-                )
+            taken = run.status == RunStatus.PAUSED and holder is None and not stepped_by_cli(run)
+            if not taken:
+                refuse_unless_steppable(run)
+                if holder is not None:
+                    raise InvalidState(
+                        f"run {run.id} is being stepped by worker {holder}; "
+                        f"`loopsim run pause {run.id}` stops it at the next day boundary"
+                    )
             take_for_cli(run)
             if run.status == RunStatus.CREATED:
                 store.set_status(run, RunStatus.RUNNING)
             store.flush()
-            return run
+        if taken:  # committed: a paused run is the command line's now, and stays paused
+            raise InvalidState(
+                f"run {run.id} is paused; it is now driven by `run step`, not serve: "
+                f"`loopsim run resume {run.id}` then `loopsim run step {run.id}` steps it "
+                f"(`loopsim run start {run.id}` gives it back to serve)"
+            )
+        return run
 
     def complete(self, run_ref: str, fence: Fence | None = None) -> None:
         """Mark the run completed: its day budget is spent."""

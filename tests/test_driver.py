@@ -61,6 +61,42 @@ def test_stepping_a_run_whose_worker_died_takes_it_from_serve(any_db, spec):
             lease.fence(old)(store, run)
 
 
+def test_a_served_run_paused_then_stepped_becomes_the_command_lines(any_db, spec):
+    """service.md: `run step` refuses a run a live worker holds; pause it first. Paused,
+    `run step` refused it as paused, and `run resume` queued it for serve again, which
+    claimed it before the next `run step`: no way led from serve to the command line.
+    Stepping a paused serve run now takes it for `run step` (and it stays paused, said
+    so); resumed, it is stepped by hand, and no worker claims it."""
+    run_id = make_run(any_db, spec)
+    lease.queue_for_service(any_db, run_id)
+    (held,) = lease.claim(any_db, "w", TTL, 1)
+    factory, _ = scripted_factory()
+    loop = Loop(any_db, Settings(), factory)
+    with pytest.raises(InvalidState, match="being stepped by worker w"):
+        loop.run_days(run_id, 1)
+    with any_db.write() as session:  # `run pause`; the worker lets go at the boundary
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.PAUSED, "paused by a human")
+    lease.release(any_db, [held])
+    with pytest.raises(InvalidState, match="it is now driven by `run step`, not serve"):
+        loop.run_days(run_id, 1)
+    with any_db.read() as session:
+        run = Store(session).get_run(run_id)
+        assert run.status == RunStatus.PAUSED  # nothing stepped, nothing resumed
+        assert lease.driver(Store(session), run) == "run step"
+    with any_db.write() as session:  # `run resume`
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.RUNNING)
+    assert lease.claim(any_db, "w", TTL, 5) == []
+    assert [r.status for r in loop.run_days(run_id, 1)] == [DayStatus.COMMITTED]
+    # A paused run the command line already drives is refused as paused, as before.
+    with any_db.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.PAUSED, "paused by a human")
+    with pytest.raises(InvalidState, match=r"is paused \(paused by a human\); `loopsim run resume"):
+        loop.run_days(run_id, 1)
+
+
 def test_run_start_refuses_what_it_cannot_hand_over(any_db, spec):
     run_id = make_run(any_db, spec)
     lease.queue_for_service(any_db, run_id)

@@ -136,7 +136,8 @@ def open_checkin_of(store: Store, run_ref: str) -> int | None:
         last = store.last_checkin(run.id)
         if last is not None and last.decision is None:
             return last.id
-    refuse_unless_steppable(run)
+    if run.status != RunStatus.PAUSED:  # a paused one Loop.start may take from serve
+        refuse_unless_steppable(run)
     return None
 
 
