@@ -307,32 +307,22 @@ class Decision(StrEnum):
     HALT = "halt"
 
 
-# The time policy's union puts its tag in an error's location ("time.fixed.anchor"); a
-# spec names the field "time.anchor", with the tag in time.policy.
-_TIME_TAGS = frozenset({"fixed", "wall_clock", "per_checkin"})
-
-
 def _describe(error: Any) -> str:
     parts = [str(part) for part in error["loc"]]
-    if len(parts) > 2 and parts[0] == "time" and parts[1] in _TIME_TAGS:
+    # The time policy's union puts its tag in the location; a spec says "time.anchor".
+    if len(parts) > 2 and parts[0] == "time" and parts[1] in ("fixed", "wall_clock", "per_checkin"):
         del parts[1]
-    loc = ".".join(parts)
-    kind = error["type"]
-    if kind == "extra_forbidden" and len(parts) > 1 and parts[-1] in RunSpec.model_fields:
-        return (
-            f"{loc}: unknown field ({parts[-1]} is a top-level key: in TOML, write it "
-            "above the first [table] header)"
-        )
+    loc, kind = ".".join(parts), error["type"]
     if kind == "missing":
         return f"{loc}: missing"
     if kind == "union_tag_invalid":
-        ctx = error.get("ctx", {})
-        return (
-            f"{loc}.policy: unknown drift policy {ctx.get('tag')!r} "
-            f"(expected {ctx.get('expected_tags')})"
-        )
+        tag, expected = error.get("ctx", {}).get("tag"), error.get("ctx", {}).get("expected_tags")
+        return f"{loc}.policy: unknown drift policy {tag!r} (expected {expected})"
     if kind == "union_tag_not_found":
         return f"{loc}.policy: missing (expected 'fixed', 'wall_clock' or 'per_checkin')"
+    if kind == "extra_forbidden" and len(parts) > 1 and parts[-1] in RunSpec.model_fields:
+        hint = "in TOML, write it above the first [table] header"  # or it lands in that table
+        return f"{loc}: unknown field ({parts[-1]} is a top-level key: {hint})"
     if kind == "extra_forbidden":
         return f"{loc}: unknown field"
     return f"{loc}: {error['msg'].lower()}"
