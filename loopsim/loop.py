@@ -59,7 +59,7 @@ from loopsim.researcher.day import (
     unreachable,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, build_prompt, echoes, grammar_constrained
+from loopsim.researcher.prompts import Prompt, build_prompt, echoes, shape_held
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.specs import SpecCache
@@ -164,6 +164,7 @@ class Loop:
         state = store.digest_state(run.id, date)
         counter = counter_for(run.model)
         breadth = spec.subquestions.breadth if spec.subquestions.depth else 0
+        form = spec.model.response_format or self.settings.response_format
         # The run's model is fixed, so equal records still give byte-equal prompts.
 
         def day_prompt(budget: int) -> tuple[Prompt, int]:
@@ -176,7 +177,7 @@ class Loop:
                 date,
                 subquestions=breadth,
                 ideas=spec.babble.ideas,
-                example=not grammar_constrained(run.model),
+                example=not shape_held(run.model, form),
                 conditional=spec.conditional,
             )
             return made, view.tokens

@@ -324,6 +324,21 @@ def test_the_embedded_path_prompt_has_no_example_and_stays_byte_equal(database, 
     assert hashes[0] == hashes[1]
 
 
+def test_a_server_that_holds_the_reply_to_its_schema_is_shown_no_example(database, spec):
+    """The how-to's llama-cpp-python server (LOOPSIM_RESPONSE_FORMAT=json_object, which it
+    turns into a grammar) serving the 270M model was shown the example reply, and copied
+    it: 7 of 8 tries refused. Such a server gets the embedded model's prompt; a server
+    asked with json_schema (OpenAI, vLLM) still sees the example."""
+    from loopsim.researcher.prompts import EXAMPLE_ENTRY
+
+    run_id = make_run(database, spec, model="openai:gemma3-270m")
+    for form, shown in (("json_object", False), ("json_schema", True)):
+        loop, model = loop_for(database, response_format=form)
+        loop.run_days(run_id, 1)
+        (call,) = model.calls
+        assert (EXAMPLE_ENTRY["title"] in call[0].text) is shown, form
+
+
 def calls_of(database: Database, run_id: str, index: int):
     with database.read() as session:
         store = Store(session)

@@ -74,6 +74,17 @@ def grammar_constrained(model_id: str) -> bool:
     return model_id.partition(":")[0].strip().lower() == "llamacpp"
 
 
+def shape_held(model_id: str, response_format: str) -> bool:
+    """Whether a grammar holds the reply to its schema, so that the prompt shows the shape
+    and no example (a small model copies an example word for word): the embedded model,
+    and an OpenAI-compatible server asked with ``json_object`` and the schema
+    (llama-cpp-python's server, which makes a grammar of it)."""
+    provider = model_id.partition(":")[0].strip().lower()
+    return grammar_constrained(model_id) or (
+        provider == "openai" and response_format == "json_object"
+    )
+
+
 def echoes(model_id: str) -> bool:
     """Whether a retry shows this model its invalid reply (see
     :func:`loopsim.researcher.conversation.retry_messages`): not the embedded model, which
