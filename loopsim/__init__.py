@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from loopsim.api import CheckinInfo, Loopsim, RunInfo, open
+    from loopsim.checkin.decision import Outcome
     from loopsim.config import Settings
     from loopsim.errors import LoopsimError
     from loopsim.exports.compare import Comparison
@@ -38,6 +39,7 @@ _HOME = {
     "Loop": "loopsim.loop",
     "Loopsim": "loopsim.api",
     "LoopsimError": "loopsim.errors",
+    "Outcome": "loopsim.checkin.decision",
     "RunInfo": "loopsim.api",
     "RunSpec": "loopsim.schemas",
     "Settings": "loopsim.config",
@@ -56,6 +58,7 @@ __all__ = [
     "Loop",
     "Loopsim",
     "LoopsimError",
+    "Outcome",
     "RunInfo",
     "RunSpec",
     "Settings",
