@@ -272,6 +272,8 @@ def test_a_worker_restarted_under_a_new_id_says_whose_leases_it_waits_for(any_ur
         waiting = [e for e in second.events() if e["event"] == "lease.waiting"]
         assert [(e["owner"], e["runs"]) for e in waiting] == [("first", 2)]
         assert "--worker-id" in waiting[0]["msg"]
+        # Every line names its worker (under --processes, workers share one stderr).
+        assert {e.get("worker") for e in second.events()} == {"second"}
     finally:
         second.signal(signal.SIGTERM)
         second.wait(timeout=60)

@@ -131,7 +131,9 @@ def serve(
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SpecError(f"--log-level is debug, info, warning or error, not {log_level!r}")
     host, port = _parse_http(http)
-    configure_logging(log_format, log_level)
+    worker_id = worker_id or (None if processes > 1 else default_worker_id())
+    # The supervisor names each child on its own lines; a worker names itself on all of its.
+    configure_logging(log_format, log_level, worker=None if processes > 1 else worker_id)
     if processes > 1:
         args = [
             "--concurrency", str(concurrency),
@@ -144,8 +146,9 @@ def serve(
         ]  # fmt: skip
         _supervise(a, processes, worker_id, host, port, args)
         return
+    assert worker_id is not None
     config = ServiceConfig(
-        worker_id=worker_id or default_worker_id(),
+        worker_id=worker_id,
         concurrency=concurrency,
         lease_seconds=lease_seconds,
         poll_seconds=poll_seconds,

@@ -48,8 +48,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+class _Worker(logging.Filter):
+    """Names the worker on every line it logs, not only on the lines that pass it: under
+    ``--processes`` several workers' lines share one stderr."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "worker"):
+            record.worker = self.worker
+        return True
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO", worker: str | None = None) -> None:
+    """Log lines to stderr as ``fmt`` (text or json); ``worker`` names a worker process
+    on each of its lines."""
     handler = logging.StreamHandler()
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
