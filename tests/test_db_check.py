@@ -364,4 +364,8 @@ def test_a_record_in_a_read_only_folder_is_read_verified_and_checked(cli_factory
         refused = cli("run", "pause", run_id)
         assert refused.exit_code == 1
         assert "is read-only here; nothing was written" in one_line_error(refused)
+        # A new database there: one line, not the traceback of its clean-up.
+        created = cli_factory(str(folder / "new.db"))("db", "upgrade")
+        assert created.exit_code == 1
+        assert "is the folder read-only?" in one_line_error(created)
         assert sorted(p.name for p in folder.iterdir()) == ["record.db"]

@@ -491,7 +491,8 @@ def _migrate(url_or_path: str, revision: str, *, down: bool) -> UpgradeResult:
         engine.dispose()
         if created and path is not None:  # a failed first upgrade leaves no empty file
             for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only folder: none was made
+                    leftover.unlink(missing_ok=True)
         if backup is not None and not migrated:  # rolled back: the original is as it was
             backup.unlink(missing_ok=True)
         raise
