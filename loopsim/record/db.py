@@ -192,10 +192,9 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
         connect_args = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
         path = sqlite_path(url)
         if path is not None and frozen(path):
-            # A folder nothing can be written to: read the file as it is, or not at all
-            # (a write is refused as SQLite's "readonly database", record/sqlite_file.py).
-            uri = read_only_uri(path)
-            timeout = busy_timeout_ms / 1000
+            # A folder nothing can be written to: read the file as it is; a write is
+            # refused as SQLite's "readonly database" (record/sqlite_file.py).
+            uri, timeout = read_only_uri(path), busy_timeout_ms / 1000
             pooling["creator"] = lambda: sqlite3.connect(
                 uri, uri=True, timeout=timeout, check_same_thread=False
             )
