@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -16,12 +17,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from loopsim.checkin.decision import decide
 from loopsim.config import Settings
 from loopsim.errors import ModelUnavailable
 from loopsim.loop import Loop
 from loopsim.record.store import Store
 from loopsim.record.tables import Day, Run
-from loopsim.schemas import DayStatus, RunStatus, parse_spec
+from loopsim.schemas import DayStatus, Decision, RunStatus, parse_spec
 from loopsim.service.worker import Service, ServiceConfig
 from loopsim.testing import default_reply, scripted_factory
 from tests.conftest import SPEC, Cli, make_run
@@ -399,7 +401,7 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
     service = Service(any_db, Settings(), factory, config(lease_seconds=1.5))
     (held,) = leases.claim(any_db, "w1", dt.timedelta(seconds=30), 1)
     service.held[run_id] = held
-    real_renew, real_pending = leases.renew, service._pending_checkins
+    real_renew, real_count = leases.renew, service._count_pending
     rounds: list[int] = []
 
     def racing_renew(db, held_now, ttl):
@@ -408,12 +410,12 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
         service.held.pop(run_id, None)
         return real_renew(db, held_now, ttl)
 
-    def counted_pending() -> int:
+    async def counted() -> None:  # the heartbeat's last step before it handles the renewal
         rounds.append(1)
-        return real_pending()
+        await real_count()
 
     monkeypatch.setattr(leases, "renew", racing_renew)
-    monkeypatch.setattr(service, "_pending_checkins", counted_pending)
+    monkeypatch.setattr(service, "_count_pending", counted)
 
     async def scenario() -> None:
         beat = asyncio.ensure_future(service._heartbeat())
@@ -526,3 +528,39 @@ def test_a_check_in_left_due_by_a_killed_worker_opens_before_the_next_day(any_db
         1,
         3,
     )
+
+
+def test_the_pending_gauge_moves_with_check_ins_not_a_heartbeat_later(database):
+    """/metrics' pending check-ins are read when this worker opens one, when it starts and
+    when it claims a run back from a decided check-in. The lease of ten minutes puts the
+    first heartbeat (which also reads them) 200 s away, past any wait of this test."""
+
+    def pending(service: Service) -> str:
+        found = re.search(
+            r"^loopsim_checkins_pending (\S+)$", service.metrics.render().decode(), re.M
+        )
+        assert found is not None
+        return found.group(1)
+
+    (run_id,) = start_runs(database, 1, days=3, every_days=2, spot_check_probability=0.0)
+    factory, _ = scripted_factory()
+    first = Service(database, Settings(), factory, config(lease_seconds=600.0))
+    asyncio.run(serve_until([first], lambda: pending(first) == "1.0"))
+    assert statuses(database)[run_id] == RunStatus.AWAITING_CHECKIN
+
+    # A worker started later counts the check-in waiting from its start.
+    second = Service(database, Settings(), factory, config("w2", lease_seconds=600.0))
+    seen: list[str] = []
+
+    def decided_and_counted() -> bool:
+        if not seen:
+            if second.health()["status"] == "starting":
+                return False
+            seen.append(pending(second))
+            with database.read() as session:
+                (checkin,) = Store(session).list_checkins(run_id)
+            decide(database, checkin.id, Decision.APPROVE)
+        return pending(second) == "0.0" and statuses(database)[run_id] == RunStatus.COMPLETED
+
+    asyncio.run(serve_until([second], decided_and_counted))
+    assert seen == ["1.0"]

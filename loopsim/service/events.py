@@ -138,6 +138,12 @@ def checkin_payload(db: Database, checkin_id: int, run_id: str, worker: str) -> 
         }
 
 
+def pending_checkins(db: Database) -> int:
+    """Check-ins of every run waiting for a human: the pending gauge's value."""
+    with db.read() as session:
+        return Store(session).pending_checkins()
+
+
 def fail_run(db: Database, metrics: Metrics, run_id: str, fence: Fence, reason: str) -> None:
     """Mark a run failed whose model cannot even be built: a person must look."""
     with db.write() as session:

@@ -178,11 +178,8 @@ class Service:
             log.info("second stop request: abandoning days in flight", extra={"event": "stop"})
             return
         self._stopping.set()
-        log.info(
-            "stopping: no new claims; days in flight get %.0f s",
-            self.config.grace_seconds,
-            extra={"event": "stop"},
-        )
+        what = "stopping: no new claims; days in flight get %.0f s"
+        log.info(what, self.config.grace_seconds, extra={"event": "stop"})
 
     # --------------------------------------------------------------------- serve
 
@@ -197,6 +194,7 @@ class Service:
                     self.http.address,
                     extra={"event": "http.listening", "address": self.http.address},
                 )
+            await self._count_pending()  # right from the first scrape, not a heartbeat later
             heartbeat = asyncio.ensure_future(self._heartbeat())
             kind = loop_kind(asyncio.get_running_loop())
             log.info(
@@ -236,6 +234,8 @@ class Service:
                         claimed = []
                     for lease in claimed:
                         self._start(lease)
+                    if claimed:  # a run a human just decided, perhaps
+                        await self._count_pending()
                 await asyncio.wait(
                     {stop_wait, *self._tasks.values()},
                     timeout=self.config.poll_seconds,
@@ -284,11 +284,10 @@ class Service:
             asked = time.monotonic()
             try:
                 lost = await self._write(leases.renew, self.db, held, ttl) if held else []
-                pending = await self._db(self._pending_checkins)
             except LoopsimError as exc:
                 log.warning("heartbeat failed: %s", exc.message, extra={"event": "lease.error"})
                 continue
-            self.metrics.checkins_pending.set(pending)
+            await self._count_pending()  # check-ins other workers opened or humans decided
             gone = {lease.run_id for lease in lost}
             for lease in held:
                 if self.held.get(lease.run_id) is not lease:
@@ -298,9 +297,13 @@ class Service:
                 else:
                     self._deadline[lease.run_id] = asked + self.config.lease_seconds
 
-    def _pending_checkins(self) -> int:
-        with self.db.read() as session:
-            return Store(session).pending_checkins()
+    async def _count_pending(self) -> None:
+        """The pending check-ins gauge, read at the start, each heartbeat, and when this
+        worker opens a check-in or claims runs."""
+        try:
+            self.metrics.checkins_pending.set(await self._db(events.pending_checkins, self.db))
+        except LoopsimError as exc:  # the gauge keeps its last value until the next read
+            log.warning("counting check-ins failed: %s", exc.message, extra={"event": "db.error"})
 
     def _lose(self, run_id: str, why: str) -> None:
         if run_id in self._lost:
@@ -398,12 +401,8 @@ class Service:
         fence = leases.fence(lease)
         run_id = lease.run_id
         # Before every request to the model, retries included (this task's context only).
-        GUARD.set(
-            Guard(
-                functools.partial(self._checked, lease),
-                functools.partial(leases.check, self.db, lease),
-            )
-        )
+        check = functools.partial(self._checked, lease)
+        GUARD.set(Guard(check, functools.partial(leases.check, self.db, lease)))
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
@@ -483,6 +482,7 @@ class Service:
         if opened is None:
             return False
         self.metrics.checkins_opened.inc()
+        await self._count_pending()
         ctx = {**ctx, "event": "checkin.opened", "checkin_id": opened}
         log.info("run %s waits for check-in %d", run_id, opened, extra=ctx)
         if self.webhook is not None:
