@@ -536,3 +536,34 @@ def test_demo_says_it_is_predicting_when_it_reaches_a_check_in(cli, tmp_path):
     assert lines[start + 1].startswith("  probe 1 of 2 predicted in ")
     assert lines[start + 2].startswith("  probe 2 of 2 predicted in ")
     assert any("check-in 1 opened" in line for line in lines[start + 3 :])
+
+
+def test_predictions_after_the_last_day_get_a_bar_whose_clock_runs():
+    """The days' bar is full after the last day, and rich stops a finished task's clock:
+    the predictions that follow (minutes on the embedded model) get a task of their own,
+    advanced per probe and gone when the last one is in."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from loopsim.cli.stepping import ProbeBar
+
+    progress = Progress(console=Console(file=io.StringIO()))
+    days = progress.add_task("stepping", total=2)
+    progress.advance(days, 2)
+    bar = ProbeBar(progress)
+    bar(0, 0)  # no probes: nothing to show
+    assert len(progress.tasks) == 1
+    bar(0, 3)
+    predicting = progress.tasks[-1]
+    assert (predicting.description, predicting.total, predicting.finished) == (
+        "predicting",
+        3,
+        False,
+    )
+    assert predicting.elapsed is not None  # its clock is running
+    bar(2, 3)
+    assert predicting.completed == 2
+    bar(3, 3)
+    assert [t.description for t in progress.tasks] == ["stepping"]

@@ -22,6 +22,8 @@ from loopsim.text import plural
 
 if TYPE_CHECKING:
     # The loop imports the chat seam (langchain); only the commands that step import it.
+    from rich.progress import Progress, TaskID
+
     from loopsim.chat.handle import ChatHandle
     from loopsim.researcher.day import DayResult
     from loopsim.schemas import ModelSpec
@@ -98,6 +100,13 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
     ):
         task = progress.add_task("stepping", total=days)
         say[0] = progress.console
+        bar = ProbeBar(progress)
+
+        def on_predict(done: int, total: int, error: str | None) -> None:
+            predicting(done, total, error)
+            bar(done, total)
+
+        loop.on_predict = on_predict
 
         def on_day(result: DayResult) -> None:
             results.append(result)
@@ -166,6 +175,26 @@ class Predicting:
             self.say(f"  probe {done} of {total}: no valid prediction ({reason}); {took:.1f} s")
         else:
             self.say(f"  probe {done} of {total} predicted in {took:.1f} s")
+
+
+class ProbeBar:
+    """A bar of its own while a check-in's predictions run: after the last day the days'
+    bar is full and its clock stopped, and minutes of a still bar read as a hang."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not total:
+            return
+        if done == 0:
+            self.task = self.progress.add_task("predicting", total=total)
+        elif self.task is not None:
+            self.progress.update(self.task, completed=done)
+            if done == total:  # gone once done: the days go on, or the check-in opens
+                self.progress.remove_task(self.task)
+                self.task = None
 
 
 def retry_line(model_id: str, exc: BaseException, wait: float) -> str:
