@@ -103,9 +103,11 @@ class ModelUnavailable(ModelError):
 
     # What the failed call cost, set where it failed (ChatHandle): the requests sent,
     # retries included, and the milliseconds spent on them, backoff waits included. A
-    # model that could not be built cost nothing.
+    # model that could not be built cost nothing. ``folded``: the messages went with
+    # system text folded into the first user turn, as :class:`~loopsim.chat.handle.Reply`.
     attempts: int = 0
     latency_ms: int = 0
+    folded: bool = False
 
 
 class ModelOutputInvalid(ModelError):

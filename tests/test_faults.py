@@ -248,6 +248,11 @@ def test_system_text_is_folded_into_the_first_user_turn_when_asked(database, spe
     users = [m["content"] for m in folded if m["role"] == "user"]
     assert users[0].startswith("\n\n".join(system))
     assert folded[0]["role"] == "user"
+    # `loopsim calls` shows the messages as the server got them, folded or not.
+    with database.read() as session:
+        recorded = {day.index: call.messages for call, day in Store(session).run_calls(run_id)}
+    assert recorded[first.index] == sent
+    assert recorded[second.index] == folded
 
 
 def test_the_spec_can_fold_system_text_for_one_model():

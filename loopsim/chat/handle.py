@@ -71,6 +71,7 @@ class Reply:
     model_version: str
     latency_ms: int
     requests: int = 1
+    folded: bool = False  # sent with system text folded into the first user turn
 
 
 # The shortest API key redacted from error text (see ChatHandle.secrets).
@@ -203,6 +204,7 @@ class ChatHandle:
         error = self._unavailable(exc, attempts)
         error.attempts = attempts
         error.latency_ms = int((time.perf_counter() - started) * 1000)
+        error.folded = self.fold_system
         return error
 
     def _unavailable(self, exc: Exception, attempts: int) -> ModelUnavailable:
@@ -248,6 +250,7 @@ class ChatHandle:
             model_version=version,
             latency_ms=latency,
             requests=requests,
+            folded=self.fold_system,
         )
 
     def complete(
@@ -347,7 +350,7 @@ def build_chat(settings: Settings) -> ChatFactory:
         if not name:
             raise ModelUnavailable(f"model {model_id!r} must look like 'provider:name'")
         if provider == "llamacpp":
-            from loopsim.chat.llamacpp import LlamaCppChat, resolve_gguf
+            from loopsim.chat.llamacpp import NO_SYSTEM_ROLE, LlamaCppChat, resolve_gguf
 
             path, identity = resolve_gguf(name)
             model = LlamaCppChat(
@@ -359,8 +362,12 @@ def build_chat(settings: Settings) -> ChatFactory:
                 repeat_penalty=spec.repeat_penalty,
                 max_tokens=max_tokens,
             )
-            # A local model has no endpoint to fail transiently: no retries.
-            return ChatHandle(model_id, model, structured="llamacpp", version=model.version)
+            # A local model has no endpoint to fail transiently: no retries. Its chat
+            # format's folding of system text is the handle's, so the calls record it.
+            folds = model.chat_format in NO_SYSTEM_ROLE
+            return ChatHandle(
+                model_id, model, structured="llamacpp", version=model.version, fold_system=folds
+            )
         return _init_langchain(model_id, provider, spec, max_tokens, settings)
 
     return factory

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar, cast
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
-from loopsim.chat.handle import ChatHandle, Reply
+from loopsim.chat.handle import ChatHandle, Reply, fold_system_text
 from loopsim.errors import ModelUnavailable
 from loopsim.record.store import EntryInput, Store, sha256_hex
 from loopsim.researcher.copies import refuse_copies
@@ -364,7 +364,8 @@ def _log(
         return
     got = reply if isinstance(reply, Reply) else Reply("", None, None, "", 0)
     cost = (got.model_version, got.tokens_in, got.tokens_out, reply.latency_ms)
-    log.append(Logged(*at, message_dicts(messages), text, error is None, error, *cost))
+    sent = fold_system_text(messages) if reply.folded else messages  # as the model got them
+    log.append(Logged(*at, message_dicts(sent), text, error is None, error, *cost))
 
 
 class Researcher:
