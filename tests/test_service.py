@@ -401,7 +401,7 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
     service = Service(any_db, Settings(), factory, config(lease_seconds=1.5))
     (held,) = leases.claim(any_db, "w1", dt.timedelta(seconds=30), 1)
     service.held[run_id] = held
-    real_renew, real_count = leases.renew, service._count_pending
+    real_renew, real_count = leases.renew, service._pending.refresh
     rounds: list[int] = []
 
     def racing_renew(db, held_now, ttl):
@@ -415,7 +415,7 @@ def test_a_release_racing_the_heartbeat_is_not_a_lost_lease(any_db, monkeypatch)
         await real_count()
 
     monkeypatch.setattr(leases, "renew", racing_renew)
-    monkeypatch.setattr(service, "_count_pending", counted)
+    monkeypatch.setattr(service._pending, "refresh", counted)
 
     async def scenario() -> None:
         beat = asyncio.ensure_future(service._heartbeat())
@@ -564,3 +564,43 @@ def test_the_pending_gauge_moves_with_check_ins_not_a_heartbeat_later(database):
 
     asyncio.run(serve_until([second], decided_and_counted))
     assert seen == ["1.0"]
+
+
+def test_the_pending_gauge_shows_the_read_started_last_and_survives_a_failed_one(caplog):
+    """PostgreSQL's reads run on a pool, so two reads of the count may overlap: the one
+    asked first may answer last, and its older count must not overwrite the newer. A read
+    that fails (a dropped connection the driver reports raw) leaves the last value."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from loopsim.service.events import PendingCount
+
+    gauge = Gauge("pending", "test", registry=CollectorRegistry())
+    answers: list[asyncio.Future[int]] = []
+
+    async def read() -> int:
+        answers.append(asyncio.get_running_loop().create_future())
+        return await answers[-1]
+
+    async def scenario() -> list[float]:
+        count = PendingCount(gauge, read)
+        seen = []
+        older = asyncio.ensure_future(count.refresh())
+        newer = asyncio.ensure_future(count.refresh())
+        while len(answers) < 2:
+            await asyncio.sleep(0)
+        answers[1].set_result(1)  # the newer read answers first
+        await newer
+        seen.append(gauge._value.get())
+        answers[0].set_result(0)
+        await older
+        seen.append(gauge._value.get())
+        failing = asyncio.ensure_future(count.refresh())
+        while len(answers) < 3:
+            await asyncio.sleep(0)
+        answers[2].set_exception(ConnectionResetError("server closed the connection"))
+        await failing  # logged, not raised
+        seen.append(gauge._value.get())
+        return seen
+
+    assert asyncio.run(scenario()) == [1.0, 1.0, 1.0]
+    assert "counting check-ins failed: ConnectionResetError" in caplog.text

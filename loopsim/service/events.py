@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from loopsim.errors import LoopsimError
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence
 from loopsim.record.store import Store
@@ -142,6 +143,29 @@ def pending_checkins(db: Database) -> int:
     """Check-ins of every run waiting for a human: the pending gauge's value."""
     with db.read() as session:
         return Store(session).pending_checkins()
+
+
+class PendingCount:
+    """The pending check-ins gauge, read again when it may have changed. Best effort: a
+    read that fails leaves the last value (it is a metric, never a reason to stop), and
+    of reads that overlap (PostgreSQL's run on a pool) the one started last is shown."""
+
+    def __init__(self, gauge: Any, read: Callable[[], Awaitable[int]]) -> None:
+        self.gauge, self.read = gauge, read
+        self.asked = self.shown = 0
+
+    async def refresh(self) -> None:
+        self.asked += 1
+        ticket = self.asked
+        try:
+            value = await self.read()
+        except Exception as exc:  # a metric's read: logged, never raised
+            why = exc.message if isinstance(exc, LoopsimError) else repr(exc)
+            log.warning("counting check-ins failed: %s", why, extra={"event": "db.error"})
+            return
+        if ticket > self.shown:
+            self.shown = ticket
+            self.gauge.set(value)
 
 
 def fail_run(db: Database, metrics: Metrics, run_id: str, fence: Fence, reason: str) -> None:

@@ -117,6 +117,8 @@ class Service:
             lambda: self._db(self._waiting, list(self._tasks)), self.config.poll_seconds
         )
         self._checks = LeaseChecks(lambda batch: self._db(leases.check_many, db, batch))
+        pending = self.metrics.checkins_pending
+        self._pending = events.PendingCount(pending, lambda: self._db(events.pending_checkins, db))
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._abandon = asyncio.Event()
@@ -186,6 +188,7 @@ class Service:
     async def serve(self, *, install_signals: bool = True) -> None:
         """Run until :meth:`request_stop` (or SIGTERM/SIGINT)."""
         with events.stop_on_signals(self.request_stop, install_signals):
+            await self._pending.refresh()  # right from the first scrape
             if self.config.http_port is not None:
                 self.http = HttpEndpoint(self, self.config.http_host, self.config.http_port)
                 self.http.start()
@@ -194,7 +197,6 @@ class Service:
                     self.http.address,
                     extra={"event": "http.listening", "address": self.http.address},
                 )
-            await self._count_pending()  # right from the first scrape, not a heartbeat later
             heartbeat = asyncio.ensure_future(self._heartbeat())
             kind = loop_kind(asyncio.get_running_loop())
             log.info(
@@ -235,7 +237,7 @@ class Service:
                     for lease in claimed:
                         self._start(lease)
                     if claimed:  # a run a human just decided, perhaps
-                        await self._count_pending()
+                        self._spawn(self._pending.refresh())
                 await asyncio.wait(
                     {stop_wait, *self._tasks.values()},
                     timeout=self.config.poll_seconds,
@@ -287,7 +289,7 @@ class Service:
             except LoopsimError as exc:
                 log.warning("heartbeat failed: %s", exc.message, extra={"event": "lease.error"})
                 continue
-            await self._count_pending()  # check-ins other workers opened or humans decided
+            await self._pending.refresh()  # check-ins other workers opened or humans decided
             gone = {lease.run_id for lease in lost}
             for lease in held:
                 if self.held.get(lease.run_id) is not lease:
@@ -296,14 +298,6 @@ class Service:
                     self._lose(lease.run_id, "the heartbeat found it taken over or expired")
                 else:
                     self._deadline[lease.run_id] = asked + self.config.lease_seconds
-
-    async def _count_pending(self) -> None:
-        """The pending check-ins gauge, read at the start, each heartbeat, and when this
-        worker opens a check-in or claims runs."""
-        try:
-            self.metrics.checkins_pending.set(await self._db(events.pending_checkins, self.db))
-        except LoopsimError as exc:  # the gauge keeps its last value until the next read
-            log.warning("counting check-ins failed: %s", exc.message, extra={"event": "db.error"})
 
     def _lose(self, run_id: str, why: str) -> None:
         if run_id in self._lost:
@@ -482,11 +476,11 @@ class Service:
         if opened is None:
             return False
         self.metrics.checkins_opened.inc()
-        await self._count_pending()
         ctx = {**ctx, "event": "checkin.opened", "checkin_id": opened}
         log.info("run %s waits for check-in %d", run_id, opened, extra=ctx)
         if self.webhook is not None:
             self._spawn(self.webhook.send(checkin_payload(self.db, opened, run_id, self.worker)))
+        self._spawn(self._pending.refresh())
         return True
 
     async def _should_yield(self, days: int) -> bool:
