@@ -70,6 +70,11 @@ def test_two_real_days_on_the_embedded_model(database, spec):
             # A smaller count would mean the chat template dropped the system prompt.
             assert day.tokens_in > 300
             assert day.tokens_out > 0
+            # Gemma's format has no system role: the call log holds the one user turn the
+            # model got, the system text at its head.
+            (call, _), *_ = store.run_calls(run_id, day_index=day.index)
+            assert [m["role"] for m in call.messages] == ["user"]
+            assert spec.persona.name in call.messages[0]["content"]
             assert day.raw_output
             entries = store.list_entries(run_id, day_index=day.index)
             if day.status == DayStatus.COMMITTED:

@@ -269,6 +269,9 @@ class ChatHandle:
         retrying = Retrying(**self._retrying_options())
         try:
             message = retrying(self.model.invoke, messages, **_traced(kwargs))
+        except ModelUnavailable as exc:  # the model's own (the embedded one's load, say)
+            exc.folded = self.fold_system
+            raise
         except LoopsimError:  # ours: a lease found lost before a retry (loopsim serve)
             raise
         except Exception as exc:  # the model seam: every foreign failure becomes ours
@@ -290,6 +293,9 @@ class ChatHandle:
         retrying = AsyncRetrying(**self._retrying_options())
         try:
             message: Any = await retrying(self.model.ainvoke, messages, **_traced(kwargs))
+        except ModelUnavailable as exc:  # the model's own (the embedded one's load, say)
+            exc.folded = self.fold_system
+            raise
         except LoopsimError:  # ours: a lease found lost before a retry (loopsim serve)
             raise
         except Exception as exc:  # the model seam
