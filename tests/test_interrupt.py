@@ -102,6 +102,22 @@ def test_ctrl_c_inside_a_command_exits_130_not_clicks_aborted(cli_factory, sqlit
     assert "Aborted" not in result.output
 
 
+def test_ctrl_c_while_the_arguments_are_parsed_says_interrupted(
+    cli_factory, sqlite_url, monkeypatch
+):
+    # Found on a loaded machine: a Ctrl-C just after the imports, while Click parsed the
+    # arguments, reached Typer, which exits 130 without a word.
+    from typer.core import TyperGroup
+
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "parse_args", interrupted)
+    result = cli_factory(sqlite_url)("run", "list")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted"
+
+
 def test_ctrl_c_while_a_real_command_waits_exits_130(tmp_path, sqlite_url):
     # `run create` on a FIFO nobody writes to blocks in open(): Ctrl-C reaches the
     # command itself, past every import.

@@ -34,6 +34,17 @@ from loopsim.exports.markdown import safe_text
 class LoopsimGroup(TyperGroup):
     """The error boundary: a known error is one line and an exit code, never a traceback."""
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        # Ctrl-C while the arguments are parsed (just after the CLI's imports, the moment
+        # a slow start invites one) would reach Typer, which exits 130 without a word.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted", err=True)
+            raise typer.Exit(130) from None
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # Bytes that are not UTF-8 reach argv as lone surrogates (surrogateescape), which
         # no database, file or terminal write can encode: refuse them here, once.
