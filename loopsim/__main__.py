@@ -11,15 +11,14 @@ from __future__ import annotations
 
 # The signal module's C core, built into the interpreter: importing it takes no time, where
 # ``import signal`` pulls in enum and functools, long enough for a Ctrl-C to land before
-# main() can catch it. Nothing else is imported before main()'s ``try``, but for two more
-# modules built into the interpreter, imported here because the unraisable hook below
-# may run while the interpreter shuts down, when nothing can be imported any more.
+# main() can catch it. Nothing else is imported before main()'s ``try`` but
+# loopsim.interrupts, which imports only modules built into the interpreter, and is
+# imported here because the unraisable hook below may run while the interpreter shuts
+# down, when nothing can be imported any more.
 import _signal
-import _thread
 import sys
-import time
 
-_MAIN_THREAD = _thread.get_ident()
+from loopsim import interrupts
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
@@ -49,12 +48,13 @@ def _flush_or_quit() -> None:
         sys.exit(0)
 
 
-def _interrupt_soon() -> None:
-    time.sleep(0.05)  # the callback that swallowed the first Ctrl-C has returned by now
-    # To the main thread itself: a process-wide signal raised here would be delivered to
-    # this thread, and a main thread blocked in a system call (a model's reply, a lock)
-    # would not see it until that call returned of itself.
-    _signal.pthread_kill(_MAIN_THREAD, _signal.SIGINT)
+def _on_sigint(signum: int, frame: object) -> None:
+    """Python's own handler, but for a Ctrl-C inside a callback from C (the embedded
+    model's sampler), which is sent again to land outside it (:mod:`loopsim.interrupts`)."""
+    if interrupts.in_native_callback(frame):  # type: ignore[arg-type]
+        interrupts.again_soon()
+        return
+    raise KeyboardInterrupt
 
 
 def _unraisable(unraisable: object) -> None:
@@ -67,13 +67,15 @@ def _unraisable(unraisable: object) -> None:
     and no thread can start: the Ctrl-C is dropped quietly."""
     if isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
         if not sys.is_finalizing():
-            _thread.start_new_thread(_interrupt_soon, ())
+            interrupts.again_soon()
         return
     sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
 
 
 def main() -> None:
     sys.unraisablehook = _unraisable
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _on_sigint)
     try:
         if sys.argv[1:] == ["--version"]:
             # Answered before the CLI and its libraries load, as the CLI's own --version

@@ -468,7 +468,9 @@ class Loop:
 
         A check-in is tested for before the first day and after every committed one. The
         test before a day shares :meth:`next_day`'s read with the day's plan, as a
-        worker's does; only the test after the last day is a read of its own."""
+        worker's does; only the test after the last day is a read of its own, and it is
+        left to the next step when a stop was asked for (its predictions are model calls,
+        minutes on the embedded model)."""
         self.start(run_ref)
         self.opened_checkin = None
         results: list[DayResult] = []
@@ -490,6 +492,6 @@ class Loop:
             if result.status != DayStatus.COMMITTED:
                 test_after = False
                 break
-        if test_after:
+        if test_after and not should_stop():  # a stop asked for now: the next step tests
             self.opened_checkin = self.open_due_checkin(run_ref)
         return results

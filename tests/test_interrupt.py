@@ -152,8 +152,8 @@ def test_ctrl_c_while_a_real_command_waits_exits_130(tmp_path, sqlite_url):
 
 def test_the_entry_point_imports_nothing_before_it_can_catch_ctrl_c():
     # Between the console script's `from loopsim.__main__ import main` and main()'s `try`,
-    # a Ctrl-C is a KeyboardInterrupt traceback: that import must load loopsim's two small
-    # modules and nothing that takes time (built-in modules are already in the binary).
+    # a Ctrl-C is a KeyboardInterrupt traceback: that import must load loopsim's three
+    # small modules and nothing that takes time (built-in modules are already in the binary).
     # -S: the same start, whatever the install's import hooks have loaded already.
     probe = (
         "import sys; before = set(sys.modules); import loopsim.__main__; "
@@ -168,7 +168,7 @@ def test_the_entry_point_imports_nothing_before_it_can_catch_ctrl_c():
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout.split()
     # __future__ is a few lines every module's `from __future__ import annotations` loads.
-    assert set(out) <= {"__future__", "loopsim", "loopsim.__main__"}, out
+    assert set(out) <= {"__future__", "loopsim", "loopsim.__main__", "loopsim.interrupts"}, out
 
 
 def test_a_ctrl_c_python_cannot_raise_where_it_lands_still_stops_the_command():
@@ -237,3 +237,62 @@ def test_the_entry_point_installs_the_hook_for_ctrl_c_in_callbacks():
         timeout=120,
     )
     assert done.stdout.splitlines()[-1] == "True", done.stderr
+
+
+def test_a_second_ctrl_c_inside_a_callback_from_c_lands_once_it_returns():
+    """ctypes swallows an exception raised in a callback, and the embedded model's grammar
+    sampler then skipped its work for a token: llama.cpp aborted the process (SIGABRT). A
+    second Ctrl-C inside a registered callback is sent again, and lands after it."""
+    import io
+
+    from rich.console import Console
+
+    from loopsim.cli.stepping import stop_on_interrupt
+    from loopsim.interrupts import NATIVE_CALLBACKS
+
+    def callback() -> str:
+        signal.raise_signal(signal.SIGINT)  # its handler runs in here
+        return "finished"
+
+    NATIVE_CALLBACKS.add(callback.__code__)
+    returned: list[str] = []
+
+    def two_presses() -> None:
+        with stop_on_interrupt(Console(file=io.StringIO())) as stop:
+            signal.raise_signal(signal.SIGINT)  # the first: stop after this day
+            assert stop.is_set()
+            returned.append(callback())  # the second, inside the callback: not raised there
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # sent again, it lands here
+                time.sleep(0.01)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            two_presses()
+    finally:
+        NATIVE_CALLBACKS.discard(callback.__code__)
+    assert returned == ["finished"]
+
+
+def test_the_first_ctrl_c_is_said_while_stderr_is_muted(capfd):
+    """llama-cpp-python mutes stderr (the file and its descriptor) while it loads the
+    embedded model: a first Ctrl-C then went unsaid, and a user pressed again."""
+    import io
+
+    from rich.console import Console
+
+    from loopsim.cli.stepping import stop_on_interrupt
+
+    with stop_on_interrupt(Console(file=io.StringIO())) as stop:
+        saved, muted = os.dup(2), open(os.devnull, "w")  # noqa: SIM115
+        real, sys.stderr = sys.stderr, muted
+        os.dup2(muted.fileno(), 2)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sys.stderr = real
+            muted.close()
+        assert stop.is_set()
+    assert "stopping after this day; Ctrl-C again abandons it" in capfd.readouterr().err

@@ -23,7 +23,7 @@ RANKS = {
     name: rank
     for rank, names in enumerate(
         [
-            ("errors", "text", "ids"),
+            ("errors", "text", "ids", "interrupts"),
             ("schemas",),
             ("clock", "config"),
             ("record", "specs"),

@@ -21,6 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
 from loopsim.errors import ModelUnavailable
+from loopsim.interrupts import NATIVE_CALLBACKS
 
 BUILTIN = {"gemma3-270m"}
 
@@ -119,12 +120,12 @@ def silence_native_logs() -> None:
 
     import llama_cpp
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def quiet(level: int, text: bytes, user_data: Any) -> None:
         return None
 
-    _QUIET = quiet  # keep a reference: C holds only a raw pointer to it
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    NATIVE_CALLBACKS.add(quiet.__code__)  # no Ctrl-C raised in it (loopsim/interrupts.py)
+    _QUIET = llama_cpp.llama_log_callback(quiet)  # kept: C holds only a raw pointer to it
+    llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
 
 
 class LlamaCppChat(BaseChatModel):

@@ -28,6 +28,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from loopsim.interrupts import NATIVE_CALLBACKS
+
 FIRST = 256  # tokens checked first; then eight times as many until enough pass
 GROWTH = 8
 
@@ -68,6 +70,8 @@ class ShortlistGrammar:
         iface.clone = llama_cpp.llama_sampler_i_clone(0)
         iface.free = llama_cpp.llama_sampler_i_free(0)
         self._callbacks = (apply, accept, iface)  # ctypes must keep them alive
+        # A Ctrl-C inside them is sent again once they return (loopsim/interrupts.py).
+        NATIVE_CALLBACKS.update((apply.__code__, accept.__code__))
         self.sampler = llama_cpp.llama_sampler()
         self.sampler.iface = ctypes.pointer(iface)
         self.sampler.ctx = None

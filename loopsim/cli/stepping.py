@@ -5,7 +5,9 @@ bar and two-stage Ctrl-C, and changing a run's status.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,20 +33,32 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
-    """First Ctrl-C: finish the day in flight, then stop. Second: abandon it."""
+    """First Ctrl-C: finish the day in flight, then stop. Second: abandon it, once out
+    of any callback from C (:mod:`loopsim.interrupts`)."""
+    from loopsim.interrupts import again_soon, in_native_callback
+
     stop = threading.Event()
+    stderr, terminal = sys.stderr, os.dup(2)
+    said = "stopping after this day; Ctrl-C again abandons it (nothing half-written)"
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
+            if in_native_callback(frame):
+                again_soon()
+                return
             raise KeyboardInterrupt
         stop.set()
-        err.print("stopping after this day; Ctrl-C again abandons it (nothing half-written)")
+        if sys.stderr is stderr:
+            err.print(said)
+        else:  # muted while the embedded model loads (llama-cpp-python): said all the same
+            os.write(terminal, f"{said}\n".encode())
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
+        os.close(terminal)
 
 
 def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
@@ -86,6 +100,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         a.opened_checkin = waiting
         return []
     results: list[DayResult] = []
+    phase = ["stepping"]  # or "predicting": what a second Ctrl-C abandons
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -105,6 +120,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         def on_predict(done: int, total: int, error: str | None) -> None:
             predicting(done, total, error)
             bar(done, total)
+            phase[0] = "predicting" if total and done < total else "stepping"
 
         loop.on_predict = on_predict
 
@@ -120,7 +136,14 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
             loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
             a.opened_checkin = loop.opened_checkin
         except KeyboardInterrupt:
-            a.err.print("stopped; the day in flight was abandoned and nothing of it written")
+            if phase[0] == "predicting":  # the days before are committed
+                a.err.print(
+                    "stopped; the check-in's predictions were abandoned, the days before "
+                    f"stay committed; `loopsim run step {run_ref}` opens the check-in",
+                    soft_wrap=True,
+                )
+            else:
+                a.err.print("stopped; the day in flight was abandoned and nothing of it written")
             raise typer.Exit(130) from None
     failed = [r for r in results if r.status == DayStatus.FAILED]
     if failed and fail:

@@ -68,6 +68,7 @@ from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
 from loopsim.service.turns import WaitingRuns
 from loopsim.service.writes import Writer
+from loopsim.text import plural
 
 if TYPE_CHECKING:
     # The chat seam and the day loop import langchain: at the first day planned (lazy.py).
@@ -327,8 +328,8 @@ class Service:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if unfinished:
-                what = "abandoned %d days in flight; nothing of them was written"
-                log.info(what, len(unfinished), extra={"event": "stop.abandoned"})
+                what = "abandoned %s in flight; nothing of them was written"
+                log.info(what, plural(len(unfinished), "day"), extra={"event": "stop.abandoned"})
         await self._reap()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,44 @@
+"""Ctrl-C where Python cannot take it: inside a function C calls back, such as the
+embedded model's grammar sampler (:mod:`loopsim.chat.sampling`).
+
+ctypes swallows an exception raised in a callback, and the callback's work for that
+token is lost: llama.cpp then samples a token its grammar does not allow and aborts the
+process (SIGABRT, a C++ "terminate called"), or the Ctrl-C is simply gone. Callbacks
+register their code here; loopsim's SIGINT handlers ask :func:`in_native_callback` and,
+if it is so, :func:`again_soon` sends the signal again a moment later, to land in
+ordinary Python code. Nothing is imported here but modules built into the interpreter:
+the ``loopsim`` command's own handler (``loopsim.__main__``) uses it.
+"""
+
+from __future__ import annotations
+
+import _signal
+import _thread
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # ``types`` is no module built into the interpreter
+    from types import CodeType, FrameType
+
+NATIVE_CALLBACKS: set[CodeType] = set()
+_MAIN_THREAD = _thread.get_ident()  # the module is imported on the main thread
+
+
+def in_native_callback(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (a signal handler's) runs inside a registered callback."""
+    while frame is not None:
+        if frame.f_code in NATIVE_CALLBACKS:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _send() -> None:
+    time.sleep(0.05)  # the callback has returned to C, and C to Python, by now (most often)
+    # To the main thread itself: it may be blocked in a system call otherwise.
+    _signal.pthread_kill(_MAIN_THREAD, _signal.SIGINT)
+
+
+def again_soon() -> None:
+    """Send SIGINT to the main thread again in a moment, from a thread of its own."""
+    _thread.start_new_thread(_send, ())
