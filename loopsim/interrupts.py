@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _signal
 import _thread
+import sys
 import time
 
 TYPE_CHECKING = False
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # ``types`` is no module built into the interpreter
     from types import CodeType, FrameType
 
 NATIVE_CALLBACKS: set[CodeType] = set()
-_MAIN_THREAD = _thread.get_ident()  # the module is imported on the main thread
+_FIRST_IMPORTER = _thread.get_ident()  # the command's main thread (loopsim.__main__)
 
 
 def in_native_callback(frame: FrameType | None) -> bool:
@@ -33,12 +34,14 @@ def in_native_callback(frame: FrameType | None) -> bool:
     return False
 
 
-def _send() -> None:
+def _send(main: int) -> None:
     time.sleep(0.05)  # the callback has returned to C, and C to Python, by now (most often)
     # To the main thread itself: it may be blocked in a system call otherwise.
-    _signal.pthread_kill(_MAIN_THREAD, _signal.SIGINT)
+    _signal.pthread_kill(main, _signal.SIGINT)
 
 
 def again_soon() -> None:
     """Send SIGINT to the main thread again in a moment, from a thread of its own."""
-    _thread.start_new_thread(_send, ())
+    threading = sys.modules.get("threading")  # imported by then, unless very early
+    main = threading.main_thread().ident if threading is not None else _FIRST_IMPORTER
+    _thread.start_new_thread(_send, (main,))
