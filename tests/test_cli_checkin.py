@@ -428,6 +428,8 @@ def test_run_step_says_it_is_predicting_each_probe(cli, tmp_path):
     day_2 = next(n for n, line in enumerate(lines) if line.startswith("day 2 "))
     opened = next(n for n, line in enumerate(lines) if "check-in 1 is open" in line)
     assert day_2 < start < opened
+    # It says why it opened: here the schedule, elsewhere an alarm or a spot check.
+    assert lines[opened].startswith("check-in 1 is open (scheduled) and the run waits for it")
 
 
 def no_predictions(messages):

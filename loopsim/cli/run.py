@@ -268,9 +268,12 @@ def run_step(
     a = app_context(ctx)
     results = step_days(a, run_ref, days)
     if a.opened_checkin is not None:
+        with a.open_db().read() as session:  # why it opened: a schedule, or an alarm
+            reason = Store(session).get_checkin(a.opened_checkin).reason
         a.err.print(
-            f"check-in {a.opened_checkin} is open and the run waits for it: "
-            f"`loopsim checkin review {a.opened_checkin}`"
+            f"check-in {a.opened_checkin} is open ({reason}) and the run waits for it: "
+            f"`loopsim checkin review {a.opened_checkin}`",
+            soft_wrap=True,
         )
         raise typer.Exit(EXIT_AT_CHECKIN)
     elif len(results) < days:
