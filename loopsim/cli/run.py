@@ -269,9 +269,9 @@ def run_step(
     results = step_days(a, run_ref, days)
     if a.opened_checkin is not None:
         with a.open_db().read() as session:  # why it opened: a schedule, or an alarm
-            reason = Store(session).get_checkin(a.opened_checkin).reason
+            why = Store(session).get_checkin(a.opened_checkin).reason
         a.err.print(
-            f"check-in {a.opened_checkin} is open ({reason}) and the run waits for it: "
+            f"check-in {a.opened_checkin} is open ({why}) and the run waits for it: "
             f"`loopsim checkin review {a.opened_checkin}`",
             soft_wrap=True,
         )
