@@ -38,7 +38,11 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
     from loopsim.interrupts import again_soon, in_native_callback
 
     stop = threading.Event()
-    stderr, terminal = sys.stderr, os.dup(2)
+    stderr = sys.stderr
+    try:
+        terminal: int | None = os.dup(2)
+    except OSError:  # started with stderr closed: nowhere to say it anyway
+        terminal = None
     said = "stopping after this day; Ctrl-C again abandons it (nothing half-written)"
 
     def handler(signum: int, frame: Any) -> None:
@@ -50,7 +54,7 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
         stop.set()
         if sys.stderr is stderr:
             err.print(said)
-        else:  # muted while the embedded model loads (llama-cpp-python): said all the same
+        elif terminal is not None:  # muted while the embedded model loads: said all the same
             os.write(terminal, f"{said}\n".encode())
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -58,7 +62,8 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
-        os.close(terminal)
+        if terminal is not None:
+            os.close(terminal)
 
 
 def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> list[DayResult]:
