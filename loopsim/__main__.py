@@ -51,10 +51,7 @@ def _flush_or_quit() -> None:
 def _on_sigint(signum: int, frame: object) -> None:
     """Python's own handler, but for a Ctrl-C inside a callback from C (the embedded
     model's sampler), which is sent again to land outside it (:mod:`loopsim.interrupts`)."""
-    if interrupts.in_native_callback(frame):  # type: ignore[arg-type]
-        interrupts.again_soon()
-        return
-    raise KeyboardInterrupt
+    interrupts.interrupt(frame)  # type: ignore[arg-type]
 
 
 def _unraisable(unraisable: object) -> None:

@@ -4,10 +4,10 @@ embedded model's grammar sampler (:mod:`loopsim.chat.sampling`).
 ctypes swallows an exception raised in a callback, and the callback's work for that
 token is lost: llama.cpp then samples a token its grammar does not allow and aborts the
 process (SIGABRT, a C++ "terminate called"), or the Ctrl-C is simply gone. Callbacks
-register their code here; loopsim's SIGINT handlers ask :func:`in_native_callback` and,
-if it is so, :func:`again_soon` sends the signal again a moment later, to land in
-ordinary Python code. Nothing is imported here but modules built into the interpreter:
-the ``loopsim`` command's own handler (``loopsim.__main__``) uses it.
+register their code here; loopsim's SIGINT handlers call :func:`interrupt`, which,
+inside one, has the signal sent again a moment later, to land in ordinary Python code.
+Nothing is imported here but modules built into the interpreter: the ``loopsim``
+command's own handler (``loopsim.__main__``) uses it.
 """
 
 from __future__ import annotations
@@ -45,3 +45,12 @@ def again_soon() -> None:
     threading = sys.modules.get("threading")  # imported by then, unless very early
     main = threading.main_thread().ident if threading is not None else _FIRST_IMPORTER
     _thread.start_new_thread(_send, (main,))
+
+
+def interrupt(frame: FrameType | None) -> None:
+    """What a SIGINT handler does to stop the command: raise KeyboardInterrupt where the
+    signal landed, or, inside a registered callback, have it sent again to land after."""
+    if in_native_callback(frame):
+        again_soon()
+        return
+    raise KeyboardInterrupt

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
     """First Ctrl-C: finish the day in flight, then stop. Second: abandon it, once out
     of any callback from C (:mod:`loopsim.interrupts`)."""
-    from loopsim.interrupts import again_soon, in_native_callback
+    from loopsim.interrupts import interrupt
 
     stop = threading.Event()
     stderr = sys.stderr
@@ -47,10 +47,8 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
-            if in_native_callback(frame):
-                again_soon()
-                return
-            raise KeyboardInterrupt
+            interrupt(frame)
+            return
         stop.set()
         if sys.stderr is stderr:
             err.print(said)
@@ -105,7 +103,6 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         a.opened_checkin = waiting
         return []
     results: list[DayResult] = []
-    phase = ["stepping"]  # or "predicting": what a second Ctrl-C abandons
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -125,7 +122,6 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         def on_predict(done: int, total: int, error: str | None) -> None:
             predicting(done, total, error)
             bar(done, total)
-            phase[0] = "predicting" if total and done < total else "stepping"
 
         loop.on_predict = on_predict
 
@@ -141,7 +137,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
             loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
             a.opened_checkin = loop.opened_checkin
         except KeyboardInterrupt:
-            if phase[0] == "predicting":  # the days before are committed
+            if bar.task is not None:  # predicting: the days before are committed
                 a.err.print(
                     "stopped; the check-in's predictions were abandoned, the days before "
                     f"stay committed; `loopsim run step {run_ref}` opens the check-in",
