@@ -569,3 +569,31 @@ def test_predictions_after_the_last_day_get_a_bar_whose_clock_runs():
     assert predicting.completed == 2
     bar(3, 3)
     assert [t.description for t in progress.tasks] == ["stepping"]
+
+
+def test_probe_list_says_which_day_proposed_a_probe_and_if_it_was_reverted(cli, open_checkin):
+    run_id = open_checkin
+
+    def probes(status):
+        return json.loads(cli("probe", "list", run_id, "--status", status, "--json").stdout)
+
+    (proposed,) = probes("proposed")
+    assert (proposed["day"], proposed["day_status"]) == (1, "committed")
+    (spec_probe,) = probes("accepted")
+    assert (spec_probe["day"], spec_probe["day_status"]) == (None, None)
+    assert "reverted" not in cli("probe", "list", run_id).stdout
+
+    decided = cli("checkin", "decide", "1", "--reject")
+    assert decided.exit_code == 0, decided.output
+    (after,) = probes("proposed")
+    assert (after["id"], after["day"], after["day_status"]) == (proposed["id"], 1, "reverted")
+    listed = cli("probe", "list", run_id).stdout
+    (row,) = [line for line in listed.splitlines() if line.split()[:1] == [str(after["id"])]]
+    assert "1 (reverted)" in row
+
+    accepted = cli("probe", "accept", str(after["id"]))
+    assert accepted.exit_code == 0, accepted.output
+    assert f"probe {after['id']} (day 1) came from days a check-in reverted" in accepted.stderr
+    missing = cli("probe", "accept", "999")
+    assert missing.exit_code == 1
+    assert "no probe 999" in missing.stderr

@@ -17,6 +17,7 @@ from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import InvalidState, SpecError
 from loopsim.exports.markdown import safe_text
 from loopsim.record.store import Store
+from loopsim.schemas import DayStatus
 from loopsim.text import plural
 
 app = typer.Typer(no_args_is_help=True, help="The run's bank of probe questions.")
@@ -38,22 +39,40 @@ def probe_list(
     with a.open_db().read() as session:
         store = Store(session)
         run = store.get_run(run_ref)
-        rows: list[dict[str, str | int]] = [
-            {"id": p.id, "status": p.status, "source": p.source, "question": p.question}
-            for p in store.list_probes(run.id, status)
+        rows: list[dict[str, str | int | None]] = [
+            {
+                "id": p.id,
+                "status": p.status,
+                "source": p.source,
+                "day": index,
+                "day_status": day_status,
+                "question": p.question,
+            }
+            for p, index, day_status in store.probes_with_days(run.id, status)
         ]
     if as_json:
         a.print_json(rows)
         return
     table = Table(box=None)
-    for name in ("id", "status", "source"):
+    for name in ("id", "status", "source", "day"):
         table.add_column(name, no_wrap=True)
     table.add_column("question")
     for r in rows:
         table.add_row(
-            str(r["id"]), str(r["status"]), str(r["source"]), Text(safe_text(str(r["question"])))
+            str(r["id"]),
+            str(r["status"]),
+            str(r["source"]),
+            _day_cell(r["day"], r["day_status"]),
+            Text(safe_text(str(r["question"]))),
         )
     a.out.print(table if rows else "no probes")
+
+
+def _day_cell(index: object, status: object) -> str:
+    """The day that proposed a probe, marked if a check-in reverted it."""
+    if index is None:
+        return ""
+    return f"{index} (reverted)" if status == DayStatus.REVERTED else str(index)
 
 
 @app.command("add")
@@ -76,14 +95,23 @@ def probe_add(
 
 def _set(ctx: typer.Context, ids: list[int], status: str) -> None:
     a = app_context(ctx)
+    reverted = []
     with a.open_db().write() as session:
         store = Store(session)
-        probes = [store.get_probe(i) for i in ids]
-        for probe in probes:
+        found = {p.id: (p, index, day) for p, index, day in store.probes_with_days(ids=ids)}
+        for i in ids:
+            if i not in found:
+                store.get_probe(i)  # raises NotFound, with its hint
+            probe, index, day = found[i]
             if probe.status != "proposed":
                 raise InvalidState(f"probe {probe.id} is {probe.status}, not proposed")
             probe.status = status
+            if day == DayStatus.REVERTED:
+                reverted.append(f"probe {probe.id} (day {index})")
     a.err.print(f"{status} {plural(len(ids), 'probe')}")
+    if reverted and status == "accepted":
+        # The human's call, but not one to make unawares: `probe list` shows it too.
+        a.err.print(f"note: {', '.join(reverted)} came from days a check-in reverted")
 
 
 @app.command("accept")

@@ -16,7 +16,7 @@ from sqlalchemy import String, Table, bindparam, func, insert, select, update
 
 from loopsim.errors import NotFound
 from loopsim.record.base import StoreBase, one_of
-from loopsim.record.tables import CheckIn, Entry, Probe, ProbePair, utcnow
+from loopsim.record.tables import CheckIn, Day, Entry, Probe, ProbePair, utcnow
 from loopsim.schemas import Author, EntryKind
 
 
@@ -118,6 +118,31 @@ class ProbeQueries(StoreBase):
         if status is not None:
             stmt = stmt.where(Probe.status == status)
         return self.session.scalars(stmt).all()
+
+    def probes_with_days(
+        self,
+        run_id: str | None = None,
+        status: str | None = None,
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> list[tuple[Probe, int | None, str | None]]:
+        """The run's probes (or these ``ids``), each with the index and status of the day
+        whose entry proposed it (None for a probe from the spec or a human): a question
+        from a day a check-in since reverted stays ``proposed``, and only this says
+        where it came from."""
+        stmt = (
+            select(Probe, Day.index, Day.status)
+            .outerjoin(Entry, Probe.proposed_in_entry_id == Entry.id)
+            .outerjoin(Day, Entry.day_id == Day.id)
+            .order_by(Probe.id)
+        )
+        if run_id is not None:
+            stmt = stmt.where(Probe.run_id == run_id)
+        if ids is not None:
+            stmt = stmt.where(Probe.id.in_(sorted(set(ids))))
+        if status is not None:
+            stmt = stmt.where(Probe.status == status)
+        return [(probe, index, day) for probe, index, day in self.session.execute(stmt)]
 
     def add_probe(self, run_id: str, question: str, *, source: str, status: str) -> Probe:
         """Add one probe, flushed so its id is known."""
