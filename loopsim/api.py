@@ -163,12 +163,20 @@ class Loopsim:
 
     def step(self, run: str, days: int = 1) -> list[DayResult]:
         """Step up to ``days`` days, as ``loopsim run step`` does: it stops early at a
-        failed day, a spent budget or a check-in coming due (see :meth:`checkins`)."""
+        failed day, a spent budget or a check-in coming due (see :meth:`checkins`).
+
+        A Ctrl-C raises KeyboardInterrupt, and a day cut short writes nothing. On the
+        embedded model one landing inside its sampler (a callback from C, where Python
+        would drop it) is sent again once the callback returns, if the caller left
+        SIGINT to Python's own handler (:mod:`loopsim.interrupts`)."""
+        from loopsim.interrupts import deferred
         from loopsim.loop import Loop
 
         if days < 1:
             raise SpecError(f"days={days}: step at least one day")
-        return Loop(self.db, self.settings, self._chats(), self.similarity()).run_days(run, days)
+        loop = Loop(self.db, self.settings, self._chats(), self.similarity())
+        with deferred():
+            return loop.run_days(run, days)
 
     def fork(
         self,

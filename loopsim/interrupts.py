@@ -42,9 +42,7 @@ def _send(main: int) -> None:
 
 def again_soon() -> None:
     """Send SIGINT to the main thread again in a moment, from a thread of its own."""
-    threading = sys.modules.get("threading")  # imported by then, unless very early
-    main = threading.main_thread().ident if threading is not None else _FIRST_IMPORTER
-    _thread.start_new_thread(_send, (main,))
+    _thread.start_new_thread(_send, (_main_ident(),))
 
 
 def interrupt(frame: FrameType | None) -> None:
@@ -54,3 +52,31 @@ def interrupt(frame: FrameType | None) -> None:
         again_soon()
         return
     raise KeyboardInterrupt
+
+
+def _deferring(signum: int, frame: FrameType | None) -> None:
+    interrupt(frame)
+
+
+class deferred:  # a context manager, named as one
+    """While inside, a Ctrl-C that lands in a registered callback is sent again, as the
+    ``loopsim`` command does for its whole life: for the Python API, whose caller may
+    have a SIGINT handler of its own, which is then left alone. Only Python's default
+    handler, on the main thread, is swapped, and it is put back on the way out."""
+
+    def __enter__(self) -> None:
+        self.swapped = False
+        if _thread.get_ident() != _main_ident():
+            return
+        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+            _signal.signal(_signal.SIGINT, _deferring)
+            self.swapped = True
+
+    def __exit__(self, *_: object) -> None:
+        if self.swapped and _signal.getsignal(_signal.SIGINT) is _deferring:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+
+
+def _main_ident() -> int:
+    threading = sys.modules.get("threading")  # imported by then, unless very early
+    return threading.main_thread().ident if threading is not None else _FIRST_IMPORTER

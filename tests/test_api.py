@@ -127,3 +127,56 @@ def test_decide_checks_answers_as_the_cli_does_and_stores_nothing_bad(sqlite_url
         outcome = lab.decide(checkin.id, "approve", skip_probes=True)
         assert outcome.drift.score is None or 0 <= outcome.drift.score <= 1
         assert lab.checkins(run, pending=True) == []
+
+
+def test_a_ctrl_c_inside_a_callback_from_c_still_stops_step(sqlite_url):
+    """The embedded model's sampler is a callback from C, where an exception raised is
+    swallowed and its token's work lost (llama.cpp then aborted the process). The
+    ``loopsim`` command re-sends such a Ctrl-C; a program on the Python API left Python's
+    own handler in place, so the Ctrl-C was lost there. A caller's own handler is kept."""
+    import signal
+    import time
+
+    from loopsim.interrupts import NATIVE_CALLBACKS
+
+    returned: list[str] = []
+
+    def sampler() -> str:  # as a callback from C: registered, and the signal lands in it
+        signal.raise_signal(signal.SIGINT)
+        return "sampled"
+
+    def reply(messages):
+        if not returned:
+            returned.append(sampler())
+        return thoughtful(messages)
+
+    def step_then_wait(lab, run):
+        lab.step(run, days=3)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # if it is sent again only after step returned
+            time.sleep(0.01)
+
+    NATIVE_CALLBACKS.add(sampler.__code__)
+    try:
+        factory, _ = scripted_factory([reply])
+        with loopsim.open(sqlite_url, chat_factory=factory) as lab:
+            run = lab.create_run({**SPEC, "budget": {"days": 10}}, name="api", model="s:1")
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            with pytest.raises(KeyboardInterrupt):
+                step_then_wait(lab, run)
+            assert returned == ["sampled"]  # not raised inside the callback
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+            presses: list[int] = []
+            returned.clear()
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: presses.append(signum))
+            try:
+                days = lab.step(run, days=1)
+                assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            assert presses == [signal.SIGINT]  # the caller's handler got it, once
+            assert [d.status for d in days] == ["committed"]
+            assert lab.run(run).last_day >= 1
+    finally:
+        NATIVE_CALLBACKS.discard(sampler.__code__)
