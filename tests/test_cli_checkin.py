@@ -597,3 +597,22 @@ def test_probe_list_says_which_day_proposed_a_probe_and_if_it_was_reverted(cli, 
     missing = cli("probe", "accept", "999")
     assert missing.exit_code == 1
     assert "no probe 999" in missing.stderr
+
+
+def test_demo_refuses_a_report_path_before_it_creates_or_steps_anything(cli_factory, tmp_path):
+    """The demo stepped its days (minutes on the embedded model), then failed to write
+    the report, naming an option `-o` it does not have."""
+    factory, model = scripted_factory()
+    db = tmp_path / "demo.db"
+    cli = cli_factory(str(db), factory)
+    for report, says in [
+        (tmp_path / "missing" / "r.md", "folder"),
+        (tmp_path, "not a regular file"),
+    ]:
+        result = cli("demo", "--days", "1", "--report", str(report))
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: --report {report}: ")
+        assert says in line
+    assert model.calls == []
+    assert not db.exists()

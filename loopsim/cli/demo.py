@@ -14,7 +14,7 @@ import typer
 from loopsim.cli.context import app_context
 from loopsim.cli.stepping import set_status, step_days
 from loopsim.errors import LoopsimError
-from loopsim.exports.markdown import markdown_chunks, write_atomically
+from loopsim.exports.markdown import check_output, markdown_chunks, write_atomically
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, RunSpec, RunStatus, load_spec
@@ -67,6 +67,7 @@ def demo(
     else:
         spec = load_spec(spec_path)
     dbmod.refuse_database_target(report, a.url, "--report")
+    check_output(report, "--report")  # before minutes of model calls, not after
     result = dbmod.upgrade(a.url)
     a.err.print(f"database: {result.where} (schema {result.after})")
     database = a.open_db()
@@ -98,7 +99,7 @@ def demo(
     with database.read(snapshot=True) as session:
         store = Store(session)
         verified = store.verify_chain(run_id)
-        write_atomically(report, markdown_chunks(store, store.get_run(run_id)))
+        write_atomically(report, markdown_chunks(store, store.get_run(run_id)), "--report")
     if not verified.ok:
         assert verified.broken is not None
         raise LoopsimError(f"demo record does not verify: {verified.broken.describe()}")
@@ -111,3 +112,4 @@ def demo(
     next_command = f"{own_command()} {_db_option(result.where)} record show {run_id}"
     a.err.print(f"next: {next_command}", soft_wrap=True)
     a.out.print(run_id)
+

@@ -393,20 +393,34 @@ def batched_text(chunks: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
         yield "".join(block)
 
 
-def write_atomically(path: Path, chunks: Iterable[str]) -> None:
+def check_output(path: Path, option: str = "-o") -> Path:
+    """Refuse an output path no file can be written at (its folder missing, or a folder or
+    device there), naming ``option``; returns the path a symlink points to. A command
+    that works long before it writes checks first, so the work is not lost."""
+    try:
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+        directory = path.parent if str(path.parent) else Path(".")
+        if not directory.is_dir():
+            raise SpecError(f"{option} {path}: folder {directory} does not exist")
+        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null
+            raise SpecError(
+                f"{option} {path}: not a regular file; give a file name, or - for stdout"
+            )
+    except OSError as error:
+        raise LoopsimError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
+def write_atomically(path: Path, chunks: Iterable[str], option: str = "-o") -> None:
     """Write beside the target and rename over it, so a crash never leaves half a file.
 
     A symlink is written through (its target is replaced, the link kept), and the file
     keeps the mode it had, or gets the usual one for a new file (0666 less the umask),
     rather than the private mode of the temporary file. A failure is one line."""
     try:
-        if path.is_symlink():
-            path = Path(os.path.realpath(path))
+        path = check_output(path, option)
         directory = path.parent if str(path.parent) else Path(".")
-        if not directory.is_dir():
-            raise SpecError(f"-o {path}: folder {directory} does not exist")
-        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/null
-            raise SpecError(f"-o {path}: not a regular file; give a file name, or - for stdout")
         mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as error:
