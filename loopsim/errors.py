@@ -33,6 +33,9 @@ from __future__ import annotations
 
 EXIT_AT_CHECKIN = 3
 """`run step` stopped because a check-in is open; scripts can tell this from N days done."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C stopped the command (128 + SIGINT, as a shell reports it): `run step` too, when a
+first Ctrl-C let the day in flight finish but left days of those asked for undone."""
 
 
 class LoopsimError(Exception):

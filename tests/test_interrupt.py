@@ -296,3 +296,72 @@ def test_the_first_ctrl_c_is_said_while_stderr_is_muted(capfd):
             muted.close()
         assert stop.is_set()
     assert "stopping after this day; Ctrl-C again abandons it" in capfd.readouterr().err
+
+
+def _pressing_once(when):
+    """A scripted reply that presses Ctrl-C (once) inside the model call ``when`` picks."""
+    from loopsim.testing import default_reply
+
+    pressed: list[bool] = []
+
+    def reply(messages):
+        if not pressed and when(messages):
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return default_reply(messages)
+
+    return reply
+
+
+def test_a_first_ctrl_c_that_cuts_the_days_short_exits_130_and_says_so(
+    cli_factory, sqlite_url, tmp_path
+):
+    """A first Ctrl-C finished the day in flight and stopped, as promised, but exited 0:
+    a script took two days for the five it asked for."""
+    from tests.conftest import write_spec
+    from tests.test_cli_checkin import SPEC
+
+    calls: list[int] = []
+
+    def second_day(messages) -> bool:
+        calls.append(1)
+        return len(calls) == 2
+
+    spec = SPEC.replace("every_days = 2", "every_days = 50")
+    factory, _ = scripted_factory([_pressing_once(second_day)])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", spec))).stdout.strip()
+    result = cli("run", "step", run_id, "--days", "5")
+    assert result.exit_code == 130, result.output
+    lines = result.stderr.splitlines()
+    assert "stopping after this day; Ctrl-C again abandons it (nothing half-written)" in lines
+    assert [line.split()[:2] for line in lines if line.startswith("day ")] == [
+        ["day", "1"],
+        ["day", "2"],
+    ]  # the day in flight finished, and no other began
+    assert lines[-1] == f"stopped by Ctrl-C after 2 of 5 days; `loopsim run step {run_id}` goes on"
+    again = cli("run", "step", run_id, "--days", "1")
+    assert again.exit_code == 0, again.output
+    assert "day 3 " in again.stderr
+
+
+def test_a_first_ctrl_c_during_a_check_ins_predictions_says_what_it_does(
+    cli_factory, sqlite_url, tmp_path
+):
+    """The first Ctrl-C during predictions said "stopping after this day" when no day was
+    in flight; the predictions go on (their check-in then opens) unless pressed again."""
+    from tests.conftest import write_spec
+    from tests.test_cli_checkin import SPEC
+
+    factory, _ = scripted_factory([_pressing_once(lambda m: "Question:" in m[-1].text)])
+    cli = cli_factory(sqlite_url, factory)
+    run_id = cli("run", "create", str(write_spec(tmp_path / "s.toml", SPEC))).stdout.strip()
+    result = cli("run", "step", run_id, "--days", "5")
+    assert result.exit_code == 3, result.output  # the check-in after day 2 opened
+    lines = result.stderr.splitlines()
+    assert (
+        "stopping once the check-in's predictions are in; Ctrl-C again abandons them "
+        "(the days stay committed)"
+    ) in lines
+    assert "stopping after this day" not in result.stderr
+    assert any(line.startswith("check-in 1 is open") for line in lines)

@@ -55,6 +55,7 @@ class AppContext:
     chat_factory: ChatFactory | None = None
     db_url: str | None = None
     opened_checkin: int | None = None
+    stopped: bool = False  # a first Ctrl-C stopped step_days before its days were done
     similarity_fn: drift.Similarity | None = None
     _database: dbmod.Database | None = field(default=None, repr=False)
     # No markup or emoji codes: printed paths, names and model text may hold "[/x]" or

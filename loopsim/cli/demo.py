@@ -13,7 +13,7 @@ import typer
 
 from loopsim.cli.context import app_context
 from loopsim.cli.stepping import set_status, step_days
-from loopsim.errors import LoopsimError
+from loopsim.errors import EXIT_INTERRUPTED, LoopsimError
 from loopsim.exports.markdown import check_output, markdown_chunks, write_atomically
 from loopsim.record import db as dbmod
 from loopsim.record.store import Store
@@ -84,6 +84,8 @@ def demo(
         results = step_days(a, run_id, days - committed, fail=False)
         committed += sum(r.status == DayStatus.COMMITTED for r in results)
         tries += len(results)
+        if a.stopped:  # a first Ctrl-C: the days so far are reported, and no more run
+            break
         if a.opened_checkin is not None:
             a.err.print(
                 f"check-in {a.opened_checkin} opened; the run waits for a human: "
@@ -112,4 +114,6 @@ def demo(
     next_command = f"{own_command()} {_db_option(result.where)} record show {run_id}"
     a.err.print(f"next: {next_command}", soft_wrap=True)
     a.out.print(run_id)
-
+    if a.stopped:
+        a.err.print(f"stopped by Ctrl-C after {plural(committed, 'day')} of {days}")
+        raise typer.Exit(EXIT_INTERRUPTED)

@@ -18,7 +18,7 @@ from loopsim.cli.compare import run_compare
 from loopsim.cli.context import JsonOpt, RunArg, app_context
 from loopsim.cli.fork import run_fork
 from loopsim.cli.stepping import set_status, step_days
-from loopsim.errors import EXIT_AT_CHECKIN, InvalidState
+from loopsim.errors import EXIT_AT_CHECKIN, EXIT_INTERRUPTED, InvalidState
 from loopsim.exports.markdown import safe_text
 from loopsim.record.leases import driver, live_holder, queue_for_service
 from loopsim.record.runs import spec_hash
@@ -264,7 +264,8 @@ def run_step(
     """Run the next N days, each a fresh researcher. Ctrl-C stops at a day boundary.
 
     Exits 3 when it stops at a check-in, or finds the run already waiting at one (the
-    run waits for a human), so a script can tell that from N days done (exit 0)."""
+    run waits for a human), so a script can tell that from N days done (exit 0), and
+    130 when a Ctrl-C stopped it before N days were done."""
     a = app_context(ctx)
     results = step_days(a, run_ref, days)
     if a.opened_checkin is not None:
@@ -276,6 +277,12 @@ def run_step(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_AT_CHECKIN)
+    elif a.stopped:  # a script must not take this for the days it asked for
+        a.err.print(
+            f"stopped by Ctrl-C after {len(results)} of {plural(days, 'day')}; "
+            f"`loopsim run step {run_ref}` goes on"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     elif len(results) < days:
         with a.open_db().read() as session:
             run = Store(session).get_run(run_ref)

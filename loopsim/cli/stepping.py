@@ -31,10 +31,19 @@ if TYPE_CHECKING:
     from loopsim.schemas import ModelSpec
 
 
+DAY_STOP = "stopping after this day; Ctrl-C again abandons it (nothing half-written)"
+PREDICTIONS_STOP = (
+    "stopping once the check-in's predictions are in; Ctrl-C again abandons them "
+    "(the days stay committed)"
+)
+
+
 @contextlib.contextmanager
-def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
-    """First Ctrl-C: finish the day in flight, then stop. Second: abandon it, once out
-    of any callback from C (:mod:`loopsim.interrupts`)."""
+def stop_on_interrupt(
+    err: Console, says: Callable[[], str] = lambda: DAY_STOP
+) -> Iterator[threading.Event]:
+    """First Ctrl-C: finish the day in flight, then stop, saying ``says()``. Second:
+    abandon it, once out of any callback from C (:mod:`loopsim.interrupts`)."""
     from loopsim.interrupts import interrupt
 
     stop = threading.Event()
@@ -43,13 +52,13 @@ def stop_on_interrupt(err: Console) -> Iterator[threading.Event]:
         terminal: int | None = os.dup(2)
     except OSError:  # started with stderr closed: nowhere to say it anyway
         terminal = None
-    said = "stopping after this day; Ctrl-C again abandons it (nothing half-written)"
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             interrupt(frame)
             return
         stop.set()
+        said = says()
         if sys.stderr is stderr:
             err.print(said)
         elif terminal is not None:  # muted while the embedded model loads: said all the same
@@ -110,18 +119,23 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    bar: list[ProbeBar] = []  # made with the progress display, read by the Ctrl-C handler
+
+    def says() -> str:  # a day in flight, or a check-in's predictions after one
+        return PREDICTIONS_STOP if bar and bar[0].task is not None else DAY_STOP
+
     with (
-        stop_on_interrupt(a.err) as stop,
+        stop_on_interrupt(a.err, says) as stop,
         # Transient: the day lines stay, and no bar is left frozen where the steps ended.
         Progress(*columns, console=a.err, transient=True) as progress,
     ):
         task = progress.add_task("stepping", total=days)
         say[0] = progress.console
-        bar = ProbeBar(progress)
+        bar.append(ProbeBar(progress))
 
         def on_predict(done: int, total: int, error: str | None) -> None:
             predicting(done, total, error)
-            bar(done, total)
+            bar[0](done, total)
 
         loop.on_predict = on_predict
 
@@ -136,8 +150,9 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
         try:
             loop.run_days(run_ref, days, on_day=on_day, should_stop=stop.is_set)
             a.opened_checkin = loop.opened_checkin
+            a.stopped = stop.is_set() and len(results) < days
         except KeyboardInterrupt:
-            if bar.task is not None:  # predicting: the days before are committed
+            if bar[0].task is not None:  # predicting: the days before are committed
                 a.err.print(
                     "stopped; the check-in's predictions were abandoned, the days before "
                     f"stay committed; `loopsim run step {run_ref}` opens the check-in",
