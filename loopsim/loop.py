@@ -152,7 +152,7 @@ class Loop:
         self._names[run.id] = run.name
         spec = self.spec_of(run)
         index = store.next_day_index(run.id)
-        if store.committed_days_after(run.id, 0, next_index=index) >= spec.budget.days:
+        if (done := store.committed_days_after(run.id, 0, next_index=index)) >= spec.budget.days:
             return None
         date = external_date(
             spec.time,
@@ -187,7 +187,7 @@ class Loop:
         digests = plan_digests(store, run.id, index, date, spec.digests.every_days, state)
         tries = store.count_days(run.id, DayStatus.FAILED, index=index)
         return PlannedDay(
-            run.id, index, date, prompt, run.model, spec, tuple(digests), limit, tries
+            run.id, index, date, prompt, run.model, spec, tuple(digests), limit, tries, done
         )
 
     def researcher(self, planned: PlannedDay) -> Researcher:
@@ -474,7 +474,7 @@ class Loop:
         self.start(run_ref)
         self.opened_checkin = None
         results: list[DayResult] = []
-        test_after = True  # whether the check-in test is owed once the loop ends
+        test_after, spent = True, False  # the check-in test owed at the end; budget spent
         while len(results) < days and not should_stop():
             planned = self.next_day(run_ref)
             if planned is Turn.CHECKIN_DUE:
@@ -492,6 +492,9 @@ class Loop:
             if result.status != DayStatus.COMMITTED:
                 test_after = False
                 break
+            spent = planned is not None and planned.last_of_budget
         if test_after and not should_stop():  # a stop asked for now: the next step tests
             self.opened_checkin = self.open_due_checkin(run_ref)
+            if spent and self.opened_checkin is None:  # completed now, not at the next step
+                self.complete(run_ref)
         return results

@@ -262,6 +262,45 @@ def test_budget_completes_the_run(database, spec):
         loop.run_days(run_id, 1)
 
 
+def status_of(database: Database, run_id: str) -> str:
+    with database.read() as session:
+        return Store(session).get_run(run_id).status
+
+
+def test_the_budgets_last_day_completes_the_run_at_once(database, spec):
+    """`run step` asked for exactly the days left: the run stayed `running` until another
+    step found nothing to do. Unless a check-in opens after the last day: the run waits
+    for it, and approving it completes the run; rejecting it leaves days to step again."""
+    from loopsim.checkin.decision import decide
+    from loopsim.schemas import Decision
+
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"days": 2})})
+    run_id = make_run(database, spec)
+    loop, _ = loop_for(database)
+    assert len(loop.run_days(run_id, 1)) == 1
+    assert status_of(database, run_id) == RunStatus.RUNNING
+    stopping = iter([False, True])  # a Ctrl-C during the last day: the next step tests
+    assert len(loop.run_days(run_id, 1, should_stop=lambda: next(stopping, True))) == 1
+    assert status_of(database, run_id) == RunStatus.RUNNING
+    assert loop.run_days(run_id, 1) == []
+    assert status_of(database, run_id) == RunStatus.COMPLETED
+
+    checked = spec.model_copy(
+        update={"checkins": spec.checkins.model_copy(update={"every_days": 2})}
+    )
+    run_id = make_run(database, checked)
+    assert len(loop.run_days(run_id, 2)) == 2
+    assert status_of(database, run_id) == RunStatus.AWAITING_CHECKIN
+    decide(database, loop.opened_checkin, Decision.REJECT)  # days 1-2 reverted
+    assert status_of(database, run_id) == RunStatus.RUNNING
+    assert len(loop.run_days(run_id, 2)) == 2
+    assert loop.opened_checkin is not None
+    decide(database, loop.opened_checkin, Decision.APPROVE)
+    assert status_of(database, run_id) == RunStatus.COMPLETED
+    with pytest.raises(InvalidState, match="completed"):
+        loop.run_days(run_id, 1)
+
+
 def test_should_stop_stops_at_a_day_boundary(database, spec):
     run_id = make_run(database, spec)
     loop, _ = loop_for(database)

@@ -193,3 +193,18 @@ def test_store_delete_run_on_every_backend_leaves_the_other_run_whole(any_db, sp
         assert result.ok
         assert result.checked == 4
         assert len(store.search(kept, "observations")) == 2
+
+
+def test_a_run_completes_with_its_last_day_and_halt_leaves_it_completed(cli, tmp_path):
+    """`run list` showed `running` for a run whose budget was spent, until another `run
+    step`; `run halt` then turned the completed run into a halted one."""
+    spec = write_spec(tmp_path / "s.toml", GOOD_SPEC + "\n[budget]\ndays = 2\n")
+    run_id = cli("run", "create", str(spec)).stdout.strip()
+    stepped = cli("run", "step", run_id, "--days", "2")
+    assert stepped.exit_code == 0, stepped.output
+    shown = json.loads(cli("run", "show", run_id, "--json").stdout)
+    assert (shown["status"], shown["status_reason"]) == ("completed", "day budget spent")
+    halted = cli("run", "halt", run_id)
+    assert halted.exit_code == 1
+    assert one_line_error(halted) == f"error: run {run_id} is completed; cannot make it halted"
+    assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "completed"

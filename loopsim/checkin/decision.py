@@ -172,7 +172,12 @@ def decide(
                 reverted = store.revert_days(
                     run.id, last_approved_day(store, run.id), checkin.last_day_index
                 )
-            store.set_status(run, RunStatus.RUNNING)
+            if decision != Decision.REJECT and store.committed_days_after(run.id, 0) >= (
+                spec.budget.days
+            ):  # the check-in after the budget's last day: nothing is left to step
+                store.set_status(run, RunStatus.COMPLETED, "day budget spent")
+            else:
+                store.set_status(run, RunStatus.RUNNING)
         before = [c.drift_score for c in decided]
         schedule = schedule_change(before, [*before, value], spec.checkins)
         level = drift.classify(value, trend, spec.checkins.drift_warn, spec.checkins.drift_alarm)

@@ -320,7 +320,7 @@ def run_halt(ctx: typer.Context, run_ref: RunArg) -> None:
     set_status(
         app_context(ctx),
         run_ref,
-        {s for s in RunStatus if s != RunStatus.HALTED},
+        {s for s in RunStatus if s not in (RunStatus.HALTED, RunStatus.COMPLETED)},
         RunStatus.HALTED,
         "halted by a human",
     )

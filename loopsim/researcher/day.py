@@ -109,6 +109,12 @@ class PlannedDay:
     prompt_limit: int | None = None  # most tokens any prompt of the day may take, if known
     # Earlier tries of this day that failed: each retry of a day samples afresh.
     failed_tries: int = 0
+    committed_before: int = 0  # the run's committed days before it
+
+    @property
+    def last_of_budget(self) -> bool:
+        """Whether committing this day spends the run's day budget."""
+        return self.committed_before + 1 >= self.spec.budget.days
 
     @property
     def salt(self) -> int | str:
