@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loopsim.errors import SpecError
+from loopsim.spec_errors import describe_errors, field_at
 from loopsim.text import NON_PROSE_CONTROL
 
 
@@ -307,50 +308,6 @@ class Decision(StrEnum):
     HALT = "halt"
 
 
-def _describe(error: Any) -> str:
-    parts = [str(part) for part in error["loc"]]
-    # The time policy's union puts its tag in the location; a spec says "time.anchor".
-    if len(parts) > 2 and parts[0] == "time" and parts[1] in ("fixed", "wall_clock", "per_checkin"):
-        del parts[1]
-    loc, kind = ".".join(parts), error["type"]
-    if kind == "missing":
-        return f"{loc}: missing"
-    if kind == "union_tag_invalid":
-        tag, expected = error.get("ctx", {}).get("tag"), error.get("ctx", {}).get("expected_tags")
-        return f"{loc}.policy: unknown drift policy {tag!r} (expected {expected})"
-    if kind == "union_tag_not_found":
-        return f"{loc}.policy: missing (expected 'fixed', 'wall_clock' or 'per_checkin')"
-    if kind == "extra_forbidden" and len(parts) > 1 and parts[-1] in RunSpec.model_fields:
-        hint = "in TOML, write it above the first [table] header"  # or it lands in that table
-        return f"{loc}: unknown field ({parts[-1]} is a top-level key: {hint})"
-    if kind == "extra_forbidden":
-        return f"{loc}: unknown field"
-    return f"{loc}: {error['msg'].lower()}"
-
-
-_AT_LINE = re.compile(r"at line (\d+)")
-_TABLE = re.compile(r"^\s*\[+\s*([A-Za-z0-9_.-]+)\s*\]+")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
-
-
-def _field_at(text: str, message: str) -> str:
-    """``table.key: `` for the line a TOML error points at, so the user sees the field."""
-    match = _AT_LINE.search(message)
-    if not match:
-        return ""
-    lines = text.splitlines()
-    number = int(match[1])
-    if not 1 <= number <= len(lines):
-        return ""
-    key = _KEY.match(lines[number - 1])
-    if not key:
-        return ""
-    table = next(
-        (t[1] for line in reversed(lines[: number - 1]) if (t := _TABLE.match(line))), None
-    )
-    return f"{table}.{key[1]}: " if table else f"{key[1]}: "
-
-
 def load_spec(path: Path) -> RunSpec:
     """Read and validate a TOML run spec, or raise :class:`SpecError` with one line."""
     return parse_spec(read_toml(path), source=str(path))
@@ -369,7 +326,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        field = _field_at(raw.decode("utf-8"), str(exc))
+        field = field_at(raw.decode("utf-8"), str(exc))
         raise SpecError(f"{path}: {field}invalid TOML: {exc}") from None
     return data
 
@@ -387,9 +344,7 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
     try:
         spec = RunSpec.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
+        raise SpecError(f"{source}: {describe_errors(exc.errors(), RunSpec)}") from None
     # Checked here, where a spec comes in, rather than in the model: a run's stored spec
     # is validated again every day and must keep validating.
     for name in spec.model.params:

@@ -85,6 +85,11 @@ def one_line_error(result) -> str:
         (('policy = "fixed"', 'policy = "weekly"'), "time.policy: unknown drift policy 'weekly'"),
         (('[persona]\nname = "Dr. Test"\nbackground = "Studies bees."\n', ""), "persona: missing"),
         (("[time]", "[time\n"), "invalid TOML"),
+        # A typo'd required key is missing too; the typo is named first, with the fix.
+        (('name = "Dr. Test"', 'nme = "Dr. Test"'), "persona.nme: unknown field (did you mean"),
+        (("anchor = 2025", "anchr = 2025"), "time.anchr: unknown field (did you mean anchor?)"),
+        (("every_days = 1000", "every_day = 1000"), "every_day: unknown field (did you mean"),
+        (("every_days = 1000", "zzz = 1"), "checkins.zzz: unknown field"),
     ],
 )
 def test_bad_spec_is_one_line_exit_2_and_writes_nothing(cli, sqlite_url, tmp_path, edit, field):

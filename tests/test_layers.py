@@ -23,7 +23,7 @@ RANKS = {
     name: rank
     for rank, names in enumerate(
         [
-            ("errors", "text", "ids", "interrupts"),
+            ("errors", "text", "ids", "interrupts", "spec_errors"),
             ("schemas",),
             ("clock", "config"),
             ("record", "specs"),
