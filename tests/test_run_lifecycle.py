@@ -208,3 +208,22 @@ def test_a_run_completes_with_its_last_day_and_halt_leaves_it_completed(cli, tmp
     assert halted.exit_code == 1
     assert one_line_error(halted) == f"error: run {run_id} is completed; cannot make it halted"
     assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "completed"
+
+
+@pytest.mark.parametrize("name", ["bad\x1b[31mred\nline", "tab\there", "   ", "x" * 201])
+def test_a_run_name_no_table_line_could_show_is_refused(cli, tmp_path, name):
+    """A name with a line break split its `run list` row in two (and an escape code was
+    stored as given): names are one line of 1 to 200 characters, for forks too."""
+    spec = write_spec(tmp_path / "s.toml", GOOD_SPEC)
+    created = cli("run", "create", str(spec), "--name", name)
+    assert created.exit_code == 2, created.output
+    line = one_line_error(created)
+    assert line.startswith("error: run name '")
+    assert line.endswith(": give 1 to 200 characters on one line, without control characters")
+    assert cli("run", "list", "--json").stdout.strip() == "[]"
+    parent = cli("run", "create", str(spec), "--name", "parent").stdout.strip()
+    assert cli("run", "step", parent).exit_code == 0
+    forked = cli("run", "fork", parent, "--at-day", "1", "--name", name)
+    assert forked.exit_code == 2, forked.output
+    assert "give 1 to 200 characters" in one_line_error(forked)
+    assert [r["name"] for r in json.loads(cli("run", "list", "--json").stdout)] == ["parent"]

@@ -68,7 +68,7 @@ def run_fork(
             parent,
             at_day,
             spec,
-            name=(name or f"{parent.name}@{at_day}")[:200],
+            name=name or f"{parent.name}@{at_day}"[:200],  # a name given is checked whole
             model=model,
         )
         run_id, parent_id = copy.run.id, parent.id

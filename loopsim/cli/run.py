@@ -79,7 +79,7 @@ def run_create(
     check_model_id(model, f"{spec_path}: [model] name" if spec.model.name else "LOOPSIM_MODEL")
     database = a.open_db()
     with database.write() as session:
-        run = Store(session).create_run(spec, name=name or spec_path.stem, model=model)
+        run = Store(session).create_run(spec, name=name or spec_path.stem[:200], model=model)
         run_id = run.id
     a.out.print(run_id)
 

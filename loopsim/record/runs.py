@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ from sqlalchemy import (
 )
 
 from loopsim import ids
-from loopsim.errors import NotFound
+from loopsim.errors import NotFound, SpecError
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import CallRecord, CheckIn, Day, Entry, Probe, ProbePair, Run, utcnow
 from loopsim.schemas import RunSpec, RunStatus
@@ -102,11 +103,19 @@ def spec_hash(spec: RunSpec | dict[str, Any]) -> str:
     return ids.sha256_hex(ids.canonical_json(spec.model_dump(mode="json")))
 
 
+_NOT_IN_A_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # line breaks, tabs, escapes
+
+
 def new_run(
     spec: RunSpec, *, name: str, model: str, created_at: dt.datetime | None = None, **fork: Any
 ) -> Run:
     """A new run row, not yet added: its own id and secret seed, status ``created``.
-    ``created_at`` (a fork keeps its parent's) and ``fork`` (the fork columns) if given."""
+    ``created_at`` (a fork keeps its parent's) and ``fork`` (the fork columns) if given.
+    A name is one line of 1 to 200 characters: `run list` shows it as a table cell."""
+    if not name.strip() or len(name) > 200 or _NOT_IN_A_NAME.search(name):
+        raise SpecError(
+            f"run name {name!r}: give 1 to 200 characters on one line, without control characters"
+        )
     now = utcnow()
     return Run(
         id=ids.new_id(),
