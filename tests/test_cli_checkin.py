@@ -616,3 +616,20 @@ def test_demo_refuses_a_report_path_before_it_creates_or_steps_anything(cli_fact
         assert says in line
     assert model.calls == []
     assert not db.exists()
+
+
+def test_checkin_list_keeps_each_check_in_on_one_line_of_a_narrow_terminal(
+    cli, open_checkin, monkeypatch
+):
+    """At 60 columns the run's whole id kept its width and every other column was cut to
+    an ellipsis (`…`, `schedul…`, `1-…`); as `run list`, the id gives way to a prefix."""
+    run_id = open_checkin
+    monkeypatch.setenv("COLUMNS", "60")
+    lines = cli("checkin", "list").stdout.splitlines()
+    assert lines[0].split() == ["id", "run", "reason", "days", "decision", "drift"]
+    assert lines[1].split() == ["1", run_id[:12], "scheduled", "1-2", "pending", "-"]
+    assert all(len(line) <= 60 for line in lines)
+    assert cli("checkin", "decide", "1", "--halt").exit_code == 0
+    monkeypatch.delenv("COLUMNS")
+    piped = cli("checkin", "list").stdout.splitlines()  # into a pipe: every value whole
+    assert piped[1].split() == ["1", run_id, "scheduled", "1-2", "halt", piped[1].split()[-1]]

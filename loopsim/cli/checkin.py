@@ -6,6 +6,7 @@ read from it, so no screen shows a prediction before the human's answer is store
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -58,20 +59,41 @@ def checkin_list(
     if as_json:
         a.print_json(rows)
         return
-    table = Table(box=None)
-    for name in ("id", "run", "reason", "days", "decision", "drift"):
-        table.add_column(name, no_wrap=True)
-    for r in rows:
-        score = "-" if r["drift_score"] is None else f"{r['drift_score']:.2f}"
-        table.add_row(
+    if not rows:
+        a.out.print("no check-ins")
+        return
+    names = ("id", "run", "reason", "days", "decision", "drift")
+    cells = [
+        (
             str(r["id"]),
             r["run_id"],
             r["reason"],
             f"{r['first_day']}-{r['last_day']}",
             r["decision"] or "pending",
-            score,
+            "-" if r["drift_score"] is None else f"{r['drift_score']:.2f}",
         )
-    a.out.print(table if rows else "no check-ins")
+        for r in rows
+    ]
+    widths = {n: max(len(n), *(len(row[i]) for row in cells)) for i, n in enumerate(names)}
+    room = a.out.width - 2 * (len(names) - 1)
+    sized = a.out.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit()
+    if sized and sum(widths.values()) > room:
+        # One line a check-in, as `run list`: the run's id gives way, to a 12-character
+        # prefix any command still takes; into a pipe, every value whole.
+        widths["run"] = 12
+    table = Table(box=None, pad_edge=False)
+    for name in names:
+        table.add_column(
+            name, no_wrap=True, width=widths[name], overflow="crop" if name == "run" else "ellipsis"
+        )
+    for row in cells:
+        table.add_row(*row)
+    fitted = a.out.width
+    a.out.width = max(fitted, sum(widths.values()) + 2 * len(names))  # a pipe: no cut
+    try:
+        a.out.print(table)
+    finally:
+        a.out.width = fitted
 
 
 def _judge_for(a: AppContext, checkin_id: int) -> Judge | None:
