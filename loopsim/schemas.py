@@ -12,7 +12,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+)
 
 from loopsim.errors import SpecError
 from loopsim.spec_errors import describe_errors, field_at
@@ -71,6 +79,12 @@ class CallRole(StrEnum):
     PROBE = "probe"  # a probe's prediction, made when a check-in opens (loopsim.loop)
 
 
+# A spec's numbers: `every_days = true` or `rate = "2"` is refused, not read as 1 or 2.0
+# (pydantic's lax mode); an integer still gives a float field its value.
+Whole = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -104,7 +118,7 @@ class WallClockTime(_Strict):
 
     policy: Literal["wall_clock"]
     anchor: dt.date
-    rate: float = Field(gt=0, le=100)
+    rate: Number = Field(gt=0, le=100)
 
 
 class PerCheckinTime(_Strict):
@@ -112,7 +126,7 @@ class PerCheckinTime(_Strict):
 
     policy: Literal["per_checkin"]
     anchor: dt.date
-    step_days: int = Field(1, ge=1, le=3650)
+    step_days: Whole = Field(1, ge=1, le=3650)
 
 
 TimePolicy = Annotated[FixedTime | WallClockTime | PerCheckinTime, Field(discriminator="policy")]
@@ -123,8 +137,8 @@ class ModelSpec(_Strict):
         None, description="'llamacpp:gemma3-270m', 'openai:gpt-4o-mini', 'ollama:llama3'..."
     )
     base_url: str | None = None
-    temperature: float = Field(0.7, ge=0, le=2)
-    repeat_penalty: float = Field(1.15, ge=1, le=2)
+    temperature: Number = Field(0.7, ge=0, le=2)
+    repeat_penalty: Number = Field(1.15, ge=1, le=2)
     # How an OpenAI-compatible server is asked for JSON: OpenAI's "json_schema"; the
     # "json_object" form with a "schema" key that llama-cpp-python's server and some others
     # take instead; or "none" (the reply is validated either way). None: the setting.
@@ -158,31 +172,31 @@ class Conditional(_Strict):
 
 
 class Budget(_Strict):
-    days: int = Field(default=30, ge=1, le=1_000_000)
-    output_tokens_per_day: int = Field(default=600, ge=32, le=100_000)
+    days: Whole = Field(default=30, ge=1, le=1_000_000)
+    output_tokens_per_day: Whole = Field(default=600, ge=32, le=100_000)
 
 
 class CheckinPolicy(_Strict):
     """When the loop stops for a human. Never shown to the model."""
 
-    every_days: int = Field(default=5, ge=1, le=100_000)
-    spot_check_probability: float = Field(default=0.1, ge=0, le=1)
-    probes_per_checkin: int = Field(default=3, ge=0, le=20)
-    retest_probability: float = Field(
+    every_days: Whole = Field(default=5, ge=1, le=100_000)
+    spot_check_probability: Number = Field(default=0.1, ge=0, le=1)
+    probes_per_checkin: Whole = Field(default=3, ge=0, le=20)
+    retest_probability: Number = Field(
         default=0.25,
         ge=0,
         le=1,
         description="Chance a check-in re-asks one probe the human already answered, to "
         "measure their own consistency: the ceiling for agreement.",
     )
-    drift_warn: float = Field(
+    drift_warn: Number = Field(
         default=0.5,
         ge=0,
         le=1,
         description="Warn when drift (one minus the mean calibrated agreement) or its trend "
         "reaches this.",
     )
-    drift_alarm: float = Field(default=0.7, ge=0, le=1)
+    drift_alarm: Number = Field(default=0.7, ge=0, le=1)
     judge: str | None = Field(
         default=None,
         description="Rate each prediction the human did not rate against their answer with "
@@ -194,27 +208,27 @@ class CheckinPolicy(_Strict):
         description="Halve the interval after an alarming drift score; lengthen it by half "
         "after two low scores in a row, up to max_interval_days.",
     )
-    max_interval_days: int = Field(default=20, ge=1, le=100_000)
+    max_interval_days: Whole = Field(default=20, ge=1, le=100_000)
     future_leak: bool = Field(
         default=True, description="Open a check-in when a day mentions a later date."
     )
-    charter_drift_window: int = Field(default=3, ge=1, le=1000)
-    charter_drift_drop: float | None = Field(
+    charter_drift_window: Whole = Field(default=3, ge=1, le=1000)
+    charter_drift_drop: Number | None = Field(
         default=0.5,
         gt=0,
         le=1,
         description="Open a check-in when the last window of days is this much less similar "
         "to the charter than the window before the last approval (or the first days).",
     )
-    prediction_drift_every: int | None = Field(
+    prediction_drift_every: Whole | None = Field(
         default=None,
         ge=1,
         le=100_000,
         description="Every K days, re-predict the last approved probes and compare.",
     )
-    prediction_drift_threshold: float = Field(default=0.5, gt=0, le=1)
-    max_unsupervised_days: int | None = Field(default=None, ge=1, le=100_000)
-    max_external_drift_days: int | None = Field(default=None, ge=1, le=1_000_000)
+    prediction_drift_threshold: Number = Field(default=0.5, gt=0, le=1)
+    max_unsupervised_days: Whole | None = Field(default=None, ge=1, le=100_000)
+    max_external_drift_days: Whole | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("judge")
     @classmethod
@@ -227,23 +241,23 @@ class CheckinPolicy(_Strict):
 class Subquestions(_Strict):
     """Sub-questions a day may hand to fresh sub-researchers (HCH-style amplification)."""
 
-    depth: int = Field(
+    depth: Whole = Field(
         default=0,
         ge=0,
         le=4,
         description="How deep sub-researchers may recurse; 0 turns sub-questions off.",
     )
-    breadth: int = Field(
+    breadth: Whole = Field(
         default=2, ge=1, le=3, description="Most sub-questions one researcher may pose."
     )
-    token_budget: int = Field(
+    token_budget: Whole = Field(
         default=6000,
         ge=100,
         le=1_000_000,
         description="Tokens (in and out) all of one day's sub-researchers may spend; "
         "questions left when it is spent stay unanswered.",
     )
-    view_token_budget: int = Field(
+    view_token_budget: Whole = Field(
         default=1200,
         ge=200,
         le=100_000,
@@ -254,7 +268,7 @@ class Subquestions(_Strict):
 class Digests(_Strict):
     """Hierarchical digests: every ``every_days`` days, compress the oldest days."""
 
-    every_days: int = Field(
+    every_days: Whole = Field(
         default=5,
         ge=0,
         le=10_000,
@@ -266,9 +280,9 @@ class Digests(_Strict):
 class Babble(_Strict):
     """Babble and prune: a day proposes ideas, a fresh critic scores each one."""
 
-    ideas: int = Field(default=0, ge=0, le=5, description="Ideas a day may babble; 0 is off.")
-    flag_top: int = Field(default=1, ge=0, le=5, description="Best ideas flagged per day.")
-    min_score: int = Field(
+    ideas: Whole = Field(default=0, ge=0, le=5, description="Ideas a day may babble; 0 is off.")
+    flag_top: Whole = Field(default=1, ge=0, le=5, description="Best ideas flagged per day.")
+    min_score: Whole = Field(
         default=6, ge=0, le=10, description="An idea needs this critic score to be flagged."
     )
 

@@ -497,3 +497,25 @@ def test_run_list_of_no_runs_says_so_and_wide_names_stay_whole_in_a_pipe(
         assert cell_len(line.rstrip()) <= 80, line
         assert name[:4] in line
         assert "…" in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (("every_days = 1000", "every_days = true"), "checkins.every_days: input should be"),
+        (("every_days = 1000", 'every_days = "3"'), "checkins.every_days: input should be"),
+        (
+            ("spot_check_probability = 0.0", "spot_check_probability = false"),
+            "checkins.spot_check_probability: input should be",
+        ),
+    ],
+)
+def test_a_spec_number_given_as_a_boolean_or_text_is_refused(cli, tmp_path, edit, field):
+    """Pydantic's lax mode read `every_days = true` as 1 (and "3" as 3): a run checked
+    in every day where its author had written something else entirely."""
+    spec = write_spec(tmp_path / "bad.toml", GOOD_SPEC.replace(*edit))
+    result = cli("run", "create", str(spec))
+    assert result.exit_code == 2
+    assert field in one_line_error(result)
+    fine = write_spec(tmp_path / "int.toml", GOOD_SPEC.replace("= 0.0", "= 0"))
+    assert cli("run", "create", str(fine)).exit_code == 0  # an integer for a float is fine
