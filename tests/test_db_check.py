@@ -369,3 +369,25 @@ def test_a_record_in_a_read_only_folder_is_read_verified_and_checked(cli_factory
         assert created.exit_code == 1
         assert "is the folder read-only?" in one_line_error(created)
         assert sorted(p.name for p in folder.iterdir()) == ["record.db"]
+
+
+def test_entries_cut_from_the_end_of_a_record_are_found(cli_factory, sqlite_url, spec):
+    """A chain verifies every link up to its last entry, so entries deleted from its end
+    left `record verify` and `db check` saying ok. Every day that holds an index wrote at
+    least one entry: a day left with none is where the record was cut."""
+    run_id, other = seed(sqlite_url, spec)  # 3 days of one entry each, per run
+    cli = cli_factory(sqlite_url)
+    assert cli("record", "verify", run_id).exit_code == 0
+    with contextlib.closing(sqlite3.connect(sqlite_url)) as conn, conn:
+        conn.execute("DELETE FROM entries WHERE run_id = ? AND seq > 2", (run_id,))
+    verified = cli("record", "verify", run_id)
+    assert verified.exit_code == 1
+    assert one_line_error(verified) == (
+        f"error: run {run_id}: day 3 holds no entries: entries were deleted from the "
+        "record (its chain still verifies up to where it was cut); restore it from a backup"
+    )
+    checked = cli("db", "check")
+    assert checked.exit_code == 1, checked.output
+    assert f"run {run_id}: day 3 holds no entries" in checked.output
+    assert f"run {other}:" not in checked.output
+    assert cli("record", "verify", other).exit_code == 0

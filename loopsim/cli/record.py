@@ -15,7 +15,7 @@ from rich.text import Text
 from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.exports.markdown import entry_marks, safe_text
-from loopsim.record.chain import KEYED_HINT
+from loopsim.record.chain import KEYED_HINT, emptied_text
 from loopsim.record.store import Store, dropped_words, search_terms
 from loopsim.record.streams import BATCH, EntryRow
 from loopsim.schemas import DayStatus, EntryKind
@@ -133,6 +133,7 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
         result = store.verify_chain(run.id)
         key_held = store.chain_key is not None
         proof = store.prove_prefix(run) if result.ok else None
+        emptied = store.emptied_day(run.id) if result.ok else None
     if result.needs_key:
         raise RecordBroken(f"run {run.id}: {KEYED_HINT} to verify it")
     if not result.ok:
@@ -141,6 +142,8 @@ def record_verify(ctx: typer.Context, run_ref: RunArg) -> None:
             f"run {run.id}: broken link at {result.broken.describe()}; "
             f"{plural(result.checked, 'entry', 'entries')} before it verify"
         )
+    if emptied is not None:
+        raise RecordBroken(f"run {run.id}: {emptied_text(emptied)}")
     entries = plural(result.checked, "entry", "entries")
     kind = ", keyed (HMAC-SHA256)" if result.keyed else ""
     if proof is not None and not proof.ok:

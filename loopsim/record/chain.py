@@ -39,6 +39,7 @@ from loopsim.errors import RecordBroken
 from loopsim.ids import canonical_json, sha256_hex
 from loopsim.record.base import StoreBase
 from loopsim.record.tables import Day, Entry, Run
+from loopsim.schemas import DayStatus
 
 GENESIS = "0" * 64
 # Where a session carries the chain key (bytes), set by loopsim.record.db.Database.
@@ -256,6 +257,22 @@ class ChainQueries(StoreBase):
         row = self._core().execute(_HEAD, {"run_id": run_id}).first()
         return (0, GENESIS) if row is None else (row[0], row[1])
 
+    def emptied_day(self, run_id: str) -> int | None:
+        """The first day that holds an index (committed or reverted) yet no entry, if any.
+
+        A chain checks every link from its genesis to its last entry, so entries cut
+        from its end leave a chain that verifies. Every day a human could see wrote at
+        least one entry (a report has one or more), and nothing deletes an entry: a day
+        without any is where the record was cut."""
+        entries = select(Entry.id).where(Entry.day_id == Day.id).exists()
+        stmt = (
+            select(Day.index)
+            .where(Day.run_id == run_id, Day.status.in_(HELD), ~entries)
+            .order_by(Day.index)
+            .limit(1)
+        )
+        return self.session.scalar(stmt)
+
     def iter_chain(
         self, run_id: str, batch: int = 500, after_seq: int = 0, until_seq: int | None = None
     ) -> Iterator[tuple[Chained, int | None]]:
@@ -325,6 +342,17 @@ class ChainQueries(StoreBase):
             expected_seq += 1
             checked += 1
         return VerifyResult(run_id, checked, prev, None, keyed, head_seq=expected_seq - 1)
+
+
+HELD = (DayStatus.COMMITTED.value, DayStatus.REVERTED.value)  # days that hold an index
+
+
+def emptied_text(day_index: int) -> str:
+    """What :meth:`ChainQueries.emptied_day` found, for a user."""
+    return (
+        f"day {day_index} holds no entries: entries were deleted from the record (its "
+        "chain still verifies up to where it was cut); restore it from a backup"
+    )
 
 
 class VerifiedHeads:

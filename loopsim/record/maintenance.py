@@ -24,6 +24,7 @@ from pathlib import Path
 from loopsim import __version__
 from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
 from loopsim.record import db as dbmod
+from loopsim.record.chain import emptied_text
 from loopsim.record.sqlite_file import frozen, readonly, translate, truncation
 from loopsim.record.store import Store
 
@@ -115,6 +116,8 @@ def check(
                     report.keyed_unverified.append(run_id)
                 elif verified.broken is not None:
                     report.problems.append(f"run {run_id}: {verified.broken.describe()}")
+                elif (emptied := store.emptied_day(run_id)) is not None:
+                    report.problems.append(f"run {run_id}: {emptied_text(emptied)}")
                 else:
                     report.heads[run_id] = (verified.checked, verified.head)
                 if on_run is not None:
