@@ -391,3 +391,72 @@ def test_entries_cut_from_the_end_of_a_record_are_found(cli_factory, sqlite_url,
     assert f"run {run_id}: day 3 holds no entries" in checked.output
     assert f"run {other}:" not in checked.output
     assert cli("record", "verify", other).exit_code == 0
+
+
+def test_text_sqlite_cannot_decode_is_one_line_and_a_problem_db_check_lists(
+    cli_factory, sqlite_url, spec
+):
+    """A byte that is not UTF-8 in a text column (a damaged page, another program's
+    write) ended every reading command, `db check` and `db backup` in a traceback."""
+    run_id, other = seed(sqlite_url, spec)
+    with contextlib.closing(sqlite3.connect(sqlite_url)) as conn, conn:
+        conn.execute(
+            "UPDATE entries SET body = CAST(X'48ff6c6c6f' AS TEXT) WHERE run_id = ? AND seq = 2",
+            (run_id,),
+        )
+    cli = cli_factory(sqlite_url)
+    for command in (["record", "verify", run_id], ["export", run_id], ["record", "show", run_id]):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        line = one_line_error(result)
+        assert "holds text that is not UTF-8" in line, line
+        assert line.endswith("it was damaged, or written by another program; it was left untouched")
+    checked = cli("db", "check")
+    assert checked.exit_code == 1
+    assert f"run {run_id}: " in checked.output
+    assert "holds text that is not UTF-8" in checked.output
+    assert f"run {other}:" not in checked.output  # the other run was read, and is whole
+    assert "Traceback" not in checked.output
+
+
+def test_a_full_disk_while_a_day_commits_is_one_line_and_writes_nothing(sqlite_url, spec):
+    """SQLite's 'database or disk is full' at a day's commit was a traceback; the record
+    stayed whole (the transaction rolled back), and the message now says so. The disk is
+    made full for real: the file may not grow by another page."""
+    from sqlalchemy import event
+
+    from loopsim.config import Settings
+    from loopsim.errors import DatabaseError
+    from loopsim.loop import Loop
+    from loopsim.testing import scripted_factory
+
+    (run_id,) = seed(sqlite_url, spec, runs=1, days=1)
+    database = dbmod.Database.open(sqlite_url)
+    database.engine.dispose()  # connections made from here on get the cap
+
+    @event.listens_for(database.engine, "connect")
+    def cap(dbapi_connection, _record):
+        pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    factory, _ = scripted_factory()
+    loop = Loop(database, Settings(), factory)
+    try:
+
+        def step_until_full() -> None:
+            for _ in range(50):  # the write-ahead log absorbs the first few pages
+                loop.run_days(run_id, 1)
+
+        with pytest.raises(DatabaseError, match="no space left on its disk") as raised:
+            step_until_full()
+        assert "nothing of this write was committed" in str(raised.value)
+    finally:
+        event.remove(database.engine, "connect", cap)
+        database.engine.dispose()
+    with database.read() as session:
+        store = Store(session)
+        days = store.list_days(run_id)
+        assert [d.index for d in days] == list(range(1, len(days) + 1))
+        assert store.verify_chain(run_id).ok
+        assert store.emptied_day(run_id) is None
+    database.dispose()

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import exc
+
 from loopsim import __version__
 from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
 from loopsim.record import db as dbmod
@@ -110,7 +112,11 @@ def check(
             store = Store(session)
             run_ids = [run.id for run in store.list_runs()]
             for done, run_id in enumerate(run_ids, 1):
-                verified = store.verify_chain(run_id)
+                try:
+                    verified = store.verify_chain(run_id)
+                except exc.DBAPIError as error:  # a row SQLite cannot read: a problem found
+                    report.problems.append(f"run {run_id}: {translate(error, where) or error}")
+                    continue
                 report.entries += verified.checked
                 if verified.needs_key:
                     report.keyed_unverified.append(run_id)

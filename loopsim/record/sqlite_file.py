@@ -18,7 +18,8 @@ from loopsim.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError
 
 def translate(error: Exception, where: str) -> DatabaseError | None:
     """Map a driver error to loopsim's tree, or None if it is not one we know."""
-    text = str(getattr(error, "orig", error)).lower()
+    said = str(getattr(error, "orig", error))
+    text = said.lower()
     if "database is locked" in text or "database table is locked" in text:
         return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
     if "readonly database" in text or "read-only" in text:
@@ -29,6 +30,20 @@ def translate(error: Exception, where: str) -> DatabaseError | None:
     ):
         return DatabaseCorrupt(
             f"{where} is not a readable loopsim database ({text.strip()}); it was left untouched"
+        )
+    if "database or disk is full" in text:
+        return DatabaseError(
+            f"{where}: no space left on its disk (database or disk is full); nothing of "
+            "this write was committed: free some space, then try again"
+        )
+    if "disk i/o error" in text:
+        return DatabaseError(
+            f"{where}: disk I/O error (is its disk full, or failing?); nothing was written"
+        )
+    if "could not decode to utf-8" in text:
+        return DatabaseCorrupt(
+            f"{where} holds text that is not UTF-8 ({said.strip().splitlines()[0][:120]}): "
+            "it was damaged, or written by another program; it was left untouched"
         )
     if "unable to open" in text:
         return DatabaseError(
