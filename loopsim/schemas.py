@@ -342,6 +342,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         field = field_at(raw.decode("utf-8"), str(exc))
         raise SpecError(f"{path}: {field}invalid TOML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: invalid TOML: nested too deeply") from None
     return data
 
 

@@ -633,3 +633,44 @@ def test_checkin_list_keeps_each_check_in_on_one_line_of_a_narrow_terminal(
     monkeypatch.delenv("COLUMNS")
     piped = cli("checkin", "list").stdout.splitlines()  # into a pipe: every value whole
     assert piped[1].split() == ["1", run_id, "scheduled", "1-2", "halt", piped[1].split()[-1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # json keeps the last of two equal keys: the first answer vanished without a word
+        (
+            '{"1": {"answer": "First.", "rating": 2}, "1": {"answer": "Second.", "rating": 3},'
+            ' "2": {"answer": "B.", "rating": 3}, "3": {"answer": "C.", "rating": 3}}',
+            "'1' is given twice",
+        ),
+        (
+            '{"1": {"answer": "A.", "rating": 2, "evil": 1}, "2": {"answer": "B.", "rating": 3},'
+            ' "3": {"answer": "C.", "rating": 3}}',
+            "unknown field 'evil' (expected answer and rating)",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)"),
+    ],
+    ids=["duplicate-key", "unknown-field", "deep"],
+)
+def test_an_answers_file_that_is_ambiguous_or_too_deep_is_refused(
+    cli, three_probes, tmp_path, text, says
+):
+    run_id, checkin_id = three_probes
+    path = tmp_path / "ans.json"
+    path.write_text(text)
+    refused = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
+    assert refused.exit_code == 2, refused.output
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert says in line
+    assert stored_pairs(cli) == [(7, None, None), (8, None, None), (9, None, None)]
+    assert json.loads(cli("run", "show", run_id, "--json").stdout)["status"] == "awaiting_checkin"
+
+
+def test_a_spec_nested_too_deeply_is_one_line(cli, tmp_path):
+    text = SPEC + "\n[model]\nparams = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n"
+    result = cli("run", "create", str(write_spec(tmp_path / "deep.toml", text)))
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("deep.toml: invalid TOML: nested too deeply")

@@ -101,13 +101,17 @@ def load_answers(path: Path) -> dict[int | str, dict[str, Any]]:
     position in the check-in (``"1"``) or its id (``"#7"``); :func:`resolve_answers` maps
     them onto the check-in's probes."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    except _DuplicateKey as exc:  # the first answer would be dropped without a word
+        raise SpecError(f"{path}: {exc.args[0]!r} is given twice") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected an object of probe keys to answers")
     out: dict[int | str, dict[str, Any]] = {}
@@ -121,11 +125,30 @@ def load_answers(path: Path) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``json`` keeps the last of equal ones)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+ANSWER_FIELDS = {"answer", "rating"}
+
+
 def checked_answer(given: Any, where: str) -> dict[str, Any]:
     """One given answer as stored, ``{"answer": text, "rating": 1 to 5 or None}``, or a
     SpecError that starts with ``where``: from a file or from the Python API alike."""
     if not isinstance(given, dict):
         raise SpecError(f"{where}: expected {{answer, rating}}")
+    if unknown := sorted(set(given) - ANSWER_FIELDS, key=str):
+        raise SpecError(f"{where}: unknown field {unknown[0]!r} (expected answer and rating)")
     answer, rating = given.get("answer"), given.get("rating")
     if not isinstance(answer, str) or not answer.strip():
         raise SpecError(f"{where}: answer must be non-empty text")
