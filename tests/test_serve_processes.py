@@ -204,3 +204,47 @@ def test_bad_input_is_one_line_before_any_worker_starts(tmp_path):
     )
     assert done.returncode == 2
     assert "no room for 3 workers" in done.stderr
+
+
+def test_a_stop_signal_while_workers_start_starts_no_more():
+    """The parent went on starting workers through SIGTERMs (with -p 100000, about
+    1,900 were alive before a SIGKILL); a signal while they start now ends the starting."""
+    # Not 600 s: a worker started after the signal is never told to stop, and is waited for.
+    steady = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    class Signalled(Supervisor):
+        def _start(self, slot):
+            super()._start(slot)
+            if slot.index == 2:  # a real SIGTERM to this process, while starting the rest
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    supervisor = Signalled([(f"w{i}", steady) for i in range(1, 7)], ProcessPolicy())
+    assert supervisor.run() == 0
+    started = [slot for slot in supervisor.slots if slot.proc is not None]
+    assert [slot.name for slot in started] == ["w1", "w2"]
+    assert all(slot.proc.returncode == -signal.SIGTERM for slot in started)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--processes", "100000"], "--processes 100000: at most 8 a core"),
+        (["--lease-seconds", "inf"], "--lease-seconds: give 86400 or less"),
+        (["--grace-seconds", "1e300"], "--grace-seconds: give 86400 or less"),
+    ],
+)
+def test_serve_refuses_what_no_machine_could_take(tmp_path, flags, says):
+    """--processes 100000 started workers until the machine ran out; --lease-seconds inf
+    was a traceback (OverflowError)."""
+    env = {**os.environ, "LOOPSIM_DATABASE_URL": str(tmp_path / "x.db")}
+    done = subprocess.run(
+        [sys.executable, "-m", "loopsim", "serve", "--http", "off", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert says in line
+    assert not (tmp_path / "x.db").exists()

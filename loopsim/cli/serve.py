@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from loopsim.record.db import Database
 
 log = logging.getLogger("loopsim.service.worker")
+PROCESSES_PER_CORE = 8
 
 
 def _parse_http(value: str) -> tuple[str, int | None]:
@@ -75,13 +76,14 @@ def serve(
         ),
     ] = "127.0.0.1:9464",
     lease_seconds: Annotated[
-        float, typer.Option(min=1.0, help="Lease length; renewed every third of it.")
+        float, typer.Option(min=1.0, max=86_400.0, help="Lease length; renewed every third of it.")
     ] = 30.0,
     poll_seconds: Annotated[
-        float, typer.Option(min=0.05, help="How often to look for runs to claim.")
+        float, typer.Option(min=0.05, max=3600.0, help="How often to look for runs to claim.")
     ] = 1.0,
     grace_seconds: Annotated[
-        float, typer.Option(min=0.0, help="On SIGTERM/SIGINT, how long days in flight get.")
+        float,
+        typer.Option(min=0.0, max=86_400.0, help="On SIGTERM/SIGINT, how long days in flight get."),
     ] = 10.0,
     yield_after_days: Annotated[
         int,
@@ -131,6 +133,13 @@ def serve(
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SpecError(f"--log-level is debug, info, warning or error, not {log_level!r}")
     host, port = _parse_http(http)
+    cores = os.cpu_count() or 1
+    if processes > PROCESSES_PER_CORE * cores:  # each loads the stack; thousands fill memory
+        raise SpecError(
+            f"--processes {processes}: at most {PROCESSES_PER_CORE} a core "
+            f"({PROCESSES_PER_CORE * cores} on this machine's {cores}); each worker "
+            "already steps --concurrency runs at once"
+        )
     worker_id = worker_id or (None if processes > 1 else default_worker_id())
     # The supervisor names each child on its own lines; a worker names itself on all of its.
     configure_logging(log_format, log_level, worker=None if processes > 1 else worker_id)

@@ -186,6 +186,8 @@ class Supervisor:
         }
         try:
             for slot in self.slots:
+                if self.stops:  # a signal while starting them: start no more
+                    break
                 self._start(slot)
             try:
                 self._watch()
