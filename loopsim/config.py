@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(
         None, description="POSTed a JSON payload when `loopsim serve` opens a check-in."
     )
-    busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite busy timeout.")
+    busy_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description="How long a write waits for another's lock before it gives up: SQLite's "
+        "busy timeout, PostgreSQL's lock_timeout (where 0 waits without end).",
+    )
     llama_threads: int | None = Field(None, description="Threads for the embedded model.")
     llama_ctx: int = Field(4096, ge=512, description="Context window of the embedded model.")

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,53 @@ def test_a_shared_database_still_checks_the_schema_on_every_open(sqlite_url):
             dbmod.Database.open(sqlite_url)
     finally:
         held.dispose()
+
+
+def test_a_postgresql_lock_held_elsewhere_is_waited_for_then_refused(pg_url, cli_factory):
+    """On PostgreSQL `run step` waited without end, and without a word, behind another
+    transaction's lock; SQLite's busy timeout gives up with one line. The same bound
+    (LOOPSIM_BUSY_TIMEOUT_MS) is now PostgreSQL's lock_timeout."""
+    import sqlalchemy as sa
+
+    from loopsim.schemas import parse_spec
+    from loopsim.testing import scripted_factory
+    from tests.conftest import SPEC, make_run
+
+    database = dbmod.Database.open(pg_url)
+    run_id = make_run(database, parse_spec(SPEC))
+    database.dispose()
+    holder = sa.create_engine(pg_url)
+    factory, _ = scripted_factory()
+    cli = cli_factory(pg_url, factory, busy_timeout_ms=1500)
+    try:
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            # Without the bound the step would wait for ever: the lock is let go after a
+            # minute all the same, and the step then goes through (and the test fails).
+            release = threading.Timer(60, _terminate, (pg_url, pid))
+            release.start()
+            try:
+                result = cli("run", "step", run_id)  # held until this returns
+            finally:
+                release.cancel()
+            conn.exec_driver_sql("ROLLBACK")
+        assert result.exit_code == 1, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ")
+        assert "stayed locked by another writer; try again" in line
+        stepped = cli("run", "step", run_id)  # the lock gone, the same step goes through
+        assert stepped.exit_code == 0, stepped.output
+        assert "day 1 " in stepped.stderr
+    finally:
+        holder.dispose()
+
+
+def _terminate(url: str, pid: int) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(url)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    admin.dispose()

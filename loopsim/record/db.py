@@ -4,7 +4,8 @@ What this module promises:
 
 - SQLite connections run in WAL mode with a busy timeout and foreign keys on. Reads begin
   ``DEFERRED``; writes begin ``IMMEDIATE``, so a read-then-write transaction waits for the
-  lock instead of failing at once with "database is locked".
+  lock instead of failing at once with "database is locked". PostgreSQL's wait for a lock
+  is bounded the same (``lock_timeout``), and refused alike once it runs out.
 - :meth:`Database.open` refuses a database that is missing, corrupt, or not at Alembic's
   head, and names the command that fixes it. Only :func:`upgrade` creates a database.
 - An existing SQLite file is looked at read-only before anything writes to it (even the
@@ -40,13 +41,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
-from loopsim.errors import (
-    DatabaseError,
-    DatabaseMissing,
-    SchemaOutdated,
-    SchemaTooNew,
-    SpecError,
-)
+from loopsim.errors import DatabaseError, DatabaseMissing, SchemaOutdated, SchemaTooNew, SpecError
 from loopsim.record import planner_stats
 from loopsim.record.chain import CHAIN_KEY_INFO
 from loopsim.record.sqlite_file import (
@@ -225,7 +220,10 @@ def make_engine(url: URL, *, busy_timeout_ms: int = 30_000, foreign_keys: bool =
         # connection beyond the pool is closed when given back, and PostgreSQL starts a
         # backend process for each new one, which at the default size of 5 a worker did
         # several times a second (benchmarks/README.md, "PostgreSQL's share").
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        waits = {"options": f"-c lock_timeout={int(busy_timeout_ms)}"}  # as SQLite's busy
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=waits
+        )
     except (exc.NoSuchModuleError, ImportError) as error:
         raise DatabaseError(
             f"cannot use {url.drivername}: its driver is not installed ({error}); "

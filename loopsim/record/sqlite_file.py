@@ -20,7 +20,7 @@ def translate(error: Exception, where: str) -> DatabaseError | None:
     """Map a driver error to loopsim's tree, or None if it is not one we know."""
     said = str(getattr(error, "orig", error))
     text = said.lower()
-    if "database is locked" in text or "database table is locked" in text:
+    if "database is locked" in text or "table is locked" in text or "lock timeout" in text:
         return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
     if "readonly database" in text or "read-only" in text:
         return DatabaseError(f"{where} is read-only here; nothing was written")
