@@ -206,3 +206,99 @@ def test_a_call_is_traced_under_its_day_without_the_key():
     assert child.outputs is not None
     assert KEY not in repr(root.model_dump())
     assert reply.text
+
+
+class _Replies:
+    """A server on 127.0.0.1 whose every reply is ``kind``: "endless" (a 200 whose body
+    never ends) or "gzip" (a whole completion, compressed)."""
+
+    def __init__(self, kind: str) -> None:
+        import gzip
+        import http.server
+        import json
+        import threading
+
+        completion = json.dumps(
+            {
+                "model": "stub-model",
+                "choices": [{"message": {"role": "assistant", "content": "Compressed."}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            }
+        ).encode()
+        self.sent = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(handler) -> None:
+                handler.rfile.read(int(handler.headers["Content-Length"]))
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                if kind == "gzip":
+                    body = gzip.compress(completion)
+                    handler.send_header("Content-Encoding", "gzip")
+                    handler.send_header("Content-Length", str(len(body)))
+                    handler.end_headers()
+                    handler.wfile.write(body)
+                    return
+                handler.send_header("Transfer-Encoding", "chunked")
+                handler.end_headers()
+                chunk = b"x" * 65536
+                try:
+                    while self.sent < 64 * transport.REPLY_LIMIT:  # stops at a hang-up
+                        handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.sent += len(chunk)
+                except OSError:
+                    handler.close_connection = True
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> _Replies:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("path", ["sync", "httpx", "aiohttp"])
+def test_a_reply_that_never_ends_is_read_only_up_to_the_limit(path):
+    """A server streaming a body without end was read whole: 3.9 GB of memory before a
+    MemoryError, and in `loopsim serve` the kernel's OOM killer takes every run down."""
+    with _Replies("endless") as server:
+        handle = build_chat(settings_for(server.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
+        messages = [HumanMessage("Hello.")]
+
+        def call() -> object:
+            if path == "sync":
+                return handle.complete(messages, None)
+            return on_event_loop(lambda: handle.acomplete(messages, None), path)
+
+        with pytest.raises(ModelUnavailable) as raised:
+            call()
+    assert f"reply longer than {transport.REPLY_LIMIT:,} bytes" in raised.value.message
+    assert server.sent < 4 * transport.REPLY_LIMIT  # the reader hung up soon after
+
+
+@pytest.mark.parametrize("path", ["sync", "httpx", "aiohttp"])
+def test_a_compressed_reply_is_read_on_every_path(path):
+    """Replies are read raw (to cap them) and decoded once, as their headers say."""
+    with _Replies("gzip") as server:
+        handle = build_chat(settings_for(server.base_url))(MODEL, ModelSpec(), 100)
+        messages = [HumanMessage("Hello.")]
+        if path == "sync":
+            reply = handle.complete(messages, None)
+        else:
+            reply = on_event_loop(lambda: handle.acomplete(messages, None), path)
+    assert reply.text == "Compressed."
+    assert reply.tokens_in == 3

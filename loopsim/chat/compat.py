@@ -255,8 +255,10 @@ class OpenAICompatible(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        response = self.client().post(self.url, content=self.body(messages, stop, kwargs))
-        return parse_completion(response)
+        content = self.body(messages, stop, kwargs)
+        with self.client().stream("POST", self.url, content=content) as response:
+            read = transport.whole(response, response.iter_raw(), self.url)
+        return parse_completion(read)
 
     async def _agenerate(
         self,
@@ -276,5 +278,6 @@ class OpenAICompatible(BaseChatModel):
                 tls=self._tls_context(),
             )
         else:
-            response = await self.aclient().post(self.url, content=content)
+            async with self.aclient().stream("POST", self.url, content=content) as streamed:
+                response = await transport.awhole(streamed, streamed.aiter_raw(), self.url)
         return parse_completion(response)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,52 @@ if TYPE_CHECKING:
     import httpx
 
 _SCOPE: ContextVar[Sessions | None] = ContextVar("loopsim_aiohttp_sessions", default=None)
+
+REPLY_LIMIT = 16 * 1024 * 1024
+"""The most bytes of one reply that are read. A completion capped at ``max_tokens`` is
+kilobytes; a server that sends without end would fill the memory (and the kernel's OOM
+killer then ends `loopsim serve` with every run it holds). More is a failed call."""
+
+
+def too_long(url: str) -> httpx.ReadError:
+    import httpx
+
+    return httpx.ReadError(f"POST {url}: reply longer than {REPLY_LIMIT:,} bytes; not read")
+
+
+def whole(response: httpx.Response, chunks: Iterable[bytes], url: str) -> httpx.Response:
+    """``response`` read through :data:`REPLY_LIMIT`, from its raw (undecoded) bytes."""
+    import httpx
+
+    body, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > REPLY_LIMIT:
+            raise too_long(url)
+        body.append(chunk)
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(body),
+        request=response.request,
+    )
+
+
+async def awhole(
+    response: httpx.Response, chunks: AsyncIterator[bytes], url: str
+) -> httpx.Response:
+    """:func:`whole` for an async reply."""
+    held = [chunk async for chunk in _capped(chunks, url)]
+    return whole(response, held, url)
+
+
+async def _capped(chunks: AsyncIterator[bytes], url: str) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > REPLY_LIMIT:
+            raise too_long(url)
+        yield chunk
 
 
 class Sessions:
@@ -58,6 +104,7 @@ class Sessions:
                 connector=aiohttp.TCPConnector(limit=0, ssl=tls if tls is not None else False),
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+                auto_decompress=False,  # the raw bytes are capped, and httpx decodes them
             )
             # The request every reply names (error messages show its URL): built once.
             held = (session, httpx.Request("POST", url))
@@ -84,9 +131,13 @@ class Sessions:
         session, request = self._session(url, headers, timeout, tls)
         try:
             async with session.post(url, data=content) as reply:
-                body = await reply.read()
+                # Raw bytes, through the cap; httpx decodes them as its headers say.
+                raw = [chunk async for chunk in _capped(reply.content.iter_any(), url)]
                 return httpx.Response(
-                    reply.status, headers=list(reply.raw_headers), content=body, request=request
+                    reply.status,
+                    headers=list(reply.raw_headers),
+                    content=b"".join(raw),
+                    request=request,
                 )
         except aiohttp.ServerTimeoutError as exc:
             raise httpx.ReadTimeout(f"POST {url}: {exc}") from exc
