@@ -138,11 +138,23 @@ def test_missing_database_is_named_and_not_created(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def test_a_database_from_a_newer_loopsim_is_refused(sqlite_url):
+def test_a_database_from_a_newer_loopsim_is_refused(sqlite_url, cli_factory):
     with sqlite3.connect(sqlite_url) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(SchemaTooNew, match="upgrade loopsim itself"):
         dbmod.Database.open(sqlite_url)
+    # `db upgrade` said "cannot upgrade to 'head': Can't locate revision identified by
+    # '9999'", as if the revision asked for were wrong, not the database's.
+    upgraded = cli_factory(sqlite_url)("db", "upgrade")
+    assert upgraded.exit_code == 1, upgraded.output
+    (line,) = upgraded.stderr.strip().splitlines()
+    assert line == (
+        f"error: {sqlite_url} is at schema 9999, which this loopsim does not know; "
+        "upgrade loopsim itself"
+    )
+    asked = cli_factory(sqlite_url)("db", "upgrade", "--revision", "7777")
+    assert asked.exit_code == 2
+    assert "cannot upgrade to '7777'" in asked.stderr
 
 
 def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_url):

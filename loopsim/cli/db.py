@@ -50,6 +50,13 @@ def db_upgrade(
     try:
         result = dbmod.upgrade(a.url, _revision(revision))
     except CommandError as exc:  # alembic's own errors name unknown revisions
+        unknown = re.search(r"Can't locate revision identified by '([^']+)'", str(exc))
+        if unknown and unknown[1] != revision:  # not the one asked for: the database's own
+            where = dbmod.display_url(dbmod.normalize_url(a.url))
+            raise SchemaTooNew(
+                f"{where} is at schema {unknown[1]}, which this loopsim does not know; "
+                "upgrade loopsim itself"
+            ) from None
         raise SpecError(f"cannot upgrade to {revision!r}: {exc}") from None
     if result.created or result.before is None:  # a new file, or an empty one
         a.err.print(f"created {result.where} at schema {result.after}")
