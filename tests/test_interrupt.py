@@ -365,3 +365,27 @@ def test_a_first_ctrl_c_during_a_check_ins_predictions_says_what_it_does(
     ) in lines
     assert "stopping after this day" not in result.stderr
     assert any(line.startswith("check-in 1 is open") for line in lines)
+
+
+def test_a_first_ctrl_c_stops_the_demo_which_still_reports_its_days(
+    cli_factory, sqlite_url, tmp_path
+):
+    """The demo looped into more days after a first Ctrl-C (step_days returned early, and
+    the demo stepped again for the days it still wanted)."""
+    calls: list[int] = []
+
+    def first_day(messages) -> bool:
+        calls.append(1)
+        return len(calls) == 1
+
+    factory, _ = scripted_factory([_pressing_once(first_day)])
+    report = tmp_path / "report.md"
+    result = cli_factory(sqlite_url, factory)("demo", "--days", "4", "--report", str(report))
+    assert result.exit_code == 130, result.output
+    lines = result.stderr.splitlines()
+    assert [line.split()[:2] for line in lines if line.startswith("day ")] == [["day", "1"]]
+    assert lines[-1] == "stopped by Ctrl-C after 1 day of 4"
+    assert "record verified: " in result.stderr
+    written = report.read_text()
+    assert "## Day 1: " in written
+    assert "## Day 2" not in written
