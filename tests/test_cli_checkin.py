@@ -308,7 +308,13 @@ def test_approving_with_unanswered_probes_needs_skip_probes(cli, three_probes, t
 
 def test_reject_and_halt_need_no_answers(cli, three_probes):
     _, checkin_id = three_probes
+    pending = cli("checkin", "show", str(checkin_id)).stdout
+    assert pending.count("answer:     (not answered yet)") == 3
     assert cli("checkin", "decide", str(checkin_id), "--halt").exit_code == 0
+    # Decided, the probes are never answered: "yet" said otherwise.
+    shown = cli("checkin", "show", str(checkin_id)).stdout
+    assert shown.count("answer:     (not answered)") == 3
+    assert "not answered yet" not in shown
 
 
 def test_a_review_stopped_by_end_of_input_resumes_without_overwriting(cli, three_probes):

@@ -482,7 +482,9 @@ def checkin_show(
             )
         )
         answer = pair["human_answer"]
-        out.print(Text(f"  answer:     {safe_text(answer) if answer else '(not answered yet)'}"))
+        # Decided without it, a probe is never answered: "yet" would promise otherwise.
+        missing = "(not answered)" if record["decision"] else "(not answered yet)"
+        out.print(Text(f"  answer:     {safe_text(answer) if answer else missing}"))
         prediction = pair["prediction"]
         shown = safe_text(prediction) if prediction is not None else HIDDEN_UNTIL_ANSWERED
         out.print(Text(f"  prediction: {shown}"))
