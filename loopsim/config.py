@@ -77,7 +77,9 @@ class Settings(BaseSettings):
         20_000, ge=100, description="A reply longer than this fails the day."
     )
     max_retries: int = Field(2, ge=0, le=5, description="Retries of an invalid reply.")
-    model_timeout: float = Field(300.0, gt=0, description="Seconds per model call.")
+    model_timeout: float = Field(
+        300.0, gt=0, description="Seconds a server may stay silent: to connect, between bytes."
+    )
     model_retries: int = Field(
         4, ge=0, le=20, description="Retries of a model call on 429, 5xx, timeouts and resets."
     )
