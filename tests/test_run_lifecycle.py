@@ -202,6 +202,7 @@ def test_a_run_completes_with_its_last_day_and_halt_leaves_it_completed(cli, tmp
     run_id = cli("run", "create", str(spec)).stdout.strip()
     stepped = cli("run", "step", run_id, "--days", "2")
     assert stepped.exit_code == 0, stepped.output
+    assert stepped.stderr.splitlines()[-1] == "run is completed: day budget spent"
     shown = json.loads(cli("run", "show", run_id, "--json").stdout)
     assert (shown["status"], shown["status_reason"]) == ("completed", "day budget spent")
     halted = cli("run", "halt", run_id)

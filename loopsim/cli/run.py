@@ -283,7 +283,7 @@ def run_step(
             f"`loopsim run step {run_ref}` goes on"
         )
         raise typer.Exit(EXIT_INTERRUPTED)
-    elif len(results) < days:
+    else:  # all days done, or fewer: the budget may be spent either way
         with a.open_db().read() as session:
             run = Store(session).get_run(run_ref)
             status, reason = run.status, run.status_reason
