@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.cli.asking import Interrupted, ask, ask_text
-from loopsim.cli.context import ID_MAX, AppContext, app_context
+from loopsim.cli.context import ID_MAX, AppContext, app_context, print_unfolded
 from loopsim.errors import SpecError
 from loopsim.exports.markdown import checkin_record, safe_text
 from loopsim.record.store import Store
@@ -88,12 +88,7 @@ def checkin_list(
         )
     for row in cells:
         table.add_row(*row)
-    fitted = a.out.width
-    a.out.width = max(fitted, sum(widths.values()) + 2 * len(names))  # a pipe: no cut
-    try:
-        a.out.print(table)
-    finally:
-        a.out.width = fitted
+    print_unfolded(a.out, table, sum(widths.values()) + 2 * len(names))  # a pipe: no cut
 
 
 def _judge_for(a: AppContext, checkin_id: int) -> Judge | None:

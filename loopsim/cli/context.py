@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.text import Text
 
 from loopsim.errors import SpecError
@@ -142,3 +142,15 @@ def app_context(ctx: typer.Context) -> AppContext:
     obj = ctx.find_root().obj
     assert isinstance(obj, AppContext)
     return obj
+
+
+def print_unfolded(out: Console, table: RenderableType, width: int) -> None:
+    """Print ``table`` on a console at least ``width`` columns wide, then put its width
+    back: a table fitted to a terminal is printed as fitted, and into a pipe nothing is
+    cut or folded."""
+    fitted = out.width
+    out.width = max(fitted, width)
+    try:
+        out.print(table)
+    finally:
+        out.width = fitted

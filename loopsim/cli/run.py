@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopsim.cli.compare import run_compare
-from loopsim.cli.context import JsonOpt, RunArg, app_context
+from loopsim.cli.context import JsonOpt, RunArg, app_context, print_unfolded
 from loopsim.cli.fork import run_fork
 from loopsim.cli.stepping import set_status, step_days
 from loopsim.errors import EXIT_AT_CHECKIN, EXIT_INTERRUPTED, InvalidState
@@ -187,12 +187,7 @@ def run_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
     for cells in zip(*(cells for _name, cells in columns), strict=True):
         table.add_row(*(Text(cell) for cell in cells))
-    fitted = a.out.width
-    a.out.width = max(fitted, sum(widths.values()) + 2 * len(columns))  # a pipe: no cut
-    try:
-        a.out.print(table)
-    finally:
-        a.out.width = fitted
+    print_unfolded(a.out, table, sum(widths.values()) + 2 * len(columns))  # a pipe: no cut
 
 
 def fit_widths(room: int, wants: dict[str, int], floors: dict[str, int]) -> dict[str, int]:
