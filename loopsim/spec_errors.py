@@ -6,7 +6,6 @@ Nothing of loopsim is imported here: :mod:`loopsim.schemas` passes its root mode
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
@@ -40,6 +39,8 @@ def describe(error: Any, root: type[BaseModel], others: list[Any] | None = None)
         hint = "in TOML, write it above the first [table] header"  # or it lands in that table
         return f"{loc}: unknown field ({parts[-1]} is a top-level key: {hint})"
     if kind == "extra_forbidden":
+        import difflib  # here: every command imports this module, few print a typo
+
         known = _fields_at(root, parts[:-1]) | _missing_beside(parts, others or [])
         close = difflib.get_close_matches(parts[-1], sorted(known), n=1, cutoff=0.6)
         return f"{loc}: unknown field" + (f" (did you mean {close[0]}?)" if close else "")
