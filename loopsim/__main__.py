@@ -48,12 +48,6 @@ def _flush_or_quit() -> None:
         sys.exit(0)
 
 
-def _on_sigint(signum: int, frame: object) -> None:
-    """Python's own handler, but for a Ctrl-C inside a callback from C (the embedded
-    model's sampler), which is sent again to land outside it (:mod:`loopsim.interrupts`)."""
-    interrupts.interrupt(frame)  # type: ignore[arg-type]
-
-
 def _unraisable(unraisable: object) -> None:
     """``sys.unraisablehook``: a Ctrl-C that lands where Python cannot raise it (in a
     weakref callback of the import machinery, say, on a slow machine) would be printed as
@@ -72,7 +66,7 @@ def _unraisable(unraisable: object) -> None:
 def main() -> None:
     sys.unraisablehook = _unraisable
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-        _signal.signal(_signal.SIGINT, _on_sigint)
+        _signal.signal(_signal.SIGINT, interrupts.on_sigint)
     try:
         if sys.argv[1:] == ["--version"]:
             # Answered before the CLI and its libraries load, as the CLI's own --version

@@ -54,7 +54,10 @@ def interrupt(frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _deferring(signum: int, frame: FrameType | None) -> None:
+def on_sigint(signum: int, frame: FrameType | None) -> None:
+    """A SIGINT handler: Python's own, but for a Ctrl-C inside a registered callback,
+    which is sent again to land after it. The ``loopsim`` command installs it for its
+    whole life (``loopsim.__main__``), the Python API's ``step`` while it runs."""
     interrupt(frame)
 
 
@@ -69,11 +72,11 @@ class deferred:  # a context manager, named as one
         if _thread.get_ident() != _main_ident():
             return
         if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-            _signal.signal(_signal.SIGINT, _deferring)
+            _signal.signal(_signal.SIGINT, on_sigint)
             self.swapped = True
 
     def __exit__(self, *_: object) -> None:
-        if self.swapped and _signal.getsignal(_signal.SIGINT) is _deferring:
+        if self.swapped and _signal.getsignal(_signal.SIGINT) is on_sigint:
             _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 

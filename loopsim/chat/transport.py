@@ -48,37 +48,44 @@ def too_long(url: str) -> httpx.ReadError:
 
 def whole(response: httpx.Response, chunks: Iterable[bytes], url: str) -> httpx.Response:
     """``response`` read through :data:`REPLY_LIMIT`, from its raw (undecoded) bytes."""
-    import httpx
-
     body, size = [], 0
     for chunk in chunks:
-        size += len(chunk)
-        if size > REPLY_LIMIT:
-            raise too_long(url)
+        size = _counted(size, chunk, url)
         body.append(chunk)
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        content=b"".join(body),
-        request=response.request,
-    )
+    return _read(response, body)
 
 
 async def awhole(
     response: httpx.Response, chunks: AsyncIterator[bytes], url: str
 ) -> httpx.Response:
     """:func:`whole` for an async reply."""
-    held = [chunk async for chunk in _capped(chunks, url)]
-    return whole(response, held, url)
+    return _read(response, [chunk async for chunk in _capped(chunks, url)])
 
 
 async def _capped(chunks: AsyncIterator[bytes], url: str) -> AsyncIterator[bytes]:
     size = 0
     async for chunk in chunks:
-        size += len(chunk)
-        if size > REPLY_LIMIT:
-            raise too_long(url)
+        size = _counted(size, chunk, url)
         yield chunk
+
+
+def _counted(size: int, chunk: bytes, url: str) -> int:
+    """Bytes read so far with ``chunk``; past :data:`REPLY_LIMIT`, the call fails."""
+    size += len(chunk)
+    if size > REPLY_LIMIT:
+        raise too_long(url)
+    return size
+
+
+def _read(response: httpx.Response, body: list[bytes]) -> httpx.Response:
+    import httpx
+
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(body),
+        request=response.request,
+    )
 
 
 class Sessions:
