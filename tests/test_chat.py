@@ -217,3 +217,15 @@ def test_run_step_says_each_retry_of_a_dead_endpoint_as_it_happens(database, spe
     assert len(retries) == 2
     assert all(line.strip().startswith("model openai:nothing-here: ") for line in retries)
     assert "failed after 3 attempts" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_instant_scripted_model_never_gives_up_the_core(monkeypatch):
+    """``time.sleep(0)`` yields the thread: on a loaded machine each instant reply waited
+    milliseconds for the core, and the per-day benchmarks timed that wait as loopsim's
+    (or LangGraph's) work. A delay still sleeps."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    ScriptedChatModel(script=[report_json()]).invoke([HumanMessage("go")])
+    assert slept == []
+    ScriptedChatModel(script=[report_json()], delay=0.25).invoke([HumanMessage("go")])
+    assert slept == [0.25]
