@@ -77,6 +77,10 @@ class DatabaseCorrupt(DatabaseError):
     """The file is not a readable loopsim database; it was left untouched."""
 
 
+class DatabaseReadOnly(DatabaseError):
+    """The database file cannot be written here; nothing was written."""
+
+
 class DatabaseBusy(DatabaseError):
     """The database stayed locked by another writer past the timeout; try again."""
 

@@ -320,9 +320,13 @@ def test_backup_while_serve_writes_is_one_moment_of_the_record(stub, tmp_path): 
 
 @contextlib.contextmanager
 def read_only_mount(source: Path, target: Path):
-    """``source`` seen read-only at ``target``: a bind mount remounted read-only, which
-    even root cannot write through. Skips where mounting is not allowed."""
-    target.mkdir()
+    """``source`` (a folder or a file) seen read-only at ``target``: a bind mount
+    remounted read-only, which even root cannot write through. Skips where mounting is
+    not allowed."""
+    if source.is_dir():
+        target.mkdir()
+    else:
+        target.touch()
     bound = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
     if bound.returncode != 0:
         pytest.skip(f"a read-only bind mount needs root: {bound.stderr.decode().strip()}")
@@ -369,6 +373,28 @@ def test_a_record_in_a_read_only_folder_is_read_verified_and_checked(cli_factory
         assert created.exit_code == 1
         assert "is the folder read-only?" in one_line_error(created)
         assert sorted(p.name for p in folder.iterdir()) == ["record.db"]
+
+
+def test_a_read_only_file_in_a_writable_folder_is_checked_not_refused(cli_factory, spec, tmp_path):
+    """A record copied with its permissions, or owned by another user: SQLite opens it
+    for reading (the folder takes its -shm file), and `db check` read and verified
+    everything, then failed on recording the check: "read-only here; nothing was
+    written", exit 1, for a sound record. The check is what was asked; it is reported,
+    and only its recording is left out, as in a read-only folder."""
+    source = tmp_path / "record.db"
+    dbmod.upgrade(str(source))
+    (run_id, _) = seed(str(source), spec)
+    (tmp_path / "copy").mkdir()
+    with read_only_mount(source, tmp_path / "copy" / "record.db") as path:
+        cli = cli_factory(str(path))
+        checked = cli("db", "check")
+        assert checked.exit_code == 0, checked.output
+        assert "2 runs and 6 entries verified (read-only here: not recorded" in checked.stderr
+        assert cli("record", "verify", run_id).exit_code == 0
+        refused = cli("run", "pause", run_id)  # a write is still refused, in one line
+        assert refused.exit_code == 1
+        assert "is read-only here; nothing was written" in one_line_error(refused)
+        assert cli("db", "status").stdout.count("never") == 1  # nothing was recorded
 
 
 def test_entries_cut_from_the_end_of_a_record_are_found(cli_factory, sqlite_url, spec):

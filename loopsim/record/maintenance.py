@@ -24,7 +24,13 @@ from pathlib import Path
 from sqlalchemy import exc
 
 from loopsim import __version__
-from loopsim.errors import DatabaseCorrupt, DatabaseError, DatabaseMissing, SpecError
+from loopsim.errors import (
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseMissing,
+    DatabaseReadOnly,
+    SpecError,
+)
 from loopsim.record import db as dbmod
 from loopsim.record.chain import emptied_text
 from loopsim.record.sqlite_file import frozen, readonly, translate, truncation
@@ -131,15 +137,18 @@ def check(
         report.runs = len(run_ids)
         # A file in a folder nothing can write to is checked, and the check not recorded.
         if record and not (path is not None and frozen(path)):
-            with database.write() as session:
-                Store(session).record_integrity_check(
-                    quick=quick,
-                    problems=len(report.problems),
-                    runs=report.runs,
-                    entries=report.entries,
-                    version=__version__,
-                )
-            report.recorded = True
+            try:
+                with database.write() as session:
+                    Store(session).record_integrity_check(
+                        quick=quick,
+                        problems=len(report.problems),
+                        runs=report.runs,
+                        entries=report.entries,
+                        version=__version__,
+                    )
+                report.recorded = True
+            except DatabaseReadOnly:  # a read-only file (or user) in a writable folder
+                pass
     finally:
         database.dispose()
     return report

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import exc
 
-from loopsim.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError
+from loopsim.errors import DatabaseBusy, DatabaseCorrupt, DatabaseError, DatabaseReadOnly
 
 
 def translate(error: Exception, where: str) -> DatabaseError | None:
@@ -23,7 +23,7 @@ def translate(error: Exception, where: str) -> DatabaseError | None:
     if "database is locked" in text or "table is locked" in text or "lock timeout" in text:
         return DatabaseBusy(f"{where}: the database stayed locked by another writer; try again")
     if "readonly database" in text or "read-only" in text:
-        return DatabaseError(f"{where} is read-only here; nothing was written")
+        return DatabaseReadOnly(f"{where} is read-only here; nothing was written")
     if any(
         sign in text
         for sign in ("file is not a database", "malformed", "disk image", "vtable constructor")
