@@ -261,6 +261,19 @@ def test_export_to_a_missing_folder_writes_nothing(cli, run_id, tmp_path):
     assert "does not exist" in one_line_error(result)
 
 
+@pytest.mark.parametrize("given", ["out/new/", "out/", "missing/dir/", "out/new" + "/" * 2])
+def test_export_to_a_path_naming_a_folder_writes_nothing(cli, run_id, tmp_path, given):
+    """`-o out/new/` wrote a file `out/new`: the option was a Path, which drops the
+    trailing slash that says the path names a folder."""
+    (tmp_path / "out").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    result = cli("export", run_id, "-o", f"{tmp_path}/{given}")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert line.startswith(f"error: -o {tmp_path}/{given}: names a folder"), line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_bad_environment_setting_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("LOOPSIM_VIEW_TOKEN_BUDGET", "lots")
     result = CliRunner().invoke(app, ["--db", str(tmp_path / "x.db"), "run", "list"])

@@ -614,6 +614,7 @@ def test_demo_refuses_a_report_path_before_it_creates_or_steps_anything(cli_fact
     for report, says in [
         (tmp_path / "missing" / "r.md", "folder"),
         (tmp_path, "not a regular file"),
+        (f"{tmp_path}/new/", "names a folder"),
     ]:
         result = cli("demo", "--days", "1", "--report", str(report))
         assert result.exit_code == 2, result.output

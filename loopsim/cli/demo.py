@@ -54,9 +54,10 @@ def demo(
     spec_path: Annotated[
         Path | None, typer.Option("--spec", help="Run spec; defaults to a built-in one.")
     ] = None,
-    report: Annotated[Path, typer.Option(help="Where to write the Markdown report.")] = Path(
-        "demo-report.md"
-    ),
+    # Text, not a Path: a Path drops the trailing / of `--report out/new/`, a folder.
+    report: Annotated[
+        str, typer.Option(metavar="<path>", help="Where to write the Markdown report.")
+    ] = "demo-report.md",
 ) -> None:
     """Create the database if needed, start a run, step it, verify and export it."""
     a = app_context(ctx)
@@ -66,7 +67,7 @@ def demo(
         )
     else:
         spec = load_spec(spec_path)
-    dbmod.refuse_database_target(report, a.url, "--report")
+    dbmod.refuse_database_target(Path(report), a.url, "--report")
     check_output(report, "--report")  # before minutes of model calls, not after
     result = dbmod.upgrade(a.url)
     a.err.print(f"database: {result.where} (schema {result.after})")

@@ -36,8 +36,10 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = (
         ExportFormat.MD
     ),
+    # Text, not a Path: a Path drops the trailing / of `-o out/new/`, which names a folder.
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File; - or nothing for stdout.")
+        str | None,
+        typer.Option("--output", "-o", metavar="<path>", help="File; - or nothing for stdout."),
     ] = None,
     include_reverted: Annotated[bool, typer.Option(help="Include reverted days.")] = False,
     since_day: Annotated[
@@ -87,8 +89,8 @@ def export(
             raise SpecError(f"{', '.join(given)}: only for --format dataset")
     elif since_day is not None and until_day is not None and since_day > until_day:
         raise SpecError(f"--since-day {since_day} is after --until-day {until_day}")
-    if output is not None and str(output) != "-":
-        dbmod.refuse_database_target(output, a.url, "-o")
+    if output is not None and output != "-":
+        dbmod.refuse_database_target(Path(output), a.url, "-o")
     # Written as read, inside one read transaction: the output is one snapshot of the
     # record, and memory stays flat however long the record is.
     tally = Tally()
@@ -121,12 +123,12 @@ def export(
             if calls:
                 lines = chain(lines, calls_jsonl(store, run, include_reverted=include_reverted))
             chunks = (line + "\n" for line in lines)
-        if output is None or str(output) == "-":
+        if output is None or output == "-":
             for block in batched_text(chunks):
                 typer.echo(block, nl=False)
         else:
             write_atomically(output, chunks)
-    if output is not None and str(output) != "-":
+    if output is not None and output != "-":
         a.err.print(f"wrote {output}")
     if fmt == ExportFormat.DATASET:
         a.err.print(tally.describe())

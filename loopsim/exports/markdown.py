@@ -393,10 +393,22 @@ def batched_text(chunks: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
         yield "".join(block)
 
 
-def check_output(path: Path, option: str = "-o") -> Path:
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
+
+
+def check_output(given: str | Path, option: str = "-o") -> Path:
     """Refuse an output path no file can be written at (its folder missing, or a folder or
     device there), naming ``option``; returns the path a symlink points to. A command
-    that works long before it writes checks first, so the work is not lost."""
+    that works long before it writes checks first, so the work is not lost.
+
+    ``given`` is best the text as typed: a ``Path`` drops a trailing ``/``, and
+    ``out/new/`` names a folder, not a file ``new`` to be written in ``out``."""
+    if isinstance(given, str) and given.endswith(_SEPARATORS):
+        raise SpecError(
+            f"{option} {given}: names a folder (it ends in {given[-1]}); "
+            "give a file name, or - for stdout"
+        )
+    path = Path(given)
     try:
         if path.is_symlink():
             path = Path(os.path.realpath(path))
@@ -412,7 +424,7 @@ def check_output(path: Path, option: str = "-o") -> Path:
     return path
 
 
-def write_atomically(path: Path, chunks: Iterable[str], option: str = "-o") -> None:
+def write_atomically(path: str | Path, chunks: Iterable[str], option: str = "-o") -> None:
     """Write beside the target and rename over it, so a crash never leaves half a file.
 
     A symlink is written through (its target is replaced, the link kept), and the file
