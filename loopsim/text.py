@@ -12,11 +12,14 @@ be read (and tightened) side by side:
 - :func:`loggable`: for a log line or a stored error. Control characters (but tab and
   newline), NUL and lone surrogates become U+FFFD.
 - :func:`inert_json`: JSON that a terminal cannot act on.
+- :func:`excerpt`: an endpoint's error body cut to one short line for a message, an
+  HTML error page first reduced to its words.
 - :data:`NON_PROSE_CONTROL`: what makes a reply degenerate rather than prose.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from typing import Any
@@ -78,6 +81,35 @@ def inert_json(value: Any, **options: Any) -> str:
     JSON escapes C0 ones: the same value comes back, and no terminal acts on the text."""
     text = json.dumps(value, ensure_ascii=False, **options)
     return DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+EXCERPT_CHARS = 200
+"""The most characters of an endpoint's error body an error message quotes."""
+
+_HTML_PAGE = re.compile(r"<(?:!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
+# Each ends at its close or at the end of the text: an unclosed one is not looked for
+# again from every later "<", which would take time quadratic in a hostile body.
+_HTML_UNREAD = re.compile(
+    r"<(script|style)\b.*?(?:</\1\s*>|\Z)|<!--.*?(?:-->|\Z)", re.IGNORECASE | re.DOTALL
+)
+_HTML_TAG = re.compile(r"<[^>]*(?:>|\Z)")
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """An endpoint's error body as one line of at most ``limit`` characters: runs of
+    whitespace become one space, and past the limit the text is cut at a word, with an
+    ellipsis. An HTML page (a proxy's or a web server's error page) is reduced to the
+    words a browser would show: its tags, comments, scripts and styles dropped."""
+    if _HTML_PAGE.search(text):
+        text = html.unescape(_HTML_TAG.sub(" ", _HTML_UNREAD.sub(" ", text)))
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word boundary, unless it would lose half the room
+        cut = cut[:space]
+    return cut.rstrip() + "\u2026"
 
 
 def plural(count: int, one: str, many: str | None = None) -> str:

@@ -208,9 +208,21 @@ def test_a_call_is_traced_under_its_day_without_the_key():
     assert reply.text
 
 
+# A web server's error page in front of the model, as nginx writes one, padded past a
+# thousand characters with what a browser never shows.
+ERROR_PAGE = (
+    "<!DOCTYPE html>\n<html>\n<head><title>500 Internal Server Error</title>\n"
+    "<style>\n  body { font-family: sans-serif; margin: 4em; }\n</style></head>\n<body>\n"
+    "<center><h1>500 Internal Server Error</h1></center>\n"
+    + "<!-- a padding comment to make the page longer, as error pages are -->\n" * 14
+    + "<hr><center>nginx/1.25.3 &amp; friends</center>\n</body>\n</html>\n"
+)
+
+
 class _Replies:
     """A server on 127.0.0.1 whose every reply is ``kind``: "endless" (a 200 whose body
-    never ends) or "gzip" (a whole completion, compressed)."""
+    never ends), "gzip" (a whole completion, compressed) or "html" (a 500 whose body is
+    :data:`ERROR_PAGE`)."""
 
     def __init__(self, kind: str) -> None:
         import gzip
@@ -235,6 +247,14 @@ class _Replies:
 
             def do_POST(handler) -> None:
                 handler.rfile.read(int(handler.headers["Content-Length"]))
+                if kind == "html":
+                    page = ERROR_PAGE.encode()
+                    handler.send_response(500)
+                    handler.send_header("Content-Type", "text/html")
+                    handler.send_header("Content-Length", str(len(page)))
+                    handler.end_headers()
+                    handler.wfile.write(page)
+                    return
                 handler.send_response(200)
                 handler.send_header("Content-Type", "application/json")
                 if kind == "gzip":
@@ -302,3 +322,25 @@ def test_a_compressed_reply_is_read_on_every_path(path):
             reply = on_event_loop(lambda: handle.acomplete(messages, None), path)
     assert reply.text == "Compressed."
     assert reply.tokens_in == 3
+
+
+@pytest.mark.parametrize("path", ["sync", "httpx", "aiohttp"])
+def test_an_html_error_page_is_quoted_as_a_short_line_of_its_words(path):
+    """A 500 whose body was a web server's HTML page filled the one-line error with its
+    markup, cut off mid-comment by the message's own limit."""
+    assert len(ERROR_PAGE) > 1000
+    with _Replies("html") as server:
+        handle = build_chat(settings_for(server.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
+        messages = [HumanMessage("Hello.")]
+
+        def call() -> object:
+            if path == "sync":
+                return handle.complete(messages, None)
+            return on_event_loop(lambda: handle.acomplete(messages, None), path)
+
+        with pytest.raises(ModelUnavailable) as raised:
+            call()
+    assert raised.value.message == (
+        f"model {MODEL} failed: HTTP 500: Error code: 500 - 500 Internal Server Error "
+        "500 Internal Server Error nginx/1.25.3 & friends"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from loopsim.text import inert_json, loggable, safe_text, storable
+from loopsim.text import EXCERPT_CHARS, excerpt, inert_json, loggable, safe_text, storable
 
 HOSTILE = "a\x1b]0;title\x07b\x1b[31mc\x00d\x9b2Je\r\nf\tg\ud800h\x7f"
 
@@ -31,3 +31,13 @@ def test_inert_json_escapes_del_and_c1_and_round_trips():
     assert "\x9b" not in text
     assert "\x7f" not in text
     assert json.loads(text) == value
+
+
+def test_excerpt_keeps_an_error_body_to_one_short_line():
+    assert excerpt("  upstream\n\ttimed   out ") == "upstream timed out"
+    long = excerpt("word " * 100)
+    assert len(long) <= EXCERPT_CHARS
+    assert long.endswith("word\u2026")
+    page = "<html><head><script>var x = '<b>';</script></head><body><p>Bad &lt;gateway&gt;</p>"
+    assert excerpt(page) == "Bad <gateway>"
+    assert excerpt("a < b and c > d") == "a < b and c > d"  # not HTML: left as written

@@ -31,6 +31,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr, SecretStr
 
 from loopsim.chat import transport
+from loopsim.text import excerpt
 
 # Connection pools per event loop (see OpenAICompatible.aclient).
 SHARDS = 16
@@ -96,14 +97,21 @@ def parse_completion(response: httpx.Response) -> ChatResult:
         error = body.get("error", body) if isinstance(body, dict) else body
         said = error.get("message") if isinstance(error, dict) else None
         said = said if isinstance(said, str) and said.strip() else error
-        raise EndpointError(f"Error code: {status} - {said}", response=response, body=body)
+        # A server's JSON message is quoted whole; a body that is not JSON (a proxy's
+        # HTML error page, say) only as a short excerpt, so the error stays readable.
+        if isinstance(body, str):
+            said = excerpt(body)
+        code = f"Error code: {status}"
+        raise EndpointError(
+            f"{code} - {said}" if said != "" else code, response=response, body=body
+        )
     data = json.loads(response.content)
     try:
         choice = data["choices"][0]
         text = choice["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         raise EndpointError(
-            f"the reply is not a chat completion: {response.text[:300]}",
+            f"the reply is not a chat completion: {excerpt(response.text)}",
             response=response,
             body=data,
         ) from None
