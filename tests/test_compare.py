@@ -160,6 +160,49 @@ def test_a_fork_of_a_fork_shares_the_smaller_prefix_and_unrelated_runs_share_non
     assert "no common prefix" in text
 
 
+def test_a_day_without_divergence_says_why(cli):
+    """A day one fork's check-in reverted showed a bare "-" for its divergence, as a day
+    the other fork had not reached did, with nothing to tell the two apart."""
+    spec = {
+        **SPEC,
+        "budget": {"days": 10},
+        "checkins": {"every_days": 2, "spot_check_probability": 0.0},
+    }
+    parent = created(cli, spec)
+    assert cli("run", "step", parent, "--days", "2").exit_code == 3  # at its check-in
+    ok(cli, "checkin", "decide", "1", "--approve", "--skip-probes")
+    a, b = fork(cli, parent, 2), fork(cli, parent, 2)
+    for run in (a, b):
+        assert cli("run", "step", run, "--days", "2").exit_code == 3  # at its own
+    pending = json.loads(ok(cli, "checkin", "list", "--pending", "--json").stdout)
+    ids = {row["run_id"]: row["id"] for row in pending}
+    ok(cli, "checkin", "decide", str(ids[a]), "--reject")  # A's days after 2 are reverted
+    ok(cli, "checkin", "decide", str(ids[b]), "--approve", "--skip-probes")
+    assert "day 5" in ok(cli, "run", "step", b, "--days", "1").stderr
+
+    doc = compared(cli, a, b)
+    why = {}
+    for row in doc["days"]:
+        assert row["b"]["status"] == "committed"
+        assert row["divergence"] is None
+        why[row["index"]] = "A not reached" if row["a"] is None else f"A {row['a']['status']}"
+    assert why == {3: "A reverted", 4: "A reverted", 5: "A not reached"}
+    assert {row["index"]: row["no_divergence"] for row in doc["days"]} == why
+
+    shown = {
+        int(cells[0]): cells[-1]
+        for line in ok(cli, "run", "compare", a, b).stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│").split("│")])[0].isdigit()
+    }
+    assert shown == why
+    swapped = ok(cli, "run", "compare", b, a).stdout
+    assert "B reverted" in swapped
+    assert "B not reached" in swapped
+    # The HTML report's comparison with the parent (A), which has no day after 2.
+    page = ok(cli, "export", a, "--format", "html", "--compare-parent").stdout
+    assert page.count("A not reached, B reverted") == 2
+
+
 def test_compare_of_an_unknown_run_is_one_line(cli):
     parent = created(cli, SPEC)
     result = cli("run", "compare", parent, "zzzzzzzz")

@@ -20,7 +20,7 @@ from loopsim.text import safe_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the comparison (and drift's similarity) load only when a command runs
-    from loopsim.exports.compare import CheckinRow, Comparison, DaySide
+    from loopsim.exports.compare import CheckinRow, Comparison, DayRow, DaySide
 
 
 def run_compare(
@@ -64,6 +64,12 @@ def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _divergence(row: DayRow) -> Text:
+    """The figure, or why there is none: a bare "-" read as a failure to compare."""
+    why = row.no_divergence
+    return Text(why, style="dim") if why else Text(_figure(row.divergence))
+
+
 def _checkin_line(name: str, row: CheckinRow) -> Text:
     where = " (prefix)" if row.in_prefix else ""
     return Text(
@@ -96,7 +102,7 @@ def _print(out: Console, result: Comparison) -> None:
         table.add_column("B")
         table.add_column("divergence", justify="right")
         for row in result.days:
-            table.add_row(str(row.index), _side(row.a), _side(row.b), _figure(row.divergence))
+            table.add_row(str(row.index), _side(row.a), _side(row.b), _divergence(row))
         out.print(table)
         out.print(Text(f"mean divergence: {_figure(result.mean_divergence)}"))
     else:

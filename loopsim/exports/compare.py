@@ -12,7 +12,8 @@ After the prefix, day by day: each run's day (date, status, entry titles), and t
 divergence of the two records, 1 - similarity of the two days' texts (entry titles and
 bodies, in chain order), with the similarity the drift work configured
 (:func:`loopsim.checkin.drift.from_settings`). Equal texts diverge by 0 without asking a
-model; a day that one run lacks, or that is not committed in both, has no divergence.
+model; a day that one run lacks, or that is not committed in both, has no divergence, and
+the row says why (:attr:`DayRow.no_divergence`).
 Then the check-ins of each run with their drift, and the predictions each run made for
 the probes both banks hold (equal question text). A prediction stays hidden until the
 human's blind answer to it is stored, as in every export. Read-only.
@@ -61,6 +62,22 @@ class DayRow:
     a: DaySide | None
     b: DaySide | None
     divergence: float | None
+
+    @property
+    def no_divergence(self) -> str | None:
+        """Why the row has no divergence, in a few words (``A reverted``, ``B not
+        reached``, ``both failed``); None when it has one. Only days committed in both
+        runs are compared: a reverted day is in the chain but in no view of the record."""
+        if self.divergence is not None:
+            return None
+        states = {
+            letter: "not reached" if side is None else side.status
+            for letter, side in (("A", self.a), ("B", self.b))
+            if side is None or side.status != DayStatus.COMMITTED
+        }
+        if len(states) == 2 and states["A"] == states["B"]:
+            return f"both {states['A']}"
+        return ", ".join(f"{letter} {state}" for letter, state in states.items()) or None
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,8 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for row, day in zip(data["days"], self.days, strict=True):
+            row["no_divergence"] = day.no_divergence
         data["mean_divergence"] = self.mean_divergence
         return data
 
