@@ -231,6 +231,19 @@ def test_backup_refuses_to_overwrite_without_force(cli_factory, sqlite_url, spec
     assert cli_factory(str(target))("db", "check").exit_code == 0
 
 
+def test_backup_to_a_path_naming_a_folder_writes_nothing(cli_factory, sqlite_url, spec, tmp_path):
+    """`db backup out/new/` wrote a file named `new` in `out`: the argument was a Path,
+    which drops the slash that says the path names a folder."""
+    seed(sqlite_url, spec, runs=1)
+    (tmp_path / "out").mkdir()
+    cli = cli_factory(sqlite_url)
+    for given in (f"{tmp_path}/out/new/", f"{tmp_path}/out/"):
+        refused = cli("db", "backup", given)
+        assert refused.exit_code == 2, refused.output
+        assert one_line_error(refused).startswith(f"error: backup {given}")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
 def test_no_output_may_be_written_over_the_database(cli_factory, sqlite_url, spec, suffix):
     run_id = seed(sqlite_url, spec, runs=1)[0]

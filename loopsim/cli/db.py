@@ -5,7 +5,6 @@ in use (``backup``)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -191,7 +190,7 @@ def db_check(
 @app.command("backup")
 def db_backup(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to write the copy.")],
+    path: Annotated[str, typer.Argument(metavar="PATH", help="Where to write the copy.")],
     force: Annotated[bool, typer.Option("--force", help="Replace PATH if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

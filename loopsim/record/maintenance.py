@@ -165,13 +165,19 @@ class BackupResult:
 
 def backup(
     url_or_path: str,
-    target: Path,
+    given: str | Path,
     *,
     force: bool = False,
     busy_timeout_ms: int = 30_000,
     chain_key: bytes | None = None,
 ) -> BackupResult:
-    """Copy a live SQLite database to ``target``, checked before it takes that name."""
+    """Copy a live SQLite database to ``given``, checked before it takes that name (best
+    the text as typed: a ``Path`` drops the trailing ``/`` of a folder's name)."""
+    if isinstance(given, str) and given.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise SpecError(
+            f"backup {given}: names a folder (it ends in {given[-1]}); give a file name"
+        )
+    target = Path(given)
     url = dbmod.normalize_url(url_or_path)
     where = dbmod.display_url(url)
     path = dbmod.sqlite_path(url)
