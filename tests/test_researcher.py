@@ -93,13 +93,32 @@ def test_prose_is_not_degenerate():
     assert degeneracy("Foragers returning from far patches danced longer in 2024.") is None
 
 
-def test_parse_report_repairs_nothing_but_a_single_fence():
+def test_parse_report_repairs_nothing_but_a_single_fence_and_raw_newlines():
     body = '{"entries": [{"kind": "note", "title": "Fine", "body": "A perfectly ordinary body."}]}'
     assert parse_report(body).entries[0].title == "Fine"
     with pytest.raises(ValidationError):
         parse_report(body + " trailing words")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError):  # still too short, newline or not
         parse_report('{"entries": [{"kind": "note", "title": "Raw\nnewline", "body": "x"}]}')
+
+
+def test_raw_newlines_and_tabs_in_strings_are_read_other_controls_refused():
+    """llama.cpp's server with response_format json_object (the setting the docs give)
+    lets a model write paragraphs with raw newlines inside its strings, which strict JSON
+    refuses: half of a walkthrough's days failed on "control character found while
+    parsing a string". They are read as the characters they are."""
+    raw = (
+        '{"entries": [{"kind": "note", "title": "Two\tparts",\n'
+        '"body": "First paragraph of the day.\nSecond paragraph, after a raw newline."}]}'
+    )
+    assert "\\n" not in raw  # the newline inside the body string is a raw one
+    (entry,) = parse_report(raw).entries
+    assert entry.body == "First paragraph of the day.\nSecond paragraph, after a raw newline."
+    assert entry.title == "Two\tparts"
+    with pytest.raises(ValidationError, match="control characters"):
+        parse_report(raw.replace("\nSecond", "\x07Second"))  # a bell is still degenerate
+    with pytest.raises(ValidationError, match=r"json_invalid|Invalid JSON"):
+        parse_report(raw.replace('"}]}', '"}'))  # broken JSON stays a JSON error
 
 
 def test_copy_detector_finds_eight_word_runs_of_the_instructions(database, spec):

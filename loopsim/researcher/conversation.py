@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -96,10 +97,30 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_json_reply(model: type[M], raw: str) -> M:
-    """Validate a JSON reply. A reply that is exactly one fenced JSON block is unwrapped;
-    nothing else is repaired."""
+    """Validate a JSON reply. A reply that is exactly one fenced JSON block is unwrapped,
+    and a raw newline or tab inside a string is read as the character it is (strict JSON
+    wants it escaped; servers whose grammar is plain JSON let it through, and a model
+    writing paragraphs often does); nothing else is repaired."""
     match = _FENCE.match(raw)
-    return model.model_validate_json(match.group(1) if match else raw)
+    text = match.group(1) if match else raw
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as error:
+        if not _raw_control(error):
+            raise
+        try:
+            tolerant = json.loads(text, strict=False)
+        except ValueError:
+            raise error from None
+    # Back to JSON, so the reply is validated exactly as one that escaped them: the
+    # other controls are still refused there, as degenerate text.
+    return model.model_validate_json(json.dumps(tolerant))
+
+
+def _raw_control(error: ValidationError) -> bool:
+    """Whether the JSON failed only for a control character left raw inside a string."""
+    first = error.errors()[0]
+    return first["type"] == "json_invalid" and "control character" in first["msg"]
 
 
 def parse_report(raw: str) -> DayReport:
