@@ -91,6 +91,32 @@ def test_a_retried_prediction_keeps_every_attempt(any_db):
     assert [(p[1], p[3], p[4]) for p in probes] == [(1, 1, False), (1, 2, True), (2, 1, True)]
 
 
+def test_a_prediction_that_copies_the_persona_is_refused_and_asked_again(any_db):
+    """The 270M model behind llama.cpp's server answered probes with its persona ("You
+    are Dr. Ada Okafor. A field ecologist ..."), and the check-in scored that copy as the
+    simulation's prediction. Days refused such copies; predictions now do too."""
+    spec = spec_with()
+    run_id = make_run(any_db, spec)
+    copied = f"You are {spec.persona.name}. {spec.persona.background} Plain and careful."
+    replies = iter([copied, PREDICTION, PREDICTION])
+
+    def reply(messages: list[BaseMessage]) -> str:  # a retry's last turn is the reason
+        asked = any("Question:" in m.text for m in messages)
+        return next(replies) if asked else default_reply(messages)
+
+    factory, _ = scripted_factory([reply])
+    Loop(any_db, Settings(), factory).run_days(run_id, 5)
+    probes = [c for c in calls_by_day(any_db, run_id)[3] if c[2] == "probe"]
+    assert [(p[1], p[3], p[4]) for p in probes] == [(1, 1, False), (1, 2, True), (2, 1, True)]
+    with any_db.read() as session:
+        store = Store(session)
+        (checkin,) = store.list_checkins(run_id)
+        assert [pair.prediction for pair, _ in store.pairs(checkin.id)] == [PREDICTION] * 2
+        calls = store.run_calls(run_id, roles=["probe"])
+        (refused,) = [c for c, _day in calls if not c.accepted]
+    assert refused.error.startswith("the answer copies the instructions word for word")
+
+
 def test_predictions_made_before_the_endpoint_died_are_kept(any_db):
     """The check-in does not open (it is asked again at the next step), but the calls
     made are recorded, the failed one too."""

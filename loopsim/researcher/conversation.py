@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from loopsim.chat.handle import ChatHandle, Reply, fold_system_text
 from loopsim.errors import ModelUnavailable
 from loopsim.record.store import EntryInput, Store, sha256_hex
-from loopsim.researcher.copies import refuse_copies
+from loopsim.researcher.copies import copied_run, refuse_copies, shingles
 from loopsim.researcher.prompts import Prompt
 from loopsim.schemas import DayReport
 from loopsim.text import storable
@@ -446,6 +446,11 @@ def answer(chat: ChatHandle, prompt: Prompt, *, salt: int = 0, max_retries: int 
     return drive(answer_conversation(prompt, salt=salt, max_retries=max_retries), chat)
 
 
+def _copied(text: str, source: frozenset[tuple[str, ...]]) -> str | None:
+    run = copied_run(text, source)
+    return None if run is None else f'copies the instructions word for word ("{" ".join(run)}")'
+
+
 def answer_conversation(
     prompt: Prompt,
     *,
@@ -462,6 +467,8 @@ def answer_conversation(
     messages = first = prompt.as_langchain()
     seed = seed_of(prompt, salt)
     result = Answer(None, None)
+    # The persona and instructions, not the question, which an answer may well restate.
+    source = shingles(prompt.messages[0][1] if prompt.messages[0][0] == "system" else "")
     for attempt in range(max_retries + 1):
         try:
             reply = yield Call(messages, None, seed + attempt, "probe")
@@ -477,7 +484,7 @@ def answer_conversation(
             if len(text) < 10
             else "is over 2000 characters"
             if len(text) > 2000
-            else degeneracy(text)
+            else degeneracy(text) or _copied(text, source)
         )
         result.error = None if problem is None else f"the answer {problem}"
         _log(log, (task, "probe", 0, attempt + 1), messages, text, result.error, reply)
