@@ -14,6 +14,7 @@ be read (and tightened) side by side:
 - :func:`inert_json`: JSON that a terminal cannot act on.
 - :func:`excerpt`: an endpoint's error body cut to one short line for a message, an
   HTML error page first reduced to its words.
+- :func:`whole_sentences`: a text cut to a limit at a sentence's end.
 - :data:`NON_PROSE_CONTROL`: what makes a reply degenerate rather than prose.
 """
 
@@ -110,6 +111,19 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     if space > limit // 2:  # a word boundary, unless it would lose half the room
         cut = cut[:space]
     return cut.rstrip() + "\u2026"
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
+
+
+def whole_sentences(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters; else its sentences that do, if they
+    are at least half of it (a model asked for a few sentences that ran on past its
+    limit said them first); else ``text`` as it is, for the caller to refuse."""
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, limit + 1)]
+    return text[: ends[-1]].rstrip() if ends and ends[-1] >= limit // 2 else text
 
 
 def plural(count: int, one: str, many: str | None = None) -> str:

@@ -117,6 +117,38 @@ def test_a_prediction_that_copies_the_persona_is_refused_and_asked_again(any_db)
     assert refused.error.startswith("the answer copies the instructions word for word")
 
 
+def test_a_prediction_that_runs_on_past_the_limit_keeps_its_first_sentences(any_db):
+    """Asked for two to five sentences with the run's day budget of output tokens, the
+    270M model's answers ran to 2,100 to 3,700 characters and every one was refused
+    as over 2,000: six calls of a minute each, and no prediction. The sentences within
+    the limit are the prediction now; the calls log keeps the whole reply."""
+    run_id = make_run(any_db, spec_with())
+
+    def name(n: int) -> str:  # words that differ, or the text reads as degenerate
+        return "".join("abcdefghij"[int(d)] for d in str(n)).capitalize()
+
+    long = " ".join(
+        f"Scout {name(i)} saw {name(i + 300)} flowers by {name(i + 600)} hives and "
+        f"{name(i + 900)} patches, so foragers go."
+        for i in range(60)
+    )
+    assert len(long) > 3000
+    factory, _ = scripted_factory([predicting(long)])
+    Loop(any_db, Settings(), factory).run_days(run_id, 5)
+    probes = [c for c in calls_by_day(any_db, run_id)[3] if c[2] == "probe"]
+    assert [(p[1], p[3], p[4]) for p in probes] == [(1, 1, True), (2, 1, True)]
+    with any_db.read() as session:
+        store = Store(session)
+        (checkin,) = store.list_checkins(run_id)
+        predictions = [pair.prediction for pair, _ in store.pairs(checkin.id)]
+        replies = [c.reply for c, _day in store.run_calls(run_id, roles=["probe"])]
+    assert replies == [long, long]
+    for prediction in predictions:
+        assert 1000 <= len(prediction) <= 2000
+        assert long.startswith(prediction)
+        assert prediction.endswith("go.")
+
+
 def test_predictions_made_before_the_endpoint_died_are_kept(any_db):
     """The check-in does not open (it is asked again at the next step), but the calls
     made are recorded, the failed one too."""

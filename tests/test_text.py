@@ -41,3 +41,17 @@ def test_excerpt_keeps_an_error_body_to_one_short_line():
     page = "<html><head><script>var x = '<b>';</script></head><body><p>Bad &lt;gateway&gt;</p>"
     assert excerpt(page) == "Bad <gateway>"
     assert excerpt("a < b and c > d") == "a < b and c > d"  # not HTML: left as written
+
+
+def test_whole_sentences_cuts_at_the_last_sentence_end_within_the_limit():
+    from loopsim.text import whole_sentences
+
+    assert whole_sentences("Short. Fits.", 20) == "Short. Fits."
+    text = "One sentence here. Two sentences here! A third? " + "More words " * 10
+    assert whole_sentences(text, 60) == "One sentence here. Two sentences here! A third?"
+    assert whole_sentences('He said "stop." Then he left.', 22) == 'He said "stop."'
+    # Version numbers and the like end no sentence: no space follows their dot.
+    assert whole_sentences("Use version 2.5 now. " + "x" * 40, 30) == "Use version 2.5 now."
+    # Nothing to cut at, or too little left: the text as it was, for the caller to refuse.
+    assert whole_sentences("x" * 50, 20) == "x" * 50
+    assert whole_sentences("Hi. " + "x" * 50, 40) == "Hi. " + "x" * 50

@@ -32,7 +32,7 @@ from loopsim.record.store import EntryInput, Store, sha256_hex
 from loopsim.researcher.copies import copied_run, refuse_copies, shingles
 from loopsim.researcher.prompts import Prompt
 from loopsim.schemas import DayReport
-from loopsim.text import storable
+from loopsim.text import storable, whole_sentences
 
 
 def report_schema() -> dict[str, Any]:
@@ -479,17 +479,18 @@ def answer_conversation(
         result.tokens_out += reply.tokens_out or 0
         result.latency_ms += reply.latency_ms
         text = storable(reply.text).strip()
+        said = whole_sentences(text, 2000)  # the calls log keeps the whole reply
         problem = (
             "is empty"
-            if len(text) < 10
+            if len(said) < 10
             else "is over 2000 characters"
-            if len(text) > 2000
-            else degeneracy(text) or _copied(text, source)
+            if len(said) > 2000
+            else degeneracy(said) or _copied(said, source)
         )
         result.error = None if problem is None else f"the answer {problem}"
         _log(log, (task, "probe", 0, attempt + 1), messages, text, result.error, reply)
         if problem is None:
-            result.text = text
+            result.text = said
             return result
         retry = f"answer {problem}. Answer again in plain sentences."
         messages = retry_messages(messages, first, text[:2000], retry, echo, attempt + 2)
