@@ -228,6 +228,11 @@ class CheckinPolicy(_Strict):
     )
     prediction_drift_threshold: Number = Field(default=0.5, gt=0, le=1)
     max_unsupervised_days: Whole | None = Field(default=None, ge=1, le=100_000)
+    final: bool = Field(
+        default=True,
+        description="Open a last check-in when the day budget is spent, over the days since "
+        "the one before: unreviewed, they would never enter the dataset.",
+    )
     max_external_drift_days: Whole | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("judge")

@@ -43,7 +43,7 @@ SPEC: dict[str, Any] = {
     "time": {"policy": "fixed", "anchor": "2025-06-02"},
     "budget": {"days": 30, "output_tokens_per_day": 400},
     # Day-loop tests run without check-ins; tests/test_checkin.py sets its own policy.
-    "checkins": {"every_days": 100000, "spot_check_probability": 0.0},
+    "checkins": {"every_days": 100000, "spot_check_probability": 0.0, "final": False},
     # One model call a day, so tests can count calls; tests/test_amplify.py turns digests on.
     "digests": {"every_days": 0},
 }

@@ -301,6 +301,43 @@ def test_the_budgets_last_day_completes_the_run_at_once(database, spec):
         loop.run_days(run_id, 1)
 
 
+def test_a_spent_budget_opens_a_last_checkin_over_the_unreviewed_days(database, spec):
+    """A run checked in every 3 days with a budget of 4 completed after day 4 with that
+    day never reviewed: no check-in would ever come, and the dataset export said it
+    awaited one for good. The spent budget now opens a last check-in (unless the spec
+    turns it off), and approving it completes the run."""
+    from loopsim.checkin.decision import decide
+    from loopsim.schemas import CheckinReason, Decision
+
+    policy = spec.checkins.model_copy(update={"every_days": 3, "final": True})
+    budget = spec.budget.model_copy(update={"days": 4})
+    final = spec.model_copy(update={"checkins": policy, "budget": budget})
+    run_id = make_run(database, final)
+    loop, _ = loop_for(database)
+    assert len(loop.run_days(run_id, 10)) == 3
+    decide(database, loop.opened_checkin, Decision.APPROVE)  # the scheduled one, days 1-3
+    assert len(loop.run_days(run_id, 10)) == 1
+    assert status_of(database, run_id) == RunStatus.AWAITING_CHECKIN
+    with database.read() as session:
+        last = Store(session).list_checkins(run_id)[-1]
+    assert (last.reason, last.first_day_index, last.last_day_index) == (
+        CheckinReason.BUDGET,
+        4,
+        4,
+    )
+    assert last.detail == "the day budget of 4 is spent: a last look before it completes"
+    decide(database, last.id, Decision.APPROVE)
+    assert status_of(database, run_id) == RunStatus.COMPLETED
+
+    unchecked = final.model_copy(update={"checkins": policy.model_copy(update={"final": False})})
+    run_id = make_run(database, unchecked)
+    assert len(loop.run_days(run_id, 3)) == 3
+    decide(database, loop.opened_checkin, Decision.APPROVE)
+    assert len(loop.run_days(run_id, 10)) == 1
+    assert loop.opened_checkin is None
+    assert status_of(database, run_id) == RunStatus.COMPLETED
+
+
 def test_should_stop_stops_at_a_day_boundary(database, spec):
     run_id = make_run(database, spec)
     loop, _ = loop_for(database)

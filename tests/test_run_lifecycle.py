@@ -198,7 +198,8 @@ def test_store_delete_run_on_every_backend_leaves_the_other_run_whole(any_db, sp
 def test_a_run_completes_with_its_last_day_and_halt_leaves_it_completed(cli, tmp_path):
     """`run list` showed `running` for a run whose budget was spent, until another `run
     step`; `run halt` then turned the completed run into a halted one."""
-    spec = write_spec(tmp_path / "s.toml", GOOD_SPEC + "\n[budget]\ndays = 2\n")
+    unchecked = GOOD_SPEC.replace("every_days = 1000", "every_days = 1000\nfinal = false")
+    spec = write_spec(tmp_path / "s.toml", unchecked + "\n[budget]\ndays = 2\n")
     run_id = cli("run", "create", str(spec)).stdout.strip()
     stepped = cli("run", "step", run_id, "--days", "2")
     assert stepped.exit_code == 0, stepped.output

@@ -542,7 +542,9 @@ def test_the_pending_gauge_moves_with_check_ins_not_a_heartbeat_later(database):
         assert found is not None
         return found.group(1)
 
-    (run_id,) = start_runs(database, 1, days=3, every_days=2, spot_check_probability=0.0)
+    (run_id,) = start_runs(
+        database, 1, days=3, every_days=2, spot_check_probability=0.0, final=False
+    )
     factory, _ = scripted_factory()
     first = Service(database, Settings(), factory, config(lease_seconds=600.0))
     asyncio.run(serve_until([first], lambda: pending(first) == "1.0"))
@@ -564,6 +566,31 @@ def test_the_pending_gauge_moves_with_check_ins_not_a_heartbeat_later(database):
 
     asyncio.run(serve_until([second], decided_and_counted))
     assert seen == ["1.0"]
+
+
+def test_serve_opens_the_last_checkin_of_a_spent_budget_and_completes_on_approval(database):
+    """Days after the last scheduled check-in were never reviewed when the budget ran
+    out: the worker now opens a last `budget` check-in, and completes the run once a
+    human approves it."""
+    (run_id,) = start_runs(database, 1, days=3, every_days=2, spot_check_probability=0.0)
+    factory, _ = scripted_factory()
+    service = Service(database, Settings(), factory, config())
+
+    def checkins() -> list[Any]:
+        with database.read() as session:
+            return list(Store(session).list_checkins(run_id))
+
+    def approve_each_and_complete() -> bool:
+        waiting = [c for c in checkins() if c.decision is None]
+        for checkin in waiting:
+            decide(database, checkin.id, Decision.APPROVE)
+        return statuses(database)[run_id] == RunStatus.COMPLETED
+
+    asyncio.run(serve_until([service], approve_each_and_complete))
+    assert [(c.reason, c.first_day_index, c.last_day_index) for c in checkins()] == [
+        ("scheduled", 1, 2),
+        ("budget", 3, 3),
+    ]
 
 
 def test_the_pending_gauge_shows_the_read_started_last_and_survives_a_failed_one(caplog):

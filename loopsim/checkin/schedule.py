@@ -192,6 +192,8 @@ def explain(
     latest = store.last_committed_day(run.id)
     if reason == CheckinReason.FUTURE_LEAK:
         return future_leak(store, run.id, latest)
+    if reason == CheckinReason.BUDGET and budget_spent(store, run.id, spec, latest):
+        return f"the day budget of {spec.budget.days} is spent: a last look before it completes"
     if reason == CheckinReason.CHARTER_DRIFT:
         approved = approving(store.checkin_rows(run.id))
         anchor = charter_anchor(approved, latest, spec.checkins.charter_drift_window)
@@ -242,6 +244,8 @@ def due(
         return CheckinReason.CHARTER_DRIFT
     if new_days >= interval:
         return CheckinReason.SCHEDULED
+    if policy.final and budget_spent(store, run.id, spec, latest):
+        return CheckinReason.BUDGET
     if policy.max_unsupervised_days is not None:
         unsupervised = store.committed_days_after(run.id, approved_day, next_index=latest + 1)
         if unsupervised >= policy.max_unsupervised_days:
@@ -259,6 +263,14 @@ def due(
     if spot_check_fires(run.secret_seed, latest, policy.spot_check_probability):
         return CheckinReason.SPOT_CHECK
     return None
+
+
+def budget_spent(store: Store, run_id: str, spec: RunSpec, latest: int) -> bool:
+    """Whether the run's committed days fill its day budget (``latest``: its last
+    committed day, which bounds their count, so most days need no read)."""
+    if latest < spec.budget.days:
+        return False
+    return store.committed_days_after(run_id, 0, next_index=latest + 1) >= spec.budget.days
 
 
 def _date_at_last_approval(
