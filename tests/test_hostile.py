@@ -400,6 +400,7 @@ anchor = 2025-06-02
 [checkins]
 spot_check_probability = 0.0
 every_days = 1000
+final = false
 """
 
 
