@@ -222,7 +222,7 @@ def test_answers_keyed_by_position_reach_their_probes(cli, three_probes, tmp_pat
     path = answers_file(tmp_path, ["1", "2", "3"])
     decided = cli("checkin", "decide", str(checkin_id), "--approve", "--answers", str(path))
     assert decided.exit_code == 0, decided.output
-    assert "drift n/a" not in decided.stderr
+    assert "drift not measured" not in decided.stderr
     assert "drift 0." in decided.stderr
     assert stored_pairs(cli) == [
         (7, f"{BEES} (1)", 4),
@@ -401,7 +401,7 @@ def test_the_example_spec_walkthrough_shows_a_drift_score(cli):
     assert "probe 3 of 3" in review.stdout
     assert "\ndrift " in review.stdout
     assert "check-in 1: approve" in review.stderr
-    assert "drift n/a" not in review.stderr
+    assert "drift not measured" not in review.stderr
 
 
 def test_decide_says_when_the_adaptive_interval_changes(cli, open_checkin, tmp_path):
@@ -477,7 +477,7 @@ def test_review_asks_no_rating_where_there_is_no_prediction(unpredicted):
         (3, "Third view.", None),
     ]
     # Nothing was compared, so there is no drift to report: not a drift of 1.00.
-    assert "check-in 1: approve; drift n/a" in again.stderr
+    assert "check-in 1: approve; drift not measured" in again.stderr
     (record,) = json.loads(cli("checkin", "list", "--json").stdout)
     assert record["drift_score"] is None
 

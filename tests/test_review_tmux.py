@@ -219,7 +219,7 @@ def test_a_probe_without_a_prediction_asks_no_rating(sqlite_url):
         assert "agreement, 1" not in screen  # nothing to rate
         tmux("send-keys", "-t", session, "approve", "Enter")
         screen = wait_for(session, f"check-in {checkin_id}: approve")
-        assert "drift n/a" in screen
+        assert "drift not measured" in screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     assert pairs_now(sqlite_url) == [("Dances encode distance.", None)]

@@ -147,20 +147,23 @@ def _apply(
             f" without answers ({record['unanswered']} of {len(record['pairs'])} probes unanswered)"
         )
     level = outcome.drift
-    score = "n/a" if level.score is None else f"{level.score:.2f}"
     trend = "n/a" if level.trend is None else f"{level.trend:.2f}"
+    if level.score is None:  # nothing compared: no drift of this check-in, not a 1.00
+        drift = f"drift not measured (no prediction compared; trend so far {trend})"
+    else:
+        drift = f"drift {level.score:.2f} (trend {trend}, {level.level})"
     extra = f", {plural(outcome.reverted_days, 'day')} reverted" if outcome.reverted_days else ""
     if outcome.agreement is not None:
         extra += f"; agreement {outcome.agreement:.2f}"
         if outcome.ceiling is not None:
             # The scale's top: a prediction as close as the human's own retests were.
-            extra += f" (1.00: as close as your own retests, similarity {outcome.ceiling:.2f})"
+            extra += (
+                ", where 1.00 is as close as your own retests "
+                f"(their similarity {outcome.ceiling:.2f})"
+            )
     # One line each, whatever the width: scripts read them, and rich would fold them at 80
     # columns when stderr is a pipe.
-    a.err.print(
-        f"check-in {checkin_id}: {said}{extra}; drift {score} (trend {trend}, {level.level})",
-        soft_wrap=True,
-    )
+    a.err.print(f"check-in {checkin_id}: {said}{extra}; {drift}", soft_wrap=True)
     if outcome.schedule:
         a.err.print(outcome.schedule, soft_wrap=True)
 
