@@ -101,6 +101,11 @@ class LeaseLost(LoopsimError):
     """This worker's lease on the run expired or was taken over; nothing was written."""
 
 
+class Interrupted(LoopsimError):
+    """Stopped part way at the caller's request (a service stopping); what it had done is
+    kept, nothing after it was written."""
+
+
 class ModelError(LoopsimError):
     """The model failed."""
 

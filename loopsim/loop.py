@@ -30,13 +30,20 @@ from typing import TypeVar
 
 from loopsim.chat.handle import ChatFactory, ChatHandle
 from loopsim.chat.tokens import counter_for, prompt_limit
-from loopsim.chat.tracing import day_trace, traced, untraced
+from loopsim.chat.tracing import day_trace, traced
 from loopsim.checkin import drift
-from loopsim.checkin.opening import Opening, due_now, open_checkin, plan_predictions
+from loopsim.checkin.opening import (
+    OnPredict,
+    Opening,
+    due_now,
+    open_checkin,
+    plan_predictions,
+    predict,
+)
 from loopsim.checkin.schedule import approved_count, approving
 from loopsim.clock import external_date
 from loopsim.config import Settings
-from loopsim.errors import ConcurrentWrite, InvalidState, ModelUnavailable
+from loopsim.errors import ConcurrentWrite, Interrupted, InvalidState, ModelUnavailable
 from loopsim.record.chain import VerifiedHeads
 from loopsim.record.db import Database
 from loopsim.record.leases import Fence, live_holder, stepped_by_cli, take_for_cli
@@ -47,7 +54,6 @@ from loopsim.researcher.conversation import (
     DayOutcome,
     Logged,
     Researcher,
-    answer_conversation,
     drive,
 )
 from loopsim.researcher.day import (
@@ -59,7 +65,7 @@ from loopsim.researcher.day import (
     unreachable,
 )
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, build_prompt, echoes, shape_held
+from loopsim.researcher.prompts import Prompt, build_prompt, shape_held
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinReason, DayStatus, RunSpec, RunStatus
 from loopsim.specs import SpecCache
@@ -96,7 +102,7 @@ class Loop:
         settings: Settings,
         chat_factory: ChatFactory,
         similarity: drift.Similarity = drift.lexical_similarity,
-        on_predict: Callable[[int, int, str | None], None] = lambda *_: None,
+        on_predict: OnPredict = lambda *_: None,
     ) -> None:
         self.on_predict = on_predict  # (probes predicted, of, the last one's error): progress
         self.db = db
@@ -379,9 +385,12 @@ class Loop:
             return False
         return due_now(store, run, self.spec_of(run), self.similarity, checkins) is not None
 
-    def open_due_checkin(self, run_ref: str, fence: Fence | None = None) -> int | None:
+    def open_due_checkin(
+        self, run_ref: str, fence: Fence | None = None, on_predict: OnPredict | None = None
+    ) -> int | None:
         """Open a check-in if one is due: predictions first (model calls, outside any
-        transaction), then one write that records them and makes the run wait."""
+        transaction; ``on_predict``, or :attr:`on_predict`, may stop them by raising
+        :class:`Interrupted`), then one write that records them and makes the run wait."""
         with self.db.read() as session:
             store = Store(session)
             run = store.get_run(run_ref)
@@ -402,26 +411,17 @@ class Loop:
             )
             model_id = run.model
         last_day, reason, detail = found.last_day, wanted.reason, wanted.detail
-        prompts, number = wanted.prompts, wanted.number
-        predictions = []
         calls: list[Logged] = []  # every prediction call, kept with the span's last day
         try:
-            self.on_predict(0, len(prompts), None)
-            for task, (probe_id, prompt) in enumerate(prompts, 1):
-                chat = self._chat(model_id, spec)  # built once, and only if there is a probe
-                asking = answer_conversation(
-                    prompt,
-                    salt=number,
-                    max_retries=self.settings.max_retries,
-                    log=calls,
-                    task=task,
-                    echo=echoes(model_id),
-                )
-                with untraced():  # a tracer would show the prediction before the answer
-                    result = drive(asking, chat)
-                predictions.append((probe_id, result.text, result.error))
-                self.on_predict(task, len(prompts), result.error)
-        except ModelUnavailable:
+            predictions = predict(
+                wanted,
+                lambda: self._chat(model_id, spec),
+                model_id,
+                max_retries=self.settings.max_retries,
+                calls=calls,
+                on_predict=on_predict or self.on_predict,
+            )
+        except (ModelUnavailable, Interrupted):
             self.keep_calls(run.id, last_day, calls, fence)
             raise
         self.keep_calls(run.id, last_day, calls, fence)

@@ -12,15 +12,18 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from loopsim.chat.handle import ChatHandle
 from loopsim.chat.tokens import counter_for
+from loopsim.chat.tracing import untraced
 from loopsim.checkin import drift
 from loopsim.checkin.schedule import approving, due, explain
 from loopsim.clock import external_date
 from loopsim.record.db import Database
 from loopsim.record.store import CheckinRow, Store
 from loopsim.record.tables import CheckIn, Probe, Run, utcnow
+from loopsim.researcher.conversation import Logged, answer_conversation, drive
 from loopsim.researcher.fit import fit_prompt
-from loopsim.researcher.prompts import Prompt, build_probe_prompt
+from loopsim.researcher.prompts import Prompt, build_probe_prompt, echoes
 from loopsim.researcher.view import build_view
 from loopsim.schemas import CheckinPolicy, CheckinReason, RunSpec, RunStatus
 
@@ -174,6 +177,44 @@ def plan_predictions(
 
     prompts = [(p.id, fit_prompt(probe_prompt(p.question), counter, budget, limit)) for p in chosen]
     return Asking(found, reason, detail, number, prompts, retests)
+
+
+OnPredict = Callable[[int, int, str | None], None]
+"""Told before the first prediction and after each: (probes predicted, of, the last one's
+error). It may stop the predictions by raising (a service stopping, its lease lost)."""
+
+
+def predict(
+    asking: Asking,
+    chat: Callable[[], ChatHandle],
+    model_id: str,
+    *,
+    max_retries: int,
+    calls: list[Logged],
+    on_predict: OnPredict,
+) -> list[tuple[int, str | None, str | None]]:
+    """Ask the model for each probe's prediction, one call after another: (probe id,
+    text, error) each. ``chat`` is built once, and only if there is a probe. Every call
+    made is logged in ``calls``, so a caller stopped part way (by ``on_predict``, or a
+    model that stayed down) keeps those made."""
+    prompts = asking.prompts
+    predictions: list[tuple[int, str | None, str | None]] = []
+    on_predict(0, len(prompts), None)
+    for task, (probe_id, prompt) in enumerate(prompts, 1):
+        handle = chat()
+        conversation = answer_conversation(
+            prompt,
+            salt=asking.number,
+            max_retries=max_retries,
+            log=calls,
+            task=task,
+            echo=echoes(model_id),
+        )
+        with untraced():  # a tracer would show the prediction before the answer
+            result = drive(conversation, handle)
+        predictions.append((probe_id, result.text, result.error))
+        on_predict(task, len(prompts), result.error)
+    return predictions
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ One asyncio event loop supervises up to ``concurrency`` runs at once:
 Shutdown (SIGTERM or SIGINT): stop claiming, give the days in flight ``grace_seconds`` to
 commit, cancel the rest (a day is one transaction, and the fence refuses a write after
 its lease is released), release every lease, exit 0. A second signal skips the grace.
+A check-in's predictions stop before their next model call (:mod:`.openings`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loopsim.chat import transport
 from loopsim.checkin import drift
 from loopsim.config import Settings
-from loopsim.errors import ConcurrentWrite, InvalidState, LeaseLost, LoopsimError, ModelUnavailable
+from loopsim.errors import (
+    ConcurrentWrite,
+    Interrupted,
+    InvalidState,
+    LeaseLost,
+    LoopsimError,
+    ModelUnavailable,
+)
 from loopsim.record import leases, planner_stats
 from loopsim.record.db import Database
 from loopsim.record.leases import Lease
@@ -60,12 +68,13 @@ from loopsim.service import events
 from loopsim.service.checks import LeaseChecks
 from loopsim.service.config import ServiceConfig, default_worker_id
 from loopsim.service.eventloop import loop_kind
-from loopsim.service.events import GUARD, Guard, account, checkin_payload, counted, fail_run
+from loopsim.service.events import GUARD, Guard, account, counted, fail_run
 from loopsim.service.health import WriteHealth, report
 from loopsim.service.http import HttpEndpoint
 from loopsim.service.lazy import LazyLoop
 from loopsim.service.logs import configure_logging
 from loopsim.service.metrics import Metrics
+from loopsim.service.openings import Openings
 from loopsim.service.turns import WaitingRuns
 from loopsim.service.writes import Writer
 from loopsim.text import plural
@@ -133,6 +142,7 @@ class Service:
         stall = max(1.0, self.config.lease_seconds / 3)
         self._write = Writer(self._db_pool, WriteHealth(stall), serial=db.dialect == "sqlite")
         self._inline_reads = db.dialect == "sqlite"
+        self._openings = Openings(self)
 
     @property
     def worker(self) -> str:
@@ -397,7 +407,7 @@ class Service:
         run_id = lease.run_id
         # Before every request to the model, retries included (this task's context only).
         check = functools.partial(self._checked, lease)
-        GUARD.set(Guard(check, functools.partial(leases.check, self.db, lease)))
+        GUARD.set(Guard(check, functools.partial(self._openings.guard, lease)))
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
@@ -420,7 +430,7 @@ class Service:
                         self.loop.next_day, run_id
                     )
                     if planned is Turn.CHECKIN_DUE:
-                        if await self._open_due(run_id, fence, ctx):
+                        if await self._openings.open(run_id, fence, ctx):
                             return
                         began = time.perf_counter()  # it raced: step on, with a day of its own
                         planned = await self._pooled(self.loop.plan, run_id)
@@ -467,22 +477,10 @@ class Service:
             self._lose(run_id, exc.message)
         except ConcurrentWrite as exc:
             log.warning("%s", exc.message, extra={**ctx, "event": "day.conflict"})
+        except Interrupted as exc:  # a check-in's predictions, stopped (service/openings.py)
+            log.info("%s", exc.message, extra={**ctx, "event": "checkin.stopped"})
         except LoopsimError as exc:  # the database is busy or gone: let go, claim later
             log.warning("run %s: %s", run_id, exc.message, extra={**ctx, "event": "run.error"})
-
-    async def _open_due(self, run_id: str, fence: leases.Fence, ctx: dict[str, Any]) -> bool:
-        """Open the check-in found due; True if it opened and the run waits. The predictions
-        are model calls, on a thread of their own (not the writer's)."""
-        opened = await self._write.apart(self.loop.open_due_checkin, run_id, fence)
-        if opened is None:
-            return False
-        self.metrics.checkins_opened.inc()
-        ctx = {**ctx, "event": "checkin.opened", "checkin_id": opened}
-        log.info("run %s waits for check-in %d", run_id, opened, extra=ctx)
-        if self.webhook is not None:
-            self._spawn(self.webhook.send(checkin_payload(self.db, opened, run_id, self.worker)))
-        self._spawn(self._pending.refresh())
-        return True
 
     async def _should_yield(self, days: int) -> bool:
         """Whether a run held ``days`` days yields its slot to a waiting run (turns.py)."""

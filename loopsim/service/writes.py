@@ -116,6 +116,9 @@ class Writer:
         return result
 
     def shutdown(self) -> None:
+        """Wait for the writes, not for a check-in's predictions: a model call in flight
+        cannot be interrupted, and its thread stops before its next one and writes nothing
+        once the lease is released (loopsim.service.openings)."""
         if self._own:
             self._pool.shutdown(wait=True)
-        self._apart.shutdown(wait=True)
+        self._apart.shutdown(wait=False, cancel_futures=True)
