@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import subprocess
 import sys
@@ -175,6 +176,22 @@ def test_a_failing_model_fails_its_run_and_not_the_others(any_db):
     # What the failed calls cost is kept: one request each (this handle does not retry).
     assert [d.attempts for d in days_by_run(any_db)[bad_id]] == [1, 1]
     assert "loopsim_runs_failed_total 1.0" in service.metrics.render().decode()
+
+
+def test_a_run_failed_for_its_failed_days_is_logged_with_the_reason(any_db, caplog):
+    """The days' WARNING lines are followed by one ERROR line saying the run is failed,
+    and why, as for a run whose model cannot be built."""
+    (run_id,) = start_runs(any_db, 1, days=3)
+    broken, _ = scripted_factory([ConnectionError("connection reset by peer")])
+    service = Service(any_db, Settings(max_failed_days=2), broken, config())
+    caplog.set_level(logging.INFO, logger="loopsim.service.worker")
+    asyncio.run(serve_until([service], lambda: statuses(any_db)[run_id] == RunStatus.FAILED))
+    said = [r for r in caplog.records if getattr(r, "event", None) == "run.failed"]
+    (record,) = said
+    assert record.levelno == logging.ERROR
+    assert record.run_id == run_id
+    assert record.error.startswith("2 failed days in a row; day 1: model scripted:test")
+    assert record.getMessage() == f"run {run_id} failed: {record.error}"
 
 
 def test_a_resumed_run_survives_one_failed_day_under_serve(any_db, any_url):

@@ -464,8 +464,11 @@ class Service:
                 result = await self._commit(lease, fence, planned, outcome, started)
                 account(self.metrics, result, time.perf_counter() - began, ctx, outcome.calls)
                 days += 1
-                if result.run_failed:
+                if result.run_failed:  # max_failed_days in a row: a person must look
                     self.metrics.runs_failed.inc()
+                    why = await self._db(self.loop.read, lambda s: s.get_run(run_id).status_reason)
+                    extra = {**ctx, "event": "run.failed", "error": why}
+                    log.error("run %s failed: %s", run_id, why, extra=extra)
                     return
                 if result.status != DayStatus.COMMITTED:
                     continue
