@@ -181,3 +181,39 @@ def test_a_model_down_during_predictions_is_asked_again_after_a_pause(any_db, mo
     assert probe_calls(any_db, run_id) == 1
     assert checkins_of(any_db, run_id) == []
     assert run_row(any_db, run_id).lease_owner is None
+
+
+def test_predictions_are_logged_and_a_stop_names_the_opening_it_abandoned(any_db, caplog):
+    """A line before each prediction, which may take minutes; and a stop that abandons a
+    check-in being opened does not count it as a day."""
+    run_id = checkin_run(any_db)
+    model = Predictions(seconds=600.0)  # until released
+    factory, _ = scripted_factory([model])
+    service = Service(any_db, Settings(), factory, config(grace_seconds=0.5))
+    caplog.set_level(logging.INFO, logger="loopsim.service.worker")
+    stopped = threading.Event()
+
+    def events(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "event", None) == name]
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(service.serve(install_signals=False))
+        await until(lambda: model.made >= 1, task)
+        service.request_stop()
+        await task
+        stopped.set()
+
+    serving = threading.Thread(target=asyncio.run, args=(scenario(),))
+    serving.start()
+    try:
+        assert stopped.wait(60.0), "serve waited for the prediction in flight"
+    finally:
+        model.release.set()
+        serving.join(120.0)
+    apart_threads_end()
+    assert events("checkin.predicting") == [
+        f"run {run_id}: opening check-in, predicting probe 1 of {PROBES}"
+    ]
+    assert events("stop.abandoned") == [
+        "abandoned 1 check-in opening in flight; nothing of them was written"
+    ]

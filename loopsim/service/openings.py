@@ -29,6 +29,7 @@ from loopsim.errors import Interrupted, ModelUnavailable
 from loopsim.record import leases
 from loopsim.record.leases import Lease
 from loopsim.service.events import checkin_payload
+from loopsim.text import plural
 
 if TYPE_CHECKING:
     from loopsim.service.worker import Service
@@ -47,6 +48,7 @@ class Openings:
 
     def __init__(self, service: Service) -> None:
         self._service = service
+        self.active: set[str] = set()  # runs whose check-in is being opened
 
     def go_on(self, run_id: str) -> None:
         """Raise :class:`Interrupted` if the service is stopping or the run's lease was
@@ -62,19 +64,38 @@ class Openings:
         self.go_on(lease.run_id)
         leases.check(self._service.db, lease)
 
-    def _told(self, run_id: str) -> Callable[[int, int, str | None], None]:
-        """The progress callback of one run's predictions (``Loop.on_predict``)."""
+    def abandoned(self, runs: list[str]) -> str:
+        """What a stop abandons of these runs' tasks: days, and check-ins being opened."""
+        opening = sum(1 for run_id in runs if run_id in self.active)
+        days = len(runs) - opening
+        said = [plural(days, "day")] if days or not opening else []
+        return " and ".join([*said, plural(opening, "check-in opening")] if opening else said)
+
+    def _told(self, run_id: str, ctx: dict[str, Any]) -> Callable[[int, int, str | None], None]:
+        """The progress callback of one run's predictions (``Loop.on_predict``): a line
+        before each prediction, which may take minutes on a slow model."""
 
         def told(done: int, of: int, error: str | None) -> None:
-            if done < of:  # before each prediction
-                self.go_on(run_id)
+            if done >= of:
+                return
+            self.go_on(run_id)  # before each prediction
+            last = f" (probe {done} gave no valid prediction: {error})" if error else ""
+            log.info(
+                "run %s: opening check-in, predicting probe %d of %d%s",
+                *(run_id, done + 1, of, last),
+                extra={**ctx, "event": "checkin.predicting"},
+            )
 
         return told
 
     async def open(self, run_id: str, fence: leases.Fence, ctx: dict[str, Any]) -> bool:
         """Open the check-in found due; True if it opened and the run waits."""
         service = self._service
-        opened = await self._attempts(run_id, fence, ctx)
+        self.active.add(run_id)
+        try:
+            opened = await self._attempts(run_id, fence, ctx)
+        finally:
+            self.active.discard(run_id)
         if opened is None:
             return False
         service.metrics.checkins_opened.inc()
@@ -91,7 +112,11 @@ class Openings:
         one the model's being down failed (see the module docstring)."""
         service = self._service
         opening = functools.partial(
-            service._write.apart, service.loop.open_due_checkin, run_id, fence, self._told(run_id)
+            service._write.apart,
+            service.loop.open_due_checkin,
+            run_id,
+            fence,
+            self._told(run_id, ctx),
         )
         failures = 0
         while True:

@@ -77,7 +77,6 @@ from loopsim.service.metrics import Metrics
 from loopsim.service.openings import Openings
 from loopsim.service.turns import WaitingRuns
 from loopsim.service.writes import Writer
-from loopsim.text import plural
 
 if TYPE_CHECKING:
     # The chat seam and the day loop import langchain: at the first day planned (lazy.py).
@@ -333,13 +332,14 @@ class Service:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             abandon.cancel()
-            unfinished = [t for t in tasks if not t.done()]
-            for task in unfinished:
+            unfinished = {r: t for r, t in self._tasks.items() if not t.done()}
+            what = self._openings.abandoned(list(unfinished))  # days, check-ins opening
+            for task in unfinished.values():
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if unfinished:
-                what = "abandoned %s in flight; nothing of them was written"
-                log.info(what, plural(len(unfinished), "day"), extra={"event": "stop.abandoned"})
+                said = "abandoned %s in flight; nothing of them was written"
+                log.info(said, what, extra={"event": "stop.abandoned"})
         await self._reap()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
