@@ -9,9 +9,9 @@ from pathlib import Path
 from loopsim.config import Settings
 from loopsim.exports.markdown import md_block, md_inline, to_jsonl, to_markdown
 from loopsim.loop import Loop
-from loopsim.record.store import Store
-from loopsim.schemas import parse_spec
-from loopsim.testing import default_reply, report_json, scripted_factory
+from loopsim.record.store import EntryInput, Store
+from loopsim.schemas import DayStatus, Decision, parse_spec
+from loopsim.testing import add_day, default_reply, report_json, scripted_factory
 from tests.conftest import make_run
 
 HOSTILE_BODY = (
@@ -179,3 +179,83 @@ def test_markdown_header_says_what_the_run_is_without_needless_escapes(database,
     assert "- status: running; 2 of 30 days committed; driven by `run step`" in head
     day_line = next(ln for ln in md.splitlines() if ln.startswith("*model "))
     assert "\\" not in day_line
+
+
+def rejected_run(database, spec) -> str:
+    """Days 1-13, where check-in 2 rejected days 4-6 and check-in 4 days 10-12; day 10
+    failed three times before it committed."""
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        for index in range(1, 14):
+            if index == 10:
+                for attempt in range(3):
+                    add_day(store, run_id, 10, status=DayStatus.FAILED, error=f"down {attempt}")
+            add_day(store, run_id, index, [EntryInput("note", f"Note {index}", "Looked.")])
+            if index % 3 == 0 and index < 13:
+                checkin = store.add_checkin(
+                    run_id,
+                    "scheduled",
+                    first_day=index - 2,
+                    last_day=index,
+                    detail=None,
+                    predictions=[],
+                )
+                decision = Decision.REJECT if index in (6, 12) else Decision.APPROVE
+                store.claim_decision(
+                    checkin.id,
+                    decision=decision,
+                    note=None,
+                    decided_at=checkin.opened_at,
+                    drift_score=None,
+                )
+                if decision == Decision.REJECT:
+                    store.revert_days(run_id, index - 3, index)
+    return run_id
+
+
+def test_markdown_names_the_reverted_days_it_leaves_out(database, spec):
+    """The failed tries of a reverted day went with it: shown alone under day 10, they
+    said day 10 never succeeded. Each stretch of reverted days is named where it stood."""
+    run_id = rejected_run(database, spec)
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+        ids = [c.id for c in store.list_checkins(run_id)]
+    headings = [line for line in md.splitlines() if line.startswith("## Day")]
+    assert headings == [
+        "## Day 1: 2025-06-02",
+        "## Day 2: 2025-06-02",
+        "## Day 3: 2025-06-02",
+        f"## Days 4\u20136: reverted at check-in {ids[1]} (not shown; "
+        "`--include-reverted` shows them)",
+        "## Day 7: 2025-06-02",
+        "## Day 8: 2025-06-02",
+        "## Day 9: 2025-06-02",
+        f"## Days 10\u201312: reverted at check-in {ids[3]} (not shown, nor 3 failed tries "
+        "of them; `--include-reverted` shows them)",
+        "## Day 13: 2025-06-02",
+    ]
+    with database.read() as session:
+        store = Store(session)
+        every = to_markdown(store, store.get_run(run_id), include_reverted=True)
+    shown = [line for line in every.splitlines() if line.startswith("## Day")]
+    assert len(shown) == 16
+    assert "not shown" not in every
+    assert shown[9:13] == ["## Day 10: 2025-06-02 (a failed try)"] * 3 + [
+        "## Day 10: 2025-06-02 (reverted)"
+    ]
+
+
+def test_markdown_names_reverted_days_at_the_end_of_the_record(database, spec):
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        add_day(store, run_id, 1, [EntryInput("note", "Note", "Looked.")])
+        add_day(store, run_id, 2, [EntryInput("note", "Note", "Looked.")])
+        store.revert_days(run_id, 1, 2)  # no check-in in the record says which
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+    assert "## Day 2: reverted (not shown; `--include-reverted` shows it)\n" in md
+    assert md.index("## Day 1:") < md.index("## Day 2: reverted")

@@ -6,7 +6,8 @@ Everything in an entry was written by a model and is treated as hostile:
   heading, a code fence, a raw HTML block or a link reference outside its quote.
 - JSONL: one JSON object a line, schema ``loopsim.export/1`` (see ``docs/export.md``).
 
-Reverted days are left out unless ``include_reverted`` is given; failed tries of a day are
+Reverted days are left out unless ``include_reverted`` is given (Markdown names each
+stretch of them where it stood, :mod:`loopsim.exports.reverted`); failed tries of a day are
 shown at the index they tried, with their error in Markdown and as ``day`` records in JSONL.
 """
 
@@ -18,11 +19,13 @@ import os
 import re
 import stat
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from loopsim.errors import LoopsimError, SpecError
+from loopsim.exports.reverted import left_out, reverted_stretches
 from loopsim.record.leases import driver
 from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
@@ -104,7 +107,15 @@ def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[
         "",
     ]
     yield _lines(head)
+    # Reverted days left out are named where they stood, and the failed tries of their
+    # indexes go with them: those were tries of days the check-in rejected.
+    stretches = deque([] if include_reverted else reverted_stretches(store, run.id))
     for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
+        while stretches and stretches[0].last < day.index:
+            yield _lines([f"## {left_out(stretches.popleft())}", ""])
+        if stretches and stretches[0].first <= day.index:  # a failed try of a reverted day
+            stretches[0].failed += 1
+            continue
         label = {DayStatus.COMMITTED: "", DayStatus.FAILED: " (a failed try)"}.get(
             DayStatus(day.status), f" ({day.status})"
         )
@@ -120,6 +131,8 @@ def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[
         for entry in entries:
             out += [_entry_heading(entry), "", md_block(entry.body), ""]
         yield _lines(out)
+    for stretch in stretches:
+        yield _lines([f"## {left_out(stretch)}", ""])
     checkins = store.list_checkins(run.id)
     if checkins:
         yield _lines(["## Check-ins", ""])

@@ -133,6 +133,11 @@ _OUTSIDE = (
     .where(_E.c.run_id == _RUN_ID, _E.c.day_id.is_(None))
     .order_by(_E.c.seq)
 )
+_REVERTED = (
+    select(_D.c.index)
+    .where(_D.c.run_id == _RUN_ID, _D.c.status == DayStatus.REVERTED.value)
+    .order_by(_D.c.index)
+)
 _PAGE_COLUMNS = (*_ENTRY_COLUMNS, _D.c.index, _D.c.status, _D.c.external_date)
 _AFTER = _E.c.seq > bindparam("after", type_=Integer)
 _LIMIT = bindparam("limit", type_=Integer)
@@ -189,6 +194,11 @@ class StreamQueries(StoreBase):
     def outside_entries(self, run_id: str) -> list[EntryRow]:
         """Entries outside any day (a human's correction written at a check-in), by seq."""
         return [EntryRow(*row) for row in self._rows(_OUTSIDE, {"run_id": run_id})]
+
+    def reverted_indexes(self, run_id: str) -> list[int]:
+        """The indexes of the run's reverted days, in order: what an export that leaves
+        them out says it left out."""
+        return [row[0] for row in self._rows(_REVERTED, {"run_id": run_id})]
 
     def entry_page(
         self, run_id: str, after_seq: int, limit: int = BATCH, *, day_index: int | None = None
