@@ -365,3 +365,41 @@ def test_a_day_written_before_calls_were_recorded_still_gives_its_example(any_db
     assert [r["metadata"]["day_index"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["messages"] == [*prompt, {"role": "assistant", "content": "Old reply."}]
     assert records[0]["messages"][-1]["content"] == "reply 1.2"  # the accepted attempt
+
+
+@pytest.mark.parametrize("batch", [BATCH, 1])
+def test_record_show_puts_failed_tries_beside_their_day(
+    cli_factory, sqlite_url, spec, monkeypatch, batch
+):
+    """Failed tries were printed after the last day, all of them; each now comes before
+    the day at its index, as in the exports, and is read a page at a time."""
+    database = dbmod.Database.open(sqlite_url)
+    run_id = seed(database, spec, days=8, per_day=2)
+    database.dispose()
+    monkeypatch.setattr("loopsim.cli.record.BATCH", batch)  # 1: a page a failed try
+    cli = cli_factory(sqlite_url, None)
+    days = [line for line in cli("record", "show", run_id).stdout.splitlines() if "day" in line]
+    assert days == [
+        "day 1  2025-06-02",
+        "day 2  2025-06-02",
+        "day 3  failed after 1 attempt: bad 0",
+        "day 3  failed after 1 attempt: bad 1",
+        "day 3  2025-06-02",
+        "day 4  2025-06-02",
+        "day 5  2025-06-02  [reverted]",
+        "day 6  2025-06-02  [reverted]",
+        "day 7  2025-06-02",
+        "day 8  2025-06-02",
+        "outside any day",
+    ]
+    one = [line for line in cli("record", "show", run_id, "--day", "3").stdout.splitlines()]
+    assert [line for line in one if "day" in line] == days[2:5]
+    assert one[0].startswith("day 3  failed")
+    database = dbmod.Database.open(sqlite_url)
+    with database.read() as session:
+        store = Store(session)
+        every = store.failed_page(run_id)
+        paged = store.failed_page(run_id, limit=1)
+        paged += store.failed_page(run_id, (paged[-1].index, paged[-1].id), limit=1)
+    database.dispose()
+    assert [t.error for t in every] == [t.error for t in paged] == ["bad 0", "bad 1"]

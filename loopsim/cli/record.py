@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from loopsim.cli.context import ID_MAX, RunArg, app_context
 from loopsim.errors import RecordBroken, SpecError
 from loopsim.exports.markdown import entry_marks, safe_text
 from loopsim.record.chain import KEYED_HINT, emptied_text
+from loopsim.record.db import Database
 from loopsim.record.store import Store, dropped_words, search_terms
 from loopsim.record.streams import BATCH, EntryRow
 from loopsim.schemas import DayStatus, EntryKind
@@ -38,13 +40,11 @@ def record_show(
         run = store.get_run(run_ref)
         if day is not None:
             store.get_day(run.id, day)
-        failed = [
-            (d.index, d.attempts, d.error)
-            for d in store.failed_days(run.id)
-            if day is None or d.index == day
-        ]
     # A page of entries at a time, each read in a transaction of its own: memory stays
-    # flat however long the record, and a pager left open holds no snapshot of it.
+    # flat however long the record, and a pager left open holds no snapshot of it. The
+    # failed tries are read the same way, and each is shown before the day at its index.
+    failed = _failed_tries(database, run.id, day)
+    pending = next(failed, None)
     current: object = object()
     depth: dict[int, int] = {}  # entry id -> depth in its day's tree, for the day shown
     digests: dict[int, int] = {}  # the same for digests, which a later amendment answers
@@ -57,6 +57,9 @@ def record_show(
         for entry, day_index, status, date in page:
             if day_index != current:
                 current, depth = day_index, {}
+                while pending is not None and day_index is not None and pending[0] <= day_index:
+                    parts.append(_failed_line(*pending, gap=bool(shown or parts)))
+                    pending = next(failed, None)
                 gap = "\n" if shown or parts else ""  # a blank line between days, none on top
                 if day_index is None:
                     parts.append((f"{gap}outside any day\n", "bold"))
@@ -80,13 +83,38 @@ def record_show(
         if len(page) < BATCH:
             break
         after = page[-1].entry.seq
-    for index, attempts, error in failed:
-        tried = f"day {index}  failed after {plural(attempts, 'attempt')}"
-        gap = "\n" if shown else ""  # apart from the entries above, if any
+    while pending is not None:  # failed tries after the last day with entries
+        a.out.print(Text.assemble(_failed_line(*pending, gap=bool(shown))), end="")
         shown += 1
-        a.out.print(Text(f"{gap}{tried}: {safe_text(error or '')}", style="red"))
+        pending = next(failed, None)
     if not shown:
         a.err.print("no entries yet")
+
+
+def _failed_tries(
+    database: Database, run_id: str, day: int | None
+) -> Iterator[tuple[int, int, str | None]]:
+    """The run's failed tries (day ``day``'s alone, if given) as ``(index, attempts,
+    error)``, by index, then in the order tried: a page at a time, each page read in a
+    transaction of its own."""
+    after = (0, 0) if day is None else (day, 0)
+    while True:
+        with database.read() as session:
+            page = Store(session).failed_page(run_id, after, limit=BATCH)
+        for tried in page:
+            if day is not None and tried.index != day:
+                return
+            yield tried.index, tried.attempts, tried.error
+        if len(page) < BATCH:
+            return
+        after = (page[-1].index, page[-1].id)
+
+
+def _failed_line(index: int, attempts: int, error: str | None, *, gap: bool) -> tuple[str, str]:
+    """A failed try's line in ``record show``, after a blank line if ``gap``."""
+    tried = f"day {index}  failed after {plural(attempts, 'attempt')}"
+    blank = "\n" if gap else ""
+    return f"{blank}{tried}: {safe_text(error or '')}\n", "red"
 
 
 def _marks(entry: EntryRow) -> str:

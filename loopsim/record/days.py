@@ -184,14 +184,6 @@ class DayQueries(StoreBase):
         )
         return {day.index: day for day in self.session.scalars(stmt.order_by(Day.id))}
 
-    def failed_days(self, run_id: str) -> Sequence[Day]:
-        """The run's failed tries, by index, then in the order tried."""
-        return self.session.scalars(
-            select(Day)
-            .where(Day.run_id == run_id, Day.status == DayStatus.FAILED)
-            .order_by(Day.index, Day.id)
-        ).all()
-
     def add_day(
         self,
         run_id: str,

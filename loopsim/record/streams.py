@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Integer, String, Table, and_, bindparam, func, select
+from sqlalchemy import Integer, String, Table, and_, bindparam, func, or_, select
 from sqlalchemy.orm import defer
 
 from loopsim.record.base import StoreBase
@@ -88,6 +88,17 @@ class PagedEntry(NamedTuple):
     day_date: dt.date | None
 
 
+@dataclass(frozen=True, slots=True)
+class FailedTry:
+    """A failed try as :meth:`StreamQueries.failed_page` reads it (a dataclass, as
+    :class:`DayRow` is)."""
+
+    id: int
+    index: int
+    attempts: int
+    error: str | None
+
+
 _E = cast(Table, Entry.__table__)
 _D = cast(Table, Day.__table__)
 _PARENT = _E.alias("parent")
@@ -137,6 +148,20 @@ _REVERTED = (
     select(_D.c.index)
     .where(_D.c.run_id == _RUN_ID, _D.c.status == DayStatus.REVERTED.value)
     .order_by(_D.c.index)
+)
+_AFTER_TRY = bindparam("after_index", type_=Integer)
+_FAILED_PAGE = (
+    select(_D.c.id, _D.c.index, _D.c.attempts, _D.c.error)
+    .where(
+        _D.c.run_id == _RUN_ID,
+        _D.c.status == DayStatus.FAILED.value,
+        or_(
+            _D.c.index > _AFTER_TRY,
+            and_(_D.c.index == _AFTER_TRY, _D.c.id > bindparam("after_id", type_=Integer)),
+        ),
+    )
+    .order_by(_D.c.index, _D.c.id)
+    .limit(bindparam("limit", type_=Integer))
 )
 _PAGE_COLUMNS = (*_ENTRY_COLUMNS, _D.c.index, _D.c.status, _D.c.external_date)
 _AFTER = _E.c.seq > bindparam("after", type_=Integer)
@@ -208,6 +233,15 @@ class StreamQueries(StoreBase):
         params = {"run_id": run_id, "after": after_seq, "limit": limit, "day_index": day_index}
         rows = self._rows(_PAGE[day_index is not None], params)
         return [PagedEntry(EntryRow(*row[:-3]), *row[-3:]) for row in rows]
+
+    def failed_page(
+        self, run_id: str, after: tuple[int, int] = (0, 0), limit: int = BATCH
+    ) -> list[FailedTry]:
+        """Up to ``limit`` of the run's failed tries after ``after`` (an index and a day
+        id), by index, then in the order tried: a reader that shows them beside their
+        index takes them a page at a time, as it takes the entries."""
+        params = {"run_id": run_id, "after_index": after[0], "after_id": after[1], "limit": limit}
+        return [FailedTry(*row) for row in self._rows(_FAILED_PAGE, params)]
 
     def iter_days(self, run_id: str) -> Iterator[Day]:
         """:meth:`~loopsim.record.days.DayQueries.list_days`, read :data:`BATCH` at a
