@@ -129,3 +129,16 @@ def whole_sentences(text: str, limit: int) -> str:
 def plural(count: int, one: str, many: str | None = None) -> str:
     """``1 day``, ``2 days``; ``many`` for words that do not just take an s."""
     return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def failure(attempts: int, error: str | None) -> str:
+    """What a failed try says: ``failed after N attempts: ERROR``, or the error alone
+    when it says that already. A model that stays down is stored as ``model M failed
+    after N attempts: ...`` (``model M failed: ...`` after one), and prefixed again it
+    read ``failed after 5 attempts: model M failed after 5 attempts: ...``."""
+    text = error or ""
+    tried = f"failed after {plural(attempts, 'attempt')}"
+    said = tried if attempts > 1 else "failed"
+    if re.match(rf"model \S+ {said}:", text):
+        return text
+    return f"{tried}: {text}"

@@ -6,10 +6,14 @@ import json
 import re
 from pathlib import Path
 
+from sqlalchemy import update
+
 from loopsim.config import Settings
 from loopsim.exports.markdown import md_block, md_inline, to_jsonl, to_markdown
 from loopsim.loop import Loop
+from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
+from loopsim.record.tables import Day
 from loopsim.schemas import DayStatus, Decision, parse_spec
 from loopsim.testing import add_day, default_reply, report_json, scripted_factory
 from tests.conftest import make_run
@@ -259,3 +263,43 @@ def test_markdown_names_reverted_days_at_the_end_of_the_record(database, spec):
         md = to_markdown(store, store.get_run(run_id))
     assert "## Day 2: reverted (not shown; `--include-reverted` shows it)\n" in md
     assert md.index("## Day 1:") < md.index("## Day 2: reverted")
+
+
+DOWN = "model openai:stub failed after 5 attempts: nothing answers at http://127.0.0.1:9"
+
+
+def test_a_failed_try_says_failed_after_n_attempts_once(cli_factory, sqlite_url, spec):
+    """A model that stayed down is stored saying so; it was prefixed again, to read
+    "Failed after 5 attempts: model openai:stub failed after 5 attempts: ...". An error
+    that does not say it (one from an older version, or an invalid reply) keeps the
+    prefix, as does one that counts other attempts than the day's."""
+    database = dbmod.Database.open(sqlite_url)
+    run_id = make_run(database, spec)
+    tries = [
+        (5, DOWN),
+        (1, "model openai:stub failed: HTTP 400: bad request"),
+        (1, "the reply was not JSON"),
+        (7, DOWN),
+    ]
+    with database.write() as session:
+        store = Store(session)
+        for attempts, error in tries:
+            day = add_day(store, run_id, 1, status=DayStatus.FAILED, error=error)
+            session.execute(update(Day).where(Day.id == day.id).values(attempts=attempts))
+    with database.read() as session:
+        store = Store(session)
+        md = to_markdown(store, store.get_run(run_id))
+    database.dispose()
+    said = [
+        "Model openai:stub failed after 5 attempts: nothing answers at http://127.0.0.1:9",
+        "Model openai:stub failed: HTTP 400: bad request",
+        "Failed after 1 attempt: the reply was not JSON",
+        f"Failed after 7 attempts: {DOWN}",
+    ]
+    assert [md_inline(line) for line in said] == [
+        line for line in md.splitlines() if "ailed" in line and not line.startswith("#")
+    ]
+    shown = cli_factory(sqlite_url, None)("record", "show", run_id).stdout
+    assert [line for line in shown.splitlines() if line] == [
+        f"day 1  {line[0].lower()}{line[1:]}" for line in said
+    ]

@@ -21,7 +21,7 @@ from loopsim.record.db import Database
 from loopsim.record.store import Store, dropped_words, search_terms
 from loopsim.record.streams import BATCH, EntryRow
 from loopsim.schemas import DayStatus, EntryKind
-from loopsim.text import plural
+from loopsim.text import failure, plural
 
 app = typer.Typer(no_args_is_help=True, help="Read and verify a run's written record.")
 
@@ -112,9 +112,8 @@ def _failed_tries(
 
 def _failed_line(index: int, attempts: int, error: str | None, *, gap: bool) -> tuple[str, str]:
     """A failed try's line in ``record show``, after a blank line if ``gap``."""
-    tried = f"day {index}  failed after {plural(attempts, 'attempt')}"
     blank = "\n" if gap else ""
-    return f"{blank}{tried}: {safe_text(error or '')}\n", "red"
+    return f"{blank}day {index}  {safe_text(failure(attempts, error))}\n", "red"
 
 
 def _marks(entry: EntryRow) -> str:

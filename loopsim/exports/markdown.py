@@ -32,8 +32,8 @@ from loopsim.record.store import Store
 from loopsim.record.streams import EntryRow
 from loopsim.record.tables import CheckIn, ProbePair, Run
 from loopsim.schemas import DayStatus
+from loopsim.text import failure, plural
 from loopsim.text import inert_json as inert_json  # re-exported: the CLI imports it here
-from loopsim.text import plural
 from loopsim.text import safe_text as safe_text  # re-exported: the CLI imports it here
 
 SCHEMA = "loopsim.export/1"
@@ -126,8 +126,8 @@ def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[
         )
         out.append("")
         if day.status == DayStatus.FAILED:
-            tried = plural(day.attempts or 0, "attempt")
-            out += [f"Failed after {tried}: {md_inline(day.error or '')}", ""]
+            said = failure(day.attempts or 0, day.error)
+            out += [md_inline(said[:1].upper() + said[1:]), ""]
         for entry in entries:
             out += [_entry_heading(entry), "", md_block(entry.body), ""]
         yield _lines(out)
