@@ -120,13 +120,9 @@ def test_a_stop_ends_check_in_predictions_and_keeps_the_calls_made(any_db):
     assert (run.status, run.lease_owner) == (RunStatus.RUNNING, None)
 
 
-def test_the_service_exits_without_waiting_for_a_prediction_in_flight(any_db):
-    """A prediction in flight past the grace is abandoned: the process does not wait for
-    its thread, and that thread makes no further call and writes nothing."""
-    run_id = checkin_run(any_db)
-    model = Predictions(seconds=600.0)  # until released
-    factory, _ = scripted_factory([model])
-    service = Service(any_db, Settings(), factory, config(grace_seconds=0.5))
+def stop_with_a_prediction_in_flight(service: Service, model: Predictions) -> None:
+    """Stop ``service`` once a prediction is under way, the model holding it until the
+    service has stopped; fails if serve waited for the prediction instead."""
     stopped = threading.Event()
 
     async def scenario() -> None:
@@ -144,6 +140,17 @@ def test_the_service_exits_without_waiting_for_a_prediction_in_flight(any_db):
         model.release.set()
         serving.join(120.0)
     apart_threads_end()
+
+
+def test_the_service_exits_without_waiting_for_a_prediction_in_flight(any_db):
+    """A prediction in flight past the grace is abandoned: the process does not wait for
+    its thread, and that thread makes no further call and writes nothing."""
+    run_id = checkin_run(any_db)
+    model = Predictions(seconds=600.0)  # until released
+    factory, _ = scripted_factory([model])
+    service = Service(any_db, Settings(), factory, config(grace_seconds=0.5))
+
+    stop_with_a_prediction_in_flight(service, model)
     assert model.made == 1
     assert checkins_of(any_db, run_id) == []
     assert probe_calls(any_db, run_id) == 0  # its lease was released: nothing written
@@ -191,26 +198,11 @@ def test_predictions_are_logged_and_a_stop_names_the_opening_it_abandoned(any_db
     factory, _ = scripted_factory([model])
     service = Service(any_db, Settings(), factory, config(grace_seconds=0.5))
     caplog.set_level(logging.INFO, logger="loopsim.service.worker")
-    stopped = threading.Event()
 
     def events(name: str) -> list[str]:
         return [r.getMessage() for r in caplog.records if getattr(r, "event", None) == name]
 
-    async def scenario() -> None:
-        task = asyncio.ensure_future(service.serve(install_signals=False))
-        await until(lambda: model.made >= 1, task)
-        service.request_stop()
-        await task
-        stopped.set()
-
-    serving = threading.Thread(target=asyncio.run, args=(scenario(),))
-    serving.start()
-    try:
-        assert stopped.wait(60.0), "serve waited for the prediction in flight"
-    finally:
-        model.release.set()
-        serving.join(120.0)
-    apart_threads_end()
+    stop_with_a_prediction_in_flight(service, model)
     assert events("checkin.predicting") == [
         f"run {run_id}: opening check-in, predicting probe 1 of {PROBES}"
     ]
