@@ -17,7 +17,7 @@ from loopsim.loop import Loop
 from loopsim.record.db import Database
 from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, Day
-from loopsim.schemas import CallRole, DayStatus, Decision, parse_spec
+from loopsim.schemas import CallRole, DayStatus, Decision, RunStatus, parse_spec
 from loopsim.testing import amplified_reply, scripted_factory
 from tests.conftest import SPEC, make_run
 
@@ -184,6 +184,16 @@ def test_cli_writes_the_dataset_and_refuses_filters_elsewhere(database, cli_fact
     assert [json.loads(x)["metadata"]["day_index"] for x in lines] == [1, 2, 3]
     # The count goes to stderr, with the committed day 4 that no check-in approved yet.
     assert "3 examples from 3 days; 1 committed day awaits an approving check-in" in (result.stderr)
+    # A run completed without a last check-in: those days will never be approved.
+    with database.write() as session:
+        store = Store(session)
+        store.set_status(store.get_run(run_id), RunStatus.COMPLETED, "day budget spent")
+    ended = cli("export", run_id, "--format", "dataset", "--kind", "day", "-o", str(out))
+    assert ended.exit_code == 0, ended.output
+    assert ended.stderr.strip().endswith(
+        "3 examples from 3 days; 1 committed day was never approved (the run is completed: "
+        "no check-in will come)"
+    )
     piped = cli("export", run_id, "--format", "dataset", "--until-day", "2")
     assert piped.exit_code == 0
     assert len(piped.stdout.splitlines()) > 2

@@ -131,4 +131,4 @@ def export(
     if output is not None and output != "-":
         a.err.print(f"wrote {output}")
     if fmt == ExportFormat.DATASET:
-        a.err.print(tally.describe())
+        a.err.print(tally.describe(), soft_wrap=True)

@@ -19,7 +19,7 @@ from loopsim.checkin.schedule import last_approved_day
 from loopsim.exports.markdown import inert_json
 from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, Day, Run
-from loopsim.schemas import CallRole, DayStatus
+from loopsim.schemas import CallRole, DayStatus, RunStatus
 
 SCHEMA = "loopsim.dataset/1"
 
@@ -97,10 +97,17 @@ class Tally:
     examples: int = 0
     days: int = 0
     awaiting: int = 0
+    ended: str | None = None  # the run's status, once no check-in can come
 
     def describe(self) -> str:
         text = f"{_count(self.examples, 'example')} from {_count(self.days, 'day')}"
-        if self.awaiting == 1:
+        if self.awaiting and self.ended is not None:
+            were = "day was" if self.awaiting == 1 else "days were"
+            text += (
+                f"; {self.awaiting} committed {were} never approved "
+                f"(the run is {self.ended}: no check-in will come)"
+            )
+        elif self.awaiting == 1:
             text += "; 1 committed day awaits an approving check-in"
         elif self.awaiting:
             text += f"; {self.awaiting} committed days await an approving check-in"
@@ -118,6 +125,8 @@ def to_dataset(
     ``tally``, if given, counts what was written and what awaits approval."""
     filt = filt or DatasetFilter()
     tally = tally if tally is not None else Tally()
+    if run.status in (RunStatus.COMPLETED, RunStatus.HALTED):
+        tally.ended = str(run.status)
     approved_through = last_approved_day(store, run.id)
     # The calls of every day the filter can take, in one batched read beside the days'
     # (both in day order), instead of a query a day.
