@@ -291,22 +291,29 @@ class _Replies:
         self.server.server_close()
 
 
+def failed_call(base_url: str, path: str) -> ModelUnavailable:
+    """The error of one call without retries to ``base_url``, made on ``path`` (the
+    sync client, or the async one over httpx or aiohttp); fails if the call succeeds."""
+    handle = build_chat(settings_for(base_url, model_retries=0))(MODEL, ModelSpec(), 100)
+    messages = [HumanMessage("Hello.")]
+
+    def call() -> object:
+        if path == "sync":
+            return handle.complete(messages, None)
+        return on_event_loop(lambda: handle.acomplete(messages, None), path)
+
+    with pytest.raises(ModelUnavailable) as raised:
+        call()
+    return raised.value
+
+
 @pytest.mark.parametrize("path", ["sync", "httpx", "aiohttp"])
 def test_a_reply_that_never_ends_is_read_only_up_to_the_limit(path):
     """A server streaming a body without end was read whole: 3.9 GB of memory before a
     MemoryError, and in `loopsim serve` the kernel's OOM killer takes every run down."""
     with _Replies("endless") as server:
-        handle = build_chat(settings_for(server.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
-        messages = [HumanMessage("Hello.")]
-
-        def call() -> object:
-            if path == "sync":
-                return handle.complete(messages, None)
-            return on_event_loop(lambda: handle.acomplete(messages, None), path)
-
-        with pytest.raises(ModelUnavailable) as raised:
-            call()
-    assert f"reply longer than {transport.REPLY_LIMIT:,} bytes" in raised.value.message
+        failure = failed_call(server.base_url, path)
+    assert f"reply longer than {transport.REPLY_LIMIT:,} bytes" in failure.message
     assert server.sent < 4 * transport.REPLY_LIMIT  # the reader hung up soon after
 
 
@@ -330,17 +337,8 @@ def test_an_html_error_page_is_quoted_as_a_short_line_of_its_words(path):
     markup, cut off mid-comment by the message's own limit."""
     assert len(ERROR_PAGE) > 1000
     with _Replies("html") as server:
-        handle = build_chat(settings_for(server.base_url, model_retries=0))(MODEL, ModelSpec(), 100)
-        messages = [HumanMessage("Hello.")]
-
-        def call() -> object:
-            if path == "sync":
-                return handle.complete(messages, None)
-            return on_event_loop(lambda: handle.acomplete(messages, None), path)
-
-        with pytest.raises(ModelUnavailable) as raised:
-            call()
-    assert raised.value.message == (
+        failure = failed_call(server.base_url, path)
+    assert failure.message == (
         f"model {MODEL} failed: HTTP 500: Error code: 500 - 500 Internal Server Error "
         "500 Internal Server Error nginx/1.25.3 & friends"
     )
