@@ -15,6 +15,7 @@ be read (and tightened) side by side:
 - :func:`excerpt`: an endpoint's error body cut to one short line for a message, an
   HTML error page first reduced to its words.
 - :func:`whole_sentences`: a text cut to a limit at a sentence's end.
+- :func:`names_a_folder`: an output path, as typed, that names a folder.
 - :data:`NON_PROSE_CONTROL`: what makes a reply degenerate rather than prose.
 """
 
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeGuard
 
 # C0 controls but tab and newline, DEL, and the C1 controls (a terminal's 8-bit CSI, OSC,
 # DCS and friends). Carriage returns are in it: safe_text turns them into newlines first.
@@ -142,3 +145,12 @@ def failure(attempts: int, error: str | None) -> str:
     if re.match(rf"model \S+ {said}:", text):
         return text
     return f"{tried}: {text}"
+
+
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
+
+
+def names_a_folder(given: str | Path) -> TypeGuard[str]:
+    """Whether an output path as typed ends in a separator: ``out/new/`` names a folder,
+    not a file ``new`` to write in ``out`` (a ``Path`` has dropped the slash already)."""
+    return isinstance(given, str) and given.endswith(_SEPARATORS)

@@ -32,7 +32,7 @@ from loopsim.record.store import Store
 from loopsim.record.streams import EntryRow
 from loopsim.record.tables import CheckIn, ProbePair, Run
 from loopsim.schemas import DayStatus
-from loopsim.text import failure, plural
+from loopsim.text import failure, names_a_folder, plural
 from loopsim.text import inert_json as inert_json  # re-exported: the CLI imports it here
 from loopsim.text import safe_text as safe_text  # re-exported: the CLI imports it here
 
@@ -406,9 +406,6 @@ def batched_text(chunks: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
         yield "".join(block)
 
 
-_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
-
-
 def check_output(given: str | Path, option: str = "-o") -> Path:
     """Refuse an output path no file can be written at (its folder missing, or a folder or
     device there), naming ``option``; returns the path a symlink points to. A command
@@ -416,7 +413,7 @@ def check_output(given: str | Path, option: str = "-o") -> Path:
 
     ``given`` is best the text as typed: a ``Path`` drops a trailing ``/``, and
     ``out/new/`` names a folder, not a file ``new`` to be written in ``out``."""
-    if isinstance(given, str) and given.endswith(_SEPARATORS):
+    if names_a_folder(given):
         raise SpecError(
             f"{option} {given}: names a folder (it ends in {given[-1]}); "
             "give a file name, or - for stdout"

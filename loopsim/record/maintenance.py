@@ -35,6 +35,7 @@ from loopsim.record import db as dbmod
 from loopsim.record.chain import emptied_text
 from loopsim.record.sqlite_file import frozen, readonly, translate, truncation
 from loopsim.record.store import Store
+from loopsim.text import names_a_folder
 
 # Problems SQLite's integrity check lists at most; past that, one more line says so.
 MAX_PROBLEMS = 100
@@ -173,7 +174,7 @@ def backup(
 ) -> BackupResult:
     """Copy a live SQLite database to ``given``, checked before it takes that name (best
     the text as typed: a ``Path`` drops the trailing ``/`` of a folder's name)."""
-    if isinstance(given, str) and given.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+    if names_a_folder(given):
         raise SpecError(
             f"backup {given}: names a folder (it ends in {given[-1]}); give a file name"
         )
