@@ -216,7 +216,10 @@ def test_run_step_says_each_retry_of_a_dead_endpoint_as_it_happens(database, spe
     retries = [line for line in result.stderr.splitlines() if "retrying in" in line]
     assert len(retries) == 2
     assert all(line.strip().startswith("model openai:nothing-here: ") for line in retries)
-    assert "failed after 3 attempts" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    # One "failed", not "day 1 failed: model ... failed after 3 attempts".
+    assert last.startswith("error: day 1: model openai:nothing-here failed after 3 attempts: ")
+    assert last.endswith(f"`loopsim run step {run_id}` tries day 1 again")
 
 
 def test_the_instant_scripted_model_never_gives_up_the_core(monkeypatch):

@@ -1058,7 +1058,7 @@ def test_an_api_key_is_never_written_logged_or_exported(
         by_cli = cli("run", "create", str(spec_path)).stdout.strip()
         first = cli("run", "step", by_cli, "--days", "3")
         assert first.exit_code == 1
-        assert "day 2 failed" in first.stderr
+        assert "day 2: model openai:stub-model failed" in first.stderr
         assert cli("run", "step", by_cli, "--days", "2").exit_code == 0
 
         by_service = cli("run", "create", str(spec_path)).stdout.strip()
@@ -1109,6 +1109,10 @@ def test_an_api_key_is_never_written_logged_or_exported(
     events = [json.loads(line)["event"] for line in logged.splitlines()]
     assert "day.failed" in events
     assert "model.retry" in events
+    retried = [json.loads(line) for line in logged.splitlines() if '"model.retry"' in line]
+    # Several runs share one model's handle: each retry line says whose call it was.
+    assert {entry.get("run_id") for entry in retried} == {by_service}
+    assert all(entry["msg"].startswith(f"run {by_service}: model ") for entry in retried)
     database_bytes = b"".join(
         p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("keys.db")
     )

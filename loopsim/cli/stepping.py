@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -170,7 +171,10 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
             # A failed day keeps its index: the next try is the same day, freshly sampled.
             else f"`loopsim run step {run_ref}` tries day {day.index} again"
         )
-        raise ModelOutputInvalid(f"day {day.index} failed: {day.error}; {then}")
+        # A model that stayed down says "model M failed after N attempts" itself.
+        said = day.error if re.match(r"model \S+ failed", day.error or "") else None
+        what = f"day {day.index}: {said}" if said else f"day {day.index} failed: {day.error}"
+        raise ModelOutputInvalid(f"{what}; {then}")
     return results
 
 
