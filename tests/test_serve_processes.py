@@ -4,7 +4,9 @@ OpenAI-compatible stub on 127.0.0.1; every wait is for an event, with a generous
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from loopsim.service.logs import configure_logging
 from loopsim.service.processes import ChildrenKeepDying, ProcessPolicy, Supervisor
 from loopsim.testing.stubserver import StubOpenAI
 from tests.test_serve_process import assert_whole, create_runs, snapshot, wait_for
@@ -139,6 +142,7 @@ def test_a_worker_killed_is_restarted_and_ctrl_c_reaches_each_once(sqlite_url, s
         exits = [e for e in parent.events("serve.child.exit") if e.get("worker") == "k-1"]
         assert exits
         assert exits[0]["error"] == -signal.SIGKILL
+        assert exits[0]["msg"].startswith("worker k-1 was killed by SIGKILL after ")
         # The new k-1 is a whole worker: it serves again, under the same id.
         wait_for(
             lambda: sum(e.get("worker") == "k-1" for e in parent.events("serve.start")) == 2,
@@ -173,7 +177,9 @@ def test_a_worker_that_keeps_dying_makes_the_parent_give_up(tmp_path):
     dying = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x'); raise SystemExit(3)"]
     steady = [sys.executable, "-c", "import time; time.sleep(600)"]
     supervisor = Supervisor([("d", dying), ("s", steady)], policy)
-    with pytest.raises(ChildrenKeepDying, match="worker d died 3 times in a row"):
+    with pytest.raises(
+        ChildrenKeepDying, match=r"worker d died 3 times in a row \(last it exited with code 3\)"
+    ):
         supervisor.run()
     assert marker.read_text() == "xxx"  # started, then restarted twice, then given up
     healthy = supervisor.slots[1]
@@ -248,3 +254,22 @@ def test_serve_refuses_what_no_machine_could_take(tmp_path, flags, says):
     (line,) = done.stderr.strip().splitlines()
     assert says in line
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("worker", "says"), [("px-2", " INFO [px-2] claimed r1"), (None, " INFO claimed r1")]
+)
+def test_text_log_lines_name_their_worker_under_processes(worker, says):
+    """Under ``--processes`` the workers' text lines interleave on one stderr; each
+    child's lines say which worker wrote them (one worker's need not)."""
+    logger = logging.getLogger("loopsim")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    stream = io.StringIO()
+    try:
+        configure_logging("text", "info", worker=worker)
+        logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        logging.getLogger("loopsim.service.worker").info("claimed %s", "r1")
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith(says), line

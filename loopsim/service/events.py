@@ -40,6 +40,7 @@ class Guard:
 
     check: Callable[[], Awaitable[None]]
     check_sync: Callable[[], None]
+    run_id: str = ""  # names the run on lines logged for its task (a retry's)
 
 
 GUARD: ContextVar[Guard | None] = ContextVar("loopsim_lease_guard", default=None)
@@ -73,13 +74,22 @@ def counted(factory: ChatFactory, metrics: Metrics) -> ChatFactory:
         handle.model = cast(Any, _Guarded(handle.model))
 
         def on_retry(exc: BaseException, wait: float) -> None:
+            # One handle serves every run on this model: the task's guard says whose call.
+            guard = GUARD.get()
+            run_id = guard.run_id if guard is not None else ""
             metrics.retries.inc()
             log.info(
-                "model %s: %s; retrying in %.1f s",
+                "%smodel %s: %s; retrying in %.1f s",
+                f"run {run_id}: " if run_id else "",
                 model_id,
                 type(exc).__name__,
                 wait,
-                extra={"event": "model.retry", "model": model_id, "wait_s": round(wait, 2)},
+                extra={
+                    "event": "model.retry",
+                    "model": model_id,
+                    "wait_s": round(wait, 2),
+                    **({"run_id": run_id} if run_id else {}),
+                },
             )
 
         handle.on_retry = on_retry

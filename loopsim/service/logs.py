@@ -71,7 +71,9 @@ def configure_logging(fmt: str = "text", level: str = "INFO", worker: str | None
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        # Under --processes the workers' lines interleave on one stderr: each says whose.
+        named = "[%(worker)s] " if worker is not None else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {named}%(message)s"))
     root = logging.getLogger("loopsim")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -84,6 +84,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def ended(code: int) -> str:
+    """How a child's exit reads: Popen's -9 is "was killed by SIGKILL", not a code."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def child_command(argv: Sequence[str]) -> list[str]:
     """The command that runs one child: this interpreter, ``-m loopsim``, then ``argv``."""
     return [sys.executable, "-m", "loopsim", *argv]
@@ -159,8 +169,8 @@ class Supervisor:
         slot.proc = None
         if slot.deaths > self.policy.max_restarts:
             raise ChildrenKeepDying(
-                f"worker {slot.name} died {slot.deaths} times in a row (last exit code "
-                f"{code}); stopped the others. Its log above says why."
+                f"worker {slot.name} died {slot.deaths} times in a row (last it "
+                f"{ended(code)}); stopped the others. Its log above says why."
             )
         wait = min(
             self.policy.restart_max_seconds,
@@ -168,9 +178,9 @@ class Supervisor:
         )
         slot.restart_at = now + wait
         log.warning(
-            "worker %s exited with code %d after %.1f s; restarting it in %.1f s",
+            "worker %s %s after %.1f s; restarting it in %.1f s",
             slot.name,
-            code,
+            ended(code),
             up,
             wait,
             extra={"event": "serve.child.exit", "worker": slot.name, "error": code},
@@ -221,8 +231,8 @@ class Supervisor:
                 code = slot.proc.wait()
                 if code != 0:
                     log.warning(
-                        "worker %s exited with code %d while stopping",
+                        "worker %s %s while stopping",
                         slot.name,
-                        code,
+                        ended(code),
                         extra={"event": "serve.child.exit", "worker": slot.name, "error": code},
                     )

@@ -407,7 +407,7 @@ class Service:
         run_id = lease.run_id
         # Before every request to the model, retries included (this task's context only).
         check = functools.partial(self._checked, lease)
-        GUARD.set(Guard(check, functools.partial(self._openings.guard, lease)))
+        GUARD.set(Guard(check, functools.partial(self._openings.guard, lease), run_id))
         ctx = {"run_id": run_id, "worker": self.config.worker_id}
         days = 0
         try:
