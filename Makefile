@@ -8,7 +8,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
 # every process the tests start compiles loopsim again (about 0.05 s of CPU for `run list`).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup demo test test-loaded test-fast test-stress lint docs clean FORCE
+.PHONY: setup demo test test-loaded durations test-fast test-stress lint docs clean FORCE
 FORCE:
 
 # editable_mode=strict links each file of the package into build/ and puts that folder on
@@ -36,9 +36,11 @@ demo: setup
 
 # The test files are spread over one pytest-xdist worker per core (a file stays on one
 # worker, so its module fixtures start once): most tests spend their time waiting on
-# processes they started. TEST_JOBS=0 runs everything in this one process.
+# processes they started. The longest files go first (tests/slowest_first.py), so no core
+# idles while the other finishes a long file picked up last. TEST_JOBS=0 runs everything
+# in this one process.
 TEST_JOBS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 # Says how long the suite took on this machine (the bound: 10 minutes on an idle one).
 test: setup
@@ -56,6 +58,10 @@ test-loaded: setup
 	took=$$(( $$(date +%s) - start )); \
 	echo "make test-loaded took $$((took / 60)) min $$((took % 60)) s with $$(nproc) busy cores"; \
 	exit $$status
+
+# Measures each test file again, for the order above (commit tests/durations.json).
+durations: setup
+	$(PYTEST) --record-durations
 
 test-fast: setup
 	$(PYTEST) -m "not integration and not stress"

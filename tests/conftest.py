@@ -26,6 +26,9 @@ from loopsim.record.store import Store
 from loopsim.schemas import RunSpec, parse_spec
 from loopsim.testing import ScriptedChatModel, scripted_factory
 
+# Longest test files first under xdist, and `make durations` to measure them again.
+pytest_plugins = ["tests.slowest_first"]
+
 PG_ADMIN = os.environ.get(
     "LOOPSIM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
