@@ -9,11 +9,13 @@ from pathlib import Path
 from sqlalchemy import update
 
 from loopsim.config import Settings
+from loopsim.exports.calls import calls_jsonl
 from loopsim.exports.markdown import md_block, md_inline, to_jsonl, to_markdown
 from loopsim.loop import Loop
 from loopsim.record import db as dbmod
 from loopsim.record.store import EntryInput, Store
 from loopsim.record.tables import Day
+from loopsim.researcher.conversation import Logged
 from loopsim.schemas import DayStatus, Decision, parse_spec
 from loopsim.testing import add_day, default_reply, report_json, scripted_factory
 from tests.conftest import make_run
@@ -249,6 +251,88 @@ def test_markdown_names_the_reverted_days_it_leaves_out(database, spec):
     assert shown[9:13] == ["## Day 10: 2025-06-02 (a failed try)"] * 3 + [
         "## Day 10: 2025-06-02 (reverted)"
     ]
+
+
+def _failed_calls(store: Store, run_id: str, index: int) -> None:
+    """A failed try of ``index`` with the one call it made, refused."""
+    call = Logged(
+        0, "day", 0, 1, [{"role": "user", "content": "q"}], "no", False, "bad", "v", 1, 1, 5
+    )
+    store.add_calls(add_day(store, run_id, index, status=DayStatus.FAILED, error="bad"), [call], [])
+
+
+def test_jsonl_names_the_reverted_days_it_leaves_out_as_markdown_does(database, spec):
+    """The failed tries of day 10 were listed alone as day lines (and their calls) with
+    day 10 itself left out: to a program they said day 10 never succeeded. They go with
+    their reverted day now, and each reverted stretch is one line where it stood."""
+    run_id = rejected_run(database, spec)
+    with database.write() as session:
+        _failed_calls(Store(session), run_id, 14)  # a failed try after the stretches stays
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        ids = [c.id for c in store.list_checkins(run_id)]
+        lines = [json.loads(x) for x in to_jsonl(store, run)]
+        every = [json.loads(x) for x in to_jsonl(store, run, include_reverted=True)]
+    shown = [
+        (x["type"], x.get("index", x.get("first_day")))
+        for x in lines
+        if x["type"] not in ("entry", "checkin")
+    ]
+    assert shown == [
+        ("run", None),
+        *[("day", i) for i in (1, 2, 3)],
+        ("reverted", 4),
+        *[("day", i) for i in (7, 8, 9)],
+        ("reverted", 10),
+        ("day", 13),
+        ("day", 14),
+    ]
+    stretches = [x for x in lines if x["type"] == "reverted"]
+    assert stretches == [
+        {
+            "schema": "loopsim.export/1",
+            "type": "reverted",
+            "run_id": run_id,
+            "first_day": 4,
+            "last_day": 6,
+            "checkin_id": ids[1],
+            "failed_tries": 0,
+        },
+        {
+            "schema": "loopsim.export/1",
+            "type": "reverted",
+            "run_id": run_id,
+            "first_day": 10,
+            "last_day": 12,
+            "checkin_id": ids[3],
+            "failed_tries": 3,
+        },
+    ]
+    assert not any(x["type"] == "day" and 10 <= x["index"] <= 12 for x in lines)
+    # With --include-reverted every day line is there, and no stretch stands for them.
+    days = [(x["index"], x["status"]) for x in every if x["type"] == "day"]
+    assert days.count((10, "failed")) == 3
+    assert (10, "reverted") in days
+    assert (14, "failed") in days
+    assert not any(x["type"] == "reverted" for x in every)
+
+
+def test_jsonl_calls_of_a_reverted_days_failed_tries_go_with_it(database, spec):
+    run_id = make_run(database, spec)
+    with database.write() as session:
+        store = Store(session)
+        _failed_calls(store, run_id, 1)
+        add_day(store, run_id, 1, [EntryInput("note", "Note", "Looked.")])
+        store.revert_days(run_id, 0, 1)
+        _failed_calls(store, run_id, 2)
+    with database.read() as session:
+        store = Store(session)
+        run = store.get_run(run_id)
+        kept = [json.loads(x)["day_index"] for x in calls_jsonl(store, run)]
+        every = [json.loads(x)["day_index"] for x in calls_jsonl(store, run, include_reverted=True)]
+    assert kept == [2]
+    assert every == [1, 2]
 
 
 def test_markdown_names_reverted_days_at_the_end_of_the_record(database, spec):

@@ -210,5 +210,9 @@ def _judge_records(
 def calls_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Iterator[str]:
     """The lines ``export --format jsonl --calls`` adds after the check-ins: one
     ``type: "call"`` line per call, in the same ``loopsim.export/1`` schema."""
+    # The failed tries of a reverted day's index go with it, as their day lines do.
+    gone = set() if include_reverted else set(store.reverted_indexes(run.id))
     for record in iter_call_records(store, run, CallQuery(include_reverted=include_reverted)):
+        if record["day_index"] in gone:
+            continue
         yield inert_json({"schema": SCHEMA, "type": "call", **record}, sort_keys=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loopsim.errors import LoopsimError, SpecError
-from loopsim.exports.reverted import left_out, reverted_stretches
+from loopsim.exports.reverted import Stretch, left_out, reverted_stretches
 from loopsim.record.leases import driver
 from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
@@ -289,7 +289,15 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
             "fork_day": run.fork_day,
         }
     )
+    # As in Markdown: each stretch of reverted days left out is one line where it stood,
+    # and the failed tries of its indexes are left out with it.
+    stretches = deque([] if include_reverted else reverted_stretches(store, run.id))
     for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
+        while stretches and stretches[0].last < day.index:
+            yield _reverted_record(run.id, stretches.popleft())
+        if stretches and stretches[0].first <= day.index:  # a failed try of a reverted day
+            stretches[0].failed += 1
+            continue
         yield _jsonl(
             {
                 "type": "day",
@@ -309,10 +317,25 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
         )
         for entry in entries:
             yield _entry_record(entry, day.index, day.status)
+    for stretch in stretches:
+        yield _reverted_record(run.id, stretch)
     for entry in store.outside_entries(run.id):
         yield _entry_record(entry, None, None)
     for c in store.list_checkins(run.id):
         yield _jsonl({"type": "checkin", **checkin_record(store, c)})
+
+
+def _reverted_record(run_id: str, stretch: Stretch) -> str:
+    return _jsonl(
+        {
+            "type": "reverted",
+            "run_id": run_id,
+            "first_day": stretch.first,
+            "last_day": stretch.last,
+            "checkin_id": stretch.checkin,
+            "failed_tries": stretch.failed,
+        }
+    )
 
 
 def _unanswered(store: Store, c: CheckIn) -> int:
