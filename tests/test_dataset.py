@@ -12,13 +12,14 @@ from sqlalchemy import select
 
 from loopsim.checkin.decision import decide
 from loopsim.config import Settings
-from loopsim.exports.dataset import SCHEMA, DatasetFilter, to_dataset
+from loopsim.exports.dataset import SCHEMA, DatasetFilter, Tally, to_dataset
 from loopsim.loop import Loop
 from loopsim.record.db import Database
 from loopsim.record.store import Store
 from loopsim.record.tables import CallRecord, Day
 from loopsim.schemas import CallRole, DayStatus, Decision, RunStatus, parse_spec
 from loopsim.testing import amplified_reply, scripted_factory
+from loopsim.text import plural
 from tests.conftest import SPEC, make_run
 
 ANSWER = "Colonies weigh dance length against distance."
@@ -172,6 +173,31 @@ def test_filters_by_day_kind_and_reverted(database):
     assert {r["metadata"]["day_index"] for r in probes} == {3}
     reverted = {r["metadata"]["day_status"] for r in everything if r["metadata"]["day_index"] > 3}
     assert reverted == {"reverted"}
+
+
+def test_predictions_of_a_checkin_approved_without_answers_stay_withheld(database):
+    """An approval without the blind answers leaves its predictions hidden in the review
+    and the JSONL export; the probe dataset gave them away. A later check-in may ask the
+    same probes again, so they stay hidden here too, and the count says why."""
+    run_id = make_run(database, spec())
+    loop = Loop(database, Settings(), scripted_factory([reply])[0])
+    loop.run_days(run_id, 3)
+    assert loop.opened_checkin is not None
+    decide(database, loop.opened_checkin, Decision.APPROVE)  # --skip-probes: no answers
+    made = len(accepted_calls(database, run_id, probes=True)[3])
+    assert made > 0
+    tally = Tally()
+    with database.read() as session:
+        store = Store(session)
+        filt = DatasetFilter(kinds=frozenset({CallRole.PROBE}))
+        assert list(to_dataset(store, store.get_run(run_id), filt, tally)) == []
+    assert tally.withheld == made
+    assert tally.describe() == (
+        f"0 examples from 0 days; {plural(made, 'probe prediction')} withheld: "
+        "their check-in has probes the human has not answered"
+    )
+    # The days' own work is approved all the same.
+    assert {r["metadata"]["day_index"] for r in dataset(database, run_id)} == {1, 2, 3}
 
 
 def test_cli_writes_the_dataset_and_refuses_filters_elsewhere(database, cli_factory, tmp_path):

@@ -98,6 +98,7 @@ class Tally:
     days: int = 0
     awaiting: int = 0
     ended: str | None = None  # the run's status, once no check-in can come
+    withheld: int = 0  # probe predictions of check-ins whose probes are not all answered
 
     def describe(self) -> str:
         text = f"{_count(self.examples, 'example')} from {_count(self.days, 'day')}"
@@ -111,6 +112,11 @@ class Tally:
             text += "; 1 committed day awaits an approving check-in"
         elif self.awaiting:
             text += f"; {self.awaiting} committed days await an approving check-in"
+        if self.withheld:
+            text += (
+                f"; {_count(self.withheld, 'probe prediction')} withheld: "
+                "their check-in has probes the human has not answered"
+            )
         return text
 
 
@@ -128,6 +134,9 @@ def to_dataset(
     if run.status in (RunStatus.COMPLETED, RunStatus.HALTED):
         tally.ended = str(run.status)
     approved_through = last_approved_day(store, run.id)
+    # A prediction stays hidden until the human's blind answers are stored, here as in
+    # the review and every other export (a check-in approved without answers included).
+    blind = store.blind_days(run.id) if filt.wants_role(CallRole.PROBE) else set()
     # The calls of every day the filter can take, in one batched read beside the days'
     # (both in day order), instead of a query a day.
     last = filt.until_day
@@ -149,6 +158,9 @@ def to_dataset(
         wrote = tally.examples
         for example in day_examples(day, own):
             if not filt.wants_role(example.role):
+                continue
+            if example.role == CallRole.PROBE and day.index in blind:
+                tally.withheld += 1
                 continue
             tally.examples += 1
             yield inert_json(_record(run, day, example))
