@@ -2,14 +2,16 @@
 
 The suite runs on one pytest-xdist worker per core with whole files as units (``--dist
 loadfile --no-loadscope-reorder``: a file's module fixtures start once). xdist hands the
-files out in collection order, each to the first idle worker; when the longest file came
-last, one core sat idle for a minute while the other finished it. Handing out the longest
-first (the greedy schedule for parallel machines) ends both workers within about the
-shortest file's time of each other.
+files out in collection order, topping a worker up when it runs low; by default it
+ordered them by their number of tests, so a long file of few tests (the embedded model's,
+the stress harness) could start last while the other core ran out of work. Handing out
+the longest first (the greedy schedule for parallel machines) leaves the short files for
+the end, where they fill in.
 
 How long each file takes is kept in ``tests/durations.json``; ``make durations`` measures
-and rewrites it. A file not listed there counts as the median: new files are rarely the
-longest, and a few of them misplaced cost seconds, not minutes.
+and rewrites it. A run of part of the suite updates only the files it ran, and a file all
+of whose tests were skipped keeps its old time. A file not listed counts as the median:
+new files are rarely the longest, and a few of them misplaced cost seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -67,17 +69,27 @@ class Recorder:
     """Adds up setup, call and teardown of every test by file, in the process that
     reports the whole run (the controller, under xdist)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path = DURATIONS) -> None:
+        self.path = path
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.ran: set[str] = set()  # files with a test that ran, not only skipped ones
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[report.nodeid.split("::", 1)[0]] += report.duration
+        name = report.nodeid.split("::", 1)[0]
+        self.seconds[name] += report.duration
+        if report.when == "call":
+            self.ran.add(name)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if exitstatus != 0 or not self.seconds:
-            return  # a failed or partial run would teach the order the wrong lengths
-        ordered = dict(sorted(((k, round(v, 1)) for k, v in self.seconds.items())))
-        DURATIONS.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
+        if exitstatus != 0:
+            return  # a failed run would teach the order the wrong lengths
+        measured = {name: round(self.seconds[name], 1) for name in self.ran}
+        if not measured:
+            return
+        self.path.write_text(
+            json.dumps(dict(sorted({**load(self.path), **measured}.items())), indent=1) + "\n",
+            encoding="utf-8",
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.slowest_first import DURATIONS, load, slowest_first
+import pytest
+
+from tests.slowest_first import DURATIONS, Recorder, load, slowest_first
 
 
 def test_the_longest_file_is_handed_out_first() -> None:
@@ -42,3 +44,28 @@ def test_the_committed_durations_name_test_files_that_exist() -> None:
     missing = [name for name in names if not (root / name).is_file()]
     assert missing == [], f"run `make durations`: {missing} no longer exist"
     assert all(seconds >= 0 for seconds in names.values())
+
+
+def _report(nodeid: str, when: str, seconds: float, outcome: str = "passed") -> pytest.TestReport:
+    return pytest.TestReport(nodeid, ("x", 0, "x"), {}, outcome, None, when, duration=seconds)
+
+
+def test_a_partial_run_updates_only_the_files_it_ran(tmp_path: Path) -> None:
+    kept = tmp_path / "durations.json"
+    kept.write_text('{"a.py": 50.0, "b.py": 7.0, "c.py": 30.0}', encoding="utf-8")
+    recorder = Recorder(kept)
+    for when, seconds in (("setup", 1.0), ("call", 2.5), ("teardown", 0.5)):
+        recorder.pytest_runtest_logreport(_report("b.py::test_one", when, seconds))
+    recorder.pytest_runtest_logreport(_report("b.py::test_two", "call", 1.0))
+    # Every test of c.py skipped (no server here): its old time stands.
+    recorder.pytest_runtest_logreport(_report("c.py::test", "setup", 0.0, "skipped"))
+    recorder.pytest_sessionfinish(None, 0)  # type: ignore[arg-type]
+    assert load(kept) == {"a.py": 50.0, "b.py": 5.0, "c.py": 30.0}
+
+
+def test_a_failed_run_records_nothing(tmp_path: Path) -> None:
+    kept = tmp_path / "durations.json"
+    recorder = Recorder(kept)
+    recorder.pytest_runtest_logreport(_report("a.py::test", "call", 3.0, "failed"))
+    recorder.pytest_sessionfinish(None, 1)  # type: ignore[arg-type]
+    assert not kept.exists()
