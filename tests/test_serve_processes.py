@@ -178,7 +178,8 @@ def test_a_worker_that_keeps_dying_makes_the_parent_give_up(tmp_path):
     steady = [sys.executable, "-c", "import time; time.sleep(600)"]
     supervisor = Supervisor([("d", dying), ("s", steady)], policy)
     with pytest.raises(
-        ChildrenKeepDying, match=r"worker d died 3 times in a row \(last it exited with code 3\)"
+        ChildrenKeepDying,
+        match=r"worker d died 3 times in a row \(the last time it exited with code 3\)",
     ):
         supervisor.run()
     assert marker.read_text() == "xxx"  # started, then restarted twice, then given up
@@ -261,7 +262,7 @@ def test_serve_refuses_what_no_machine_could_take(tmp_path, flags, says):
 )
 def test_text_log_lines_name_their_worker_under_processes(worker, says):
     """Under ``--processes`` the workers' text lines interleave on one stderr; each
-    child's lines say which worker wrote them (one worker's need not)."""
+    worker's lines say which worker wrote them, and the supervising parent's do not."""
     logger = logging.getLogger("loopsim")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     stream = io.StringIO()

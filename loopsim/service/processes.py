@@ -169,8 +169,8 @@ class Supervisor:
         slot.proc = None
         if slot.deaths > self.policy.max_restarts:
             raise ChildrenKeepDying(
-                f"worker {slot.name} died {slot.deaths} times in a row (last it "
-                f"{ended(code)}); stopped the others. Its log above says why."
+                f"worker {slot.name} died {slot.deaths} times in a row (the last "
+                f"time it {ended(code)}); stopped the others. Its log above says why."
             )
         wait = min(
             self.policy.restart_max_seconds,
