@@ -193,8 +193,8 @@ def test_predictions_of_a_checkin_approved_without_answers_stay_withheld(databas
         assert list(to_dataset(store, store.get_run(run_id), filt, tally)) == []
     assert tally.withheld == made
     assert tally.describe() == (
-        f"0 examples from 0 days; {plural(made, 'probe prediction')} withheld: "
-        "their check-in has probes the human has not answered"
+        f"0 examples from 0 days; {plural(made, 'probe prediction')} withheld, from "
+        "check-ins with probes the human has not answered"
     )
     # The days' own work is approved all the same.
     assert {r["metadata"]["day_index"] for r in dataset(database, run_id)} == {1, 2, 3}

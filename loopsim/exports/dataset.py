@@ -114,8 +114,8 @@ class Tally:
             text += f"; {self.awaiting} committed days await an approving check-in"
         if self.withheld:
             text += (
-                f"; {_count(self.withheld, 'probe prediction')} withheld: "
-                "their check-in has probes the human has not answered"
+                f"; {_count(self.withheld, 'probe prediction')} withheld, from check-ins "
+                "with probes the human has not answered"
             )
         return text
 
