@@ -19,13 +19,12 @@ import os
 import re
 import stat
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from loopsim.errors import LoopsimError, SpecError
-from loopsim.exports.reverted import Stretch, left_out, reverted_stretches
+from loopsim.exports.reverted import Stretch, in_place, left_out, reverted_stretches
 from loopsim.record.leases import driver
 from loopsim.record.runs import spec_hash
 from loopsim.record.store import Store
@@ -109,13 +108,13 @@ def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[
     yield _lines(head)
     # Reverted days left out are named where they stood, and the failed tries of their
     # indexes go with them: those were tries of days the check-in rejected.
-    stretches = deque([] if include_reverted else reverted_stretches(store, run.id))
-    for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
-        while stretches and stretches[0].last < day.index:
-            yield _lines([f"## {left_out(stretches.popleft())}", ""])
-        if stretches and stretches[0].first <= day.index:  # a failed try of a reverted day
-            stretches[0].failed += 1
+    stretches = [] if include_reverted else reverted_stretches(store, run.id)
+    days = store.days_with_entries(run.id, include_reverted=include_reverted)
+    for item in in_place(days, stretches):
+        if isinstance(item, Stretch):
+            yield _lines([f"## {left_out(item)}", ""])
             continue
+        day, entries = item
         label = {DayStatus.COMMITTED: "", DayStatus.FAILED: " (a failed try)"}.get(
             DayStatus(day.status), f" ({day.status})"
         )
@@ -131,8 +130,6 @@ def _markdown_parts(store: Store, run: Run, include_reverted: bool) -> Iterator[
         for entry in entries:
             out += [_entry_heading(entry), "", md_block(entry.body), ""]
         yield _lines(out)
-    for stretch in stretches:
-        yield _lines([f"## {left_out(stretch)}", ""])
     checkins = store.list_checkins(run.id)
     if checkins:
         yield _lines(["## Check-ins", ""])
@@ -291,13 +288,13 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
     )
     # As in Markdown: each stretch of reverted days left out is one line where it stood,
     # and the failed tries of its indexes are left out with it.
-    stretches = deque([] if include_reverted else reverted_stretches(store, run.id))
-    for day, entries in store.days_with_entries(run.id, include_reverted=include_reverted):
-        while stretches and stretches[0].last < day.index:
-            yield _reverted_record(run.id, stretches.popleft())
-        if stretches and stretches[0].first <= day.index:  # a failed try of a reverted day
-            stretches[0].failed += 1
+    stretches = [] if include_reverted else reverted_stretches(store, run.id)
+    days = store.days_with_entries(run.id, include_reverted=include_reverted)
+    for item in in_place(days, stretches):
+        if isinstance(item, Stretch):
+            yield _reverted_record(run.id, item)
             continue
+        day, entries = item
         yield _jsonl(
             {
                 "type": "day",
@@ -317,8 +314,6 @@ def to_jsonl(store: Store, run: Run, *, include_reverted: bool = False) -> Itera
         )
         for entry in entries:
             yield _entry_record(entry, day.index, day.status)
-    for stretch in stretches:
-        yield _reverted_record(run.id, stretch)
     for entry in store.outside_entries(run.id):
         yield _entry_record(entry, None, None)
     for c in store.list_checkins(run.id):

@@ -8,10 +8,12 @@ the check-in that reverted it, where its days would have stood.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from loopsim.record.store import CheckinRow, Store
+from loopsim.record.streams import DayRow, EntryRow
 from loopsim.schemas import Decision
 from loopsim.text import plural
 
@@ -47,6 +49,24 @@ def reverted_stretches(store: Store, run_id: str) -> list[Stretch]:
         else:
             stretches.append(Stretch(index, index, checkin))
     return stretches
+
+
+def in_place(
+    days: Iterable[tuple[DayRow, list[EntryRow]]], stretches: Iterable[Stretch]
+) -> Iterator[tuple[DayRow, list[EntryRow]] | Stretch]:
+    """``days`` (in index order, reverted ones left out) with each stretch where its days
+    stood. The failed tries of a stretch's indexes are counted into it, not passed on:
+    shown alone they would say the day never succeeded. A stretch comes once its count
+    is whole."""
+    pending = deque(stretches)
+    for day, entries in days:
+        while pending and pending[0].last < day.index:
+            yield pending.popleft()
+        if pending and pending[0].first <= day.index:  # a failed try of a reverted day
+            pending[0].failed += 1
+            continue
+        yield day, entries
+    yield from pending
 
 
 def left_out(stretch: Stretch) -> str:
