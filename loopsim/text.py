@@ -16,6 +16,7 @@ be read (and tightened) side by side:
   HTML error page first reduced to its words.
 - :func:`whole_sentences`: a text cut to a limit at a sentence's end.
 - :func:`names_a_folder`: an output path, as typed, that names a folder.
+- :func:`failure`, :func:`day_failed`: a failed try in words, "failed" said once.
 - :data:`NON_PROSE_CONTROL`: what makes a reply degenerate rather than prose.
 """
 
@@ -134,6 +135,10 @@ def plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
+_MODEL_FAILED = r"model \S+ failed"
+"""How the error of a model that stayed down begins: it says it failed itself."""
+
+
 def failure(attempts: int, error: str | None) -> str:
     """What a failed try says: ``failed after N attempts: ERROR``, or the error alone
     when it says that already. A model that stays down is stored as ``model M failed
@@ -141,10 +146,19 @@ def failure(attempts: int, error: str | None) -> str:
     read ``failed after 5 attempts: model M failed after 5 attempts: ...``."""
     text = error or ""
     tried = f"failed after {plural(attempts, 'attempt')}"
-    said = tried if attempts > 1 else "failed"
-    if re.match(rf"model \S+ {said}:", text):
+    after = tried.removeprefix("failed") if attempts > 1 else ""
+    if re.match(rf"{_MODEL_FAILED}{after}:", text):
         return text
     return f"{tried}: {text}"
+
+
+def day_failed(index: int, error: str | None) -> str:
+    """``day N failed: ERROR``, or ``day N: ERROR`` when the error says it failed already
+    (``model M failed after 3 attempts: ...``), not "failed" twice."""
+    text = error or ""
+    return (
+        f"day {index}: {text}" if re.match(_MODEL_FAILED, text) else f"day {index} failed: {text}"
+    )
 
 
 _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)

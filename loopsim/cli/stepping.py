@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -21,7 +20,7 @@ from loopsim.cli.context import AppContext
 from loopsim.errors import InvalidState, ModelOutputInvalid
 from loopsim.record.store import Store
 from loopsim.schemas import DayStatus, RunStatus
-from loopsim.text import plural
+from loopsim.text import day_failed, plural
 
 if TYPE_CHECKING:
     # The loop imports the chat seam (langchain); only the commands that step import it.
@@ -171,10 +170,7 @@ def step_days(a: AppContext, run_ref: str, days: int, *, fail: bool = True) -> l
             # A failed day keeps its index: the next try is the same day, freshly sampled.
             else f"`loopsim run step {run_ref}` tries day {day.index} again"
         )
-        # A model that stayed down says "model M failed after N attempts" itself.
-        said = day.error if re.match(r"model \S+ failed", day.error or "") else None
-        what = f"day {day.index}: {said}" if said else f"day {day.index} failed: {day.error}"
-        raise ModelOutputInvalid(f"{what}; {then}")
+        raise ModelOutputInvalid(f"{day_failed(day.index, day.error)}; {then}")
     return results
 
 
